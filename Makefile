@@ -1,0 +1,46 @@
+# Sigil — run `make help` for the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+export SOFTHSM2_CONF := $(CURDIR)/hsm/softhsm2.conf
+CARGO ?= cargo
+DEBIAN_PACKAGES := softhsm2 opensc protobuf-compiler libusb-1.0-0-dev pkg-config openssl ca-certificates build-essential
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help deps certs hsm build run test bench clean-dev
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+deps: ## Install missing Debian packages (SoftHSM2, protoc, libusb, ...)
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install a Rust toolchain (rustup)"; exit 1; }
+
+certs: deps ## Development CA, server certificate and one client certificate per role (certs/out/)
+	@bash certs/gen.sh certs/out
+
+build: deps ## Build everything
+	$(CARGO) build --workspace --bins --examples
+
+hsm: deps build ## SoftHSM token and keys under hsm/tokens/ (PINs in hsm/pin, hsm/so-pin)
+	@mkdir -p hsm/tokens
+	@sed "s|@TOKENDIR@|$(CURDIR)/hsm/tokens|" hsm/softhsm2.conf.in > hsm/softhsm2.conf
+	@umask 077; [ -s hsm/pin ] || openssl rand -hex 12 > hsm/pin; [ -s hsm/so-pin ] || openssl rand -hex 12 > hsm/so-pin
+	@./target/debug/sigil hsm init
+
+run: certs hsm ## Start sigild on 127.0.0.1:50051 (sled in data/, SoftHSM)
+	@mkdir -p data
+	./target/debug/sigild
+
+test: certs hsm ## The whole test suite
+	$(CARGO) test --workspace --all-targets
+
+bench: certs hsm ## Benchmarks (release build); results go to stdout, recorded in BENCHMARKS.md
+	$(CARGO) run --release --example bench
+
+clean-dev: ## Remove generated certificates, the development token and data (irreversible)
+	rm -rf certs/out hsm/tokens hsm/pin hsm/so-pin hsm/softhsm2.conf data

@@ -1,0 +1,205 @@
+//! The process-wide PKCS#11 contexts: one per module path, initialised once.
+//!
+//! PKCS#11 allows one `C_Initialize` per module per process, and the login
+//! state of a token is shared by every session the process has on it. So
+//! every [`crate::Hsm`] (and `init_token`, `token_exists`) for a module goes
+//! through the single [`Module`] registered here; it is never finalised.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as P11Error, RvError};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use ring::hmac;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::error::{from_pkcs11, At, HsmError};
+
+/// One loaded and initialised PKCS#11 module.
+pub(crate) struct Module {
+    /// The path the module was registered under (canonical when possible).
+    path: PathBuf,
+    ctx: Pkcs11,
+    /// Serialises token creation (SoftHSM offers one free slot at a time) and
+    /// key creation/destruction ("does the label exist? then create").
+    admin: Mutex<()>,
+    /// Per-process key for remembering which user PIN logged in (see
+    /// [`Module::login_user`]).
+    login_key: hmac::Key,
+    /// Slot id → HMAC of the user PIN that last logged in successfully.
+    logins: Mutex<HashMap<u64, hmac::Tag>>,
+}
+
+fn registry() -> MutexGuard<'static, HashMap<PathBuf, Arc<Module>>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<PathBuf, Arc<Module>>>> = OnceLock::new();
+    REGISTRY
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Lock a mutex whose data stays consistent even if a holder panicked.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Module {
+    /// The registered module for `path`, loading and initialising it on first
+    /// use. A failed load is not cached: fix the path and call again.
+    pub(crate) fn get(path: &Path) -> Result<Arc<Module>, HsmError> {
+        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let mut reg = registry();
+        if let Some(m) = reg.get(&key) {
+            return Ok(Arc::clone(m));
+        }
+        let at = At {
+            module: path,
+            token: None,
+            key: None,
+            doing: "loading the PKCS#11 module",
+        };
+        if !path.exists() {
+            return Err(HsmError::Unavailable(format!(
+                "PKCS#11 module {} does not exist: install softhsm2 (apt-get install softhsm2) \
+                 or point SIGIL_PKCS11_MODULE at the HSM vendor's PKCS#11 library",
+                path.display()
+            )));
+        }
+        let ctx = Pkcs11::new(path).map_err(|e| from_pkcs11(e, at))?;
+        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) => {}
+            // Someone else in this process initialised the library (e.g. the
+            // same .so reached through a different path): share it.
+            Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
+                tracing::debug!(module = %path.display(), "PKCS#11 module already initialised");
+            }
+            Err(e) => return Err(from_pkcs11(e, at)),
+        }
+        tracing::info!(module = %path.display(), "PKCS#11 module initialised");
+        let rng = ring::rand::SystemRandom::new();
+        let login_key = hmac::Key::generate(hmac::HMAC_SHA256, &rng).map_err(|_| {
+            HsmError::Unavailable("the system random generator failed; check /dev/urandom".into())
+        })?;
+        let module = Arc::new(Module {
+            path: key.clone(),
+            ctx,
+            admin: Mutex::new(()),
+            login_key,
+            logins: Mutex::new(HashMap::new()),
+        });
+        reg.insert(key, Arc::clone(&module));
+        Ok(module)
+    }
+
+    /// The cryptoki context.
+    pub(crate) fn ctx(&self) -> &Pkcs11 {
+        &self.ctx
+    }
+
+    /// Hold this while creating tokens.
+    pub(crate) fn admin_lock(&self) -> MutexGuard<'_, ()> {
+        lock(&self.admin)
+    }
+
+    fn at<'a>(&'a self, token: &'a str, doing: &'static str) -> At<'a> {
+        At {
+            module: &self.path,
+            token: Some(token),
+            key: None,
+            doing,
+        }
+    }
+
+    /// The slot holding the initialised token labelled `label`, if any.
+    pub(crate) fn find_token(&self, label: &str) -> Result<Option<Slot>, HsmError> {
+        let slots = self
+            .ctx
+            .get_slots_with_token()
+            .map_err(|e| from_pkcs11(e, self.at(label, "listing slots")))?;
+        for slot in slots {
+            match self.ctx.get_token_info(slot) {
+                Ok(info) if info.token_initialized() && info.label() == label => {
+                    return Ok(Some(slot))
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(slot = slot.id(), error = %e, "cannot read token info; skipping slot");
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// A slot whose token is present but not initialised (SoftHSM always
+    /// keeps one).
+    pub(crate) fn find_free_slot(&self, label: &str) -> Result<Option<Slot>, HsmError> {
+        let slots = self
+            .ctx
+            .get_slots_with_token()
+            .map_err(|e| from_pkcs11(e, self.at(label, "listing slots")))?;
+        for slot in slots {
+            if let Ok(info) = self.ctx.get_token_info(slot) {
+                if !info.token_initialized() {
+                    return Ok(Some(slot));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Open a read/write session on `slot` and log the user in.
+    pub(crate) fn open_user_session(
+        &self,
+        slot: Slot,
+        token: &str,
+        pin: &SecretString,
+    ) -> Result<Session, HsmError> {
+        let session = self
+            .ctx
+            .open_rw_session(slot)
+            .map_err(|e| from_pkcs11(e, self.at(token, "opening a session")))?;
+        self.login_user(&session, slot, token, pin)?;
+        Ok(session)
+    }
+
+    /// `C_Login` as user, tolerating `CKR_USER_ALREADY_LOGGED_IN`.
+    ///
+    /// The login state is per token per process, so "already logged in" says
+    /// nothing about *this* PIN. To stay fail-closed we remember an HMAC (under
+    /// a random per-process key) of the PIN that last logged in to the slot and
+    /// accept "already logged in" only for that same PIN.
+    pub(crate) fn login_user(
+        &self,
+        session: &Session,
+        slot: Slot,
+        token: &str,
+        pin: &SecretString,
+    ) -> Result<(), HsmError> {
+        let pin_bytes = pin.expose_secret().as_bytes();
+        match session.login(UserType::User, Some(pin)) {
+            Ok(()) => {
+                let tag = hmac::sign(&self.login_key, pin_bytes);
+                lock(&self.logins).insert(slot.id(), tag);
+                Ok(())
+            }
+            Err(P11Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
+                let known = lock(&self.logins).get(&slot.id()).copied();
+                match known {
+                    Some(tag) if hmac::verify(&self.login_key, pin_bytes, tag.as_ref()).is_ok() => {
+                        Ok(())
+                    }
+                    _ => Err(HsmError::Unavailable(format!(
+                        "login to token '{token}' in module {} refused: this process is \
+                         already logged in to the token with a different user PIN; check the \
+                         configured PIN",
+                        self.path.display()
+                    ))),
+                }
+            }
+            Err(e) => Err(from_pkcs11(e, self.at(token, "logging in"))),
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! A fixed-size pool of logged-in PKCS#11 sessions.
+//!
+//! A cryptoki [`Session`] is `Send` but not `Sync`: one thread at a time.
+//! The pool hands a session out to one caller ([`Lease`]), which gives it
+//! back on drop. Sessions are opened lazily up to `size`; a session that saw
+//! a PKCS#11 error is discarded (closed) rather than returned, and its place
+//! is refilled by the next checkout.
+
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use cryptoki::session::Session;
+
+use crate::context::lock;
+use crate::error::HsmError;
+
+/// How long a caller waits for a free session before failing closed.
+pub(crate) const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) struct Pool {
+    size: usize,
+    state: Mutex<State>,
+    freed: Condvar,
+}
+
+struct State {
+    idle: Vec<Session>,
+    /// Sessions that exist (idle + leased + being opened).
+    open: usize,
+    /// Bumped by [`Pool::close_all`]; leases from an older generation are
+    /// closed instead of returned.
+    generation: u64,
+}
+
+/// A session checked out of the pool.
+pub(crate) struct Lease<'p> {
+    pool: &'p Pool,
+    session: Option<Session>,
+    generation: u64,
+}
+
+impl Pool {
+    pub(crate) fn new(size: usize) -> Self {
+        Pool {
+            size,
+            state: Mutex::new(State {
+                idle: Vec::with_capacity(size),
+                open: 0,
+                generation: 0,
+            }),
+            freed: Condvar::new(),
+        }
+    }
+
+    pub(crate) fn size(&self) -> usize {
+        self.size
+    }
+
+    /// An idle session, or a new one from `open` if the pool has room;
+    /// otherwise wait up to [`CHECKOUT_TIMEOUT`] for one to come back.
+    pub(crate) fn checkout(
+        &self,
+        open: impl FnOnce() -> Result<Session, HsmError>,
+    ) -> Result<Lease<'_>, HsmError> {
+        self.checkout_inner(true, open)
+    }
+
+    /// Like [`Pool::checkout`] but always opens a new session (used to retry
+    /// after a session loss: the idle ones may be dead too).
+    pub(crate) fn checkout_fresh(
+        &self,
+        open: impl FnOnce() -> Result<Session, HsmError>,
+    ) -> Result<Lease<'_>, HsmError> {
+        self.checkout_inner(false, open)
+    }
+
+    fn checkout_inner(
+        &self,
+        reuse: bool,
+        open: impl FnOnce() -> Result<Session, HsmError>,
+    ) -> Result<Lease<'_>, HsmError> {
+        let deadline = Instant::now() + CHECKOUT_TIMEOUT;
+        let mut st = lock(&self.state);
+        loop {
+            if reuse {
+                if let Some(session) = st.idle.pop() {
+                    return Ok(Lease {
+                        pool: self,
+                        session: Some(session),
+                        generation: st.generation,
+                    });
+                }
+            } else if st.open >= self.size {
+                // Make room by closing an idle session, if any.
+                if let Some(old) = st.idle.pop() {
+                    st.open -= 1;
+                    drop(st);
+                    close_quietly(old);
+                    st = lock(&self.state);
+                    continue;
+                }
+            }
+            if st.open < self.size {
+                st.open += 1;
+                let generation = st.generation;
+                drop(st);
+                return match open() {
+                    Ok(session) => Ok(Lease {
+                        pool: self,
+                        session: Some(session),
+                        generation,
+                    }),
+                    Err(e) => {
+                        lock(&self.state).open -= 1;
+                        self.freed.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(HsmError::Unavailable(format!(
+                    "all {} HSM sessions stayed busy for {}s: the HSM is slow or hung; raise \
+                     pool_size or check the HSM",
+                    self.size,
+                    CHECKOUT_TIMEOUT.as_secs()
+                )));
+            }
+            st = self
+                .freed
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Close every idle session now and every leased one when it comes back.
+    /// Returns how many sessions were closed now.
+    pub(crate) fn close_all(&self) -> usize {
+        let idle = {
+            let mut st = lock(&self.state);
+            st.generation += 1;
+            let idle = std::mem::take(&mut st.idle);
+            st.open -= idle.len();
+            idle
+        };
+        let n = idle.len();
+        for s in idle {
+            close_quietly(s);
+        }
+        self.freed.notify_all();
+        n
+    }
+
+    fn give_back(&self, session: Session, generation: u64) {
+        let mut st = lock(&self.state);
+        if generation == st.generation {
+            st.idle.push(session);
+            drop(st);
+        } else {
+            st.open -= 1;
+            drop(st);
+            close_quietly(session);
+        }
+        self.freed.notify_one();
+    }
+
+    fn forget(&self, session: Session) {
+        lock(&self.state).open -= 1;
+        close_quietly(session);
+        self.freed.notify_one();
+    }
+}
+
+fn close_quietly(session: Session) {
+    // A lost session cannot be closed; that is expected here.
+    if let Err(e) = session.close() {
+        tracing::debug!(error = %e, "closing a PKCS#11 session failed (ignored)");
+    }
+}
+
+impl Lease<'_> {
+    /// The leased session.
+    ///
+    /// # Errors
+    /// Never in practice: the session is only taken out by `discard`, which
+    /// consumes the lease.
+    pub(crate) fn session(&self) -> Result<&Session, HsmError> {
+        self.session
+            .as_ref()
+            .ok_or_else(|| HsmError::Unavailable("internal error: empty session lease".into()))
+    }
+
+    /// Close the session instead of returning it to the pool.
+    pub(crate) fn discard(mut self) {
+        if let Some(s) = self.session.take() {
+            self.pool.forget(s);
+        }
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            self.pool.give_back(s, self.generation);
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Offline verifier for Sigil withdrawal approvals.
+//!
+//! Sigil signs every approval it issues as a compact JWS (RFC 7515) with
+//! ES256, using a key held in an HSM. The approval is bound to one exact
+//! action — its [`Intent`]: who, what asset, how much, to which address —
+//! through the intent digest (`intent_sha256`). A withdrawal engine embeds
+//! this crate to check an approval without calling Sigil, before it moves
+//! funds.
+//!
+//! # How an engine uses it
+//!
+//! 1. Fetch Sigil's approval keys (a JWK Set, [`JwkSet`]) and build a
+//!    [`Verifier`] with the issuer and audience it expects. Rebuild it when
+//!    Sigil rotates keys (a token naming an unknown `kid` is
+//!    [`VerifyError::UnknownKey`]: reload the keys, then retry once).
+//! 2. For each withdrawal, build the [`Intent`] from the engine's **own**
+//!    record of the withdrawal (not from the approval) and call
+//!    [`Verifier::verify_for`]. It checks the signature (algorithm pinned to
+//!    ES256, `none`/`HS256`/… refused), `typ`, `iss`, `aud`, `exp`/`nbf`/`iat`
+//!    with a small leeway, that `intent_sha256` is the digest of the approved
+//!    intent, and that the approved intent equals the engine's record field
+//!    by field.
+//! 3. Redeem the approval's `jti` with Sigil (`RedeemApproval`) exactly once,
+//!    and only then move funds. This crate cannot see replays.
+//! 4. Optionally, for approvals answered with WebAuthn, re-check the user's
+//!    own signature over the intent with [`verify_webauthn_evidence`].
+//!
+//! Any `Err` means: do not move funds. Errors print a message a person can
+//! act on.
+//!
+//! ```
+//! use ring::rand::SystemRandom;
+//! use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+//! use sigil_verify::{
+//!     assemble, b64url, signing_input, Claims, Intent, Jwk, JwkSet, Verifier, VerifyError,
+//! };
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // --- Sigil's side (normally inside the HSM), so that the example runs ---
+//! let rng = SystemRandom::new();
+//! let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+//!     .map_err(|_| "key generation failed")?;
+//! let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+//!     .map_err(|_| "bad key")?;
+//! let point = key.public_key().as_ref(); // 0x04 || x || y
+//! let jwk = Jwk::from_p256_point(point[1..33].try_into()?, point[33..65].try_into()?);
+//! let jwks_json = serde_json::to_string(&JwkSet { keys: vec![jwk.clone()] })?;
+//!
+//! let intent = Intent {
+//!     action: "withdrawal".into(),
+//!     user_id: "alice".into(),
+//!     withdrawal_id: "wd-0001".into(),
+//!     asset: "BTC".into(),
+//!     network: "bitcoin".into(),
+//!     amount: "0.5".into(),
+//!     destination: "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq".into(),
+//!     memo: String::new(),
+//! };
+//! let now = 1_700_000_000;
+//! let claims = Claims {
+//!     iss: "https://sigil.example".into(),
+//!     aud: "withdrawal-engine".into(),
+//!     sub: intent.user_id.clone(),
+//!     jti: "01HZX3".into(),
+//!     iat: now,
+//!     exp: now + 120,
+//!     nbf: None,
+//!     act: intent.action.clone(),
+//!     intent_sha256: b64url::encode(&intent.digest()),
+//!     intent: intent.clone(),
+//!     amr: vec!["hwk".into()],
+//!     webauthn: None,
+//! };
+//! let input = signing_input(&jwk.kid, &claims);
+//! let sig = key.sign(&rng, input.as_bytes()).map_err(|_| "signing failed")?;
+//! let token = assemble(&input, sig.as_ref().try_into()?);
+//!
+//! // --- The engine's side ---
+//! let keys: JwkSet = serde_json::from_str(&jwks_json)?;
+//! let verifier = Verifier::new(&keys, "https://sigil.example", "withdrawal-engine")?;
+//!
+//! // The engine's own record of the withdrawal it is about to execute.
+//! let record = intent.clone();
+//! let approved = verifier.verify_for(&token, &record, now + 5)?;
+//! assert_eq!(approved.jti, "01HZX3"); // now redeem the jti with Sigil, once
+//!
+//! // The same approval does not cover another amount...
+//! let other = Intent { amount: "5".into(), ..record.clone() };
+//! assert_eq!(
+//!     verifier.verify_for(&token, &other, now + 5),
+//!     Err(VerifyError::IntentMismatch { field: "amount" })
+//! );
+//! // ...nor does it live forever.
+//! assert_eq!(verifier.verify_for(&token, &record, now + 600), Err(VerifyError::Expired));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Cross-language contract
+//!
+//! The intent digest, canonical amounts and the WebAuthn challenge are
+//! defined byte for byte (see [`Intent::preimage`], [`is_canonical_amount`],
+//! [`webauthn_challenge`]) so that engines in other languages can recompute
+//! them; the crate's tests check them against independent test vectors.
+
+#![forbid(unsafe_code)]
+
+pub mod b64url;
+mod error;
+mod intent;
+mod jwk;
+mod jws;
+mod webauthn;
+
+pub use error::VerifyError;
+pub use intent::{
+    amount_decimals, is_canonical_amount, webauthn_challenge, Intent, INTENT_TAG, WEBAUTHN_TAG,
+};
+pub use jwk::{Jwk, JwkSet};
+pub use jws::{assemble, signing_input, Claims, Verifier};
+pub use webauthn::{cose_key_to_sec1, verify_webauthn_evidence, WebauthnEvidence};

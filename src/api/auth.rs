@@ -1,0 +1,80 @@
+//! Caller roles from client certificates.
+//!
+//! The TLS layer has already checked the certificate chains to the client
+//! CA. Here the role is read from the leaf's URI SAN
+//! `spiffe://sigil/role/<role>`; a certificate with no such SAN, or with
+//! more than one role, has no role and can call nothing but health and
+//! reflection.
+use tonic::{Request, Status};
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+/// URI SAN prefix carrying the role.
+pub const ROLE_URI_PREFIX: &str = "spiffe://sigil/role/";
+
+/// Who is calling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The exchange's withdrawal engine.
+    WithdrawalEngine,
+    /// The frontend backend relaying the user's browser.
+    Frontend,
+    /// Operators.
+    Admin,
+}
+
+impl Role {
+    /// Parses a role name.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "withdrawal-engine" => Some(Role::WithdrawalEngine),
+            "frontend" => Some(Role::Frontend),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    /// The role's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::WithdrawalEngine => "withdrawal-engine",
+            Role::Frontend => "frontend",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// The role in a DER certificate, if it names exactly one.
+pub fn role_of_der(der: &[u8]) -> Option<Role> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let mut roles = san.value.general_names.iter().filter_map(|n| match n {
+        GeneralName::URI(u) => u.strip_prefix(ROLE_URI_PREFIX),
+        _ => None,
+    });
+    let first = roles.next()?;
+    if roles.next().is_some() {
+        return None;
+    }
+    Role::parse(first)
+}
+
+/// Refuses the call unless the caller's certificate carries one of `allowed`.
+pub fn require<T>(req: &Request<T>, rpc: &str, allowed: &[Role]) -> Result<Role, Status> {
+    let role = req
+        .peer_certs()
+        .and_then(|certs| certs.first().and_then(|c| role_of_der(c.as_ref())));
+    let names: Vec<&str> = allowed.iter().map(|r| r.name()).collect();
+    match role {
+        Some(r) if allowed.contains(&r) => Ok(r),
+        Some(r) => Err(Status::permission_denied(format!(
+            "role '{}' may not call {rpc}; allowed: {}",
+            r.name(),
+            names.join(", ")
+        ))),
+        None => Err(Status::permission_denied(format!(
+            "client certificate carries no Sigil role ({ROLE_URI_PREFIX}<role>); {rpc} needs one of: {}",
+            names.join(", ")
+        ))),
+    }
+}

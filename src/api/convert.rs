@@ -1,0 +1,89 @@
+//! Protobuf <-> domain conversions. The domain never sees prost types.
+use sigil_verify::{Claims, Intent};
+
+use crate::approval::DeviceSignals;
+use crate::factor::{FactorRecord, Kind, State};
+use crate::pb;
+
+impl From<pb::Intent> for Intent {
+    fn from(i: pb::Intent) -> Self {
+        Intent {
+            action: i.action,
+            user_id: i.user_id,
+            withdrawal_id: i.withdrawal_id,
+            asset: i.asset,
+            network: i.network,
+            amount: i.amount,
+            destination: i.destination,
+            memo: i.memo,
+        }
+    }
+}
+
+impl From<Intent> for pb::Intent {
+    fn from(i: Intent) -> Self {
+        pb::Intent {
+            action: i.action,
+            user_id: i.user_id,
+            withdrawal_id: i.withdrawal_id,
+            asset: i.asset,
+            network: i.network,
+            amount: i.amount,
+            destination: i.destination,
+            memo: i.memo,
+        }
+    }
+}
+
+impl From<pb::DeviceSignals> for DeviceSignals {
+    fn from(d: pb::DeviceSignals) -> Self {
+        DeviceSignals { jailbroken: d.jailbroken, platform: d.platform, app_attestation: d.app_attestation }
+    }
+}
+
+impl From<Kind> for pb::FactorKind {
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::Totp => pb::FactorKind::Totp,
+            Kind::Webauthn => pb::FactorKind::Webauthn,
+            Kind::YubikeyHmac => pb::FactorKind::YubikeyHmac,
+            Kind::YubikeyOtp => pb::FactorKind::YubikeyOtp,
+        }
+    }
+}
+
+impl From<FactorRecord> for pb::Factor {
+    fn from(f: FactorRecord) -> Self {
+        pb::Factor {
+            factor_id: f.factor_id,
+            user_id: f.user_id,
+            kind: pb::FactorKind::from(f.kind) as i32,
+            state: match f.state {
+                State::Pending => pb::FactorState::Pending,
+                State::Active => pb::FactorState::Active,
+            } as i32,
+            nickname: f.nickname,
+            created_at: f.created_at,
+            last_used_at: f.last_used_at,
+            consecutive_failures: f.failures,
+            locked_until: f.locked_until,
+        }
+    }
+}
+
+impl From<Claims> for pb::ApprovalClaims {
+    fn from(c: Claims) -> Self {
+        pb::ApprovalClaims {
+            iss: c.iss,
+            aud: c.aud,
+            sub: c.sub,
+            jti: c.jti,
+            iat: c.iat,
+            exp: c.exp,
+            act: c.act,
+            intent: Some(c.intent.into()),
+            intent_sha256: c.intent_sha256,
+            amr: c.amr,
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The gRPC layer: services, role guard, conversions, error mapping.
+//!
+//! Each handler checks the caller's role, converts the request, runs the
+//! domain operation on a blocking thread (it talks to the HSM and waits for
+//! durable writes) and converts the answer.
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::approval::Proof;
+use crate::core::Sigil;
+use crate::error::Error;
+use crate::pb;
+use auth::{require, Role};
+
+pub mod auth;
+pub mod convert;
+pub mod status;
+
+async fn blocking<T, F>(f: F) -> Result<T, Status>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Error> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| Status::internal("request worker stopped unexpectedly; nothing was approved"))?
+        .map_err(status::to_status)
+}
+
+/// `sigil.v1.FactorService`.
+#[derive(Clone)]
+pub struct FactorApi {
+    sigil: Arc<Sigil>,
+}
+
+impl FactorApi {
+    /// Wraps a Sigil.
+    pub fn new(sigil: Arc<Sigil>) -> Self {
+        Self { sigil }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::factor_service_server::FactorService for FactorApi {
+    async fn begin_totp_enrollment(
+        &self,
+        req: Request<pb::BeginTotpEnrollmentRequest>,
+    ) -> Result<Response<pb::BeginTotpEnrollmentResponse>, Status> {
+        require(&req, "BeginTotpEnrollment", &[Role::Frontend])?;
+        let r = req.into_inner();
+        let s = self.sigil.clone();
+        let e = blocking(move || s.begin_totp_enrollment(&r.user_id, &r.nickname, &r.account_name, &r.step_up_approval))
+            .await?;
+        Ok(Response::new(pb::BeginTotpEnrollmentResponse {
+            factor_id: e.factor_id.clone(),
+            secret_base32: e.secret_base32.clone(),
+            otpauth_uri: e.otpauth_uri.clone(),
+            qr_svg: e.qr_svg.clone(),
+            digits: crate::factor::totp::DIGITS,
+            period_seconds: crate::factor::totp::PERIOD as u32,
+            confirm_before: e.confirm_before,
+        }))
+    }
+
+    async fn confirm_totp_enrollment(
+        &self,
+        req: Request<pb::ConfirmTotpEnrollmentRequest>,
+    ) -> Result<Response<pb::ConfirmTotpEnrollmentResponse>, Status> {
+        require(&req, "ConfirmTotpEnrollment", &[Role::Frontend])?;
+        let r = req.into_inner();
+        let s = self.sigil.clone();
+        let f = blocking(move || s.confirm_totp_enrollment(&r.user_id, &r.factor_id, &r.code)).await?;
+        Ok(Response::new(pb::ConfirmTotpEnrollmentResponse { factor: Some(f.into()) }))
+    }
+
+    async fn list_factors(
+        &self,
+        req: Request<pb::ListFactorsRequest>,
+    ) -> Result<Response<pb::ListFactorsResponse>, Status> {
+        require(&req, "ListFactors", &[Role::Frontend, Role::Admin])?;
+        let r = req.into_inner();
+        let s = self.sigil.clone();
+        let list = blocking(move || s.list_factors(&r.user_id)).await?;
+        Ok(Response::new(pb::ListFactorsResponse { factors: list.into_iter().map(Into::into).collect() }))
+    }
+
+    async fn remove_factor(
+        &self,
+        req: Request<pb::RemoveFactorRequest>,
+    ) -> Result<Response<pb::RemoveFactorResponse>, Status> {
+        require(&req, "RemoveFactor", &[Role::Frontend])?;
+        let r = req.into_inner();
+        let s = self.sigil.clone();
+        blocking(move || s.remove_factor(&r.user_id, &r.factor_id, &r.step_up_approval)).await?;
+        Ok(Response::new(pb::RemoveFactorResponse {}))
+    }
+}
+
+/// `sigil.v1.ApprovalService`.
+#[derive(Clone)]
+pub struct ApprovalApi {
+    sigil: Arc<Sigil>,
+}
+
+impl ApprovalApi {
+    /// Wraps a Sigil.
+    pub fn new(sigil: Arc<Sigil>) -> Self {
+        Self { sigil }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::approval_service_server::ApprovalService for ApprovalApi {
+    async fn begin_approval(
+        &self,
+        req: Request<pb::BeginApprovalRequest>,
+    ) -> Result<Response<pb::BeginApprovalResponse>, Status> {
+        require(&req, "BeginApproval", &[Role::WithdrawalEngine, Role::Frontend])?;
+        let r = req.into_inner();
+        let intent = r
+            .intent
+            .ok_or_else(|| status::to_status(Error::invalid("intent", "is required")))?
+            .into();
+        let device = r.device.unwrap_or_default().into();
+        let s = self.sigil.clone();
+        let b = blocking(move || s.begin_approval(intent, device)).await?;
+        Ok(Response::new(pb::BeginApprovalResponse {
+            challenge_id: b.challenge_id,
+            intent_sha256: b.intent_sha256.to_vec(),
+            allowed_kinds: b.allowed.into_iter().map(|k| pb::FactorKind::from(k) as i32).collect(),
+            factors: b.factors.into_iter().map(Into::into).collect(),
+            expires_at: b.expires_at,
+        }))
+    }
+
+    async fn complete_approval(
+        &self,
+        req: Request<pb::CompleteApprovalRequest>,
+    ) -> Result<Response<pb::CompleteApprovalResponse>, Status> {
+        require(&req, "CompleteApproval", &[Role::WithdrawalEngine, Role::Frontend])?;
+        let r = req.into_inner();
+        let proof = match r.proof {
+            Some(pb::complete_approval_request::Proof::Totp(t)) => Proof::Totp {
+                code: t.code,
+                factor_id: (!t.factor_id.is_empty()).then_some(t.factor_id),
+            },
+            None => return Err(status::to_status(Error::invalid("proof", "is required (totp)"))),
+        };
+        let s = self.sigil.clone();
+        let i = blocking(move || s.complete_approval(&r.challenge_id, &r.user_id, proof)).await?;
+        Ok(Response::new(pb::CompleteApprovalResponse {
+            approval: i.token,
+            jti: i.jti,
+            expires_at: i.expires_at,
+            amr: i.amr,
+        }))
+    }
+
+    async fn redeem_approval(
+        &self,
+        req: Request<pb::RedeemApprovalRequest>,
+    ) -> Result<Response<pb::RedeemApprovalResponse>, Status> {
+        require(&req, "RedeemApproval", &[Role::WithdrawalEngine])?;
+        let r = req.into_inner();
+        let expected = r.expected_intent.map(sigil_verify::Intent::from);
+        let s = self.sigil.clone();
+        let claims = blocking(move || s.redeem_approval(&r.approval, expected.as_ref())).await?;
+        Ok(Response::new(pb::RedeemApprovalResponse { claims: Some(claims.into()) }))
+    }
+
+    async fn get_approval_keys(
+        &self,
+        req: Request<pb::GetApprovalKeysRequest>,
+    ) -> Result<Response<pb::GetApprovalKeysResponse>, Status> {
+        require(&req, "GetApprovalKeys", &[Role::WithdrawalEngine, Role::Frontend, Role::Admin])?;
+        let jwks_json = serde_json::to_string(self.sigil.signer().jwks())
+            .map_err(|e| status::to_status(Error::Internal(format!("cannot encode key set: {e}"))))?;
+        Ok(Response::new(pb::GetApprovalKeysResponse { jwks_json, cache_max_age_seconds: 300 }))
+    }
+}

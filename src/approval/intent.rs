@@ -1,0 +1,233 @@
+//! Intent validation: which fields each action carries, and their syntax.
+//!
+//! The digest itself lives in `sigil_verify` (one implementation of the
+//! contract, shared with withdrawal engines). This module decides whether
+//! an intent is acceptable before anything is stored or signed.
+use sigil_verify::{amount_decimals, is_canonical_amount, Intent};
+
+use crate::config::Config;
+use crate::error::Error;
+
+/// Longest id, address or memo accepted, in bytes.
+pub const MAX_FIELD: usize = 256;
+
+/// Action types. Each needs an approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Move funds to an address.
+    Withdrawal,
+    /// Add an address to the withdrawal whitelist.
+    AddAddress,
+    /// Remove an address from the whitelist.
+    RemoveAddress,
+    /// Enroll another factor (step-up once one exists).
+    EnrollFactor,
+    /// Remove a factor.
+    RemoveFactor,
+    /// Change the anti-phishing code.
+    ChangeAntiPhishingCode,
+    /// Create an API key.
+    CreateApiKey,
+}
+
+/// Whether an action carries a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    Required,
+    Optional,
+    Forbidden,
+}
+
+impl Action {
+    /// Every action.
+    pub const ALL: [Action; 7] = [
+        Action::Withdrawal,
+        Action::AddAddress,
+        Action::RemoveAddress,
+        Action::EnrollFactor,
+        Action::RemoveFactor,
+        Action::ChangeAntiPhishingCode,
+        Action::CreateApiKey,
+    ];
+
+    /// The lower-case name used in intents and the `act` claim.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Withdrawal => "withdrawal",
+            Action::AddAddress => "add_address",
+            Action::RemoveAddress => "remove_address",
+            Action::EnrollFactor => "enroll_factor",
+            Action::RemoveFactor => "remove_factor",
+            Action::ChangeAntiPhishingCode => "change_anti_phishing_code",
+            Action::CreateApiKey => "create_api_key",
+        }
+    }
+
+    /// Parses a name (exact, lower case).
+    pub fn parse(s: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.name() == s)
+    }
+
+    /// Rules for (withdrawal_id, asset, network, amount, destination, memo).
+    fn rules(self) -> [Rule; 6] {
+        use Rule::*;
+        match self {
+            Action::Withdrawal => [Required, Required, Required, Required, Required, Optional],
+            Action::AddAddress | Action::RemoveAddress => [Forbidden, Required, Required, Forbidden, Required, Optional],
+            Action::RemoveFactor => [Forbidden, Forbidden, Forbidden, Forbidden, Forbidden, Required],
+            Action::EnrollFactor | Action::ChangeAntiPhishingCode | Action::CreateApiKey => {
+                [Forbidden, Forbidden, Forbidden, Forbidden, Forbidden, Optional]
+            }
+        }
+    }
+}
+
+/// Checks a user id (also used outside intents).
+pub fn check_id(field: &str, value: &str) -> Result<(), Error> {
+    if value.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    check_text(field, value)
+}
+
+fn check_text(field: &str, value: &str) -> Result<(), Error> {
+    if value.len() > MAX_FIELD {
+        return Err(Error::invalid(field, format!("is {} bytes; at most {MAX_FIELD} are allowed", value.len())));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "contains control characters"));
+    }
+    Ok(())
+}
+
+fn check_symbol(field: &str, value: &str) -> Result<(), Error> {
+    if value.len() > 32 || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return Err(Error::invalid(field, "must be 1..32 ASCII letters, digits, '.', '_' or '-'"));
+    }
+    Ok(())
+}
+
+/// Validates an intent and returns its action. Errors name the field as
+/// `intent.<field>`.
+pub fn validate(cfg: &Config, intent: &Intent) -> Result<Action, Error> {
+    let action = Action::parse(&intent.action).ok_or_else(|| {
+        let names: Vec<&str> = Action::ALL.iter().map(|a| a.name()).collect();
+        if intent.action.is_empty() {
+            Error::invalid("intent.action", format!("is required; one of {}", names.join(", ")))
+        } else {
+            Error::invalid(
+                "intent.action",
+                format!("unknown action '{}'; expected one of {}", intent.action.escape_debug(), names.join(", ")),
+            )
+        }
+    })?;
+    check_id("intent.user_id", &intent.user_id)?;
+    let fields = [
+        ("intent.withdrawal_id", &intent.withdrawal_id),
+        ("intent.asset", &intent.asset),
+        ("intent.network", &intent.network),
+        ("intent.amount", &intent.amount),
+        ("intent.destination", &intent.destination),
+        ("intent.memo", &intent.memo),
+    ];
+    for ((field, value), rule) in fields.into_iter().zip(action.rules()) {
+        match rule {
+            Rule::Required if value.is_empty() => {
+                return Err(Error::invalid(field, format!("is required for action {}", action.name())));
+            }
+            Rule::Forbidden if !value.is_empty() => {
+                return Err(Error::invalid(field, format!("must be empty for action {}", action.name())));
+            }
+            _ => check_text(field, value)?,
+        }
+    }
+    if !intent.asset.is_empty() {
+        check_symbol("intent.asset", &intent.asset)?;
+    }
+    if !intent.network.is_empty() {
+        check_symbol("intent.network", &intent.network)?;
+    }
+    if action == Action::Withdrawal {
+        if !is_canonical_amount(&intent.amount) {
+            return Err(Error::invalid(
+                "intent.amount",
+                format!(
+                    "'{}' is not a canonical decimal greater than zero (like 0.5, 12, 1.05; no sign, exponent, leading zeros or trailing zeros)",
+                    intent.amount.escape_debug()
+                ),
+            ));
+        }
+        let max = cfg.max_decimals(&intent.asset).ok_or_else(|| {
+            Error::invalid("intent.asset", format!("asset '{}' is not configured", intent.asset))
+        })?;
+        let decimals = amount_decimals(&intent.amount);
+        if decimals > max {
+            return Err(Error::invalid(
+                "intent.amount",
+                format!("has {decimals} decimals; {} allows at most {max}", intent.asset),
+            ));
+        }
+    }
+    Ok(action)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn withdrawal() -> Intent {
+        Intent {
+            action: "withdrawal".into(),
+            user_id: "alice".into(),
+            withdrawal_id: "wd-1".into(),
+            asset: "BTC".into(),
+            network: "bitcoin".into(),
+            amount: "0.5".into(),
+            destination: "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq".into(),
+            memo: String::new(),
+        }
+    }
+
+    fn field_of(e: Error) -> String {
+        match e {
+            Error::InvalidArgument { field, .. } => field,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn accepts_good_withdrawal() {
+        assert_eq!(validate(&Config::default(), &withdrawal()).unwrap(), Action::Withdrawal);
+    }
+
+    #[test]
+    fn names_the_bad_field() {
+        let cfg = Config::default();
+        let cases: Vec<(Box<dyn Fn(&mut Intent)>, &str)> = vec![
+            (Box::new(|i| i.action = "withdraw".into()), "intent.action"),
+            (Box::new(|i| i.action = "Withdrawal".into()), "intent.action"),
+            (Box::new(|i| i.user_id = String::new()), "intent.user_id"),
+            (Box::new(|i| i.user_id = "u".repeat(257)), "intent.user_id"),
+            (Box::new(|i| i.withdrawal_id = String::new()), "intent.withdrawal_id"),
+            (Box::new(|i| i.destination = "a".repeat(257)), "intent.destination"),
+            (Box::new(|i| i.amount = "1.50".into()), "intent.amount"),
+            (Box::new(|i| i.amount = "0".into()), "intent.amount"),
+            (Box::new(|i| i.amount = "0.000000001".into()), "intent.amount"),
+            (Box::new(|i| i.asset = "B TC".into()), "intent.asset"),
+            (Box::new(|i| i.memo = "a\nb".into()), "intent.memo"),
+        ];
+        for (mutate, field) in cases {
+            let mut i = withdrawal();
+            mutate(&mut i);
+            assert_eq!(field_of(validate(&cfg, &i).unwrap_err()), field);
+        }
+        let mut i = withdrawal();
+        i.action = "add_address".into();
+        assert_eq!(field_of(validate(&cfg, &i).unwrap_err()), "intent.withdrawal_id");
+        // 256 bytes is fine.
+        let mut i = withdrawal();
+        i.withdrawal_id = "w".repeat(256);
+        assert!(validate(&cfg, &i).is_ok());
+    }
+}

@@ -1,0 +1,339 @@
+//! Configuration: a versioned TOML file, then environment variables, then
+//! command-line flags (applied by the binaries).
+//!
+//! Every section has defaults suited to local development, so an empty file
+//! (or none) gives a working service with `make run`. Unknown keys are an
+//! error: a typo must not silently fall back to a default.
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::Error;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Format version of this file; must be 1.
+    pub version: u32,
+    /// Network and TLS.
+    pub server: ServerConfig,
+    /// The HSM (PKCS#11).
+    pub hsm: HsmSection,
+    /// State storage.
+    pub store: StoreConfig,
+    /// Approval tokens and challenges.
+    pub approval: ApprovalConfig,
+    /// TOTP factors.
+    pub totp: TotpConfig,
+    /// Lockout after failed attempts.
+    pub lockout: LockoutConfig,
+    /// Asset precision rules.
+    pub assets: AssetsConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on (TLS only; there is no plaintext port).
+    pub listen: SocketAddr,
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM).
+    pub key: PathBuf,
+    /// CA that issues client certificates (PEM). Clients without a
+    /// certificate from it cannot connect.
+    pub client_ca: PathBuf,
+}
+
+/// `[hsm]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HsmSection {
+    /// PKCS#11 module. Empty: SoftHSM2 from its usual Debian locations.
+    pub module: PathBuf,
+    /// Label of the token holding Sigil's keys.
+    pub token_label: String,
+    /// Environment variable holding the user PIN (checked first).
+    pub pin_env: String,
+    /// File holding the user PIN (used when the variable is unset).
+    pub pin_file: PathBuf,
+    /// Label of the EC P-256 key that signs approvals.
+    pub approval_key_label: String,
+    /// Label of the AES-256 key that encrypts factor secrets.
+    pub secrets_key_label: String,
+    /// Number of PKCS#11 sessions kept open.
+    pub pool_size: usize,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Directory of the sled store.
+    pub path: PathBuf,
+}
+
+/// `[approval]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalConfig {
+    /// `iss` claim of approvals.
+    pub issuer: String,
+    /// `aud` claim of approvals.
+    pub audience: String,
+    /// Lifetime of an approval (`exp - iat`), seconds.
+    pub ttl_seconds: i64,
+    /// Lifetime of a challenge, seconds.
+    pub challenge_ttl_seconds: i64,
+    /// Clock leeway when Sigil itself verifies approvals, seconds.
+    pub leeway_seconds: i64,
+}
+
+/// `[totp]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TotpConfig {
+    /// Issuer shown in authenticator apps.
+    pub issuer: String,
+    /// A pending enrollment must be confirmed within this many seconds.
+    pub enrollment_ttl_seconds: i64,
+}
+
+/// `[lockout]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockoutConfig {
+    /// Consecutive failures before a factor locks.
+    pub max_failures: u32,
+    /// First lock duration, seconds; doubles with every further failure.
+    pub base_seconds: u64,
+    /// Longest lock, seconds.
+    pub max_seconds: u64,
+}
+
+/// `[assets]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AssetsConfig {
+    /// Maximum decimals per asset ticker.
+    pub decimals: BTreeMap<String, usize>,
+    /// Maximum decimals for assets not listed; absent means unlisted assets
+    /// are refused.
+    pub default_decimals: Option<usize>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            version: 1,
+            server: ServerConfig::default(),
+            hsm: HsmSection::default(),
+            store: StoreConfig::default(),
+            approval: ApprovalConfig::default(),
+            totp: TotpConfig::default(),
+            lockout: LockoutConfig::default(),
+            assets: AssetsConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            cert: "certs/out/server.pem".into(),
+            key: "certs/out/server.key".into(),
+            client_ca: "certs/out/ca.pem".into(),
+        }
+    }
+}
+
+impl Default for HsmSection {
+    fn default() -> Self {
+        Self {
+            module: PathBuf::new(),
+            token_label: "sigil".into(),
+            pin_env: "SIGIL_HSM_PIN".into(),
+            pin_file: "hsm/pin".into(),
+            approval_key_label: "sigil-approval-1".into(),
+            secrets_key_label: "sigil-secrets-1".into(),
+            pool_size: 4,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { path: "data/sled".into() }
+    }
+}
+
+impl Default for ApprovalConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "sigil".into(),
+            audience: "withdrawal-engine".into(),
+            ttl_seconds: 120,
+            challenge_ttl_seconds: 300,
+            leeway_seconds: 5,
+        }
+    }
+}
+
+impl Default for TotpConfig {
+    fn default() -> Self {
+        Self { issuer: "Sigil".into(), enrollment_ttl_seconds: 600 }
+    }
+}
+
+impl Default for LockoutConfig {
+    fn default() -> Self {
+        Self { max_failures: 5, base_seconds: 30, max_seconds: 3600 }
+    }
+}
+
+impl Default for AssetsConfig {
+    fn default() -> Self {
+        let decimals = [
+            ("BTC", 8),
+            ("LTC", 8),
+            ("DOGE", 8),
+            ("BCH", 8),
+            ("ETH", 18),
+            ("BNB", 18),
+            ("USDT", 6),
+            ("USDC", 6),
+            ("XRP", 6),
+            ("TRX", 6),
+            ("ADA", 6),
+            ("SOL", 9),
+            ("XLM", 7),
+            ("DOT", 10),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        Self { decimals, default_decimals: Some(18) }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file, then applies `SIGIL_*` environment variables.
+    pub fn load(path: Option<&Path>) -> Result<Config, Error> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| Error::invalid("config", format!("cannot read {}: {e}", p.display())))?;
+                Config::from_toml(&text)?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text (no environment applied).
+    pub fn from_toml(text: &str) -> Result<Config, Error> {
+        let cfg: Config = toml::from_str(text).map_err(|e| Error::invalid("config", e.to_string()))?;
+        if cfg.version != 1 {
+            return Err(Error::invalid("config.version", format!("version {} is not supported; expected 1", cfg.version)));
+        }
+        Ok(cfg)
+    }
+
+    /// Applies environment overrides: `SIGIL_LISTEN`, `SIGIL_STORE_PATH`,
+    /// `SIGIL_HSM_MODULE`, `SIGIL_HSM_TOKEN`, `SIGIL_TLS_CERT`,
+    /// `SIGIL_TLS_KEY`, `SIGIL_CLIENT_CA`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), Error> {
+        if let Some(v) = get("SIGIL_LISTEN") {
+            self.server.listen =
+                v.parse().map_err(|_| Error::invalid("SIGIL_LISTEN", format!("'{v}' is not an address like 127.0.0.1:50051")))?;
+        }
+        if let Some(v) = get("SIGIL_STORE_PATH") {
+            self.store.path = v.into();
+        }
+        if let Some(v) = get("SIGIL_HSM_MODULE") {
+            self.hsm.module = v.into();
+        }
+        if let Some(v) = get("SIGIL_HSM_TOKEN") {
+            self.hsm.token_label = v;
+        }
+        if let Some(v) = get("SIGIL_TLS_CERT") {
+            self.server.cert = v.into();
+        }
+        if let Some(v) = get("SIGIL_TLS_KEY") {
+            self.server.key = v.into();
+        }
+        if let Some(v) = get("SIGIL_CLIENT_CA") {
+            self.server.client_ca = v.into();
+        }
+        Ok(())
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.approval.ttl_seconds <= 0 || self.approval.ttl_seconds > 3600 {
+            return Err(Error::invalid("approval.ttl_seconds", "must be between 1 and 3600"));
+        }
+        if self.approval.challenge_ttl_seconds <= 0 || self.approval.challenge_ttl_seconds > 3600 {
+            return Err(Error::invalid("approval.challenge_ttl_seconds", "must be between 1 and 3600"));
+        }
+        if !(0..=300).contains(&self.approval.leeway_seconds) {
+            return Err(Error::invalid("approval.leeway_seconds", "must be between 0 and 300"));
+        }
+        if self.lockout.max_failures == 0 {
+            return Err(Error::invalid("lockout.max_failures", "must be at least 1"));
+        }
+        if self.hsm.pool_size == 0 || self.hsm.pool_size > 256 {
+            return Err(Error::invalid("hsm.pool_size", "must be between 1 and 256"));
+        }
+        Ok(())
+    }
+
+    /// A configuration for tests: store and TLS paths under `dir`.
+    pub fn for_test(dir: &Path) -> Config {
+        let mut c = Config::default();
+        c.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.server.cert = dir.join("certs/server.pem");
+        c.server.key = dir.join("certs/server.key");
+        c.server.client_ca = dir.join("certs/ca.pem");
+        c.store.path = dir.join("sled");
+        c.hsm.pin_file = dir.join("pin");
+        c
+    }
+
+    /// Maximum decimals allowed for `asset`, or None when the asset is not
+    /// accepted.
+    pub fn max_decimals(&self, asset: &str) -> Option<usize> {
+        self.assets.decimals.get(asset).copied().or(self.assets.default_decimals)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = Config::from_toml("version = 1\n[server]\nlisten_addr = \"x\"\n").unwrap_err();
+        assert!(e.to_string().contains("listen_addr"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let mut c = Config::from_toml("version = 1\n[store]\npath = \"/a\"\n").unwrap();
+        c.apply_env(|k| (k == "SIGIL_STORE_PATH").then(|| "/b".to_string())).unwrap();
+        assert_eq!(c.store.path, PathBuf::from("/b"));
+    }
+
+    #[test]
+    fn newer_version_refused() {
+        assert!(Config::from_toml("version = 2\n").is_err());
+    }
+}

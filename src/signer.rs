@@ -1,0 +1,179 @@
+//! Everything Sigil does with the HSM: approval signing keys (published as a
+//! JWK Set), JWS signing, and encryption of factor secrets.
+//!
+//! The PKCS#11 work (sessions, reconnects) lives in the `sigil-hsm` crate;
+//! this module decides which keys are used for what. All calls block: run
+//! them on blocking threads.
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+use sigil_hsm::{Hsm, HsmConfig};
+use sigil_verify::{Claims, Jwk, JwkSet, Verifier};
+use zeroize::Zeroizing;
+
+use crate::config::{Config, HsmSection};
+use crate::error::Error;
+use crate::factor::WrappedSecret;
+
+/// Prefix of the labels of approval-signing keys on the token.
+pub const APPROVAL_KEY_PREFIX: &str = "sigil-approval";
+
+/// Approval keys and the secrets key, on one token.
+pub struct Signer {
+    hsm: Hsm,
+    active_label: String,
+    active_kid: String,
+    secrets_label: String,
+    jwks: JwkSet,
+    verifier: Verifier,
+}
+
+/// Resolves the PKCS#11 module: configured, else SoftHSM2.
+pub fn module_path(cfg: &HsmSection) -> PathBuf {
+    if cfg.module.as_os_str().is_empty() {
+        sigil_hsm::softhsm_module_path()
+    } else {
+        cfg.module.clone()
+    }
+}
+
+/// Reads the HSM user PIN: from the configured environment variable, else
+/// from the configured file. The PIN is never logged.
+pub fn read_pin(cfg: &HsmSection) -> Result<SecretString, Error> {
+    if let Ok(pin) = std::env::var(&cfg.pin_env) {
+        if !pin.is_empty() {
+            return Ok(SecretString::from(pin));
+        }
+    }
+    let text = std::fs::read_to_string(&cfg.pin_file).map_err(|e| {
+        Error::Unavailable(format!(
+            "no HSM PIN: set {} or create {} ({e}); `make hsm` creates it for development",
+            cfg.pin_env,
+            cfg.pin_file.display()
+        ))
+    })?;
+    Ok(SecretString::from(text.trim().to_string()))
+}
+
+impl Signer {
+    /// Opens the token and loads the public halves of every approval key.
+    pub fn open(cfg: &Config, pin: SecretString) -> Result<Signer, Error> {
+        let hsm = Hsm::open(&HsmConfig {
+            module: module_path(&cfg.hsm),
+            token_label: cfg.hsm.token_label.clone(),
+            pin,
+            pool_size: cfg.hsm.pool_size,
+        })?;
+        Signer::with_hsm(cfg, hsm)
+    }
+
+    /// Builds the signer over an opened HSM.
+    pub fn with_hsm(cfg: &Config, hsm: Hsm) -> Result<Signer, Error> {
+        let active_label = cfg.hsm.approval_key_label.clone();
+        if !hsm.key_exists(&active_label)? {
+            return Err(Error::Unavailable(format!(
+                "approval key '{active_label}' is not on token '{}': run `make hsm` (or `sigil hsm init`)",
+                cfg.hsm.token_label
+            )));
+        }
+        if !hsm.key_exists(&cfg.hsm.secrets_key_label)? {
+            return Err(Error::Unavailable(format!(
+                "secrets key '{}' is not on token '{}': run `make hsm` (or `sigil hsm init`)",
+                cfg.hsm.secrets_key_label, cfg.hsm.token_label
+            )));
+        }
+        let mut labels = hsm.list_ec_keys(APPROVAL_KEY_PREFIX)?;
+        labels.sort();
+        let mut keys = Vec::new();
+        let mut active_kid = String::new();
+        for label in &labels {
+            let pk = hsm.ec_public_key(label)?;
+            let jwk = Jwk::from_p256_point(&pk.x, &pk.y);
+            if *label == active_label {
+                active_kid = jwk.kid.clone();
+            }
+            keys.push(jwk);
+        }
+        let jwks = JwkSet { keys };
+        let verifier = Verifier::new(&jwks, &cfg.approval.issuer, &cfg.approval.audience)
+            .map_err(|e| Error::Internal(format!("published keys do not form a valid key set: {e}")))?
+            .with_leeway(cfg.approval.leeway_seconds);
+        Ok(Signer { hsm, active_label, active_kid, secrets_label: cfg.hsm.secrets_key_label.clone(), jwks, verifier })
+    }
+
+    /// The published key set.
+    pub fn jwks(&self) -> &JwkSet {
+        &self.jwks
+    }
+
+    /// A verifier over the published keys.
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// `kid` of the key that signs new approvals.
+    pub fn active_kid(&self) -> &str {
+        &self.active_kid
+    }
+
+    /// Signs claims as a compact JWS with the active key, inside the HSM.
+    pub fn sign(&self, claims: &Claims) -> Result<String, Error> {
+        let input = sigil_verify::signing_input(&self.active_kid, claims);
+        let sig = self.hsm.sign_es256(&self.active_label, input.as_bytes())?;
+        Ok(sigil_verify::assemble(&input, &sig))
+    }
+
+    /// Raw ES256 signature with the active key (benchmarks).
+    pub fn sign_raw(&self, message: &[u8]) -> Result<[u8; 64], Error> {
+        Ok(self.hsm.sign_es256(&self.active_label, message)?)
+    }
+
+    /// Encrypts a factor secret under the secrets key, bound to `aad`.
+    pub fn wrap(&self, secret: &[u8], aad: &[u8]) -> Result<WrappedSecret, Error> {
+        let blob = self.hsm.encrypt(&self.secrets_label, secret, aad)?;
+        Ok(WrappedSecret { key_label: self.secrets_label.clone(), blob: sigil_verify::b64url::encode(&blob) })
+    }
+
+    /// Decrypts a factor secret with the key that wrapped it.
+    pub fn unwrap_secret(&self, w: &WrappedSecret, aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let blob = sigil_verify::b64url::decode(&w.blob)
+            .map_err(|_| Error::Internal("stored secret is not valid base64url".into()))?;
+        Ok(self.hsm.decrypt(&w.key_label, &blob, aad)?)
+    }
+
+    /// The underlying HSM handle.
+    pub fn hsm(&self) -> &Hsm {
+        &self.hsm
+    }
+}
+
+/// Creates what a fresh token needs: the token itself (if absent) and the
+/// approval and secrets keys (if absent). Idempotent. Returns a line per
+/// thing created, for the operator.
+pub fn init_token(cfg: &Config, so_pin: &SecretString, pin: &SecretString) -> Result<Vec<String>, Error> {
+    let module = module_path(&cfg.hsm);
+    let mut done = Vec::new();
+    if !Hsm::token_exists(&module, &cfg.hsm.token_label)? {
+        Hsm::init_token(&module, &cfg.hsm.token_label, so_pin, pin)?;
+        done.push(format!("created token '{}'", cfg.hsm.token_label));
+    }
+    let hsm = Hsm::open(&HsmConfig {
+        module,
+        token_label: cfg.hsm.token_label.clone(),
+        pin: pin.clone(),
+        pool_size: 1,
+    })?;
+    if !hsm.key_exists(&cfg.hsm.approval_key_label)? {
+        let pk = hsm.generate_ec_key(&cfg.hsm.approval_key_label)?;
+        let kid = Jwk::from_p256_point(&pk.x, &pk.y).kid;
+        done.push(format!("generated approval key '{}' (EC P-256, kid {kid})", cfg.hsm.approval_key_label));
+    }
+    if !hsm.key_exists(&cfg.hsm.secrets_key_label)? {
+        hsm.generate_aes_key(&cfg.hsm.secrets_key_label)?;
+        done.push(format!("generated secrets key '{}' (AES-256)", cfg.hsm.secrets_key_label));
+    }
+    Ok(done)
+}
+
+/// Zeroizing byte buffer alias used for decrypted secrets.
+pub type SecretBytes = Zeroizing<Vec<u8>>;
