@@ -21,7 +21,8 @@ pub struct ClientTls<'a> {
 /// names another host.
 pub async fn connect(url: &str, tls: &ClientTls<'_>) -> Result<Channel, Error> {
     let read = |p: &Path| {
-        std::fs::read(p).map_err(|e| Error::invalid("tls", format!("cannot read {}: {e}", p.display())))
+        std::fs::read(p)
+            .map_err(|e| Error::invalid("tls", format!("cannot read {}: {e}", p.display())))
     };
     let host = url
         .trim_start_matches("https://")

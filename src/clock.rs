@@ -27,13 +27,17 @@ impl Clock for SystemClock {
     fn now(&self) -> Result<i64, Error> {
         let secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_err(|_| Error::Unavailable("system clock is before 1970: refusing to approve".into()))?
+            .map_err(|_| {
+                Error::Unavailable("system clock is before 1970: refusing to approve".into())
+            })?
             .as_secs();
-        let secs = i64::try_from(secs)
-            .map_err(|_| Error::Unavailable("system clock out of range: refusing to approve".into()))?;
+        let secs = i64::try_from(secs).map_err(|_| {
+            Error::Unavailable("system clock out of range: refusing to approve".into())
+        })?;
         if secs < EARLIEST_TRUSTED {
             return Err(Error::Unavailable(
-                "system clock reads a time before 2024: refusing to approve until it is fixed".into(),
+                "system clock reads a time before 2024: refusing to approve until it is fixed"
+                    .into(),
             ));
         }
         Ok(secs)
@@ -53,6 +57,11 @@ impl TestClock {
     /// Moves the clock forward (or back, with a negative value).
     pub fn advance(&self, seconds: i64) {
         self.0.fetch_add(seconds, Ordering::SeqCst);
+    }
+
+    /// The time it shows.
+    pub fn now_secs(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
     }
 
     /// Sets the clock.

@@ -168,7 +168,9 @@ impl Default for HsmSection {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { path: "data/sled".into() }
+        Self {
+            path: "data/sled".into(),
+        }
     }
 }
 
@@ -186,13 +188,20 @@ impl Default for ApprovalConfig {
 
 impl Default for TotpConfig {
     fn default() -> Self {
-        Self { issuer: "Sigil".into(), enrollment_ttl_seconds: 600 }
+        Self {
+            issuer: "Sigil".into(),
+            enrollment_ttl_seconds: 600,
+        }
     }
 }
 
 impl Default for LockoutConfig {
     fn default() -> Self {
-        Self { max_failures: 5, base_seconds: 30, max_seconds: 3600 }
+        Self {
+            max_failures: 5,
+            base_seconds: 30,
+            max_seconds: 3600,
+        }
     }
 }
 
@@ -217,7 +226,10 @@ impl Default for AssetsConfig {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        Self { decimals, default_decimals: Some(18) }
+        Self {
+            decimals,
+            default_decimals: Some(18),
+        }
     }
 }
 
@@ -226,8 +238,9 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config, Error> {
         let mut cfg = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| Error::invalid("config", format!("cannot read {}: {e}", p.display())))?;
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    Error::invalid("config", format!("cannot read {}: {e}", p.display()))
+                })?;
                 Config::from_toml(&text)?
             }
             None => Config::default(),
@@ -239,9 +252,13 @@ impl Config {
 
     /// Parses TOML text (no environment applied).
     pub fn from_toml(text: &str) -> Result<Config, Error> {
-        let cfg: Config = toml::from_str(text).map_err(|e| Error::invalid("config", e.to_string()))?;
+        let cfg: Config =
+            toml::from_str(text).map_err(|e| Error::invalid("config", e.to_string()))?;
         if cfg.version != 1 {
-            return Err(Error::invalid("config.version", format!("version {} is not supported; expected 1", cfg.version)));
+            return Err(Error::invalid(
+                "config.version",
+                format!("version {} is not supported; expected 1", cfg.version),
+            ));
         }
         Ok(cfg)
     }
@@ -251,8 +268,12 @@ impl Config {
     /// `SIGIL_TLS_KEY`, `SIGIL_CLIENT_CA`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), Error> {
         if let Some(v) = get("SIGIL_LISTEN") {
-            self.server.listen =
-                v.parse().map_err(|_| Error::invalid("SIGIL_LISTEN", format!("'{v}' is not an address like 127.0.0.1:50051")))?;
+            self.server.listen = v.parse().map_err(|_| {
+                Error::invalid(
+                    "SIGIL_LISTEN",
+                    format!("'{v}' is not an address like 127.0.0.1:50051"),
+                )
+            })?;
         }
         if let Some(v) = get("SIGIL_STORE_PATH") {
             self.store.path = v.into();
@@ -278,13 +299,22 @@ impl Config {
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), Error> {
         if self.approval.ttl_seconds <= 0 || self.approval.ttl_seconds > 3600 {
-            return Err(Error::invalid("approval.ttl_seconds", "must be between 1 and 3600"));
+            return Err(Error::invalid(
+                "approval.ttl_seconds",
+                "must be between 1 and 3600",
+            ));
         }
         if self.approval.challenge_ttl_seconds <= 0 || self.approval.challenge_ttl_seconds > 3600 {
-            return Err(Error::invalid("approval.challenge_ttl_seconds", "must be between 1 and 3600"));
+            return Err(Error::invalid(
+                "approval.challenge_ttl_seconds",
+                "must be between 1 and 3600",
+            ));
         }
         if !(0..=300).contains(&self.approval.leeway_seconds) {
-            return Err(Error::invalid("approval.leeway_seconds", "must be between 0 and 300"));
+            return Err(Error::invalid(
+                "approval.leeway_seconds",
+                "must be between 0 and 300",
+            ));
         }
         if self.lockout.max_failures == 0 {
             return Err(Error::invalid("lockout.max_failures", "must be at least 1"));
@@ -310,7 +340,11 @@ impl Config {
     /// Maximum decimals allowed for `asset`, or None when the asset is not
     /// accepted.
     pub fn max_decimals(&self, asset: &str) -> Option<usize> {
-        self.assets.decimals.get(asset).copied().or(self.assets.default_decimals)
+        self.assets
+            .decimals
+            .get(asset)
+            .copied()
+            .or(self.assets.default_decimals)
     }
 }
 
@@ -328,7 +362,8 @@ mod tests {
     #[test]
     fn env_overrides_file() {
         let mut c = Config::from_toml("version = 1\n[store]\npath = \"/a\"\n").unwrap();
-        c.apply_env(|k| (k == "SIGIL_STORE_PATH").then(|| "/b".to_string())).unwrap();
+        c.apply_env(|k| (k == "SIGIL_STORE_PATH").then(|| "/b".to_string()))
+            .unwrap();
         assert_eq!(c.store.path, PathBuf::from("/b"));
     }
 

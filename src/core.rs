@@ -26,7 +26,13 @@ pub struct Sigil {
 impl Sigil {
     /// Assembles a Sigil from its parts.
     pub fn new(cfg: Config, store: Arc<dyn Store>, signer: Signer, clock: Arc<dyn Clock>) -> Sigil {
-        Sigil { cfg, store, signer, clock, rng: SystemRandom::new() }
+        Sigil {
+            cfg,
+            store,
+            signer,
+            clock,
+            rng: SystemRandom::new(),
+        }
     }
 
     /// The configuration in force.
@@ -59,7 +65,10 @@ impl Sigil {
 
     /// A random id with a readable prefix: `prefix` + 22 base64url chars.
     pub(crate) fn new_id(&self, prefix: &str) -> Result<String, Error> {
-        Ok(format!("{prefix}{}", sigil_verify::b64url::encode(&self.random(16)?)))
+        Ok(format!(
+            "{prefix}{}",
+            sigil_verify::b64url::encode(&self.random(16)?)
+        ))
     }
 
     /// Every factor of a user with its stored version.
@@ -72,11 +81,19 @@ impl Sigil {
     }
 
     /// One factor of a user, or NOT_FOUND.
-    pub(crate) fn factor(&self, user_id: &str, factor_id: &str) -> Result<(FactorRecord, u64), Error> {
+    pub(crate) fn factor(
+        &self,
+        user_id: &str,
+        factor_id: &str,
+    ) -> Result<(FactorRecord, u64), Error> {
         let v: Versioned = self
             .store
             .get(factor::TABLE, &FactorRecord::key(user_id, factor_id))?
-            .ok_or_else(|| Error::NotFound(format!("factor '{factor_id}' of user '{user_id}' not found")))?;
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "factor '{factor_id}' of user '{user_id}' not found"
+                ))
+            })?;
         Ok((FactorRecord::decode(&v)?, v.version))
     }
 }

@@ -22,7 +22,10 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sigi
 pub fn tls_config(cfg: &ServerConfig) -> Result<ServerTlsConfig, Error> {
     let read = |p: &std::path::Path, what: &str| {
         std::fs::read(p).map_err(|e| {
-            Error::Unavailable(format!("cannot read {what} {}: {e} (run `make certs`)", p.display()))
+            Error::Unavailable(format!(
+                "cannot read {what} {}: {e} (run `make certs`)",
+                p.display()
+            ))
         })
     };
     let cert = read(&cfg.cert, "server certificate")?;
@@ -74,10 +77,16 @@ pub async fn start(
     listener: TcpListener,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, Error> {
-    let addr = listener.local_addr().map_err(|e| Error::Unavailable(format!("listener has no address: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Unavailable(format!("listener has no address: {e}")))?;
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_serving::<pb::approval_service_server::ApprovalServiceServer<ApprovalApi>>().await;
-    reporter.set_serving::<pb::factor_service_server::FactorServiceServer<FactorApi>>().await;
+    reporter
+        .set_serving::<pb::approval_service_server::ApprovalServiceServer<ApprovalApi>>()
+        .await;
+    reporter
+        .set_serving::<pb::factor_service_server::FactorServiceServer<FactorApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -90,19 +99,35 @@ pub async fn start(
             _ = signal => {},
         }
         tracing::info!("shutting down: health NOT_SERVING, finishing in-flight calls");
-        reporter.set_not_serving::<pb::approval_service_server::ApprovalServiceServer<ApprovalApi>>().await;
-        reporter.set_not_serving::<pb::factor_service_server::FactorServiceServer<FactorApi>>().await;
-        reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        reporter
+            .set_not_serving::<pb::approval_service_server::ApprovalServiceServer<ApprovalApi>>()
+            .await;
+        reporter
+            .set_not_serving::<pb::factor_service_server::FactorServiceServer<FactorApi>>()
+            .await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
     };
     let router = Server::builder()
         .tls_config(tls)
         .map_err(|e| Error::Unavailable(format!("TLS configuration refused: {e}")))?
         .add_service(health)
         .add_service(reflection)
-        .add_service(pb::factor_service_server::FactorServiceServer::new(FactorApi::new(sigil.clone())))
-        .add_service(pb::approval_service_server::ApprovalServiceServer::new(ApprovalApi::new(sigil)));
-    let task = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown));
-    Ok(Running { addr, stop: Some(stop_tx), task })
+        .add_service(pb::factor_service_server::FactorServiceServer::new(
+            FactorApi::new(sigil.clone()),
+        ))
+        .add_service(pb::approval_service_server::ApprovalServiceServer::new(
+            ApprovalApi::new(sigil),
+        ));
+    let task = tokio::spawn(
+        router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown),
+    );
+    Ok(Running {
+        addr,
+        stop: Some(stop_tx),
+        task,
+    })
 }
 
 /// Resolves when the process receives SIGTERM or SIGINT.

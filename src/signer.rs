@@ -96,9 +96,18 @@ impl Signer {
         }
         let jwks = JwkSet { keys };
         let verifier = Verifier::new(&jwks, &cfg.approval.issuer, &cfg.approval.audience)
-            .map_err(|e| Error::Internal(format!("published keys do not form a valid key set: {e}")))?
+            .map_err(|e| {
+                Error::Internal(format!("published keys do not form a valid key set: {e}"))
+            })?
             .with_leeway(cfg.approval.leeway_seconds);
-        Ok(Signer { hsm, active_label, active_kid, secrets_label: cfg.hsm.secrets_key_label.clone(), jwks, verifier })
+        Ok(Signer {
+            hsm,
+            active_label,
+            active_kid,
+            secrets_label: cfg.hsm.secrets_key_label.clone(),
+            jwks,
+            verifier,
+        })
     }
 
     /// The published key set.
@@ -131,11 +140,18 @@ impl Signer {
     /// Encrypts a factor secret under the secrets key, bound to `aad`.
     pub fn wrap(&self, secret: &[u8], aad: &[u8]) -> Result<WrappedSecret, Error> {
         let blob = self.hsm.encrypt(&self.secrets_label, secret, aad)?;
-        Ok(WrappedSecret { key_label: self.secrets_label.clone(), blob: sigil_verify::b64url::encode(&blob) })
+        Ok(WrappedSecret {
+            key_label: self.secrets_label.clone(),
+            blob: sigil_verify::b64url::encode(&blob),
+        })
     }
 
     /// Decrypts a factor secret with the key that wrapped it.
-    pub fn unwrap_secret(&self, w: &WrappedSecret, aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+    pub fn unwrap_secret(
+        &self,
+        w: &WrappedSecret,
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, Error> {
         let blob = sigil_verify::b64url::decode(&w.blob)
             .map_err(|_| Error::Internal("stored secret is not valid base64url".into()))?;
         Ok(self.hsm.decrypt(&w.key_label, &blob, aad)?)
@@ -150,7 +166,11 @@ impl Signer {
 /// Creates what a fresh token needs: the token itself (if absent) and the
 /// approval and secrets keys (if absent). Idempotent. Returns a line per
 /// thing created, for the operator.
-pub fn init_token(cfg: &Config, so_pin: &SecretString, pin: &SecretString) -> Result<Vec<String>, Error> {
+pub fn init_token(
+    cfg: &Config,
+    so_pin: &SecretString,
+    pin: &SecretString,
+) -> Result<Vec<String>, Error> {
     let module = module_path(&cfg.hsm);
     let mut done = Vec::new();
     if !Hsm::token_exists(&module, &cfg.hsm.token_label)? {
@@ -166,11 +186,17 @@ pub fn init_token(cfg: &Config, so_pin: &SecretString, pin: &SecretString) -> Re
     if !hsm.key_exists(&cfg.hsm.approval_key_label)? {
         let pk = hsm.generate_ec_key(&cfg.hsm.approval_key_label)?;
         let kid = Jwk::from_p256_point(&pk.x, &pk.y).kid;
-        done.push(format!("generated approval key '{}' (EC P-256, kid {kid})", cfg.hsm.approval_key_label));
+        done.push(format!(
+            "generated approval key '{}' (EC P-256, kid {kid})",
+            cfg.hsm.approval_key_label
+        ));
     }
     if !hsm.key_exists(&cfg.hsm.secrets_key_label)? {
         hsm.generate_aes_key(&cfg.hsm.secrets_key_label)?;
-        done.push(format!("generated secrets key '{}' (AES-256)", cfg.hsm.secrets_key_label));
+        done.push(format!(
+            "generated secrets key '{}' (AES-256)",
+            cfg.hsm.secrets_key_label
+        ));
     }
     Ok(done)
 }

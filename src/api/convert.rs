@@ -37,7 +37,11 @@ impl From<Intent> for pb::Intent {
 
 impl From<pb::DeviceSignals> for DeviceSignals {
     fn from(d: pb::DeviceSignals) -> Self {
-        DeviceSignals { jailbroken: d.jailbroken, platform: d.platform, app_attestation: d.app_attestation }
+        DeviceSignals {
+            jailbroken: d.jailbroken,
+            platform: d.platform,
+            app_attestation: d.app_attestation,
+        }
     }
 }
 

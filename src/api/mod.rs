@@ -50,8 +50,15 @@ impl pb::factor_service_server::FactorService for FactorApi {
         require(&req, "BeginTotpEnrollment", &[Role::Frontend])?;
         let r = req.into_inner();
         let s = self.sigil.clone();
-        let e = blocking(move || s.begin_totp_enrollment(&r.user_id, &r.nickname, &r.account_name, &r.step_up_approval))
-            .await?;
+        let e = blocking(move || {
+            s.begin_totp_enrollment(
+                &r.user_id,
+                &r.nickname,
+                &r.account_name,
+                &r.step_up_approval,
+            )
+        })
+        .await?;
         Ok(Response::new(pb::BeginTotpEnrollmentResponse {
             factor_id: e.factor_id.clone(),
             secret_base32: e.secret_base32.clone(),
@@ -70,8 +77,11 @@ impl pb::factor_service_server::FactorService for FactorApi {
         require(&req, "ConfirmTotpEnrollment", &[Role::Frontend])?;
         let r = req.into_inner();
         let s = self.sigil.clone();
-        let f = blocking(move || s.confirm_totp_enrollment(&r.user_id, &r.factor_id, &r.code)).await?;
-        Ok(Response::new(pb::ConfirmTotpEnrollmentResponse { factor: Some(f.into()) }))
+        let f =
+            blocking(move || s.confirm_totp_enrollment(&r.user_id, &r.factor_id, &r.code)).await?;
+        Ok(Response::new(pb::ConfirmTotpEnrollmentResponse {
+            factor: Some(f.into()),
+        }))
     }
 
     async fn list_factors(
@@ -82,7 +92,9 @@ impl pb::factor_service_server::FactorService for FactorApi {
         let r = req.into_inner();
         let s = self.sigil.clone();
         let list = blocking(move || s.list_factors(&r.user_id)).await?;
-        Ok(Response::new(pb::ListFactorsResponse { factors: list.into_iter().map(Into::into).collect() }))
+        Ok(Response::new(pb::ListFactorsResponse {
+            factors: list.into_iter().map(Into::into).collect(),
+        }))
     }
 
     async fn remove_factor(
@@ -116,7 +128,11 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         &self,
         req: Request<pb::BeginApprovalRequest>,
     ) -> Result<Response<pb::BeginApprovalResponse>, Status> {
-        require(&req, "BeginApproval", &[Role::WithdrawalEngine, Role::Frontend])?;
+        require(
+            &req,
+            "BeginApproval",
+            &[Role::WithdrawalEngine, Role::Frontend],
+        )?;
         let r = req.into_inner();
         let intent = r
             .intent
@@ -128,7 +144,11 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         Ok(Response::new(pb::BeginApprovalResponse {
             challenge_id: b.challenge_id,
             intent_sha256: b.intent_sha256.to_vec(),
-            allowed_kinds: b.allowed.into_iter().map(|k| pb::FactorKind::from(k) as i32).collect(),
+            allowed_kinds: b
+                .allowed
+                .into_iter()
+                .map(|k| pb::FactorKind::from(k) as i32)
+                .collect(),
             factors: b.factors.into_iter().map(Into::into).collect(),
             expires_at: b.expires_at,
         }))
@@ -138,14 +158,23 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         &self,
         req: Request<pb::CompleteApprovalRequest>,
     ) -> Result<Response<pb::CompleteApprovalResponse>, Status> {
-        require(&req, "CompleteApproval", &[Role::WithdrawalEngine, Role::Frontend])?;
+        require(
+            &req,
+            "CompleteApproval",
+            &[Role::WithdrawalEngine, Role::Frontend],
+        )?;
         let r = req.into_inner();
         let proof = match r.proof {
             Some(pb::complete_approval_request::Proof::Totp(t)) => Proof::Totp {
                 code: t.code,
                 factor_id: (!t.factor_id.is_empty()).then_some(t.factor_id),
             },
-            None => return Err(status::to_status(Error::invalid("proof", "is required (totp)"))),
+            None => {
+                return Err(status::to_status(Error::invalid(
+                    "proof",
+                    "is required (totp)",
+                )))
+            }
         };
         let s = self.sigil.clone();
         let i = blocking(move || s.complete_approval(&r.challenge_id, &r.user_id, proof)).await?;
@@ -166,16 +195,26 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         let expected = r.expected_intent.map(sigil_verify::Intent::from);
         let s = self.sigil.clone();
         let claims = blocking(move || s.redeem_approval(&r.approval, expected.as_ref())).await?;
-        Ok(Response::new(pb::RedeemApprovalResponse { claims: Some(claims.into()) }))
+        Ok(Response::new(pb::RedeemApprovalResponse {
+            claims: Some(claims.into()),
+        }))
     }
 
     async fn get_approval_keys(
         &self,
         req: Request<pb::GetApprovalKeysRequest>,
     ) -> Result<Response<pb::GetApprovalKeysResponse>, Status> {
-        require(&req, "GetApprovalKeys", &[Role::WithdrawalEngine, Role::Frontend, Role::Admin])?;
-        let jwks_json = serde_json::to_string(self.sigil.signer().jwks())
-            .map_err(|e| status::to_status(Error::Internal(format!("cannot encode key set: {e}"))))?;
-        Ok(Response::new(pb::GetApprovalKeysResponse { jwks_json, cache_max_age_seconds: 300 }))
+        require(
+            &req,
+            "GetApprovalKeys",
+            &[Role::WithdrawalEngine, Role::Frontend, Role::Admin],
+        )?;
+        let jwks_json = serde_json::to_string(self.sigil.signer().jwks()).map_err(|e| {
+            status::to_status(Error::Internal(format!("cannot encode key set: {e}")))
+        })?;
+        Ok(Response::new(pb::GetApprovalKeysResponse {
+            jwks_json,
+            cache_max_age_seconds: 300,
+        }))
     }
 }

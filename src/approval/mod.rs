@@ -127,8 +127,12 @@ fn from_json<T: for<'de> Deserialize<'de>>(what: &str, b: &[u8]) -> Result<T, Er
 /// Maps a verification failure of an approval presented to Sigil.
 pub fn verify_error(e: VerifyError) -> Error {
     match e {
-        VerifyError::Malformed(m) => Error::invalid("approval", format!("not a compact JWS approval: {m}")),
-        VerifyError::Expired => Error::FailedPrecondition("approval expired; request a new one".into()),
+        VerifyError::Malformed(m) => {
+            Error::invalid("approval", format!("not a compact JWS approval: {m}"))
+        }
+        VerifyError::Expired => {
+            Error::FailedPrecondition("approval expired; request a new one".into())
+        }
         VerifyError::NotYetValid => Error::FailedPrecondition("approval is not valid yet".into()),
         VerifyError::IntentMismatch { field } => Error::FailedPrecondition(format!(
             "approval does not match the withdrawal: field '{field}' differs; nothing was redeemed"
@@ -142,11 +146,18 @@ impl Sigil {
     pub fn begin_approval(&self, intent: Intent, device: DeviceSignals) -> Result<Begun, Error> {
         let _action = intent::validate(&self.cfg, &intent)?;
         if device.platform.len() > 64 || device.app_attestation.len() > 256 {
-            return Err(Error::invalid("device", "platform is limited to 64 bytes, app_attestation to 256"));
+            return Err(Error::invalid(
+                "device",
+                "platform is limited to 64 bytes, app_attestation to 256",
+            ));
         }
         let now = self.now()?;
-        let factors: Vec<FactorRecord> =
-            self.factors_of(&intent.user_id)?.into_iter().map(|(f, _)| f).filter(|f| f.is_active()).collect();
+        let factors: Vec<FactorRecord> = self
+            .factors_of(&intent.user_id)?
+            .into_iter()
+            .map(|(f, _)| f)
+            .filter(|f| f.is_active())
+            .collect();
         if factors.is_empty() {
             return Err(Error::FailedPrecondition(format!(
                 "user '{}' has no active second factor; enroll one before any approval",
@@ -154,7 +165,10 @@ impl Sigil {
             )));
         }
         let allowed = vec![Kind::Totp];
-        let factors: Vec<FactorRecord> = factors.into_iter().filter(|f| allowed.contains(&f.kind)).collect();
+        let factors: Vec<FactorRecord> = factors
+            .into_iter()
+            .filter(|f| allowed.contains(&f.kind))
+            .collect();
         if factors.is_empty() {
             return Err(Error::FailedPrecondition(format!(
                 "no factor of user '{}' may approve '{}'",
@@ -177,11 +191,22 @@ impl Sigil {
         let mut batch = Batch::new();
         batch.insert(Table::Challenges, challenge_id.as_bytes(), to_json(&rec)?);
         self.store.commit(&batch)?;
-        Ok(Begun { challenge_id, intent_sha256: digest, allowed, factors, expires_at })
+        Ok(Begun {
+            challenge_id,
+            intent_sha256: digest,
+            allowed,
+            factors,
+            expires_at,
+        })
     }
 
     /// Verifies a proof, consumes the challenge and issues the approval.
-    pub fn complete_approval(&self, challenge_id: &str, user_id: &str, proof: Proof) -> Result<Issued, Error> {
+    pub fn complete_approval(
+        &self,
+        challenge_id: &str,
+        user_id: &str,
+        proof: Proof,
+    ) -> Result<Issued, Error> {
         intent::check_id("challenge_id", challenge_id)?;
         intent::check_id("user_id", user_id)?;
         let Proof::Totp { code, factor_id } = proof;
@@ -195,10 +220,16 @@ impl Sigil {
         let stored = self
             .store
             .get(Table::Challenges, challenge_id.as_bytes())?
-            .ok_or_else(|| Error::NotFound(format!("challenge '{challenge_id}' not found; begin a new approval")))?;
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "challenge '{challenge_id}' not found; begin a new approval"
+                ))
+            })?;
         let ch: ChallengeRecord = from_json("challenge", &stored.value)?;
         if ch.user_id != user_id {
-            return Err(Error::PermissionDenied(format!("challenge '{challenge_id}' was not issued to user '{user_id}'")));
+            return Err(Error::PermissionDenied(format!(
+                "challenge '{challenge_id}' was not issued to user '{user_id}'"
+            )));
         }
         if ch.consumed_at.is_some() {
             return Err(Error::FailedPrecondition(format!(
@@ -212,7 +243,9 @@ impl Sigil {
             )));
         }
         if !ch.allowed.contains(&Kind::Totp) {
-            return Err(Error::FailedPrecondition("a TOTP code may not answer this challenge".into()));
+            return Err(Error::FailedPrecondition(
+                "a TOTP code may not answer this challenge".into(),
+            ));
         }
         let (factor, fversion) = self.pick_totp(user_id, factor_id.as_deref())?;
         let step = self.check_totp(&factor, fversion, &code, now)?;
@@ -255,8 +288,18 @@ impl Sigil {
         };
         let mut batch = Batch::new();
         batch
-            .update(Table::Challenges, challenge_id.as_bytes(), stored.version, to_json(&consumed)?)
-            .update(Table::Factors, FactorRecord::key(user_id, &factor.factor_id), fversion, used.encode()?)
+            .update(
+                Table::Challenges,
+                challenge_id.as_bytes(),
+                stored.version,
+                to_json(&consumed)?,
+            )
+            .update(
+                Table::Factors,
+                FactorRecord::key(user_id, &factor.factor_id),
+                fversion,
+                used.encode()?,
+            )
             .insert(Table::Approvals, jti.as_bytes(), to_json(&record)?);
         self.store.commit(&batch).map_err(|e| match e {
             crate::store::StoreError::Conflict => Error::FailedPrecondition(format!(
@@ -265,7 +308,12 @@ impl Sigil {
             other => other.into(),
         })?;
         tracing::info!(user = %ch.user_id, act = %claims.act, jti = %jti, "approval issued");
-        Ok(Issued { token, jti, expires_at: exp, amr })
+        Ok(Issued {
+            token,
+            jti,
+            expires_at: exp,
+            amr,
+        })
     }
 
     /// Verifies an approval and marks it redeemed, exactly once.
@@ -298,18 +346,35 @@ impl Sigil {
     /// Adds the write that redeems `claims.jti` to `batch`, after checking
     /// it is issued and not yet redeemed.
     fn add_redeem(&self, claims: &Claims, now: i64, batch: &mut Batch) -> Result<(), Error> {
-        let stored = self.store.get(Table::Approvals, claims.jti.as_bytes())?.ok_or_else(|| {
-            Error::FailedPrecondition(format!("approval '{}' is not known to this deployment", claims.jti))
-        })?;
+        let stored = self
+            .store
+            .get(Table::Approvals, claims.jti.as_bytes())?
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "approval '{}' is not known to this deployment",
+                    claims.jti
+                ))
+            })?;
         let mut rec: ApprovalRecord = from_json("approval", &stored.value)?;
         if let Some(at) = rec.redeemed_at {
-            return Err(Error::FailedPrecondition(format!("approval '{}' was already redeemed at {at}", claims.jti)));
+            return Err(Error::FailedPrecondition(format!(
+                "approval '{}' was already redeemed at {at}",
+                claims.jti
+            )));
         }
         if rec.intent_sha256 != claims.intent_sha256 || rec.user_id != claims.sub {
-            return Err(Error::PermissionDenied(format!("approval '{}' does not match its issued record", claims.jti)));
+            return Err(Error::PermissionDenied(format!(
+                "approval '{}' does not match its issued record",
+                claims.jti
+            )));
         }
         rec.redeemed_at = Some(now);
-        batch.update(Table::Approvals, claims.jti.as_bytes(), stored.version, to_json(&rec)?);
+        batch.update(
+            Table::Approvals,
+            claims.jti.as_bytes(),
+            stored.version,
+            to_json(&rec)?,
+        );
         Ok(())
     }
 
@@ -330,10 +395,16 @@ impl Sigil {
             )));
         }
         let now = self.now()?;
-        let claims = self.signer.verifier().verify(token, now).map_err(|e| match verify_error(e) {
-            Error::InvalidArgument { reason, .. } => Error::invalid("step_up_approval", reason),
-            other => other,
-        })?;
+        let claims =
+            self.signer
+                .verifier()
+                .verify(token, now)
+                .map_err(|e| match verify_error(e) {
+                    Error::InvalidArgument { reason, .. } => {
+                        Error::invalid("step_up_approval", reason)
+                    }
+                    other => other,
+                })?;
         if claims.act != action.name() || claims.sub != user_id {
             return Err(Error::PermissionDenied(format!(
                 "step_up_approval is for action '{}' of user '{}'; this needs action '{}' of user '{user_id}'",
@@ -354,7 +425,11 @@ impl Sigil {
     }
 
     /// The TOTP factor a proof names, or the user's only one.
-    fn pick_totp(&self, user_id: &str, factor_id: Option<&str>) -> Result<(FactorRecord, u64), Error> {
+    fn pick_totp(
+        &self,
+        user_id: &str,
+        factor_id: Option<&str>,
+    ) -> Result<(FactorRecord, u64), Error> {
         let (f, v) = match factor_id {
             Some(id) => self.factor(user_id, id)?,
             None => {
@@ -370,20 +445,24 @@ impl Sigil {
                         )))
                     }
                     1 => totps.remove(0),
-                    _ => {
-                        return Err(Error::invalid(
-                            "totp.factor_id",
-                            "the user has several TOTP factors: name the one that produced the code",
-                        ))
-                    }
+                    _ => return Err(Error::invalid(
+                        "totp.factor_id",
+                        "the user has several TOTP factors: name the one that produced the code",
+                    )),
                 }
             }
         };
         if f.kind != Kind::Totp {
-            return Err(Error::invalid("totp.factor_id", format!("factor '{}' is not a TOTP factor", f.factor_id)));
+            return Err(Error::invalid(
+                "totp.factor_id",
+                format!("factor '{}' is not a TOTP factor", f.factor_id),
+            ));
         }
         if !f.is_active() {
-            return Err(Error::FailedPrecondition(format!("factor '{}' is not active yet", f.factor_id)));
+            return Err(Error::FailedPrecondition(format!(
+                "factor '{}' is not active yet",
+                f.factor_id
+            )));
         }
         Ok((f, v))
     }
@@ -391,13 +470,20 @@ impl Sigil {
     /// Checks a TOTP code against a factor. On failure, durably counts it
     /// (and locks the factor when the limit is reached) and refuses.
     /// Returns the step the code matched.
-    pub(crate) fn check_totp(&self, f: &FactorRecord, version: u64, code: &str, now: i64) -> Result<u64, Error> {
+    pub(crate) fn check_totp(
+        &self,
+        f: &FactorRecord,
+        version: u64,
+        code: &str,
+        now: i64,
+    ) -> Result<u64, Error> {
         lockout::check(f.locked_until, now, &format!("factor '{}'", f.factor_id))?;
-        let wrapped = f
-            .secret
-            .as_ref()
-            .ok_or_else(|| Error::Internal(format!("factor '{}' has no stored secret", f.factor_id)))?;
-        let seed = self.signer.unwrap_secret(wrapped, &secret_aad(&f.user_id, &f.factor_id))?;
+        let wrapped = f.secret.as_ref().ok_or_else(|| {
+            Error::Internal(format!("factor '{}' has no stored secret", f.factor_id))
+        })?;
+        let seed = self
+            .signer
+            .unwrap_secret(wrapped, &secret_aad(&f.user_id, &f.factor_id))?;
         if let Some(step) = totp::verify(&seed, code, now, f.totp_last_step) {
             return Ok(step);
         }
@@ -412,7 +498,12 @@ impl Sigil {
         failed.locked_until = locked_until;
         let write = failed.encode().and_then(|bytes| {
             let mut batch = Batch::new();
-            batch.update(Table::Factors, FactorRecord::key(&f.user_id, &f.factor_id), version, bytes);
+            batch.update(
+                Table::Factors,
+                FactorRecord::key(&f.user_id, &f.factor_id),
+                version,
+                bytes,
+            );
             self.store.commit(&batch).map_err(Error::from)
         });
         if let Err(e) = write {

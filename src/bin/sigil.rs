@@ -86,12 +86,22 @@ async fn main() -> ExitCode {
 }
 
 async fn channel(c: &Conn) -> Result<tonic::transport::Channel, Error> {
-    connect(&c.server, &ClientTls { ca: &c.ca, cert: &c.cert, key: &c.key }).await
+    connect(
+        &c.server,
+        &ClientTls {
+            ca: &c.ca,
+            cert: &c.cert,
+            key: &c.key,
+        },
+    )
+    .await
 }
 
 async fn run(cli: Cli) -> Result<(), Error> {
     match cli.cmd {
-        Cmd::Hsm { cmd: HsmCmd::Init { so_pin_file } } => {
+        Cmd::Hsm {
+            cmd: HsmCmd::Init { so_pin_file },
+        } => {
             let cfg = Config::load(cli.config.as_deref())?;
             let so_pin = match std::env::var("SIGIL_HSM_SO_PIN") {
                 Ok(p) if !p.is_empty() => SecretString::from(p),
@@ -100,7 +110,10 @@ async fn run(cli: Cli) -> Result<(), Error> {
                         .map_err(|e| {
                             Error::invalid(
                                 "so_pin",
-                                format!("set SIGIL_HSM_SO_PIN or create {}: {e}", so_pin_file.display()),
+                                format!(
+                                    "set SIGIL_HSM_SO_PIN or create {}: {e}",
+                                    so_pin_file.display()
+                                ),
                             )
                         })?
                         .trim()
@@ -108,9 +121,10 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 ),
             };
             let pin = sigil::signer::read_pin(&cfg.hsm)?;
-            let done = tokio::task::spawn_blocking(move || sigil::signer::init_token(&cfg, &so_pin, &pin))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
+            let done =
+                tokio::task::spawn_blocking(move || sigil::signer::init_token(&cfg, &so_pin, &pin))
+                    .await
+                    .map_err(|e| Error::Internal(e.to_string()))??;
             if done.is_empty() {
                 println!("token and keys already present; nothing to do");
             }
@@ -120,7 +134,8 @@ async fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Cmd::Jwks(c) => {
-            let mut client = pb::approval_service_client::ApprovalServiceClient::new(channel(&c).await?);
+            let mut client =
+                pb::approval_service_client::ApprovalServiceClient::new(channel(&c).await?);
             let r = client
                 .get_approval_keys(pb::GetApprovalKeysRequest {})
                 .await
@@ -132,7 +147,9 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Cmd::Health(c) => {
             let mut client = tonic_health::pb::health_client::HealthClient::new(channel(&c).await?);
             let r = client
-                .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
                 .await
                 .map_err(|s| Error::Unavailable(s.message().to_string()))?
                 .into_inner();
@@ -141,13 +158,22 @@ async fn run(cli: Cli) -> Result<(), Error> {
         }
         Cmd::TotpCode { secret } => {
             let seed = data_encoding::BASE32_NOPAD
-                .decode(secret.trim().trim_end_matches('=').to_ascii_uppercase().as_bytes())
+                .decode(
+                    secret
+                        .trim()
+                        .trim_end_matches('=')
+                        .to_ascii_uppercase()
+                        .as_bytes(),
+                )
                 .map_err(|e| Error::invalid("secret", format!("not base32: {e}")))?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_err(|_| Error::Unavailable("clock before 1970".into()))?
                 .as_secs() as i64;
-            println!("{}", sigil::factor::totp::code_at_step(&seed, sigil::factor::totp::step_at(now)));
+            println!(
+                "{}",
+                sigil::factor::totp::code_at_step(&seed, sigil::factor::totp::step_at(now))
+            );
             Ok(())
         }
     }

@@ -19,7 +19,11 @@ use sigil::store::SledStore;
 use sigil::{server, Error, Sigil};
 
 #[derive(Parser)]
-#[command(name = "sigild", version, about = "Sigil: HSM-signed, intent-bound withdrawal approvals over mTLS gRPC")]
+#[command(
+    name = "sigild",
+    version,
+    about = "Sigil: HSM-signed, intent-bound withdrawal approvals over mTLS gRPC"
+)]
 struct Args {
     /// Configuration file (TOML). Defaults suit `make run`.
     #[arg(long, env = "SIGIL_CONFIG")]
@@ -35,6 +39,7 @@ async fn main() -> ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        .with_writer(std::io::stderr)
         .init();
     match run(Args::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -65,7 +70,12 @@ async fn run(args: Args) -> Result<(), Error> {
         .await
         .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", cfg.server.listen)))?;
     let kid = signer.active_kid().to_string();
-    let sigil = Arc::new(Sigil::new(cfg.clone(), store, signer, Arc::new(SystemClock)));
+    let sigil = Arc::new(Sigil::new(
+        cfg.clone(),
+        store,
+        signer,
+        Arc::new(SystemClock),
+    ));
     let running = server::start(sigil, tls, listener, server::termination()).await?;
     println!(
         "sigild listening on https://{} (mTLS only; client roles from certificates), store {}, approval key kid {kid}",

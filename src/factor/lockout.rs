@@ -25,7 +25,10 @@ use crate::error::Error;
 pub fn check(locked_until: i64, now: i64, what: &str) -> Result<(), Error> {
     if now < locked_until {
         let retry_after = u64::try_from(locked_until - now).unwrap_or(1).max(1);
-        return Err(Error::Locked { what: what.to_string(), retry_after });
+        return Err(Error::Locked {
+            what: what.to_string(),
+            retry_after,
+        });
     }
     Ok(())
 }
@@ -37,7 +40,10 @@ pub fn on_failure(cfg: &LockoutConfig, failures: u32, now: i64) -> (u32, i64) {
         return (failures, 0);
     }
     let doublings = (failures - cfg.max_failures).min(30);
-    let secs = cfg.base_seconds.saturating_mul(1u64 << doublings).min(cfg.max_seconds);
+    let secs = cfg
+        .base_seconds
+        .saturating_mul(1u64 << doublings)
+        .min(cfg.max_seconds);
     let secs = i64::try_from(secs).unwrap_or(i64::MAX / 2);
     (failures, now.saturating_add(secs))
 }
@@ -53,7 +59,11 @@ mod tests {
 
     #[test]
     fn locks_at_max_and_backs_off() {
-        let cfg = LockoutConfig { max_failures: 5, base_seconds: 30, max_seconds: 3600 };
+        let cfg = LockoutConfig {
+            max_failures: 5,
+            base_seconds: 30,
+            max_seconds: 3600,
+        };
         let mut f = 0;
         let mut until = 0;
         for _ in 0..4 {

@@ -23,13 +23,18 @@ pub struct TotpEnrollment {
 
 impl std::fmt::Debug for TotpEnrollment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TotpEnrollment").field("factor_id", &self.factor_id).finish_non_exhaustive()
+        f.debug_struct("TotpEnrollment")
+            .field("factor_id", &self.factor_id)
+            .finish_non_exhaustive()
     }
 }
 
 fn check_nickname(n: &str) -> Result<(), Error> {
     if n.len() > 64 || n.chars().any(char::is_control) {
-        return Err(Error::invalid("nickname", "at most 64 bytes, no control characters"));
+        return Err(Error::invalid(
+            "nickname",
+            "at most 64 bytes, no control characters",
+        ));
     }
     Ok(())
 }
@@ -48,7 +53,10 @@ impl Sigil {
         check_id("user_id", user_id)?;
         check_nickname(nickname)?;
         if account_name.len() > 256 || account_name.chars().any(char::is_control) {
-            return Err(Error::invalid("account_name", "at most 256 bytes, no control characters"));
+            return Err(Error::invalid(
+                "account_name",
+                "at most 256 bytes, no control characters",
+            ));
         }
         let now = self.now()?;
         let mut batch = Batch::new();
@@ -59,7 +67,11 @@ impl Sigil {
         let seed = zeroize::Zeroizing::new(self.random(totp::SECRET_LEN)?);
         let wrapped = self.signer.wrap(&seed, &secret_aad(user_id, &factor_id))?;
         let secret_base32 = BASE32_NOPAD.encode(&seed);
-        let account = if account_name.is_empty() { user_id } else { account_name };
+        let account = if account_name.is_empty() {
+            user_id
+        } else {
+            account_name
+        };
         let otpauth_uri = totp::otpauth_uri(&self.cfg.totp.issuer, account, &secret_base32);
         let qr_svg = totp::qr_svg(&otpauth_uri)?;
         let confirm_before = now + self.cfg.totp.enrollment_ttl_seconds;
@@ -69,7 +81,11 @@ impl Sigil {
             user_id: user_id.to_string(),
             kind: Kind::Totp,
             state: State::Pending,
-            nickname: if nickname.is_empty() { "authenticator".into() } else { nickname.to_string() },
+            nickname: if nickname.is_empty() {
+                "authenticator".into()
+            } else {
+                nickname.to_string()
+            },
             created_at: now,
             confirm_before,
             last_used_at: 0,
@@ -78,14 +94,29 @@ impl Sigil {
             secret: Some(wrapped),
             totp_last_step: None,
         };
-        batch.insert(Table::Factors, FactorRecord::key(user_id, &factor_id), rec.encode()?);
+        batch.insert(
+            Table::Factors,
+            FactorRecord::key(user_id, &factor_id),
+            rec.encode()?,
+        );
         self.store.commit(&batch)?;
         tracing::info!(user = %user_id, factor = %factor_id, "TOTP enrollment started");
-        Ok(TotpEnrollment { factor_id, secret_base32, otpauth_uri, qr_svg, confirm_before })
+        Ok(TotpEnrollment {
+            factor_id,
+            secret_base32,
+            otpauth_uri,
+            qr_svg,
+            confirm_before,
+        })
     }
 
     /// Activates a pending TOTP factor with its first correct code.
-    pub fn confirm_totp_enrollment(&self, user_id: &str, factor_id: &str, code: &str) -> Result<FactorRecord, Error> {
+    pub fn confirm_totp_enrollment(
+        &self,
+        user_id: &str,
+        factor_id: &str,
+        code: &str,
+    ) -> Result<FactorRecord, Error> {
         check_id("user_id", user_id)?;
         check_id("factor_id", factor_id)?;
         if !totp::well_formed(code) {
@@ -94,10 +125,15 @@ impl Sigil {
         let now = self.now()?;
         let (f, version) = self.factor(user_id, factor_id)?;
         if f.kind != Kind::Totp {
-            return Err(Error::invalid("factor_id", format!("factor '{factor_id}' is not a TOTP factor")));
+            return Err(Error::invalid(
+                "factor_id",
+                format!("factor '{factor_id}' is not a TOTP factor"),
+            ));
         }
         if f.state != State::Pending {
-            return Err(Error::FailedPrecondition(format!("factor '{factor_id}' is already active")));
+            return Err(Error::FailedPrecondition(format!(
+                "factor '{factor_id}' is already active"
+            )));
         }
         if now >= f.confirm_before {
             return Err(Error::FailedPrecondition(format!(
@@ -113,7 +149,12 @@ impl Sigil {
         active.locked_until = 0;
         active.last_used_at = now;
         let mut batch = Batch::new();
-        batch.update(Table::Factors, FactorRecord::key(user_id, factor_id), version, active.encode()?);
+        batch.update(
+            Table::Factors,
+            FactorRecord::key(user_id, factor_id),
+            version,
+            active.encode()?,
+        );
         self.store.commit(&batch)?;
         tracing::info!(user = %user_id, factor = %factor_id, "TOTP factor activated");
         Ok(active)
@@ -133,15 +174,30 @@ impl Sigil {
 
     /// Removes a factor. An active factor needs a `remove_factor` approval
     /// whose memo is the factor id.
-    pub fn remove_factor(&self, user_id: &str, factor_id: &str, step_up: &str) -> Result<(), Error> {
+    pub fn remove_factor(
+        &self,
+        user_id: &str,
+        factor_id: &str,
+        step_up: &str,
+    ) -> Result<(), Error> {
         check_id("user_id", user_id)?;
         check_id("factor_id", factor_id)?;
         let (f, version) = self.factor(user_id, factor_id)?;
         let mut batch = Batch::new();
         if f.is_active() {
-            self.step_up(step_up, Action::RemoveFactor, user_id, Some(factor_id), &mut batch)?;
+            self.step_up(
+                step_up,
+                Action::RemoveFactor,
+                user_id,
+                Some(factor_id),
+                &mut batch,
+            )?;
         }
-        batch.delete(Table::Factors, FactorRecord::key(user_id, factor_id), version);
+        batch.delete(
+            Table::Factors,
+            FactorRecord::key(user_id, factor_id),
+            version,
+        );
         self.store.commit(&batch)?;
         tracing::info!(user = %user_id, factor = %factor_id, "factor removed");
         Ok(())

@@ -62,7 +62,9 @@ pub struct WrappedSecret {
 
 impl std::fmt::Debug for WrappedSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WrappedSecret").field("key_label", &self.key_label).finish_non_exhaustive()
+        f.debug_struct("WrappedSecret")
+            .field("key_label", &self.key_label)
+            .finish_non_exhaustive()
     }
 }
 
@@ -110,7 +112,10 @@ impl FactorRecord {
         let rec: FactorRecord = serde_json::from_slice(&v.value)
             .map_err(|e| Error::Internal(format!("factor record unreadable: {e}")))?;
         if rec.v != FACTOR_RECORD_VERSION {
-            return Err(Error::Internal(format!("factor record version {} is not supported", rec.v)));
+            return Err(Error::Internal(format!(
+                "factor record version {} is not supported",
+                rec.v
+            )));
         }
         Ok(rec)
     }

@@ -33,7 +33,12 @@ pub enum Table {
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 4] = [Table::Factors, Table::Challenges, Table::Approvals, Table::Meta];
+    pub const ALL: [Table; 4] = [
+        Table::Factors,
+        Table::Challenges,
+        Table::Approvals,
+        Table::Meta,
+    ];
 
     /// The table's name in the backend.
     pub fn name(self) -> &'static str {
@@ -105,19 +110,39 @@ impl Batch {
 
     /// Adds a write that creates `key` (it must not exist).
     pub fn insert(&mut self, table: Table, key: impl Into<Vec<u8>>, value: Vec<u8>) -> &mut Self {
-        self.ops.push(Op::Put { table, key: key.into(), value, expect: Expect::Absent });
+        self.ops.push(Op::Put {
+            table,
+            key: key.into(),
+            value,
+            expect: Expect::Absent,
+        });
         self
     }
 
     /// Adds a write that replaces `key` if it still has `version`.
-    pub fn update(&mut self, table: Table, key: impl Into<Vec<u8>>, version: u64, value: Vec<u8>) -> &mut Self {
-        self.ops.push(Op::Put { table, key: key.into(), value, expect: Expect::Version(version) });
+    pub fn update(
+        &mut self,
+        table: Table,
+        key: impl Into<Vec<u8>>,
+        version: u64,
+        value: Vec<u8>,
+    ) -> &mut Self {
+        self.ops.push(Op::Put {
+            table,
+            key: key.into(),
+            value,
+            expect: Expect::Version(version),
+        });
         self
     }
 
     /// Adds a delete of `key` if it still has `version`.
     pub fn delete(&mut self, table: Table, key: impl Into<Vec<u8>>, version: u64) -> &mut Self {
-        self.ops.push(Op::Delete { table, key: key.into(), version });
+        self.ops.push(Op::Delete {
+            table,
+            key: key.into(),
+            version,
+        });
         self
     }
 
@@ -155,7 +180,11 @@ pub trait Store: Send + Sync {
     /// Reads one record.
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Versioned>, StoreError>;
     /// Reads every record whose key starts with `prefix`, in key order.
-    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Versioned)>, StoreError>;
+    fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Versioned)>, StoreError>;
     /// Applies `batch` atomically and durably, or returns an error having
     /// written nothing.
     fn commit(&self, batch: &Batch) -> Result<(), StoreError>;

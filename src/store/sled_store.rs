@@ -27,12 +27,21 @@ impl SledStore {
             .path(path)
             .mode(sled::Mode::HighThroughput)
             .open()
-            .map_err(|e| StoreError::Unavailable(format!("cannot open sled store at {}: {e}", path.display())))?;
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "cannot open sled store at {}: {e}",
+                    path.display()
+                ))
+            })?;
         let mut trees = Vec::with_capacity(Table::ALL.len());
         for t in Table::ALL {
             trees.push(db.open_tree(t.name()).map_err(unavailable)?);
         }
-        Ok(Self { db, trees, flush: GroupFlush::default() })
+        Ok(Self {
+            db,
+            trees,
+            flush: GroupFlush::default(),
+        })
     }
 
     fn tree(&self, t: Table) -> &sled::Tree {
@@ -47,11 +56,16 @@ fn unavailable(e: sled::Error) -> StoreError {
 
 fn decode(raw: &[u8]) -> Result<Versioned, StoreError> {
     if raw.len() < 8 {
-        return Err(StoreError::Corrupt("value shorter than its version header".into()));
+        return Err(StoreError::Corrupt(
+            "value shorter than its version header".into(),
+        ));
     }
     let mut v = [0u8; 8];
     v.copy_from_slice(&raw[..8]);
-    Ok(Versioned { version: u64::from_be_bytes(v), value: raw[8..].to_vec() })
+    Ok(Versioned {
+        version: u64::from_be_bytes(v),
+        value: raw[8..].to_vec(),
+    })
 }
 
 fn encode(version: u64, value: &[u8]) -> Vec<u8> {
@@ -67,10 +81,15 @@ fn op_table(op: &Op) -> Table {
     }
 }
 
-fn current_version(tree: &TransactionalTree, key: &[u8]) -> Result<Option<u64>, ConflictableTransactionError<StoreError>> {
+fn current_version(
+    tree: &TransactionalTree,
+    key: &[u8],
+) -> Result<Option<u64>, ConflictableTransactionError<StoreError>> {
     match tree.get(key)? {
         None => Ok(None),
-        Some(raw) => decode(&raw).map(|v| Some(v.version)).map_err(ConflictableTransactionError::Abort),
+        Some(raw) => decode(&raw)
+            .map(|v| Some(v.version))
+            .map_err(ConflictableTransactionError::Abort),
     }
 }
 
@@ -82,7 +101,11 @@ impl Store for SledStore {
         }
     }
 
-    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Versioned)>, StoreError> {
+    fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Versioned)>, StoreError> {
         let mut out = Vec::new();
         for item in self.tree(table).scan_prefix(prefix) {
             let (k, v) = item.map_err(unavailable)?;
@@ -104,12 +127,18 @@ impl Store for SledStore {
                 let idx = tables.iter().position(|t| *t == op_table(op)).unwrap_or(0);
                 let tx = &txs[idx];
                 match op {
-                    Op::Put { key, value, expect, .. } => {
+                    Op::Put {
+                        key, value, expect, ..
+                    } => {
                         let cur = current_version(tx, key)?;
                         let next = match (expect, cur) {
                             (Expect::Absent, None) => 1,
                             (Expect::Version(want), Some(have)) if *want == have => have + 1,
-                            _ => return Err(ConflictableTransactionError::Abort(StoreError::Conflict)),
+                            _ => {
+                                return Err(ConflictableTransactionError::Abort(
+                                    StoreError::Conflict,
+                                ))
+                            }
                         };
                         tx.insert(key.as_slice(), encode(next, value))?;
                     }

@@ -1,0 +1,462 @@
+//! Approvals end to end: issue, verify offline, redeem once; every kind of
+//! forged, altered, expired or replayed approval refused.
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use sigil::pb;
+use sigil_verify::{b64url, Claims, Jwk, JwkSet, Verifier, VerifyError};
+use tonic::Code;
+
+use crate::harness::*;
+
+async fn jwks(s: &TestServer) -> JwkSet {
+    let mut a = s.approvals("withdrawal-engine").await;
+    let r = a
+        .get_approval_keys(pb::GetApprovalKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    serde_json::from_str(&r.jwks_json).unwrap()
+}
+
+fn claims_of(token: &str) -> Claims {
+    let part = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&b64url::decode(part).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_flow_issue_verify_redeem_once() {
+    let s = TestServer::start().await;
+    let (_fid, seed) = s.enroll_totp("alice").await;
+    let intent = withdrawal("alice", "wd-0001");
+    let mut a = s.approvals("withdrawal-engine").await;
+    let b = a
+        .begin_approval(pb::BeginApprovalRequest {
+            intent: Some(intent.clone()),
+            device: Some(pb::DeviceSignals {
+                platform: "ios".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The digest Sigil binds to is the contract's digest (vector withdrawal-btc uses wd-0001).
+    assert_eq!(
+        hex(&b.intent_sha256),
+        "56eeeca64c88df968fccabfc9f178590b6e453f1e577f358b6c02f223222b117"
+    );
+    assert_eq!(b.allowed_kinds, vec![pb::FactorKind::Totp as i32]);
+    assert_eq!(b.factors.len(), 1);
+    assert_eq!(b.expires_at, T0 + 30 + 300);
+    let done = a
+        .complete_approval(totp_proof(&b.challenge_id, "alice", &s.code(&seed, 0), ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.amr, vec!["otp".to_string()]);
+
+    // The engine verifies offline with the published keys, against its own record.
+    let keys = jwks(&s).await;
+    assert_eq!(keys.keys.len(), 1);
+    assert_eq!(
+        keys.keys[0].kid,
+        keys.keys[0].thumbprint(),
+        "kid is the RFC 7638 thumbprint"
+    );
+    let v = Verifier::new(&keys, "sigil", "withdrawal-engine").unwrap();
+    let now = s.clock.now_secs();
+    let c = v
+        .verify_for(&done.approval, &domain_intent(&intent), now)
+        .unwrap();
+    assert_eq!(c.sub, "alice");
+    assert_eq!(c.act, "withdrawal");
+    assert_eq!(c.jti, done.jti);
+    assert_eq!(c.exp - c.iat, 120);
+    assert_eq!(c.intent_sha256, b64url::encode(&b.intent_sha256));
+    let header: serde_json::Value =
+        serde_json::from_slice(&b64url::decode(done.approval.split('.').next().unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(header["alg"], "ES256");
+    assert_eq!(header["kid"], keys.keys[0].kid.as_str());
+
+    // The challenge answers once.
+    let r = a
+        .complete_approval(totp_proof(&b.challenge_id, "alice", &s.code(&seed, 1), ""))
+        .await;
+    assert_status(r, Code::FailedPrecondition, "already answered");
+
+    // Redeem exactly once.
+    let red = a
+        .redeem_approval(pb::RedeemApprovalRequest {
+            approval: done.approval.clone(),
+            expected_intent: Some(intent.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let claims = red.claims.unwrap();
+    assert_eq!(claims.jti, done.jti);
+    assert_eq!(claims.intent.unwrap(), intent);
+    let r = a
+        .redeem_approval(pb::RedeemApprovalRequest {
+            approval: done.approval,
+            expected_intent: None,
+        })
+        .await;
+    assert_status(r, Code::FailedPrecondition, "already redeemed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn any_changed_intent_field_is_refused() {
+    let s = TestServer::start().await;
+    let (_f, seed) = s.enroll_totp("erin").await;
+    let mut intent = withdrawal("erin", "wd-9");
+    intent.memo = "tag-1".into();
+    let token = s.approve(&intent, &seed).await;
+    let keys = jwks(&s).await;
+    let v = Verifier::new(&keys, "sigil", "withdrawal-engine").unwrap();
+    let now = s.clock.now_secs();
+    let mut a = s.approvals("withdrawal-engine").await;
+    let base = domain_intent(&intent);
+    let names = [
+        "action",
+        "user_id",
+        "withdrawal_id",
+        "asset",
+        "network",
+        "amount",
+        "destination",
+        "memo",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let mut changed = intent.clone();
+        let field = match i {
+            0 => &mut changed.action,
+            1 => &mut changed.user_id,
+            2 => &mut changed.withdrawal_id,
+            3 => &mut changed.asset,
+            4 => &mut changed.network,
+            5 => &mut changed.amount,
+            6 => &mut changed.destination,
+            _ => &mut changed.memo,
+        };
+        field.push('0');
+        assert_eq!(
+            v.verify_for(&token, &domain_intent(&changed), now)
+                .unwrap_err(),
+            VerifyError::IntentMismatch { field: name }
+        );
+        // Sigil's own redemption refuses it too, and redeems nothing.
+        let r = a
+            .redeem_approval(pb::RedeemApprovalRequest {
+                approval: token.clone(),
+                expected_intent: Some(changed),
+            })
+            .await;
+        assert_status(r, Code::FailedPrecondition, name);
+    }
+    // Changing the intent inside the token breaks the signature.
+    let mut c = claims_of(&token);
+    c.intent.amount = "5".into();
+    c.intent_sha256 = b64url::encode(&c.intent.digest());
+    let parts: Vec<&str> = token.split('.').collect();
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64url::encode(&serde_json::to_vec(&c).unwrap()),
+        parts[2]
+    );
+    assert_eq!(
+        v.verify(&forged, now).unwrap_err(),
+        VerifyError::BadSignature
+    );
+    let r = a
+        .redeem_approval(pb::RedeemApprovalRequest {
+            approval: forged,
+            expected_intent: None,
+        })
+        .await;
+    assert_status(r, Code::PermissionDenied, "signature");
+    // The untouched approval still redeems: nothing was consumed by the refusals.
+    a.redeem_approval(pb::RedeemApprovalRequest {
+        approval: token,
+        expected_intent: Some(intent),
+    })
+    .await
+    .unwrap();
+    assert!(v.verify_for("x.y.z", &base, now).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_approval_and_expired_challenge_are_refused() {
+    let s = TestServer::start().await;
+    let (_f, seed) = s.enroll_totp("frank").await;
+    let intent = withdrawal("frank", "wd-1");
+    let token = s.approve(&intent, &seed).await; // clock moved 30 s after issue
+    let mut a = s.approvals("withdrawal-engine").await;
+    s.clock.advance(120 - 30 + 5 + 1); // past exp + Sigil's 5 s leeway
+    let r = a
+        .redeem_approval(pb::RedeemApprovalRequest {
+            approval: token,
+            expected_intent: None,
+        })
+        .await;
+    assert_status(r, Code::FailedPrecondition, "expired");
+
+    let b = a
+        .begin_approval(pb::BeginApprovalRequest {
+            intent: Some(withdrawal("frank", "wd-2")),
+            device: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    s.clock.advance(300);
+    let r = a
+        .complete_approval(totp_proof(&b.challenge_id, "frank", &s.code(&seed, 0), ""))
+        .await;
+    assert_status(r, Code::FailedPrecondition, "expired");
+}
+
+fn sign_with(key: &EcdsaKeyPair, kid: &str, claims: &Claims) -> String {
+    let input = sigil_verify::signing_input(kid, claims);
+    let sig = key.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+    let mut rs = [0u8; 64];
+    rs.copy_from_slice(sig.as_ref());
+    sigil_verify::assemble(&input, &rs)
+}
+
+fn forged_token(header: &str, claims: &Claims, sig: &[u8]) -> String {
+    format!(
+        "{}.{}.{}",
+        b64url::encode(header.as_bytes()),
+        b64url::encode(&serde_json::to_vec(claims).unwrap()),
+        b64url::encode(sig)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn foreign_keys_and_weak_algorithms_are_refused() {
+    let s = TestServer::start().await;
+    let (_f, seed) = s.enroll_totp("gina").await;
+    let intent = withdrawal("gina", "wd-1");
+    let token = s.approve(&intent, &seed).await;
+    let claims = claims_of(&token);
+    let keys = jwks(&s).await;
+    let kid = keys.keys[0].kid.clone();
+    let v = Verifier::new(&keys, "sigil", "withdrawal-engine").unwrap();
+    let now = s.clock.now_secs();
+    let mut a = s.approvals("withdrawal-engine").await;
+
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let attacker =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let pt = attacker.public_key().as_ref();
+    let attacker_kid = Jwk::from_p256_point(
+        pt[1..33].try_into().unwrap(),
+        pt[33..65].try_into().unwrap(),
+    )
+    .kid;
+
+    // Signed by a key outside the JWKS, under its own kid and under Sigil's kid.
+    let own_kid = sign_with(&attacker, &attacker_kid, &claims);
+    assert!(matches!(
+        v.verify(&own_kid, now),
+        Err(VerifyError::UnknownKey(_))
+    ));
+    let stolen_kid = sign_with(&attacker, &kid, &claims);
+    assert_eq!(
+        v.verify(&stolen_kid, now).unwrap_err(),
+        VerifyError::BadSignature
+    );
+    // alg none and HS256 (keyed with the public x coordinate).
+    let none = forged_token(
+        &format!(r#"{{"alg":"none","kid":"{kid}","typ":"sigil-approval+jwt"}}"#),
+        &claims,
+        b"",
+    );
+    assert!(matches!(
+        v.verify(&none, now),
+        Err(VerifyError::UnsupportedAlgorithm(_))
+    ));
+    let hs_header = format!(r#"{{"alg":"HS256","kid":"{kid}","typ":"sigil-approval+jwt"}}"#);
+    let hs_input = format!(
+        "{}.{}",
+        b64url::encode(hs_header.as_bytes()),
+        b64url::encode(&serde_json::to_vec(&claims).unwrap())
+    );
+    let mac_key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &b64url::decode(&keys.keys[0].x).unwrap(),
+    );
+    let mac = ring::hmac::sign(&mac_key, hs_input.as_bytes());
+    let hs = format!("{hs_input}.{}", b64url::encode(mac.as_ref()));
+    assert!(matches!(
+        v.verify(&hs, now),
+        Err(VerifyError::UnsupportedAlgorithm(_))
+    ));
+
+    // Sigil's redemption refuses all of them and redeems nothing.
+    for forged in [own_kid, stolen_kid, none, hs] {
+        let r = a
+            .redeem_approval(pb::RedeemApprovalRequest {
+                approval: forged,
+                expected_intent: None,
+            })
+            .await;
+        assert_status(r, Code::PermissionDenied, "approval refused");
+    }
+    a.redeem_approval(pb::RedeemApprovalRequest {
+        approval: token,
+        expected_intent: Some(intent),
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn challenge_of_another_user_is_refused() {
+    let s = TestServer::start().await;
+    let (_f, seed) = s.enroll_totp("hank").await;
+    let (_g, _seed2) = s.enroll_totp("ivy").await;
+    let mut a = s.approvals("frontend").await;
+    let b = a
+        .begin_approval(pb::BeginApprovalRequest {
+            intent: Some(withdrawal("hank", "w")),
+            device: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let r = a
+        .complete_approval(totp_proof(&b.challenge_id, "ivy", &s.code(&seed, 0), ""))
+        .await;
+    assert_status(r, Code::PermissionDenied, "not issued to user 'ivy'");
+    let r = a
+        .complete_approval(totp_proof("ch_doesnotexist", "hank", &s.code(&seed, 0), ""))
+        .await;
+    assert_status(r, Code::NotFound, "not found");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_survives_restart_and_store_holds_no_seed() {
+    let mut s = TestServer::start().await;
+    let (fid, seed) = s.enroll_totp("judy").await;
+    let intent = withdrawal("judy", "wd-1");
+    let mut a = s.approvals("withdrawal-engine").await;
+    let b = a
+        .begin_approval(pb::BeginApprovalRequest {
+            intent: Some(intent.clone()),
+            device: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let code = s.code(&seed, 0);
+    let done = a
+        .complete_approval(totp_proof(&b.challenge_id, "judy", &code, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    a.redeem_approval(pb::RedeemApprovalRequest {
+        approval: done.approval.clone(),
+        expected_intent: None,
+    })
+    .await
+    .unwrap();
+    let unredeemed = {
+        s.clock.advance(30);
+        s.approve(&withdrawal("judy", "wd-2"), &seed).await
+    };
+    s.clock.advance(-30); // back into the step of `code`, still inside the window
+
+    s.restart().await;
+    let mut a = s.approvals("withdrawal-engine").await;
+    let mut f = s.factors("frontend").await;
+    let list = f
+        .list_factors(pb::ListFactorsRequest {
+            user_id: "judy".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.factors.len(), 1);
+    assert_eq!(list.factors[0].factor_id, fid);
+    assert_eq!(list.factors[0].state, pb::FactorState::Active as i32);
+    // The used step is still used.
+    let b2 = a
+        .begin_approval(pb::BeginApprovalRequest {
+            intent: Some(withdrawal("judy", "wd-3")),
+            device: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let r = a
+        .complete_approval(totp_proof(&b2.challenge_id, "judy", &code, ""))
+        .await;
+    assert_status(r, Code::PermissionDenied, "not accepted");
+    // The redeemed approval stays redeemed; the unredeemed one still redeems once.
+    let r = a
+        .redeem_approval(pb::RedeemApprovalRequest {
+            approval: done.approval,
+            expected_intent: None,
+        })
+        .await;
+    assert_status(r, Code::FailedPrecondition, "already redeemed");
+    a.redeem_approval(pb::RedeemApprovalRequest {
+        approval: unredeemed,
+        expected_intent: None,
+    })
+    .await
+    .unwrap();
+
+    // Nowhere in the sled files is the seed, in any usual encoding.
+    s.stop().await;
+    let needles: Vec<Vec<u8>> = vec![
+        seed.clone(),
+        data_encoding::BASE32_NOPAD.encode(&seed).into_bytes(),
+        data_encoding::BASE32_NOPAD
+            .encode(&seed)
+            .to_lowercase()
+            .into_bytes(),
+        data_encoding::HEXLOWER.encode(&seed).into_bytes(),
+        data_encoding::HEXUPPER.encode(&seed).into_bytes(),
+        data_encoding::BASE64.encode(&seed).into_bytes(),
+        data_encoding::BASE64URL_NOPAD.encode(&seed).into_bytes(),
+    ];
+    let mut files = 0;
+    let mut bytes = 0;
+    for path in walk(&s.cfg.store.path) {
+        let data = std::fs::read(&path).unwrap();
+        files += 1;
+        bytes += data.len();
+        for n in &needles {
+            assert!(
+                !data.windows(n.len()).any(|w| w == n.as_slice()),
+                "seed found in {} as {:?}",
+                path.display(),
+                String::from_utf8_lossy(n)
+            );
+        }
+    }
+    assert!(files > 0 && bytes > 0, "the store has files to search");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn hex(b: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(b)
+}

@@ -1,0 +1,10 @@
+//! Integration tests: real sigild code over real mTLS, real SoftHSM tokens,
+//! real sled stores. See `harness.rs`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod approvals;
+mod bad_input;
+mod binary;
+mod harness;
+mod roles;
+mod totp;

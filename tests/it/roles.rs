@@ -1,0 +1,221 @@
+//! mTLS and roles: every RPC refuses callers outside its roles; certificates
+//! without a role, with an unknown role, or from another CA get nothing.
+use sigil::client::{connect, ClientTls};
+use sigil::pb;
+use sigil::pb::approval_service_client::ApprovalServiceClient;
+use sigil::pb::factor_service_client::FactorServiceClient;
+use tonic::Code;
+
+use crate::harness::*;
+
+/// Calls every RPC once as `role`; returns (rpc, was it refused with PERMISSION_DENIED).
+async fn call_all(s: &TestServer, role: &str) -> Vec<(&'static str, bool)> {
+    let ch = s.channel(role).await;
+    let mut f = FactorServiceClient::new(ch.clone());
+    let mut a = ApprovalServiceClient::new(ch);
+    let denied = |r: Result<(), tonic::Status>| matches!(r, Err(ref st) if st.code() == Code::PermissionDenied && st.message().contains("may not call") || st.message().contains("no Sigil role"));
+    let mut out = Vec::new();
+    out.push((
+        "BeginTotpEnrollment",
+        denied(
+            f.begin_totp_enrollment(pb::BeginTotpEnrollmentRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+    ));
+    out.push((
+        "ConfirmTotpEnrollment",
+        denied(
+            f.confirm_totp_enrollment(pb::ConfirmTotpEnrollmentRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+    ));
+    out.push((
+        "ListFactors",
+        denied(
+            f.list_factors(pb::ListFactorsRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+    ));
+    out.push((
+        "RemoveFactor",
+        denied(
+            f.remove_factor(pb::RemoveFactorRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+    ));
+    out.push((
+        "BeginApproval",
+        denied(
+            a.begin_approval(pb::BeginApprovalRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+    ));
+    out.push((
+        "CompleteApproval",
+        denied(
+            a.complete_approval(pb::CompleteApprovalRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+    ));
+    out.push((
+        "RedeemApproval",
+        denied(
+            a.redeem_approval(pb::RedeemApprovalRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+    ));
+    out.push((
+        "GetApprovalKeys",
+        denied(
+            a.get_approval_keys(pb::GetApprovalKeysRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+    ));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_rpc_admits_exactly_its_roles() {
+    let s = TestServer::start().await;
+    let allowed: &[(&str, &[&str])] = &[
+        ("BeginTotpEnrollment", &["frontend"]),
+        ("ConfirmTotpEnrollment", &["frontend"]),
+        ("ListFactors", &["frontend", "admin"]),
+        ("RemoveFactor", &["frontend"]),
+        ("BeginApproval", &["withdrawal-engine", "frontend"]),
+        ("CompleteApproval", &["withdrawal-engine", "frontend"]),
+        ("RedeemApproval", &["withdrawal-engine"]),
+        (
+            "GetApprovalKeys",
+            &["withdrawal-engine", "frontend", "admin"],
+        ),
+    ];
+    for role in [
+        "withdrawal-engine",
+        "frontend",
+        "admin",
+        "norole",
+        "badrole",
+    ] {
+        for (rpc, denied) in call_all(&s, role).await {
+            let ok_roles = allowed.iter().find(|(n, _)| *n == rpc).unwrap().1;
+            assert_eq!(
+                denied,
+                !ok_roles.contains(&role),
+                "{rpc} as {role}: denied={denied}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_certificate_or_foreign_ca_cannot_connect() {
+    let s = TestServer::start().await;
+    let d = certs_dir();
+    // A client certificate from another CA with a valid-looking role.
+    let foreign = tempfile::tempdir().unwrap();
+    gen_certs(foreign.path());
+    let ch = connect(
+        &s.url,
+        &ClientTls {
+            ca: &d.join("ca.pem"),
+            cert: &foreign.path().join("admin.pem"),
+            key: &foreign.path().join("admin.key"),
+        },
+    )
+    .await;
+    let refused = match ch {
+        Err(_) => true,
+        Ok(ch) => ApprovalServiceClient::new(ch)
+            .get_approval_keys(pb::GetApprovalKeysRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(
+        refused,
+        "a certificate from another CA must not get through"
+    );
+    // No client certificate at all.
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            std::fs::read(d.join("ca.pem")).unwrap(),
+        ))
+        .domain_name("localhost");
+    let ch = tonic::transport::Channel::from_shared(s.url.clone())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await;
+    let refused = match ch {
+        Err(_) => true,
+        Ok(ch) => ApprovalServiceClient::new(ch)
+            .get_approval_keys(pb::GetApprovalKeysRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(
+        refused,
+        "a client without a certificate must not get through"
+    );
+    // Plaintext: there is no plaintext port.
+    let plain = tonic::transport::Channel::from_shared(s.url.replace("https", "http"))
+        .unwrap()
+        .connect()
+        .await;
+    let refused = match plain {
+        Err(_) => true,
+        Ok(ch) => ApprovalServiceClient::new(ch)
+            .get_approval_keys(pb::GetApprovalKeysRequest {})
+            .await
+            .is_err(),
+    };
+    assert!(refused);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_and_reflection_answer_over_mtls() {
+    let mut s = TestServer::start().await;
+    let ch = s.channel("norole").await;
+    let mut h = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    let st = h
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "sigil.v1.ApprovalService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        st.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, ServerReflectionRequest,
+    };
+    let mut r = ServerReflectionClient::new(ch);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = r
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.message().await.unwrap().unwrap();
+    let text = format!("{resp:?}");
+    assert!(
+        text.contains("sigil.v1.ApprovalService") && text.contains("sigil.v1.FactorService"),
+        "{text}"
+    );
+    s.stop().await;
+}

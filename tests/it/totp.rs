@@ -1,0 +1,300 @@
+//! TOTP enrollment, verification, replay and lockout through the server.
+use std::time::Duration;
+
+use sigil::pb;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::harness::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enrollment_needs_a_correct_first_code_and_returns_uri_and_qr() {
+    let s = TestServer::start().await;
+    let mut f = s.factors("frontend").await;
+    let e = f
+        .begin_totp_enrollment(pb::BeginTotpEnrollmentRequest {
+            user_id: "alice".into(),
+            nickname: "phone".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let seed = data_encoding::BASE32_NOPAD
+        .decode(e.secret_base32.as_bytes())
+        .unwrap();
+    assert_eq!(seed.len(), 20, "160-bit secret");
+    assert!(
+        e.otpauth_uri
+            .starts_with("otpauth://totp/Sigil:alice?secret="),
+        "{}",
+        e.otpauth_uri
+    );
+    assert!(e.otpauth_uri.contains(&e.secret_base32));
+    assert!(String::from_utf8(e.qr_svg.clone())
+        .unwrap()
+        .contains("<svg"));
+
+    // Pending: no approval possible yet.
+    let mut a = s.approvals("withdrawal-engine").await;
+    let r = a
+        .begin_approval(pb::BeginApprovalRequest {
+            intent: Some(withdrawal("alice", "w1")),
+            device: None,
+        })
+        .await;
+    assert_status(r, Code::FailedPrecondition, "no active second factor");
+
+    // Wrong code: refused, still pending.
+    let wrong = if s.code(&seed, 0) == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    let r = f
+        .confirm_totp_enrollment(pb::ConfirmTotpEnrollmentRequest {
+            user_id: "alice".into(),
+            factor_id: e.factor_id.clone(),
+            code: wrong.into(),
+        })
+        .await;
+    assert_status(r, Code::PermissionDenied, "not accepted");
+    let list = f
+        .list_factors(pb::ListFactorsRequest {
+            user_id: "alice".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.factors[0].state, pb::FactorState::Pending as i32);
+    assert_eq!(list.factors[0].consecutive_failures, 1);
+
+    let ok = f
+        .confirm_totp_enrollment(pb::ConfirmTotpEnrollmentRequest {
+            user_id: "alice".into(),
+            factor_id: e.factor_id.clone(),
+            code: s.code(&seed, 0),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let fac = ok.factor.unwrap();
+    assert_eq!(fac.state, pb::FactorState::Active as i32);
+    assert_eq!(fac.consecutive_failures, 0);
+    assert_eq!(fac.nickname, "phone");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_code_is_accepted_once_and_older_steps_never() {
+    let s = TestServer::start().await;
+    let (fid, seed) = s.enroll_totp("bob").await;
+    let mut a = s.approvals("frontend").await;
+    let begin = |wid: &'static str| pb::BeginApprovalRequest {
+        intent: Some(withdrawal("bob", wid)),
+        device: None,
+    };
+
+    let c1 = a.begin_approval(begin("w1")).await.unwrap().into_inner();
+    let code = s.code(&seed, 0);
+    a.complete_approval(totp_proof(&c1.challenge_id, "bob", &code, &fid))
+        .await
+        .unwrap();
+
+    // Same code, same step, fresh challenge: replay refused.
+    let c2 = a.begin_approval(begin("w2")).await.unwrap().into_inner();
+    let r = a
+        .complete_approval(totp_proof(&c2.challenge_id, "bob", &code, &fid))
+        .await;
+    assert_status(r, Code::PermissionDenied, "already used");
+    // The previous step's code is inside the window but older than the used step: refused.
+    let r = a
+        .complete_approval(totp_proof(
+            &c2.challenge_id,
+            "bob",
+            &s.code(&seed, -1),
+            &fid,
+        ))
+        .await;
+    assert_status(r, Code::PermissionDenied, "not accepted");
+    // The next step is accepted (one step ahead is inside the window).
+    a.complete_approval(totp_proof(&c2.challenge_id, "bob", &s.code(&seed, 1), &fid))
+        .await
+        .unwrap();
+    // And now the current step is older than the newest used one.
+    let c3 = a.begin_approval(begin("w3")).await.unwrap().into_inner();
+    let r = a
+        .complete_approval(totp_proof(&c3.challenge_id, "bob", &s.code(&seed, 0), ""))
+        .await;
+    assert_status(r, Code::PermissionDenied, "not accepted");
+    // Two steps ahead is outside the window.
+    let r = a
+        .complete_approval(totp_proof(&c3.challenge_id, "bob", &s.code(&seed, 2), ""))
+        .await;
+    assert_status(r, Code::PermissionDenied, "not accepted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn five_failures_lock_the_factor_with_growing_backoff() {
+    let s = TestServer::start().await;
+    let (_fid, seed) = s.enroll_totp("carol").await;
+    let mut a = s.approvals("frontend").await;
+    let c = a
+        .begin_approval(pb::BeginApprovalRequest {
+            intent: Some(withdrawal("carol", "w1")),
+            device: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let good = s.code(&seed, 0);
+    let bad = if good == "123456" { "654321" } else { "123456" };
+    for i in 0..4 {
+        let r = a
+            .complete_approval(totp_proof(&c.challenge_id, "carol", bad, ""))
+            .await;
+        assert_status(
+            r,
+            Code::PermissionDenied,
+            &format!("{} attempts left", 4 - i),
+        );
+    }
+    let st = assert_status(
+        a.complete_approval(totp_proof(&c.challenge_id, "carol", bad, ""))
+            .await,
+        Code::ResourceExhausted,
+        "locked",
+    );
+    let retry = st
+        .get_details_retry_info()
+        .expect("RetryInfo detail")
+        .retry_delay
+        .expect("delay");
+    assert_eq!(retry, Duration::from_secs(30));
+    // While locked even the right code is refused, unchecked.
+    let r = a
+        .complete_approval(totp_proof(&c.challenge_id, "carol", &good, ""))
+        .await;
+    assert_status(r, Code::ResourceExhausted, "locked");
+    // After the lock, one more failure locks twice as long.
+    s.clock.advance(30);
+    let st = assert_status(
+        a.complete_approval(totp_proof(&c.challenge_id, "carol", bad, ""))
+            .await,
+        Code::ResourceExhausted,
+        "locked",
+    );
+    assert_eq!(
+        st.get_details_retry_info().unwrap().retry_delay.unwrap(),
+        Duration::from_secs(60)
+    );
+    // After that lock, the right code works and resets the counter.
+    s.clock.advance(60);
+    a.complete_approval(totp_proof(&c.challenge_id, "carol", &s.code(&seed, 0), ""))
+        .await
+        .unwrap();
+    let mut f = s.factors("admin").await;
+    let list = f
+        .list_factors(pb::ListFactorsRequest {
+            user_id: "carol".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.factors[0].consecutive_failures, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn second_factor_and_removal_need_step_up() {
+    let s = TestServer::start().await;
+    let (fid, seed) = s.enroll_totp("dave").await;
+    let mut f = s.factors("frontend").await;
+    // Enrolling another factor without an approval is refused and writes nothing.
+    let before = snapshot(s.sigil());
+    let r = f
+        .begin_totp_enrollment(pb::BeginTotpEnrollmentRequest {
+            user_id: "dave".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_status(r, Code::PermissionDenied, "enroll_factor");
+    assert_eq!(before, snapshot(s.sigil()));
+    // A withdrawal approval is not an enroll_factor approval.
+    let wd = s.approve(&withdrawal("dave", "w1"), &seed).await;
+    let r = f
+        .begin_totp_enrollment(pb::BeginTotpEnrollmentRequest {
+            user_id: "dave".into(),
+            step_up_approval: wd,
+            ..Default::default()
+        })
+        .await;
+    assert_status(r, Code::PermissionDenied, "enroll_factor");
+    let enroll = pb::Intent {
+        action: "enroll_factor".into(),
+        user_id: "dave".into(),
+        ..Default::default()
+    };
+    let tok = s.approve(&enroll, &seed).await;
+    f.begin_totp_enrollment(pb::BeginTotpEnrollmentRequest {
+        user_id: "dave".into(),
+        step_up_approval: tok.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // The step-up approval was redeemed by that call: it cannot be used twice.
+    let r = f
+        .begin_totp_enrollment(pb::BeginTotpEnrollmentRequest {
+            user_id: "dave".into(),
+            step_up_approval: tok,
+            ..Default::default()
+        })
+        .await;
+    assert_status(r, Code::FailedPrecondition, "already redeemed");
+
+    // Removal needs a remove_factor approval naming this factor.
+    let r = f
+        .remove_factor(pb::RemoveFactorRequest {
+            user_id: "dave".into(),
+            factor_id: fid.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert_status(r, Code::PermissionDenied, "remove_factor");
+    let other = pb::Intent {
+        action: "remove_factor".into(),
+        user_id: "dave".into(),
+        memo: "f_someotherfactor".into(),
+        ..Default::default()
+    };
+    let tok_other = s.approve(&other, &seed).await;
+    let r = f
+        .remove_factor(pb::RemoveFactorRequest {
+            user_id: "dave".into(),
+            factor_id: fid.clone(),
+            step_up_approval: tok_other,
+        })
+        .await;
+    assert_status(r, Code::PermissionDenied, "not for");
+    let rm = pb::Intent {
+        action: "remove_factor".into(),
+        user_id: "dave".into(),
+        memo: fid.clone(),
+        ..Default::default()
+    };
+    let tok = s.approve(&rm, &seed).await;
+    f.remove_factor(pb::RemoveFactorRequest {
+        user_id: "dave".into(),
+        factor_id: fid.clone(),
+        step_up_approval: tok,
+    })
+    .await
+    .unwrap();
+    let list = f
+        .list_factors(pb::ListFactorsRequest {
+            user_id: "dave".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.factors.iter().all(|x| x.factor_id != fid));
+}
