@@ -12,6 +12,8 @@ use crate::store::{Table, Versioned};
 pub mod lockout;
 pub mod manage;
 pub mod totp;
+pub mod webauthn;
+pub mod yubikey;
 
 /// Current version of [`FactorRecord`].
 pub const FACTOR_RECORD_VERSION: u32 = 1;

@@ -1,0 +1,571 @@
+//! End-to-end approval throughput against the raw HSM signing rate.
+//!
+//! `make bench` (= `cargo run --release --example bench`) starts a real,
+//! in-process Sigil server on `127.0.0.1:0` with its **own** SoftHSM token,
+//! sled store and development PKI in a temp dir (the project's token under
+//! `hsm/tokens` is never touched), exactly like `tests/it/harness.rs`, and
+//! measures in one process:
+//!
+//! 1. **End-to-end approvals per second**: 8 concurrent clients (8 tokio
+//!    tasks, each with its own mTLS channel using the `withdrawal-engine`
+//!    certificate), each running `BeginApproval` + `CompleteApproval` (TOTP
+//!    proof) for its share of the pre-enrolled users, one approval in flight
+//!    per client. Every returned JWS is verified offline afterwards (outside
+//!    the timed window); any failure makes the example exit non-zero.
+//! 2. **Raw SoftHSM ES256 signing rate** through `Signer::sign_raw`: one
+//!    thread, then 8 threads, each for ~3 s.
+//! 3. The ratio end-to-end / raw (both raw rates). The bar is a ratio of at
+//!    least 0.3 against the **8-thread** raw rate (the same concurrency as
+//!    the end-to-end clients, and on this kind of machine the higher of the
+//!    two, i.e. the stricter comparison).
+//! 4. Diagnostics (not part of the bar), 8 threads each: HSM AES-256-GCM
+//!    decryption of a factor secret, durable (group-committed) sled commits,
+//!    and approvals through the `Sigil` API directly (no gRPC, no TLS).
+//!
+//! Setup (not measured): users are enrolled with TOTP directly through the
+//! `Sigil` API on blocking threads; then the test clock moves 30 s on, so
+//! every user has one fresh TOTP step (a step is never accepted twice: each
+//! user approves once per step). The clock does not move during a timed
+//! phase.
+//!
+//! Knobs (environment): `SIGIL_BENCH_USERS` (default 3000),
+//! `SIGIL_BENCH_POOL` (HSM session pool size, default 8),
+//! `SIGIL_BENCH_RAW_SECS` (default 3).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use sigil::approval::{DeviceSignals, Proof};
+use sigil::client::{connect, ClientTls};
+use sigil::clock::TestClock;
+use sigil::config::Config;
+use sigil::factor::totp;
+use sigil::pb;
+use sigil::pb::approval_service_client::ApprovalServiceClient;
+use sigil::server;
+use sigil::signer::Signer;
+use sigil::store::{Batch, SledStore, Table};
+use sigil::Sigil;
+use tonic::transport::Channel;
+
+/// Test clock start: 2027-01-15T08:00:00Z (as in the integration tests).
+const T0: i64 = 1_800_000_000;
+/// Concurrent end-to-end clients, and threads of the concurrent raw rate.
+const CLIENTS: usize = 8;
+/// Threads enrolling users during setup.
+const ENROLL_THREADS: usize = 16;
+/// Approvals per client before the timed window (separate users).
+const WARMUP_PER_CLIENT: usize = 8;
+/// Length of the diagnostic measurements.
+const DIAG: Duration = Duration::from_millis(1500);
+/// The bar: end-to-end / raw (8 threads).
+const BAR: f64 = 0.3;
+
+const PIN: &str = "bench-user-pin-4711";
+const SO_PIN: &str = "bench-so-pin-0815";
+/// Deliberately unset: the PIN comes from the file.
+const PIN_ENV: &str = "SIGIL_BENCH_PIN_NOT_SET";
+
+/// An enrolled user.
+struct User {
+    id: String,
+    seed: Vec<u8>,
+}
+
+fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        _ => default,
+    }
+}
+
+fn cmd_out(program: &str, args: &[&str]) -> String {
+    match Command::new(program).args(args).output() {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Ok(o) => format!("? ({} failed: {})", program, o.status),
+        Err(e) => format!("? ({program}: {e})"),
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+fn gen_certs(dir: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs/gen.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("--force")
+        .arg(dir)
+        .output()
+        .expect("run certs/gen.sh");
+    assert!(
+        out.status.success(),
+        "certs/gen.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn intent(user: &str, wid: &str) -> pb::Intent {
+    pb::Intent {
+        action: "withdrawal".into(),
+        user_id: user.into(),
+        withdrawal_id: wid.into(),
+        asset: "BTC".into(),
+        network: "bitcoin".into(),
+        amount: "0.5".into(),
+        destination: "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq".into(),
+        memo: String::new(),
+    }
+}
+
+/// Enrolls users `first..first+n` with TOTP through the Sigil API, on
+/// `ENROLL_THREADS` threads, at the clock's current time.
+fn enroll(sigil: &Sigil, clock: &TestClock, first: usize, n: usize) -> Vec<User> {
+    let next = AtomicUsize::new(0);
+    let step = totp::step_at(clock.now_secs());
+    let mut all: Vec<(usize, User)> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..ENROLL_THREADS)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= n {
+                            return mine;
+                        }
+                        let id = format!("bench-user-{:06}", first + i);
+                        let e = sigil
+                            .begin_totp_enrollment(&id, "", "", "")
+                            .expect("begin TOTP enrollment");
+                        let seed = data_encoding::BASE32_NOPAD
+                            .decode(e.secret_base32.as_bytes())
+                            .expect("base32 seed");
+                        sigil
+                            .confirm_totp_enrollment(
+                                &id,
+                                &e.factor_id,
+                                &totp::code_at_step(&seed, step),
+                            )
+                            .expect("confirm TOTP enrollment");
+                        mine.push((i, User { id, seed }));
+                    }
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .flat_map(|h| h.join().expect("enroll thread"))
+            .collect()
+    });
+    all.sort_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, u)| u).collect()
+}
+
+/// One approval over gRPC; returns (token, begin latency, complete latency).
+async fn approve(
+    c: &mut ApprovalServiceClient<Channel>,
+    i: &pb::Intent,
+    code: &str,
+) -> Result<(String, Duration, Duration), tonic::Status> {
+    let t0 = Instant::now();
+    let b = c
+        .begin_approval(pb::BeginApprovalRequest {
+            intent: Some(i.clone()),
+            device: None,
+        })
+        .await?
+        .into_inner();
+    let t1 = Instant::now();
+    let r = c
+        .complete_approval(pb::CompleteApprovalRequest {
+            challenge_id: b.challenge_id,
+            user_id: i.user_id.clone(),
+            proof: Some(pb::complete_approval_request::Proof::Totp(pb::TotpProof {
+                code: code.into(),
+                factor_id: String::new(),
+            })),
+        })
+        .await?
+        .into_inner();
+    Ok((r.approval, t1 - t0, t1.elapsed()))
+}
+
+/// Outcome of one client's run.
+#[derive(Default)]
+struct ClientRun {
+    ok: Vec<(pb::Intent, String)>,
+    begin: Vec<Duration>,
+    complete: Vec<Duration>,
+    failures: Vec<String>,
+}
+
+/// Runs every (intent, code) of `work` in order on one channel.
+async fn client_run(
+    mut c: ApprovalServiceClient<Channel>,
+    work: Vec<(pb::Intent, String)>,
+) -> (ApprovalServiceClient<Channel>, ClientRun) {
+    let mut run = ClientRun::default();
+    for (i, code) in work {
+        match approve(&mut c, &i, &code).await {
+            Ok((token, b, d)) => {
+                run.begin.push(b);
+                run.complete.push(d);
+                run.ok.push((i, token));
+            }
+            Err(st) => run
+                .failures
+                .push(format!("{}: {:?} {}", i.user_id, st.code(), st.message())),
+        }
+    }
+    (c, run)
+}
+
+/// Runs `work` split over `clients` (user k goes to client k % n); returns
+/// the merged outcome and the wall time.
+async fn run_clients(
+    clients: Vec<ApprovalServiceClient<Channel>>,
+    work: Vec<(pb::Intent, String)>,
+) -> (Vec<ApprovalServiceClient<Channel>>, ClientRun, Duration) {
+    let n = clients.len();
+    let mut shares: Vec<Vec<(pb::Intent, String)>> = (0..n).map(|_| Vec::new()).collect();
+    for (k, w) in work.into_iter().enumerate() {
+        shares[k % n].push(w);
+    }
+    let start = Instant::now();
+    let handles: Vec<_> = clients
+        .into_iter()
+        .zip(shares)
+        .map(|(c, share)| tokio::spawn(client_run(c, share)))
+        .collect();
+    let mut back = Vec::with_capacity(n);
+    let mut all = ClientRun::default();
+    for h in handles {
+        let (c, r) = h.await.expect("client task");
+        back.push(c);
+        all.ok.extend(r.ok);
+        all.begin.extend(r.begin);
+        all.complete.extend(r.complete);
+        all.failures.extend(r.failures);
+    }
+    (back, all, start.elapsed())
+}
+
+/// Runs `op(thread, iteration)` on `threads` threads until `dur` has passed
+/// (or `op` returns false); returns (operations, wall time).
+fn rate(threads: usize, dur: Duration, op: impl Fn(usize, u64) -> bool + Sync) -> (u64, Duration) {
+    let start = Instant::now();
+    let deadline = start + dur;
+    let total: u64 = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|t| {
+                let op = &op;
+                s.spawn(move || {
+                    let mut n = 0u64;
+                    while Instant::now() < deadline {
+                        if !op(t, n) {
+                            break;
+                        }
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("worker")).sum()
+    });
+    (total, start.elapsed())
+}
+
+fn per_sec(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[idx].as_secs_f64() * 1000.0
+}
+
+fn main() {
+    let wall = Instant::now();
+    let n_users: usize = env_num("SIGIL_BENCH_USERS", 3000);
+    let pool: usize = env_num("SIGIL_BENCH_POOL", 8);
+    let raw_secs: f64 = env_num("SIGIL_BENCH_RAW_SECS", 3.0);
+    let raw_dur = Duration::from_secs_f64(raw_secs);
+
+    // --- 1. Own SoftHSM config before any PKCS#11 call, own PKI, own token.
+    let tmp = tempfile::Builder::new()
+        .prefix("sigil-bench-")
+        .tempdir()
+        .expect("tempdir");
+    let tokens = tmp.path().join("tokens");
+    let conf = tmp.path().join("softhsm2.conf");
+    sigil_hsm::write_softhsm_conf(&conf, &tokens).expect("softhsm conf");
+    // SoftHSM reads this once, at the first PKCS#11 call of the process.
+    std::env::set_var("SOFTHSM2_CONF", &conf);
+    std::env::remove_var(PIN_ENV);
+    let certs: PathBuf = tmp.path().join("certs");
+    gen_certs(&certs);
+
+    let mut cfg = Config::for_test(tmp.path());
+    cfg.server.cert = certs.join("server.pem");
+    cfg.server.key = certs.join("server.key");
+    cfg.server.client_ca = certs.join("ca.pem");
+    cfg.hsm.token_label = format!("bench-{}", std::process::id());
+    cfg.hsm.pool_size = pool;
+    cfg.hsm.pin_env = PIN_ENV.into();
+    std::fs::write(&cfg.hsm.pin_file, PIN).expect("pin file");
+    cfg.validate().expect("config");
+    sigil::signer::init_token(
+        &cfg,
+        &SecretString::from(SO_PIN),
+        &SecretString::from(PIN),
+    )
+    .expect("create bench token");
+    let pin = sigil::signer::read_pin(&cfg.hsm).expect("pin");
+    let signer = Signer::open(&cfg, pin).expect("signer");
+    let store = Arc::new(SledStore::open(&cfg.store.path).expect("store"));
+    let clock = Arc::new(TestClock::new(T0));
+    let sigil = Arc::new(Sigil::new(cfg.clone(), store, signer, clock.clone()));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let running = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let tls = server::tls_config(&cfg.server).expect("tls");
+        server::start(sigil.clone(), tls, listener, std::future::pending())
+            .await
+            .expect("start server")
+    });
+    let url = format!("https://127.0.0.1:{}", running.addr.port());
+
+    // --- 2. Setup (not measured): enroll, then move to a fresh TOTP step.
+    let n_warm = CLIENTS * WARMUP_PER_CLIENT;
+    let t_enroll = Instant::now();
+    let users = enroll(&sigil, &clock, 0, n_users + n_warm);
+    let enroll_time = t_enroll.elapsed();
+    clock.advance(30);
+    let step = totp::step_at(clock.now_secs());
+    let work: Vec<(pb::Intent, String)> = users
+        .iter()
+        .enumerate()
+        .map(|(k, u)| {
+            (
+                intent(&u.id, &format!("wd-e2e-{k:06}")),
+                totp::code_at_step(&u.seed, step),
+            )
+        })
+        .collect();
+    let (warm, measured) = work.split_at(n_warm);
+
+    // --- 3. Measured: end-to-end approvals over mTLS gRPC.
+    let (e2e, e2e_time, e2e_run) = rt.block_on(async {
+        let mut clients = Vec::with_capacity(CLIENTS);
+        for _ in 0..CLIENTS {
+            let ch = connect(
+                &url,
+                &ClientTls {
+                    ca: &certs.join("ca.pem"),
+                    cert: &certs.join("withdrawal-engine.pem"),
+                    key: &certs.join("withdrawal-engine.key"),
+                },
+            )
+            .await
+            .expect("connect");
+            clients.push(ApprovalServiceClient::new(ch));
+        }
+        // Warm-up on separate users: handshakes done, pools and caches hot.
+        let (clients, w, _) = run_clients(clients, warm.to_vec()).await;
+        assert!(w.failures.is_empty(), "warm-up failed: {:?}", w.failures);
+        let (_clients, run, took) = run_clients(clients, measured.to_vec()).await;
+        (per_sec(run.ok.len() as u64, took), took, run)
+    });
+    // Verify every approval offline (not timed).
+    let now = clock.now_secs();
+    let verifier = sigil.signer().verifier();
+    let mut bad_tokens = 0usize;
+    for (i, token) in &e2e_run.ok {
+        let want: sigil_verify::Intent = i.clone().into();
+        if verifier.verify_for(token, &want, now).is_err() {
+            bad_tokens += 1;
+        }
+    }
+    let mut lat_total: Vec<Duration> = e2e_run
+        .begin
+        .iter()
+        .zip(&e2e_run.complete)
+        .map(|(b, c)| *b + *c)
+        .collect();
+    lat_total.sort();
+    let mut lat_begin = e2e_run.begin.clone();
+    lat_begin.sort();
+    let mut lat_complete = e2e_run.complete.clone();
+    lat_complete.sort();
+
+    // --- 4. Measured: raw ES256 signing in the HSM, same token, same process.
+    let msg = vec![b'x'; 700]; // about the size of an approval's signing input
+    let raw_sign = |_: usize, _: u64| {
+        sigil.signer().sign_raw(&msg).expect("raw sign");
+        true
+    };
+    let (n1, d1) = rate(1, raw_dur, raw_sign);
+    let raw1 = per_sec(n1, d1);
+    let (n8, d8) = rate(CLIENTS, raw_dur, raw_sign);
+    let raw8 = per_sec(n8, d8);
+
+    // --- Diagnostics (not part of the bar).
+    // HSM AES-256-GCM decryption, as CompleteApproval does once.
+    let aad = b"sigil-secret-v1\0bench\0f_bench".to_vec();
+    let wrapped = sigil.signer().wrap(&[7u8; 20], &aad).expect("wrap");
+    let (nd, dd) = rate(CLIENTS, DIAG, |_, _| {
+        sigil.signer().unwrap_secret(&wrapped, &aad).expect("unwrap");
+        true
+    });
+    let decrypt8 = per_sec(nd, dd);
+    // Durable, group-committed sled writes (one insert of ~600 bytes each).
+    let (nc, dc) = rate(CLIENTS, DIAG, |t, i| {
+        let mut b = Batch::new();
+        b.insert(
+            Table::Meta,
+            format!("bench-commit-{t}-{i}").into_bytes(),
+            vec![b'v'; 600],
+        );
+        sigil.store().commit(&b).expect("commit");
+        true
+    });
+    let commit8 = per_sec(nc, dc);
+    // Approvals through the Sigil API directly (no gRPC/TLS), same users on
+    // the next TOTP step.
+    clock.advance(30);
+    let step2 = totp::step_at(clock.now_secs());
+    let next = AtomicUsize::new(0);
+    let direct_failures = AtomicUsize::new(0);
+    let (ndirect, ddirect) = rate(CLIENTS, Duration::from_secs(3), |_, _| {
+        let k = next.fetch_add(1, Ordering::Relaxed);
+        let Some(u) = users.get(k) else { return false };
+        let i: sigil_verify::Intent = intent(&u.id, &format!("wd-direct-{k:06}")).into();
+        let res = sigil
+            .begin_approval(i, DeviceSignals::default())
+            .and_then(|b| {
+                sigil.complete_approval(
+                    &b.challenge_id,
+                    &u.id,
+                    Proof::Totp {
+                        code: totp::code_at_step(&u.seed, step2),
+                        factor_id: None,
+                    },
+                )
+            });
+        if res.is_err() {
+            direct_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        true
+    });
+    let direct8 = per_sec(
+        ndirect - direct_failures.load(Ordering::Relaxed) as u64,
+        ddirect,
+    );
+    let direct_exhausted = next.load(Ordering::Relaxed) >= users.len();
+
+    rt.block_on(async { running.stop().await.expect("clean stop") });
+
+    // --- 5. Report.
+    let failures = e2e_run.failures.len() + bad_tokens;
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    println!("## Sigil benchmark\n");
+    println!("- nproc: {nproc} ({})", cmd_out("nproc", &[]));
+    println!("- CPU: {}", cpu_model());
+    println!("- rustc: {}", cmd_out("rustc", &["--version"]));
+    println!(
+        "- softhsm2: {}",
+        cmd_out("dpkg-query", &["-W", "-f=${Version}", "softhsm2"])
+    );
+    println!(
+        "- store fs: {} (temp dir {})",
+        cmd_out("stat", &["-f", "-c", "%T", &tmp.path().display().to_string()]),
+        tmp.path().display()
+    );
+    println!(
+        "- HSM session pool: {pool}; clients: {CLIENTS}; tokio workers: {nproc}; users: {} (+{n_warm} warm-up)",
+        measured.len()
+    );
+    println!(
+        "- setup: enrolled {} users in {:.1} s ({:.0}/s, {ENROLL_THREADS} threads)\n",
+        users.len(),
+        enroll_time.as_secs_f64(),
+        per_sec(users.len() as u64, enroll_time)
+    );
+    println!("| measurement | result |");
+    println!("|---|---|");
+    println!(
+        "| end-to-end approvals/s (8 mTLS clients, Begin+Complete) | **{e2e:.0}** ({} ok, {failures} failed, {:.2} s) |",
+        e2e_run.ok.len(),
+        e2e_time.as_secs_f64()
+    );
+    println!(
+        "| approval latency p50 / p99 (Begin+Complete) | {:.1} / {:.1} ms |",
+        pct(&lat_total, 0.5),
+        pct(&lat_total, 0.99)
+    );
+    println!(
+        "| BeginApproval p50 / CompleteApproval p50 | {:.1} / {:.1} ms |",
+        pct(&lat_begin, 0.5),
+        pct(&lat_complete, 0.5)
+    );
+    println!(
+        "| raw ES256 sign/s, 1 thread | {raw1:.0} ({n1} in {:.2} s) |",
+        d1.as_secs_f64()
+    );
+    println!(
+        "| raw ES256 sign/s, 8 threads | {raw8:.0} ({n8} in {:.2} s) |",
+        d8.as_secs_f64()
+    );
+    println!(
+        "| ratio e2e / raw (8 threads) — the bar (>= {BAR}) | **{:.2}** {} |",
+        e2e / raw8,
+        if e2e / raw8 >= BAR { "PASS" } else { "BELOW BAR" }
+    );
+    println!("| ratio e2e / raw (1 thread) | {:.2} |", e2e / raw1);
+    println!("| diag: HSM AES-GCM decrypt/s, 8 threads | {decrypt8:.0} |");
+    println!("| diag: durable sled commits/s, 8 threads | {commit8:.0} |");
+    println!(
+        "| diag: in-process approvals/s (Sigil API, no gRPC/TLS), 8 threads | {direct8:.0} ({} failed{}) |",
+        direct_failures.load(Ordering::Relaxed),
+        if direct_exhausted { ", ran out of users" } else { "" }
+    );
+    println!("\ntotal bench wall time: {:.1} s", wall.elapsed().as_secs_f64());
+
+    if failures > 0 {
+        for f in e2e_run.failures.iter().take(10) {
+            eprintln!("failed: {f}");
+        }
+        eprintln!(
+            "{} end-to-end approvals failed, {bad_tokens} approvals did not verify",
+            e2e_run.failures.len()
+        );
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,1 @@
+//! WebAuthn / FIDO2 factor (in progress).

@@ -1,0 +1,1 @@
+//! YubiKey factors (in progress).
