@@ -27,17 +27,32 @@ pub enum Table {
     Challenges,
     /// Issued approvals, keyed by `jti`.
     Approvals,
-    /// Service metadata (deployment id, schema version).
+    /// Service metadata: global revocation epoch and suspension, log heads.
     Meta,
+    /// Per-user protection state, keyed by user id.
+    Users,
+    /// Whitelisted withdrawal addresses, keyed `user 0x00 network 0x00 address`.
+    Addresses,
+    /// The event outbox: an append-only log keyed by sequence number.
+    Events,
+    /// The audit log: an append-only, hash-chained log keyed by sequence number.
+    Audit,
+    /// Signed audit checkpoints, keyed by the audit sequence they cover.
+    Checkpoints,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 4] = [
+    pub const ALL: [Table; 9] = [
         Table::Factors,
         Table::Challenges,
         Table::Approvals,
         Table::Meta,
+        Table::Users,
+        Table::Addresses,
+        Table::Events,
+        Table::Audit,
+        Table::Checkpoints,
     ];
 
     /// The table's name in the backend.
@@ -47,7 +62,17 @@ impl Table {
             Table::Challenges => "challenges",
             Table::Approvals => "approvals",
             Table::Meta => "meta",
+            Table::Users => "users",
+            Table::Addresses => "addresses",
+            Table::Events => "events",
+            Table::Audit => "audit",
+            Table::Checkpoints => "checkpoints",
         }
+    }
+
+    /// True for the append-only logs ([`Op::Append`] targets).
+    pub fn is_log(self) -> bool {
+        matches!(self, Table::Events | Table::Audit)
     }
 }
 
@@ -83,6 +108,27 @@ pub enum Op {
         value: Vec<u8>,
         /// Condition.
         expect: Expect,
+    },
+    /// Write nothing, but fail the batch unless `key` still has `version`
+    /// (or is absent, for version 0). Makes a decision depend atomically on
+    /// a record read earlier (e.g. the revocation epoch).
+    Check {
+        /// Table read.
+        table: Table,
+        /// Record key.
+        key: Vec<u8>,
+        /// Version the record must still have; 0 = must be absent.
+        version: u64,
+    },
+    /// Append `value` to a log table ([`Table::Events`] or [`Table::Audit`]).
+    /// The backend assigns the next sequence number (gapless, in commit
+    /// order) and chains the entry: it stores
+    /// `SHA-256(previous hash || seq as 8 bytes BE || value)` before the value.
+    Append {
+        /// The log.
+        log: Table,
+        /// Entry bytes.
+        value: Vec<u8>,
     },
     /// Delete `key` if it exists with version `version`.
     Delete {
@@ -146,10 +192,49 @@ impl Batch {
         self
     }
 
+    /// Adds a check that `key` still has `version` (0: still absent).
+    pub fn check(&mut self, table: Table, key: impl Into<Vec<u8>>, version: u64) -> &mut Self {
+        self.ops.push(Op::Check { table, key: key.into(), version });
+        self
+    }
+
+    /// Adds an entry to a log.
+    pub fn append(&mut self, log: Table, value: Vec<u8>) -> &mut Self {
+        self.ops.push(Op::Append { log, value });
+        self
+    }
+
     /// True when there is nothing to write.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+}
+
+/// One entry of an append-only log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Sequence number, from 1, gapless.
+    pub seq: u64,
+    /// The stored chain hash: SHA-256(previous hash || seq BE || value).
+    pub hash: [u8; 32],
+    /// The entry.
+    pub value: Vec<u8>,
+}
+
+/// The chain hash of a log entry.
+pub fn chain_hash(prev: &[u8; 32], seq: u64, value: &[u8]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(prev);
+    ctx.update(&seq.to_be_bytes());
+    ctx.update(value);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// Meta key of a log's head record.
+pub fn log_head_key(log: Table) -> Vec<u8> {
+    format!("loghead/{}", log.name()).into_bytes()
 }
 
 /// What a store operation can fail with.
@@ -186,8 +271,14 @@ pub trait Store: Send + Sync {
         prefix: &[u8],
     ) -> Result<Vec<(Vec<u8>, Versioned)>, StoreError>;
     /// Applies `batch` atomically and durably, or returns an error having
-    /// written nothing.
-    fn commit(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// written nothing. Returns the sequence numbers assigned to the batch's
+    /// [`Op::Append`]s, in order.
+    fn commit(&self, batch: &Batch) -> Result<Vec<u64>, StoreError>;
+    /// Log entries with sequence number > `after`, at most `limit`, in order:
+    /// (seq, chained hash, value).
+    fn read_log(&self, log: Table, after: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError>;
+    /// The newest (seq, hash) of a log; (0, zeros) when empty.
+    fn log_head(&self, log: Table) -> Result<(u64, [u8; 32]), StoreError>;
     /// Number of records in a table (operations and tests).
     fn len(&self, table: Table) -> Result<usize, StoreError>;
 }

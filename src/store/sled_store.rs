@@ -11,7 +11,7 @@ use std::sync::{Condvar, Mutex};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 
-use super::{Batch, Expect, Op, Store, StoreError, Table, Versioned};
+use super::{chain_hash, log_head_key, Batch, Expect, LogEntry, Op, Store, StoreError, Table, Versioned};
 
 /// sled-backed [`Store`].
 pub struct SledStore {
@@ -75,9 +75,24 @@ fn encode(version: u64, value: &[u8]) -> Vec<u8> {
     out
 }
 
-fn op_table(op: &Op) -> Table {
+fn op_tables(op: &Op) -> Vec<Table> {
     match op {
-        Op::Put { table, .. } | Op::Delete { table, .. } => *table,
+        Op::Put { table, .. } | Op::Delete { table, .. } | Op::Check { table, .. } => vec![*table],
+        Op::Append { log, .. } => vec![*log, Table::Meta],
+    }
+}
+
+fn decode_head(raw: Option<Versioned>) -> Result<(u64, u64, [u8; 32]), StoreError> {
+    match raw {
+        None => Ok((0, 0, [0u8; 32])),
+        Some(v) if v.value.len() == 40 => {
+            let mut seq = [0u8; 8];
+            seq.copy_from_slice(&v.value[..8]);
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(&v.value[8..]);
+            Ok((v.version, u64::from_be_bytes(seq), hash))
+        }
+        Some(_) => Err(StoreError::Corrupt("log head has the wrong length".into())),
     }
 }
 
@@ -114,19 +129,50 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+    fn commit(&self, batch: &Batch) -> Result<Vec<u64>, StoreError> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let mut tables: Vec<Table> = batch.ops.iter().map(op_table).collect();
+        let mut tables: Vec<Table> = batch.ops.iter().flat_map(op_tables).collect();
         tables.sort();
         tables.dedup();
         let trees: Vec<sled::Tree> = tables.iter().map(|t| self.tree(*t).clone()).collect();
+        let pos = |t: Table| tables.iter().position(|x| *x == t).unwrap_or(0);
         let result = trees.as_slice().transaction(|txs| {
+            let mut seqs = Vec::new();
             for op in &batch.ops {
-                let idx = tables.iter().position(|t| *t == op_table(op)).unwrap_or(0);
-                let tx = &txs[idx];
+                let tx = &txs[pos(op_tables(op)[0])];
                 match op {
+                    Op::Check { key, version, .. } => {
+                        let want = if *version == 0 { None } else { Some(*version) };
+                        if current_version(tx, key)? != want {
+                            return Err(ConflictableTransactionError::Abort(StoreError::Conflict));
+                        }
+                    }
+                    Op::Append { log, value } => {
+                        if !log.is_log() {
+                            return Err(ConflictableTransactionError::Abort(StoreError::Corrupt(format!(
+                                "{} is not a log",
+                                log.name()
+                            ))));
+                        }
+                        let meta = &txs[pos(Table::Meta)];
+                        let head_key = log_head_key(*log);
+                        let head = match meta.get(&head_key)? {
+                            None => None,
+                            Some(raw) => Some(decode(&raw).map_err(ConflictableTransactionError::Abort)?),
+                        };
+                        let (hv, seq, prev) = decode_head(head).map_err(ConflictableTransactionError::Abort)?;
+                        let seq = seq + 1;
+                        let hash = chain_hash(&prev, seq, value);
+                        let mut entry = hash.to_vec();
+                        entry.extend_from_slice(value);
+                        tx.insert(&seq.to_be_bytes()[..], encode(1, &entry))?;
+                        let mut head_val = seq.to_be_bytes().to_vec();
+                        head_val.extend_from_slice(&hash);
+                        meta.insert(head_key, encode(hv + 1, &head_val))?;
+                        seqs.push(seq);
+                    }
                     Op::Put {
                         key, value, expect, ..
                     } => {
@@ -150,14 +196,38 @@ impl Store for SledStore {
                     }
                 }
             }
-            Ok(())
+            Ok(seqs)
         });
-        match result {
-            Ok(()) => {}
+        let seqs = match result {
+            Ok(seqs) => seqs,
             Err(TransactionError::Abort(e)) => return Err(e),
             Err(TransactionError::Storage(e)) => return Err(unavailable(e)),
+        };
+        self.flush.durable(&self.db)?;
+        Ok(seqs)
+    }
+
+    fn read_log(&self, log: Table, after: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
+        let start = after.saturating_add(1).to_be_bytes();
+        let mut out = Vec::new();
+        for item in self.tree(log).range(start..).take(limit) {
+            let (k, raw) = item.map_err(unavailable)?;
+            let v = decode(&raw)?;
+            if k.len() != 8 || v.value.len() < 32 {
+                return Err(StoreError::Corrupt(format!("{} entry has a malformed key or value", log.name())));
+            }
+            let mut seq = [0u8; 8];
+            seq.copy_from_slice(&k);
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(&v.value[..32]);
+            out.push(LogEntry { seq: u64::from_be_bytes(seq), hash, value: v.value[32..].to_vec() });
         }
-        self.flush.durable(&self.db)
+        Ok(out)
+    }
+
+    fn log_head(&self, log: Table) -> Result<(u64, [u8; 32]), StoreError> {
+        let (_, seq, hash) = decode_head(self.get(Table::Meta, &log_head_key(log))?)?;
+        Ok((seq, hash))
     }
 
     fn len(&self, table: Table) -> Result<usize, StoreError> {
@@ -258,5 +328,45 @@ mod tests {
         }
         let s = SledStore::open(dir.path()).unwrap();
         assert_eq!(s.scan_prefix(Table::Factors, b"u\0").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn logs_are_gapless_and_chained_and_checks_guard_decisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(SledStore::open(dir.path()).unwrap());
+        let mut handles = Vec::new();
+        for t in 0..4 {
+            let s = s.clone();
+            handles.push(std::thread::spawn(move || {
+                for i in 0..25 {
+                    let mut b = Batch::new();
+                    b.append(Table::Events, format!("{t}-{i}").into_bytes());
+                    s.commit(&b).unwrap();
+                }
+            }));
+        }
+        for h in handles {
+            h.join().unwrap();
+        }
+        let entries = s.read_log(Table::Events, 0, 1000).unwrap();
+        assert_eq!(entries.len(), 100);
+        let mut prev = [0u8; 32];
+        for (i, e) in entries.iter().enumerate() {
+            assert_eq!(e.seq, i as u64 + 1);
+            assert_eq!(e.hash, chain_hash(&prev, e.seq, &e.value));
+            prev = e.hash;
+        }
+        assert_eq!(s.log_head(Table::Events).unwrap(), (100, prev));
+        assert_eq!(s.read_log(Table::Events, 98, 10).unwrap().len(), 2);
+        // A check on a record that changed fails the whole batch, appends included.
+        let mut b = Batch::new();
+        b.insert(Table::Meta, b"g".to_vec(), b"1".to_vec());
+        s.commit(&b).unwrap();
+        let mut b = Batch::new();
+        b.check(Table::Meta, b"g".to_vec(), 0).append(Table::Events, b"x".to_vec());
+        assert_eq!(s.commit(&b), Err(StoreError::Conflict));
+        let mut b = Batch::new();
+        b.check(Table::Meta, b"g".to_vec(), 1).append(Table::Events, b"x".to_vec());
+        assert_eq!(s.commit(&b).unwrap(), vec![101]);
     }
 }
