@@ -25,7 +25,10 @@ use sigil::pb::factor_service_client::FactorServiceClient;
 use sigil_verify::{Intent, JwkSet, Verifier};
 
 fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 #[tokio::main]
@@ -33,12 +36,33 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("SIGIL_URL").unwrap_or_else(|_| "https://127.0.0.1:50051".into());
     let certs = PathBuf::from(std::env::var("SIGIL_CERTS").unwrap_or_else(|_| "certs/out".into()));
     let ca = certs.join("ca.pem");
-    let tls = |role: &str| (certs.join(format!("{role}.pem")), certs.join(format!("{role}.key")));
+    let tls = |role: &str| {
+        (
+            certs.join(format!("{role}.pem")),
+            certs.join(format!("{role}.key")),
+        )
+    };
 
     let (fc, fk) = tls("frontend");
-    let frontend = connect(&url, &ClientTls { ca: &ca, cert: &fc, key: &fk }).await?;
+    let frontend = connect(
+        &url,
+        &ClientTls {
+            ca: &ca,
+            cert: &fc,
+            key: &fk,
+        },
+    )
+    .await?;
     let (ec, ek) = tls("withdrawal-engine");
-    let engine = connect(&url, &ClientTls { ca: &ca, cert: &ec, key: &ek }).await?;
+    let engine = connect(
+        &url,
+        &ClientTls {
+            ca: &ca,
+            cert: &ec,
+            key: &ek,
+        },
+    )
+    .await?;
     let mut factors = FactorServiceClient::new(frontend.clone());
     let mut user_side = ApprovalServiceClient::new(frontend);
     let mut approvals = ApprovalServiceClient::new(engine);
@@ -53,7 +77,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?
         .into_inner();
-    println!("enrolling {user}: scan {} ({} bytes of QR SVG)", e.otpauth_uri, e.qr_svg.len());
+    println!(
+        "enrolling {user}: scan {} ({} bytes of QR SVG)",
+        e.otpauth_uri,
+        e.qr_svg.len()
+    );
     let seed = data_encoding::BASE32_NOPAD.decode(e.secret_base32.as_bytes())?;
     let step = totp::step_at(now());
     factors
@@ -77,11 +105,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         memo: String::new(),
     };
     let begun = approvals
-        .begin_approval(pb::BeginApprovalRequest { intent: Some(record.clone().into()), device: None })
+        .begin_approval(pb::BeginApprovalRequest {
+            intent: Some(record.clone().into()),
+            device: None,
+        })
         .await?
         .into_inner();
-    assert_eq!(begun.intent_sha256, record.digest(), "Sigil binds the same digest the engine computes");
-    println!("challenge {} (expires at {})", begun.challenge_id, begun.expires_at);
+    assert_eq!(
+        begun.intent_sha256,
+        record.digest(),
+        "Sigil binds the same digest the engine computes"
+    );
+    println!(
+        "challenge {} (expires at {})",
+        begun.challenge_id, begun.expires_at
+    );
 
     // 3. The user answers with the app's next code (the first one was used to confirm).
     let done = user_side
@@ -98,11 +136,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("approval issued: jti {}, amr {:?}", done.jti, done.amr);
 
     // 4. Offline verification against the engine's record, then redeem once.
-    let keys = approvals.get_approval_keys(pb::GetApprovalKeysRequest {}).await?.into_inner();
+    let keys = approvals
+        .get_approval_keys(pb::GetApprovalKeysRequest {})
+        .await?
+        .into_inner();
     let jwks: JwkSet = serde_json::from_str(&keys.jwks_json)?;
     let verifier = Verifier::new(&jwks, "sigil", "withdrawal-engine")?;
     let claims = verifier.verify_for(&done.approval, &record, now())?;
-    println!("verified offline: {} approved {} {} to {}", claims.sub, claims.intent.amount, claims.intent.asset, claims.intent.destination);
+    println!(
+        "verified offline: {} approved {} {} to {}",
+        claims.sub, claims.intent.amount, claims.intent.asset, claims.intent.destination
+    );
     approvals
         .redeem_approval(pb::RedeemApprovalRequest {
             approval: done.approval.clone(),
@@ -119,10 +163,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(_) => panic!("a changed destination must be refused"),
     }
     match approvals
-        .redeem_approval(pb::RedeemApprovalRequest { approval: done.approval, expected_intent: None })
+        .redeem_approval(pb::RedeemApprovalRequest {
+            approval: done.approval,
+            expected_intent: None,
+        })
         .await
     {
-        Err(st) => println!("second redemption refused: {:?}: {}", st.code(), st.message()),
+        Err(st) => println!(
+            "second redemption refused: {:?}: {}",
+            st.code(),
+            st.message()
+        ),
         Ok(_) => panic!("a second redemption must be refused"),
     }
     Ok(())

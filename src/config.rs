@@ -32,6 +32,38 @@ pub struct Config {
     pub lockout: LockoutConfig,
     /// Asset precision rules.
     pub assets: AssetsConfig,
+    /// The incident's protections (holds, locks, audit checkpoints).
+    pub protection: ProtectionConfig,
+    /// Action policy (inline; `protection.policy_file` replaces it).
+    pub policy: crate::protect::policy::Policy,
+}
+
+/// `[protection]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProtectionConfig {
+    /// A new whitelisted address is usable only after this hold, seconds.
+    pub address_hold_seconds: i64,
+    /// Withdrawals are locked this long after a factor or anti-phishing change, seconds.
+    pub security_change_lock_seconds: i64,
+    /// Withdrawals only to whitelisted, usable addresses.
+    pub require_whitelisted_address: bool,
+    /// Policy file (TOML); replaces the inline `[policy]` section.
+    pub policy_file: Option<PathBuf>,
+    /// Seconds between background sweeps (address holds ending, audit checkpoints).
+    pub sweep_interval_seconds: u64,
+}
+
+impl Default for ProtectionConfig {
+    fn default() -> Self {
+        Self {
+            address_hold_seconds: 86_400,
+            security_change_lock_seconds: 86_400,
+            require_whitelisted_address: true,
+            policy_file: None,
+            sweep_interval_seconds: 30,
+        }
+    }
 }
 
 /// `[server]`
@@ -65,6 +97,8 @@ pub struct HsmSection {
     pub approval_key_label: String,
     /// Label of the AES-256 key that encrypts factor secrets.
     pub secrets_key_label: String,
+    /// Label of the EC P-256 key that signs audit checkpoints.
+    pub audit_key_label: String,
     /// Number of PKCS#11 sessions kept open.
     pub pool_size: usize,
 }
@@ -137,6 +171,8 @@ impl Default for Config {
             totp: TotpConfig::default(),
             lockout: LockoutConfig::default(),
             assets: AssetsConfig::default(),
+            protection: ProtectionConfig::default(),
+            policy: crate::protect::policy::Policy::default(),
         }
     }
 }
@@ -161,6 +197,7 @@ impl Default for HsmSection {
             pin_file: "hsm/pin".into(),
             approval_key_label: "sigil-approval-1".into(),
             secrets_key_label: "sigil-secrets-1".into(),
+            audit_key_label: "sigil-audit-1".into(),
             pool_size: 4,
         }
     }
@@ -246,6 +283,15 @@ impl Config {
             None => Config::default(),
         };
         cfg.apply_env(|k| std::env::var(k).ok())?;
+        if let Some(p) = cfg.protection.policy_file.clone() {
+            let text = std::fs::read_to_string(&p).map_err(|e| {
+                Error::invalid(
+                    "protection.policy_file",
+                    format!("cannot read {}: {e}", p.display()),
+                )
+            })?;
+            cfg.policy = crate::protect::policy::Policy::from_toml(&text)?;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -318,6 +364,15 @@ impl Config {
         }
         if self.lockout.max_failures == 0 {
             return Err(Error::invalid("lockout.max_failures", "must be at least 1"));
+        }
+        self.policy.validate()?;
+        if self.protection.address_hold_seconds < 0
+            || self.protection.security_change_lock_seconds < 0
+        {
+            return Err(Error::invalid(
+                "protection",
+                "holds and locks cannot be negative",
+            ));
         }
         if self.hsm.pool_size == 0 || self.hsm.pool_size > 256 {
             return Err(Error::invalid("hsm.pool_size", "must be between 1 and 256"));

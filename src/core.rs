@@ -7,12 +7,14 @@ use std::sync::Arc;
 
 use ring::rand::{SecureRandom, SystemRandom};
 
+use crate::audit::AuditEntry;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::Error;
 use crate::factor::{self, FactorRecord};
+use crate::protect::{self, Snapshot, UserRecord};
 use crate::signer::Signer;
-use crate::store::{Store, Versioned};
+use crate::store::{Batch, Op, Store, Table, Versioned};
 
 /// One Sigil instance.
 pub struct Sigil {
@@ -21,6 +23,7 @@ pub struct Sigil {
     pub(crate) signer: Signer,
     pub(crate) clock: Arc<dyn Clock>,
     rng: SystemRandom,
+    events: tokio::sync::Notify,
 }
 
 impl Sigil {
@@ -32,6 +35,7 @@ impl Sigil {
             signer,
             clock,
             rng: SystemRandom::new(),
+            events: tokio::sync::Notify::new(),
         }
     }
 
@@ -48,6 +52,93 @@ impl Sigil {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Woken whenever events are appended (for `WatchEvents`).
+    pub fn event_signal(&self) -> &tokio::sync::Notify {
+        &self.events
+    }
+
+    /// Commits a batch; wakes event watchers when it appended events.
+    pub(crate) fn commit(&self, batch: &Batch) -> Result<Vec<u64>, Error> {
+        let seqs = self.store.commit(batch)?;
+        if batch.ops.iter().any(|o| {
+            matches!(
+                o,
+                Op::Append {
+                    log: Table::Events,
+                    ..
+                }
+            )
+        }) {
+            self.events.notify_waiters();
+        }
+        Ok(seqs)
+    }
+
+    /// Records a refusal in the audit log (with `extra` writes, e.g. a
+    /// device signal), best effort: the refusal stands even if this fails.
+    pub(crate) fn audit_refusal(&self, entry: AuditEntry, mut extra: Batch) {
+        let res = entry
+            .append_to(&mut extra)
+            .and_then(|_| self.commit(&extra));
+        if let Err(e) = res {
+            tracing::error!(error = %e, action = %entry.action, "could not audit a refusal");
+        }
+    }
+
+    /// Protection state of a user.
+    pub(crate) fn snapshot(&self, user_id: &str) -> Result<Snapshot, Error> {
+        Snapshot::load(self.store.as_ref(), user_id)
+    }
+
+    /// Adds the write of a user's new protection record, conditional on the
+    /// version read in `snap`.
+    pub(crate) fn put_user(
+        &self,
+        batch: &mut Batch,
+        user_id: &str,
+        snap: &Snapshot,
+        rec: &UserRecord,
+    ) -> Result<(), Error> {
+        let mut rec = rec.clone();
+        rec.v = 1;
+        let bytes = protect::encode(&rec)?;
+        if snap.user_version == 0 {
+            batch.insert(Table::Users, user_id.as_bytes(), bytes);
+        } else {
+            batch.update(Table::Users, user_id.as_bytes(), snap.user_version, bytes);
+        }
+        Ok(())
+    }
+
+    /// Adds a check that the global record is unchanged since `snap`.
+    pub(crate) fn check_global(&self, batch: &mut Batch, snap: &Snapshot) {
+        batch.check(Table::Meta, protect::GLOBAL_KEY, snap.global_version);
+    }
+
+    /// Adds checks that the global and the user's records are unchanged since `snap`.
+    pub(crate) fn check_snapshot(&self, batch: &mut Batch, user_id: &str, snap: &Snapshot) {
+        self.check_global(batch, snap);
+        batch.check(Table::Users, user_id.as_bytes(), snap.user_version);
+    }
+
+    /// A user's confirmed, unrevoked factors.
+    pub(crate) fn live_factors(
+        &self,
+        user_id: &str,
+        snap: &Snapshot,
+    ) -> Result<Vec<(FactorRecord, u64)>, Error> {
+        Ok(self
+            .factors_of(user_id)?
+            .into_iter()
+            .filter(|(f, _)| f.is_active() && f.is_live(snap.epochs()))
+            .collect())
+    }
+
+    /// The service clock's current time.
+    pub fn clock_now(&self) -> Result<i64, Error> {
+        self.clock.now()
     }
 
     pub(crate) fn now(&self) -> Result<i64, Error> {

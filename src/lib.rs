@@ -11,6 +11,8 @@
 //! - [`server`]: mTLS listener, health, reflection, graceful shutdown
 //! - [`approval`]: intents, challenges, JWS approvals, redemption
 //! - [`factor`]: factor records; [`factor::totp`], [`factor::lockout`]
+//! - [`protect`]: policy, address whitelist, locks, suspension, revocation epochs
+//! - [`events`], [`audit`]: durable event outbox; hash-chained audit log
 //! - [`signer`]: HSM keys (via `sigil-hsm`), JWKS, secret encryption
 //! - [`store`]: the storage trait and its sled backend
 //! - [`config`], [`clock`], [`error`]
@@ -20,12 +22,15 @@
 
 pub mod api;
 pub mod approval;
+pub mod audit;
 pub mod client;
 pub mod clock;
 pub mod config;
 pub mod core;
 pub mod error;
+pub mod events;
 pub mod factor;
+pub mod protect;
 pub mod server;
 pub mod signer;
 pub mod store;

@@ -9,6 +9,9 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
+use crate::api::account::AccountApi;
+use crate::api::admin::AdminApi;
+use crate::api::events::EventApi;
 use crate::api::{ApprovalApi, FactorApi};
 use crate::config::ServerConfig;
 use crate::core::Sigil;
@@ -93,6 +96,8 @@ pub async fn start(
         .build_v1()
         .map_err(|e| Error::Internal(format!("reflection service: {e}")))?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (sweep_stop_tx, sweep_stop_rx) = tokio::sync::watch::channel(false);
+    let sweeper = tokio::spawn(sweep_loop(sigil.clone(), sweep_stop_rx));
     let shutdown = async move {
         tokio::select! {
             _ = stop_rx => {},
@@ -108,6 +113,10 @@ pub async fn start(
         reporter
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
+        let _ = sweep_stop_tx.send(true);
+        if let Err(e) = sweeper.await {
+            tracing::error!(error = %e, "background sweeper failed");
+        }
     };
     let router = Server::builder()
         .tls_config(tls)
@@ -118,7 +127,16 @@ pub async fn start(
             FactorApi::new(sigil.clone()),
         ))
         .add_service(pb::approval_service_server::ApprovalServiceServer::new(
-            ApprovalApi::new(sigil),
+            ApprovalApi::new(sigil.clone()),
+        ))
+        .add_service(pb::account_service_server::AccountServiceServer::new(
+            AccountApi::new(sigil.clone()),
+        ))
+        .add_service(pb::admin_service_server::AdminServiceServer::new(
+            AdminApi::new(sigil.clone()),
+        ))
+        .add_service(pb::event_service_server::EventServiceServer::new(
+            EventApi::new(sigil),
         ));
     let task = tokio::spawn(
         router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown),
@@ -128,6 +146,30 @@ pub async fn start(
         stop: Some(stop_tx),
         task,
     })
+}
+
+/// The background sweep ("sweeper"): address holds ending, audit
+/// checkpoints. Runs every `protection.sweep_interval_seconds` until told to
+/// stop, then does one last sweep so the final audit entries are
+/// checkpointed.
+async fn sweep_loop(sigil: Arc<Sigil>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let every =
+        std::time::Duration::from_secs(sigil.config().protection.sweep_interval_seconds.max(1));
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(every) => false,
+            _ = stop.changed() => true,
+        };
+        let s = sigil.clone();
+        match tokio::task::spawn_blocking(move || s.sweep()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "sweep failed; retrying at the next interval"),
+            Err(e) => tracing::error!(error = %e, "sweep task failed"),
+        }
+        if stopping {
+            return;
+        }
+    }
 }
 
 /// Resolves when the process receives SIGTERM or SIGINT.

@@ -24,6 +24,8 @@ pub struct Signer {
     active_label: String,
     active_kid: String,
     secrets_label: String,
+    audit_label: String,
+    audit_jwk: Jwk,
     jwks: JwkSet,
     verifier: Verifier,
 }
@@ -95,6 +97,13 @@ impl Signer {
             keys.push(jwk);
         }
         let jwks = JwkSet { keys };
+        let audit_label = cfg.hsm.audit_key_label.clone();
+        let apk = hsm.ec_public_key(&audit_label).map_err(|e| {
+            Error::Unavailable(format!(
+                "audit key '{audit_label}' unusable: {e}; run `make hsm` (or `sigil hsm init`)"
+            ))
+        })?;
+        let audit_jwk = Jwk::from_p256_point(&apk.x, &apk.y);
         let verifier = Verifier::new(&jwks, &cfg.approval.issuer, &cfg.approval.audience)
             .map_err(|e| {
                 Error::Internal(format!("published keys do not form a valid key set: {e}"))
@@ -105,6 +114,8 @@ impl Signer {
             active_label,
             active_kid,
             secrets_label: cfg.hsm.secrets_key_label.clone(),
+            audit_label,
+            audit_jwk,
             jwks,
             verifier,
         })
@@ -130,6 +141,16 @@ impl Signer {
         let input = sigil_verify::signing_input(&self.active_kid, claims);
         let sig = self.hsm.sign_es256(&self.active_label, input.as_bytes())?;
         Ok(sigil_verify::assemble(&input, &sig))
+    }
+
+    /// The audit checkpoint key (public half, as a JWK).
+    pub fn audit_jwk(&self) -> &Jwk {
+        &self.audit_jwk
+    }
+
+    /// Signs with the audit key, inside the HSM.
+    pub fn sign_audit(&self, message: &[u8]) -> Result<[u8; 64], Error> {
+        Ok(self.hsm.sign_es256(&self.audit_label, message)?)
     }
 
     /// Raw ES256 signature with the active key (benchmarks).
@@ -196,6 +217,13 @@ pub fn init_token(
         done.push(format!(
             "generated secrets key '{}' (AES-256)",
             cfg.hsm.secrets_key_label
+        ));
+    }
+    if !hsm.key_exists(&cfg.hsm.audit_key_label)? {
+        hsm.generate_ec_key(&cfg.hsm.audit_key_label)?;
+        done.push(format!(
+            "generated audit checkpoint key '{}' (EC P-256)",
+            cfg.hsm.audit_key_label
         ));
     }
     Ok(done)

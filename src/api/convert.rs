@@ -56,6 +56,41 @@ impl From<Kind> for pb::FactorKind {
     }
 }
 
+/// A listed factor, revoked ones marked.
+pub fn factor((f, standing): (FactorRecord, crate::factor::manage::Standing)) -> pb::Factor {
+    let mut p = pb::Factor::from(f);
+    if standing == crate::factor::manage::Standing::Revoked {
+        p.state = pb::FactorState::Revoked as i32;
+    }
+    p
+}
+
+impl From<crate::protect::address::AddressRecord> for pb::WhitelistedAddress {
+    fn from(a: crate::protect::address::AddressRecord) -> Self {
+        pb::WhitelistedAddress {
+            user_id: a.user_id,
+            asset: a.asset,
+            network: a.network,
+            address: a.address,
+            label: a.label,
+            added_at: a.added_at,
+            usable_at: a.usable_at,
+        }
+    }
+}
+
+impl From<crate::audit::Checkpoint> for pb::AuditCheckpoint {
+    fn from(c: crate::audit::Checkpoint) -> Self {
+        pb::AuditCheckpoint {
+            seq: c.seq,
+            hash: c.hash,
+            at: c.at,
+            kid: c.kid,
+            signature: c.signature,
+        }
+    }
+}
+
 impl From<FactorRecord> for pb::Factor {
     fn from(f: FactorRecord) -> Self {
         pb::Factor {
@@ -71,6 +106,7 @@ impl From<FactorRecord> for pb::Factor {
             last_used_at: f.last_used_at,
             consecutive_failures: f.failures,
             locked_until: f.locked_until,
+            suspected_cloned: f.suspected_cloned,
         }
     }
 }

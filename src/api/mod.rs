@@ -13,11 +13,14 @@ use crate::error::Error;
 use crate::pb;
 use auth::{require, Role};
 
+pub mod account;
+pub mod admin;
 pub mod auth;
 pub mod convert;
+pub mod events;
 pub mod status;
 
-async fn blocking<T, F>(f: F) -> Result<T, Status>
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, Status>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, Error> + Send + 'static,
@@ -47,11 +50,12 @@ impl pb::factor_service_server::FactorService for FactorApi {
         &self,
         req: Request<pb::BeginTotpEnrollmentRequest>,
     ) -> Result<Response<pb::BeginTotpEnrollmentResponse>, Status> {
-        require(&req, "BeginTotpEnrollment", &[Role::Frontend])?;
+        let role = require(&req, "BeginTotpEnrollment", &[Role::Frontend])?;
         let r = req.into_inner();
         let s = self.sigil.clone();
         let e = blocking(move || {
             s.begin_totp_enrollment(
+                role.name(),
                 &r.user_id,
                 &r.nickname,
                 &r.account_name,
@@ -74,11 +78,13 @@ impl pb::factor_service_server::FactorService for FactorApi {
         &self,
         req: Request<pb::ConfirmTotpEnrollmentRequest>,
     ) -> Result<Response<pb::ConfirmTotpEnrollmentResponse>, Status> {
-        require(&req, "ConfirmTotpEnrollment", &[Role::Frontend])?;
+        let role = require(&req, "ConfirmTotpEnrollment", &[Role::Frontend])?;
         let r = req.into_inner();
         let s = self.sigil.clone();
-        let f =
-            blocking(move || s.confirm_totp_enrollment(&r.user_id, &r.factor_id, &r.code)).await?;
+        let f = blocking(move || {
+            s.confirm_totp_enrollment(role.name(), &r.user_id, &r.factor_id, &r.code)
+        })
+        .await?;
         Ok(Response::new(pb::ConfirmTotpEnrollmentResponse {
             factor: Some(f.into()),
         }))
@@ -93,7 +99,7 @@ impl pb::factor_service_server::FactorService for FactorApi {
         let s = self.sigil.clone();
         let list = blocking(move || s.list_factors(&r.user_id)).await?;
         Ok(Response::new(pb::ListFactorsResponse {
-            factors: list.into_iter().map(Into::into).collect(),
+            factors: list.into_iter().map(convert::factor).collect(),
         }))
     }
 
@@ -101,10 +107,13 @@ impl pb::factor_service_server::FactorService for FactorApi {
         &self,
         req: Request<pb::RemoveFactorRequest>,
     ) -> Result<Response<pb::RemoveFactorResponse>, Status> {
-        require(&req, "RemoveFactor", &[Role::Frontend])?;
+        let role = require(&req, "RemoveFactor", &[Role::Frontend])?;
         let r = req.into_inner();
         let s = self.sigil.clone();
-        blocking(move || s.remove_factor(&r.user_id, &r.factor_id, &r.step_up_approval)).await?;
+        blocking(move || {
+            s.remove_factor(role.name(), &r.user_id, &r.factor_id, &r.step_up_approval)
+        })
+        .await?;
         Ok(Response::new(pb::RemoveFactorResponse {}))
     }
 }
@@ -128,19 +137,19 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         &self,
         req: Request<pb::BeginApprovalRequest>,
     ) -> Result<Response<pb::BeginApprovalResponse>, Status> {
-        require(
+        let role = require(
             &req,
             "BeginApproval",
             &[Role::WithdrawalEngine, Role::Frontend],
         )?;
         let r = req.into_inner();
-        let intent = r
+        let intent: sigil_verify::Intent = r
             .intent
             .ok_or_else(|| status::to_status(Error::invalid("intent", "is required")))?
             .into();
         let device = r.device.unwrap_or_default().into();
         let s = self.sigil.clone();
-        let b = blocking(move || s.begin_approval(intent, device)).await?;
+        let b = blocking(move || s.begin_approval(role.name(), intent, device)).await?;
         Ok(Response::new(pb::BeginApprovalResponse {
             challenge_id: b.challenge_id,
             intent_sha256: b.intent_sha256.to_vec(),
@@ -151,6 +160,7 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
                 .collect(),
             factors: b.factors.into_iter().map(Into::into).collect(),
             expires_at: b.expires_at,
+            anti_phishing_code: b.anti_phishing_code.unwrap_or_default(),
         }))
     }
 
@@ -158,7 +168,7 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         &self,
         req: Request<pb::CompleteApprovalRequest>,
     ) -> Result<Response<pb::CompleteApprovalResponse>, Status> {
-        require(
+        let role = require(
             &req,
             "CompleteApproval",
             &[Role::WithdrawalEngine, Role::Frontend],
@@ -177,7 +187,9 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
             }
         };
         let s = self.sigil.clone();
-        let i = blocking(move || s.complete_approval(&r.challenge_id, &r.user_id, proof)).await?;
+        let i =
+            blocking(move || s.complete_approval(role.name(), &r.challenge_id, &r.user_id, proof))
+                .await?;
         Ok(Response::new(pb::CompleteApprovalResponse {
             approval: i.token,
             jti: i.jti,
@@ -190,11 +202,13 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         &self,
         req: Request<pb::RedeemApprovalRequest>,
     ) -> Result<Response<pb::RedeemApprovalResponse>, Status> {
-        require(&req, "RedeemApproval", &[Role::WithdrawalEngine])?;
+        let role = require(&req, "RedeemApproval", &[Role::WithdrawalEngine])?;
         let r = req.into_inner();
         let expected = r.expected_intent.map(sigil_verify::Intent::from);
         let s = self.sigil.clone();
-        let claims = blocking(move || s.redeem_approval(&r.approval, expected.as_ref())).await?;
+        let claims =
+            blocking(move || s.redeem_approval(role.name(), &r.approval, expected.as_ref()))
+                .await?;
         Ok(Response::new(pb::RedeemApprovalResponse {
             claims: Some(claims.into()),
         }))

@@ -11,9 +11,12 @@
 use serde::{Deserialize, Serialize};
 use sigil_verify::{b64url, Claims, Intent, VerifyError};
 
+use crate::audit::AuditEntry;
 use crate::core::{secret_aad, Sigil};
 use crate::error::Error;
+use crate::events::{Event, EventKind};
 use crate::factor::{lockout, totp, FactorRecord, Kind};
+use crate::protect::{address, RecentWithdrawal, Snapshot};
 use crate::store::{Batch, Table};
 
 pub mod intent;
@@ -53,6 +56,9 @@ pub struct ChallengeRecord {
     pub consumed_at: Option<i64>,
     /// Signals recorded at begin.
     pub device: DeviceSignals,
+    /// Revocation epochs when opened; a revocation kills the challenge.
+    #[serde(default)]
+    pub epochs: crate::protect::Epochs,
 }
 
 /// An issued approval (table `approvals`, key = jti).
@@ -74,6 +80,9 @@ pub struct ApprovalRecord {
     pub exp: i64,
     /// Set once redeemed.
     pub redeemed_at: Option<i64>,
+    /// Revocation epochs when issued; a revocation kills the approval.
+    #[serde(default)]
+    pub epochs: crate::protect::Epochs,
 }
 
 /// A proof answering a challenge.
@@ -101,6 +110,8 @@ pub struct Begun {
     pub factors: Vec<FactorRecord>,
     /// Expiry.
     pub expires_at: i64,
+    /// The user's anti-phishing code, to show beside the challenge.
+    pub anti_phishing_code: Option<String>,
 }
 
 /// What CompleteApproval returns.
@@ -141,10 +152,53 @@ pub fn verify_error(e: VerifyError) -> Error {
     }
 }
 
+/// What a withdrawal to `network`/`destination` needs from the whitelist.
+fn whitelist_check(
+    s: &Sigil,
+    user_id: &str,
+    network: &str,
+    destination: &str,
+    now: i64,
+) -> Result<(), Error> {
+    if !s.cfg.protection.require_whitelisted_address {
+        return Ok(());
+    }
+    let rec = s.store.get(
+        Table::Addresses,
+        &address::key(user_id, network, destination),
+    )?;
+    let Some(rec) = rec else {
+        return Err(Error::FailedPrecondition(format!(
+            "destination {destination} ({network}) is not on the user's withdrawal whitelist; add it first (an add_address approval, then a hold of {} s)",
+            s.cfg.protection.address_hold_seconds
+        )));
+    };
+    let rec: address::AddressRecord = from_json("address", &rec.value)?;
+    if now < rec.usable_at {
+        return Err(Error::FailedPrecondition(format!(
+            "destination {destination} is in its hold after being added; withdrawals to it open at {}",
+            rec.usable_at
+        )));
+    }
+    Ok(())
+}
+
 impl Sigil {
-    /// Validates an intent and opens a challenge for it.
-    pub fn begin_approval(&self, intent: Intent, device: DeviceSignals) -> Result<Begun, Error> {
-        let _action = intent::validate(&self.cfg, &intent)?;
+    /// Validates an intent, applies the protections and the policy, and
+    /// opens a challenge. `actor` is the caller's role, for the audit log.
+    pub fn begin_approval(
+        &self,
+        actor: &str,
+        intent: Intent,
+        device: DeviceSignals,
+    ) -> Result<Begun, Error> {
+        let action = intent::validate(&self.cfg, &intent)?;
+        if matches!(
+            action,
+            Action::Withdrawal | Action::AddAddress | Action::RemoveAddress
+        ) {
+            address::validate("intent.destination", &intent.network, &intent.destination)?;
+        }
         if device.platform.len() > 64 || device.app_attestation.len() > 256 {
             return Err(Error::invalid(
                 "device",
@@ -152,68 +206,147 @@ impl Sigil {
             ));
         }
         let now = self.now()?;
-        let factors: Vec<FactorRecord> = self
-            .factors_of(&intent.user_id)?
-            .into_iter()
-            .map(|(f, _)| f)
-            .filter(|f| f.is_active())
-            .collect();
-        if factors.is_empty() {
-            return Err(Error::FailedPrecondition(format!(
-                "user '{}' has no active second factor; enroll one before any approval",
-                intent.user_id
-            )));
+        let user_id = intent.user_id.clone();
+        let snap = self.snapshot(&user_id)?;
+        let mut user = snap.user.clone();
+        if device.jailbroken {
+            user.compromised_device_at = Some(now);
         }
-        let allowed = vec![Kind::Totp];
-        let factors: Vec<FactorRecord> = factors
-            .into_iter()
-            .filter(|f| allowed.contains(&f.kind))
-            .collect();
-        if factors.is_empty() {
-            return Err(Error::FailedPrecondition(format!(
-                "no factor of user '{}' may approve '{}'",
-                intent.user_id, intent.action
-            )));
-        }
+        let audit = |e: &Error| {
+            AuditEntry::refused(now, actor, &user_id, "approval.begin", &e.to_string())
+                .with("act", action.name())
+                .with("intent_sha256", b64url::encode(&intent.digest()))
+                .with("device.jailbroken", device.jailbroken.to_string())
+                .with("device.platform", device.platform.clone())
+        };
+        let decided = (|| -> Result<(Vec<Kind>, Vec<FactorRecord>), Error> {
+            snap.check_not_suspended(now, "approval")?;
+            let live = self.live_factors(&user_id, &snap)?;
+            if live.is_empty() {
+                return Err(Error::FailedPrecondition(format!(
+                    "user '{user_id}' has no active second factor; enroll one before any approval"
+                )));
+            }
+            if action == Action::Withdrawal {
+                if now < snap.user.security_locked_until {
+                    return Err(Error::FailedPrecondition(format!(
+                        "withdrawals are locked until {} after a security change ({})",
+                        snap.user.security_locked_until, snap.user.security_lock_reason
+                    )));
+                }
+                whitelist_check(self, &user_id, &intent.network, &intent.destination, now)?;
+            }
+            let decision = self
+                .cfg
+                .policy
+                .decide(action, &intent, &device, &snap.user, now)?;
+            if let Some(why) = decision.suspend {
+                return Err(Error::FailedPrecondition(format!(
+                    "approvals for this user are now suspended: {why}"
+                )));
+            }
+            let factors: Vec<FactorRecord> = live
+                .into_iter()
+                .map(|(f, _)| f)
+                .filter(|f| decision.kinds.contains(&f.kind))
+                .collect();
+            if factors.is_empty() {
+                let names: Vec<&str> = decision.kinds.iter().map(|k| k.name()).collect();
+                return Err(Error::FailedPrecondition(format!(
+                    "policy allows only {} to approve this {}; user '{user_id}' has none of them active",
+                    names.join(", "),
+                    action.name()
+                )));
+            }
+            Ok((decision.kinds, factors))
+        })();
+        let (allowed, factors) = match decided {
+            Ok(v) => v,
+            Err(e) => {
+                let mut extra = Batch::new();
+                // A velocity rule that fired suspends the user; a compromised device is recorded.
+                if let Ok(d) = self
+                    .cfg
+                    .policy
+                    .decide(action, &intent, &device, &snap.user, now)
+                {
+                    if let Some(why) = d.suspend {
+                        user.suspension = Some(crate::protect::Suspension {
+                            reason: why.clone(),
+                            by: "velocity rule".into(),
+                            since: now,
+                            until: None,
+                        });
+                        Event::new(
+                            EventKind::SuspensionChanged,
+                            &user_id,
+                            now,
+                            snap.anti_phishing_code(),
+                        )
+                        .with("suspended", "true")
+                        .with("reason", why)
+                        .append_to(&mut extra)?;
+                    }
+                }
+                if user != snap.user {
+                    self.put_user(&mut extra, &user_id, &snap, &user)?;
+                }
+                self.audit_refusal(audit(&e), extra);
+                return Err(e);
+            }
+        };
         let challenge_id = self.new_id("ch_")?;
         let expires_at = now + self.cfg.approval.challenge_ttl_seconds;
         let digest = intent.digest();
         let rec = ChallengeRecord {
             v: RECORD_VERSION,
-            user_id: intent.user_id.clone(),
+            user_id: user_id.clone(),
             intent,
             allowed: allowed.clone(),
             created_at: now,
             expires_at,
             consumed_at: None,
-            device,
+            device: device.clone(),
+            epochs: snap.epochs(),
         };
         let mut batch = Batch::new();
         batch.insert(Table::Challenges, challenge_id.as_bytes(), to_json(&rec)?);
-        self.store.commit(&batch)?;
+        if user != snap.user {
+            self.put_user(&mut batch, &user_id, &snap, &user)?;
+        }
+        AuditEntry::ok(now, actor, &user_id, "approval.begin")
+            .with("challenge_id", challenge_id.clone())
+            .with("act", rec.intent.action.clone())
+            .with("intent_sha256", b64url::encode(&digest))
+            .with("device.jailbroken", device.jailbroken.to_string())
+            .with("device.platform", device.platform)
+            .append_to(&mut batch)?;
+        self.commit(&batch)?;
         Ok(Begun {
             challenge_id,
             intent_sha256: digest,
             allowed,
             factors,
             expires_at,
+            anti_phishing_code: snap.anti_phishing_code(),
         })
     }
 
     /// Verifies a proof, consumes the challenge and issues the approval.
     pub fn complete_approval(
         &self,
+        actor: &str,
         challenge_id: &str,
         user_id: &str,
         proof: Proof,
     ) -> Result<Issued, Error> {
         intent::check_id("challenge_id", challenge_id)?;
         intent::check_id("user_id", user_id)?;
-        let Proof::Totp { code, factor_id } = proof;
-        if !totp::well_formed(&code) {
+        let Proof::Totp { code, factor_id } = &proof;
+        if !totp::well_formed(code) {
             return Err(Error::invalid("totp.code", "must be exactly 6 digits"));
         }
-        if let Some(f) = &factor_id {
+        if let Some(f) = factor_id {
             intent::check_id("totp.factor_id", f)?;
         }
         let now = self.now()?;
@@ -242,17 +375,67 @@ impl Sigil {
                 ch.expires_at
             )));
         }
-        if !ch.allowed.contains(&Kind::Totp) {
-            return Err(Error::FailedPrecondition(
-                "a TOTP code may not answer this challenge".into(),
-            ));
+        let snap = self.snapshot(user_id)?;
+        let refused = |e: Error| {
+            self.audit_refusal(
+                AuditEntry::refused(now, actor, user_id, "approval.issue", &e.to_string())
+                    .with("challenge_id", challenge_id)
+                    .with("act", ch.intent.action.clone()),
+                Batch::new(),
+            );
+            e
+        };
+        if ch.epochs != snap.epochs() {
+            return Err(refused(Error::FailedPrecondition(format!(
+                "challenge '{challenge_id}' died when the user's factors were revoked; enroll again and begin a new approval"
+            ))));
         }
-        let (factor, fversion) = self.pick_totp(user_id, factor_id.as_deref())?;
-        let step = self.check_totp(&factor, fversion, &code, now)?;
+        snap.check_not_suspended(now, "approval").map_err(refused)?;
 
+        let Proof::Totp { code, factor_id } = proof;
+        if !ch.allowed.contains(&Kind::Totp) {
+            return Err(refused(Error::FailedPrecondition(
+                "policy does not let a TOTP code answer this challenge; use one of the allowed factor kinds".into(),
+            )));
+        }
+        let (factor, fversion) = self.pick_totp(user_id, factor_id.as_deref(), &snap)?;
+        let step = self.check_totp(actor, &factor, fversion, &code, now)?;
+        let mut used = factor.clone();
+        used.totp_last_step = Some(step);
+        let amr: Vec<String> = Kind::Totp.amr().iter().map(|s| s.to_string()).collect();
+        self.issue(
+            actor,
+            challenge_id,
+            stored.version,
+            &ch,
+            &snap,
+            used,
+            fversion,
+            amr,
+            None,
+            now,
+        )
+    }
+
+    /// Signs the approval and commits, in one batch: the challenge consumed,
+    /// the factor's new state, the approval, the user's velocity record, the
+    /// event and the audit entry.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn issue(
+        &self,
+        actor: &str,
+        challenge_id: &str,
+        challenge_version: u64,
+        ch: &ChallengeRecord,
+        snap: &Snapshot,
+        mut factor: FactorRecord,
+        factor_version: u64,
+        amr: Vec<String>,
+        webauthn: Option<sigil_verify::WebauthnEvidence>,
+        now: i64,
+    ) -> Result<Issued, Error> {
         let jti = self.new_id("")?;
         let exp = now + self.cfg.approval.ttl_seconds;
-        let amr: Vec<String> = Kind::Totp.amr().iter().map(|s| s.to_string()).collect();
         let claims = Claims {
             iss: self.cfg.approval.issuer.clone(),
             aud: self.cfg.approval.audience.clone(),
@@ -265,17 +448,15 @@ impl Sigil {
             intent_sha256: b64url::encode(&ch.intent.digest()),
             intent: ch.intent.clone(),
             amr: amr.clone(),
-            webauthn: None,
+            webauthn,
         };
         let token = self.signer.sign(&claims)?;
 
         let mut consumed = ch.clone();
         consumed.consumed_at = Some(now);
-        let mut used = factor.clone();
-        used.totp_last_step = Some(step);
-        used.failures = 0;
-        used.locked_until = 0;
-        used.last_used_at = now;
+        factor.failures = 0;
+        factor.locked_until = 0;
+        factor.last_used_at = now;
         let record = ApprovalRecord {
             v: RECORD_VERSION,
             user_id: ch.user_id.clone(),
@@ -285,27 +466,62 @@ impl Sigil {
             iat: now,
             exp,
             redeemed_at: None,
+            epochs: snap.epochs(),
         };
         let mut batch = Batch::new();
         batch
             .update(
                 Table::Challenges,
                 challenge_id.as_bytes(),
-                stored.version,
+                challenge_version,
                 to_json(&consumed)?,
             )
             .update(
                 Table::Factors,
-                FactorRecord::key(user_id, &factor.factor_id),
-                fversion,
-                used.encode()?,
+                FactorRecord::key(&ch.user_id, &factor.factor_id),
+                factor_version,
+                factor.encode()?,
             )
             .insert(Table::Approvals, jti.as_bytes(), to_json(&record)?);
-        self.store.commit(&batch).map_err(|e| match e {
-            crate::store::StoreError::Conflict => Error::FailedPrecondition(format!(
-                "challenge '{challenge_id}' or its factor changed while answering (answered twice?); nothing was issued"
+        self.check_global(&mut batch, snap);
+        if ch.intent.action == Action::Withdrawal.name() {
+            let mut user = snap.user.clone();
+            user.recent.retain(|r| r.at > now - 86_400);
+            user.recent.push(RecentWithdrawal {
+                at: now,
+                asset: ch.intent.asset.clone(),
+                amount: ch.intent.amount.clone(),
+            });
+            self.put_user(&mut batch, &ch.user_id, snap, &user)?;
+        } else {
+            batch.check(Table::Users, ch.user_id.as_bytes(), snap.user_version);
+        }
+        Event::new(
+            EventKind::ApprovalIssued,
+            &ch.user_id,
+            now,
+            snap.anti_phishing_code(),
+        )
+        .with("jti", jti.clone())
+        .with("act", claims.act.clone())
+        .with("asset", ch.intent.asset.clone())
+        .with("amount", ch.intent.amount.clone())
+        .with("destination", ch.intent.destination.clone())
+        .append_to(&mut batch)?;
+        AuditEntry::ok(now, actor, &ch.user_id, "approval.issue")
+            .with("challenge_id", challenge_id)
+            .with("jti", jti.clone())
+            .with("act", claims.act.clone())
+            .with("intent_sha256", claims.intent_sha256.clone())
+            .with("factor_id", factor.factor_id.clone())
+            .with("amr", amr.join(" "))
+            .with("kid", record.kid.clone())
+            .append_to(&mut batch)?;
+        self.commit(&batch).map_err(|e| match e {
+            Error::FailedPrecondition(_) => Error::FailedPrecondition(format!(
+                "challenge '{challenge_id}', its factor or the user's protection state changed while answering (answered twice, revoked or suspended?); nothing was issued"
             )),
-            other => other.into(),
+            other => other,
         })?;
         tracing::info!(user = %ch.user_id, act = %claims.act, jti = %jti, "approval issued");
         Ok(Issued {
@@ -317,7 +533,12 @@ impl Sigil {
     }
 
     /// Verifies an approval and marks it redeemed, exactly once.
-    pub fn redeem_approval(&self, token: &str, expected: Option<&Intent>) -> Result<Claims, Error> {
+    pub fn redeem_approval(
+        &self,
+        actor: &str,
+        token: &str,
+        expected: Option<&Intent>,
+    ) -> Result<Claims, Error> {
         if token.is_empty() {
             return Err(Error::invalid("approval", "is required"));
         }
@@ -332,20 +553,49 @@ impl Sigil {
         }
         .map_err(verify_error)?;
         let mut batch = Batch::new();
-        self.add_redeem(&claims, now, &mut batch)?;
-        self.store.commit(&batch).map_err(|e| match e {
-            crate::store::StoreError::Conflict => {
-                Error::FailedPrecondition(format!("approval '{}' was already redeemed", claims.jti))
-            }
-            other => other.into(),
+        let snap = self.snapshot(&claims.sub)?;
+        if let Err(e) = self.add_redeem(&claims, &snap, now, &mut batch) {
+            self.audit_refusal(
+                AuditEntry::refused(now, actor, &claims.sub, "approval.redeem", &e.to_string())
+                    .with("jti", claims.jti.clone()),
+                Batch::new(),
+            );
+            return Err(e);
+        }
+        Event::new(
+            EventKind::ApprovalRedeemed,
+            &claims.sub,
+            now,
+            snap.anti_phishing_code(),
+        )
+        .with("jti", claims.jti.clone())
+        .with("act", claims.act.clone())
+        .append_to(&mut batch)?;
+        AuditEntry::ok(now, actor, &claims.sub, "approval.redeem")
+            .with("jti", claims.jti.clone())
+            .with("act", claims.act.clone())
+            .with("intent_sha256", claims.intent_sha256.clone())
+            .append_to(&mut batch)?;
+        self.commit(&batch).map_err(|e| match e {
+            Error::FailedPrecondition(_) => Error::FailedPrecondition(format!(
+                "approval '{}' was already redeemed, or the user's state changed concurrently",
+                claims.jti
+            )),
+            other => other,
         })?;
         tracing::info!(user = %claims.sub, act = %claims.act, jti = %claims.jti, "approval redeemed");
         Ok(claims)
     }
 
     /// Adds the write that redeems `claims.jti` to `batch`, after checking
-    /// it is issued and not yet redeemed.
-    fn add_redeem(&self, claims: &Claims, now: i64, batch: &mut Batch) -> Result<(), Error> {
+    /// it is issued, not yet redeemed, not revoked and not suspended.
+    fn add_redeem(
+        &self,
+        claims: &Claims,
+        snap: &Snapshot,
+        now: i64,
+        batch: &mut Batch,
+    ) -> Result<(), Error> {
         let stored = self
             .store
             .get(Table::Approvals, claims.jti.as_bytes())?
@@ -368,6 +618,13 @@ impl Sigil {
                 claims.jti
             )));
         }
+        if rec.epochs != snap.epochs() {
+            return Err(Error::FailedPrecondition(format!(
+                "approval '{}' was revoked with the user's factors; request a new one after enrolling again",
+                claims.jti
+            )));
+        }
+        snap.check_not_suspended(now, "redemption")?;
         rec.redeemed_at = Some(now);
         batch.update(
             Table::Approvals,
@@ -375,22 +632,24 @@ impl Sigil {
             stored.version,
             to_json(&rec)?,
         );
+        self.check_snapshot(batch, &claims.sub, snap);
         Ok(())
     }
 
-    /// Checks a step-up approval for `action` by `user_id` (and, when given,
-    /// whose intent memo is `memo`) and adds its redemption to `batch`.
+    /// Checks a step-up approval for `action` by `user_id` whose intent
+    /// passes `fits`, and adds its redemption to `batch`.
     pub(crate) fn step_up(
         &self,
         token: &str,
         action: Action,
         user_id: &str,
-        memo: Option<&str>,
+        snap: &Snapshot,
+        fits: impl Fn(&Intent) -> Result<(), String>,
         batch: &mut Batch,
     ) -> Result<(), Error> {
         if token.is_empty() {
             return Err(Error::PermissionDenied(format!(
-                "user '{user_id}' already has an active factor: this needs an approval of action '{}' (step_up_approval)",
+                "this needs an approval of action '{}' by user '{user_id}' (step_up_approval / approval field)",
                 action.name()
             )));
         }
@@ -400,28 +659,21 @@ impl Sigil {
                 .verifier()
                 .verify(token, now)
                 .map_err(|e| match verify_error(e) {
-                    Error::InvalidArgument { reason, .. } => {
-                        Error::invalid("step_up_approval", reason)
-                    }
+                    Error::InvalidArgument { reason, .. } => Error::invalid("approval", reason),
                     other => other,
                 })?;
         if claims.act != action.name() || claims.sub != user_id {
             return Err(Error::PermissionDenied(format!(
-                "step_up_approval is for action '{}' of user '{}'; this needs action '{}' of user '{user_id}'",
+                "the approval is for action '{}' of user '{}'; this needs action '{}' of user '{user_id}'",
                 claims.act,
                 claims.sub,
                 action.name()
             )));
         }
-        if let Some(m) = memo {
-            if claims.intent.memo != m {
-                return Err(Error::PermissionDenied(format!(
-                    "step_up_approval was given for '{}', not for '{m}'",
-                    claims.intent.memo
-                )));
-            }
-        }
-        self.add_redeem(&claims, now, batch)
+        fits(&claims.intent).map_err(|why| {
+            Error::PermissionDenied(format!("the approval was given for something else: {why}"))
+        })?;
+        self.add_redeem(&claims, snap, now, batch)
     }
 
     /// The TOTP factor a proof names, or the user's only one.
@@ -429,14 +681,15 @@ impl Sigil {
         &self,
         user_id: &str,
         factor_id: Option<&str>,
+        snap: &Snapshot,
     ) -> Result<(FactorRecord, u64), Error> {
         let (f, v) = match factor_id {
             Some(id) => self.factor(user_id, id)?,
             None => {
                 let mut totps: Vec<(FactorRecord, u64)> = self
-                    .factors_of(user_id)?
+                    .live_factors(user_id, snap)?
                     .into_iter()
-                    .filter(|(f, _)| f.kind == Kind::Totp && f.is_active())
+                    .filter(|(f, _)| f.kind == Kind::Totp)
                     .collect();
                 match totps.len() {
                     0 => {
@@ -464,6 +717,12 @@ impl Sigil {
                 f.factor_id
             )));
         }
+        if !f.is_live(snap.epochs()) {
+            return Err(Error::FailedPrecondition(format!(
+                "factor '{}' was revoked; enroll again",
+                f.factor_id
+            )));
+        }
         Ok((f, v))
     }
 
@@ -472,6 +731,7 @@ impl Sigil {
     /// Returns the step the code matched.
     pub(crate) fn check_totp(
         &self,
+        actor: &str,
         f: &FactorRecord,
         version: u64,
         code: &str,
@@ -487,27 +747,52 @@ impl Sigil {
         if let Some(step) = totp::verify(&seed, code, now, f.totp_last_step) {
             return Ok(step);
         }
-        Err(self.record_failure(f, version, now))
+        Err(self.record_failure(actor, f, version, now, "TOTP code not accepted"))
     }
 
-    /// Durably counts a failed attempt on a factor and returns the refusal.
-    pub(crate) fn record_failure(&self, f: &FactorRecord, version: u64, now: i64) -> Error {
+    /// Durably counts a failed attempt on a factor (with its audit entry,
+    /// and a lockout event when it locks) and returns the refusal.
+    pub(crate) fn record_failure(
+        &self,
+        actor: &str,
+        f: &FactorRecord,
+        version: u64,
+        now: i64,
+        what: &str,
+    ) -> Error {
         let (failures, locked_until) = lockout::on_failure(&self.cfg.lockout, f.failures, now);
         let mut failed = f.clone();
         failed.failures = failures;
         failed.locked_until = locked_until;
-        let write = failed.encode().and_then(|bytes| {
+        let write = (|| -> Result<(), Error> {
             let mut batch = Batch::new();
             batch.update(
                 Table::Factors,
                 FactorRecord::key(&f.user_id, &f.factor_id),
                 version,
-                bytes,
+                failed.encode()?,
             );
-            self.store.commit(&batch).map_err(Error::from)
-        });
+            AuditEntry::refused(now, actor, &f.user_id, "factor.verify", what)
+                .with("factor_id", f.factor_id.clone())
+                .with("failures", failures.to_string())
+                .append_to(&mut batch)?;
+            if locked_until > now {
+                let apc = self.snapshot(&f.user_id)?.anti_phishing_code();
+                Event::new(EventKind::Lockout, &f.user_id, now, apc)
+                    .with("factor_id", f.factor_id.clone())
+                    .with("locked_until", locked_until.to_string())
+                    .append_to(&mut batch)?;
+            }
+            self.commit(&batch)?;
+            Ok(())
+        })();
         if let Err(e) = write {
-            return e;
+            return match e {
+                Error::FailedPrecondition(_) => Error::FailedPrecondition(
+                    "the factor was used concurrently; nothing was accepted, retry".into(),
+                ),
+                other => other,
+            };
         }
         tracing::warn!(user = %f.user_id, factor = %f.factor_id, failures, "second factor refused");
         if locked_until > now {
@@ -517,7 +802,7 @@ impl Sigil {
             };
         }
         Error::PermissionDenied(format!(
-            "code not accepted (wrong, outside the time window, or already used); {} attempts left before the factor locks",
+            "{what} (wrong, outside the time window, or already used); {} attempts left before the factor locks",
             lockout::attempts_left(&self.cfg.lockout, failures)
         ))
     }

@@ -1,10 +1,16 @@
 //! Enrollment, listing and removal of factors.
+//!
+//! Adding (confirming) or removing a factor starts the security-change lock:
+//! withdrawals are refused for `protection.security_change_lock_seconds`.
 use data_encoding::BASE32_NOPAD;
 
 use crate::approval::{intent::check_id, Action};
+use crate::audit::AuditEntry;
 use crate::core::{secret_aad, Sigil};
 use crate::error::Error;
+use crate::events::{Event, EventKind};
 use crate::factor::{totp, FactorRecord, Kind, State, FACTOR_RECORD_VERSION};
+use crate::protect::Snapshot;
 use crate::store::{Batch, Table};
 
 /// What a TOTP enrollment hands back to the user, once.
@@ -29,7 +35,16 @@ impl std::fmt::Debug for TotpEnrollment {
     }
 }
 
-fn check_nickname(n: &str) -> Result<(), Error> {
+/// How a listed factor stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Usable (or pending confirmation).
+    Current,
+    /// Revoked by an admin; the user must enroll again.
+    Revoked,
+}
+
+pub(crate) fn check_nickname(n: &str) -> Result<(), Error> {
     if n.len() > 64 || n.chars().any(char::is_control) {
         return Err(Error::invalid(
             "nickname",
@@ -40,11 +55,122 @@ fn check_nickname(n: &str) -> Result<(), Error> {
 }
 
 impl Sigil {
+    /// Step-up for enrolling a factor: needed once the user has a live
+    /// active factor. Adds the approval's redemption to `batch`.
+    pub(crate) fn enrollment_step_up(
+        &self,
+        user_id: &str,
+        step_up: &str,
+        snap: &Snapshot,
+        batch: &mut Batch,
+    ) -> Result<(), Error> {
+        if !self.live_factors(user_id, snap)?.is_empty() {
+            self.step_up(
+                step_up,
+                Action::EnrollFactor,
+                user_id,
+                snap,
+                |_| Ok(()),
+                batch,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A new factor record, pending, under the current epochs.
+    pub(crate) fn new_factor(
+        &self,
+        user_id: &str,
+        kind: Kind,
+        nickname: &str,
+        now: i64,
+        snap: &Snapshot,
+    ) -> Result<FactorRecord, Error> {
+        Ok(FactorRecord {
+            v: FACTOR_RECORD_VERSION,
+            factor_id: self.new_id("f_")?,
+            user_id: user_id.to_string(),
+            kind,
+            state: State::Pending,
+            nickname: if nickname.is_empty() {
+                kind.default_nickname().into()
+            } else {
+                nickname.to_string()
+            },
+            created_at: now,
+            confirm_before: now + self.cfg.totp.enrollment_ttl_seconds,
+            last_used_at: 0,
+            failures: 0,
+            locked_until: 0,
+            secret: None,
+            totp_last_step: None,
+            epochs: snap.epochs(),
+            suspected_cloned: false,
+        })
+    }
+
+    /// Adds to `batch` what activating `f` implies: the factor written
+    /// active, the security-change lock, the event and the audit entry.
+    pub(crate) fn activate(
+        &self,
+        actor: &str,
+        f: &FactorRecord,
+        version: u64,
+        snap: &Snapshot,
+        now: i64,
+        batch: &mut Batch,
+    ) -> Result<(), Error> {
+        let mut active = f.clone();
+        active.state = State::Active;
+        active.failures = 0;
+        active.locked_until = 0;
+        active.last_used_at = now;
+        batch.update(
+            Table::Factors,
+            FactorRecord::key(&f.user_id, &f.factor_id),
+            version,
+            active.encode()?,
+        );
+        self.lock_after_change(batch, &f.user_id, snap, now, "factor added")?;
+        self.check_global(batch, snap);
+        Event::new(
+            EventKind::FactorEnrolled,
+            &f.user_id,
+            now,
+            snap.anti_phishing_code(),
+        )
+        .with("factor_id", f.factor_id.clone())
+        .with("kind", f.kind.name())
+        .append_to(batch)?;
+        AuditEntry::ok(now, actor, &f.user_id, "factor.enroll")
+            .with("factor_id", f.factor_id.clone())
+            .with("kind", f.kind.name())
+            .append_to(batch)
+    }
+
+    /// Adds the security-change lock to `batch` (user record write).
+    pub(crate) fn lock_after_change(
+        &self,
+        batch: &mut Batch,
+        user_id: &str,
+        snap: &Snapshot,
+        now: i64,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let mut user = snap.user.clone();
+        user.security_locked_until = user
+            .security_locked_until
+            .max(now + self.cfg.protection.security_change_lock_seconds);
+        user.security_lock_reason = reason.to_string();
+        self.put_user(batch, user_id, snap, &user)
+    }
+
     /// Starts a TOTP enrollment: a pending factor with a fresh encrypted
     /// seed. Needs an `enroll_factor` approval once the user has an active
     /// factor.
     pub fn begin_totp_enrollment(
         &self,
+        actor: &str,
         user_id: &str,
         nickname: &str,
         account_name: &str,
@@ -59,13 +185,15 @@ impl Sigil {
             ));
         }
         let now = self.now()?;
+        let snap = self.snapshot(user_id)?;
         let mut batch = Batch::new();
-        if self.factors_of(user_id)?.iter().any(|(f, _)| f.is_active()) {
-            self.step_up(step_up, Action::EnrollFactor, user_id, None, &mut batch)?;
-        }
-        let factor_id = self.new_id("f_")?;
+        self.enrollment_step_up(user_id, step_up, &snap, &mut batch)?;
+        let mut rec = self.new_factor(user_id, Kind::Totp, nickname, now, &snap)?;
         let seed = zeroize::Zeroizing::new(self.random(totp::SECRET_LEN)?);
-        let wrapped = self.signer.wrap(&seed, &secret_aad(user_id, &factor_id))?;
+        rec.secret = Some(
+            self.signer
+                .wrap(&seed, &secret_aad(user_id, &rec.factor_id))?,
+        );
         let secret_base32 = BASE32_NOPAD.encode(&seed);
         let account = if account_name.is_empty() {
             user_id
@@ -74,45 +202,30 @@ impl Sigil {
         };
         let otpauth_uri = totp::otpauth_uri(&self.cfg.totp.issuer, account, &secret_base32);
         let qr_svg = totp::qr_svg(&otpauth_uri)?;
-        let confirm_before = now + self.cfg.totp.enrollment_ttl_seconds;
-        let rec = FactorRecord {
-            v: FACTOR_RECORD_VERSION,
-            factor_id: factor_id.clone(),
-            user_id: user_id.to_string(),
-            kind: Kind::Totp,
-            state: State::Pending,
-            nickname: if nickname.is_empty() {
-                "authenticator".into()
-            } else {
-                nickname.to_string()
-            },
-            created_at: now,
-            confirm_before,
-            last_used_at: 0,
-            failures: 0,
-            locked_until: 0,
-            secret: Some(wrapped),
-            totp_last_step: None,
-        };
         batch.insert(
             Table::Factors,
-            FactorRecord::key(user_id, &factor_id),
+            FactorRecord::key(user_id, &rec.factor_id),
             rec.encode()?,
         );
-        self.store.commit(&batch)?;
-        tracing::info!(user = %user_id, factor = %factor_id, "TOTP enrollment started");
+        AuditEntry::ok(now, actor, user_id, "factor.enroll.begin")
+            .with("factor_id", rec.factor_id.clone())
+            .with("kind", "totp")
+            .append_to(&mut batch)?;
+        self.commit(&batch)?;
+        tracing::info!(user = %user_id, factor = %rec.factor_id, "TOTP enrollment started");
         Ok(TotpEnrollment {
-            factor_id,
+            factor_id: rec.factor_id,
             secret_base32,
             otpauth_uri,
             qr_svg,
-            confirm_before,
+            confirm_before: rec.confirm_before,
         })
     }
 
     /// Activates a pending TOTP factor with its first correct code.
     pub fn confirm_totp_enrollment(
         &self,
+        actor: &str,
         user_id: &str,
         factor_id: &str,
         code: &str,
@@ -135,47 +248,57 @@ impl Sigil {
                 "factor '{factor_id}' is already active"
             )));
         }
+        let snap = self.snapshot(user_id)?;
+        if !f.is_live(snap.epochs()) {
+            return Err(Error::FailedPrecondition(format!(
+                "enrollment of factor '{factor_id}' was revoked; enroll again"
+            )));
+        }
         if now >= f.confirm_before {
             return Err(Error::FailedPrecondition(format!(
                 "enrollment of factor '{factor_id}' expired at {}; remove it and enroll again",
                 f.confirm_before
             )));
         }
-        let step = self.check_totp(&f, version, code, now)?;
-        let mut active = f.clone();
-        active.state = State::Active;
-        active.totp_last_step = Some(step);
-        active.failures = 0;
-        active.locked_until = 0;
-        active.last_used_at = now;
+        let step = self.check_totp(actor, &f, version, code, now)?;
+        let mut confirmed = f.clone();
+        confirmed.totp_last_step = Some(step);
         let mut batch = Batch::new();
-        batch.update(
-            Table::Factors,
-            FactorRecord::key(user_id, factor_id),
-            version,
-            active.encode()?,
-        );
-        self.store.commit(&batch)?;
+        self.activate(actor, &confirmed, version, &snap, now, &mut batch)?;
+        self.commit(&batch)?;
         tracing::info!(user = %user_id, factor = %factor_id, "TOTP factor activated");
-        Ok(active)
+        let (f, _) = self.factor(user_id, factor_id)?;
+        Ok(f)
     }
 
-    /// A user's factors: active ones and pending ones not yet expired.
-    pub fn list_factors(&self, user_id: &str) -> Result<Vec<FactorRecord>, Error> {
+    /// A user's factors: active ones, revoked ones (marked), and pending
+    /// ones not yet expired.
+    pub fn list_factors(&self, user_id: &str) -> Result<Vec<(FactorRecord, Standing)>, Error> {
         check_id("user_id", user_id)?;
         let now = self.now()?;
+        let snap = self.snapshot(user_id)?;
         Ok(self
             .factors_of(user_id)?
             .into_iter()
             .map(|(f, _)| f)
             .filter(|f| f.is_active() || now < f.confirm_before)
+            .map(|f| {
+                let standing = if f.is_live(snap.epochs()) {
+                    Standing::Current
+                } else {
+                    Standing::Revoked
+                };
+                (f, standing)
+            })
             .collect())
     }
 
-    /// Removes a factor. An active factor needs a `remove_factor` approval
-    /// whose memo is the factor id.
+    /// Removes a factor. A live active factor needs a `remove_factor`
+    /// approval whose memo is the factor id; removing it starts the
+    /// security-change lock.
     pub fn remove_factor(
         &self,
+        actor: &str,
         user_id: &str,
         factor_id: &str,
         step_up: &str,
@@ -183,22 +306,55 @@ impl Sigil {
         check_id("user_id", user_id)?;
         check_id("factor_id", factor_id)?;
         let (f, version) = self.factor(user_id, factor_id)?;
+        let now = self.now()?;
+        let snap = self.snapshot(user_id)?;
         let mut batch = Batch::new();
-        if f.is_active() {
+        if f.is_active() && f.is_live(snap.epochs()) {
+            let id = factor_id.to_string();
             self.step_up(
                 step_up,
                 Action::RemoveFactor,
                 user_id,
-                Some(factor_id),
+                &snap,
+                |i| {
+                    if i.memo == id {
+                        Ok(())
+                    } else {
+                        Err(format!("factor '{}', not '{id}'", i.memo))
+                    }
+                },
                 &mut batch,
             )?;
+            // add_redeem checked the user record's version; the lock rewrites it.
+            batch.ops.retain(|op| {
+                !matches!(
+                    op,
+                    crate::store::Op::Check {
+                        table: Table::Users,
+                        ..
+                    }
+                )
+            });
+            self.lock_after_change(&mut batch, user_id, &snap, now, "factor removed")?;
         }
         batch.delete(
             Table::Factors,
             FactorRecord::key(user_id, factor_id),
             version,
         );
-        self.store.commit(&batch)?;
+        Event::new(
+            EventKind::FactorRemoved,
+            user_id,
+            now,
+            snap.anti_phishing_code(),
+        )
+        .with("factor_id", factor_id)
+        .with("kind", f.kind.name())
+        .append_to(&mut batch)?;
+        AuditEntry::ok(now, actor, user_id, "factor.remove")
+            .with("factor_id", factor_id)
+            .append_to(&mut batch)?;
+        self.commit(&batch)?;
         tracing::info!(user = %user_id, factor = %factor_id, "factor removed");
         Ok(())
     }

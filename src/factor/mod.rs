@@ -33,6 +33,25 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The snake_case name used in policy files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Totp => "totp",
+            Kind::Webauthn => "webauthn",
+            Kind::YubikeyHmac => "yubikey_hmac",
+            Kind::YubikeyOtp => "yubikey_otp",
+        }
+    }
+
+    /// Nickname used when the user gives none.
+    pub fn default_nickname(self) -> &'static str {
+        match self {
+            Kind::Totp => "authenticator",
+            Kind::Webauthn => "security key",
+            Kind::YubikeyHmac | Kind::YubikeyOtp => "YubiKey",
+        }
+    }
+
     /// RFC 8176 authentication method references for a proof of this kind.
     pub fn amr(self) -> &'static [&'static str] {
         match self {
@@ -99,6 +118,12 @@ pub struct FactorRecord {
     pub secret: Option<WrappedSecret>,
     /// Newest TOTP step accepted; only newer steps are accepted.
     pub totp_last_step: Option<u64>,
+    /// Revocation epochs at creation; a factor from an older epoch is revoked.
+    #[serde(default)]
+    pub epochs: crate::protect::Epochs,
+    /// Set when the authenticator's counter went backwards.
+    #[serde(default)]
+    pub suspected_cloned: bool,
 }
 
 impl FactorRecord {
@@ -127,9 +152,15 @@ impl FactorRecord {
         serde_json::to_vec(self).map_err(|e| Error::Internal(format!("cannot encode factor: {e}")))
     }
 
-    /// True when this factor can answer challenges.
+    /// True when this factor is confirmed (it may still be revoked: see
+    /// [`FactorRecord::is_live`]).
     pub fn is_active(&self) -> bool {
         self.state == State::Active
+    }
+
+    /// True unless revoked by an epoch newer than the factor.
+    pub fn is_live(&self, current: crate::protect::Epochs) -> bool {
+        self.epochs == current
     }
 }
 

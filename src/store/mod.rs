@@ -194,7 +194,11 @@ impl Batch {
 
     /// Adds a check that `key` still has `version` (0: still absent).
     pub fn check(&mut self, table: Table, key: impl Into<Vec<u8>>, version: u64) -> &mut Self {
-        self.ops.push(Op::Check { table, key: key.into(), version });
+        self.ops.push(Op::Check {
+            table,
+            key: key.into(),
+            version,
+        });
         self
     }
 

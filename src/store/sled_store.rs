@@ -11,7 +11,9 @@ use std::sync::{Condvar, Mutex};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 
-use super::{chain_hash, log_head_key, Batch, Expect, LogEntry, Op, Store, StoreError, Table, Versioned};
+use super::{
+    chain_hash, log_head_key, Batch, Expect, LogEntry, Op, Store, StoreError, Table, Versioned,
+};
 
 /// sled-backed [`Store`].
 pub struct SledStore {
@@ -151,18 +153,20 @@ impl Store for SledStore {
                     }
                     Op::Append { log, value } => {
                         if !log.is_log() {
-                            return Err(ConflictableTransactionError::Abort(StoreError::Corrupt(format!(
-                                "{} is not a log",
-                                log.name()
-                            ))));
+                            return Err(ConflictableTransactionError::Abort(StoreError::Corrupt(
+                                format!("{} is not a log", log.name()),
+                            )));
                         }
                         let meta = &txs[pos(Table::Meta)];
                         let head_key = log_head_key(*log);
                         let head = match meta.get(&head_key)? {
                             None => None,
-                            Some(raw) => Some(decode(&raw).map_err(ConflictableTransactionError::Abort)?),
+                            Some(raw) => {
+                                Some(decode(&raw).map_err(ConflictableTransactionError::Abort)?)
+                            }
                         };
-                        let (hv, seq, prev) = decode_head(head).map_err(ConflictableTransactionError::Abort)?;
+                        let (hv, seq, prev) =
+                            decode_head(head).map_err(ConflictableTransactionError::Abort)?;
                         let seq = seq + 1;
                         let hash = chain_hash(&prev, seq, value);
                         let mut entry = hash.to_vec();
@@ -214,13 +218,20 @@ impl Store for SledStore {
             let (k, raw) = item.map_err(unavailable)?;
             let v = decode(&raw)?;
             if k.len() != 8 || v.value.len() < 32 {
-                return Err(StoreError::Corrupt(format!("{} entry has a malformed key or value", log.name())));
+                return Err(StoreError::Corrupt(format!(
+                    "{} entry has a malformed key or value",
+                    log.name()
+                )));
             }
             let mut seq = [0u8; 8];
             seq.copy_from_slice(&k);
             let mut hash = [0u8; 32];
             hash.copy_from_slice(&v.value[..32]);
-            out.push(LogEntry { seq: u64::from_be_bytes(seq), hash, value: v.value[32..].to_vec() });
+            out.push(LogEntry {
+                seq: u64::from_be_bytes(seq),
+                hash,
+                value: v.value[32..].to_vec(),
+            });
         }
         Ok(out)
     }
@@ -363,10 +374,12 @@ mod tests {
         b.insert(Table::Meta, b"g".to_vec(), b"1".to_vec());
         s.commit(&b).unwrap();
         let mut b = Batch::new();
-        b.check(Table::Meta, b"g".to_vec(), 0).append(Table::Events, b"x".to_vec());
+        b.check(Table::Meta, b"g".to_vec(), 0)
+            .append(Table::Events, b"x".to_vec());
         assert_eq!(s.commit(&b), Err(StoreError::Conflict));
         let mut b = Batch::new();
-        b.check(Table::Meta, b"g".to_vec(), 1).append(Table::Events, b"x".to_vec());
+        b.check(Table::Meta, b"g".to_vec(), 1)
+            .append(Table::Events, b"x".to_vec());
         assert_eq!(s.commit(&b).unwrap(), vec![101]);
     }
 }

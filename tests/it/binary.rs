@@ -20,6 +20,14 @@ struct Daemon {
     url: String,
 }
 
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // A failing test must not leave a daemon behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn envs(cmd: &mut Command, dir: &Path) {
     let certs = certs_dir();
     cmd.current_dir(dir)
@@ -31,7 +39,7 @@ fn envs(cmd: &mut Command, dir: &Path) {
         .env("SIGIL_TLS_KEY", certs.join("server.key"))
         .env("SIGIL_CLIENT_CA", certs.join("ca.pem"))
         .env("RUST_LOG", "warn")
-        .env_remove("SIGIL_CONFIG");
+        .env("SIGIL_CONFIG", dir.join("sigil.toml"));
 }
 
 fn start_daemon(dir: &Path) -> Daemon {
@@ -62,7 +70,8 @@ fn start_daemon(dir: &Path) -> Daemon {
     }
 }
 
-fn sigterm(mut d: Daemon) {
+fn sigterm(d: Daemon) {
+    let mut d = d;
     let st = Command::new("kill")
         .arg("-TERM")
         .arg(d.child.id().to_string())
@@ -132,6 +141,13 @@ fn real_step() -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigild_binary_full_flow_and_restart() {
     let dir = tempfile::tempdir().unwrap();
+    // This test is about the binaries and persistence: withdrawals without
+    // the whitelist and the security-change lock (tested elsewhere).
+    std::fs::write(
+        dir.path().join("sigil.toml"),
+        "version = 1\n[protection]\nrequire_whitelisted_address = false\nsecurity_change_lock_seconds = 0\n",
+    )
+    .unwrap();
     std::fs::create_dir_all(dir.path().join("tokens")).unwrap();
     sigil_hsm::write_softhsm_conf(
         &dir.path().join("softhsm2.conf"),

@@ -125,7 +125,18 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// A server whose withdrawal protections (whitelist, security-change
+    /// lock) are off, for tests of the approval mechanics themselves.
     pub async fn start() -> TestServer {
+        Self::start_with(|c| {
+            c.protection.require_whitelisted_address = false;
+            c.protection.security_change_lock_seconds = 0;
+        })
+        .await
+    }
+
+    /// A server with the product's default protections.
+    pub async fn start_strict() -> TestServer {
         Self::start_with(|_| {}).await
     }
 

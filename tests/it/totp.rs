@@ -274,7 +274,7 @@ async fn second_factor_and_removal_need_step_up() {
             step_up_approval: tok_other,
         })
         .await;
-    assert_status(r, Code::PermissionDenied, "not for");
+    assert_status(r, Code::PermissionDenied, "given for something else");
     let rm = pb::Intent {
         action: "remove_factor".into(),
         user_id: "dave".into(),

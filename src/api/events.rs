@@ -1,0 +1,82 @@
+//! `sigil.v1.EventService`: the resumable event stream.
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::auth::{require, Role};
+use super::blocking;
+use crate::core::Sigil;
+use crate::pb;
+
+/// `sigil.v1.EventService`.
+#[derive(Clone)]
+pub struct EventApi {
+    sigil: Arc<Sigil>,
+}
+
+impl EventApi {
+    /// Wraps a Sigil.
+    pub fn new(sigil: Arc<Sigil>) -> Self {
+        Self { sigil }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::event_service_server::EventService for EventApi {
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        req: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        require(&req, "WatchEvents", &[Role::Frontend, Role::Admin])?;
+        let mut cursor = req.into_inner().after_cursor;
+        let sigil = self.sigil.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                // Register interest before reading, so no append is missed.
+                let notified = sigil.event_signal().notified();
+                let s = sigil.clone();
+                let page = blocking(move || s.events_after(cursor, 256)).await;
+                match page {
+                    Ok(events) if !events.is_empty() => {
+                        for (seq, e) in events {
+                            cursor = seq;
+                            let ev = pb::Event {
+                                cursor: seq,
+                                kind: e.kind.name(),
+                                user_id: e.user_id,
+                                at: e.at,
+                                anti_phishing_code: e.anti_phishing_code.unwrap_or_default(),
+                                details: e.details.into_iter().collect(),
+                            };
+                            if tx.send(Ok(ev)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(_) => {
+                        tokio::select! {
+                            _ = notified => {},
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+                            _ = tx.closed() => return,
+                        }
+                    }
+                    Err(st) => {
+                        let _ = tx.send(Err(st)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}

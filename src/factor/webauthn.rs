@@ -1,1 +1,0 @@
-//! WebAuthn / FIDO2 factor (in progress).

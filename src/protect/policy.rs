@@ -1,0 +1,349 @@
+//! Action policy: which factor kinds may approve each action, thresholds
+//! that demand a hardware factor, device-signal rules and velocity rules.
+//!
+//! Every action type needs an approval: the policy only narrows *which*
+//! factors may give it. An action missing from the file gets the defaults
+//! (any factor kind; withdrawals refuse jailbroken devices).
+//!
+//! ```toml
+//! [actions.withdrawal]
+//! kinds = ["totp", "webauthn", "yubikey_hmac", "yubikey_otp"]
+//! deny_jailbroken = true
+//! [[actions.withdrawal.thresholds]]    # over 1 BTC: TOTP alone is not enough
+//! asset = "BTC"
+//! above = "1"
+//! kinds = ["webauthn", "yubikey_hmac", "yubikey_otp"]
+//!
+//! [[velocity]]
+//! asset = "BTC"
+//! max_amount_24h = "5"      # per user, rolling 24 h, including this one
+//! max_count_1h = 10         # per user, rolling hour
+//! on_exceed = "suspend"     # or "require_hardware"
+//! ```
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use sigil_verify::Intent;
+
+use super::amount;
+use super::{RecentWithdrawal, UserRecord};
+use crate::approval::{Action, DeviceSignals};
+use crate::error::Error;
+use crate::factor::Kind;
+
+/// All factor kinds.
+pub const ALL_KINDS: [Kind; 4] = [
+    Kind::Totp,
+    Kind::Webauthn,
+    Kind::YubikeyHmac,
+    Kind::YubikeyOtp,
+];
+/// Kinds backed by hardware.
+pub const HARDWARE_KINDS: [Kind; 3] = [Kind::Webauthn, Kind::YubikeyHmac, Kind::YubikeyOtp];
+
+/// The policy (a TOML file, or the `[policy]` section of the config).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// Per action name.
+    pub actions: BTreeMap<String, ActionPolicy>,
+    /// Velocity rules for withdrawals.
+    pub velocity: Vec<VelocityRule>,
+}
+
+/// Rules for one action.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActionPolicy {
+    /// Factor kinds that may approve it.
+    pub kinds: Vec<Kind>,
+    /// Refuse when the device reports it is jailbroken or rooted.
+    pub deny_jailbroken: bool,
+    /// Refuse unless the device's app attestation verdict is `pass`.
+    pub require_app_attestation: bool,
+    /// Stronger requirements above an amount (withdrawals).
+    pub thresholds: Vec<Threshold>,
+}
+
+impl Default for ActionPolicy {
+    fn default() -> Self {
+        Self {
+            kinds: ALL_KINDS.to_vec(),
+            deny_jailbroken: false,
+            require_app_attestation: false,
+            thresholds: Vec::new(),
+        }
+    }
+}
+
+/// Above `above` of `asset`, only `kinds` may approve.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Threshold {
+    /// Asset ticker.
+    pub asset: String,
+    /// Canonical amount; strictly greater amounts are affected.
+    pub above: String,
+    /// Kinds allowed above it.
+    pub kinds: Vec<Kind>,
+}
+
+/// What a velocity rule does when exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExceed {
+    /// Suspend the user's approvals (an admin resumes).
+    Suspend,
+    /// Only hardware factors may approve.
+    RequireHardware,
+}
+
+/// Per-user limits on withdrawals of one asset.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VelocityRule {
+    /// Asset ticker.
+    pub asset: String,
+    /// Most that may be withdrawn in a rolling 24 h (canonical amount).
+    pub max_amount_24h: Option<String>,
+    /// Most withdrawals in a rolling hour.
+    pub max_count_1h: Option<u32>,
+    /// What happens when exceeded.
+    pub on_exceed: OnExceed,
+}
+
+/// The outcome of the policy for one intent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Kinds that may answer.
+    pub kinds: Vec<Kind>,
+    /// A velocity rule that the intent exceeds and that suspends the user.
+    pub suspend: Option<String>,
+}
+
+impl Policy {
+    /// Parses a policy file.
+    pub fn from_toml(text: &str) -> Result<Policy, Error> {
+        let p: Policy =
+            toml::from_str(text).map_err(|e| Error::invalid("policy", e.to_string()))?;
+        p.validate()?;
+        Ok(p)
+    }
+
+    /// Checks names and amounts.
+    pub fn validate(&self) -> Result<(), Error> {
+        for (name, a) in &self.actions {
+            if Action::parse(name).is_none() {
+                return Err(Error::invalid(
+                    "policy.actions",
+                    format!("unknown action '{name}'"),
+                ));
+            }
+            if a.kinds.is_empty() {
+                return Err(Error::invalid(
+                    format!("policy.actions.{name}.kinds"),
+                    "may not be empty: every action needs an approval, so some factor must be able to give it",
+                ));
+            }
+            for t in &a.thresholds {
+                if !sigil_verify::is_canonical_amount(&t.above) {
+                    return Err(Error::invalid(
+                        format!("policy.actions.{name}.thresholds"),
+                        "above must be a canonical amount",
+                    ));
+                }
+            }
+        }
+        for v in &self.velocity {
+            if let Some(m) = &v.max_amount_24h {
+                if !sigil_verify::is_canonical_amount(m) {
+                    return Err(Error::invalid(
+                        "policy.velocity",
+                        "max_amount_24h must be a canonical amount",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The rules for an action.
+    pub fn action(&self, a: Action) -> ActionPolicy {
+        self.actions.get(a.name()).cloned().unwrap_or_else(|| {
+            let mut d = ActionPolicy::default();
+            d.deny_jailbroken = a == Action::Withdrawal;
+            d
+        })
+    }
+
+    /// Decides which kinds may approve `intent` (refusing on device signals),
+    /// given the user's recent withdrawals at `now`.
+    pub fn decide(
+        &self,
+        action: Action,
+        intent: &Intent,
+        device: &DeviceSignals,
+        user: &UserRecord,
+        now: i64,
+    ) -> Result<Decision, Error> {
+        let rules = self.action(action);
+        if rules.deny_jailbroken && device.jailbroken {
+            return Err(Error::FailedPrecondition(format!(
+                "the device reports it is jailbroken or rooted; policy refuses '{}' from it",
+                action.name()
+            )));
+        }
+        if rules.require_app_attestation && device.app_attestation != "pass" {
+            return Err(Error::FailedPrecondition(format!(
+                "policy requires a passing app attestation for '{}' (got '{}')",
+                action.name(),
+                device.app_attestation
+            )));
+        }
+        let mut kinds = rules.kinds.clone();
+        let mut suspend = None;
+        if action == Action::Withdrawal {
+            for t in rules.thresholds.iter().filter(|t| t.asset == intent.asset) {
+                if amount::compare(&intent.amount, &t.above) == std::cmp::Ordering::Greater {
+                    kinds.retain(|k| t.kinds.contains(k));
+                }
+            }
+            for rule in self.velocity.iter().filter(|r| r.asset == intent.asset) {
+                if let Some(why) = exceeds(rule, intent, &user.recent, now) {
+                    match rule.on_exceed {
+                        OnExceed::RequireHardware => kinds.retain(|k| HARDWARE_KINDS.contains(k)),
+                        OnExceed::Suspend => suspend = Some(why),
+                    }
+                }
+            }
+        }
+        Ok(Decision { kinds, suspend })
+    }
+}
+
+/// Why `intent` would exceed `rule`, if it does.
+fn exceeds(
+    rule: &VelocityRule,
+    intent: &Intent,
+    recent: &[RecentWithdrawal],
+    now: i64,
+) -> Option<String> {
+    let same: Vec<&RecentWithdrawal> = recent.iter().filter(|r| r.asset == rule.asset).collect();
+    if let Some(max) = rule.max_count_1h {
+        let count = same.iter().filter(|r| r.at > now - 3600).count() + 1;
+        if count > max as usize {
+            return Some(format!(
+                "velocity: {count} {} withdrawals in an hour exceed {max}",
+                rule.asset
+            ));
+        }
+    }
+    if let Some(max) = &rule.max_amount_24h {
+        let total = same
+            .iter()
+            .filter(|r| r.at > now - 86_400)
+            .map(|r| amount::parse(&r.amount))
+            .chain(std::iter::once(amount::parse(&intent.amount)))
+            .try_fold(0u128, |acc, a| acc.checked_add(a?));
+        let over = match (total, amount::parse(max)) {
+            (Some(t), Some(m)) => t > m,
+            _ => true, // does not fit: fail closed
+        };
+        if over {
+            return Some(format!(
+                "velocity: {} {} in 24 h would exceed {max}",
+                total
+                    .map(amount::format)
+                    .unwrap_or_else(|| "more than can be counted".into()),
+                rule.asset
+            ));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wd(amount: &str) -> Intent {
+        Intent {
+            action: "withdrawal".into(),
+            user_id: "u".into(),
+            asset: "BTC".into(),
+            amount: amount.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn thresholds_narrow_kinds_and_velocity_acts() {
+        let p = Policy::from_toml(
+            r#"
+            [actions.withdrawal]
+            kinds = ["totp", "webauthn"]
+            [[actions.withdrawal.thresholds]]
+            asset = "BTC"
+            above = "1"
+            kinds = ["webauthn"]
+            [[velocity]]
+            asset = "BTC"
+            max_amount_24h = "2"
+            on_exceed = "suspend"
+            "#,
+        )
+        .unwrap();
+        let dev = DeviceSignals::default();
+        let u = UserRecord::default();
+        assert_eq!(
+            p.decide(Action::Withdrawal, &wd("1"), &dev, &u, 0)
+                .unwrap()
+                .kinds,
+            vec![Kind::Totp, Kind::Webauthn]
+        );
+        assert_eq!(
+            p.decide(Action::Withdrawal, &wd("1.00001"), &dev, &u, 0)
+                .unwrap()
+                .kinds,
+            vec![Kind::Webauthn]
+        );
+        let mut u = UserRecord::default();
+        u.recent.push(RecentWithdrawal {
+            at: 100,
+            asset: "BTC".into(),
+            amount: "1.5".into(),
+        });
+        let d = p
+            .decide(Action::Withdrawal, &wd("0.5"), &dev, &u, 200)
+            .unwrap();
+        assert!(d.suspend.is_none(), "exactly at the limit is allowed");
+        let d = p
+            .decide(Action::Withdrawal, &wd("0.6"), &dev, &u, 200)
+            .unwrap();
+        assert!(d.suspend.unwrap().contains("2.1 BTC"));
+        // A day later the old withdrawal no longer counts.
+        assert!(p
+            .decide(Action::Withdrawal, &wd("0.6"), &dev, &u, 100 + 86_400)
+            .unwrap()
+            .suspend
+            .is_none());
+        // Jailbroken devices are refused for withdrawals by default.
+        let jb = DeviceSignals {
+            jailbroken: true,
+            ..Default::default()
+        };
+        assert!(Policy::default()
+            .decide(Action::Withdrawal, &wd("1"), &jb, &u, 0)
+            .is_err());
+        assert!(Policy::default()
+            .decide(Action::EnrollFactor, &Intent::default(), &jb, &u, 0)
+            .is_ok());
+    }
+
+    #[test]
+    fn bad_policies_are_refused() {
+        assert!(Policy::from_toml("[actions.withdraw]\nkinds = [\"totp\"]\n").is_err());
+        assert!(Policy::from_toml("[actions.withdrawal]\nkinds = []\n").is_err());
+        assert!(Policy::from_toml("[actions.withdrawal]\nkinds = [\"sms\"]\n").is_err());
+    }
+}
