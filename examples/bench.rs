@@ -29,10 +29,13 @@
 //! where the time goes.
 //!
 //! Setup (not measured): users are enrolled with TOTP directly through the
-//! `Sigil` API on blocking threads; then the test clock moves 30 s on, so
-//! every user has one fresh TOTP step (a step is never accepted twice: each
-//! user approves once per step). The clock does not move during a timed
-//! phase. 64 extra users warm the channels up before the timed window.
+//! `Sigil` API on blocking threads; then the test clock moves on, so every
+//! user has one fresh TOTP step (a step is never accepted twice: each user
+//! approves once per step). The clock moves two steps (60 s) at a time: a
+//! code is matched against a window of one step either side and the newest
+//! matching step is recorded, so a one-in-a-million equal code in the next
+//! step would otherwise use that step up. The clock does not move during a
+//! timed phase. 64 extra users warm the channels up before the timed window.
 //!
 //! The HSM session pool is 8: one session per concurrent client or signing
 //! thread, so the 8-thread raw rate is not throttled by the pool (measured:
@@ -67,6 +70,8 @@ use tonic::transport::Channel;
 
 /// Test clock start: 2027-01-15T08:00:00Z (as in the integration tests).
 const T0: i64 = 1_800_000_000;
+/// How far the clock moves between phases: two TOTP steps (see above).
+const NEXT_STEP: i64 = 60;
 /// Concurrent end-to-end clients, and threads of the concurrent raw rate.
 const CLIENTS: usize = 8;
 /// Threads enrolling users during setup.
@@ -461,7 +466,7 @@ fn main() {
     let t_enroll = Instant::now();
     let users = enroll(&sigil, &clock, 0, n_users + n_warm);
     let enroll_time = t_enroll.elapsed();
-    clock.advance(30);
+    clock.advance(NEXT_STEP);
     let step = totp::step_at(clock.now_secs());
     let work: Vec<(pb::Intent, String)> = users
         .iter()
@@ -577,7 +582,7 @@ fn main() {
     // on later TOTP steps, one thread then 8 threads.
     let direct_errors = std::sync::Mutex::new(Vec::<String>::new());
     let direct = |threads: usize, tag: &str| {
-        clock.advance(30);
+        clock.advance(NEXT_STEP);
         let st = totp::step_at(clock.now_secs());
         let next = AtomicUsize::new(0);
         let m = rate(threads, DIAG, |_, _| {

@@ -4,6 +4,11 @@
 //! sigil hsm init                 create the token (if absent) and Sigil's keys (if absent)
 //! sigil jwks                     print the published approval keys (JWK Set)
 //! sigil health                   ask the server's grpc.health.v1 service
+//! sigil revoke --all|--user U --reason R          revoke factors (admin)
+//! sigil suspend --all|--user U --reason R [--until T]
+//! sigil resume --all|--user U
+//! sigil audit verify [--checkpoint]  recompute the audit chain and check its signed checkpoints
+//! sigil audit read [--user U]    print audit entries
 //! sigil totp-code --secret B32   print the current TOTP code of a secret (development)
 //! ```
 //! Client commands connect with mTLS using `--ca`, `--cert`, `--key`
@@ -38,11 +43,78 @@ enum Cmd {
     Jwks(Conn),
     /// Check the server's health service.
     Health(Conn),
+    /// Revoke every factor of every user (--all) or of the named users.
+    Revoke {
+        #[command(flatten)]
+        conn: Conn,
+        /// Every user (one write, whatever their number).
+        #[arg(long, conflicts_with = "user")]
+        all: bool,
+        /// A user (repeatable).
+        #[arg(long)]
+        user: Vec<String>,
+        /// Why (recorded in the audit log and the events).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Suspend approvals and redemptions (--all or --user), optionally until a time.
+    Suspend {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long, conflicts_with = "user")]
+        all: bool,
+        #[arg(long)]
+        user: Vec<String>,
+        #[arg(long)]
+        reason: String,
+        /// End of the suspension, Unix seconds (default: until resumed).
+        #[arg(long, default_value_t = 0)]
+        until: i64,
+    },
+    /// Lift a suspension.
+    Resume {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long, conflicts_with = "user")]
+        all: bool,
+        #[arg(long)]
+        user: Vec<String>,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
     /// Print the current 6-digit code of a base32 TOTP secret (development aid).
     TotpCode {
         /// The base32 secret.
         #[arg(long)]
         secret: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Fetch the whole audit log and its signed checkpoints, recompute the
+    /// hash chain here, check every checkpoint signature against the audit
+    /// key, and report the first entry that does not fit (exit 1).
+    Verify {
+        #[command(flatten)]
+        conn: Conn,
+        /// Ask the server to sign a checkpoint of the current head first.
+        #[arg(long)]
+        checkpoint: bool,
+    },
+    /// Print audit entries (optionally of one user / time range) as JSON lines.
+    Read {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long, default_value = "")]
+        user: String,
+        #[arg(long, default_value_t = 0)]
+        from: i64,
+        #[arg(long, default_value_t = 0)]
+        to: i64,
     },
 }
 
@@ -83,6 +155,10 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn status_error(s: tonic::Status) -> Error {
+    Error::Unavailable(format!("{:?}: {}", s.code(), s.message()))
 }
 
 async fn channel(c: &Conn) -> Result<tonic::transport::Channel, Error> {
@@ -155,6 +231,160 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 .into_inner();
             println!("{:?}", r.status());
             Ok(())
+        }
+        Cmd::Revoke {
+            conn,
+            all,
+            user,
+            reason,
+        } => {
+            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn).await?);
+            let r = c
+                .revoke_factors(pb::RevokeFactorsRequest {
+                    all,
+                    user_ids: user,
+                    reason,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if r.users < 0 {
+                println!("revoked every factor of every user");
+            } else {
+                println!("revoked every factor of {} user(s)", r.users);
+            }
+            Ok(())
+        }
+        Cmd::Suspend {
+            conn,
+            all,
+            user,
+            reason,
+            until,
+        } => {
+            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn).await?);
+            c.suspend_approvals(pb::SuspendApprovalsRequest {
+                all,
+                user_ids: user,
+                reason,
+                until,
+            })
+            .await
+            .map_err(status_error)?;
+            println!("suspended");
+            Ok(())
+        }
+        Cmd::Resume { conn, all, user } => {
+            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn).await?);
+            c.resume_approvals(pb::ResumeApprovalsRequest {
+                all,
+                user_ids: user,
+            })
+            .await
+            .map_err(status_error)?;
+            println!("resumed");
+            Ok(())
+        }
+        Cmd::Audit {
+            cmd:
+                AuditCmd::Read {
+                    conn,
+                    user,
+                    from,
+                    to,
+                },
+        } => {
+            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn).await?);
+            let mut after = 0;
+            loop {
+                let r = c
+                    .read_audit(pb::ReadAuditRequest {
+                        after_seq: after,
+                        limit: 1000,
+                        user_id: user.clone(),
+                        from,
+                        to,
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                for e in &r.entries {
+                    println!("{} {}", e.seq, String::from_utf8_lossy(&e.raw));
+                }
+                if r.next_after_seq == after {
+                    return Ok(());
+                }
+                after = r.next_after_seq;
+            }
+        }
+        Cmd::Audit {
+            cmd: AuditCmd::Verify { conn, checkpoint },
+        } => {
+            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn).await?);
+            if checkpoint {
+                c.checkpoint_audit(pb::CheckpointAuditRequest {})
+                    .await
+                    .map_err(status_error)?;
+            }
+            let mut entries = Vec::new();
+            let mut after = 0;
+            loop {
+                let r = c
+                    .read_audit(pb::ReadAuditRequest {
+                        after_seq: after,
+                        limit: 10_000,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                for e in r.entries {
+                    let hash: [u8; 32] = e.chain_hash.as_slice().try_into().map_err(|_| {
+                        Error::Internal(format!("entry {} has a malformed chain hash", e.seq))
+                    })?;
+                    entries.push(sigil::store::LogEntry {
+                        seq: e.seq,
+                        hash,
+                        value: e.raw,
+                    });
+                }
+                if r.next_after_seq == after {
+                    break;
+                }
+                after = r.next_after_seq;
+            }
+            let cps = c
+                .get_audit_checkpoints(pb::GetAuditCheckpointsRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let key: sigil_verify::Jwk = serde_json::from_str(&cps.audit_key_jwk_json)
+                .map_err(|e| Error::Internal(format!("audit key unreadable: {e}")))?;
+            let checkpoints: Vec<sigil::audit::Checkpoint> = cps
+                .checkpoints
+                .into_iter()
+                .map(|c| sigil::audit::Checkpoint {
+                    v: 1,
+                    seq: c.seq,
+                    hash: c.hash,
+                    at: c.at,
+                    kid: c.kid,
+                    signature: c.signature,
+                })
+                .collect();
+            let report = sigil::audit::verify(&entries, &checkpoints, &key);
+            match report.first_broken {
+                None => {
+                    println!(
+                        "audit log ok: {} entries, {} signed checkpoint(s) verified with key {}",
+                        report.entries, report.checkpoints, key.kid
+                    );
+                    Ok(())
+                }
+                Some((seq, why)) => Err(Error::Internal(format!(
+                    "audit log BROKEN at entry {seq}: {why}"
+                ))),
+            }
         }
         Cmd::TotpCode { secret } => {
             let seed = data_encoding::BASE32_NOPAD

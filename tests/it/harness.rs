@@ -231,6 +231,85 @@ impl TestServer {
         ApprovalServiceClient::new(self.channel(role).await)
     }
 
+    pub async fn account(
+        &self,
+        role: &str,
+    ) -> sigil::pb::account_service_client::AccountServiceClient<Channel> {
+        sigil::pb::account_service_client::AccountServiceClient::new(self.channel(role).await)
+    }
+
+    pub async fn admin(&self) -> sigil::pb::admin_service_client::AdminServiceClient<Channel> {
+        sigil::pb::admin_service_client::AdminServiceClient::new(self.channel("admin").await)
+    }
+
+    pub async fn events(
+        &self,
+        role: &str,
+    ) -> sigil::pb::event_service_client::EventServiceClient<Channel> {
+        sigil::pb::event_service_client::EventServiceClient::new(self.channel(role).await)
+    }
+
+    /// Adds `addr` to `user`'s whitelist with an add_address approval.
+    pub async fn whitelist(
+        &self,
+        user: &str,
+        seed: &[u8],
+        network: &str,
+        addr: &str,
+    ) -> pb::WhitelistedAddress {
+        let asset = if network.starts_with("bitcoin") {
+            "BTC"
+        } else {
+            "ETH"
+        };
+        let intent = pb::Intent {
+            action: "add_address".into(),
+            user_id: user.into(),
+            asset: asset.into(),
+            network: network.into(),
+            destination: addr.into(),
+            memo: "cold wallet".into(),
+            ..Default::default()
+        };
+        let tok = self.approve(&intent, seed).await;
+        self.account("frontend")
+            .await
+            .add_address(pb::AddAddressRequest {
+                user_id: user.into(),
+                asset: asset.into(),
+                network: network.into(),
+                address: addr.into(),
+                label: "cold wallet".into(),
+                approval: tok,
+            })
+            .await
+            .expect("add address")
+            .into_inner()
+            .address
+            .expect("address")
+    }
+
+    /// Collects events after `cursor` until none arrive for a moment.
+    pub async fn collect_events(&self, cursor: u64) -> Vec<pb::Event> {
+        let mut c = self.events("admin").await;
+        let mut stream = c
+            .watch_events(pb::WatchEventsRequest {
+                after_cursor: cursor,
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        let mut out = Vec::new();
+        while let Ok(Some(Ok(e))) =
+            tokio::time::timeout(std::time::Duration::from_millis(700), stream.message())
+                .await
+                .map(|r| r.transpose())
+        {
+            out.push(e);
+        }
+        out
+    }
+
     /// TOTP code of `secret` at the test clock's current time (+ `steps`).
     pub fn code(&self, secret: &[u8], steps: i64) -> String {
         let now = self.clock.now_secs() + steps * 30;

@@ -6,5 +6,6 @@ mod approvals;
 mod bad_input;
 mod binary;
 mod harness;
+mod protections;
 mod roles;
 mod totp;
