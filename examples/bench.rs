@@ -96,9 +96,7 @@ struct User {
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
     match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Ok(v) if !v.is_empty() => v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
         _ => default,
     }
 }
@@ -182,21 +180,14 @@ fn enroll(sigil: &Sigil, clock: &TestClock, first: usize, n: usize) -> Vec<User>
                             .decode(e.secret_base32.as_bytes())
                             .expect("base32 seed");
                         sigil
-                            .confirm_totp_enrollment(
-                                "frontend",
-                                &id,
-                                &e.factor_id,
-                                &totp::code_at_step(&seed, step),
-                            )
+                            .confirm_totp_enrollment("frontend", &id, &e.factor_id, &totp::code_at_step(&seed, step))
                             .expect("confirm TOTP enrollment");
                         mine.push((i, User { id, seed }));
                     }
                 })
             })
             .collect();
-        hs.into_iter()
-            .flat_map(|h| h.join().expect("enroll thread"))
-            .collect()
+        hs.into_iter().flat_map(|h| h.join().expect("enroll thread")).collect()
     });
     all.sort_by_key(|(i, _)| *i);
     all.into_iter().map(|(_, u)| u).collect()
@@ -253,10 +244,9 @@ async fn client_run(
                 run.complete.push(d);
                 run.ok.push((i, token));
             }
-            Err(st) => {
-                run.failures
-                    .push(format!("{}: {:?} {}", i.user_id, st.code(), st.message()))
-            }
+            Err(st) => run
+                .failures
+                .push(format!("{}: {:?} {}", i.user_id, st.code(), st.message())),
         }
     }
     (c, run)
@@ -437,22 +427,19 @@ fn main() {
     cfg.protection.security_change_lock_seconds = 0;
     std::fs::write(&cfg.hsm.pin_file, PIN).expect("pin file");
     cfg.validate().expect("config");
-    sigil::signer::init_token(&cfg, &SecretString::from(SO_PIN), &SecretString::from(PIN))
-        .expect("create bench token");
+    sigil::signer::init_token(&cfg, &SecretString::from(SO_PIN), &SecretString::from(PIN)).expect("create bench token");
     let pin = sigil::signer::read_pin(&cfg.hsm).expect("pin");
     let signer = Signer::open(&cfg, pin).expect("signer");
     let store = Arc::new(SledStore::open(&cfg.store.path).expect("store"));
     let clock = Arc::new(TestClock::new(T0));
-    let sigil = Arc::new(Sigil::new(cfg.clone(), store, signer, clock.clone()));
+    let sigil = Arc::new(Sigil::new(cfg.clone(), store, signer, clock.clone()).expect("sigil"));
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     let running = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let tls = server::tls_config(&cfg.server).expect("tls");
         server::start(sigil.clone(), tls, listener, std::future::pending())
             .await
@@ -536,15 +523,7 @@ fn main() {
     // --- 4. Measured: raw ES256 signing in the HSM, same token, same process.
     eprintln!("bench: raw ES256 signing ...");
     let msg = vec![b'x'; 700]; // about the size of an approval's signing input
-    let raw_sign = |_: usize, _: u64| {
-        Some(
-            sigil
-                .signer()
-                .sign_raw(&msg)
-                .map(|_| true)
-                .expect("raw sign"),
-        )
-    };
+    let raw_sign = |_: usize, _: u64| Some(sigil.signer().sign_raw(&msg).map(|_| true).expect("raw sign"));
     let raw1 = rate(1, raw_dur, raw_sign);
     let raw8 = rate(CLIENTS, raw_dur, raw_sign);
 
@@ -603,10 +582,7 @@ fn main() {
                     )
                 });
             if let Err(e) = &res {
-                direct_errors
-                    .lock()
-                    .unwrap()
-                    .push(format!("{} ({tag}): {e}", u.id));
+                direct_errors.lock().unwrap().push(format!("{} ({tag}): {e}", u.id));
             }
             Some(res.is_ok())
         });
@@ -620,16 +596,11 @@ fn main() {
 
     // --- 5. Report.
     let failures = e2e_run.failures.len() + bad_tokens;
-    let nproc = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     println!("## Sigil benchmark\n");
     println!("- nproc: {}", cmd_out("nproc", &[]));
     println!("- CPU: {}", cpu_model());
-    println!(
-        "- load average at start / end: {load_start} / {}",
-        loadavg()
-    );
+    println!("- load average at start / end: {load_start} / {}", loadavg());
     println!("- rustc: {}", cmd_out("rustc", &["--version"]));
     println!(
         "- softhsm2: {}",
@@ -637,10 +608,7 @@ fn main() {
     );
     println!(
         "- store: sled on {} (temp dir {})",
-        cmd_out(
-            "stat",
-            &["-f", "-c", "%T", &tmp.path().display().to_string()]
-        ),
+        cmd_out("stat", &["-f", "-c", "%T", &tmp.path().display().to_string()]),
         tmp.path().display()
     );
     println!(
@@ -683,19 +651,13 @@ fn main() {
         if ratio8 >= BAR { "PASS" } else { "BELOW BAR" }
     );
     println!("| ratio e2e / raw (1 thread) | {ratio1:.3} |");
-    println!(
-        "| diag: HSM AES-GCM decrypt, 8 threads | {} |",
-        decrypt8.describe()
-    );
+    println!("| diag: HSM AES-GCM decrypt, 8 threads | {} |", decrypt8.describe());
     println!(
         "| diag: durable sled commit, 1 thread | {} = {:.2} ms each |",
         commit1.describe(),
         1000.0 / commit1.per_sec()
     );
-    println!(
-        "| diag: durable sled commit, 8 threads | {} |",
-        commit8.describe()
-    );
+    println!("| diag: durable sled commit, 8 threads | {} |", commit8.describe());
     for (name, (m, failed, out)) in [("1 thread", direct1), ("8 threads", direct8)] {
         println!(
             "| diag: in-process approvals (Sigil API, no gRPC/TLS), {name} | {}{}{} |",
@@ -708,10 +670,7 @@ fn main() {
             if out { ", ran out of users" } else { "" }
         );
     }
-    println!(
-        "\ntotal bench wall time: {:.1} s",
-        wall.elapsed().as_secs_f64()
-    );
+    println!("\ntotal bench wall time: {:.1} s", wall.elapsed().as_secs_f64());
 
     let direct_failed = direct1.1 + direct8.1;
     if failures > 0 || direct_failed > 0 {

@@ -25,10 +25,7 @@ use sigil::pb::factor_service_client::FactorServiceClient;
 use sigil_verify::{Intent, JwkSet, Verifier};
 
 fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 #[tokio::main]
@@ -36,12 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("SIGIL_URL").unwrap_or_else(|_| "https://127.0.0.1:50051".into());
     let certs = PathBuf::from(std::env::var("SIGIL_CERTS").unwrap_or_else(|_| "certs/out".into()));
     let ca = certs.join("ca.pem");
-    let tls = |role: &str| {
-        (
-            certs.join(format!("{role}.pem")),
-            certs.join(format!("{role}.key")),
-        )
-    };
+    let tls = |role: &str| (certs.join(format!("{role}.pem")), certs.join(format!("{role}.key")));
 
     let (fc, fk) = tls("frontend");
     let frontend = connect(
@@ -116,10 +108,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         record.digest(),
         "Sigil binds the same digest the engine computes"
     );
-    println!(
-        "challenge {} (expires at {})",
-        begun.challenge_id, begun.expires_at
-    );
+    println!("challenge {} (expires at {})", begun.challenge_id, begun.expires_at);
 
     // 3. The user answers with the app's next code (the first one was used to confirm).
     let done = user_side
@@ -169,11 +158,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await
     {
-        Err(st) => println!(
-            "second redemption refused: {:?}: {}",
-            st.code(),
-            st.message()
-        ),
+        Err(st) => println!("second redemption refused: {:?}: {}", st.code(), st.message()),
         Ok(_) => panic!("a second redemption must be refused"),
     }
     Ok(())

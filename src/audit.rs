@@ -70,16 +70,14 @@ impl AuditEntry {
 
     /// Adds the entry to a batch.
     pub fn append_to(&self, batch: &mut Batch) -> Result<(), Error> {
-        let bytes = serde_json::to_vec(self)
-            .map_err(|e| Error::Internal(format!("cannot encode audit entry: {e}")))?;
+        let bytes = serde_json::to_vec(self).map_err(|e| Error::Internal(format!("cannot encode audit entry: {e}")))?;
         batch.append(Table::Audit, bytes);
         Ok(())
     }
 
     /// Decodes a stored entry.
     pub fn decode(b: &[u8]) -> Result<AuditEntry, Error> {
-        serde_json::from_slice(b)
-            .map_err(|e| Error::Internal(format!("audit entry unreadable: {e}")))
+        serde_json::from_slice(b).map_err(|e| Error::Internal(format!("audit entry unreadable: {e}")))
     }
 }
 
@@ -155,8 +153,7 @@ pub fn verify(entries: &[LogEntry], checkpoints: &[Checkpoint], key: &Jwk) -> Re
             return report;
         }
         if AuditEntry::decode(&e.value).is_err() {
-            report.first_broken =
-                Some((e.seq, format!("entry {} is not a valid audit entry", e.seq)));
+            report.first_broken = Some((e.seq, format!("entry {} is not a valid audit entry", e.seq)));
             return report;
         }
         hashes.insert(e.seq, h);
@@ -179,25 +176,18 @@ pub fn verify(entries: &[LogEntry], checkpoints: &[Checkpoint], key: &Jwk) -> Re
                 a
             }
             _ => {
-                report.first_broken =
-                    Some((c.seq, format!("checkpoint at {} is malformed", c.seq)));
+                report.first_broken = Some((c.seq, format!("checkpoint at {} is malformed", c.seq)));
                 return report;
             }
         };
         let sig_ok = c.kid == key.kid
             && b64url::decode(&c.signature)
-                .map(|s| {
-                    pk.verify(&checkpoint_message(c.seq, &hash, c.at), &s)
-                        .is_ok()
-                })
+                .map(|s| pk.verify(&checkpoint_message(c.seq, &hash, c.at), &s).is_ok())
                 .unwrap_or(false);
         if !sig_ok {
             report.first_broken = Some((
                 c.seq,
-                format!(
-                    "checkpoint at {} has no valid signature by the audit key",
-                    c.seq
-                ),
+                format!("checkpoint at {} has no valid signature by the audit key", c.seq),
             ));
             return report;
         }

@@ -20,10 +20,8 @@ pub struct ClientTls<'a> {
 /// server certificate is checked for the name `localhost` unless the URL
 /// names another host.
 pub async fn connect(url: &str, tls: &ClientTls<'_>) -> Result<Channel, Error> {
-    let read = |p: &Path| {
-        std::fs::read(p)
-            .map_err(|e| Error::invalid("tls", format!("cannot read {}: {e}", p.display())))
-    };
+    let read =
+        |p: &Path| std::fs::read(p).map_err(|e| Error::invalid("tls", format!("cannot read {}: {e}", p.display())));
     let host = url
         .trim_start_matches("https://")
         .split([':', '/'])

@@ -27,17 +27,13 @@ impl Clock for SystemClock {
     fn now(&self) -> Result<i64, Error> {
         let secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_err(|_| {
-                Error::Unavailable("system clock is before 1970: refusing to approve".into())
-            })?
+            .map_err(|_| Error::Unavailable("system clock is before 1970: refusing to approve".into()))?
             .as_secs();
-        let secs = i64::try_from(secs).map_err(|_| {
-            Error::Unavailable("system clock out of range: refusing to approve".into())
-        })?;
+        let secs = i64::try_from(secs)
+            .map_err(|_| Error::Unavailable("system clock out of range: refusing to approve".into()))?;
         if secs < EARLIEST_TRUSTED {
             return Err(Error::Unavailable(
-                "system clock reads a time before 2024: refusing to approve until it is fixed"
-                    .into(),
+                "system clock reads a time before 2024: refusing to approve until it is fixed".into(),
             ));
         }
         Ok(secs)

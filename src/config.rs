@@ -36,6 +36,8 @@ pub struct Config {
     pub protection: ProtectionConfig,
     /// Action policy (inline; `protection.policy_file` replaces it).
     pub policy: crate::protect::policy::Policy,
+    /// WebAuthn relying party and policy.
+    pub webauthn: crate::factor::webauthn::WebauthnPolicy,
 }
 
 /// `[protection]`
@@ -173,6 +175,7 @@ impl Default for Config {
             assets: AssetsConfig::default(),
             protection: ProtectionConfig::default(),
             policy: crate::protect::policy::Policy::default(),
+            webauthn: crate::factor::webauthn::WebauthnPolicy::default(),
         }
     }
 }
@@ -275,21 +278,16 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config, Error> {
         let mut cfg = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| {
-                    Error::invalid("config", format!("cannot read {}: {e}", p.display()))
-                })?;
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| Error::invalid("config", format!("cannot read {}: {e}", p.display())))?;
                 Config::from_toml(&text)?
             }
             None => Config::default(),
         };
         cfg.apply_env(|k| std::env::var(k).ok())?;
         if let Some(p) = cfg.protection.policy_file.clone() {
-            let text = std::fs::read_to_string(&p).map_err(|e| {
-                Error::invalid(
-                    "protection.policy_file",
-                    format!("cannot read {}: {e}", p.display()),
-                )
-            })?;
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| Error::invalid("protection.policy_file", format!("cannot read {}: {e}", p.display())))?;
             cfg.policy = crate::protect::policy::Policy::from_toml(&text)?;
         }
         cfg.validate()?;
@@ -298,8 +296,7 @@ impl Config {
 
     /// Parses TOML text (no environment applied).
     pub fn from_toml(text: &str) -> Result<Config, Error> {
-        let cfg: Config =
-            toml::from_str(text).map_err(|e| Error::invalid("config", e.to_string()))?;
+        let cfg: Config = toml::from_str(text).map_err(|e| Error::invalid("config", e.to_string()))?;
         if cfg.version != 1 {
             return Err(Error::invalid(
                 "config.version",
@@ -314,12 +311,9 @@ impl Config {
     /// `SIGIL_TLS_KEY`, `SIGIL_CLIENT_CA`.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), Error> {
         if let Some(v) = get("SIGIL_LISTEN") {
-            self.server.listen = v.parse().map_err(|_| {
-                Error::invalid(
-                    "SIGIL_LISTEN",
-                    format!("'{v}' is not an address like 127.0.0.1:50051"),
-                )
-            })?;
+            self.server.listen = v
+                .parse()
+                .map_err(|_| Error::invalid("SIGIL_LISTEN", format!("'{v}' is not an address like 127.0.0.1:50051")))?;
         }
         if let Some(v) = get("SIGIL_STORE_PATH") {
             self.store.path = v.into();
@@ -345,10 +339,7 @@ impl Config {
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), Error> {
         if self.approval.ttl_seconds <= 0 || self.approval.ttl_seconds > 3600 {
-            return Err(Error::invalid(
-                "approval.ttl_seconds",
-                "must be between 1 and 3600",
-            ));
+            return Err(Error::invalid("approval.ttl_seconds", "must be between 1 and 3600"));
         }
         if self.approval.challenge_ttl_seconds <= 0 || self.approval.challenge_ttl_seconds > 3600 {
             return Err(Error::invalid(
@@ -357,22 +348,22 @@ impl Config {
             ));
         }
         if !(0..=300).contains(&self.approval.leeway_seconds) {
-            return Err(Error::invalid(
-                "approval.leeway_seconds",
-                "must be between 0 and 300",
-            ));
+            return Err(Error::invalid("approval.leeway_seconds", "must be between 0 and 300"));
         }
         if self.lockout.max_failures == 0 {
             return Err(Error::invalid("lockout.max_failures", "must be at least 1"));
         }
         self.policy.validate()?;
-        if self.protection.address_hold_seconds < 0
-            || self.protection.security_change_lock_seconds < 0
-        {
-            return Err(Error::invalid(
-                "protection",
-                "holds and locks cannot be negative",
-            ));
+        for a in &self.webauthn.require_uv_for {
+            if crate::approval::Action::parse(a).is_none() {
+                return Err(Error::invalid(
+                    "webauthn.require_uv_for",
+                    format!("unknown action '{a}'"),
+                ));
+            }
+        }
+        if self.protection.address_hold_seconds < 0 || self.protection.security_change_lock_seconds < 0 {
+            return Err(Error::invalid("protection", "holds and locks cannot be negative"));
         }
         if self.hsm.pool_size == 0 || self.hsm.pool_size > 256 {
             return Err(Error::invalid("hsm.pool_size", "must be between 1 and 256"));

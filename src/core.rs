@@ -24,11 +24,23 @@ pub struct Sigil {
     pub(crate) clock: Arc<dyn Clock>,
     rng: SystemRandom,
     events: tokio::sync::Notify,
+    pub(crate) webauthn: crate::factor::webauthn::Webauthn,
 }
 
 impl Sigil {
     /// Assembles a Sigil from its parts.
-    pub fn new(cfg: Config, store: Arc<dyn Store>, signer: Signer, clock: Arc<dyn Clock>) -> Sigil {
+    pub fn new(cfg: Config, store: Arc<dyn Store>, signer: Signer, clock: Arc<dyn Clock>) -> Result<Sigil, Error> {
+        let webauthn = crate::factor::webauthn::Webauthn::new(&cfg.webauthn)?;
+        Ok(Sigil::assemble(cfg, store, signer, clock, webauthn))
+    }
+
+    fn assemble(
+        cfg: Config,
+        store: Arc<dyn Store>,
+        signer: Signer,
+        clock: Arc<dyn Clock>,
+        webauthn: crate::factor::webauthn::Webauthn,
+    ) -> Sigil {
         Sigil {
             cfg,
             store,
@@ -36,7 +48,21 @@ impl Sigil {
             clock,
             rng: SystemRandom::new(),
             events: tokio::sync::Notify::new(),
+            webauthn,
         }
+    }
+
+    /// Like [`Sigil::new`], with WebAuthn attestation roots given as PEM text
+    /// (tests and embedded deployments) instead of the configured files.
+    pub fn with_attestation_roots(
+        cfg: Config,
+        store: Arc<dyn Store>,
+        signer: Signer,
+        clock: Arc<dyn Clock>,
+        roots_pem: &[String],
+    ) -> Result<Sigil, Error> {
+        let webauthn = crate::factor::webauthn::Webauthn::with_attestation_roots(&cfg.webauthn, roots_pem)?;
+        Ok(Sigil::assemble(cfg, store, signer, clock, webauthn))
     }
 
     /// The configuration in force.
@@ -62,15 +88,11 @@ impl Sigil {
     /// Commits a batch; wakes event watchers when it appended events.
     pub(crate) fn commit(&self, batch: &Batch) -> Result<Vec<u64>, Error> {
         let seqs = self.store.commit(batch)?;
-        if batch.ops.iter().any(|o| {
-            matches!(
-                o,
-                Op::Append {
-                    log: Table::Events,
-                    ..
-                }
-            )
-        }) {
+        if batch
+            .ops
+            .iter()
+            .any(|o| matches!(o, Op::Append { log: Table::Events, .. }))
+        {
             self.events.notify_waiters();
         }
         Ok(seqs)
@@ -79,9 +101,7 @@ impl Sigil {
     /// Records a refusal in the audit log (with `extra` writes, e.g. a
     /// device signal), best effort: the refusal stands even if this fails.
     pub(crate) fn audit_refusal(&self, entry: AuditEntry, mut extra: Batch) {
-        let res = entry
-            .append_to(&mut extra)
-            .and_then(|_| self.commit(&extra));
+        let res = entry.append_to(&mut extra).and_then(|_| self.commit(&extra));
         if let Err(e) = res {
             tracing::error!(error = %e, action = %entry.action, "could not audit a refusal");
         }
@@ -124,11 +144,7 @@ impl Sigil {
     }
 
     /// A user's confirmed, unrevoked factors.
-    pub(crate) fn live_factors(
-        &self,
-        user_id: &str,
-        snap: &Snapshot,
-    ) -> Result<Vec<(FactorRecord, u64)>, Error> {
+    pub(crate) fn live_factors(&self, user_id: &str, snap: &Snapshot) -> Result<Vec<(FactorRecord, u64)>, Error> {
         Ok(self
             .factors_of(user_id)?
             .into_iter()
@@ -156,10 +172,7 @@ impl Sigil {
 
     /// A random id with a readable prefix: `prefix` + 22 base64url chars.
     pub(crate) fn new_id(&self, prefix: &str) -> Result<String, Error> {
-        Ok(format!(
-            "{prefix}{}",
-            sigil_verify::b64url::encode(&self.random(16)?)
-        ))
+        Ok(format!("{prefix}{}", sigil_verify::b64url::encode(&self.random(16)?)))
     }
 
     /// Every factor of a user with its stored version.
@@ -172,19 +185,11 @@ impl Sigil {
     }
 
     /// One factor of a user, or NOT_FOUND.
-    pub(crate) fn factor(
-        &self,
-        user_id: &str,
-        factor_id: &str,
-    ) -> Result<(FactorRecord, u64), Error> {
+    pub(crate) fn factor(&self, user_id: &str, factor_id: &str) -> Result<(FactorRecord, u64), Error> {
         let v: Versioned = self
             .store
             .get(factor::TABLE, &FactorRecord::key(user_id, factor_id))?
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "factor '{factor_id}' of user '{user_id}' not found"
-                ))
-            })?;
+            .ok_or_else(|| Error::NotFound(format!("factor '{factor_id}' of user '{user_id}' not found")))?;
         Ok((FactorRecord::decode(&v)?, v.version))
     }
 }

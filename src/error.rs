@@ -60,10 +60,7 @@ impl fmt::Display for Error {
             | Error::Unavailable(m)
             | Error::Internal(m) => f.write_str(m),
             Error::Locked { what, retry_after } => {
-                write!(
-                    f,
-                    "{what} is locked after repeated failures; retry in {retry_after} s"
-                )
+                write!(f, "{what} is locked after repeated failures; retry in {retry_after} s")
             }
         }
     }
@@ -74,15 +71,11 @@ impl std::error::Error for Error {}
 impl From<crate::store::StoreError> for Error {
     fn from(e: crate::store::StoreError) -> Self {
         match e {
-            crate::store::StoreError::Conflict => Error::FailedPrecondition(
-                "the record changed concurrently; nothing was written, retry".into(),
-            ),
-            crate::store::StoreError::Unavailable(m) => {
-                Error::Unavailable(format!("store unavailable: {m}"))
+            crate::store::StoreError::Conflict => {
+                Error::FailedPrecondition("the record changed concurrently; nothing was written, retry".into())
             }
-            crate::store::StoreError::Corrupt(m) => {
-                Error::Internal(format!("store record unreadable: {m}"))
-            }
+            crate::store::StoreError::Unavailable(m) => Error::Unavailable(format!("store unavailable: {m}")),
+            crate::store::StoreError::Corrupt(m) => Error::Internal(format!("store record unreadable: {m}")),
         }
     }
 }

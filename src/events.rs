@@ -74,12 +74,7 @@ pub struct Event {
 
 impl Event {
     /// A new event.
-    pub fn new(
-        kind: EventKind,
-        user_id: &str,
-        at: i64,
-        anti_phishing_code: Option<String>,
-    ) -> Event {
+    pub fn new(kind: EventKind, user_id: &str, at: i64, anti_phishing_code: Option<String>) -> Event {
         Event {
             v: 1,
             kind,
@@ -98,8 +93,7 @@ impl Event {
 
     /// Adds the event to a batch.
     pub fn append_to(&self, batch: &mut Batch) -> Result<(), Error> {
-        let bytes = serde_json::to_vec(self)
-            .map_err(|e| Error::Internal(format!("cannot encode event: {e}")))?;
+        let bytes = serde_json::to_vec(self).map_err(|e| Error::Internal(format!("cannot encode event: {e}")))?;
         batch.append(Table::Events, bytes);
         Ok(())
     }

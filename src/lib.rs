@@ -39,13 +39,7 @@ pub use crate::core::Sigil;
 pub use crate::error::Error;
 
 /// Generated protobuf types and gRPC stubs for `sigil.v1`.
-#[allow(
-    missing_docs,
-    clippy::all,
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic
-)]
+#[allow(missing_docs, clippy::all, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 pub mod pb {
     tonic::include_proto!("sigil.v1");
 }

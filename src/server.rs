@@ -24,12 +24,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sigi
 /// Reads the server identity and client CA, for mutual TLS.
 pub fn tls_config(cfg: &ServerConfig) -> Result<ServerTlsConfig, Error> {
     let read = |p: &std::path::Path, what: &str| {
-        std::fs::read(p).map_err(|e| {
-            Error::Unavailable(format!(
-                "cannot read {what} {}: {e} (run `make certs`)",
-                p.display()
-            ))
-        })
+        std::fs::read(p)
+            .map_err(|e| Error::Unavailable(format!("cannot read {what} {}: {e} (run `make certs`)", p.display())))
     };
     let cert = read(&cfg.cert, "server certificate")?;
     let key = read(&cfg.key, "server key")?;
@@ -123,24 +119,20 @@ pub async fn start(
         .map_err(|e| Error::Unavailable(format!("TLS configuration refused: {e}")))?
         .add_service(health)
         .add_service(reflection)
-        .add_service(pb::factor_service_server::FactorServiceServer::new(
-            FactorApi::new(sigil.clone()),
-        ))
+        .add_service(pb::factor_service_server::FactorServiceServer::new(FactorApi::new(
+            sigil.clone(),
+        )))
         .add_service(pb::approval_service_server::ApprovalServiceServer::new(
             ApprovalApi::new(sigil.clone()),
         ))
-        .add_service(pb::account_service_server::AccountServiceServer::new(
-            AccountApi::new(sigil.clone()),
-        ))
-        .add_service(pb::admin_service_server::AdminServiceServer::new(
-            AdminApi::new(sigil.clone()),
-        ))
-        .add_service(pb::event_service_server::EventServiceServer::new(
-            EventApi::new(sigil),
-        ));
-    let task = tokio::spawn(
-        router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown),
-    );
+        .add_service(pb::account_service_server::AccountServiceServer::new(AccountApi::new(
+            sigil.clone(),
+        )))
+        .add_service(pb::admin_service_server::AdminServiceServer::new(AdminApi::new(
+            sigil.clone(),
+        )))
+        .add_service(pb::event_service_server::EventServiceServer::new(EventApi::new(sigil)));
+    let task = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown));
     Ok(Running {
         addr,
         stop: Some(stop_tx),
@@ -153,8 +145,7 @@ pub async fn start(
 /// stop, then does one last sweep so the final audit entries are
 /// checkpointed.
 async fn sweep_loop(sigil: Arc<Sigil>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let every =
-        std::time::Duration::from_secs(sigil.config().protection.sweep_interval_seconds.max(1));
+    let every = std::time::Duration::from_secs(sigil.config().protection.sweep_interval_seconds.max(1));
     loop {
         let stopping = tokio::select! {
             _ = tokio::time::sleep(every) => false,

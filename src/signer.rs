@@ -105,9 +105,7 @@ impl Signer {
         })?;
         let audit_jwk = Jwk::from_p256_point(&apk.x, &apk.y);
         let verifier = Verifier::new(&jwks, &cfg.approval.issuer, &cfg.approval.audience)
-            .map_err(|e| {
-                Error::Internal(format!("published keys do not form a valid key set: {e}"))
-            })?
+            .map_err(|e| Error::Internal(format!("published keys do not form a valid key set: {e}")))?
             .with_leeway(cfg.approval.leeway_seconds);
         Ok(Signer {
             hsm,
@@ -168,11 +166,7 @@ impl Signer {
     }
 
     /// Decrypts a factor secret with the key that wrapped it.
-    pub fn unwrap_secret(
-        &self,
-        w: &WrappedSecret,
-        aad: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, Error> {
+    pub fn unwrap_secret(&self, w: &WrappedSecret, aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
         let blob = sigil_verify::b64url::decode(&w.blob)
             .map_err(|_| Error::Internal("stored secret is not valid base64url".into()))?;
         Ok(self.hsm.decrypt(&w.key_label, &blob, aad)?)
@@ -187,11 +181,7 @@ impl Signer {
 /// Creates what a fresh token needs: the token itself (if absent) and the
 /// approval and secrets keys (if absent). Idempotent. Returns a line per
 /// thing created, for the operator.
-pub fn init_token(
-    cfg: &Config,
-    so_pin: &SecretString,
-    pin: &SecretString,
-) -> Result<Vec<String>, Error> {
+pub fn init_token(cfg: &Config, so_pin: &SecretString, pin: &SecretString) -> Result<Vec<String>, Error> {
     let module = module_path(&cfg.hsm);
     let mut done = Vec::new();
     if !Hsm::token_exists(&module, &cfg.hsm.token_label)? {

@@ -67,10 +67,7 @@ impl pb::account_service_server::AccountService for AccountApi {
         let role = require(&req, "RemoveAddress", &[Role::Frontend])?;
         let r = req.into_inner();
         let s = self.sigil.clone();
-        blocking(move || {
-            s.remove_address(role.name(), &r.user_id, &r.network, &r.address, &r.approval)
-        })
-        .await?;
+        blocking(move || s.remove_address(role.name(), &r.user_id, &r.network, &r.address, &r.approval)).await?;
         Ok(Response::new(pb::RemoveAddressResponse {}))
     }
 
@@ -81,10 +78,7 @@ impl pb::account_service_server::AccountService for AccountApi {
         let role = require(&req, "SetAntiPhishingCode", &[Role::Frontend])?;
         let r = req.into_inner();
         let s = self.sigil.clone();
-        let set_at = blocking(move || {
-            s.set_anti_phishing_code(role.name(), &r.user_id, &r.code, &r.approval)
-        })
-        .await?;
+        let set_at = blocking(move || s.set_anti_phishing_code(role.name(), &r.user_id, &r.code, &r.approval)).await?;
         Ok(Response::new(pb::SetAntiPhishingCodeResponse { set_at }))
     }
 
@@ -92,19 +86,11 @@ impl pb::account_service_server::AccountService for AccountApi {
         &self,
         req: Request<pb::GetAccountProtectionStatusRequest>,
     ) -> Result<Response<pb::GetAccountProtectionStatusResponse>, Status> {
-        require(
-            &req,
-            "GetAccountProtectionStatus",
-            &[Role::Frontend, Role::Admin],
-        )?;
+        require(&req, "GetAccountProtectionStatus", &[Role::Frontend, Role::Admin])?;
         let r = req.into_inner();
         let s = self.sigil.clone();
         let items = blocking(move || {
-            let as_of = if r.as_of == 0 {
-                s.clock_now()?
-            } else {
-                r.as_of
-            };
+            let as_of = if r.as_of == 0 { s.clock_now()? } else { r.as_of };
             s.protection_status(&r.user_id, as_of)
         })
         .await?;

@@ -32,10 +32,7 @@ fn scope(all: bool, users: Vec<String>) -> Result<Scope, Status> {
             "user_ids",
             "give either all or user_ids, not both",
         ))),
-        (false, true) => Err(status::to_status(Error::invalid(
-            "user_ids",
-            "name users, or set all",
-        ))),
+        (false, true) => Err(status::to_status(Error::invalid("user_ids", "name users, or set all"))),
     }
 }
 
@@ -63,15 +60,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         let r = req.into_inner();
         let sc = scope(r.all, r.user_ids)?;
         let s = self.sigil.clone();
-        blocking(move || {
-            s.suspend(
-                role.name(),
-                sc,
-                &r.reason,
-                (r.until != 0).then_some(r.until),
-            )
-        })
-        .await?;
+        blocking(move || s.suspend(role.name(), sc, &r.reason, (r.until != 0).then_some(r.until))).await?;
         Ok(Response::new(pb::SuspendApprovalsResponse {}))
     }
 
@@ -87,17 +76,12 @@ impl pb::admin_service_server::AdminService for AdminApi {
         Ok(Response::new(pb::ResumeApprovalsResponse {}))
     }
 
-    async fn read_audit(
-        &self,
-        req: Request<pb::ReadAuditRequest>,
-    ) -> Result<Response<pb::ReadAuditResponse>, Status> {
+    async fn read_audit(&self, req: Request<pb::ReadAuditRequest>) -> Result<Response<pb::ReadAuditResponse>, Status> {
         require(&req, "ReadAudit", &[Role::Admin])?;
         let r = req.into_inner();
         let limit = match r.limit {
             0 => 1000,
-            n if n > 10_000 => {
-                return Err(status::to_status(Error::invalid("limit", "at most 10000")))
-            }
+            n if n > 10_000 => return Err(status::to_status(Error::invalid("limit", "at most 10000"))),
             n => n as usize,
         };
         let s = self.sigil.clone();

@@ -93,6 +93,26 @@ impl From<crate::audit::Checkpoint> for pb::AuditCheckpoint {
 
 impl From<FactorRecord> for pb::Factor {
     fn from(f: FactorRecord) -> Self {
+        let (credential_id, public_key_jwk, aaguid, backup_eligible) = match &f.webauthn {
+            Some(c) => {
+                let jwk = sigil_verify::b64url::decode(&c.public_key_sec1)
+                    .ok()
+                    .filter(|p| p.len() == 65)
+                    .and_then(|p| {
+                        let x: [u8; 32] = p[1..33].try_into().ok()?;
+                        let y: [u8; 32] = p[33..65].try_into().ok()?;
+                        serde_json::to_string(&sigil_verify::Jwk::from_p256_point(&x, &y)).ok()
+                    })
+                    .unwrap_or_default();
+                (
+                    c.credential_id.clone(),
+                    jwk,
+                    c.aaguid.map(|a| a.to_string()).unwrap_or_default(),
+                    c.backup_eligible,
+                )
+            }
+            None => (String::new(), String::new(), String::new(), false),
+        };
         pb::Factor {
             factor_id: f.factor_id,
             user_id: f.user_id,
@@ -107,6 +127,11 @@ impl From<FactorRecord> for pb::Factor {
             consecutive_failures: f.failures,
             locked_until: f.locked_until,
             suspected_cloned: f.suspected_cloned,
+            credential_id,
+            public_key_jwk,
+            aaguid,
+            backup_eligible,
+            yubikey_public_id: f.yubikey.map(|y| y.public_id).unwrap_or_default(),
         }
     }
 }

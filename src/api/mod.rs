@@ -81,10 +81,7 @@ impl pb::factor_service_server::FactorService for FactorApi {
         let role = require(&req, "ConfirmTotpEnrollment", &[Role::Frontend])?;
         let r = req.into_inner();
         let s = self.sigil.clone();
-        let f = blocking(move || {
-            s.confirm_totp_enrollment(role.name(), &r.user_id, &r.factor_id, &r.code)
-        })
-        .await?;
+        let f = blocking(move || s.confirm_totp_enrollment(role.name(), &r.user_id, &r.factor_id, &r.code)).await?;
         Ok(Response::new(pb::ConfirmTotpEnrollmentResponse {
             factor: Some(f.into()),
         }))
@@ -103,6 +100,126 @@ impl pb::factor_service_server::FactorService for FactorApi {
         }))
     }
 
+    async fn begin_webauthn_registration(
+        &self,
+        req: Request<pb::BeginWebauthnRegistrationRequest>,
+    ) -> Result<Response<pb::BeginWebauthnRegistrationResponse>, Status> {
+        let role = require(&req, "BeginWebauthnRegistration", &[Role::Frontend])?;
+        let r = req.into_inner();
+        let s = self.sigil.clone();
+        let (ceremony_id, options_json, expires_at) = blocking(move || {
+            s.begin_webauthn_registration(
+                role.name(),
+                &r.user_id,
+                &r.nickname,
+                &r.display_name,
+                &r.step_up_approval,
+            )
+        })
+        .await?;
+        Ok(Response::new(pb::BeginWebauthnRegistrationResponse {
+            ceremony_id,
+            options_json,
+            expires_at,
+        }))
+    }
+
+    async fn finish_webauthn_registration(
+        &self,
+        req: Request<pb::FinishWebauthnRegistrationRequest>,
+    ) -> Result<Response<pb::FinishWebauthnRegistrationResponse>, Status> {
+        let role = require(&req, "FinishWebauthnRegistration", &[Role::Frontend])?;
+        let r = req.into_inner();
+        let s = self.sigil.clone();
+        let f =
+            blocking(move || s.finish_webauthn_registration(role.name(), &r.user_id, &r.ceremony_id, &r.response_json))
+                .await?;
+        Ok(Response::new(pb::FinishWebauthnRegistrationResponse {
+            factor: Some(f.into()),
+        }))
+    }
+
+    async fn begin_yubikey_hmac_enrollment(
+        &self,
+        req: Request<pb::BeginYubikeyHmacEnrollmentRequest>,
+    ) -> Result<Response<pb::BeginYubikeyEnrollmentResponse>, Status> {
+        let role = require(&req, "BeginYubikeyHmacEnrollment", &[Role::Frontend, Role::Admin])?;
+        let r = req.into_inner();
+        let s = self.sigil.clone();
+        let e = blocking(move || {
+            let secret = zeroize::Zeroizing::new(r.secret);
+            s.begin_yubikey_hmac_enrollment(
+                role.name(),
+                &r.user_id,
+                &r.nickname,
+                &secret,
+                r.slot,
+                &r.step_up_approval,
+            )
+        })
+        .await?;
+        Ok(Response::new(pb::BeginYubikeyEnrollmentResponse {
+            factor_id: e.factor_id,
+            challenge: e.challenge,
+            confirm_before: e.confirm_before,
+        }))
+    }
+
+    async fn begin_yubikey_otp_enrollment(
+        &self,
+        req: Request<pb::BeginYubikeyOtpEnrollmentRequest>,
+    ) -> Result<Response<pb::BeginYubikeyEnrollmentResponse>, Status> {
+        let role = require(&req, "BeginYubikeyOtpEnrollment", &[Role::Frontend, Role::Admin])?;
+        let r = req.into_inner();
+        let s = self.sigil.clone();
+        let e = blocking(move || {
+            let key = zeroize::Zeroizing::new(r.aes_key);
+            let private_id = zeroize::Zeroizing::new(r.private_id);
+            let csv = zeroize::Zeroizing::new(r.personalization_csv);
+            s.begin_yubikey_otp_enrollment(
+                role.name(),
+                &r.user_id,
+                &r.nickname,
+                &r.public_id,
+                &private_id,
+                &key,
+                &csv,
+                &r.step_up_approval,
+            )
+        })
+        .await?;
+        Ok(Response::new(pb::BeginYubikeyEnrollmentResponse {
+            factor_id: e.factor_id,
+            challenge: e.challenge,
+            confirm_before: e.confirm_before,
+        }))
+    }
+
+    async fn confirm_yubikey_enrollment(
+        &self,
+        req: Request<pb::ConfirmYubikeyEnrollmentRequest>,
+    ) -> Result<Response<pb::ConfirmYubikeyEnrollmentResponse>, Status> {
+        let role = require(&req, "ConfirmYubikeyEnrollment", &[Role::Frontend, Role::Admin])?;
+        let r = req.into_inner();
+        use crate::factor::hardware::YubikeyConfirmation as C;
+        use pb::confirm_yubikey_enrollment_request::Proof as P;
+        let proof = match r.proof {
+            Some(P::HmacResponse(b)) => C::Hmac(b),
+            Some(P::Otp(o)) => C::Otp(o),
+            None => {
+                return Err(status::to_status(Error::invalid(
+                    "proof",
+                    "is required: hmac_response or otp",
+                )))
+            }
+        };
+        let s = self.sigil.clone();
+        let f = blocking(move || s.confirm_yubikey_enrollment(role.name(), &r.user_id, &r.factor_id, proof)).await?;
+        Ok(Response::new(pb::ConfirmYubikeyEnrollmentResponse {
+            factor: Some(f.into()),
+        }))
+    }
+
     async fn remove_factor(
         &self,
         req: Request<pb::RemoveFactorRequest>,
@@ -110,10 +227,7 @@ impl pb::factor_service_server::FactorService for FactorApi {
         let role = require(&req, "RemoveFactor", &[Role::Frontend])?;
         let r = req.into_inner();
         let s = self.sigil.clone();
-        blocking(move || {
-            s.remove_factor(role.name(), &r.user_id, &r.factor_id, &r.step_up_approval)
-        })
-        .await?;
+        blocking(move || s.remove_factor(role.name(), &r.user_id, &r.factor_id, &r.step_up_approval)).await?;
         Ok(Response::new(pb::RemoveFactorResponse {}))
     }
 }
@@ -137,11 +251,7 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         &self,
         req: Request<pb::BeginApprovalRequest>,
     ) -> Result<Response<pb::BeginApprovalResponse>, Status> {
-        let role = require(
-            &req,
-            "BeginApproval",
-            &[Role::WithdrawalEngine, Role::Frontend],
-        )?;
+        let role = require(&req, "BeginApproval", &[Role::WithdrawalEngine, Role::Frontend])?;
         let r = req.into_inner();
         let intent: sigil_verify::Intent = r
             .intent
@@ -153,14 +263,12 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         Ok(Response::new(pb::BeginApprovalResponse {
             challenge_id: b.challenge_id,
             intent_sha256: b.intent_sha256.to_vec(),
-            allowed_kinds: b
-                .allowed
-                .into_iter()
-                .map(|k| pb::FactorKind::from(k) as i32)
-                .collect(),
+            allowed_kinds: b.allowed.into_iter().map(|k| pb::FactorKind::from(k) as i32).collect(),
             factors: b.factors.into_iter().map(Into::into).collect(),
             expires_at: b.expires_at,
             anti_phishing_code: b.anti_phishing_code.unwrap_or_default(),
+            webauthn_request_options_json: b.webauthn_options.unwrap_or_default(),
+            yubikey_hmac_challenge: b.yubikey_hmac_challenge.map(|c| c.to_vec()).unwrap_or_default(),
         }))
     }
 
@@ -168,28 +276,31 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         &self,
         req: Request<pb::CompleteApprovalRequest>,
     ) -> Result<Response<pb::CompleteApprovalResponse>, Status> {
-        let role = require(
-            &req,
-            "CompleteApproval",
-            &[Role::WithdrawalEngine, Role::Frontend],
-        )?;
+        let role = require(&req, "CompleteApproval", &[Role::WithdrawalEngine, Role::Frontend])?;
         let r = req.into_inner();
+        use pb::complete_approval_request::Proof as P;
         let proof = match r.proof {
-            Some(pb::complete_approval_request::Proof::Totp(t)) => Proof::Totp {
+            Some(P::Totp(t)) => Proof::Totp {
                 code: t.code,
                 factor_id: (!t.factor_id.is_empty()).then_some(t.factor_id),
             },
+            Some(P::Webauthn(w)) => Proof::Webauthn {
+                response_json: w.response_json,
+            },
+            Some(P::YubikeyHmac(y)) => Proof::YubikeyHmac {
+                response: y.response,
+                factor_id: (!y.factor_id.is_empty()).then_some(y.factor_id),
+            },
+            Some(P::YubikeyOtp(y)) => Proof::YubikeyOtp { otp: y.otp },
             None => {
                 return Err(status::to_status(Error::invalid(
                     "proof",
-                    "is required (totp)",
+                    "is required: totp, webauthn, yubikey_hmac or yubikey_otp",
                 )))
             }
         };
         let s = self.sigil.clone();
-        let i =
-            blocking(move || s.complete_approval(role.name(), &r.challenge_id, &r.user_id, proof))
-                .await?;
+        let i = blocking(move || s.complete_approval(role.name(), &r.challenge_id, &r.user_id, proof)).await?;
         Ok(Response::new(pb::CompleteApprovalResponse {
             approval: i.token,
             jti: i.jti,
@@ -206,9 +317,7 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         let r = req.into_inner();
         let expected = r.expected_intent.map(sigil_verify::Intent::from);
         let s = self.sigil.clone();
-        let claims =
-            blocking(move || s.redeem_approval(role.name(), &r.approval, expected.as_ref()))
-                .await?;
+        let claims = blocking(move || s.redeem_approval(role.name(), &r.approval, expected.as_ref())).await?;
         Ok(Response::new(pb::RedeemApprovalResponse {
             claims: Some(claims.into()),
         }))
@@ -223,9 +332,8 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
             "GetApprovalKeys",
             &[Role::WithdrawalEngine, Role::Frontend, Role::Admin],
         )?;
-        let jwks_json = serde_json::to_string(self.sigil.signer().jwks()).map_err(|e| {
-            status::to_status(Error::Internal(format!("cannot encode key set: {e}")))
-        })?;
+        let jwks_json = serde_json::to_string(self.sigil.signer().jwks())
+            .map_err(|e| status::to_status(Error::Internal(format!("cannot encode key set: {e}"))))?;
         Ok(Response::new(pb::GetApprovalKeysResponse {
             jwks_json,
             cache_max_age_seconds: 300,

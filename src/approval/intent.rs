@@ -76,12 +76,10 @@ impl Action {
             Action::AddAddress | Action::RemoveAddress => {
                 [Forbidden, Required, Required, Forbidden, Required, Optional]
             }
-            Action::RemoveFactor => [
-                Forbidden, Forbidden, Forbidden, Forbidden, Forbidden, Required,
-            ],
-            Action::EnrollFactor | Action::ChangeAntiPhishingCode | Action::CreateApiKey => [
-                Forbidden, Forbidden, Forbidden, Forbidden, Forbidden, Optional,
-            ],
+            Action::RemoveFactor => [Forbidden, Forbidden, Forbidden, Forbidden, Forbidden, Required],
+            Action::EnrollFactor | Action::ChangeAntiPhishingCode | Action::CreateApiKey => {
+                [Forbidden, Forbidden, Forbidden, Forbidden, Forbidden, Optional]
+            }
         }
     }
 }
@@ -108,11 +106,7 @@ fn check_text(field: &str, value: &str) -> Result<(), Error> {
 }
 
 fn check_symbol(field: &str, value: &str) -> Result<(), Error> {
-    if value.len() > 32
-        || !value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    {
+    if value.len() > 32 || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
         return Err(Error::invalid(
             field,
             "must be 1..32 ASCII letters, digits, '.', '_' or '-'",
@@ -127,10 +121,7 @@ pub fn validate(cfg: &Config, intent: &Intent) -> Result<Action, Error> {
     let action = Action::parse(&intent.action).ok_or_else(|| {
         let names: Vec<&str> = Action::ALL.iter().map(|a| a.name()).collect();
         if intent.action.is_empty() {
-            Error::invalid(
-                "intent.action",
-                format!("is required; one of {}", names.join(", ")),
-            )
+            Error::invalid("intent.action", format!("is required; one of {}", names.join(", ")))
         } else {
             Error::invalid(
                 "intent.action",
@@ -184,20 +175,14 @@ pub fn validate(cfg: &Config, intent: &Intent) -> Result<Action, Error> {
                 ),
             ));
         }
-        let max = cfg.max_decimals(&intent.asset).ok_or_else(|| {
-            Error::invalid(
-                "intent.asset",
-                format!("asset '{}' is not configured", intent.asset),
-            )
-        })?;
+        let max = cfg
+            .max_decimals(&intent.asset)
+            .ok_or_else(|| Error::invalid("intent.asset", format!("asset '{}' is not configured", intent.asset)))?;
         let decimals = amount_decimals(&intent.amount);
         if decimals > max {
             return Err(Error::invalid(
                 "intent.amount",
-                format!(
-                    "has {decimals} decimals; {} allows at most {max}",
-                    intent.asset
-                ),
+                format!("has {decimals} decimals; {} allows at most {max}", intent.asset),
             ));
         }
     }
@@ -231,10 +216,7 @@ mod tests {
 
     #[test]
     fn accepts_good_withdrawal() {
-        assert_eq!(
-            validate(&Config::default(), &withdrawal()).unwrap(),
-            Action::Withdrawal
-        );
+        assert_eq!(validate(&Config::default(), &withdrawal()).unwrap(), Action::Withdrawal);
     }
 
     #[test]
@@ -242,26 +224,14 @@ mod tests {
         let cfg = Config::default();
         let cases: Vec<(Box<dyn Fn(&mut Intent)>, &str)> = vec![
             (Box::new(|i| i.action = "withdraw".into()), "intent.action"),
-            (
-                Box::new(|i| i.action = "Withdrawal".into()),
-                "intent.action",
-            ),
+            (Box::new(|i| i.action = "Withdrawal".into()), "intent.action"),
             (Box::new(|i| i.user_id = String::new()), "intent.user_id"),
             (Box::new(|i| i.user_id = "u".repeat(257)), "intent.user_id"),
-            (
-                Box::new(|i| i.withdrawal_id = String::new()),
-                "intent.withdrawal_id",
-            ),
-            (
-                Box::new(|i| i.destination = "a".repeat(257)),
-                "intent.destination",
-            ),
+            (Box::new(|i| i.withdrawal_id = String::new()), "intent.withdrawal_id"),
+            (Box::new(|i| i.destination = "a".repeat(257)), "intent.destination"),
             (Box::new(|i| i.amount = "1.50".into()), "intent.amount"),
             (Box::new(|i| i.amount = "0".into()), "intent.amount"),
-            (
-                Box::new(|i| i.amount = "0.000000001".into()),
-                "intent.amount",
-            ),
+            (Box::new(|i| i.amount = "0.000000001".into()), "intent.amount"),
             (Box::new(|i| i.asset = "B TC".into()), "intent.asset"),
             (Box::new(|i| i.memo = "a\nb".into()), "intent.memo"),
         ];
@@ -272,10 +242,7 @@ mod tests {
         }
         let mut i = withdrawal();
         i.action = "add_address".into();
-        assert_eq!(
-            field_of(validate(&cfg, &i).unwrap_err()),
-            "intent.withdrawal_id"
-        );
+        assert_eq!(field_of(validate(&cfg, &i).unwrap_err()), "intent.withdrawal_id");
         // 256 bytes is fine.
         let mut i = withdrawal();
         i.withdrawal_id = "w".repeat(256);

@@ -59,6 +59,13 @@ pub struct ChallengeRecord {
     /// Revocation epochs when opened; a revocation kills the challenge.
     #[serde(default)]
     pub epochs: crate::protect::Epochs,
+    /// Random nonce (base64url) committed into the WebAuthn and YubiKey
+    /// challenges together with the intent digest.
+    #[serde(default)]
+    pub nonce: String,
+    /// WebAuthn assertion ceremony state, when a credential may answer.
+    #[serde(default)]
+    pub webauthn_state: Option<String>,
 }
 
 /// An issued approval (table `approvals`, key = jti).
@@ -95,6 +102,70 @@ pub enum Proof {
         /// Which factor; None when the user has exactly one TOTP factor.
         factor_id: Option<String>,
     },
+    /// A WebAuthn assertion (the browser's PublicKeyCredential JSON).
+    Webauthn {
+        /// The JSON.
+        response_json: String,
+    },
+    /// A YubiKey HMAC-SHA1 response to the challenge's HMAC challenge.
+    YubikeyHmac {
+        /// 20 bytes.
+        response: Vec<u8>,
+        /// Which factor; None when the user has exactly one.
+        factor_id: Option<String>,
+    },
+    /// A Yubico OTP.
+    YubikeyOtp {
+        /// 44 modhex characters.
+        otp: String,
+    },
+}
+
+impl Proof {
+    /// The factor kind this proof comes from.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Proof::Totp { .. } => Kind::Totp,
+            Proof::Webauthn { .. } => Kind::Webauthn,
+            Proof::YubikeyHmac { .. } => Kind::YubikeyHmac,
+            Proof::YubikeyOtp { .. } => Kind::YubikeyOtp,
+        }
+    }
+
+    /// Checks the proof's shape (bad input is INVALID_ARGUMENT).
+    fn validate(&self) -> Result<(), Error> {
+        match self {
+            Proof::Totp { code, factor_id } => {
+                if !totp::well_formed(code) {
+                    return Err(Error::invalid("totp.code", "must be exactly 6 digits"));
+                }
+                if let Some(f) = factor_id {
+                    intent::check_id("totp.factor_id", f)?;
+                }
+            }
+            Proof::Webauthn { response_json } => {
+                if response_json.is_empty() {
+                    return Err(Error::invalid("webauthn.response_json", "is required"));
+                }
+                if response_json.len() > crate::factor::webauthn::MAX_RESPONSE_BYTES {
+                    return Err(Error::invalid("webauthn.response_json", "is larger than 64 KiB"));
+                }
+            }
+            Proof::YubikeyHmac { response, factor_id } => {
+                if response.len() != 20 {
+                    return Err(Error::invalid(
+                        "yubikey_hmac.response",
+                        format!("must be the 20-byte HMAC-SHA1 response, got {} bytes", response.len()),
+                    ));
+                }
+                if let Some(f) = factor_id {
+                    intent::check_id("yubikey_hmac.factor_id", f)?;
+                }
+            }
+            Proof::YubikeyOtp { .. } => {}
+        }
+        Ok(())
+    }
 }
 
 /// What BeginApproval returns.
@@ -112,6 +183,10 @@ pub struct Begun {
     pub expires_at: i64,
     /// The user's anti-phishing code, to show beside the challenge.
     pub anti_phishing_code: Option<String>,
+    /// WebAuthn request options JSON, when a credential may answer.
+    pub webauthn_options: Option<String>,
+    /// YubiKey HMAC challenge, when an HMAC slot may answer.
+    pub yubikey_hmac_challenge: Option<[u8; 32]>,
 }
 
 /// What CompleteApproval returns.
@@ -138,12 +213,8 @@ fn from_json<T: for<'de> Deserialize<'de>>(what: &str, b: &[u8]) -> Result<T, Er
 /// Maps a verification failure of an approval presented to Sigil.
 pub fn verify_error(e: VerifyError) -> Error {
     match e {
-        VerifyError::Malformed(m) => {
-            Error::invalid("approval", format!("not a compact JWS approval: {m}"))
-        }
-        VerifyError::Expired => {
-            Error::FailedPrecondition("approval expired; request a new one".into())
-        }
+        VerifyError::Malformed(m) => Error::invalid("approval", format!("not a compact JWS approval: {m}")),
+        VerifyError::Expired => Error::FailedPrecondition("approval expired; request a new one".into()),
         VerifyError::NotYetValid => Error::FailedPrecondition("approval is not valid yet".into()),
         VerifyError::IntentMismatch { field } => Error::FailedPrecondition(format!(
             "approval does not match the withdrawal: field '{field}' differs; nothing was redeemed"
@@ -153,20 +224,13 @@ pub fn verify_error(e: VerifyError) -> Error {
 }
 
 /// What a withdrawal to `network`/`destination` needs from the whitelist.
-fn whitelist_check(
-    s: &Sigil,
-    user_id: &str,
-    network: &str,
-    destination: &str,
-    now: i64,
-) -> Result<(), Error> {
+fn whitelist_check(s: &Sigil, user_id: &str, network: &str, destination: &str, now: i64) -> Result<(), Error> {
     if !s.cfg.protection.require_whitelisted_address {
         return Ok(());
     }
-    let rec = s.store.get(
-        Table::Addresses,
-        &address::key(user_id, network, destination),
-    )?;
+    let rec = s
+        .store
+        .get(Table::Addresses, &address::key(user_id, network, destination))?;
     let Some(rec) = rec else {
         return Err(Error::FailedPrecondition(format!(
             "destination {destination} ({network}) is not on the user's withdrawal whitelist; add it first (an add_address approval, then a hold of {} s)",
@@ -186,17 +250,9 @@ fn whitelist_check(
 impl Sigil {
     /// Validates an intent, applies the protections and the policy, and
     /// opens a challenge. `actor` is the caller's role, for the audit log.
-    pub fn begin_approval(
-        &self,
-        actor: &str,
-        intent: Intent,
-        device: DeviceSignals,
-    ) -> Result<Begun, Error> {
+    pub fn begin_approval(&self, actor: &str, intent: Intent, device: DeviceSignals) -> Result<Begun, Error> {
         let action = intent::validate(&self.cfg, &intent)?;
-        if matches!(
-            action,
-            Action::Withdrawal | Action::AddAddress | Action::RemoveAddress
-        ) {
+        if matches!(action, Action::Withdrawal | Action::AddAddress | Action::RemoveAddress) {
             address::validate("intent.destination", &intent.network, &intent.destination)?;
         }
         if device.platform.len() > 64 || device.app_attestation.len() > 256 {
@@ -236,10 +292,7 @@ impl Sigil {
                 }
                 whitelist_check(self, &user_id, &intent.network, &intent.destination, now)?;
             }
-            let decision = self
-                .cfg
-                .policy
-                .decide(action, &intent, &device, &snap.user, now)?;
+            let decision = self.cfg.policy.decide(action, &intent, &device, &snap.user, now)?;
             if let Some(why) = decision.suspend {
                 return Err(Error::FailedPrecondition(format!(
                     "approvals for this user are now suspended: {why}"
@@ -265,11 +318,7 @@ impl Sigil {
             Err(e) => {
                 let mut extra = Batch::new();
                 // A velocity rule that fired suspends the user; a compromised device is recorded.
-                if let Ok(d) = self
-                    .cfg
-                    .policy
-                    .decide(action, &intent, &device, &snap.user, now)
-                {
+                if let Ok(d) = self.cfg.policy.decide(action, &intent, &device, &snap.user, now) {
                     if let Some(why) = d.suspend {
                         user.suspension = Some(crate::protect::Suspension {
                             reason: why.clone(),
@@ -277,15 +326,10 @@ impl Sigil {
                             since: now,
                             until: None,
                         });
-                        Event::new(
-                            EventKind::SuspensionChanged,
-                            &user_id,
-                            now,
-                            snap.anti_phishing_code(),
-                        )
-                        .with("suspended", "true")
-                        .with("reason", why)
-                        .append_to(&mut extra)?;
+                        Event::new(EventKind::SuspensionChanged, &user_id, now, snap.anti_phishing_code())
+                            .with("suspended", "true")
+                            .with("reason", why)
+                            .append_to(&mut extra)?;
                     }
                 }
                 if user != snap.user {
@@ -298,6 +342,22 @@ impl Sigil {
         let challenge_id = self.new_id("ch_")?;
         let expires_at = now + self.cfg.approval.challenge_ttl_seconds;
         let digest = intent.digest();
+        let nonce = self.random(16)?;
+        let creds: Vec<crate::factor::webauthn::StoredCredential> =
+            factors.iter().filter_map(|f| f.webauthn.clone()).collect();
+        let (webauthn_options, webauthn_state) = if creds.is_empty() {
+            (None, None)
+        } else {
+            let challenge = sigil_verify::webauthn_challenge(&nonce, &digest);
+            let (o, st) =
+                self.webauthn
+                    .begin_assertion(&creds, &challenge, self.webauthn.uv_required_for(action.name()))?;
+            (Some(o), Some(st))
+        };
+        let yubikey_hmac_challenge = factors
+            .iter()
+            .any(|f| f.kind == Kind::YubikeyHmac)
+            .then(|| crate::factor::yubikey::hmac_challenge(&nonce, &digest));
         let rec = ChallengeRecord {
             v: RECORD_VERSION,
             user_id: user_id.clone(),
@@ -308,6 +368,8 @@ impl Sigil {
             consumed_at: None,
             device: device.clone(),
             epochs: snap.epochs(),
+            nonce: b64url::encode(&nonce),
+            webauthn_state,
         };
         let mut batch = Batch::new();
         batch.insert(Table::Challenges, challenge_id.as_bytes(), to_json(&rec)?);
@@ -329,6 +391,8 @@ impl Sigil {
             factors,
             expires_at,
             anti_phishing_code: snap.anti_phishing_code(),
+            webauthn_options,
+            yubikey_hmac_challenge,
         })
     }
 
@@ -342,22 +406,12 @@ impl Sigil {
     ) -> Result<Issued, Error> {
         intent::check_id("challenge_id", challenge_id)?;
         intent::check_id("user_id", user_id)?;
-        let Proof::Totp { code, factor_id } = &proof;
-        if !totp::well_formed(code) {
-            return Err(Error::invalid("totp.code", "must be exactly 6 digits"));
-        }
-        if let Some(f) = factor_id {
-            intent::check_id("totp.factor_id", f)?;
-        }
+        proof.validate()?;
         let now = self.now()?;
         let stored = self
             .store
             .get(Table::Challenges, challenge_id.as_bytes())?
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "challenge '{challenge_id}' not found; begin a new approval"
-                ))
-            })?;
+            .ok_or_else(|| Error::NotFound(format!("challenge '{challenge_id}' not found; begin a new approval")))?;
         let ch: ChallengeRecord = from_json("challenge", &stored.value)?;
         if ch.user_id != user_id {
             return Err(Error::PermissionDenied(format!(
@@ -391,28 +445,82 @@ impl Sigil {
             ))));
         }
         snap.check_not_suspended(now, "approval").map_err(refused)?;
-
-        let Proof::Totp { code, factor_id } = proof;
-        if !ch.allowed.contains(&Kind::Totp) {
-            return Err(refused(Error::FailedPrecondition(
-                "policy does not let a TOTP code answer this challenge; use one of the allowed factor kinds".into(),
-            )));
+        if !ch.allowed.contains(&proof.kind()) {
+            return Err(refused(Error::FailedPrecondition(format!(
+                "policy does not let a {} factor answer this challenge; use one of: {}",
+                proof.kind().name(),
+                ch.allowed.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+            ))));
         }
-        let (factor, fversion) = self.pick_totp(user_id, factor_id.as_deref(), &snap)?;
-        let step = self.check_totp(actor, &factor, fversion, &code, now)?;
-        let mut used = factor.clone();
-        used.totp_last_step = Some(step);
-        let amr: Vec<String> = Kind::Totp.amr().iter().map(|s| s.to_string()).collect();
+        let nonce = b64url::decode(&ch.nonce).map_err(|_| Error::Internal("challenge nonce unreadable".into()))?;
+        let digest = ch.intent.digest();
+        let (factor, fversion, amr, evidence) = match proof {
+            Proof::Totp { code, factor_id } => {
+                let (factor, fversion) = self.pick_factor(user_id, Kind::Totp, factor_id.as_deref(), &snap)?;
+                let step = self.check_totp(actor, &factor, fversion, &code, now)?;
+                let mut used = factor.clone();
+                used.totp_last_step = Some(step);
+                (
+                    used,
+                    fversion,
+                    Kind::Totp.amr().iter().map(|s| s.to_string()).collect(),
+                    None,
+                )
+            }
+            Proof::Webauthn { response_json } => {
+                let state = ch.webauthn_state.as_deref().ok_or_else(|| {
+                    Error::FailedPrecondition("no WebAuthn credential may answer this challenge".into())
+                })?;
+                let (used, fversion, amr, evidence) = self.check_webauthn(
+                    actor,
+                    user_id,
+                    &ch.intent.action,
+                    state,
+                    &response_json,
+                    &nonce,
+                    &snap,
+                    now,
+                )?;
+                (used, fversion, amr, Some(evidence))
+            }
+            Proof::YubikeyHmac { response, factor_id } => {
+                let (factor, fversion) = self.pick_factor(user_id, Kind::YubikeyHmac, factor_id.as_deref(), &snap)?;
+                let challenge = crate::factor::yubikey::hmac_challenge(&nonce, &digest);
+                self.check_yubikey_hmac(actor, &factor, fversion, &challenge, &response, now)?;
+                (
+                    factor,
+                    fversion,
+                    Kind::YubikeyHmac.amr().iter().map(|s| s.to_string()).collect(),
+                    None,
+                )
+            }
+            Proof::YubikeyOtp { otp } => {
+                let (f, fversion) = self.otp_factor(actor, user_id, &otp, &snap, now)?;
+                if !f.is_active() || !f.is_live(snap.epochs()) {
+                    return Err(Error::FailedPrecondition(format!(
+                        "YubiKey factor '{}' is not active (pending or revoked)",
+                        f.factor_id
+                    )));
+                }
+                let used = self.check_yubikey_otp(actor, &f, fversion, &otp, now)?;
+                (
+                    used,
+                    fversion,
+                    Kind::YubikeyOtp.amr().iter().map(|s| s.to_string()).collect(),
+                    None,
+                )
+            }
+        };
         self.issue(
             actor,
             challenge_id,
             stored.version,
             &ch,
             &snap,
-            used,
+            factor,
             fversion,
             amr,
-            None,
+            evidence,
             now,
         )
     }
@@ -496,18 +604,13 @@ impl Sigil {
         } else {
             batch.check(Table::Users, ch.user_id.as_bytes(), snap.user_version);
         }
-        Event::new(
-            EventKind::ApprovalIssued,
-            &ch.user_id,
-            now,
-            snap.anti_phishing_code(),
-        )
-        .with("jti", jti.clone())
-        .with("act", claims.act.clone())
-        .with("asset", ch.intent.asset.clone())
-        .with("amount", ch.intent.amount.clone())
-        .with("destination", ch.intent.destination.clone())
-        .append_to(&mut batch)?;
+        Event::new(EventKind::ApprovalIssued, &ch.user_id, now, snap.anti_phishing_code())
+            .with("jti", jti.clone())
+            .with("act", claims.act.clone())
+            .with("asset", ch.intent.asset.clone())
+            .with("amount", ch.intent.amount.clone())
+            .with("destination", ch.intent.destination.clone())
+            .append_to(&mut batch)?;
         AuditEntry::ok(now, actor, &ch.user_id, "approval.issue")
             .with("challenge_id", challenge_id)
             .with("jti", jti.clone())
@@ -533,12 +636,7 @@ impl Sigil {
     }
 
     /// Verifies an approval and marks it redeemed, exactly once.
-    pub fn redeem_approval(
-        &self,
-        actor: &str,
-        token: &str,
-        expected: Option<&Intent>,
-    ) -> Result<Claims, Error> {
+    pub fn redeem_approval(&self, actor: &str, token: &str, expected: Option<&Intent>) -> Result<Claims, Error> {
         if token.is_empty() {
             return Err(Error::invalid("approval", "is required"));
         }
@@ -562,15 +660,10 @@ impl Sigil {
             );
             return Err(e);
         }
-        Event::new(
-            EventKind::ApprovalRedeemed,
-            &claims.sub,
-            now,
-            snap.anti_phishing_code(),
-        )
-        .with("jti", claims.jti.clone())
-        .with("act", claims.act.clone())
-        .append_to(&mut batch)?;
+        Event::new(EventKind::ApprovalRedeemed, &claims.sub, now, snap.anti_phishing_code())
+            .with("jti", claims.jti.clone())
+            .with("act", claims.act.clone())
+            .append_to(&mut batch)?;
         AuditEntry::ok(now, actor, &claims.sub, "approval.redeem")
             .with("jti", claims.jti.clone())
             .with("act", claims.act.clone())
@@ -589,21 +682,12 @@ impl Sigil {
 
     /// Adds the write that redeems `claims.jti` to `batch`, after checking
     /// it is issued, not yet redeemed, not revoked and not suspended.
-    fn add_redeem(
-        &self,
-        claims: &Claims,
-        snap: &Snapshot,
-        now: i64,
-        batch: &mut Batch,
-    ) -> Result<(), Error> {
+    fn add_redeem(&self, claims: &Claims, snap: &Snapshot, now: i64, batch: &mut Batch) -> Result<(), Error> {
         let stored = self
             .store
             .get(Table::Approvals, claims.jti.as_bytes())?
             .ok_or_else(|| {
-                Error::FailedPrecondition(format!(
-                    "approval '{}' is not known to this deployment",
-                    claims.jti
-                ))
+                Error::FailedPrecondition(format!("approval '{}' is not known to this deployment", claims.jti))
             })?;
         let mut rec: ApprovalRecord = from_json("approval", &stored.value)?;
         if let Some(at) = rec.redeemed_at {
@@ -626,12 +710,7 @@ impl Sigil {
         }
         snap.check_not_suspended(now, "redemption")?;
         rec.redeemed_at = Some(now);
-        batch.update(
-            Table::Approvals,
-            claims.jti.as_bytes(),
-            stored.version,
-            to_json(&rec)?,
-        );
+        batch.update(Table::Approvals, claims.jti.as_bytes(), stored.version, to_json(&rec)?);
         self.check_snapshot(batch, &claims.sub, snap);
         Ok(())
     }
@@ -654,14 +733,14 @@ impl Sigil {
             )));
         }
         let now = self.now()?;
-        let claims =
-            self.signer
-                .verifier()
-                .verify(token, now)
-                .map_err(|e| match verify_error(e) {
-                    Error::InvalidArgument { reason, .. } => Error::invalid("approval", reason),
-                    other => other,
-                })?;
+        let claims = self
+            .signer
+            .verifier()
+            .verify(token, now)
+            .map_err(|e| match verify_error(e) {
+                Error::InvalidArgument { reason, .. } => Error::invalid("approval", reason),
+                other => other,
+            })?;
         if claims.act != action.name() || claims.sub != user_id {
             return Err(Error::PermissionDenied(format!(
                 "the approval is for action '{}' of user '{}'; this needs action '{}' of user '{user_id}'",
@@ -670,45 +749,52 @@ impl Sigil {
                 action.name()
             )));
         }
-        fits(&claims.intent).map_err(|why| {
-            Error::PermissionDenied(format!("the approval was given for something else: {why}"))
-        })?;
+        fits(&claims.intent)
+            .map_err(|why| Error::PermissionDenied(format!("the approval was given for something else: {why}")))?;
         self.add_redeem(&claims, snap, now, batch)
     }
 
-    /// The TOTP factor a proof names, or the user's only one.
-    fn pick_totp(
+    /// The factor of `kind` a proof names, or the user's only live one.
+    pub(crate) fn pick_factor(
         &self,
         user_id: &str,
+        kind: Kind,
         factor_id: Option<&str>,
         snap: &Snapshot,
     ) -> Result<(FactorRecord, u64), Error> {
+        let field = format!("{}.factor_id", kind.name());
         let (f, v) = match factor_id {
             Some(id) => self.factor(user_id, id)?,
             None => {
-                let mut totps: Vec<(FactorRecord, u64)> = self
+                let mut of_kind: Vec<(FactorRecord, u64)> = self
                     .live_factors(user_id, snap)?
                     .into_iter()
-                    .filter(|(f, _)| f.kind == Kind::Totp)
+                    .filter(|(f, _)| f.kind == kind)
                     .collect();
-                match totps.len() {
+                match of_kind.len() {
                     0 => {
                         return Err(Error::FailedPrecondition(format!(
-                            "user '{user_id}' has no active TOTP factor"
+                            "user '{user_id}' has no active {} factor",
+                            kind.name()
                         )))
                     }
-                    1 => totps.remove(0),
-                    _ => return Err(Error::invalid(
-                        "totp.factor_id",
-                        "the user has several TOTP factors: name the one that produced the code",
-                    )),
+                    1 => of_kind.remove(0),
+                    _ => {
+                        return Err(Error::invalid(
+                            field,
+                            format!(
+                                "the user has several {} factors: name the one that answered",
+                                kind.name()
+                            ),
+                        ))
+                    }
                 }
             }
         };
-        if f.kind != Kind::Totp {
+        if f.kind != kind {
             return Err(Error::invalid(
-                "totp.factor_id",
-                format!("factor '{}' is not a TOTP factor", f.factor_id),
+                field,
+                format!("factor '{}' is not a {} factor", f.factor_id, kind.name()),
             ));
         }
         if !f.is_active() {
@@ -738,28 +824,28 @@ impl Sigil {
         now: i64,
     ) -> Result<u64, Error> {
         lockout::check(f.locked_until, now, &format!("factor '{}'", f.factor_id))?;
-        let wrapped = f.secret.as_ref().ok_or_else(|| {
-            Error::Internal(format!("factor '{}' has no stored secret", f.factor_id))
-        })?;
+        let wrapped = f
+            .secret
+            .as_ref()
+            .ok_or_else(|| Error::Internal(format!("factor '{}' has no stored secret", f.factor_id)))?;
         let seed = self
             .signer
             .unwrap_secret(wrapped, &secret_aad(&f.user_id, &f.factor_id))?;
         if let Some(step) = totp::verify(&seed, code, now, f.totp_last_step) {
             return Ok(step);
         }
-        Err(self.record_failure(actor, f, version, now, "TOTP code not accepted"))
+        Err(self.record_failure(
+            actor,
+            f,
+            version,
+            now,
+            "TOTP code not accepted (wrong, outside the time window, or already used)",
+        ))
     }
 
     /// Durably counts a failed attempt on a factor (with its audit entry,
     /// and a lockout event when it locks) and returns the refusal.
-    pub(crate) fn record_failure(
-        &self,
-        actor: &str,
-        f: &FactorRecord,
-        version: u64,
-        now: i64,
-        what: &str,
-    ) -> Error {
+    pub(crate) fn record_failure(&self, actor: &str, f: &FactorRecord, version: u64, now: i64, what: &str) -> Error {
         let (failures, locked_until) = lockout::on_failure(&self.cfg.lockout, f.failures, now);
         let mut failed = f.clone();
         failed.failures = failures;
@@ -788,9 +874,9 @@ impl Sigil {
         })();
         if let Err(e) = write {
             return match e {
-                Error::FailedPrecondition(_) => Error::FailedPrecondition(
-                    "the factor was used concurrently; nothing was accepted, retry".into(),
-                ),
+                Error::FailedPrecondition(_) => {
+                    Error::FailedPrecondition("the factor was used concurrently; nothing was accepted, retry".into())
+                }
                 other => other,
             };
         }
@@ -802,7 +888,7 @@ impl Sigil {
             };
         }
         Error::PermissionDenied(format!(
-            "{what} (wrong, outside the time window, or already used); {} attempts left before the factor locks",
+            "{what}; {} attempts left before the factor locks",
             lockout::attempts_left(&self.cfg.lockout, failures)
         ))
     }

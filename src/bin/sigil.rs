@@ -186,10 +186,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
                         .map_err(|e| {
                             Error::invalid(
                                 "so_pin",
-                                format!(
-                                    "set SIGIL_HSM_SO_PIN or create {}: {e}",
-                                    so_pin_file.display()
-                                ),
+                                format!("set SIGIL_HSM_SO_PIN or create {}: {e}", so_pin_file.display()),
                             )
                         })?
                         .trim()
@@ -197,10 +194,9 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 ),
             };
             let pin = sigil::signer::read_pin(&cfg.hsm)?;
-            let done =
-                tokio::task::spawn_blocking(move || sigil::signer::init_token(&cfg, &so_pin, &pin))
-                    .await
-                    .map_err(|e| Error::Internal(e.to_string()))??;
+            let done = tokio::task::spawn_blocking(move || sigil::signer::init_token(&cfg, &so_pin, &pin))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
             if done.is_empty() {
                 println!("token and keys already present; nothing to do");
             }
@@ -210,8 +206,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Cmd::Jwks(c) => {
-            let mut client =
-                pb::approval_service_client::ApprovalServiceClient::new(channel(&c).await?);
+            let mut client = pb::approval_service_client::ApprovalServiceClient::new(channel(&c).await?);
             let r = client
                 .get_approval_keys(pb::GetApprovalKeysRequest {})
                 .await
@@ -223,9 +218,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Cmd::Health(c) => {
             let mut client = tonic_health::pb::health_client::HealthClient::new(channel(&c).await?);
             let r = client
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
-                })
+                .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
                 .await
                 .map_err(|s| Error::Unavailable(s.message().to_string()))?
                 .into_inner();
@@ -276,23 +269,14 @@ async fn run(cli: Cli) -> Result<(), Error> {
         }
         Cmd::Resume { conn, all, user } => {
             let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn).await?);
-            c.resume_approvals(pb::ResumeApprovalsRequest {
-                all,
-                user_ids: user,
-            })
-            .await
-            .map_err(status_error)?;
+            c.resume_approvals(pb::ResumeApprovalsRequest { all, user_ids: user })
+                .await
+                .map_err(status_error)?;
             println!("resumed");
             Ok(())
         }
         Cmd::Audit {
-            cmd:
-                AuditCmd::Read {
-                    conn,
-                    user,
-                    from,
-                    to,
-                },
+            cmd: AuditCmd::Read { conn, user, from, to },
         } => {
             let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn).await?);
             let mut after = 0;
@@ -339,9 +323,11 @@ async fn run(cli: Cli) -> Result<(), Error> {
                     .map_err(status_error)?
                     .into_inner();
                 for e in r.entries {
-                    let hash: [u8; 32] = e.chain_hash.as_slice().try_into().map_err(|_| {
-                        Error::Internal(format!("entry {} has a malformed chain hash", e.seq))
-                    })?;
+                    let hash: [u8; 32] = e
+                        .chain_hash
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| Error::Internal(format!("entry {} has a malformed chain hash", e.seq)))?;
                     entries.push(sigil::store::LogEntry {
                         seq: e.seq,
                         hash,
@@ -381,20 +367,12 @@ async fn run(cli: Cli) -> Result<(), Error> {
                     );
                     Ok(())
                 }
-                Some((seq, why)) => Err(Error::Internal(format!(
-                    "audit log BROKEN at entry {seq}: {why}"
-                ))),
+                Some((seq, why)) => Err(Error::Internal(format!("audit log BROKEN at entry {seq}: {why}"))),
             }
         }
         Cmd::TotpCode { secret } => {
             let seed = data_encoding::BASE32_NOPAD
-                .decode(
-                    secret
-                        .trim()
-                        .trim_end_matches('=')
-                        .to_ascii_uppercase()
-                        .as_bytes(),
-                )
+                .decode(secret.trim().trim_end_matches('=').to_ascii_uppercase().as_bytes())
                 .map_err(|e| Error::invalid("secret", format!("not base32: {e}")))?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

@@ -36,9 +36,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     match run(Args::parse()).await {
@@ -70,12 +68,7 @@ async fn run(args: Args) -> Result<(), Error> {
         .await
         .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", cfg.server.listen)))?;
     let kid = signer.active_kid().to_string();
-    let sigil = Arc::new(Sigil::new(
-        cfg.clone(),
-        store,
-        signer,
-        Arc::new(SystemClock),
-    ));
+    let sigil = Arc::new(Sigil::new(cfg.clone(), store, signer, Arc::new(SystemClock))?);
     let running = server::start(sigil, tls, listener, server::termination()).await?;
     println!(
         "sigild listening on https://{} (mTLS only; client roles from certificates), store {}, approval key kid {kid}",

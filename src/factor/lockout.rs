@@ -40,10 +40,7 @@ pub fn on_failure(cfg: &LockoutConfig, failures: u32, now: i64) -> (u32, i64) {
         return (failures, 0);
     }
     let doublings = (failures - cfg.max_failures).min(30);
-    let secs = cfg
-        .base_seconds
-        .saturating_mul(1u64 << doublings)
-        .min(cfg.max_seconds);
+    let secs = cfg.base_seconds.saturating_mul(1u64 << doublings).min(cfg.max_seconds);
     let secs = i64::try_from(secs).unwrap_or(i64::MAX / 2);
     (failures, now.saturating_add(secs))
 }

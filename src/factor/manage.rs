@@ -46,10 +46,7 @@ pub enum Standing {
 
 pub(crate) fn check_nickname(n: &str) -> Result<(), Error> {
     if n.len() > 64 || n.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            "nickname",
-            "at most 64 bytes, no control characters",
-        ));
+        return Err(Error::invalid("nickname", "at most 64 bytes, no control characters"));
     }
     Ok(())
 }
@@ -65,14 +62,7 @@ impl Sigil {
         batch: &mut Batch,
     ) -> Result<(), Error> {
         if !self.live_factors(user_id, snap)?.is_empty() {
-            self.step_up(
-                step_up,
-                Action::EnrollFactor,
-                user_id,
-                snap,
-                |_| Ok(()),
-                batch,
-            )?;
+            self.step_up(step_up, Action::EnrollFactor, user_id, snap, |_| Ok(()), batch)?;
         }
         Ok(())
     }
@@ -106,6 +96,8 @@ impl Sigil {
             totp_last_step: None,
             epochs: snap.epochs(),
             suspected_cloned: false,
+            webauthn: None,
+            yubikey: None,
         })
     }
 
@@ -115,7 +107,7 @@ impl Sigil {
         &self,
         actor: &str,
         f: &FactorRecord,
-        version: u64,
+        version: Option<u64>,
         snap: &Snapshot,
         now: i64,
         batch: &mut Batch,
@@ -125,23 +117,17 @@ impl Sigil {
         active.failures = 0;
         active.locked_until = 0;
         active.last_used_at = now;
-        batch.update(
-            Table::Factors,
-            FactorRecord::key(&f.user_id, &f.factor_id),
-            version,
-            active.encode()?,
-        );
+        let key = FactorRecord::key(&f.user_id, &f.factor_id);
+        match version {
+            Some(v) => batch.update(Table::Factors, key, v, active.encode()?),
+            None => batch.insert(Table::Factors, key, active.encode()?),
+        };
         self.lock_after_change(batch, &f.user_id, snap, now, "factor added")?;
         self.check_global(batch, snap);
-        Event::new(
-            EventKind::FactorEnrolled,
-            &f.user_id,
-            now,
-            snap.anti_phishing_code(),
-        )
-        .with("factor_id", f.factor_id.clone())
-        .with("kind", f.kind.name())
-        .append_to(batch)?;
+        Event::new(EventKind::FactorEnrolled, &f.user_id, now, snap.anti_phishing_code())
+            .with("factor_id", f.factor_id.clone())
+            .with("kind", f.kind.name())
+            .append_to(batch)?;
         AuditEntry::ok(now, actor, &f.user_id, "factor.enroll")
             .with("factor_id", f.factor_id.clone())
             .with("kind", f.kind.name())
@@ -190,16 +176,9 @@ impl Sigil {
         self.enrollment_step_up(user_id, step_up, &snap, &mut batch)?;
         let mut rec = self.new_factor(user_id, Kind::Totp, nickname, now, &snap)?;
         let seed = zeroize::Zeroizing::new(self.random(totp::SECRET_LEN)?);
-        rec.secret = Some(
-            self.signer
-                .wrap(&seed, &secret_aad(user_id, &rec.factor_id))?,
-        );
+        rec.secret = Some(self.signer.wrap(&seed, &secret_aad(user_id, &rec.factor_id))?);
         let secret_base32 = BASE32_NOPAD.encode(&seed);
-        let account = if account_name.is_empty() {
-            user_id
-        } else {
-            account_name
-        };
+        let account = if account_name.is_empty() { user_id } else { account_name };
         let otpauth_uri = totp::otpauth_uri(&self.cfg.totp.issuer, account, &secret_base32);
         let qr_svg = totp::qr_svg(&otpauth_uri)?;
         batch.insert(
@@ -264,7 +243,7 @@ impl Sigil {
         let mut confirmed = f.clone();
         confirmed.totp_last_step = Some(step);
         let mut batch = Batch::new();
-        self.activate(actor, &confirmed, version, &snap, now, &mut batch)?;
+        self.activate(actor, &confirmed, Some(version), &snap, now, &mut batch)?;
         self.commit(&batch)?;
         tracing::info!(user = %user_id, factor = %factor_id, "TOTP factor activated");
         let (f, _) = self.factor(user_id, factor_id)?;
@@ -296,13 +275,7 @@ impl Sigil {
     /// Removes a factor. A live active factor needs a `remove_factor`
     /// approval whose memo is the factor id; removing it starts the
     /// security-change lock.
-    pub fn remove_factor(
-        &self,
-        actor: &str,
-        user_id: &str,
-        factor_id: &str,
-        step_up: &str,
-    ) -> Result<(), Error> {
+    pub fn remove_factor(&self, actor: &str, user_id: &str, factor_id: &str, step_up: &str) -> Result<(), Error> {
         check_id("user_id", user_id)?;
         check_id("factor_id", factor_id)?;
         let (f, version) = self.factor(user_id, factor_id)?;
@@ -337,20 +310,11 @@ impl Sigil {
             });
             self.lock_after_change(&mut batch, user_id, &snap, now, "factor removed")?;
         }
-        batch.delete(
-            Table::Factors,
-            FactorRecord::key(user_id, factor_id),
-            version,
-        );
-        Event::new(
-            EventKind::FactorRemoved,
-            user_id,
-            now,
-            snap.anti_phishing_code(),
-        )
-        .with("factor_id", factor_id)
-        .with("kind", f.kind.name())
-        .append_to(&mut batch)?;
+        batch.delete(Table::Factors, FactorRecord::key(user_id, factor_id), version);
+        Event::new(EventKind::FactorRemoved, user_id, now, snap.anti_phishing_code())
+            .with("factor_id", factor_id)
+            .with("kind", f.kind.name())
+            .append_to(&mut batch)?;
         AuditEntry::ok(now, actor, user_id, "factor.remove")
             .with("factor_id", factor_id)
             .append_to(&mut batch)?;

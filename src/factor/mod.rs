@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::store::{Table, Versioned};
 
+pub mod hardware;
 pub mod lockout;
 pub mod manage;
 pub mod totp;
@@ -124,6 +125,35 @@ pub struct FactorRecord {
     /// Set when the authenticator's counter went backwards.
     #[serde(default)]
     pub suspected_cloned: bool,
+    /// WebAuthn credential (public data only; counter included).
+    #[serde(default)]
+    pub webauthn: Option<webauthn::StoredCredential>,
+    /// YubiKey data (public id, OTP counters). The key material is in `secret`.
+    #[serde(default)]
+    pub yubikey: Option<YubikeyData>,
+}
+
+/// What Sigil keeps about a YubiKey factor besides its encrypted secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct YubikeyData {
+    /// Slot (1 or 2) the HMAC secret was written to; 0 if unknown.
+    pub slot: u32,
+    /// Yubico OTP public id (modhex).
+    pub public_id: String,
+    /// Newest accepted (usage counter, session counter) of Yubico OTPs.
+    pub otp_last: Option<(u16, u8)>,
+    /// HMAC: the pending enrollment challenge (base64url).
+    pub enroll_challenge: String,
+}
+
+/// Key of the credential index for a WebAuthn credential id.
+pub fn webauthn_index_key(credential_id: &str) -> Vec<u8> {
+    format!("webauthn/{credential_id}").into_bytes()
+}
+
+/// Key of the credential index for a YubiKey OTP public id.
+pub fn yubikey_index_key(public_id: &str) -> Vec<u8> {
+    format!("yubikey-otp/{public_id}").into_bytes()
 }
 
 impl FactorRecord {
@@ -136,8 +166,8 @@ impl FactorRecord {
 
     /// Decodes a stored record.
     pub fn decode(v: &Versioned) -> Result<Self, Error> {
-        let rec: FactorRecord = serde_json::from_slice(&v.value)
-            .map_err(|e| Error::Internal(format!("factor record unreadable: {e}")))?;
+        let rec: FactorRecord =
+            serde_json::from_slice(&v.value).map_err(|e| Error::Internal(format!("factor record unreadable: {e}")))?;
         if rec.v != FACTOR_RECORD_VERSION {
             return Err(Error::Internal(format!(
                 "factor record version {} is not supported",

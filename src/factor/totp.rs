@@ -81,8 +81,7 @@ pub fn verify(secret: &[u8], code: &str, now: i64, last_step: Option<u64>) -> Op
     let mut matched = None;
     for step in current.saturating_sub(WINDOW)..=current + WINDOW {
         let expected = code_at_step(secret, step);
-        let equal: bool =
-            subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), code.as_bytes()).into();
+        let equal: bool = subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), code.as_bytes()).into();
         let fresh = last_step.is_none_or(|last| step > last);
         if equal && fresh {
             matched = Some(step);
@@ -134,16 +133,8 @@ mod tests {
         for (t, c1, c256, c512) in RFC6238 {
             let step = step_at(t);
             assert_eq!(hotp(s1, step, 8, Algorithm::Sha1), c1, "sha1 at {t}");
-            assert_eq!(
-                hotp(s256, step, 8, Algorithm::Sha256),
-                c256,
-                "sha256 at {t}"
-            );
-            assert_eq!(
-                hotp(s512, step, 8, Algorithm::Sha512),
-                c512,
-                "sha512 at {t}"
-            );
+            assert_eq!(hotp(s256, step, 8, Algorithm::Sha256), c256, "sha256 at {t}");
+            assert_eq!(hotp(s512, step, 8, Algorithm::Sha512), c512, "sha512 at {t}");
         }
     }
 
@@ -153,10 +144,7 @@ mod tests {
             755224, 287082, 359152, 969429, 338314, 254676, 287922, 162583, 399871, 520489,
         ];
         for (i, want) in expected.iter().enumerate() {
-            assert_eq!(
-                hotp(b"12345678901234567890", i as u64, 6, Algorithm::Sha1),
-                *want
-            );
+            assert_eq!(hotp(b"12345678901234567890", i as u64, 6, Algorithm::Sha1), *want);
         }
     }
 
@@ -172,14 +160,8 @@ mod tests {
         let prev = code_at_step(s, step - 1);
         assert_eq!(verify(s, &prev, now, Some(step)), None);
         // One step either side is accepted, two are not.
-        assert_eq!(
-            verify(s, &code_at_step(s, step + 1), now, None),
-            Some(step + 1)
-        );
-        assert_eq!(
-            verify(s, &code_at_step(s, step - 1), now, None),
-            Some(step - 1)
-        );
+        assert_eq!(verify(s, &code_at_step(s, step + 1), now, None), Some(step + 1));
+        assert_eq!(verify(s, &code_at_step(s, step - 1), now, None), Some(step - 1));
         assert_eq!(verify(s, &code_at_step(s, step + 2), now, None), None);
         assert_eq!(verify(s, &code_at_step(s, step - 2), now, None), None);
         // Malformed codes never match.

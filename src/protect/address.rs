@@ -73,12 +73,10 @@ pub fn validate(field: &str, network: &str, address: &str) -> Result<(), Error> 
 
 fn bitcoin(address: &str, hrp: &str, versions: &[u8]) -> Result<(), String> {
     if address.to_ascii_lowercase().starts_with(&format!("{hrp}1")) {
-        let (h, _version, _program) = bech32::segwit::decode(address)
-            .map_err(|e| format!("'{address}' is not a valid segwit address: {e}"))?;
+        let (h, _version, _program) =
+            bech32::segwit::decode(address).map_err(|e| format!("'{address}' is not a valid segwit address: {e}"))?;
         if h.as_str() != hrp {
-            return Err(format!(
-                "'{address}' is for another Bitcoin network (expected {hrp}1…)"
-            ));
+            return Err(format!("'{address}' is for another Bitcoin network (expected {hrp}1…)"));
         }
         return Ok(());
     }
@@ -153,12 +151,7 @@ mod tests {
         ] {
             assert!(validate("a", "bitcoin", bad).is_err(), "{bad}");
         }
-        assert!(validate(
-            "a",
-            "bitcoin-testnet",
-            "tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx"
-        )
-        .is_ok());
+        assert!(validate("a", "bitcoin-testnet", "tb1qw508d6qejxtdg4y5r3zarvary0c5xw7kxpjzsx").is_ok());
     }
 
     #[test]

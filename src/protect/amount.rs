@@ -33,14 +33,11 @@ pub fn parse(s: &str) -> Option<u128> {
 pub fn compare(a: &str, b: &str) -> Ordering {
     let (ai, af) = a.split_once('.').unwrap_or((a, ""));
     let (bi, bf) = b.split_once('.').unwrap_or((b, ""));
-    ai.len()
-        .cmp(&bi.len())
-        .then_with(|| ai.cmp(bi))
-        .then_with(|| {
-            let n = af.len().max(bf.len());
-            let pad = |f: &str| format!("{f:0<n$}");
-            pad(af).cmp(&pad(bf))
-        })
+    ai.len().cmp(&bi.len()).then_with(|| ai.cmp(bi)).then_with(|| {
+        let n = af.len().max(bf.len());
+        let pad = |f: &str| format!("{f:0<n$}");
+        pad(af).cmp(&pad(bf))
+    })
 }
 
 /// Formats units of 10^-18 as a canonical decimal.
@@ -71,10 +68,7 @@ mod tests {
         );
         assert_eq!(compare("10", "9.99"), Ordering::Greater);
         assert_eq!(compare("1.05", "1.5"), Ordering::Less);
-        assert_eq!(
-            compare("123456789012345678901234567890", "2"),
-            Ordering::Greater
-        );
+        assert_eq!(compare("123456789012345678901234567890", "2"), Ordering::Greater);
         assert_eq!(compare("2", "2"), Ordering::Equal);
         assert_eq!(format(parse("1234.5678").unwrap_or(0)), "1234.5678");
         assert_eq!(format(parse("7").unwrap_or(0)), "7");

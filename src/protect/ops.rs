@@ -40,10 +40,7 @@ pub struct ReportItem {
 
 fn label_ok(label: &str) -> Result<(), Error> {
     if label.len() > 64 || label.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            "label",
-            "at most 64 bytes, no control characters",
-        ));
+        return Err(Error::invalid("label", "at most 64 bytes, no control characters"));
     }
     Ok(())
 }
@@ -112,18 +109,13 @@ impl Sigil {
             usable_announced: false,
         };
         batch.insert(Table::Addresses, key, encode(&rec)?);
-        Event::new(
-            EventKind::AddressAdded,
-            user_id,
-            now,
-            snap.anti_phishing_code(),
-        )
-        .with("asset", asset)
-        .with("network", network)
-        .with("address", addr)
-        .with("label", label)
-        .with("usable_at", rec.usable_at.to_string())
-        .append_to(&mut batch)?;
+        Event::new(EventKind::AddressAdded, user_id, now, snap.anti_phishing_code())
+            .with("asset", asset)
+            .with("network", network)
+            .with("address", addr)
+            .with("label", label)
+            .with("usable_at", rec.usable_at.to_string())
+            .append_to(&mut batch)?;
         AuditEntry::ok(now, actor, user_id, "address.add")
             .with("network", network)
             .with("address", addr)
@@ -157,11 +149,10 @@ impl Sigil {
         check_id("network", network)?;
         check_id("address", addr)?;
         let key = address::key(user_id, network, addr);
-        let stored = self.store.get(Table::Addresses, &key)?.ok_or_else(|| {
-            Error::NotFound(format!(
-                "{addr} ({network}) is not on the whitelist of '{user_id}'"
-            ))
-        })?;
+        let stored = self
+            .store
+            .get(Table::Addresses, &key)?
+            .ok_or_else(|| Error::NotFound(format!("{addr} ({network}) is not on the whitelist of '{user_id}'")))?;
         let now = self.now()?;
         let snap = self.snapshot(user_id)?;
         let mut batch = Batch::new();
@@ -181,15 +172,10 @@ impl Sigil {
             &mut batch,
         )?;
         batch.delete(Table::Addresses, key, stored.version);
-        Event::new(
-            EventKind::AddressRemoved,
-            user_id,
-            now,
-            snap.anti_phishing_code(),
-        )
-        .with("network", network)
-        .with("address", addr)
-        .append_to(&mut batch)?;
+        Event::new(EventKind::AddressRemoved, user_id, now, snap.anti_phishing_code())
+            .with("network", network)
+            .with("address", addr)
+            .append_to(&mut batch)?;
         AuditEntry::ok(now, actor, user_id, "address.remove")
             .with("network", network)
             .with("address", addr)
@@ -200,19 +186,10 @@ impl Sigil {
 
     /// Sets the anti-phishing code. Needs a `change_anti_phishing_code`
     /// approval whose memo is the new code; starts the security-change lock.
-    pub fn set_anti_phishing_code(
-        &self,
-        actor: &str,
-        user_id: &str,
-        code: &str,
-        approval: &str,
-    ) -> Result<i64, Error> {
+    pub fn set_anti_phishing_code(&self, actor: &str, user_id: &str, code: &str, approval: &str) -> Result<i64, Error> {
         check_id("user_id", user_id)?;
         if code.is_empty() || code.chars().count() > 32 || code.chars().any(char::is_control) {
-            return Err(Error::invalid(
-                "code",
-                "1 to 32 characters, no control characters",
-            ));
+            return Err(Error::invalid("code", "1 to 32 characters, no control characters"));
         }
         let now = self.now()?;
         let snap = self.snapshot(user_id)?;
@@ -251,13 +228,7 @@ impl Sigil {
             .max(now + self.cfg.protection.security_change_lock_seconds);
         user.security_lock_reason = "anti-phishing code changed".into();
         self.put_user(&mut batch, user_id, &snap, &user)?;
-        Event::new(
-            EventKind::AntiPhishingCodeChanged,
-            user_id,
-            now,
-            Some(code.to_string()),
-        )
-        .append_to(&mut batch)?;
+        Event::new(EventKind::AntiPhishingCodeChanged, user_id, now, Some(code.to_string())).append_to(&mut batch)?;
         AuditEntry::ok(now, actor, user_id, "anti_phishing.set").append_to(&mut batch)?;
         self.commit(&batch)?;
         Ok(now)
@@ -267,12 +238,7 @@ impl Sigil {
     /// of users) or of the listed users. Outstanding challenges and
     /// unredeemed approvals die with them. Returns the users affected
     /// (None for all).
-    pub fn revoke_factors(
-        &self,
-        actor: &str,
-        scope: Scope,
-        reason: &str,
-    ) -> Result<Option<usize>, Error> {
+    pub fn revoke_factors(&self, actor: &str, scope: Scope, reason: &str) -> Result<Option<usize>, Error> {
         if reason.trim().is_empty() || reason.len() > 512 {
             return Err(Error::invalid("reason", "is required (at most 512 bytes)"));
         }
@@ -328,13 +294,7 @@ impl Sigil {
     }
 
     /// Suspends approvals and redemptions globally or for users.
-    pub fn suspend(
-        &self,
-        actor: &str,
-        scope: Scope,
-        reason: &str,
-        until: Option<i64>,
-    ) -> Result<(), Error> {
+    pub fn suspend(&self, actor: &str, scope: Scope, reason: &str, until: Option<i64>) -> Result<(), Error> {
         if reason.trim().is_empty() || reason.len() > 512 {
             return Err(Error::invalid("reason", "is required (at most 512 bytes)"));
         }
@@ -360,19 +320,9 @@ impl Sigil {
         self.set_suspension(actor, scope, None, now)
     }
 
-    fn set_suspension(
-        &self,
-        actor: &str,
-        scope: Scope,
-        s: Option<Suspension>,
-        now: i64,
-    ) -> Result<(), Error> {
+    fn set_suspension(&self, actor: &str, scope: Scope, s: Option<Suspension>, now: i64) -> Result<(), Error> {
         let mut batch = Batch::new();
-        let what = if s.is_some() {
-            "admin.suspend"
-        } else {
-            "admin.resume"
-        };
+        let what = if s.is_some() { "admin.suspend" } else { "admin.resume" };
         let reason = s.as_ref().map(|s| s.reason.clone()).unwrap_or_default();
         match scope {
             Scope::All => {
@@ -402,15 +352,10 @@ impl Sigil {
                     let mut user = snap.user.clone();
                     user.suspension = s.clone();
                     self.put_user(&mut batch, u, &snap, &user)?;
-                    Event::new(
-                        EventKind::SuspensionChanged,
-                        u,
-                        now,
-                        snap.anti_phishing_code(),
-                    )
-                    .with("suspended", s.is_some().to_string())
-                    .with("reason", reason.clone())
-                    .append_to(&mut batch)?;
+                    Event::new(EventKind::SuspensionChanged, u, now, snap.anti_phishing_code())
+                        .with("suspended", s.is_some().to_string())
+                        .with("reason", reason.clone())
+                        .append_to(&mut batch)?;
                     AuditEntry::ok(now, actor, u, what)
                         .with("reason", reason.clone())
                         .append_to(&mut batch)?;
@@ -454,15 +399,10 @@ impl Sigil {
             let snap = self.snapshot(&rec.user_id)?;
             let mut batch = Batch::new();
             batch.update(Table::Addresses, key, v.version, encode(&rec)?);
-            Event::new(
-                EventKind::AddressUsable,
-                &rec.user_id,
-                now,
-                snap.anti_phishing_code(),
-            )
-            .with("network", rec.network.clone())
-            .with("address", rec.address.clone())
-            .append_to(&mut batch)?;
+            Event::new(EventKind::AddressUsable, &rec.user_id, now, snap.anti_phishing_code())
+                .with("network", rec.network.clone())
+                .with("address", rec.address.clone())
+                .append_to(&mut batch)?;
             match self.commit(&batch) {
                 Ok(_) => announced += 1,
                 Err(Error::FailedPrecondition(_)) => {} // changed meanwhile; next sweep
@@ -486,9 +426,7 @@ impl Sigil {
             }
         }
         let at = self.now()?;
-        let sig = self
-            .signer
-            .sign_audit(&audit::checkpoint_message(seq, &hash, at))?;
+        let sig = self.signer.sign_audit(&audit::checkpoint_message(seq, &hash, at))?;
         let c = Checkpoint {
             v: 1,
             seq,
@@ -529,11 +467,7 @@ impl Sigil {
             after = last.seq;
             entries.extend(page);
         }
-        Ok(audit::verify(
-            &entries,
-            &self.checkpoints()?,
-            self.signer.audit_jwk(),
-        ))
+        Ok(audit::verify(&entries, &self.checkpoints()?, self.signer.audit_jwk()))
     }
 
     /// Events after `after`, at most `limit`.
@@ -553,14 +487,7 @@ impl Sigil {
         let kinds: Vec<String> = Action::ALL
             .iter()
             .map(|a| {
-                let k: Vec<&str> = self
-                    .cfg
-                    .policy
-                    .action(*a)
-                    .kinds
-                    .iter()
-                    .map(|k| k.name())
-                    .collect();
+                let k: Vec<&str> = self.cfg.policy.action(*a).kinds.iter().map(|k| k.name()).collect();
                 format!("{}: {}", a.name(), k.join("/"))
             })
             .collect();
@@ -578,10 +505,7 @@ impl Sigil {
             Some(a) => ReportItem {
                 name: "anti_phishing_code_set_21_days",
                 ok: a.set_at <= deadline,
-                evidence: format!(
-                    "set at {}; needs to be set at or before {deadline}",
-                    a.set_at
-                ),
+                evidence: format!("set at {}; needs to be set at or before {deadline}", a.set_at),
             },
             None => ReportItem {
                 name: "anti_phishing_code_set_21_days",

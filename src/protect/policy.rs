@@ -32,12 +32,7 @@ use crate::error::Error;
 use crate::factor::Kind;
 
 /// All factor kinds.
-pub const ALL_KINDS: [Kind; 4] = [
-    Kind::Totp,
-    Kind::Webauthn,
-    Kind::YubikeyHmac,
-    Kind::YubikeyOtp,
-];
+pub const ALL_KINDS: [Kind; 4] = [Kind::Totp, Kind::Webauthn, Kind::YubikeyHmac, Kind::YubikeyOtp];
 /// Kinds backed by hardware.
 pub const HARDWARE_KINDS: [Kind; 3] = [Kind::Webauthn, Kind::YubikeyHmac, Kind::YubikeyOtp];
 
@@ -124,8 +119,7 @@ pub struct Decision {
 impl Policy {
     /// Parses a policy file.
     pub fn from_toml(text: &str) -> Result<Policy, Error> {
-        let p: Policy =
-            toml::from_str(text).map_err(|e| Error::invalid("policy", e.to_string()))?;
+        let p: Policy = toml::from_str(text).map_err(|e| Error::invalid("policy", e.to_string()))?;
         p.validate()?;
         Ok(p)
     }
@@ -134,10 +128,7 @@ impl Policy {
     pub fn validate(&self) -> Result<(), Error> {
         for (name, a) in &self.actions {
             if Action::parse(name).is_none() {
-                return Err(Error::invalid(
-                    "policy.actions",
-                    format!("unknown action '{name}'"),
-                ));
+                return Err(Error::invalid("policy.actions", format!("unknown action '{name}'")));
             }
             if a.kinds.is_empty() {
                 return Err(Error::invalid(
@@ -222,12 +213,7 @@ impl Policy {
 }
 
 /// Why `intent` would exceed `rule`, if it does.
-fn exceeds(
-    rule: &VelocityRule,
-    intent: &Intent,
-    recent: &[RecentWithdrawal],
-    now: i64,
-) -> Option<String> {
+fn exceeds(rule: &VelocityRule, intent: &Intent, recent: &[RecentWithdrawal], now: i64) -> Option<String> {
     let same: Vec<&RecentWithdrawal> = recent.iter().filter(|r| r.asset == rule.asset).collect();
     if let Some(max) = rule.max_count_1h {
         let count = same.iter().filter(|r| r.at > now - 3600).count() + 1;
@@ -296,15 +282,11 @@ mod tests {
         let dev = DeviceSignals::default();
         let u = UserRecord::default();
         assert_eq!(
-            p.decide(Action::Withdrawal, &wd("1"), &dev, &u, 0)
-                .unwrap()
-                .kinds,
+            p.decide(Action::Withdrawal, &wd("1"), &dev, &u, 0).unwrap().kinds,
             vec![Kind::Totp, Kind::Webauthn]
         );
         assert_eq!(
-            p.decide(Action::Withdrawal, &wd("1.00001"), &dev, &u, 0)
-                .unwrap()
-                .kinds,
+            p.decide(Action::Withdrawal, &wd("1.00001"), &dev, &u, 0).unwrap().kinds,
             vec![Kind::Webauthn]
         );
         let mut u = UserRecord::default();
@@ -313,13 +295,9 @@ mod tests {
             asset: "BTC".into(),
             amount: "1.5".into(),
         });
-        let d = p
-            .decide(Action::Withdrawal, &wd("0.5"), &dev, &u, 200)
-            .unwrap();
+        let d = p.decide(Action::Withdrawal, &wd("0.5"), &dev, &u, 200).unwrap();
         assert!(d.suspend.is_none(), "exactly at the limit is allowed");
-        let d = p
-            .decide(Action::Withdrawal, &wd("0.6"), &dev, &u, 200)
-            .unwrap();
+        let d = p.decide(Action::Withdrawal, &wd("0.6"), &dev, &u, 200).unwrap();
         assert!(d.suspend.unwrap().contains("2.1 BTC"));
         // A day later the old withdrawal no longer counts.
         assert!(p

@@ -39,11 +39,16 @@ pub enum Table {
     Audit,
     /// Signed audit checkpoints, keyed by the audit sequence they cover.
     Checkpoints,
+    /// Server-side WebAuthn registration ceremonies, keyed by ceremony id.
+    Ceremonies,
+    /// Unique credential identifiers (WebAuthn credential ids, YubiKey
+    /// public ids) → `user 0x00 factor_id`.
+    Credentials,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 11] = [
         Table::Factors,
         Table::Challenges,
         Table::Approvals,
@@ -53,6 +58,8 @@ impl Table {
         Table::Events,
         Table::Audit,
         Table::Checkpoints,
+        Table::Ceremonies,
+        Table::Credentials,
     ];
 
     /// The table's name in the backend.
@@ -67,6 +74,8 @@ impl Table {
             Table::Events => "events",
             Table::Audit => "audit",
             Table::Checkpoints => "checkpoints",
+            Table::Ceremonies => "ceremonies",
+            Table::Credentials => "credentials",
         }
     }
 
@@ -166,13 +175,7 @@ impl Batch {
     }
 
     /// Adds a write that replaces `key` if it still has `version`.
-    pub fn update(
-        &mut self,
-        table: Table,
-        key: impl Into<Vec<u8>>,
-        version: u64,
-        value: Vec<u8>,
-    ) -> &mut Self {
+    pub fn update(&mut self, table: Table, key: impl Into<Vec<u8>>, version: u64, value: Vec<u8>) -> &mut Self {
         self.ops.push(Op::Put {
             table,
             key: key.into(),
@@ -269,11 +272,7 @@ pub trait Store: Send + Sync {
     /// Reads one record.
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Versioned>, StoreError>;
     /// Reads every record whose key starts with `prefix`, in key order.
-    fn scan_prefix(
-        &self,
-        table: Table,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Versioned)>, StoreError>;
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Versioned)>, StoreError>;
     /// Applies `batch` atomically and durably, or returns an error having
     /// written nothing. Returns the sequence numbers assigned to the batch's
     /// [`Op::Append`]s, in order.

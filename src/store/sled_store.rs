@@ -11,9 +11,7 @@ use std::sync::{Condvar, Mutex};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 
-use super::{
-    chain_hash, log_head_key, Batch, Expect, LogEntry, Op, Store, StoreError, Table, Versioned,
-};
+use super::{chain_hash, log_head_key, Batch, Expect, LogEntry, Op, Store, StoreError, Table, Versioned};
 
 /// sled-backed [`Store`].
 pub struct SledStore {
@@ -29,12 +27,7 @@ impl SledStore {
             .path(path)
             .mode(sled::Mode::HighThroughput)
             .open()
-            .map_err(|e| {
-                StoreError::Unavailable(format!(
-                    "cannot open sled store at {}: {e}",
-                    path.display()
-                ))
-            })?;
+            .map_err(|e| StoreError::Unavailable(format!("cannot open sled store at {}: {e}", path.display())))?;
         let mut trees = Vec::with_capacity(Table::ALL.len());
         for t in Table::ALL {
             trees.push(db.open_tree(t.name()).map_err(unavailable)?);
@@ -58,9 +51,7 @@ fn unavailable(e: sled::Error) -> StoreError {
 
 fn decode(raw: &[u8]) -> Result<Versioned, StoreError> {
     if raw.len() < 8 {
-        return Err(StoreError::Corrupt(
-            "value shorter than its version header".into(),
-        ));
+        return Err(StoreError::Corrupt("value shorter than its version header".into()));
     }
     let mut v = [0u8; 8];
     v.copy_from_slice(&raw[..8]);
@@ -118,11 +109,7 @@ impl Store for SledStore {
         }
     }
 
-    fn scan_prefix(
-        &self,
-        table: Table,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Versioned)>, StoreError> {
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Versioned)>, StoreError> {
         let mut out = Vec::new();
         for item in self.tree(table).scan_prefix(prefix) {
             let (k, v) = item.map_err(unavailable)?;
@@ -153,20 +140,18 @@ impl Store for SledStore {
                     }
                     Op::Append { log, value } => {
                         if !log.is_log() {
-                            return Err(ConflictableTransactionError::Abort(StoreError::Corrupt(
-                                format!("{} is not a log", log.name()),
-                            )));
+                            return Err(ConflictableTransactionError::Abort(StoreError::Corrupt(format!(
+                                "{} is not a log",
+                                log.name()
+                            ))));
                         }
                         let meta = &txs[pos(Table::Meta)];
                         let head_key = log_head_key(*log);
                         let head = match meta.get(&head_key)? {
                             None => None,
-                            Some(raw) => {
-                                Some(decode(&raw).map_err(ConflictableTransactionError::Abort)?)
-                            }
+                            Some(raw) => Some(decode(&raw).map_err(ConflictableTransactionError::Abort)?),
                         };
-                        let (hv, seq, prev) =
-                            decode_head(head).map_err(ConflictableTransactionError::Abort)?;
+                        let (hv, seq, prev) = decode_head(head).map_err(ConflictableTransactionError::Abort)?;
                         let seq = seq + 1;
                         let hash = chain_hash(&prev, seq, value);
                         let mut entry = hash.to_vec();
@@ -177,18 +162,12 @@ impl Store for SledStore {
                         meta.insert(head_key, encode(hv + 1, &head_val))?;
                         seqs.push(seq);
                     }
-                    Op::Put {
-                        key, value, expect, ..
-                    } => {
+                    Op::Put { key, value, expect, .. } => {
                         let cur = current_version(tx, key)?;
                         let next = match (expect, cur) {
                             (Expect::Absent, None) => 1,
                             (Expect::Version(want), Some(have)) if *want == have => have + 1,
-                            _ => {
-                                return Err(ConflictableTransactionError::Abort(
-                                    StoreError::Conflict,
-                                ))
-                            }
+                            _ => return Err(ConflictableTransactionError::Abort(StoreError::Conflict)),
                         };
                         tx.insert(key.as_slice(), encode(next, value))?;
                     }

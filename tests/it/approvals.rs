@@ -67,17 +67,14 @@ async fn full_flow_issue_verify_redeem_once() {
     );
     let v = Verifier::new(&keys, "sigil", "withdrawal-engine").unwrap();
     let now = s.clock.now_secs();
-    let c = v
-        .verify_for(&done.approval, &domain_intent(&intent), now)
-        .unwrap();
+    let c = v.verify_for(&done.approval, &domain_intent(&intent), now).unwrap();
     assert_eq!(c.sub, "alice");
     assert_eq!(c.act, "withdrawal");
     assert_eq!(c.jti, done.jti);
     assert_eq!(c.exp - c.iat, 120);
     assert_eq!(c.intent_sha256, b64url::encode(&b.intent_sha256));
     let header: serde_json::Value =
-        serde_json::from_slice(&b64url::decode(done.approval.split('.').next().unwrap()).unwrap())
-            .unwrap();
+        serde_json::from_slice(&b64url::decode(done.approval.split('.').next().unwrap()).unwrap()).unwrap();
     assert_eq!(header["alg"], "ES256");
     assert_eq!(header["kid"], keys.keys[0].kid.as_str());
 
@@ -144,8 +141,7 @@ async fn any_changed_intent_field_is_refused() {
         };
         field.push('0');
         assert_eq!(
-            v.verify_for(&token, &domain_intent(&changed), now)
-                .unwrap_err(),
+            v.verify_for(&token, &domain_intent(&changed), now).unwrap_err(),
             VerifyError::IntentMismatch { field: name }
         );
         // Sigil's own redemption refuses it too, and redeems nothing.
@@ -168,10 +164,7 @@ async fn any_changed_intent_field_is_refused() {
         b64url::encode(&serde_json::to_vec(&c).unwrap()),
         parts[2]
     );
-    assert_eq!(
-        v.verify(&forged, now).unwrap_err(),
-        VerifyError::BadSignature
-    );
+    assert_eq!(v.verify(&forged, now).unwrap_err(), VerifyError::BadSignature);
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
             approval: forged,
@@ -252,26 +245,15 @@ async fn foreign_keys_and_weak_algorithms_are_refused() {
 
     let rng = SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let attacker =
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let attacker = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
     let pt = attacker.public_key().as_ref();
-    let attacker_kid = Jwk::from_p256_point(
-        pt[1..33].try_into().unwrap(),
-        pt[33..65].try_into().unwrap(),
-    )
-    .kid;
+    let attacker_kid = Jwk::from_p256_point(pt[1..33].try_into().unwrap(), pt[33..65].try_into().unwrap()).kid;
 
     // Signed by a key outside the JWKS, under its own kid and under Sigil's kid.
     let own_kid = sign_with(&attacker, &attacker_kid, &claims);
-    assert!(matches!(
-        v.verify(&own_kid, now),
-        Err(VerifyError::UnknownKey(_))
-    ));
+    assert!(matches!(v.verify(&own_kid, now), Err(VerifyError::UnknownKey(_))));
     let stolen_kid = sign_with(&attacker, &kid, &claims);
-    assert_eq!(
-        v.verify(&stolen_kid, now).unwrap_err(),
-        VerifyError::BadSignature
-    );
+    assert_eq!(v.verify(&stolen_kid, now).unwrap_err(), VerifyError::BadSignature);
     // alg none and HS256 (keyed with the public x coordinate).
     let none = forged_token(
         &format!(r#"{{"alg":"none","kid":"{kid}","typ":"sigil-approval+jwt"}}"#),
@@ -288,16 +270,10 @@ async fn foreign_keys_and_weak_algorithms_are_refused() {
         b64url::encode(hs_header.as_bytes()),
         b64url::encode(&serde_json::to_vec(&claims).unwrap())
     );
-    let mac_key = ring::hmac::Key::new(
-        ring::hmac::HMAC_SHA256,
-        &b64url::decode(&keys.keys[0].x).unwrap(),
-    );
+    let mac_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &b64url::decode(&keys.keys[0].x).unwrap());
     let mac = ring::hmac::sign(&mac_key, hs_input.as_bytes());
     let hs = format!("{hs_input}.{}", b64url::encode(mac.as_ref()));
-    assert!(matches!(
-        v.verify(&hs, now),
-        Err(VerifyError::UnsupportedAlgorithm(_))
-    ));
+    assert!(matches!(v.verify(&hs, now), Err(VerifyError::UnsupportedAlgorithm(_))));
 
     // Sigil's redemption refuses all of them and redeems nothing.
     for forged in [own_kid, stolen_kid, none, hs] {
@@ -377,9 +353,7 @@ async fn state_survives_restart_and_store_holds_no_seed() {
     let mut a = s.approvals("withdrawal-engine").await;
     let mut f = s.factors("frontend").await;
     let list = f
-        .list_factors(pb::ListFactorsRequest {
-            user_id: "judy".into(),
-        })
+        .list_factors(pb::ListFactorsRequest { user_id: "judy".into() })
         .await
         .unwrap()
         .into_inner();
@@ -419,10 +393,7 @@ async fn state_survives_restart_and_store_holds_no_seed() {
     let needles: Vec<Vec<u8>> = vec![
         seed.clone(),
         data_encoding::BASE32_NOPAD.encode(&seed).into_bytes(),
-        data_encoding::BASE32_NOPAD
-            .encode(&seed)
-            .to_lowercase()
-            .into_bytes(),
+        data_encoding::BASE32_NOPAD.encode(&seed).to_lowercase().into_bytes(),
         data_encoding::HEXLOWER.encode(&seed).into_bytes(),
         data_encoding::HEXUPPER.encode(&seed).into_bytes(),
         data_encoding::BASE64.encode(&seed).into_bytes(),

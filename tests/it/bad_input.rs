@@ -23,10 +23,7 @@ async fn malformed_intents_are_invalid_argument_naming_the_field_and_write_nothi
             }),
             "intent.user_id",
         ),
-        (
-            Box::new(|i| i.withdrawal_id = String::new()),
-            "intent.withdrawal_id",
-        ),
+        (Box::new(|i| i.withdrawal_id = String::new()), "intent.withdrawal_id"),
         (
             Box::new({
                 let l = long.clone();
@@ -41,10 +38,7 @@ async fn malformed_intents_are_invalid_argument_naming_the_field_and_write_nothi
             }),
             "intent.destination",
         ),
-        (
-            Box::new(|i| i.destination = String::new()),
-            "intent.destination",
-        ),
+        (Box::new(|i| i.destination = String::new()), "intent.destination"),
         (Box::new(|i| i.amount = ".5".into()), "intent.amount"),
         (Box::new(|i| i.amount = "012".into()), "intent.amount"),
         (Box::new(|i| i.amount = "1.50".into()), "intent.amount"),
@@ -52,10 +46,7 @@ async fn malformed_intents_are_invalid_argument_naming_the_field_and_write_nothi
         (Box::new(|i| i.amount = "+1".into()), "intent.amount"),
         (Box::new(|i| i.amount = "1e3".into()), "intent.amount"),
         (Box::new(|i| i.amount = "0".into()), "intent.amount"),
-        (
-            Box::new(|i| i.amount = "0.123456789".into()),
-            "intent.amount",
-        ), // BTC has 8 decimals
+        (Box::new(|i| i.amount = "0.123456789".into()), "intent.amount"), // BTC has 8 decimals
         (Box::new(|i| i.asset = String::new()), "intent.asset"),
     ];
     let before = snapshot(s.sigil());
@@ -84,11 +75,7 @@ async fn malformed_intents_are_invalid_argument_naming_the_field_and_write_nothi
         "intent",
     );
     assert!(st.get_details_bad_request().is_some());
-    assert_eq!(
-        before,
-        snapshot(s.sigil()),
-        "a rejected request writes nothing"
-    );
+    assert_eq!(before, snapshot(s.sigil()), "a rejected request writes nothing");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -107,8 +94,7 @@ async fn bad_proofs_and_unknown_things() {
     let before = snapshot(s.sigil());
     for bad in ["", "12345", "1234567", "12a456"] {
         assert_status(
-            a.complete_approval(totp_proof(&b.challenge_id, "liam", bad, ""))
-                .await,
+            a.complete_approval(totp_proof(&b.challenge_id, "liam", bad, "")).await,
             Code::InvalidArgument,
             "totp.code",
         );
@@ -118,14 +104,9 @@ async fn bad_proofs_and_unknown_things() {
         user_id: "liam".into(),
         proof: None,
     };
+    assert_status(a.complete_approval(no_proof).await, Code::InvalidArgument, "proof");
     assert_status(
-        a.complete_approval(no_proof).await,
-        Code::InvalidArgument,
-        "proof",
-    );
-    assert_status(
-        a.complete_approval(totp_proof("", "liam", "123456", ""))
-            .await,
+        a.complete_approval(totp_proof("", "liam", "123456", "")).await,
         Code::InvalidArgument,
         "challenge_id",
     );
@@ -142,25 +123,15 @@ async fn bad_proofs_and_unknown_things() {
         "ch_unknown",
     );
     assert_status(
-        a.complete_approval(totp_proof(
-            &b.challenge_id,
-            "liam",
-            &s.code(&seed, 0),
-            "f_nope",
-        ))
-        .await,
+        a.complete_approval(totp_proof(&b.challenge_id, "liam", &s.code(&seed, 0), "f_nope"))
+            .await,
         Code::NotFound,
         "f_nope",
     );
-    assert_eq!(
-        before,
-        snapshot(s.sigil()),
-        "rejected requests write nothing"
-    );
+    assert_eq!(before, snapshot(s.sigil()), "rejected requests write nothing");
     let mut e = s.approvals("withdrawal-engine").await;
     assert_status(
-        e.redeem_approval(pb::RedeemApprovalRequest::default())
-            .await,
+        e.redeem_approval(pb::RedeemApprovalRequest::default()).await,
         Code::InvalidArgument,
         "approval",
     );
@@ -203,11 +174,7 @@ async fn bad_proofs_and_unknown_things() {
         Code::InvalidArgument,
         "user_id",
     );
-    assert_eq!(
-        before,
-        snapshot(s.sigil()),
-        "rejected requests write nothing"
-    );
+    assert_eq!(before, snapshot(s.sigil()), "rejected requests write nothing");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -238,9 +205,5 @@ async fn hsm_session_loss_recovers_and_key_loss_fails_closed() {
         .complete_approval(totp_proof(&b.challenge_id, "mia", &s.code(&seed, 0), ""))
         .await;
     assert_status(r, Code::Unavailable, "HSM");
-    assert_eq!(
-        before,
-        snapshot(s.sigil()),
-        "nothing consumed when the HSM cannot sign"
-    );
+    assert_eq!(before, snapshot(s.sigil()), "nothing consumed when the HSM cannot sign");
 }

@@ -81,10 +81,7 @@ fn sigterm(d: Daemon) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(status) = d.child.try_wait().unwrap() {
-            assert!(
-                status.success(),
-                "sigild exited with {status} after SIGTERM"
-            );
+            assert!(status.success(), "sigild exited with {status} after SIGTERM");
             return;
         }
         assert!(
@@ -130,12 +127,7 @@ async fn clients(
 }
 
 fn real_step() -> u64 {
-    totp::step_at(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64,
-    )
+    totp::step_at(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -149,11 +141,7 @@ async fn sigild_binary_full_flow_and_restart() {
     )
     .unwrap();
     std::fs::create_dir_all(dir.path().join("tokens")).unwrap();
-    sigil_hsm::write_softhsm_conf(
-        &dir.path().join("softhsm2.conf"),
-        &dir.path().join("tokens"),
-    )
-    .unwrap();
+    sigil_hsm::write_softhsm_conf(&dir.path().join("softhsm2.conf"), &dir.path().join("tokens")).unwrap();
     let mut init = Command::new(env!("CARGO_BIN_EXE_sigil"));
     envs(&mut init, dir.path());
     let out = init.args(["hsm", "init"]).output().unwrap();
@@ -164,9 +152,7 @@ async fn sigild_binary_full_flow_and_restart() {
     );
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
-        text.contains("created token")
-            && text.contains("approval key")
-            && text.contains("secrets key"),
+        text.contains("created token") && text.contains("approval key") && text.contains("secrets key"),
         "{text}"
     );
     assert!(!text.contains("bin-test-pin-1"), "the PIN is never printed");
@@ -181,9 +167,7 @@ async fn sigild_binary_full_flow_and_restart() {
         .await
         .unwrap()
         .into_inner();
-    let seed = data_encoding::BASE32_NOPAD
-        .decode(e.secret_base32.as_bytes())
-        .unwrap();
+    let seed = data_encoding::BASE32_NOPAD.decode(e.secret_base32.as_bytes()).unwrap();
     let s0 = real_step();
     f.confirm_totp_enrollment(pb::ConfirmTotpEnrollmentRequest {
         user_id: "zoe".into(),
@@ -219,9 +203,7 @@ async fn sigild_binary_full_flow_and_restart() {
     let d = start_daemon(dir.path());
     let (mut f, mut a) = clients(&d.url).await;
     let list = f
-        .list_factors(pb::ListFactorsRequest {
-            user_id: "zoe".into(),
-        })
+        .list_factors(pb::ListFactorsRequest { user_id: "zoe".into() })
         .await
         .unwrap()
         .into_inner();
@@ -235,9 +217,7 @@ async fn sigild_binary_full_flow_and_restart() {
         .await
         .unwrap()
         .into_inner();
-    let r = a
-        .complete_approval(totp_proof(&b.challenge_id, "zoe", &code, ""))
-        .await;
+    let r = a.complete_approval(totp_proof(&b.challenge_id, "zoe", &code, "")).await;
     assert_status(r, Code::PermissionDenied, "not accepted");
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {

@@ -56,11 +56,7 @@ pub fn gen_client(dir: &Path, name: &str, uri: Option<&str>) {
         c.arg(u);
     }
     let st = c.output().expect("run certs/gen.sh --client");
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
 }
 
 fn env() -> &'static Env {
@@ -75,11 +71,7 @@ fn env() -> &'static Env {
         let certs = tempfile::tempdir().expect("tempdir");
         gen_certs(certs.path());
         gen_client(certs.path(), "norole", None);
-        gen_client(
-            certs.path(),
-            "badrole",
-            Some("spiffe://sigil/role/superuser"),
-        );
+        gen_client(certs.path(), "badrole", Some("spiffe://sigil/role/superuser"));
         Env {
             _hsm_dir: hsm_dir,
             certs,
@@ -106,12 +98,8 @@ pub fn new_token(cfg: &mut Config) {
     cfg.hsm.token_label = label;
     cfg.hsm.pool_size = 4;
     let _g = TOKEN_INIT.lock().unwrap_or_else(|p| p.into_inner());
-    sigil::signer::init_token(
-        cfg,
-        &SecretString::from("it-so-pin-0815"),
-        &SecretString::from(PIN),
-    )
-    .expect("create test token");
+    sigil::signer::init_token(cfg, &SecretString::from("it-so-pin-0815"), &SecretString::from(PIN))
+        .expect("create test token");
 }
 
 /// A running in-process server.
@@ -122,6 +110,8 @@ pub struct TestServer {
     pub sigil: Option<Arc<Sigil>>,
     running: Option<Running>,
     pub url: String,
+    /// WebAuthn attestation roots (PEM) trusted by this server.
+    pub attestation_roots: Vec<String>,
 }
 
 impl TestServer {
@@ -141,6 +131,11 @@ impl TestServer {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        Self::start_with_roots(tweak, Vec::new()).await
+    }
+
+    /// Like `start_with`, trusting these WebAuthn attestation roots (PEM).
+    pub async fn start_with_roots(tweak: impl FnOnce(&mut Config), attestation_roots: Vec<String>) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let certs = certs_dir();
         let mut cfg = Config::for_test(dir.path());
@@ -158,6 +153,7 @@ impl TestServer {
             sigil: None,
             running: None,
             url: String::new(),
+            attestation_roots,
         };
         s.boot().await;
         s
@@ -171,15 +167,17 @@ impl TestServer {
             .unwrap()
             .expect("signer");
         let store = Arc::new(SledStore::open(&self.cfg.store.path).expect("store"));
-        let sigil = Arc::new(Sigil::new(
-            self.cfg.clone(),
-            store,
-            signer,
-            self.clock.clone(),
-        ));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let sigil = Arc::new(
+            Sigil::with_attestation_roots(
+                self.cfg.clone(),
+                store,
+                signer,
+                self.clock.clone(),
+                &self.attestation_roots,
+            )
+            .expect("sigil"),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let tls = server::tls_config(&self.cfg.server).expect("tls");
         let running = server::start(sigil.clone(), tls, listener, std::future::pending())
             .await
@@ -231,10 +229,7 @@ impl TestServer {
         ApprovalServiceClient::new(self.channel(role).await)
     }
 
-    pub async fn account(
-        &self,
-        role: &str,
-    ) -> sigil::pb::account_service_client::AccountServiceClient<Channel> {
+    pub async fn account(&self, role: &str) -> sigil::pb::account_service_client::AccountServiceClient<Channel> {
         sigil::pb::account_service_client::AccountServiceClient::new(self.channel(role).await)
     }
 
@@ -242,26 +237,13 @@ impl TestServer {
         sigil::pb::admin_service_client::AdminServiceClient::new(self.channel("admin").await)
     }
 
-    pub async fn events(
-        &self,
-        role: &str,
-    ) -> sigil::pb::event_service_client::EventServiceClient<Channel> {
+    pub async fn events(&self, role: &str) -> sigil::pb::event_service_client::EventServiceClient<Channel> {
         sigil::pb::event_service_client::EventServiceClient::new(self.channel(role).await)
     }
 
     /// Adds `addr` to `user`'s whitelist with an add_address approval.
-    pub async fn whitelist(
-        &self,
-        user: &str,
-        seed: &[u8],
-        network: &str,
-        addr: &str,
-    ) -> pb::WhitelistedAddress {
-        let asset = if network.starts_with("bitcoin") {
-            "BTC"
-        } else {
-            "ETH"
-        };
+    pub async fn whitelist(&self, user: &str, seed: &[u8], network: &str, addr: &str) -> pb::WhitelistedAddress {
+        let asset = if network.starts_with("bitcoin") { "BTC" } else { "ETH" };
         let intent = pb::Intent {
             action: "add_address".into(),
             user_id: user.into(),
@@ -293,17 +275,14 @@ impl TestServer {
     pub async fn collect_events(&self, cursor: u64) -> Vec<pb::Event> {
         let mut c = self.events("admin").await;
         let mut stream = c
-            .watch_events(pb::WatchEventsRequest {
-                after_cursor: cursor,
-            })
+            .watch_events(pb::WatchEventsRequest { after_cursor: cursor })
             .await
             .expect("watch")
             .into_inner();
         let mut out = Vec::new();
-        while let Ok(Some(Ok(e))) =
-            tokio::time::timeout(std::time::Duration::from_millis(700), stream.message())
-                .await
-                .map(|r| r.transpose())
+        while let Ok(Some(Ok(e))) = tokio::time::timeout(std::time::Duration::from_millis(700), stream.message())
+            .await
+            .map(|r| r.transpose())
         {
             out.push(e);
         }
@@ -354,12 +333,7 @@ impl TestServer {
             .expect("begin approval")
             .into_inner();
         let r = a
-            .complete_approval(totp_proof(
-                &b.challenge_id,
-                &intent.user_id,
-                &self.code(seed, 0),
-                "",
-            ))
+            .complete_approval(totp_proof(&b.challenge_id, &intent.user_id, &self.code(seed, 0), ""))
             .await
             .expect("complete approval")
             .into_inner();
@@ -368,12 +342,7 @@ impl TestServer {
     }
 }
 
-pub fn totp_proof(
-    challenge_id: &str,
-    user: &str,
-    code: &str,
-    factor_id: &str,
-) -> pb::CompleteApprovalRequest {
+pub fn totp_proof(challenge_id: &str, user: &str, code: &str, factor_id: &str) -> pb::CompleteApprovalRequest {
     pb::CompleteApprovalRequest {
         challenge_id: challenge_id.into(),
         user_id: user.into(),

@@ -60,9 +60,7 @@ async fn security_lock_and_address_hold_open_at_the_right_moment() {
     let events = s.collect_events(0).await;
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
     assert!(
-        kinds.contains(&"factor_enrolled")
-            && kinds.contains(&"address_added")
-            && kinds.contains(&"address_usable"),
+        kinds.contains(&"factor_enrolled") && kinds.contains(&"address_added") && kinds.contains(&"address_usable"),
         "{kinds:?}"
     );
     // Changing the anti-phishing code locks withdrawals again.
@@ -88,11 +86,7 @@ async fn security_lock_and_address_hold_open_at_the_right_moment() {
         "anti-phishing code changed",
     );
     s.clock.advance(DAY);
-    let b = a
-        .begin_approval(wd("alice", "w2"))
-        .await
-        .unwrap()
-        .into_inner();
+    let b = a.begin_approval(wd("alice", "w2")).await.unwrap().into_inner();
     assert_eq!(
         b.anti_phishing_code, "blue-fox",
         "the summary carries the anti-phishing code"
@@ -164,18 +158,14 @@ async fn adding_an_address_needs_a_matching_approval() {
         "address",
     );
     let list = acc
-        .list_addresses(pb::ListAddressesRequest {
-            user_id: "bob".into(),
-        })
+        .list_addresses(pb::ListAddressesRequest { user_id: "bob".into() })
         .await
         .unwrap()
         .into_inner();
     assert!(list.addresses.is_empty());
     s.whitelist("bob", &seed, "bitcoin", ADDR).await;
     let list = acc
-        .list_addresses(pb::ListAddressesRequest {
-            user_id: "bob".into(),
-        })
+        .list_addresses(pb::ListAddressesRequest { user_id: "bob".into() })
         .await
         .unwrap()
         .into_inner();
@@ -210,9 +200,7 @@ async fn adding_an_address_needs_a_matching_approval() {
     .await
     .unwrap();
     let list = acc
-        .list_addresses(pb::ListAddressesRequest {
-            user_id: "bob".into(),
-        })
+        .list_addresses(pb::ListAddressesRequest { user_id: "bob".into() })
         .await
         .unwrap()
         .into_inner();
@@ -274,12 +262,7 @@ async fn revoking_everyone_kills_challenges_and_unredeemed_approvals() {
     );
 
     let r = a
-        .complete_approval(totp_proof(
-            &in_flight.challenge_id,
-            "carol",
-            &s.code(&seed, 0),
-            "",
-        ))
+        .complete_approval(totp_proof(&in_flight.challenge_id, "carol", &s.code(&seed, 0), ""))
         .await;
     assert_status(r, Code::FailedPrecondition, "revoked");
     let r = a
@@ -448,16 +431,8 @@ async fn suspension_blocks_approvals_and_redemptions_until_lifted_or_expired() {
     );
     s.clock.set(until);
     a.begin_approval(wd("gus", "w3")).await.unwrap();
-    let kinds: Vec<String> = s
-        .collect_events(0)
-        .await
-        .into_iter()
-        .map(|e| e.kind)
-        .collect();
-    assert_eq!(
-        kinds.iter().filter(|k| *k == "suspension_changed").count(),
-        3
-    );
+    let kinds: Vec<String> = s.collect_events(0).await.into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "suspension_changed").count(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -581,11 +556,7 @@ async fn protection_report_counts_21_days_of_anti_phishing_code() {
         user_id: "ivy".into(),
         as_of,
     };
-    let st = acc
-        .get_account_protection_status(report(0))
-        .await
-        .unwrap()
-        .into_inner();
+    let st = acc.get_account_protection_status(report(0)).await.unwrap().into_inner();
     let apc = st
         .items
         .iter()
@@ -632,11 +603,7 @@ async fn protection_report_counts_21_days_of_anti_phishing_code() {
     let tok = s.approve(&withdrawal("ivy", "w1"), &seed).await;
     assert!(!tok.is_empty());
     let events = s.collect_events(0).await;
-    let last = events
-        .iter()
-        .rev()
-        .find(|e| e.kind == "approval_issued")
-        .unwrap();
+    let last = events.iter().rev().find(|e| e.kind == "approval_issued").unwrap();
     assert_eq!(last.anti_phishing_code, "owl");
     assert_eq!(last.user_id, "ivy");
 }
@@ -655,9 +622,7 @@ async fn event_stream_resumes_after_restart_without_gaps() {
     // A watcher that is live while events are appended gets them as they come.
     let mut c = s.events("frontend").await;
     let mut stream = c
-        .watch_events(pb::WatchEventsRequest {
-            after_cursor: cursor,
-        })
+        .watch_events(pb::WatchEventsRequest { after_cursor: cursor })
         .await
         .unwrap()
         .into_inner();
@@ -703,8 +668,7 @@ async fn audit_chain_verifies_and_a_flipped_byte_is_named() {
             .unwrap();
         (
             out.status.success(),
-            String::from_utf8_lossy(&out.stdout).to_string()
-                + &String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
         )
     };
     let (ok, text) = run(&["audit", "verify"]);
@@ -737,19 +701,10 @@ async fn audit_chain_verifies_and_a_flipped_byte_is_named() {
     let i = value.len() - 5;
     value[i] ^= 0x01;
     let mut b = sigil::store::Batch::new();
-    b.update(
-        sigil::store::Table::Audit,
-        key.to_vec(),
-        stored.version,
-        value,
-    );
+    b.update(sigil::store::Table::Audit, key.to_vec(), stored.version, value);
     s.sigil().store().commit(&b).unwrap();
     let report = s.sigil().verify_audit().unwrap();
-    assert_eq!(
-        report.first_broken.as_ref().map(|b| b.0),
-        Some(3),
-        "{report:?}"
-    );
+    assert_eq!(report.first_broken.as_ref().map(|b| b.0), Some(3), "{report:?}");
     let (ok, text) = run(&["audit", "verify"]);
     assert!(!ok);
     assert!(text.contains("BROKEN at entry 3"), "{text}");

@@ -33,27 +33,15 @@ async fn call_all(s: &TestServer, role: &str) -> Vec<(&'static str, bool)> {
     ));
     out.push((
         "ListFactors",
-        denied(
-            f.list_factors(pb::ListFactorsRequest::default())
-                .await
-                .map(|_| ()),
-        ),
+        denied(f.list_factors(pb::ListFactorsRequest::default()).await.map(|_| ())),
     ));
     out.push((
         "RemoveFactor",
-        denied(
-            f.remove_factor(pb::RemoveFactorRequest::default())
-                .await
-                .map(|_| ()),
-        ),
+        denied(f.remove_factor(pb::RemoveFactorRequest::default()).await.map(|_| ())),
     ));
     out.push((
         "BeginApproval",
-        denied(
-            a.begin_approval(pb::BeginApprovalRequest::default())
-                .await
-                .map(|_| ()),
-        ),
+        denied(a.begin_approval(pb::BeginApprovalRequest::default()).await.map(|_| ())),
     ));
     out.push((
         "CompleteApproval",
@@ -93,25 +81,12 @@ async fn each_rpc_admits_exactly_its_roles() {
         ("BeginApproval", &["withdrawal-engine", "frontend"]),
         ("CompleteApproval", &["withdrawal-engine", "frontend"]),
         ("RedeemApproval", &["withdrawal-engine"]),
-        (
-            "GetApprovalKeys",
-            &["withdrawal-engine", "frontend", "admin"],
-        ),
+        ("GetApprovalKeys", &["withdrawal-engine", "frontend", "admin"]),
     ];
-    for role in [
-        "withdrawal-engine",
-        "frontend",
-        "admin",
-        "norole",
-        "badrole",
-    ] {
+    for role in ["withdrawal-engine", "frontend", "admin", "norole", "badrole"] {
         for (rpc, denied) in call_all(&s, role).await {
             let ok_roles = allowed.iter().find(|(n, _)| *n == rpc).unwrap().1;
-            assert_eq!(
-                denied,
-                !ok_roles.contains(&role),
-                "{rpc} as {role}: denied={denied}"
-            );
+            assert_eq!(denied, !ok_roles.contains(&role), "{rpc} as {role}: denied={denied}");
         }
     }
 }
@@ -139,10 +114,7 @@ async fn no_certificate_or_foreign_ca_cannot_connect() {
             .await
             .is_err(),
     };
-    assert!(
-        refused,
-        "a certificate from another CA must not get through"
-    );
+    assert!(refused, "a certificate from another CA must not get through");
     // No client certificate at all.
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(
@@ -162,10 +134,7 @@ async fn no_certificate_or_foreign_ca_cannot_connect() {
             .await
             .is_err(),
     };
-    assert!(
-        refused,
-        "a client without a certificate must not get through"
-    );
+    assert!(refused, "a client without a certificate must not get through");
     // Plaintext: there is no plaintext port.
     let plain = tonic::transport::Channel::from_shared(s.url.replace("https", "http"))
         .unwrap()
@@ -198,8 +167,8 @@ async fn health_and_reflection_answer_over_mtls() {
         tonic_health::pb::health_check_response::ServingStatus::Serving
     );
     use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, ServerReflectionRequest,
+        server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+        ServerReflectionRequest,
     };
     let mut r = ServerReflectionClient::new(ch);
     let req = ServerReflectionRequest {

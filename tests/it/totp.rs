@@ -20,20 +20,15 @@ async fn enrollment_needs_a_correct_first_code_and_returns_uri_and_qr() {
         .await
         .unwrap()
         .into_inner();
-    let seed = data_encoding::BASE32_NOPAD
-        .decode(e.secret_base32.as_bytes())
-        .unwrap();
+    let seed = data_encoding::BASE32_NOPAD.decode(e.secret_base32.as_bytes()).unwrap();
     assert_eq!(seed.len(), 20, "160-bit secret");
     assert!(
-        e.otpauth_uri
-            .starts_with("otpauth://totp/Sigil:alice?secret="),
+        e.otpauth_uri.starts_with("otpauth://totp/Sigil:alice?secret="),
         "{}",
         e.otpauth_uri
     );
     assert!(e.otpauth_uri.contains(&e.secret_base32));
-    assert!(String::from_utf8(e.qr_svg.clone())
-        .unwrap()
-        .contains("<svg"));
+    assert!(String::from_utf8(e.qr_svg.clone()).unwrap().contains("<svg"));
 
     // Pending: no approval possible yet.
     let mut a = s.approvals("withdrawal-engine").await;
@@ -108,12 +103,7 @@ async fn a_code_is_accepted_once_and_older_steps_never() {
     assert_status(r, Code::PermissionDenied, "already used");
     // The previous step's code is inside the window but older than the used step: refused.
     let r = a
-        .complete_approval(totp_proof(
-            &c2.challenge_id,
-            "bob",
-            &s.code(&seed, -1),
-            &fid,
-        ))
+        .complete_approval(totp_proof(&c2.challenge_id, "bob", &s.code(&seed, -1), &fid))
         .await;
     assert_status(r, Code::PermissionDenied, "not accepted");
     // The next step is accepted (one step ahead is inside the window).
@@ -149,18 +139,11 @@ async fn five_failures_lock_the_factor_with_growing_backoff() {
     let good = s.code(&seed, 0);
     let bad = if good == "123456" { "654321" } else { "123456" };
     for i in 0..4 {
-        let r = a
-            .complete_approval(totp_proof(&c.challenge_id, "carol", bad, ""))
-            .await;
-        assert_status(
-            r,
-            Code::PermissionDenied,
-            &format!("{} attempts left", 4 - i),
-        );
+        let r = a.complete_approval(totp_proof(&c.challenge_id, "carol", bad, "")).await;
+        assert_status(r, Code::PermissionDenied, &format!("{} attempts left", 4 - i));
     }
     let st = assert_status(
-        a.complete_approval(totp_proof(&c.challenge_id, "carol", bad, ""))
-            .await,
+        a.complete_approval(totp_proof(&c.challenge_id, "carol", bad, "")).await,
         Code::ResourceExhausted,
         "locked",
     );
@@ -178,8 +161,7 @@ async fn five_failures_lock_the_factor_with_growing_backoff() {
     // After the lock, one more failure locks twice as long.
     s.clock.advance(30);
     let st = assert_status(
-        a.complete_approval(totp_proof(&c.challenge_id, "carol", bad, ""))
-            .await,
+        a.complete_approval(totp_proof(&c.challenge_id, "carol", bad, "")).await,
         Code::ResourceExhausted,
         "locked",
     );
@@ -290,9 +272,7 @@ async fn second_factor_and_removal_need_step_up() {
     .await
     .unwrap();
     let list = f
-        .list_factors(pb::ListFactorsRequest {
-            user_id: "dave".into(),
-        })
+        .list_factors(pb::ListFactorsRequest { user_id: "dave".into() })
         .await
         .unwrap()
         .into_inner();

@@ -40,11 +40,7 @@ pub struct HsmConfig {
 
 impl HsmConfig {
     /// A config with the default pool size ([`DEFAULT_POOL_SIZE`]).
-    pub fn new(
-        module: impl Into<PathBuf>,
-        token_label: impl Into<String>,
-        pin: SecretString,
-    ) -> Self {
+    pub fn new(module: impl Into<PathBuf>, token_label: impl Into<String>, pin: SecretString) -> Self {
         Self {
             module: module.into(),
             token_label: token_label.into(),
@@ -106,11 +102,7 @@ pub(crate) fn check_label(what: Label, label: &str) -> Result<(), HsmError> {
         Label::Token => 32,
         Label::Key => 128,
     };
-    if label.is_empty()
-        || label.len() > max
-        || label.trim() != label
-        || label.chars().any(char::is_control)
-    {
+    if label.is_empty() || label.len() > max || label.trim() != label || label.chars().any(char::is_control) {
         return Err(HsmError::Config(format!(
             "{what} label {label:?} is invalid: use 1 to {max} bytes without leading/trailing \
              blanks or control characters"

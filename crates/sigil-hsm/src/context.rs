@@ -80,9 +80,8 @@ impl Module {
         }
         tracing::info!(module = %path.display(), "PKCS#11 module initialised");
         let rng = ring::rand::SystemRandom::new();
-        let login_key = hmac::Key::generate(hmac::HMAC_SHA256, &rng).map_err(|_| {
-            HsmError::Unavailable("the system random generator failed; check /dev/urandom".into())
-        })?;
+        let login_key = hmac::Key::generate(hmac::HMAC_SHA256, &rng)
+            .map_err(|_| HsmError::Unavailable("the system random generator failed; check /dev/urandom".into()))?;
         let module = Arc::new(Module {
             path: key.clone(),
             ctx,
@@ -121,9 +120,7 @@ impl Module {
             .map_err(|e| from_pkcs11(e, self.at(label, "listing slots")))?;
         for slot in slots {
             match self.ctx.get_token_info(slot) {
-                Ok(info) if info.token_initialized() && info.label() == label => {
-                    return Ok(Some(slot))
-                }
+                Ok(info) if info.token_initialized() && info.label() == label => return Ok(Some(slot)),
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(slot = slot.id(), error = %e, "cannot read token info; skipping slot");
@@ -151,12 +148,7 @@ impl Module {
     }
 
     /// Open a read/write session on `slot` and log the user in.
-    pub(crate) fn open_user_session(
-        &self,
-        slot: Slot,
-        token: &str,
-        pin: &SecretString,
-    ) -> Result<Session, HsmError> {
+    pub(crate) fn open_user_session(&self, slot: Slot, token: &str, pin: &SecretString) -> Result<Session, HsmError> {
         let session = self
             .ctx
             .open_rw_session(slot)
@@ -188,9 +180,7 @@ impl Module {
             Err(P11Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {
                 let known = lock(&self.logins).get(&slot.id()).copied();
                 match known {
-                    Some(tag) if hmac::verify(&self.login_key, pin_bytes, tag.as_ref()).is_ok() => {
-                        Ok(())
-                    }
+                    Some(tag) if hmac::verify(&self.login_key, pin_bytes, tag.as_ref()).is_ok() => Ok(()),
                     _ => Err(HsmError::Unavailable(format!(
                         "login to token '{token}' in module {} refused: this process is \
                          already logged in to the token with a different user PIN; check the \

@@ -125,9 +125,7 @@ pub(crate) fn from_pkcs11(err: P11Error, at: At<'_>) -> HsmError {
     let (rv, function) = rv;
     let token = at.token.unwrap_or("?");
     match rv {
-        RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange
-            if matches!(function, Function::Login) =>
-        {
+        RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange if matches!(function, Function::Login) => {
             HsmError::Unavailable(format!(
                 "login to token '{token}' in module {} failed ({rv:?}): check the configured \
                  user PIN (the PIN itself is never logged)",
@@ -141,24 +139,19 @@ pub(crate) fn from_pkcs11(err: P11Error, at: At<'_>) -> HsmError {
         RvError::UserPinNotInitialized => HsmError::Unavailable(format!(
             "{at}: the token has no user PIN yet; initialise the token with `make hsm`"
         )),
-        RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange => {
-            HsmError::Config(format!(
-                "{at}: PIN rejected ({rv:?}); choose a PIN the token accepts (SoftHSM: 4-255 \
+        RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange => HsmError::Config(format!(
+            "{at}: PIN rejected ({rv:?}); choose a PIN the token accepts (SoftHSM: 4-255 \
                  bytes)"
-            ))
-        }
-        RvError::CryptokiNotInitialized | RvError::CryptokiAlreadyInitialized => {
-            HsmError::Unavailable(format!(
-                "{at}: the PKCS#11 library is not initialised in this process ({rv:?}); \
-                 restart the process"
-            ))
-        }
-        RvError::SlotIdInvalid
-        | RvError::TokenNotRecognized
-        | RvError::TokenNotPresent
-        | RvError::DeviceRemoved => HsmError::Unavailable(format!(
-            "{at}: the token is not present ({rv:?}); check the HSM connection or run `make hsm`"
         )),
+        RvError::CryptokiNotInitialized | RvError::CryptokiAlreadyInitialized => HsmError::Unavailable(format!(
+            "{at}: the PKCS#11 library is not initialised in this process ({rv:?}); \
+                 restart the process"
+        )),
+        RvError::SlotIdInvalid | RvError::TokenNotRecognized | RvError::TokenNotPresent | RvError::DeviceRemoved => {
+            HsmError::Unavailable(format!(
+                "{at}: the token is not present ({rv:?}); check the HSM connection or run `make hsm`"
+            ))
+        }
         RvError::SessionHandleInvalid
         | RvError::SessionClosed
         | RvError::SessionCount
@@ -174,12 +167,10 @@ pub(crate) fn from_pkcs11(err: P11Error, at: At<'_>) -> HsmError {
             "{at}: the HSM failed in C_{function:?} ({rv:?}); check the HSM's health and \
              connection (session-loss errors are retried once on a new session first)"
         )),
-        RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange => {
-            HsmError::Crypto(format!(
-                "{at}: the ciphertext or its associated data does not authenticate \
+        RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange => HsmError::Crypto(format!(
+            "{at}: the ciphertext or its associated data does not authenticate \
                  ({rv:?}); the data was altered or belongs to another key/context"
-            ))
-        }
+        )),
         RvError::MechanismInvalid
         | RvError::MechanismParamInvalid
         | RvError::CurveNotSupported
@@ -188,12 +179,10 @@ pub(crate) fn from_pkcs11(err: P11Error, at: At<'_>) -> HsmError {
             "{at}: the module does not support this ({rv:?} in C_{function:?}); Sigil needs \
              CKM_EC_KEY_PAIR_GEN (P-256), CKM_ECDSA, CKM_AES_KEY_GEN and CKM_AES_GCM"
         )),
-        RvError::KeyTypeInconsistent | RvError::KeyFunctionNotPermitted => {
-            HsmError::Config(format!(
-                "{at}: the key cannot be used for this ({rv:?}); the label belongs to a \
+        RvError::KeyTypeInconsistent | RvError::KeyFunctionNotPermitted => HsmError::Config(format!(
+            "{at}: the key cannot be used for this ({rv:?}); the label belongs to a \
                  key of another type or usage"
-            ))
-        }
+        )),
         RvError::UserAlreadyLoggedIn
         | RvError::UserAnotherAlreadyLoggedIn
         | RvError::UserTypeInvalid
@@ -201,9 +190,7 @@ pub(crate) fn from_pkcs11(err: P11Error, at: At<'_>) -> HsmError {
             "{at}: the token's login state does not allow this ({rv:?}); close other \
              applications' sessions (e.g. an SO login) and retry"
         )),
-        _ => HsmError::Crypto(format!(
-            "{at}: C_{function:?} failed ({rv:?}); check the HSM's logs"
-        )),
+        _ => HsmError::Crypto(format!("{at}: C_{function:?} failed ({rv:?}); check the HSM's logs")),
     }
 }
 
@@ -223,10 +210,7 @@ mod tests {
 
     #[test]
     fn wrong_pin_is_unavailable() {
-        let e = from_pkcs11(
-            P11Error::Pkcs11(RvError::PinIncorrect, Function::Login),
-            at(),
-        );
+        let e = from_pkcs11(P11Error::Pkcs11(RvError::PinIncorrect, Function::Login), at());
         assert!(matches!(e, HsmError::Unavailable(_)), "{e}");
         assert!(e.to_string().contains("check the configured user PIN"));
     }
@@ -255,10 +239,7 @@ mod tests {
 
     #[test]
     fn tampered_ciphertext_is_crypto() {
-        let e = from_pkcs11(
-            P11Error::Pkcs11(RvError::EncryptedDataInvalid, Function::Decrypt),
-            at(),
-        );
+        let e = from_pkcs11(P11Error::Pkcs11(RvError::EncryptedDataInvalid, Function::Decrypt), at());
         assert!(matches!(e, HsmError::Crypto(_)));
         assert!(e.to_string().contains("key 'k1' on token 'sigil'"));
     }

@@ -112,9 +112,7 @@ impl Hsm {
     pub fn open(cfg: &HsmConfig) -> Result<Hsm, HsmError> {
         check_label(Label::Token, &cfg.token_label)?;
         if cfg.pool_size == 0 {
-            return Err(HsmError::Config(
-                "pool_size must be at least 1 (default 4)".into(),
-            ));
+            return Err(HsmError::Config("pool_size must be at least 1 (default 4)".into()));
         }
         let module = Module::get(&cfg.module)?;
         let slot = module
@@ -241,8 +239,7 @@ impl Hsm {
             if let [public] = self.find_all(s, KeyKind::EcPublic, label)?.as_slice() {
                 return self.read_ec_point(s, *public, label);
             }
-            let (public, private) =
-                s.generate_key_pair(&Mechanism::EccKeyPairGen, &public_t, &private_t)?;
+            let (public, private) = s.generate_key_pair(&Mechanism::EccKeyPairGen, &public_t, &private_t)?;
             self.cache(KeyKind::EcPublic, label, public);
             self.cache(KeyKind::EcPrivate, label, private);
             self.read_ec_point(s, public, label)
@@ -365,11 +362,8 @@ impl Hsm {
             let key = self.lookup(s, KeyKind::Aes, label)?;
             // A fresh IV per attempt: never reuse one with the same key.
             let mut iv = [0u8; IV_LEN];
-            rng.fill(&mut iv).map_err(|_| {
-                HsmError::Unavailable(
-                    "the system random generator failed; check /dev/urandom".into(),
-                )
-            })?;
+            rng.fill(&mut iv)
+                .map_err(|_| HsmError::Unavailable("the system random generator failed; check /dev/urandom".into()))?;
             let mut iv_param = iv;
             let params = GcmParams::new(&mut iv_param, aad, tag_bits()?)?;
             let sealed = s.encrypt(&Mechanism::AesGcm(params), key, plaintext)?;
@@ -395,12 +389,7 @@ impl Hsm {
     /// [`HsmError::Crypto`] if the blob is malformed or does not authenticate
     /// (tampered data, wrong `aad`, wrong key); [`HsmError::KeyNotFound`] if
     /// there is no AES key with that label.
-    pub fn decrypt(
-        &self,
-        label: &str,
-        blob: &[u8],
-        aad: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
+    pub fn decrypt(&self, label: &str, blob: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, HsmError> {
         check_label(Label::Key, label)?;
         if blob.len() < IV_LEN + TAG_LEN {
             return Err(HsmError::Crypto(format!(
@@ -644,12 +633,7 @@ impl Hsm {
         Ok(())
     }
 
-    fn read_ec_point(
-        &self,
-        s: &Session,
-        h: ObjectHandle,
-        label: &str,
-    ) -> Result<EcPublicKey, Fail> {
+    fn read_ec_point(&self, s: &Session, h: ObjectHandle, label: &str) -> Result<EcPublicKey, Fail> {
         for attr in s.get_attributes(h, &[AttributeType::EcPoint])? {
             if let Attribute::EcPoint(bytes) = attr {
                 return EcPublicKey::from_ec_point(&bytes).ok_or_else(|| {
@@ -695,10 +679,7 @@ impl Hsm {
 /// to a session that lost its login, which would otherwise read as "no key".
 fn ensure_logged_in(s: &Session) -> Result<(), Fail> {
     let info = s.get_session_info()?;
-    if matches!(
-        info.session_state(),
-        SessionState::RwUser | SessionState::RoUser
-    ) {
+    if matches!(info.session_state(), SessionState::RwUser | SessionState::RoUser) {
         Ok(())
     } else {
         Err(Fail::P11(P11Error::Pkcs11(

@@ -179,13 +179,7 @@ mod tests {
         let mut der = vec![0x04, 0x81, 0x41];
         der.extend(point());
         assert!(EcPublicKey::from_ec_point(&der).is_some());
-        assert_eq!(
-            EcPublicKey::from_ec_point(&point())
-                .unwrap()
-                .sec1()
-                .to_vec(),
-            point()
-        );
+        assert_eq!(EcPublicKey::from_ec_point(&point()).unwrap().sec1().to_vec(), point());
     }
 
     #[test]

@@ -59,9 +59,7 @@ mod hsm;
 mod keys;
 mod pool;
 
-pub use config::{
-    softhsm_module_path, write_softhsm_conf, HsmConfig, DEFAULT_POOL_SIZE, MODULE_ENV,
-};
+pub use config::{softhsm_module_path, write_softhsm_conf, HsmConfig, DEFAULT_POOL_SIZE, MODULE_ENV};
 pub use error::HsmError;
 pub use hsm::Hsm;
 pub use keys::{EcPublicKey, KeyProtection};

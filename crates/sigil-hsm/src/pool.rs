@@ -58,10 +58,7 @@ impl Pool {
 
     /// An idle session, or a new one from `open` if the pool has room;
     /// otherwise wait up to [`CHECKOUT_TIMEOUT`] for one to come back.
-    pub(crate) fn checkout(
-        &self,
-        open: impl FnOnce() -> Result<Session, HsmError>,
-    ) -> Result<Lease<'_>, HsmError> {
+    pub(crate) fn checkout(&self, open: impl FnOnce() -> Result<Session, HsmError>) -> Result<Lease<'_>, HsmError> {
         self.checkout_inner(true, open)
     }
 

@@ -40,11 +40,7 @@ fn new_token() -> String {
     static INIT: Mutex<()> = Mutex::new(());
     static N: AtomicUsize = AtomicUsize::new(0);
     let module = module();
-    let label = format!(
-        "t{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    );
+    let label = format!("t{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
     let _g = INIT.lock().unwrap_or_else(|e| e.into_inner());
     Hsm::init_token(&module, &label, &SO_PIN.into(), &USER_PIN.into()).unwrap();
     label
@@ -143,10 +139,7 @@ fn aes_gcm_round_trip_and_tamper_detection() {
     let aad = b"user:42/totp";
     let blob = hsm.encrypt("secrets", plain, aad).unwrap();
     assert_eq!(blob.len(), 12 + plain.len() + 16);
-    assert_eq!(
-        hsm.decrypt("secrets", &blob, aad).unwrap().as_slice(),
-        plain
-    );
+    assert_eq!(hsm.decrypt("secrets", &blob, aad).unwrap().as_slice(), plain);
 
     // Fresh IV each time.
     let blob2 = hsm.encrypt("secrets", plain, aad).unwrap();
@@ -170,10 +163,7 @@ fn aes_gcm_round_trip_and_tamper_detection() {
     assert!(hsm.decrypt("secrets", &blob, b"").unwrap().is_empty());
 
     // The pool still works after the failures above.
-    assert_eq!(
-        hsm.decrypt("secrets", &blob2, aad).unwrap().as_slice(),
-        plain
-    );
+    assert_eq!(hsm.decrypt("secrets", &blob2, aad).unwrap().as_slice(), plain);
 }
 
 #[test]
@@ -259,11 +249,7 @@ fn unknown_token_is_token_not_found() {
 
 #[test]
 fn missing_module_is_unavailable() {
-    let cfg = HsmConfig::new(
-        "/nonexistent/libpkcs11.so",
-        "sigil",
-        SecretString::from(USER_PIN),
-    );
+    let cfg = HsmConfig::new("/nonexistent/libpkcs11.so", "sigil", SecretString::from(USER_PIN));
     let err = Hsm::open(&cfg).unwrap_err();
     assert!(matches!(err, HsmError::Unavailable(_)), "{err}");
 }

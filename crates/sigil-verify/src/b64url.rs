@@ -38,10 +38,9 @@ pub enum DecodeError {
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DecodeError::InvalidLength(len) => write!(
-                f,
-                "base64url input of length {len} is impossible (length % 4 == 1)"
-            ),
+            DecodeError::InvalidLength(len) => {
+                write!(f, "base64url input of length {len} is impossible (length % 4 == 1)")
+            }
             DecodeError::Padding { index } => write!(
                 f,
                 "base64url input has padding '=' at byte {index}; unpadded base64url is required"
@@ -50,10 +49,9 @@ impl fmt::Display for DecodeError {
                 f,
                 "base64url input has byte 0x{byte:02x} at offset {index}, outside the alphabet A-Z a-z 0-9 - _"
             ),
-            DecodeError::NonCanonical => write!(
-                f,
-                "base64url input is not canonical: unused trailing bits are not zero"
-            ),
+            DecodeError::NonCanonical => {
+                write!(f, "base64url input is not canonical: unused trailing bits are not zero")
+            }
         }
     }
 }
@@ -213,11 +211,7 @@ mod tests {
             ("Zm.v", 2, b'.'),
             ("Zm9vä", 4, 0xc3),
         ] {
-            assert_eq!(
-                decode(s),
-                Err(DecodeError::InvalidByte { index, byte }),
-                "{s:?}"
-            );
+            assert_eq!(decode(s), Err(DecodeError::InvalidByte { index, byte }), "{s:?}");
         }
     }
 
@@ -232,11 +226,7 @@ mod tests {
         // "Zg" is canonical for b"f"; "Zh".."Zv" carry extra low bits.
         assert_eq!(decode("Zg").unwrap(), b"f");
         for c in "hijklmnopqrstuv".chars() {
-            assert_eq!(
-                decode(&format!("Z{c}")),
-                Err(DecodeError::NonCanonical),
-                "{c}"
-            );
+            assert_eq!(decode(&format!("Z{c}")), Err(DecodeError::NonCanonical), "{c}");
         }
         assert_eq!(decode("Zm8").unwrap(), b"fo");
         assert_eq!(decode("Zm9"), Err(DecodeError::NonCanonical));

@@ -117,10 +117,7 @@ mod tests {
     fn thumbprint_of_rfc7517_example_key() {
         // Independently computed (Python hashlib over the canonical JSON);
         // also the value published by common JOSE libraries for this key.
-        assert_eq!(
-            rfc7517_a1().thumbprint(),
-            "cn-I_WNMClehiVp51i_0VpOENW1upEerA8sEam5hn-s"
-        );
+        assert_eq!(rfc7517_a1().thumbprint(), "cn-I_WNMClehiVp51i_0VpOENW1upEerA8sEam5hn-s");
         assert_eq!(rfc7517_a1().kid, rfc7517_a1().thumbprint());
     }
 
@@ -141,8 +138,6 @@ mod tests {
     fn thumbprint_escapes_like_json() {
         let mut jwk = rfc7517_a1();
         jwk.crv = "a\"b\\c".into();
-        assert!(jwk
-            .thumbprint_input()
-            .starts_with(r#"{"crv":"a\"b\\c","kty""#));
+        assert!(jwk.thumbprint_input().starts_with(r#"{"crv":"a\"b\\c","kty""#));
     }
 }

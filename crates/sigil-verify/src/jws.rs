@@ -77,11 +77,7 @@ pub fn signing_input(kid: &str, claims: &Claims) -> String {
     // Serialising this plain struct cannot fail (string keys, strings and
     // integers only). Should it ever, the empty payload can never verify.
     let payload = serde_json::to_vec(claims).unwrap_or_default();
-    format!(
-        "{}.{}",
-        b64url::encode(header.as_bytes()),
-        b64url::encode(&payload)
-    )
+    format!("{}.{}", b64url::encode(header.as_bytes()), b64url::encode(&payload))
 }
 
 /// The compact JWS: `signing_input`, a `.`, and unpadded base64url of the
@@ -136,10 +132,7 @@ fn json_object<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T, String>
 
 fn decode_coordinate(kid: &str, name: &str, value: &str) -> Result<[u8; 32], VerifyError> {
     let bytes = b64url::decode(value).map_err(|e| {
-        VerifyError::Malformed(format!(
-            "key {:?}: {name} is not unpadded base64url: {e}",
-            excerpt(kid)
-        ))
+        VerifyError::Malformed(format!("key {:?}: {name} is not unpadded base64url: {e}", excerpt(kid)))
     })?;
     <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
         VerifyError::Malformed(format!(
@@ -165,14 +158,10 @@ impl Verifier {
     /// [`VerifyError::Malformed`].
     pub fn new(keys: &JwkSet, issuer: &str, audience: &str) -> Result<Verifier, VerifyError> {
         if issuer.is_empty() {
-            return Err(VerifyError::Malformed(
-                "the configured issuer is empty".to_owned(),
-            ));
+            return Err(VerifyError::Malformed("the configured issuer is empty".to_owned()));
         }
         if audience.is_empty() {
-            return Err(VerifyError::Malformed(
-                "the configured audience is empty".to_owned(),
-            ));
+            return Err(VerifyError::Malformed("the configured audience is empty".to_owned()));
         }
         let mut usable = BTreeMap::new();
         let mut unusable = BTreeMap::new();
@@ -230,8 +219,7 @@ impl Verifier {
         }
         if usable.is_empty() {
             return Err(VerifyError::Malformed(
-                "the key set has no usable key (all retired, or empty); load Sigil's current JWKS"
-                    .to_owned(),
+                "the key set has no usable key (all retired, or empty); load Sigil's current JWKS".to_owned(),
             ));
         }
         Ok(Verifier {
@@ -289,21 +277,15 @@ impl Verifier {
         };
 
         // Syntax first: all three parts must be canonical base64url.
-        let header_json = b64url::decode(header_b64).map_err(|e| {
-            VerifyError::Malformed(format!("header is not unpadded base64url: {e}"))
-        })?;
-        let payload = b64url::decode(payload_b64).map_err(|e| {
-            VerifyError::Malformed(format!("payload is not unpadded base64url: {e}"))
-        })?;
-        let signature = b64url::decode(signature_b64).map_err(|e| {
-            VerifyError::Malformed(format!("signature is not unpadded base64url: {e}"))
-        })?;
+        let header_json = b64url::decode(header_b64)
+            .map_err(|e| VerifyError::Malformed(format!("header is not unpadded base64url: {e}")))?;
+        let payload = b64url::decode(payload_b64)
+            .map_err(|e| VerifyError::Malformed(format!("payload is not unpadded base64url: {e}")))?;
+        let signature = b64url::decode(signature_b64)
+            .map_err(|e| VerifyError::Malformed(format!("signature is not unpadded base64url: {e}")))?;
 
-        let header: Header = json_object(&header_json).map_err(|e| {
-            VerifyError::Malformed(format!(
-                "header is not a JSON object with a string alg: {e}"
-            ))
-        })?;
+        let header: Header = json_object(&header_json)
+            .map_err(|e| VerifyError::Malformed(format!("header is not a JSON object with a string alg: {e}")))?;
         if header.alg != ES256 {
             return Err(VerifyError::UnsupportedAlgorithm(excerpt(&header.alg)));
         }
@@ -354,9 +336,8 @@ impl Verifier {
             .verify(signed, &signature)
             .map_err(|_| VerifyError::BadSignature)?;
 
-        let claims: Claims = json_object(&payload).map_err(|e| {
-            VerifyError::Malformed(format!("claims do not match the approval schema: {e}"))
-        })?;
+        let claims: Claims = json_object(&payload)
+            .map_err(|e| VerifyError::Malformed(format!("claims do not match the approval schema: {e}")))?;
 
         if claims.iss != self.issuer {
             return Err(VerifyError::WrongIssuer);
@@ -403,16 +384,9 @@ impl Verifier {
     /// `expected` — the engine's own record of the action — byte for byte,
     /// field by field. The first differing field (in digest order) is named
     /// in [`VerifyError::IntentMismatch`].
-    pub fn verify_for(
-        &self,
-        token: &str,
-        expected: &Intent,
-        now_unix: i64,
-    ) -> Result<Claims, VerifyError> {
+    pub fn verify_for(&self, token: &str, expected: &Intent, now_unix: i64) -> Result<Claims, VerifyError> {
         let claims = self.verify(token, now_unix)?;
-        for ((field, approved), (_, wanted)) in
-            claims.intent.fields().into_iter().zip(expected.fields())
-        {
+        for ((field, approved), (_, wanted)) in claims.intent.fields().into_iter().zip(expected.fields()) {
             if approved.as_bytes() != wanted.as_bytes() {
                 return Err(VerifyError::IntentMismatch { field });
             }
@@ -480,9 +454,6 @@ mod tests {
 
     #[test]
     fn assemble_appends_b64_signature() {
-        assert_eq!(
-            assemble("a.b", &[0u8; 64]),
-            format!("a.b.{}", "A".repeat(86))
-        );
+        assert_eq!(assemble("a.b", &[0u8; 64]), format!("a.b.{}", "A".repeat(86)));
     }
 }

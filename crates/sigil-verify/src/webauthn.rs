@@ -40,8 +40,7 @@ const MIN_AUTH_DATA_LEN: usize = 37;
 const FLAG_UP: u8 = 0x01;
 
 fn field(name: &str, value: &str) -> Result<Vec<u8>, VerifyError> {
-    b64url::decode(value)
-        .map_err(|e| VerifyError::BadEvidence(format!("{name} is not unpadded base64url: {e}")))
+    b64url::decode(value).map_err(|e| VerifyError::BadEvidence(format!("{name} is not unpadded base64url: {e}")))
 }
 
 /// Re-verifies WebAuthn assertion evidence for an intent.
@@ -73,9 +72,7 @@ pub fn verify_webauthn_evidence(
 ) -> Result<(), VerifyError> {
     let credential_id = field("credential_id", &evidence.credential_id)?;
     if credential_id.is_empty() {
-        return Err(VerifyError::BadEvidence(
-            "credential_id is empty".to_owned(),
-        ));
+        return Err(VerifyError::BadEvidence("credential_id is empty".to_owned()));
     }
     let auth_data = field("authenticator_data", &evidence.authenticator_data)?;
     let client_data_json = field("client_data_json", &evidence.client_data_json)?;
@@ -107,11 +104,8 @@ pub fn verify_webauthn_evidence(
             excerpt(&client_data.type_)
         )));
     }
-    let challenge = b64url::decode(&client_data.challenge).map_err(|e| {
-        VerifyError::BadEvidence(format!(
-            "clientDataJSON challenge is not unpadded base64url: {e}"
-        ))
-    })?;
+    let challenge = b64url::decode(&client_data.challenge)
+        .map_err(|e| VerifyError::BadEvidence(format!("clientDataJSON challenge is not unpadded base64url: {e}")))?;
     if challenge != webauthn_challenge(&nonce, intent_sha256) {
         return Err(VerifyError::BadEvidence(
             "clientDataJSON challenge does not commit to this intent digest and nonce".to_owned(),
@@ -289,9 +283,7 @@ mod cose {
         }
         let coordinate = |name: &str, v: Option<Item<'_>>| -> Result<[u8; 32], String> {
             match v {
-                Some(Item::Bytes(b)) => {
-                    <[u8; 32]>::try_from(b).map_err(|_| format!("{name} is not 32 bytes"))
-                }
+                Some(Item::Bytes(b)) => <[u8; 32]>::try_from(b).map_err(|_| format!("{name} is not 32 bytes")),
                 _ => Err(format!("{name} is missing or not a byte string")),
             }
         };
@@ -373,10 +365,7 @@ mod cose {
                 assert!(ec2_p256(&good[..n]).is_err(), "{n}");
             }
             // huge length argument
-            assert!(
-                ec2_p256(&[0xa1, 0x21, 0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
-                    .is_err()
-            );
+            assert!(ec2_p256(&[0xa1, 0x21, 0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_err());
         }
     }
 }

@@ -29,16 +29,8 @@ fn intent_preimages_and_digests() {
         let name = s(case, "name");
         // Deserialising through the claim schema also checks the JSON keys.
         let intent: Intent = serde_json::from_value(case["intent"].clone()).unwrap();
-        assert_eq!(
-            intent.preimage(),
-            hex(s(case, "preimage_hex")),
-            "preimage of {name}"
-        );
-        assert_eq!(
-            intent.digest().to_vec(),
-            hex(s(case, "sha256_hex")),
-            "digest of {name}"
-        );
+        assert_eq!(intent.preimage(), hex(s(case, "preimage_hex")), "preimage of {name}");
+        assert_eq!(intent.digest().to_vec(), hex(s(case, "sha256_hex")), "digest of {name}");
         // An approval carries the digest as unpadded base64url.
         assert_eq!(
             b64url::decode(&b64url::encode(&intent.digest())).unwrap(),
@@ -56,11 +48,7 @@ fn boundary_vectors_differ() {
         .unwrap()
         .iter()
         .filter(|c| s(c, "name").starts_with("boundary-"))
-        .map(|c| {
-            serde_json::from_value::<Intent>(c["intent"].clone())
-                .unwrap()
-                .digest()
-        })
+        .map(|c| serde_json::from_value::<Intent>(c["intent"].clone()).unwrap().digest())
         .collect();
     assert_eq!(digests.len(), 2);
     assert_ne!(digests[0], digests[1]);
@@ -96,12 +84,7 @@ fn amount_decimals_of_vector_amounts() {
         ("1.000000000000000001", 18),
         ("123456789012345678901234567890", 0),
     ];
-    let inputs: Vec<&str> = v["amounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| s(c, "input"))
-        .collect();
+    let inputs: Vec<&str> = v["amounts"].as_array().unwrap().iter().map(|c| s(c, "input")).collect();
     for (amount, decimals) in expected {
         assert!(inputs.contains(&amount), "{amount} not in vectors");
         assert_eq!(amount_decimals(amount), decimals, "{amount}");
@@ -129,15 +112,8 @@ fn webauthn_challenges() {
 
         let challenge = webauthn_challenge(&nonce, &digest);
         assert_eq!(challenge.to_vec(), hex(s(case, "challenge_hex")), "{name}");
-        assert_eq!(
-            b64url::encode(&challenge),
-            s(case, "challenge_b64url"),
-            "{name}"
-        );
-        assert_eq!(
-            b64url::decode(s(case, "challenge_b64url")).unwrap(),
-            challenge.to_vec()
-        );
+        assert_eq!(b64url::encode(&challenge), s(case, "challenge_b64url"), "{name}");
+        assert_eq!(b64url::decode(s(case, "challenge_b64url")).unwrap(), challenge.to_vec());
     }
 }
 

@@ -44,10 +44,7 @@ fn token_wire_format() {
     assert_eq!(header["kid"], signer.jwk.kid.as_str());
     assert_eq!(b64url::decode(&s).unwrap().len(), 64);
     let p = payload_json(&token);
-    assert_eq!(
-        p["intent_sha256"],
-        b64url::encode(&intent().digest()).as_str()
-    );
+    assert_eq!(p["intent_sha256"], b64url::encode(&intent().digest()).as_str());
     assert_eq!(p["intent"]["destination"], intent().destination.as_str());
     assert_eq!(p["act"], "withdrawal");
     assert!(p.get("nbf").is_none());
@@ -143,10 +140,7 @@ fn not_yet_valid_nbf() {
     assert_eq!(v.verify(&token, NOW + 3569), Err(VerifyError::NotYetValid));
     assert!(v.verify(&token, NOW + 3570).is_ok()); // 30 s leeway
     let strict = verifier(&signer).with_leeway(0);
-    assert_eq!(
-        strict.verify(&token, NOW + 3599),
-        Err(VerifyError::NotYetValid)
-    );
+    assert_eq!(strict.verify(&token, NOW + 3599), Err(VerifyError::NotYetValid));
     assert!(strict.verify(&token, NOW + 3600).is_ok());
 }
 
@@ -201,10 +195,7 @@ fn wrong_issuer() {
     let mut c = claims();
     c.iss = "https://evil.example".into();
     let token = signer.sign(&c);
-    assert_eq!(
-        verifier(&signer).verify(&token, NOW),
-        Err(VerifyError::WrongIssuer)
-    );
+    assert_eq!(verifier(&signer).verify(&token, NOW), Err(VerifyError::WrongIssuer));
     // and a verifier configured for another issuer refuses a good token
     let other = Verifier::new(&set(&[&signer.jwk]), "https://sigil-staging.example", AUD).unwrap();
     assert_eq!(
@@ -219,10 +210,7 @@ fn wrong_audience() {
     let mut c = claims();
     c.aud = "frontend".into();
     let token = signer.sign(&c);
-    assert_eq!(
-        verifier(&signer).verify(&token, NOW),
-        Err(VerifyError::WrongAudience)
-    );
+    assert_eq!(verifier(&signer).verify(&token, NOW), Err(VerifyError::WrongAudience));
     let other = Verifier::new(&set(&[&signer.jwk]), ISS, "other-engine").unwrap();
     assert_eq!(
         other.verify(&signer.sign(&claims()), NOW),
@@ -246,10 +234,7 @@ fn foreign_key_claiming_a_known_kid() {
     let sigil = Signer::new();
     let attacker = Signer::new();
     let token = attacker.sign_with_kid(&sigil.jwk.kid, &claims());
-    assert_eq!(
-        verifier(&sigil).verify(&token, NOW),
-        Err(VerifyError::BadSignature)
-    );
+    assert_eq!(verifier(&sigil).verify(&token, NOW), Err(VerifyError::BadSignature));
 }
 
 #[test]
@@ -289,10 +274,7 @@ fn alg_none_is_refused() {
     ] {
         let token = format!("{}.{payload}.", b64url::encode(header.as_bytes()));
         assert!(
-            matches!(
-                v.verify(&token, NOW),
-                Err(VerifyError::UnsupportedAlgorithm(_))
-            ),
+            matches!(v.verify(&token, NOW), Err(VerifyError::UnsupportedAlgorithm(_))),
             "{header}"
         );
     }
@@ -335,9 +317,7 @@ fn other_header_problems() {
     for header in [
         format!(r#"{{"alg":"ES256","kid":"{kid}"}}"#),
         format!(r#"{{"alg":"ES256","kid":"{kid}","typ":"JWT"}}"#),
-        format!(
-            r#"{{"alg":"ES256","kid":"{kid}","typ":"sigil-approval+jwt","crit":["b64"],"b64":false}}"#
-        ),
+        format!(r#"{{"alg":"ES256","kid":"{kid}","typ":"sigil-approval+jwt","crit":["b64"],"b64":false}}"#),
         r#"{"alg":"ES256","typ":"sigil-approval+jwt"}"#.to_owned(),
         format!(r#"{{"alg":"ES256","alg":"none","kid":"{kid}","typ":"sigil-approval+jwt"}}"#),
         format!(r#"{{"alg":"ES256","kid":"{kid}","typ":"sigil-approval+jwt"}} x"#),
@@ -351,9 +331,8 @@ fn other_header_problems() {
         );
     }
     // Unknown, non-critical header members are ignored (the header is signed).
-    let header = format!(
-        r#"{{"alg":"ES256","kid":"{kid}","typ":"sigil-approval+jwt","jku":"https://evil.example/jwks"}}"#
-    );
+    let header =
+        format!(r#"{{"alg":"ES256","kid":"{kid}","typ":"sigil-approval+jwt","jku":"https://evil.example/jwks"}}"#);
     assert!(v.verify(&signer.sign_json(&header, &payload), NOW).is_ok());
 }
 
@@ -369,27 +348,18 @@ fn tampered_claims_with_original_signature() {
     let mut forged = intent();
     forged.amount = "50".into();
     let p = b64url::encode(&serde_json::to_vec(&claims_for(&forged)).unwrap());
-    assert_eq!(
-        v.verify(&format!("{h}.{p}.{s}"), NOW),
-        Err(VerifyError::BadSignature)
-    );
+    assert_eq!(v.verify(&format!("{h}.{p}.{s}"), NOW), Err(VerifyError::BadSignature));
 
     // Extend the expiry.
     let mut c = claims();
     c.exp += 3600;
     let p = b64url::encode(&serde_json::to_vec(&c).unwrap());
-    assert_eq!(
-        v.verify(&format!("{h}.{p}.{s}"), NOW),
-        Err(VerifyError::BadSignature)
-    );
+    assert_eq!(v.verify(&format!("{h}.{p}.{s}"), NOW), Err(VerifyError::BadSignature));
 
     // Swap the header for one naming the same key with different JSON.
     let h2 = b64url::encode(signer.header().replace(',', ", ").as_bytes());
     let (_, p, _) = split(&token);
-    assert_eq!(
-        v.verify(&format!("{h2}.{p}.{s}"), NOW),
-        Err(VerifyError::BadSignature)
-    );
+    assert_eq!(v.verify(&format!("{h2}.{p}.{s}"), NOW), Err(VerifyError::BadSignature));
 }
 
 #[test]
@@ -416,10 +386,7 @@ fn signature_encodings_other_than_raw_r_s_are_refused() {
     }
     // Padded base64url of the right signature.
     let padded = format!("{h}.{p}.{s}==");
-    assert!(matches!(
-        v.verify(&padded, NOW),
-        Err(VerifyError::Malformed(_))
-    ));
+    assert!(matches!(v.verify(&padded, NOW), Err(VerifyError::Malformed(_))));
 }
 
 #[test]
@@ -430,26 +397,16 @@ fn digest_not_matching_intent() {
     let mut other = intent();
     other.amount = "50".into();
     c.intent_sha256 = b64url::encode(&other.digest());
-    assert_eq!(
-        v.verify(&signer.sign(&c), NOW),
-        Err(VerifyError::DigestMismatch)
-    );
+    assert_eq!(v.verify(&signer.sign(&c), NOW), Err(VerifyError::DigestMismatch));
     // Same digest in another encoding (hex, padded) is not accepted either.
     for enc in [
-        intent()
-            .digest()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>(),
+        intent().digest().iter().map(|b| format!("{b:02x}")).collect::<String>(),
         format!("{}=", b64url::encode(&intent().digest())),
         String::new(),
     ] {
         let mut c = claims();
         c.intent_sha256 = enc;
-        assert_eq!(
-            v.verify(&signer.sign(&c), NOW),
-            Err(VerifyError::DigestMismatch)
-        );
+        assert_eq!(v.verify(&signer.sign(&c), NOW), Err(VerifyError::DigestMismatch));
     }
 }
 
@@ -459,19 +416,13 @@ fn inconsistent_act_sub_amr_are_refused() {
     let v = verifier(&signer);
     let mut c = claims();
     c.act = "add_address".into();
-    assert!(
-        matches!(v.verify(&signer.sign(&c), NOW), Err(VerifyError::Malformed(m)) if m.contains("act"))
-    );
+    assert!(matches!(v.verify(&signer.sign(&c), NOW), Err(VerifyError::Malformed(m)) if m.contains("act")));
     let mut c = claims();
     c.sub = "mallory".into();
-    assert!(
-        matches!(v.verify(&signer.sign(&c), NOW), Err(VerifyError::Malformed(m)) if m.contains("sub"))
-    );
+    assert!(matches!(v.verify(&signer.sign(&c), NOW), Err(VerifyError::Malformed(m)) if m.contains("sub")));
     let mut c = claims();
     c.amr.clear();
-    assert!(
-        matches!(v.verify(&signer.sign(&c), NOW), Err(VerifyError::Malformed(m)) if m.contains("amr"))
-    );
+    assert!(matches!(v.verify(&signer.sign(&c), NOW), Err(VerifyError::Malformed(m)) if m.contains("amr")));
 }
 
 #[test]
@@ -582,10 +533,7 @@ fn key_set_validation() {
         with(&|k| k.kid = "key-1".into()),
         Err(VerifyError::Malformed(_))
     ));
-    assert!(matches!(
-        with(&|k| k.x.push_str("AA")),
-        Err(VerifyError::Malformed(_))
-    ));
+    assert!(matches!(with(&|k| k.x.push_str("AA")), Err(VerifyError::Malformed(_))));
     assert!(matches!(
         with(&|k| k.y = format!("{}=", k.y)),
         Err(VerifyError::Malformed(_))
@@ -639,10 +587,7 @@ fn jwks_json_round_trip() {
 #[test]
 fn thumbprint_is_sha256_of_canonical_json() {
     let s = Signer::new();
-    let canonical = format!(
-        r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
-        s.jwk.x, s.jwk.y
-    );
+    let canonical = format!(r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#, s.jwk.x, s.jwk.y);
     let d = ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes());
     assert_eq!(s.jwk.thumbprint(), b64url::encode(d.as_ref()));
     assert_eq!(s.jwk.kid, s.jwk.thumbprint());
@@ -701,11 +646,7 @@ fn every_single_character_change_is_refused_without_panic() {
             let mut m = bytes.to_vec();
             m[i] = replacement;
             let m = String::from_utf8(m).unwrap();
-            assert!(
-                v.verify(&m, NOW).is_err(),
-                "position {i} -> {}",
-                replacement as char
-            );
+            assert!(v.verify(&m, NOW).is_err(), "position {i} -> {}", replacement as char);
         }
     }
     // Every truncation and every extension.
@@ -713,10 +654,7 @@ fn every_single_character_change_is_refused_without_panic() {
         assert!(v.verify(&token[..n], NOW).is_err(), "truncated to {n}");
     }
     for extra in ["A", "AA", "AAA", "AAAA", ".", "=", "\n", "\0"] {
-        assert!(
-            v.verify(&format!("{token}{extra}"), NOW).is_err(),
-            "{extra:?}"
-        );
+        assert!(v.verify(&format!("{token}{extra}"), NOW).is_err(), "{extra:?}");
     }
 }
 
@@ -758,9 +696,7 @@ fn arbitrary_bytes_never_panic() {
 
 #[test]
 fn errors_are_std_errors_with_actionable_text() {
-    let e: Box<dyn std::error::Error + Send + Sync> = Box::new(VerifyError::IntentMismatch {
-        field: "destination",
-    });
+    let e: Box<dyn std::error::Error + Send + Sync> = Box::new(VerifyError::IntentMismatch { field: "destination" });
     assert!(e.to_string().contains("destination"));
     for e in [
         VerifyError::Malformed("x".into()),

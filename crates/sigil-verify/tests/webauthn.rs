@@ -8,8 +8,7 @@ use ring::digest::{digest, SHA256};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
 use sigil_verify::{
-    b64url, cose_key_to_sec1, verify_webauthn_evidence, webauthn_challenge, VerifyError,
-    WebauthnEvidence,
+    b64url, cose_key_to_sec1, verify_webauthn_evidence, webauthn_challenge, VerifyError, WebauthnEvidence,
 };
 
 const ORIGIN: &str = "https://exchange.example";
@@ -33,8 +32,7 @@ impl Authenticator {
     fn new() -> Self {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
-            .unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng).unwrap();
         Authenticator { key, rng }
     }
 
@@ -133,12 +131,7 @@ fn evidence_for_another_intent_is_refused() {
     let e = a.evidence(&a.parts(&d, 32, "webauthn.get", 0x05));
     let mut other = intent();
     other.amount = "50".into();
-    let why = refused(verify_webauthn_evidence(
-        &e,
-        &other.digest(),
-        &a.public_key(),
-        None,
-    ));
+    let why = refused(verify_webauthn_evidence(&e, &other.digest(), &a.public_key(), None));
     assert!(why.contains("challenge"), "{why}");
 }
 
@@ -151,12 +144,7 @@ fn wrong_key_type_origin_nonce_flags_are_refused() {
 
     // another credential's key
     let other = Authenticator::new();
-    refused(verify_webauthn_evidence(
-        &good,
-        &d,
-        &other.public_key(),
-        None,
-    ));
+    refused(verify_webauthn_evidence(&good, &d, &other.public_key(), None));
     // a key that is not an uncompressed point
     refused(verify_webauthn_evidence(&good, &d, &pk[1..], None));
     let mut compressed = vec![0x02 | (pk[64] & 1)];
@@ -164,12 +152,7 @@ fn wrong_key_type_origin_nonce_flags_are_refused() {
     refused(verify_webauthn_evidence(&good, &d, &compressed, None));
     refused(verify_webauthn_evidence(&good, &d, &[], None));
     // wrong origin
-    let why = refused(verify_webauthn_evidence(
-        &good,
-        &d,
-        &pk,
-        Some("https://evil.example"),
-    ));
+    let why = refused(verify_webauthn_evidence(&good, &d, &pk, Some("https://evil.example")));
     assert!(why.contains("origin"), "{why}");
     // a registration, not an assertion (correctly signed)
     let create = a.evidence(&a.parts(&d, 32, "webauthn.create", 0x05));
@@ -234,16 +217,10 @@ fn cose_key_converts_to_sec1() {
     let sec1 = cose_key_to_sec1(&cose_key(&pk)).unwrap();
     assert_eq!(sec1.to_vec(), pk);
     let e = a.evidence(&a.parts(&d, 32, "webauthn.get", 0x05));
-    assert_eq!(
-        verify_webauthn_evidence(&e, &d, &sec1, Some(ORIGIN)),
-        Ok(())
-    );
+    assert_eq!(verify_webauthn_evidence(&e, &d, &sec1, Some(ORIGIN)), Ok(()));
     // A COSE_Key passed where a SEC1 point is expected is refused.
     refused(verify_webauthn_evidence(&e, &d, &cose_key(&pk), None));
-    assert!(matches!(
-        cose_key_to_sec1(&pk),
-        Err(VerifyError::BadEvidence(_))
-    ));
+    assert!(matches!(cose_key_to_sec1(&pk), Err(VerifyError::BadEvidence(_))));
 }
 
 #[test]
@@ -255,9 +232,7 @@ fn evidence_travels_in_an_approval() {
     let mut c = claims();
     c.webauthn = Some(e.clone());
     let token = signer.sign(&c);
-    let got = verifier(&signer)
-        .verify_for(&token, &intent(), NOW)
-        .unwrap();
+    let got = verifier(&signer).verify_for(&token, &intent(), NOW).unwrap();
     assert_eq!(got.webauthn.as_ref(), Some(&e));
     assert_eq!(
         verify_webauthn_evidence(

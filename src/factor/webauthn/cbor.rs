@@ -56,10 +56,7 @@ impl<'a> Reader<'a> {
             .checked_add(n)
             .filter(|&end| end <= self.buf.len())
             .ok_or_else(|| format!("truncated CBOR at byte {}", self.buf.len()))?;
-        let out = self
-            .buf
-            .get(self.pos..end)
-            .ok_or_else(|| "truncated CBOR".to_owned())?;
+        let out = self.buf.get(self.pos..end).ok_or_else(|| "truncated CBOR".to_owned())?;
         self.pos = end;
         Ok(out)
     }
@@ -67,10 +64,7 @@ impl<'a> Reader<'a> {
     /// (major type, argument) of the next data item head.
     fn head(&mut self) -> Result<(u8, u64), String> {
         let at = self.pos;
-        let initial = *self
-            .take(1)?
-            .first()
-            .ok_or_else(|| "truncated CBOR".to_owned())?;
+        let initial = *self.take(1)?.first().ok_or_else(|| "truncated CBOR".to_owned())?;
         let major = initial >> 5;
         let size = match initial & 0x1f {
             info @ 0..=23 => return Ok((major, u64::from(info))),
@@ -96,9 +90,7 @@ impl<'a> Reader<'a> {
     fn count(&self, n: u64, per_item: u64) -> Result<u64, String> {
         let left = u64::try_from(self.remaining()).unwrap_or(u64::MAX);
         if n.saturating_mul(per_item) > left {
-            return Err(format!(
-                "truncated CBOR: {n} items announced, {left} bytes left"
-            ));
+            return Err(format!("truncated CBOR: {n} items announced, {left} bytes left"));
         }
         Ok(n)
     }

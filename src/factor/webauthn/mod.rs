@@ -41,10 +41,9 @@ use sigil_verify::{b64url, WebauthnEvidence};
 use uuid::Uuid;
 use webauthn_rs_core::error::WebauthnError;
 use webauthn_rs_core::proto::{
-    AttestationCaList, AttestationCaListBuilder, AttestationConveyancePreference,
-    AttestationMetadata, AuthenticationState, COSEAlgorithm, COSEKeyType, CollectedClientData,
-    Credential, ECDSACurve, ParsedAttestationData, PublicKeyCredential,
-    RegisterPublicKeyCredential, RegistrationState, UserVerificationPolicy,
+    AttestationCaList, AttestationCaListBuilder, AttestationConveyancePreference, AttestationMetadata,
+    AuthenticationState, COSEAlgorithm, COSEKeyType, CollectedClientData, Credential, ECDSACurve,
+    ParsedAttestationData, PublicKeyCredential, RegisterPublicKeyCredential, RegistrationState, UserVerificationPolicy,
 };
 use webauthn_rs_core::WebauthnCore;
 
@@ -119,10 +118,7 @@ impl Default for WebauthnPolicy {
         Self {
             rp_id: "localhost".into(),
             rp_name: "Sigil".into(),
-            origins: vec![
-                "https://localhost:8443".into(),
-                "http://localhost:8080".into(),
-            ],
+            origins: vec!["https://localhost:8443".into(), "http://localhost:8080".into()],
             require_uv_for: vec![WITHDRAWAL.into()],
             attestation: "direct".into(),
             aaguid_allow_list: Vec::new(),
@@ -305,10 +301,7 @@ impl Webauthn {
     /// Like [`new`](Self::new), with the attestation root certificates given
     /// as PEM text (each string may hold several certificates) instead of
     /// read from `policy.attestation_ca_pem`, which is ignored.
-    pub fn with_attestation_roots(
-        policy: &WebauthnPolicy,
-        roots_pem: &[String],
-    ) -> Result<Webauthn, Error> {
+    pub fn with_attestation_roots(policy: &WebauthnPolicy, roots_pem: &[String]) -> Result<Webauthn, Error> {
         let rp_id = policy.rp_id.as_str();
         if rp_id.is_empty()
             || rp_id.starts_with('.')
@@ -380,10 +373,7 @@ impl Webauthn {
             })
         };
         if policy.origins.is_empty() {
-            return Err(Error::invalid(
-                "webauthn.origins",
-                "at least one origin is required",
-            ));
+            return Err(Error::invalid("webauthn.origins", "at least one origin is required"));
         }
         let mut origins = Vec::with_capacity(policy.origins.len());
         for s in &policy.origins {
@@ -448,8 +438,7 @@ impl Webauthn {
     /// Whether `cred` may approve `action`: a backup-eligible (synced)
     /// passkey may not approve a withdrawal unless the policy allows it.
     pub fn may_approve(&self, action: &str, cred: &StoredCredential) -> Result<(), Error> {
-        if action == WITHDRAWAL && cred.backup_eligible && !self.policy.synced_passkeys_may_withdraw
-        {
+        if action == WITHDRAWAL && cred.backup_eligible && !self.policy.synced_passkeys_may_withdraw {
             return Err(Error::PermissionDenied(format!(
                 "WebAuthn credential {} is a synced passkey (backup eligible); only a device-bound security key may approve withdrawals",
                 cred.credential_id
@@ -475,10 +464,7 @@ impl Webauthn {
         if user_handle.is_empty() || user_handle.len() > MAX_USER_HANDLE {
             return Err(Error::invalid(
                 "user_handle",
-                format!(
-                    "must be 1 to {MAX_USER_HANDLE} bytes, got {}",
-                    user_handle.len()
-                ),
+                format!("must be 1 to {MAX_USER_HANDLE} bytes, got {}", user_handle.len()),
             ));
         }
         if user_name.trim().is_empty() || display_name.trim().is_empty() {
@@ -518,11 +504,7 @@ impl Webauthn {
     /// state: challenge, origin, rpId hash, UP, UV when registration requires
     /// it, ES256 key, attestation signature and, with an allow-list, the
     /// attestation chain and AAGUID. Returns the credential to store.
-    pub fn finish_registration(
-        &self,
-        state_json: &str,
-        response_json: &str,
-    ) -> Result<StoredCredential, Error> {
+    pub fn finish_registration(&self, state_json: &str, response_json: &str) -> Result<StoredCredential, Error> {
         let ceremony: RegistrationCeremony = read_state(state_json, "registration")?;
         let reg: RegisterPublicKeyCredential = parse_response(response_json, "credential")?;
         if reg.type_ != "public-key" {
@@ -568,19 +550,13 @@ impl Webauthn {
             // checked again here so the rule does not rest on one mechanism.
             let chained = matches!(
                 cred.attestation.data,
-                ParsedAttestationData::Basic(_)
-                    | ParsedAttestationData::AttCa(_)
-                    | ParsedAttestationData::AnonCa(_)
+                ParsedAttestationData::Basic(_) | ParsedAttestationData::AttCa(_) | ParsedAttestationData::AnonCa(_)
             );
             let attested = match &cred.attestation.metadata {
-                AttestationMetadata::Packed { aaguid }
-                | AttestationMetadata::Tpm { aaguid, .. } => Some(*aaguid),
+                AttestationMetadata::Packed { aaguid } | AttestationMetadata::Tpm { aaguid, .. } => Some(*aaguid),
                 _ => None,
             };
-            if !chained
-                || attested != Some(aaguid)
-                || !self.policy.aaguid_allow_list.contains(&aaguid)
-            {
+            if !chained || attested != Some(aaguid) || !self.policy.aaguid_allow_list.contains(&aaguid) {
                 return Err(Error::PermissionDenied(format!(
                     "authenticator AAGUID {aaguid} ({} attestation) is not attested by an allowed authenticator model",
                     facts.fmt
@@ -690,15 +666,12 @@ impl Webauthn {
         }
         check_id(&rsp.id, &rsp.raw_id, "assertion")?;
         let credential_id = b64url::encode(&rsp.raw_id);
-        let stored = creds
-            .iter()
-            .find(|c| c.credential_id == credential_id)
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "WebAuthn credential {} is not registered for this user",
-                    excerpt(&credential_id)
-                ))
-            })?;
+        let stored = creds.iter().find(|c| c.credential_id == credential_id).ok_or_else(|| {
+            Error::NotFound(format!(
+                "WebAuthn credential {} is not registered for this user",
+                excerpt(&credential_id)
+            ))
+        })?;
         if !ceremony.allowed.contains(&credential_id) {
             return Err(Error::PermissionDenied(format!(
                 "WebAuthn credential {credential_id} was not offered in this ceremony"
@@ -725,10 +698,7 @@ impl Webauthn {
             fmt: &stored.attestation_format,
             aaguid: stored.aaguid,
         };
-        let result = match self
-            .core
-            .authenticate_single_credential(&rsp, &ceremony.state, &cred)
-        {
+        let result = match self.core.authenticate_single_credential(&rsp, &ceremony.state, &cred) {
             Ok(r) => r,
             Err(WebauthnError::CredentialPossibleCompromise) => {
                 return Err(AssertionError::PossiblyCloned { credential_id })
@@ -874,10 +844,7 @@ struct Ctx<'a> {
 
 /// Builds the attestation trust store: every root restricted to the
 /// allow-listed AAGUIDs, or (empty allow-list) trusted for any model.
-fn attestation_ca_list(
-    allow_list: &[Uuid],
-    roots_pem: &[String],
-) -> Result<Option<AttestationCaList>, Error> {
+fn attestation_ca_list(allow_list: &[Uuid], roots_pem: &[String]) -> Result<Option<AttestationCaList>, Error> {
     if roots_pem.is_empty() {
         return Ok(None);
     }
@@ -939,8 +906,7 @@ fn pem_certificates(text: &str) -> Vec<String> {
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<String, Error> {
-    serde_json::to_string(v)
-        .map_err(|e| Error::Internal(format!("cannot encode WebAuthn JSON: {e}")))
+    serde_json::to_string(v).map_err(|e| Error::Internal(format!("cannot encode WebAuthn JSON: {e}")))
 }
 
 /// Reads a ceremony state written by this module.
@@ -950,8 +916,8 @@ fn read_state<T: for<'de> Deserialize<'de>>(json: &str, kind: &str) -> Result<T,
         v: u32,
         ceremony: String,
     }
-    let head: Head = serde_json::from_str(json)
-        .map_err(|e| Error::Internal(format!("WebAuthn {kind} state unreadable: {e}")))?;
+    let head: Head =
+        serde_json::from_str(json).map_err(|e| Error::Internal(format!("WebAuthn {kind} state unreadable: {e}")))?;
     if head.v != STATE_VERSION {
         return Err(Error::Internal(format!(
             "WebAuthn {kind} state version {} is not supported",
@@ -964,8 +930,7 @@ fn read_state<T: for<'de> Deserialize<'de>>(json: &str, kind: &str) -> Result<T,
             excerpt(&head.ceremony)
         )));
     }
-    serde_json::from_str(json)
-        .map_err(|e| Error::Internal(format!("WebAuthn {kind} state unreadable: {e}")))
+    serde_json::from_str(json).map_err(|e| Error::Internal(format!("WebAuthn {kind} state unreadable: {e}")))
 }
 
 /// Parses the browser's JSON, with an actionable message when it is not.
@@ -999,14 +964,8 @@ fn check_id(id: &str, raw_id: &[u8], field: &str) -> Result<(), Error> {
     }
     match b64url::decode(id) {
         Ok(bytes) if bytes == raw_id => Ok(()),
-        Ok(_) => Err(Error::invalid(
-            field,
-            "id and rawId name different credentials",
-        )),
-        Err(e) => Err(Error::invalid(
-            field,
-            format!("id is not unpadded base64url: {e}"),
-        )),
+        Ok(_) => Err(Error::invalid(field, "id and rawId name different credentials")),
+        Err(e) => Err(Error::invalid(field, format!("id is not unpadded base64url: {e}"))),
     }
 }
 
@@ -1063,27 +1022,20 @@ fn core_credential(c: &StoredCredential) -> Result<Credential, Error> {
 /// Sets the challenge of an authentication state. Its fields are private to
 /// webauthn-rs-core, so this goes through its serde form (`"challenge"`:
 /// unpadded base64url) and checks the result reads back as intended.
-fn with_challenge(
-    state: &AuthenticationState,
-    challenge_b64: &str,
-) -> Result<AuthenticationState, Error> {
+fn with_challenge(state: &AuthenticationState, challenge_b64: &str) -> Result<AuthenticationState, Error> {
     let broken = |why: &str| {
         Error::Internal(format!(
             "cannot bind the WebAuthn challenge: the webauthn-rs-core authentication state {why}"
         ))
     };
-    let mut value =
-        serde_json::to_value(state).map_err(|e| broken(&format!("does not serialize: {e}")))?;
+    let mut value = serde_json::to_value(state).map_err(|e| broken(&format!("does not serialize: {e}")))?;
     match value.get_mut("challenge") {
-        Some(slot @ serde_json::Value::String(_)) => {
-            *slot = serde_json::Value::String(challenge_b64.to_owned())
-        }
+        Some(slot @ serde_json::Value::String(_)) => *slot = serde_json::Value::String(challenge_b64.to_owned()),
         _ => return Err(broken("has no string member 'challenge'")),
     }
     let bound: AuthenticationState =
         serde_json::from_value(value).map_err(|e| broken(&format!("does not read back: {e}")))?;
-    let check =
-        serde_json::to_value(&bound).map_err(|e| broken(&format!("does not serialize: {e}")))?;
+    let check = serde_json::to_value(&bound).map_err(|e| broken(&format!("does not serialize: {e}")))?;
     if check.get("challenge").and_then(|c| c.as_str()) != Some(challenge_b64) {
         return Err(broken("did not keep the challenge"));
     }

@@ -21,13 +21,10 @@ use webauthn_authenticator_rs::error::WebauthnCError;
 use webauthn_authenticator_rs::prelude::Url;
 use webauthn_authenticator_rs::softpasskey::SoftPasskey;
 use webauthn_authenticator_rs::softtoken::{SoftToken, AAGUID as SOFTTOKEN_AAGUID};
-use webauthn_authenticator_rs::{
-    AuthenticatorBackend, AuthenticatorBackendHashedClientData, WebauthnAuthenticator,
-};
+use webauthn_authenticator_rs::{AuthenticatorBackend, AuthenticatorBackendHashedClientData, WebauthnAuthenticator};
 use webauthn_rs_core::proto::{
-    AuthenticatorAssertionResponseRaw, AuthenticatorAttestationResponseRaw,
-    CreationChallengeResponse, PublicKeyCredentialCreationOptions,
-    PublicKeyCredentialRequestOptions, RequestChallengeResponse,
+    AuthenticatorAssertionResponseRaw, AuthenticatorAttestationResponseRaw, CreationChallengeResponse,
+    PublicKeyCredentialCreationOptions, PublicKeyCredentialRequestOptions, RequestChallengeResponse,
 };
 
 use super::*;
@@ -102,14 +99,8 @@ fn get_with<A: AuthenticatorBackend>(
 }
 
 /// Registration state and the authenticator's response JSON.
-fn registration_response<A: AuthenticatorBackend>(
-    rp: &Webauthn,
-    a: &mut A,
-    origin: &str,
-) -> (String, String) {
-    let (options, state) = rp
-        .begin_registration(&[7u8; 16], "alice", "Alice", &[])
-        .unwrap();
+fn registration_response<A: AuthenticatorBackend>(rp: &Webauthn, a: &mut A, origin: &str) -> (String, String) {
+    let (options, state) = rp.begin_registration(&[7u8; 16], "alice", "Alice", &[]).unwrap();
     let response = create_with(a, origin, &options, |_| {}).expect("authenticator refused");
     (state, response)
 }
@@ -225,9 +216,7 @@ impl ZeroCounterKey {
 }
 
 fn sha256(b: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, b)
-        .as_ref()
-        .to_vec()
+    ring::digest::digest(&ring::digest::SHA256, b).as_ref().to_vec()
 }
 
 impl AuthenticatorBackendHashedClientData for ZeroCounterKey {
@@ -240,9 +229,8 @@ impl AuthenticatorBackendHashedClientData for ZeroCounterKey {
         let _ = client_data_hash; // `none` attestation signs nothing
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &self.rng)
             .map_err(|_| WebauthnCError::Internal)?;
-        let key =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &self.rng)
-                .map_err(|_| WebauthnCError::Internal)?;
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &self.rng)
+            .map_err(|_| WebauthnCError::Internal)?;
         let id = random::<16>().to_vec();
         let pk = key.public_key().as_ref();
         // COSE_Key {1: 2, 3: -7, -1: 1, -2: x, -3: y}
@@ -300,9 +288,7 @@ impl AuthenticatorBackendHashedClientData for ZeroCounterKey {
         auth.extend_from_slice(&[0, 0, 0, 0]);
         let mut signed = auth.clone();
         signed.extend_from_slice(&client_data_hash);
-        let sig = key
-            .sign(&self.rng, &signed)
-            .map_err(|_| WebauthnCError::Internal)?;
+        let sig = key.sign(&self.rng, &signed).map_err(|_| WebauthnCError::Internal)?;
         Ok(PublicKeyCredential {
             id: b64url::encode(id),
             raw_id: id.clone(),
@@ -331,16 +317,12 @@ fn registration_and_assertions_happy_path() {
     let key = b64url::decode(&cred.public_key_sec1).unwrap();
     assert_eq!((key.len(), key[0]), (65, 0x04));
     // The stored record round-trips through serde (the caller versions it).
-    let back: StoredCredential =
-        serde_json::from_str(&serde_json::to_string(&cred).unwrap()).unwrap();
+    let back: StoredCredential = serde_json::from_str(&serde_json::to_string(&cred).unwrap()).unwrap();
     assert_eq!(back, cred);
 
     for expected in 1..=3u32 {
-        let (state, response) =
-            assertion_response(&rp, &mut token, from_ref(&cred), &random(), false);
-        let a = rp
-            .finish_assertion(&state, &response, from_ref(&cred))
-            .unwrap();
+        let (state, response) = assertion_response(&rp, &mut token, from_ref(&cred), &random(), false);
+        let a = rp.finish_assertion(&state, &response, from_ref(&cred)).unwrap();
         assert_eq!(a.credential_id, cred.credential_id);
         assert_eq!(a.counter, expected);
         assert!(a.user_present && !a.user_verified && !a.backup_eligible && !a.backup_state);
@@ -350,17 +332,9 @@ fn registration_and_assertions_happy_path() {
     // SoftPasskey (self attestation, zero AAGUID) works without an allow-list.
     let mut passkey = SoftPasskey::new(false);
     let pk = register(&rp, &mut passkey);
-    assert_eq!(
-        (pk.attestation_format.as_str(), pk.aaguid),
-        ("packed", None)
-    );
+    assert_eq!((pk.attestation_format.as_str(), pk.aaguid), ("packed", None));
     let (state, response) = assertion_response(&rp, &mut passkey, from_ref(&pk), &random(), false);
-    assert_eq!(
-        rp.finish_assertion(&state, &response, &[pk])
-            .unwrap()
-            .counter,
-        1
-    );
+    assert_eq!(rp.finish_assertion(&state, &response, &[pk]).unwrap().counter, 1);
 }
 
 #[test]
@@ -393,9 +367,7 @@ fn intent_committed_assertion_reverifies_with_sigil_verify() {
     let (options, state) = rp.begin_assertion(from_ref(&cred), &challenge, uv).unwrap();
     assert!(options.contains("\"userVerification\":\"required\""));
     let response = get_with(&mut token, ORIGIN, &options, |_| {}).unwrap();
-    let a = rp
-        .finish_assertion(&state, &response, from_ref(&cred))
-        .unwrap();
+    let a = rp.finish_assertion(&state, &response, from_ref(&cred)).unwrap();
     assert!(a.user_verified);
     // webauthn-authenticator-rs serializes the origin as a URL, with a
     // trailing slash (browsers send "https://localhost:8443").
@@ -414,11 +386,7 @@ fn intent_committed_assertion_reverifies_with_sigil_verify() {
     // one byte of the authenticator data (the counter), clientDataJSON
     // (inside the origin, still valid JSON) and the signature
     assert!(with(&|t| t.authenticator_data[36] ^= 1).is_err());
-    let at = a
-        .client_data_json
-        .windows(9)
-        .position(|w| w == b"localhost")
-        .unwrap();
+    let at = a.client_data_json.windows(9).position(|w| w == b"localhost").unwrap();
     assert!(with(&|t| t.client_data_json[at] = b'm').is_err());
     assert!(with(&|t| {
         let last = t.signature.len() - 1;
@@ -459,16 +427,13 @@ fn assertion_replayed_against_a_second_state_is_refused() {
     let rp = rp();
     let (mut token, _) = soft_token(false);
     let mut cred = register(&rp, &mut token);
-    let (state1, response1) =
-        assertion_response(&rp, &mut token, from_ref(&cred), &random(), false);
+    let (state1, response1) = assertion_response(&rp, &mut token, from_ref(&cred), &random(), false);
     cred.counter = rp
         .finish_assertion(&state1, &response1, from_ref(&cred))
         .unwrap()
         .counter;
 
-    let (_, state2) = rp
-        .begin_assertion(from_ref(&cred), &random(), false)
-        .unwrap();
+    let (_, state2) = rp.begin_assertion(from_ref(&cred), &random(), false).unwrap();
     let m = assertion_denied(rp.finish_assertion(&state2, &response1, from_ref(&cred)));
     assert!(m.contains("different challenge"), "{m}");
 
@@ -495,17 +460,13 @@ fn wrong_origin_is_refused() {
 
     let cred = register(&rp, &mut token);
     for origin in ["https://evil.localhost:8443", "https://localhost:9999"] {
-        let (options, state) = rp
-            .begin_assertion(from_ref(&cred), &random(), false)
-            .unwrap();
+        let (options, state) = rp.begin_assertion(from_ref(&cred), &random(), false).unwrap();
         let response = get_with(&mut token, origin, &options, |_| {}).unwrap();
         let m = assertion_denied(rp.finish_assertion(&state, &response, from_ref(&cred)));
         assert!(m.contains(&format!("origin {origin}")), "{m}");
     }
     // control: a listed origin other than the first
-    let (options, state) = rp
-        .begin_assertion(from_ref(&cred), &random(), false)
-        .unwrap();
+    let (options, state) = rp.begin_assertion(from_ref(&cred), &random(), false).unwrap();
     let response = get_with(&mut token, APP_ORIGIN, &options, |_| {}).unwrap();
     rp.finish_assertion(&state, &response, &[cred]).unwrap();
 }
@@ -515,20 +476,13 @@ fn wrong_rp_id_is_refused() {
     let rp = rp();
     let (mut token, _) = soft_token(false);
     let set_rp = |v: &mut serde_json::Value| v["publicKey"]["rp"]["id"] = "app.localhost".into();
-    let (options, state) = rp
-        .begin_registration(&[7u8; 16], "alice", "Alice", &[])
-        .unwrap();
+    let (options, state) = rp.begin_registration(&[7u8; 16], "alice", "Alice", &[]).unwrap();
     let response = create_with(&mut token, APP_ORIGIN, &options, set_rp).unwrap();
     let m = denied(rp.finish_registration(&state, &response));
-    assert!(
-        m.contains("another relying party id than 'localhost'"),
-        "{m}"
-    );
+    assert!(m.contains("another relying party id than 'localhost'"), "{m}");
 
     let cred = register(&rp, &mut token);
-    let (options, state) = rp
-        .begin_assertion(from_ref(&cred), &random(), false)
-        .unwrap();
+    let (options, state) = rp.begin_assertion(from_ref(&cred), &random(), false).unwrap();
     let response = get_with(&mut token, APP_ORIGIN, &options, |v| {
         v["publicKey"]["rpId"] = "app.localhost".into()
     })
@@ -544,16 +498,13 @@ fn uv_required_but_not_performed_is_refused() {
     // (SoftPasskey::new(false) would refuse outright; SoftToken signs.)
     let (mut token, _) = soft_token(false);
     let cred = register(&rp, &mut token);
-    let (options, state) = rp
-        .begin_assertion(from_ref(&cred), &random(), true)
-        .unwrap();
+    let (options, state) = rp.begin_assertion(from_ref(&cred), &random(), true).unwrap();
     assert!(options.contains("\"userVerification\":\"required\""));
     // It answers "required" with a genuine, correctly signed UP-only
     // assertion (its getAssertion sets UV only when it can).
     let response = get_with(&mut token, ORIGIN, &options, |_| {}).unwrap();
     let flags_byte = b64url::decode(
-        serde_json::from_str::<serde_json::Value>(&response).unwrap()["response"]
-            ["authenticatorData"]
+        serde_json::from_str::<serde_json::Value>(&response).unwrap()["response"]["authenticatorData"]
             .as_str()
             .unwrap(),
     )
@@ -574,9 +525,7 @@ fn uv_at_registration_when_enrolment_requires_it() {
     let rp = Webauthn::new(&p).unwrap();
 
     let (mut uv_less, _) = soft_token(false);
-    let (options, state) = rp
-        .begin_registration(&[7u8; 16], "alice", "Alice", &[])
-        .unwrap();
+    let (options, state) = rp.begin_registration(&[7u8; 16], "alice", "Alice", &[]).unwrap();
     assert_eq!(
         creation(&options)
             .public_key
@@ -596,16 +545,10 @@ fn uv_at_registration_when_enrolment_requires_it() {
     let cred = register(&rp, &mut token);
     assert!(cred.user_verified_at_registration);
     // Such a credential is always asked for UV, even for uv_required=false.
-    let (options, state) = rp
-        .begin_assertion(from_ref(&cred), &random(), false)
-        .unwrap();
+    let (options, state) = rp.begin_assertion(from_ref(&cred), &random(), false).unwrap();
     assert!(options.contains("\"userVerification\":\"required\""));
     let response = get_with(&mut token, ORIGIN, &options, |_| {}).unwrap();
-    assert!(
-        rp.finish_assertion(&state, &response, &[cred])
-            .unwrap()
-            .user_verified
-    );
+    assert!(rp.finish_assertion(&state, &response, &[cred]).unwrap().user_verified);
 }
 
 #[test]
@@ -616,40 +559,25 @@ fn counter_regression_is_possibly_cloned() {
     // A genuine clone: the token's full state copied after registration.
     let mut clone = SoftToken::from_cbor(&token.to_cbor().unwrap()).unwrap();
     for _ in 0..2 {
-        let (state, response) =
-            assertion_response(&rp, &mut token, from_ref(&cred), &random(), false);
-        cred.counter = rp
-            .finish_assertion(&state, &response, from_ref(&cred))
-            .unwrap()
-            .counter;
+        let (state, response) = assertion_response(&rp, &mut token, from_ref(&cred), &random(), false);
+        cred.counter = rp.finish_assertion(&state, &response, from_ref(&cred)).unwrap().counter;
     }
     assert_eq!(cred.counter, 2);
     let (state, response) = assertion_response(&rp, &mut clone, from_ref(&cred), &random(), false);
     let cloned = Err(AssertionError::PossiblyCloned {
         credential_id: cred.credential_id.clone(),
     });
-    assert_eq!(
-        rp.finish_assertion(&state, &response, from_ref(&cred)),
-        cloned
-    );
+    assert_eq!(rp.finish_assertion(&state, &response, from_ref(&cred)), cloned);
     // equal counter: the clone's next value (2) against the stored 2
     let (state, response) = assertion_response(&rp, &mut clone, from_ref(&cred), &random(), false);
-    assert_eq!(
-        rp.finish_assertion(&state, &response, from_ref(&cred)),
-        cloned
-    );
+    assert_eq!(rp.finish_assertion(&state, &response, from_ref(&cred)), cloned);
     // a stored counter above the authenticator's
     let (state, response) = assertion_response(&rp, &mut token, from_ref(&cred), &random(), false);
     let mut ahead = cred.clone();
     ahead.counter = 50;
     assert_eq!(rp.finish_assertion(&state, &response, &[ahead]), cloned);
     // control: the same response with the true stored counter
-    assert_eq!(
-        rp.finish_assertion(&state, &response, &[cred])
-            .unwrap()
-            .counter,
-        3
-    );
+    assert_eq!(rp.finish_assertion(&state, &response, &[cred]).unwrap().counter, 3);
 }
 
 #[test]
@@ -657,16 +585,10 @@ fn always_zero_counter_is_accepted() {
     let rp = rp();
     let mut key = ZeroCounterKey::new([0; 16]);
     let cred = register(&rp, &mut key);
-    assert_eq!(
-        (cred.attestation_format.as_str(), cred.aaguid),
-        ("none", None)
-    );
+    assert_eq!((cred.attestation_format.as_str(), cred.aaguid), ("none", None));
     for _ in 0..3 {
-        let (state, response) =
-            assertion_response(&rp, &mut key, from_ref(&cred), &random(), false);
-        let a = rp
-            .finish_assertion(&state, &response, from_ref(&cred))
-            .unwrap();
+        let (state, response) = assertion_response(&rp, &mut key, from_ref(&cred), &random(), false);
+        let a = rp.finish_assertion(&state, &response, from_ref(&cred)).unwrap();
         assert_eq!(a.counter, 0);
     }
     // but a credential that once counted must not fall back to 0 (WebAuthn
@@ -704,9 +626,7 @@ fn aaguid_allow_list() {
     let (state, response) = registration_response(&strict, &mut token, ORIGIN);
     let m = denied(strict.finish_registration(&state, &response));
     assert!(
-        m.contains(&format!(
-            "AAGUID {SOFTTOKEN_AAGUID} is not on the allow-list"
-        )),
+        m.contains(&format!("AAGUID {SOFTTOKEN_AAGUID} is not on the allow-list")),
         "{m}"
     );
 
@@ -725,10 +645,7 @@ fn aaguid_allow_list() {
     let mut liar = ZeroCounterKey::new(*SOFTTOKEN_AAGUID.as_bytes());
     let (state, response) = registration_response(&rp, &mut liar, ORIGIN);
     let m = denied(rp.finish_registration(&state, &response));
-    assert!(
-        m.contains("no verifiable attestation (none attestation"),
-        "{m}"
-    );
+    assert!(m.contains("no verifiable attestation (none attestation"), "{m}");
     assert!(m.contains(&SOFTTOKEN_AAGUID.to_string()), "{m}");
     // ... which without an allow-list registers, the AAGUID only claimed
     let open = self::rp();
@@ -754,10 +671,7 @@ fn policy_validation() {
         "webauthn.attestation_ca_pem",
     );
     bad(&|p| p.attestation = "maybe".into(), "webauthn.attestation");
-    bad(
-        &|p| p.origins = vec!["https://example.com".into()],
-        "webauthn.origins",
-    );
+    bad(&|p| p.origins = vec!["https://example.com".into()], "webauthn.origins");
     bad(
         &|p| p.origins = vec!["http://app.localhost:8080".into()],
         "webauthn.origins",
@@ -766,16 +680,10 @@ fn policy_validation() {
         &|p| p.origins = vec!["https://localhost:8443/login".into()],
         "webauthn.origins",
     );
-    bad(
-        &|p| p.origins = vec!["localhost".into()],
-        "webauthn.origins",
-    );
+    bad(&|p| p.origins = vec!["localhost".into()], "webauthn.origins");
     bad(&|p| p.origins = Vec::new(), "webauthn.origins");
     bad(&|p| p.rp_id = "https://localhost".into(), "webauthn.rp_id");
-    bad(
-        &|p| p.ceremony_ttl_seconds = 0,
-        "webauthn.ceremony_ttl_seconds",
-    );
+    bad(&|p| p.ceremony_ttl_seconds = 0, "webauthn.ceremony_ttl_seconds");
     bad(
         &|p| p.require_uv_for = vec!["Withdrawal".into()],
         "webauthn.require_uv_for",
@@ -787,10 +695,7 @@ fn policy_validation() {
     let (_, pem) = soft_token(false);
     let mut none = ok.clone();
     none.attestation = "none".into();
-    invalid(
-        Webauthn::with_attestation_roots(&none, &[pem]),
-        "webauthn.attestation",
-    );
+    invalid(Webauthn::with_attestation_roots(&none, &[pem]), "webauthn.attestation");
     invalid(
         Webauthn::with_attestation_roots(&ok, &["not a certificate".into()]),
         "webauthn.attestation_ca_pem",
@@ -799,10 +704,7 @@ fn policy_validation() {
     // defaults, and the TOML section
     let d = WebauthnPolicy::default();
     assert_eq!(d.rp_id, "localhost");
-    assert_eq!(
-        d.origins,
-        ["https://localhost:8443", "http://localhost:8080"]
-    );
+    assert_eq!(d.origins, ["https://localhost:8443", "http://localhost:8080"]);
     assert_eq!(d.require_uv_for, ["withdrawal"]);
     assert_eq!(d.attestation, "direct");
     assert!(!d.synced_passkeys_may_withdraw);
@@ -829,10 +731,7 @@ fn synced_passkeys_may_not_approve_withdrawals() {
     rp.may_approve("add_address", &cred).unwrap();
     let mut p = policy();
     p.synced_passkeys_may_withdraw = true;
-    Webauthn::new(&p)
-        .unwrap()
-        .may_approve("withdrawal", &cred)
-        .unwrap();
+    Webauthn::new(&p).unwrap().may_approve("withdrawal", &cred).unwrap();
     assert!(rp.uv_required_for("withdrawal") && !rp.uv_required_for("add_address"));
 }
 
@@ -844,17 +743,11 @@ fn malformed_registrations_are_invalid_argument() {
     let field = "credential";
     invalid(rp.finish_registration(&state, "not json"), field);
     invalid(rp.finish_registration(&state, "{}"), field);
-    let bad_b64 = edit_json(&good, &["response", "attestationObject"], |v| {
-        *v = "@@@@".into()
-    });
+    let bad_b64 = edit_json(&good, &["response", "attestationObject"], |v| *v = "@@@@".into());
     invalid(rp.finish_registration(&state, &bad_b64), field);
-    let padded = edit_json(&good, &["id"], |v| {
-        *v = format!("{}=", v.as_str().unwrap()).into()
-    });
+    let padded = edit_json(&good, &["id"], |v| *v = format!("{}=", v.as_str().unwrap()).into());
     invalid(rp.finish_registration(&state, &padded), field);
-    let truncated = edit_bytes(&good, &["response", "attestationObject"], |b| {
-        b.truncate(b.len() / 2)
-    });
+    let truncated = edit_bytes(&good, &["response", "attestationObject"], |b| b.truncate(b.len() / 2));
     let m = invalid(rp.finish_registration(&state, &truncated), field);
     assert!(m.contains("attestationObject"), "{m}");
     let m = invalid(
@@ -868,14 +761,9 @@ fn malformed_registrations_are_invalid_argument() {
     let huge = format!("{}{}", good, " ".repeat(MAX_RESPONSE_BYTES));
     invalid(rp.finish_registration(&state, &huge), field);
     // state: unreadable, or of the other ceremony
-    assert!(matches!(
-        rp.finish_registration("{", &good),
-        Err(Error::Internal(_))
-    ));
+    assert!(matches!(rp.finish_registration("{", &good), Err(Error::Internal(_))));
     let cred = register(&rp, &mut token);
-    let (_, assertion_state) = rp
-        .begin_assertion(from_ref(&cred), &random(), false)
-        .unwrap();
+    let (_, assertion_state) = rp.begin_assertion(from_ref(&cred), &random(), false).unwrap();
     assert!(matches!(
         rp.finish_registration(&assertion_state, &good),
         Err(Error::Internal(_))
@@ -897,18 +785,9 @@ fn malformed_registrations_are_invalid_argument() {
     let m = denied(rp.finish_registration(&state, &old));
     assert!(m.contains("different challenge"), "{m}");
 
-    invalid(
-        rp.begin_registration(&[], "alice", "Alice", &[]),
-        "user_handle",
-    );
-    invalid(
-        rp.begin_registration(&[1; 65], "alice", "Alice", &[]),
-        "user_handle",
-    );
-    invalid(
-        rp.begin_registration(&[1; 16], "", "Alice", &[]),
-        "user_name",
-    );
+    invalid(rp.begin_registration(&[], "alice", "Alice", &[]), "user_handle");
+    invalid(rp.begin_registration(&[1; 65], "alice", "Alice", &[]), "user_handle");
+    invalid(rp.begin_registration(&[1; 16], "", "Alice", &[]), "user_name");
 }
 
 #[test]
@@ -926,9 +805,7 @@ fn malformed_assertions_are_invalid_argument() {
     let bad_id = edit_json(&good, &["id"], |v| *v = "AAAA".into());
     let m = assertion_invalid(rp.finish_assertion(&state, &bad_id, &creds));
     assert!(m.contains("id and rawId"), "{m}");
-    let short = edit_bytes(&good, &["response", "authenticatorData"], |b| {
-        b.truncate(20)
-    });
+    let short = edit_bytes(&good, &["response", "authenticatorData"], |b| b.truncate(20));
     let m = assertion_invalid(rp.finish_assertion(&state, &short, &creds));
     assert!(m.contains("authenticatorData"), "{m}");
     // extension data announced (ED flag) but the CBOR is missing
@@ -943,9 +820,7 @@ fn malformed_assertions_are_invalid_argument() {
     let flipped = edit_bytes(&good, &["response", "authenticatorData"], |b| b[36] ^= 1);
     let m = assertion_denied(rp.finish_assertion(&state, &flipped, &creds));
     assert!(m.contains("signature does not verify"), "{m}");
-    let no_up = edit_bytes(&good, &["response", "authenticatorData"], |b| {
-        b[32] &= !flags::UP
-    });
+    let no_up = edit_bytes(&good, &["response", "authenticatorData"], |b| b[32] &= !flags::UP);
     let m = assertion_denied(rp.finish_assertion(&state, &no_up, &creds));
     assert!(m.contains("presence"), "{m}");
 
@@ -954,9 +829,7 @@ fn malformed_assertions_are_invalid_argument() {
         rp.finish_assertion("garbage", &good, &creds),
         Err(AssertionError::Failed(Error::Internal(_)))
     ));
-    let (_, reg_state) = rp
-        .begin_registration(&[7u8; 16], "alice", "Alice", &[])
-        .unwrap();
+    let (_, reg_state) = rp.begin_registration(&[7u8; 16], "alice", "Alice", &[]).unwrap();
     assert!(matches!(
         rp.finish_assertion(&reg_state, &good, &creds),
         Err(AssertionError::Failed(Error::Internal(_)))

@@ -111,12 +111,7 @@ impl SoftYubiKey {
 
     /// Like [`SoftYubiKey::new`] with a fixed generator seed: the same seed
     /// and the same calls give the same OTPs.
-    pub fn with_seed(
-        public_id: &str,
-        private_id: [u8; 6],
-        aes_key: [u8; 16],
-        seed: u64,
-    ) -> Result<Self, Error> {
+    pub fn with_seed(public_id: &str, private_id: [u8; 6], aes_key: [u8; 16], seed: u64) -> Result<Self, Error> {
         if !modhex::is_modhex(public_id) || public_id.len() > 2 * MAX_PUBLIC_ID_BYTES {
             return Err(Error::invalid(
                 "public_id",
@@ -270,11 +265,7 @@ impl SoftHmacSlot {
                 ),
             ));
         }
-        let pad = if challenge.last() == Some(&0) {
-            0xff
-        } else {
-            0x00
-        };
+        let pad = if challenge.last() == Some(&0) { 0xff } else { 0x00 };
         let mut frame = [pad; MAX_CHALLENGE];
         frame[..challenge.len()].copy_from_slice(challenge);
         Ok(self.respond_frame(&frame))
@@ -343,11 +334,7 @@ mod tests {
         let mut prev = (0u16, 0u8);
         for n in 0..600u32 {
             let t = yk.next_token();
-            assert!(
-                t.counters() > prev || n == 0,
-                "{n}: {:?} after {prev:?}",
-                t.counters()
-            );
+            assert!(t.counters() > prev || n == 0, "{n}: {:?} after {prev:?}", t.counters());
             prev = t.counters();
         }
         // 600 OTPs in one session: (1,0..=255), (2,0..=255), (3,0..=87).
@@ -375,9 +362,7 @@ mod tests {
         let mut c = SoftYubiKey::with_seed("cccccccccccb", UID, KEY, 43).unwrap();
         assert_ne!(
             c.otp(),
-            SoftYubiKey::with_seed("cccccccccccb", UID, KEY, 42)
-                .unwrap()
-                .otp()
+            SoftYubiKey::with_seed("cccccccccccb", UID, KEY, 42).unwrap().otp()
         );
         assert!(SoftYubiKey::new("cccccccccccb", UID, KEY).is_ok());
     }
@@ -395,10 +380,7 @@ mod tests {
             !d.contains("aes_key") && !d.contains("private_id") && !d.contains("rng"),
             "{d}"
         );
-        assert_eq!(
-            format!("{:?}", SoftHmacSlot::new([1; 20])),
-            "SoftHmacSlot { .. }"
-        );
+        assert_eq!(format!("{:?}", SoftHmacSlot::new([1; 20])), "SoftHmacSlot { .. }");
     }
 
     #[test]
@@ -411,10 +393,7 @@ mod tests {
         let otp = yk.otp();
         let (public, _) = split_otp(&otp).unwrap();
         assert_eq!(public, i.public_id);
-        assert_eq!(
-            verify_otp(&i.aes_key, &i.private_id, None, &otp),
-            Ok((1, 0))
-        );
+        assert_eq!(verify_otp(&i.aes_key, &i.private_id, None, &otp), Ok((1, 0)));
     }
 
     #[test]
@@ -429,17 +408,13 @@ mod tests {
         assert_eq!(
             modhex::encode(&r),
             modhex::encode(&[
-                0x09, 0x22, 0xd3, 0x40, 0x5f, 0xaa, 0x3d, 0x19, 0x4f, 0x82, 0xa4, 0x58, 0x30, 0x73,
-                0x7d, 0x5c, 0xc6, 0xc7, 0x5d, 0x24
+                0x09, 0x22, 0xd3, 0x40, 0x5f, 0xaa, 0x3d, 0x19, 0x4f, 0x82, 0xa4, 0x58, 0x30, 0x73, 0x7d, 0x5c, 0xc6,
+                0xc7, 0x5d, 0x24
             ])
         );
         // Sigil's intent-bound challenge verifies; the response is exactly 20 bytes.
         let ch = hmac_challenge(&[5u8; 16], &[6u8; 32]);
-        assert!(verify_hmac_response(
-            &secret,
-            &ch,
-            &slot.respond(&ch).unwrap()
-        ));
+        assert!(verify_hmac_response(&secret, &ch, &slot.respond(&ch).unwrap()));
         // Challenges ending in 0x00 are padded with 0xff and survive intact.
         let zero_end = [1, 2, 0, 0];
         assert_eq!(

@@ -71,10 +71,7 @@ pub fn expected_response(secret: &[u8; SECRET_LEN], challenge: &[u8]) -> [u8; RE
 /// is empty or longer than [`MAX_VARIABLE_CHALLENGE`] is refused: a
 /// variable-length slot would not MAC it unchanged.
 pub fn verify_hmac_response(secret: &[u8; SECRET_LEN], challenge: &[u8], response: &[u8]) -> bool {
-    if challenge.is_empty()
-        || challenge.len() > MAX_VARIABLE_CHALLENGE
-        || response.len() != RESPONSE_LEN
-    {
+    if challenge.is_empty() || challenge.len() > MAX_VARIABLE_CHALLENGE || response.len() != RESPONSE_LEN {
         return false;
     }
     let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret);
@@ -129,10 +126,7 @@ mod tests {
         let mut manual = TAG.to_vec();
         manual.extend_from_slice(&nonce);
         manual.extend_from_slice(&intent);
-        assert_eq!(
-            c.as_slice(),
-            digest::digest(&digest::SHA256, &manual).as_ref()
-        );
+        assert_eq!(c.as_slice(), digest::digest(&digest::SHA256, &manual).as_ref());
         assert_eq!(TAG.len(), 21);
         assert_ne!(hmac_challenge(&[8u8; 16], &intent), c);
         let mut other = intent;
@@ -156,22 +150,10 @@ mod tests {
         assert!(!verify_hmac_response(&secret, &ch, &long));
         assert!(!verify_hmac_response(&secret, &ch, &[]));
         assert!(!verify_hmac_response(&[0x43u8; 20], &ch, &good));
-        assert!(!verify_hmac_response(
-            &secret,
-            &[],
-            &expected_response(&secret, &[])
-        ));
+        assert!(!verify_hmac_response(&secret, &[], &expected_response(&secret, &[])));
         let c64 = [1u8; 64];
-        assert!(!verify_hmac_response(
-            &secret,
-            &c64,
-            &expected_response(&secret, &c64)
-        ));
+        assert!(!verify_hmac_response(&secret, &c64, &expected_response(&secret, &c64)));
         let c63 = [1u8; 63];
-        assert!(verify_hmac_response(
-            &secret,
-            &c63,
-            &expected_response(&secret, &c63)
-        ));
+        assert!(verify_hmac_response(&secret, &c63, &expected_response(&secret, &c63)));
     }
 }

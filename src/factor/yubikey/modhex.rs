@@ -35,10 +35,7 @@ pub enum ModhexError {
 impl fmt::Display for ModhexError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ModhexError::OddLength(n) => write!(
-                f,
-                "has {n} characters; modhex needs an even number (two per byte)"
-            ),
+            ModhexError::OddLength(n) => write!(f, "has {n} characters; modhex needs an even number (two per byte)"),
             ModhexError::InvalidChar(i) => write!(
                 f,
                 "character {} is not modhex (only the lower-case letters cbdefghijklnrtuv are allowed)",
@@ -54,10 +51,7 @@ impl fmt::Display for ModhexError {
 impl std::error::Error for ModhexError {}
 
 fn nibble(c: u8) -> Option<u8> {
-    ALPHABET
-        .iter()
-        .position(|&a| a == c)
-        .and_then(|p| u8::try_from(p).ok())
+    ALPHABET.iter().position(|&a| a == c).and_then(|p| u8::try_from(p).ok())
 }
 
 /// Encodes bytes as ModHex (two characters per byte).
@@ -158,13 +152,8 @@ mod tests {
         let mut out = [0u8; 2];
         assert_eq!(
             decode_into("cccccc", &mut out),
-            Err(ModhexError::WrongLength {
-                expected: 4,
-                got: 6
-            })
+            Err(ModhexError::WrongLength { expected: 4, got: 6 })
         );
-        assert!(ModhexError::InvalidChar(3)
-            .to_string()
-            .contains("character 4"));
+        assert!(ModhexError::InvalidChar(3).to_string().contains("character 4"));
     }
 }

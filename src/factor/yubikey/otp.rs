@@ -110,13 +110,7 @@ impl fmt::Debug for OtpToken {
 impl OtpToken {
     /// A token with these fields and a freshly computed CRC, as the device
     /// builds it. `usage_counter` is cut to 15 bits, `timestamp` to 24.
-    pub fn new(
-        private_id: [u8; 6],
-        usage_counter: u16,
-        timestamp: u32,
-        session_counter: u8,
-        random: u16,
-    ) -> Self {
+    pub fn new(private_id: [u8; 6], usage_counter: u16, timestamp: u32, session_counter: u8, random: u16) -> Self {
         let mut t = OtpToken {
             private_id,
             usage_counter: usage_counter & MAX_USAGE_COUNTER,
@@ -152,8 +146,7 @@ impl OtpToken {
     pub fn to_plaintext(&self) -> [u8; 16] {
         let mut pt = [0u8; 16];
         pt[..6].copy_from_slice(&self.private_id);
-        let use_field = (self.usage_counter & MAX_USAGE_COUNTER)
-            | if self.capslock_trigger { 0x8000 } else { 0 };
+        let use_field = (self.usage_counter & MAX_USAGE_COUNTER) | if self.capslock_trigger { 0x8000 } else { 0 };
         pt[6..8].copy_from_slice(&use_field.to_le_bytes());
         let ts = (self.timestamp & MAX_TIMESTAMP).to_le_bytes();
         pt[8..11].copy_from_slice(&ts[..3]);
@@ -226,9 +219,9 @@ impl From<OtpFailure> for Error {
     fn from(f: OtpFailure) -> Self {
         match f {
             OtpFailure::Malformed(m) => Error::invalid("otp", m),
-            _ => Error::PermissionDenied(
-                "YubiKey OTP not accepted (not from the enrolled key, or already used)".into(),
-            ),
+            _ => {
+                Error::PermissionDenied("YubiKey OTP not accepted (not from the enrolled key, or already used)".into())
+            }
         }
     }
 }
@@ -482,10 +475,7 @@ mod tests {
         assert_eq!(t.private_id, hex::<6>(v.uid), "{}", v.token);
         assert_eq!(t.usage_counter, v.use_field & 0x7fff);
         assert_eq!(t.capslock_trigger, v.use_field & 0x8000 != 0);
-        assert_eq!(
-            t.timestamp,
-            u32::from(v.ts_high) << 16 | u32::from(v.ts_low)
-        );
+        assert_eq!(t.timestamp, u32::from(v.ts_high) << 16 | u32::from(v.ts_low));
         assert_eq!(t.session_counter, v.session);
         assert_eq!(t.random, v.random);
         assert_eq!(t.crc, v.crc);
@@ -493,13 +483,7 @@ mod tests {
         assert_eq!(modhex::encode(&encrypt_token(&key, &t)), v.token);
         // Building the token from its fields computes the published CRC.
         if !t.capslock_trigger {
-            let built = OtpToken::new(
-                t.private_id,
-                t.usage_counter,
-                t.timestamp,
-                t.session_counter,
-                t.random,
-            );
+            let built = OtpToken::new(t.private_id, t.usage_counter, t.timestamp, t.session_counter, t.random);
             assert_eq!(built.crc, v.crc, "{}", v.token);
         }
     }
@@ -522,10 +506,7 @@ mod tests {
         // under key "abcdef0123456789".
         let mut block = aes::Block::from(*b"0123456789abcdef");
         cipher(b"abcdef0123456789").decrypt_block(&mut block);
-        assert_eq!(
-            block.as_slice(),
-            hex::<16>("838a467f34639551755bd32a4a2f15e1")
-        );
+        assert_eq!(block.as_slice(), hex::<16>("838a467f34639551755bd32a4a2f15e1"));
     }
 
     /// CRC vectors: the catalogue check value of CRC-16/X.25 ("123456789"
@@ -553,13 +534,7 @@ mod tests {
         let t = decrypt_token(&key, &ct).unwrap();
         assert_eq!(t.private_id, hex::<6>("4e8308389518"));
         assert_eq!(
-            (
-                t.usage_counter,
-                t.timestamp,
-                t.session_counter,
-                t.random,
-                t.crc
-            ),
+            (t.usage_counter, t.timestamp, t.session_counter, t.random, t.crc),
             (7, 1_768_874, 0, 199, 50219)
         );
         let uid = hex::<6>("4e8308389518");
@@ -585,10 +560,7 @@ mod tests {
         // Another private id.
         let mut other = uid;
         other[5] ^= 1;
-        assert_eq!(
-            verify_otp(&key, &other, None, otp),
-            Err(OtpFailure::PrivateIdMismatch)
-        );
+        assert_eq!(verify_otp(&key, &other, None, otp), Err(OtpFailure::PrivateIdMismatch));
         // Another key.
         let mut wrong = key;
         wrong[0] ^= 0x80;
@@ -597,10 +569,7 @@ mod tests {
         let mut bytes = otp.as_bytes().to_vec();
         bytes[20] = if bytes[20] == b'c' { b'b' } else { b'c' };
         let altered = String::from_utf8(bytes).unwrap();
-        assert_eq!(
-            verify_otp(&key, &uid, None, &altered),
-            Err(OtpFailure::BadCrc)
-        );
+        assert_eq!(verify_otp(&key, &uid, None, &altered), Err(OtpFailure::BadCrc));
         // Malformed.
         assert!(matches!(
             verify_otp(&key, &uid, None, &otp[..43]),
@@ -609,10 +578,7 @@ mod tests {
         assert!(!OtpFailure::Malformed(String::new()).counts_as_failure());
         assert!(OtpFailure::BadCrc.counts_as_failure());
         // Errors shown to callers.
-        assert!(matches!(
-            Error::from(OtpFailure::BadCrc),
-            Error::PermissionDenied(_)
-        ));
+        assert!(matches!(Error::from(OtpFailure::BadCrc), Error::PermissionDenied(_)));
         assert_eq!(
             Error::from(OtpFailure::PrivateIdMismatch),
             Error::from(OtpFailure::Replayed {
@@ -657,10 +623,7 @@ mod tests {
         assert_eq!(t.usage_counter, 1);
         assert_eq!(t.timestamp, 0x0023_4567);
         let pt = t.to_plaintext();
-        assert_eq!(
-            &pt[..14],
-            &[1, 2, 3, 4, 5, 6, 1, 0, 0x67, 0x45, 0x23, 9, 0xef, 0xbe]
-        );
+        assert_eq!(&pt[..14], &[1, 2, 3, 4, 5, 6, 1, 0, 0x67, 0x45, 0x23, 9, 0xef, 0xbe]);
         assert_eq!(crc16(&pt), CRC_RESIDUE);
         assert_eq!(OtpToken::from_plaintext(&pt), t);
         let d = format!("{t:?}");

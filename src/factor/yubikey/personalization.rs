@@ -100,10 +100,7 @@ fn hex_into(column: &str, s: &str, out: &mut [u8]) -> Result<(), Error> {
             (Some(h), Some(l)) => *o = (h << 4) | l,
             _ => {
                 out.zeroize();
-                return Err(Error::invalid(
-                    FIELD,
-                    format!("{column} is not hexadecimal"),
-                ));
+                return Err(Error::invalid(FIELD, format!("{column} is not hexadecimal")));
             }
         }
     }
@@ -116,8 +113,7 @@ fn credential(public_id: &str, private_id: &str, aes_key: &str) -> Result<OtpImp
         return Err(Error::invalid(
             FIELD,
             if public_id.is_empty() {
-                "public id column is empty: Sigil needs the key's 12-character modhex public id"
-                    .to_string()
+                "public id column is empty: Sigil needs the key's 12-character modhex public id".to_string()
             } else if looks_hex && !modhex::is_modhex(public_id) {
                 "public id must be modhex (cbdefghijklnrtuv), not hex: log it with the Personalization Tool's default (modhex) public id setting".to_string()
             } else {
@@ -153,8 +149,8 @@ pub fn parse_personalization_csv(line: &str) -> Result<OtpImport, Error> {
     let first = cols.first().copied().unwrap_or_default();
 
     // Yubico format: serial (decimal, may be empty), pub, pvt, key, access, time, "".
-    let yubico_shape = (cols.len() == 6 || (cols.len() == 7 && cols[6].is_empty()))
-        && first.bytes().all(|c| c.is_ascii_digit());
+    let yubico_shape =
+        (cols.len() == 6 || (cols.len() == 7 && cols[6].is_empty())) && first.bytes().all(|c| c.is_ascii_digit());
     if yubico_shape {
         return match cols[2] {
             "" => Err(Error::invalid(
@@ -249,10 +245,7 @@ mod tests {
         assert_eq!(i.private_id, [0xab, 0x86, 0xc0, 0x4d, 0xe6, 0xa3]);
         assert_eq!(
             i.aes_key,
-            [
-                0xd2, 0x6a, 0x7c, 0x0f, 0x85, 0xfd, 0xda, 0x28, 0xbd, 0x81, 0x6e, 0x40, 0x63, 0x42,
-                0xb2, 0x14
-            ]
+            [0xd2, 0x6a, 0x7c, 0x0f, 0x85, 0xfd, 0xda, 0x28, 0xbd, 0x81, 0x6e, 0x40, 0x63, 0x42, 0xb2, 0x14]
         );
         // CRLF, a BOM, and a locale timestamp with a comma.
         let i2 = parse_personalization_csv(&format!(
@@ -265,10 +258,7 @@ mod tests {
         // Debug never shows key material.
         let d = format!("{i:?}");
         assert!(
-            d.contains("vvgutbiedkvi")
-                && !d.contains("d26a")
-                && !d.contains("aes_key")
-                && !d.contains("private_id"),
+            d.contains("vvgutbiedkvi") && !d.contains("d26a") && !d.contains("aes_key") && !d.contains("private_id"),
             "{d}"
         );
     }
@@ -283,22 +273,22 @@ mod tests {
         assert_eq!(i.public_id, "cccccccccccc");
         assert_eq!(i.private_id, [0x83, 0xce, 0xbd, 0xfb, 0x7b, 0x93]);
         assert_eq!(i.aes_key[..4], [0xa4, 0x7c, 0x5b, 0xf9]);
-        assert!(
-            reason("508326,,0,69cfb9202438ca68964ec3244bfa4843d073a43b,,2013-12-12T08:41:07,")
-                .contains("OATH")
-        );
-        assert!(
-            reason("508326,,,9e2fd386224a7f77e9b5aee775464033,,2013-12-12T08:44:34,")
-                .contains("static")
-        );
+        assert!(reason("508326,,0,69cfb9202438ca68964ec3244bfa4843d073a43b,,2013-12-12T08:41:07,").contains("OATH"));
+        assert!(reason("508326,,,9e2fd386224a7f77e9b5aee775464033,,2013-12-12T08:44:34,").contains("static"));
     }
 
     #[test]
     fn refusals() {
         assert!(reason("").contains("empty"));
         assert!(reason("LOGGING START,12/11/2013 11:10").contains("'LOGGING START'"));
-        assert!(reason("OATH-HOTP,11.12.13 18:55,1,cccccccccccc,,916821d3a138bf855e70069605559a206ba854cd,,,0,0,0,6,0,0,0,0,0,0").contains("'OATH-HOTP'"));
-        assert!(reason("Static Password,11.12.13 19:08,1,,d5a3d50327dc,0e8e37b0e38b314a56748c030f58d21d,,,0,0,0,0,0,0,0,0,0,0").contains("'Static Password'"));
+        assert!(reason(
+            "OATH-HOTP,11.12.13 18:55,1,cccccccccccc,,916821d3a138bf855e70069605559a206ba854cd,,,0,0,0,6,0,0,0,0,0,0"
+        )
+        .contains("'OATH-HOTP'"));
+        assert!(reason(
+            "Static Password,11.12.13 19:08,1,,d5a3d50327dc,0e8e37b0e38b314a56748c030f58d21d,,,0,0,0,0,0,0,0,0,0,0"
+        )
+        .contains("'Static Password'"));
         let good = "Yubico OTP,12/11/2013 11:10,1,vvgutbiedkvi,ab86c04de6a3,d26a7c0f85fdda28bd816e406342b214,,,0,0,0,0,0,0,0,0,0,0";
         assert!(reason("Yubico OTP,12/11/2013 11:10,1,vvgutbiedkvi").contains("18"));
         // Wrong public id: hex, short, empty.
@@ -307,24 +297,12 @@ mod tests {
         assert!(reason(&good.replace("vvgutbiedkvi", "")).contains("empty"));
         // Bad private id / key; the messages never quote them.
         let r = reason(&good.replace("ab86c04de6a3", "ab86c04de6"));
-        assert!(
-            r.contains("private id must be 12 hex") && !r.contains("ab86"),
-            "{r}"
-        );
-        let r = reason(&good.replace(
-            "d26a7c0f85fdda28bd816e406342b214",
-            "x26a7c0f85fdda28bd816e406342b214",
-        ));
-        assert!(
-            r.contains("AES key is not hexadecimal") && !r.contains("26a7"),
-            "{r}"
-        );
+        assert!(r.contains("private id must be 12 hex") && !r.contains("ab86"), "{r}");
+        let r = reason(&good.replace("d26a7c0f85fdda28bd816e406342b214", "x26a7c0f85fdda28bd816e406342b214"));
+        assert!(r.contains("AES key is not hexadecimal") && !r.contains("26a7"), "{r}");
         // Slot and flag columns anchor the layout.
         assert!(reason(&good.replace(",1,vvg", ",3,vvg")).contains("slot"));
-        assert!(
-            reason(&good.replace(",0,0,0,0,0,0,0,0,0,0", ",0,0,0,0,0,0,0,0,0,x"))
-                .contains("numbers")
-        );
+        assert!(reason(&good.replace(",0,0,0,0,0,0,0,0,0,0", ",0,0,0,0,0,0,0,0,0,x")).contains("numbers"));
         assert!(reason("hello").contains("'hello'"));
     }
 }

@@ -49,9 +49,7 @@ use yubico_manager::yubicoerror::YubicoError;
 use yubico_manager::Yubico;
 use zeroize::Zeroize;
 
-use super::hmac::{
-    expected_response, hmac_challenge, MAX_VARIABLE_CHALLENGE, RESPONSE_LEN, SECRET_LEN,
-};
+use super::hmac::{expected_response, hmac_challenge, MAX_VARIABLE_CHALLENGE, RESPONSE_LEN, SECRET_LEN};
 use super::modhex;
 use super::otp::PUBLIC_ID_LEN;
 use crate::error::Error;
@@ -173,11 +171,7 @@ fn config_for(dev: YubiKeyDevice) -> Config {
 /// random test challenge and must answer correctly; otherwise
 /// `Error::FailedPrecondition` (typically: the slot is protected by an
 /// access code and the write was ignored).
-pub fn program_hmac_slot(
-    slot: u8,
-    secret: &[u8; SECRET_LEN],
-    require_touch: bool,
-) -> Result<(), Error> {
+pub fn program_hmac_slot(slot: u8, secret: &[u8; SECRET_LEN], require_touch: bool) -> Result<(), Error> {
     let command = configure_command(slot)?;
     let dev = find_yubikey()?;
     guarded("programming the HMAC slot", || {
@@ -218,13 +212,8 @@ pub fn challenge_response(slot: u8, challenge: &[u8]) -> Result<[u8; RESPONSE_LE
     let dev = find_yubikey()?;
     guarded("asking the YubiKey", || {
         let mut yk = Yubico::new();
-        let conf = config_for(dev)
-            .set_variable_size(true)
-            .set_mode(Mode::Sha1)
-            .set_slot(s);
-        let hmac = yk
-            .challenge_response_hmac(challenge, conf)
-            .map_err(map_err)?;
+        let conf = config_for(dev).set_variable_size(true).set_mode(Mode::Sha1).set_slot(s);
+        let hmac = yk.challenge_response_hmac(challenge, conf).map_err(map_err)?;
         let mut out = [0u8; RESPONSE_LEN];
         out.copy_from_slice(&hmac.0);
         Ok(out)
@@ -243,8 +232,7 @@ fn check_otp_args(slot: u8, public_id: &str) -> Result<(Command, [u8; 6]), Error
             ),
         ));
     }
-    modhex::decode_into(public_id, &mut fixed)
-        .map_err(|e| Error::invalid("public_id", format!("{e}")))?;
+    modhex::decode_into(public_id, &mut fixed).map_err(|e| Error::invalid("public_id", format!("{e}")))?;
     Ok((command, fixed))
 }
 
@@ -256,12 +244,7 @@ fn check_otp_args(slot: u8, public_id: &str) -> Result<(Command, [u8; 6]), Error
 /// (which can then no longer be used with YubiCloud). The write is not
 /// confirmed by `yubico_manager`: enroll the factor with a first OTP typed
 /// from the key.
-pub fn program_otp_slot(
-    slot: u8,
-    public_id: &str,
-    private_id: &[u8; 6],
-    aes_key: &[u8; 16],
-) -> Result<(), Error> {
+pub fn program_otp_slot(slot: u8, public_id: &str, private_id: &[u8; 6], aes_key: &[u8; 16]) -> Result<(), Error> {
     let (command, fixed) = check_otp_args(slot, public_id)?;
     let dev = find_yubikey()?;
     guarded("programming the Yubico OTP slot", || {
@@ -299,10 +282,7 @@ mod tests {
     #[test]
     fn arguments_checked_first() {
         for bad in [0u8, 3, 255] {
-            assert_eq!(
-                invalid_field(program_hmac_slot(bad, &[0; 20], false)),
-                "slot"
-            );
+            assert_eq!(invalid_field(program_hmac_slot(bad, &[0; 20], false)), "slot");
             assert_eq!(invalid_field(challenge_response(bad, &[1; 32])), "slot");
             assert_eq!(
                 invalid_field(program_otp_slot(bad, "cccccccccccb", &[0; 6], &[0; 16])),
@@ -335,14 +315,8 @@ mod tests {
             }
             Err(other) => panic!("expected NotFound, got {other:?}"),
         }
-        assert!(matches!(
-            challenge_response(2, &[1; 32]),
-            Err(Error::NotFound(_))
-        ));
-        assert!(matches!(
-            program_hmac_slot(2, &[1; 20], false),
-            Err(Error::NotFound(_))
-        ));
+        assert!(matches!(challenge_response(2, &[1; 32]), Err(Error::NotFound(_))));
+        assert!(matches!(program_hmac_slot(2, &[1; 20], false), Err(Error::NotFound(_))));
         assert!(matches!(
             program_otp_slot(2, "cccccccccccb", &[0; 6], &[0; 16]),
             Err(Error::NotFound(_))
@@ -351,17 +325,9 @@ mod tests {
 
     #[test]
     fn errors_map() {
-        assert_eq!(
-            map_err(YubicoError::DeviceNotFound),
-            Error::NotFound(NOT_FOUND.into())
-        );
-        assert!(
-            matches!(map_err(YubicoError::OpenDeviceError), Error::Unavailable(m) if m.contains("udev"))
-        );
-        assert!(matches!(
-            map_err(YubicoError::WrongCRC),
-            Error::Unavailable(_)
-        ));
+        assert_eq!(map_err(YubicoError::DeviceNotFound), Error::NotFound(NOT_FOUND.into()));
+        assert!(matches!(map_err(YubicoError::OpenDeviceError), Error::Unavailable(m) if m.contains("udev")));
+        assert!(matches!(map_err(YubicoError::WrongCRC), Error::Unavailable(_)));
         assert!(matches!(
             guarded("testing", || -> Result<(), Error> { panic!("boom") }),
             Err(Error::Unavailable(_))

@@ -21,8 +21,7 @@ impl Signer {
     pub fn new() -> Signer {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-            .unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
         let p = key.public_key().as_ref();
         assert_eq!(p.len(), 65);
         let jwk = Jwk::from_p256_point(p[1..33].try_into().unwrap(), p[33..].try_into().unwrap());
@@ -31,12 +30,7 @@ impl Signer {
 
     /// Raw r||s signature over `input`.
     pub fn sign_raw(&self, input: &[u8]) -> [u8; 64] {
-        self.key
-            .sign(&self.rng, input)
-            .unwrap()
-            .as_ref()
-            .try_into()
-            .unwrap()
+        self.key.sign(&self.rng, input).unwrap().as_ref().try_into().unwrap()
     }
 
     pub fn sign_with_kid(&self, kid: &str, claims: &Claims) -> String {
