@@ -34,7 +34,7 @@ hsm: deps build ## SoftHSM token and keys under hsm/tokens/ (PINs in hsm/pin, hs
 
 run: certs hsm ## Start sigild on 127.0.0.1:50051 (sled in data/, SoftHSM)
 	@mkdir -p data
-	./target/debug/sigild
+	./target/debug/sigild --config sigil.dev.toml
 
 test: certs hsm ## The whole test suite
 	$(CARGO) test --workspace --all-targets

@@ -6,6 +6,9 @@
 //! ```
 //! 1. (as the frontend) enroll a TOTP factor for a fresh demo user and
 //!    confirm it with the first code, as the user's app would show it;
+//!    then whitelist the destination address (itself approved with a code);
+//!    the first withdrawal is refused until the security-change lock and the
+//!    address hold end (15 s each under `sigil.dev.toml`, 24 h by default);
 //! 2. (as the engine) ask for an approval of one exact withdrawal;
 //! 3. (as the user, relayed) answer the challenge with the next code;
 //! 4. (as the engine) fetch the JWKS, verify the approval offline against
@@ -26,6 +29,20 @@ use sigil_verify::{Intent, JwkSet, Verifier};
 
 fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// The user's app: the code of the first step newer than the last one used
+/// (a step is accepted once), waiting for it if it is more than one step ahead.
+async fn next_code(seed: &[u8], last: &mut u64) -> String {
+    loop {
+        let current = totp::step_at(now());
+        let step = current.max(*last + 1);
+        if step <= current + 1 {
+            *last = step;
+            return totp::code_at_step(seed, step);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 #[tokio::main]
@@ -75,15 +92,70 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         e.qr_svg.len()
     );
     let seed = data_encoding::BASE32_NOPAD.decode(e.secret_base32.as_bytes())?;
-    let step = totp::step_at(now());
+    let mut last = 0u64;
     factors
         .confirm_totp_enrollment(pb::ConfirmTotpEnrollmentRequest {
             user_id: user.clone(),
             factor_id: e.factor_id.clone(),
-            code: totp::code_at_step(&seed, step),
+            code: next_code(&seed, &mut last).await,
         })
         .await?;
     println!("factor {} active", e.factor_id);
+
+    // Whitelist the destination: an add_address approval, then AddAddress.
+    let destination = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq";
+    let add = Intent {
+        action: "add_address".into(),
+        user_id: user.clone(),
+        asset: "BTC".into(),
+        network: "bitcoin".into(),
+        destination: destination.into(),
+        memo: "cold wallet".into(),
+        ..Default::default()
+    };
+    let ch = user_side
+        .begin_approval(pb::BeginApprovalRequest {
+            intent: Some(add.into()),
+            device: None,
+        })
+        .await?
+        .into_inner();
+    let ok = user_side
+        .complete_approval(pb::CompleteApprovalRequest {
+            challenge_id: ch.challenge_id,
+            user_id: user.clone(),
+            proof: Some(pb::complete_approval_request::Proof::Totp(pb::TotpProof {
+                code: next_code(&seed, &mut last).await,
+                factor_id: String::new(),
+            })),
+        })
+        .await?
+        .into_inner();
+    let mut account = pb::account_service_client::AccountServiceClient::new(
+        connect(
+            &url,
+            &ClientTls {
+                ca: &ca,
+                cert: &fc,
+                key: &fk,
+            },
+        )
+        .await?,
+    );
+    let added = account
+        .add_address(pb::AddAddressRequest {
+            user_id: user.clone(),
+            asset: "BTC".into(),
+            network: "bitcoin".into(),
+            address: destination.into(),
+            label: "cold wallet".into(),
+            approval: ok.approval,
+        })
+        .await?
+        .into_inner()
+        .address
+        .unwrap();
+    println!("address {destination} whitelisted; usable from {}", added.usable_at);
 
     // 2. The engine's own withdrawal record, and the approval request.
     let record = Intent {
@@ -96,13 +168,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         destination: "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq".into(),
         memo: String::new(),
     };
-    let begun = approvals
-        .begin_approval(pb::BeginApprovalRequest {
-            intent: Some(record.clone().into()),
-            device: None,
-        })
-        .await?
-        .into_inner();
+    let begun = loop {
+        match approvals
+            .begin_approval(pb::BeginApprovalRequest {
+                intent: Some(record.clone().into()),
+                device: None,
+            })
+            .await
+        {
+            Ok(b) => break b.into_inner(),
+            Err(st) if st.code() == tonic::Code::FailedPrecondition => {
+                println!("not yet: {} (waiting)", st.message());
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
+            Err(st) => return Err(st.into()),
+        }
+    };
     assert_eq!(
         begun.intent_sha256,
         record.digest(),
@@ -116,7 +197,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             challenge_id: begun.challenge_id,
             user_id: user.clone(),
             proof: Some(pb::complete_approval_request::Proof::Totp(pb::TotpProof {
-                code: totp::code_at_step(&seed, step + 1),
+                code: next_code(&seed, &mut last).await,
                 factor_id: String::new(),
             })),
         })

@@ -80,6 +80,11 @@ enum Cmd {
         #[arg(long)]
         user: Vec<String>,
     },
+    /// Provision and use YubiKeys (OTP applet: HMAC-SHA1 challenge-response, Yubico OTP).
+    Yubikey {
+        #[command(subcommand)]
+        cmd: YubikeyCmd,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -90,6 +95,74 @@ enum Cmd {
         /// The base32 secret.
         #[arg(long)]
         secret: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum YubikeyCmd {
+    /// Write a fresh random HMAC-SHA1 secret into a slot of the attached
+    /// YubiKey and register it as a factor of the user (the secret goes to
+    /// Sigil once, encrypted there under the HSM key, and is shown nowhere).
+    Program {
+        #[command(flatten)]
+        conn: Conn,
+        /// The user.
+        #[arg(long)]
+        user: String,
+        /// Slot 1 or 2.
+        #[arg(long, default_value_t = 2)]
+        slot: u8,
+        /// Require a touch for every response.
+        #[arg(long)]
+        touch: bool,
+        /// Name shown to the user.
+        #[arg(long, default_value = "YubiKey")]
+        nickname: String,
+        /// An enroll_factor approval (JWS), when the user already has a factor.
+        #[arg(long, default_value = "")]
+        step_up: String,
+    },
+    /// Answer a challenge (hex) with the attached YubiKey's HMAC-SHA1 slot;
+    /// prints the 20-byte response as hex.
+    Respond {
+        /// The challenge, hex (at most 63 bytes).
+        #[arg(long)]
+        challenge: String,
+        #[arg(long, default_value_t = 2)]
+        slot: u8,
+    },
+    /// Write fresh Yubico OTP credentials into a slot of the attached
+    /// YubiKey, register them, and confirm with an OTP read from stdin
+    /// (touch the key).
+    ProgramOtp {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value_t = 1)]
+        slot: u8,
+        #[arg(long, default_value = "YubiKey")]
+        nickname: String,
+        #[arg(long, default_value = "")]
+        step_up: String,
+    },
+    /// Register Yubico OTP credentials from one line of the YubiKey
+    /// Personalization tool's CSV log, and confirm with an OTP (--otp or stdin).
+    ImportOtp {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        user: String,
+        /// The CSV line.
+        #[arg(long)]
+        csv_line: String,
+        /// A fresh OTP from that key (else read from stdin).
+        #[arg(long)]
+        otp: Option<String>,
+        #[arg(long, default_value = "YubiKey")]
+        nickname: String,
+        #[arg(long, default_value = "")]
+        step_up: String,
     },
 }
 
@@ -370,6 +443,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 Some((seq, why)) => Err(Error::Internal(format!("audit log BROKEN at entry {seq}: {why}"))),
             }
         }
+        Cmd::Yubikey { cmd } => yubikey(cmd).await,
         Cmd::TotpCode { secret } => {
             let seed = data_encoding::BASE32_NOPAD
                 .decode(secret.trim().trim_end_matches('=').to_ascii_uppercase().as_bytes())
@@ -384,5 +458,182 @@ async fn run(cli: Cli) -> Result<(), Error> {
             );
             Ok(())
         }
+    }
+}
+
+fn read_otp_from_stdin() -> Result<String, Error> {
+    eprintln!("touch the YubiKey now (it types the OTP here), then Enter:");
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| Error::invalid("otp", format!("cannot read stdin: {e}")))?;
+    Ok(line.trim().to_string())
+}
+
+async fn confirm_otp(conn: &Conn, user: &str, factor_id: &str, otp: String) -> Result<(), Error> {
+    let mut c = pb::factor_service_client::FactorServiceClient::new(channel(conn).await?);
+    c.confirm_yubikey_enrollment(pb::ConfirmYubikeyEnrollmentRequest {
+        user_id: user.into(),
+        factor_id: factor_id.into(),
+        proof: Some(pb::confirm_yubikey_enrollment_request::Proof::Otp(otp)),
+    })
+    .await
+    .map_err(status_error)?;
+    println!("YubiKey OTP factor {factor_id} active for {user}");
+    Ok(())
+}
+
+#[cfg(not(feature = "usb"))]
+fn no_usb() -> Error {
+    Error::Unavailable(
+        "this sigil was built without USB support (cargo feature `usb`); no YubiKey can be reached".into(),
+    )
+}
+
+async fn yubikey(cmd: YubikeyCmd) -> Result<(), Error> {
+    match cmd {
+        YubikeyCmd::ImportOtp {
+            conn,
+            user,
+            csv_line,
+            otp,
+            nickname,
+            step_up,
+        } => {
+            let mut c = pb::factor_service_client::FactorServiceClient::new(channel(&conn).await?);
+            let e = c
+                .begin_yubikey_otp_enrollment(pb::BeginYubikeyOtpEnrollmentRequest {
+                    user_id: user.clone(),
+                    nickname,
+                    personalization_csv: csv_line,
+                    step_up_approval: step_up,
+                    ..Default::default()
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let otp = match otp {
+                Some(o) => o,
+                None => read_otp_from_stdin()?,
+            };
+            confirm_otp(&conn, &user, &e.factor_id, otp).await
+        }
+        #[cfg(feature = "usb")]
+        YubikeyCmd::Respond { challenge, slot } => {
+            let ch = data_encoding::HEXLOWER_PERMISSIVE
+                .decode(challenge.trim().as_bytes())
+                .map_err(|e| Error::invalid("challenge", format!("not hex: {e}")))?;
+            if ch.is_empty() || ch.len() > 63 {
+                return Err(Error::invalid(
+                    "challenge",
+                    format!("must be 1 to 63 bytes, got {}", ch.len()),
+                ));
+            }
+            let r = tokio::task::spawn_blocking(move || sigil::factor::yubikey::usb::challenge_response(slot, &ch))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+            println!("{}", data_encoding::HEXLOWER.encode(&r));
+            Ok(())
+        }
+        #[cfg(feature = "usb")]
+        YubikeyCmd::Program {
+            conn,
+            user,
+            slot,
+            touch,
+            nickname,
+            step_up,
+        } => {
+            use ring::rand::SecureRandom;
+            tokio::task::spawn_blocking(sigil::factor::yubikey::usb::find_yubikey)
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+            let mut secret = zeroize::Zeroizing::new([0u8; 20]);
+            ring::rand::SystemRandom::new()
+                .fill(&mut secret[..])
+                .map_err(|_| Error::Unavailable("random generator failed".into()))?;
+            let s2 = secret.clone();
+            tokio::task::spawn_blocking(move || sigil::factor::yubikey::usb::program_hmac_slot(slot, &s2, touch))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+            let mut c = pb::factor_service_client::FactorServiceClient::new(channel(&conn).await?);
+            let e = c
+                .begin_yubikey_hmac_enrollment(pb::BeginYubikeyHmacEnrollmentRequest {
+                    user_id: user.clone(),
+                    nickname,
+                    secret: secret.to_vec(),
+                    slot: u32::from(slot),
+                    step_up_approval: step_up,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if touch {
+                eprintln!("touch the YubiKey to confirm");
+            }
+            let ch = e.challenge.clone();
+            let resp = tokio::task::spawn_blocking(move || sigil::factor::yubikey::usb::challenge_response(slot, &ch))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+            c.confirm_yubikey_enrollment(pb::ConfirmYubikeyEnrollmentRequest {
+                user_id: user.clone(),
+                factor_id: e.factor_id.clone(),
+                proof: Some(pb::confirm_yubikey_enrollment_request::Proof::HmacResponse(
+                    resp.to_vec(),
+                )),
+            })
+            .await
+            .map_err(status_error)?;
+            println!(
+                "YubiKey HMAC-SHA1 factor {} active for {user} (slot {slot})",
+                e.factor_id
+            );
+            Ok(())
+        }
+        #[cfg(feature = "usb")]
+        YubikeyCmd::ProgramOtp {
+            conn,
+            user,
+            slot,
+            nickname,
+            step_up,
+        } => {
+            use ring::rand::SecureRandom;
+            tokio::task::spawn_blocking(sigil::factor::yubikey::usb::find_yubikey)
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+            let rng = ring::rand::SystemRandom::new();
+            let mut material = zeroize::Zeroizing::new([0u8; 28]);
+            rng.fill(&mut material[..])
+                .map_err(|_| Error::Unavailable("random generator failed".into()))?;
+            // Public ids starting with "vv" are the customary prefix for self-programmed keys.
+            let public_id = format!("vv{}", sigil::factor::yubikey::modhex::encode(&material[..5]));
+            let mut private_id = [0u8; 6];
+            private_id.copy_from_slice(&material[6..12]);
+            let mut aes_key = zeroize::Zeroizing::new([0u8; 16]);
+            aes_key.copy_from_slice(&material[12..28]);
+            let (p, k, pid) = (public_id.clone(), aes_key.clone(), private_id);
+            tokio::task::spawn_blocking(move || sigil::factor::yubikey::usb::program_otp_slot(slot, &p, &pid, &k))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+            let mut c = pb::factor_service_client::FactorServiceClient::new(channel(&conn).await?);
+            let e = c
+                .begin_yubikey_otp_enrollment(pb::BeginYubikeyOtpEnrollmentRequest {
+                    user_id: user.clone(),
+                    nickname,
+                    public_id,
+                    private_id: private_id.to_vec(),
+                    aes_key: aes_key.to_vec(),
+                    personalization_csv: String::new(),
+                    step_up_approval: step_up,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let otp = read_otp_from_stdin()?;
+            confirm_otp(&conn, &user, &e.factor_id, otp).await
+        }
+        #[cfg(not(feature = "usb"))]
+        YubikeyCmd::Respond { .. } | YubikeyCmd::Program { .. } | YubikeyCmd::ProgramOtp { .. } => Err(no_usb()),
     }
 }
