@@ -222,7 +222,8 @@ mod tests {
     #[test]
     fn names_the_bad_field() {
         let cfg = Config::default();
-        let cases: Vec<(Box<dyn Fn(&mut Intent)>, &str)> = vec![
+        type Mutate = Box<dyn Fn(&mut Intent)>;
+        let cases: Vec<(Mutate, &str)> = vec![
             (Box::new(|i| i.action = "withdraw".into()), "intent.action"),
             (Box::new(|i| i.action = "Withdrawal".into()), "intent.action"),
             (Box::new(|i| i.user_id = String::new()), "intent.user_id"),

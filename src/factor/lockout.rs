@@ -62,11 +62,12 @@ mod tests {
             max_seconds: 3600,
         };
         let mut f = 0;
-        let mut until = 0;
         for _ in 0..4 {
+            let until;
             (f, until) = on_failure(&cfg, f, 1000);
             assert_eq!(until, 0);
         }
+        let mut until;
         (f, until) = on_failure(&cfg, f, 1000);
         assert_eq!((f, until), (5, 1030));
         assert!(check(until, 1029, "x").is_err());

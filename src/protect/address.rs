@@ -56,9 +56,9 @@ const EVM: [&str; 6] = ["ethereum", "arbitrum", "optimism", "base", "polygon", "
 pub fn validate(field: &str, network: &str, address: &str) -> Result<(), Error> {
     let bad = |why: String| Err(Error::invalid(field, why));
     match network {
-        "bitcoin" => bitcoin(address, "bc", &[0x00, 0x05]).or_else(|why| bad(why)),
-        "bitcoin-testnet" => bitcoin(address, "tb", &[0x6f, 0xc4]).or_else(|why| bad(why)),
-        n if EVM.contains(&n) => evm(address).or_else(|why| bad(why)),
+        "bitcoin" => bitcoin(address, "bc", &[0x00, 0x05]).or_else(bad),
+        "bitcoin-testnet" => bitcoin(address, "tb", &[0x6f, 0xc4]).or_else(bad),
+        n if EVM.contains(&n) => evm(address).or_else(bad),
         _ => {
             if address.is_empty() || !address.bytes().all(|b| b.is_ascii_graphic()) {
                 return bad(format!(

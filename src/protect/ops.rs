@@ -49,6 +49,7 @@ impl Sigil {
     /// Adds a withdrawal address, usable after the hold. Needs an
     /// `add_address` approval whose intent has this asset, network,
     /// destination and (as memo) label.
+    #[allow(clippy::too_many_arguments)]
     pub fn add_address(
         &self,
         actor: &str,

@@ -160,10 +160,9 @@ impl Policy {
 
     /// The rules for an action.
     pub fn action(&self, a: Action) -> ActionPolicy {
-        self.actions.get(a.name()).cloned().unwrap_or_else(|| {
-            let mut d = ActionPolicy::default();
-            d.deny_jailbroken = a == Action::Withdrawal;
-            d
+        self.actions.get(a.name()).cloned().unwrap_or_else(|| ActionPolicy {
+            deny_jailbroken: a == Action::Withdrawal,
+            ..ActionPolicy::default()
         })
     }
 
