@@ -97,6 +97,44 @@ impl Sigil {
         format!("{}\0{}", f.user_id, f.factor_id).into_bytes()
     }
 
+    /// Adds to `batch` the claim of a unique credential identifier for `f`.
+    /// An identifier still held by a live factor (active, or pending and not
+    /// expired) is refused; one left behind by a removed, revoked or expired
+    /// factor is taken over.
+    fn claim_index(
+        &self,
+        key: Vec<u8>,
+        f: &FactorRecord,
+        what: &str,
+        now: i64,
+        batch: &mut Batch,
+    ) -> Result<(), Error> {
+        let Some(v) = self.store.get(Table::Credentials, &key)? else {
+            batch.insert(Table::Credentials, key, Self::index_value(f));
+            return Ok(());
+        };
+        let target =
+            String::from_utf8(v.value.clone()).map_err(|_| Error::Internal("credential index unreadable".into()))?;
+        let (owner, factor_id) = target
+            .split_once('\0')
+            .ok_or_else(|| Error::Internal("credential index unreadable".into()))?;
+        let held = match self.factor(owner, factor_id) {
+            Ok((holder, _)) => {
+                let live = holder.is_live(self.snapshot(owner)?.epochs());
+                live && (holder.is_active() || now < holder.confirm_before)
+            }
+            Err(Error::NotFound(_)) => false,
+            Err(e) => return Err(e),
+        };
+        if held {
+            return Err(Error::FailedPrecondition(format!(
+                "{what} is already registered (to this or another user)"
+            )));
+        }
+        batch.update(Table::Credentials, key, v.version, Self::index_value(f));
+        Ok(())
+    }
+
     /// Starts a WebAuthn registration (ceremony state kept server-side).
     pub fn begin_webauthn_registration(
         &self,
@@ -203,17 +241,14 @@ impl Sigil {
             Err(e) => return Err(consume_and(e)),
         };
         let index = webauthn_index_key(&cred.credential_id);
-        if self.store.get(Table::Credentials, &index)?.is_some() {
-            return Err(consume_and(Error::FailedPrecondition(format!(
-                "credential {} is already registered (to this or another user)",
-                cred.credential_id
-            ))));
-        }
+        let what = format!("credential {}", cred.credential_id);
         let mut f = self.new_factor(user_id, Kind::Webauthn, &c.nickname, now, &snap)?;
         f.webauthn = Some(cred);
         let mut batch = Batch::new();
         batch.delete(Table::Ceremonies, ceremony_id.as_bytes(), stored.version);
-        batch.insert(Table::Credentials, index, Self::index_value(&f));
+        if let Err(e) = self.claim_index(index, &f, &what, now, &mut batch) {
+            return Err(consume_and(e));
+        }
         self.activate(actor, &f, None, &snap, now, &mut batch)?;
         self.commit(&batch).map_err(|e| match e {
             Error::FailedPrecondition(_) => Error::FailedPrecondition(
@@ -361,8 +396,15 @@ impl Sigil {
                 &format!("YubiKey public id '{public_id}'"),
             ),
             Err(e) => {
+                // Counted against the user's only OTP factor; never while it is
+                // locked (that would extend the lock), and a lock it causes wins.
                 if let Ok((f, v)) = self.pick_factor(user_id, Kind::YubikeyOtp, None, snap) {
-                    let _ = self.record_failure(actor, &f, v, now, "malformed Yubico OTP");
+                    lockout::check(f.locked_until, now, &format!("factor '{}'", f.factor_id))?;
+                    if let locked @ Error::Locked { .. } =
+                        self.record_failure(actor, &f, v, now, "malformed Yubico OTP")
+                    {
+                        return Err(locked);
+                    }
                 }
                 Err(e)
             }
@@ -410,8 +452,10 @@ impl Sigil {
                 Ok(used)
             }
             Err(OtpFailure::Malformed(m)) => {
-                let _ = self.record_failure(actor, f, version, now, "malformed Yubico OTP");
-                Err(Error::invalid("otp", m))
+                match self.record_failure(actor, f, version, now, "malformed Yubico OTP") {
+                    locked @ Error::Locked { .. } => Err(locked),
+                    _ => Err(Error::invalid("otp", m)),
+                }
             }
             Err(OtpFailure::Replayed { .. }) => Err(self.record_failure(
                 actor,
@@ -512,14 +556,10 @@ impl Sigil {
         let now = self.now()?;
         let snap = self.snapshot(user_id)?;
         let index = yubikey_index_key(&public_id);
-        if self.store.get(Table::Credentials, &index)?.is_some() {
-            return Err(Error::FailedPrecondition(format!(
-                "YubiKey public id '{public_id}' is already registered"
-            )));
-        }
         let mut batch = Batch::new();
         self.enrollment_step_up(user_id, step_up, &snap, &mut batch)?;
         let mut f = self.new_factor(user_id, Kind::YubikeyOtp, nickname, now, &snap)?;
+        self.claim_index(index, &f, &format!("YubiKey public id '{public_id}'"), now, &mut batch)?;
         f.secret = Some(self.signer.wrap(&material, &secret_aad(user_id, &f.factor_id))?);
         zeroize::Zeroize::zeroize(&mut *material);
         f.yubikey = Some(YubikeyData {
@@ -527,7 +567,6 @@ impl Sigil {
             ..Default::default()
         });
         batch.insert(Table::Factors, FactorRecord::key(user_id, &f.factor_id), f.encode()?);
-        batch.insert(Table::Credentials, index, Self::index_value(&f));
         AuditEntry::ok(now, actor, user_id, "factor.enroll.begin")
             .with("kind", "yubikey_otp")
             .with("factor_id", f.factor_id.clone())

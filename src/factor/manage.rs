@@ -311,6 +311,18 @@ impl Sigil {
             self.lock_after_change(&mut batch, user_id, &snap, now, "factor removed")?;
         }
         batch.delete(Table::Factors, FactorRecord::key(user_id, factor_id), version);
+        let index = match (&f.webauthn, &f.yubikey) {
+            (Some(c), _) => Some(crate::factor::webauthn_index_key(&c.credential_id)),
+            (None, Some(y)) if !y.public_id.is_empty() => Some(crate::factor::yubikey_index_key(&y.public_id)),
+            _ => None,
+        };
+        if let Some(k) = index {
+            if let Some(v) = self.store.get(Table::Credentials, &k)? {
+                if v.value == format!("{user_id}\0{factor_id}").into_bytes() {
+                    batch.delete(Table::Credentials, k, v.version);
+                }
+            }
+        }
         Event::new(EventKind::FactorRemoved, user_id, now, snap.anti_phishing_code())
             .with("factor_id", factor_id)
             .with("kind", f.kind.name())

@@ -9,3 +9,4 @@ mod harness;
 mod protections;
 mod roles;
 mod totp;
+mod yubikey;

@@ -642,7 +642,7 @@ async fn event_stream_resumes_after_restart_without_gaps() {
     assert_eq!(rest.len(), 2, "{rest:?}");
     assert_eq!(rest[0].cursor, cursor + 1);
     assert_eq!(rest[1].cursor, cursor + 2);
-    assert_eq!(rest[1].details.get("jti").is_some(), true);
+    assert!(rest[1].details.contains_key("jti"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
