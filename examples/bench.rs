@@ -685,6 +685,7 @@ fn main() {
              {direct_failed} in-process approvals failed",
             e2e_run.failures.len()
         );
+        drop(tmp); // exit() skips destructors: remove the temp dir first
         std::process::exit(1);
     }
 }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::api::account::AccountApi;
@@ -132,7 +131,11 @@ pub async fn start(
             sigil.clone(),
         )))
         .add_service(pb::event_service_server::EventServiceServer::new(EventApi::new(sigil)));
-    let task = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown));
+    // serve_with_incoming ignores Server::tcp_nodelay: set TCP_NODELAY on each
+    // accepted socket here, or small responses wait for the client's delayed
+    // ACK (~40 ms per CompleteApproval).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
     Ok(Running {
         addr,
         stop: Some(stop_tx),
