@@ -272,6 +272,7 @@ fn revoke_bench(root: &Path, users: usize, label: &str) -> (Duration, u64, Durat
             suspected_cloned: false,
             webauthn: None,
             yubikey: None,
+            enrolled_with_step_up: false,
         };
         batch.insert(
             Table::Factors,

@@ -127,6 +127,12 @@ pub struct ApprovalConfig {
     pub challenge_ttl_seconds: i64,
     /// Clock leeway when Sigil itself verifies approvals, seconds.
     pub leeway_seconds: i64,
+    /// A rotated-in key is published this long before it signs, seconds.
+    pub key_prepublish_seconds: i64,
+    /// Destroy retired approval keys in the HSM (else keep them, unpublished).
+    pub destroy_retired_keys: bool,
+    /// Cache lifetime hint for the published key set, seconds.
+    pub jwks_cache_seconds: i64,
 }
 
 /// `[totp]`
@@ -222,6 +228,9 @@ impl Default for ApprovalConfig {
             ttl_seconds: 120,
             challenge_ttl_seconds: 300,
             leeway_seconds: 5,
+            key_prepublish_seconds: 600,
+            destroy_retired_keys: false,
+            jwks_cache_seconds: 300,
         }
     }
 }

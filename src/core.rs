@@ -31,7 +31,9 @@ impl Sigil {
     /// Assembles a Sigil from its parts.
     pub fn new(cfg: Config, store: Arc<dyn Store>, signer: Signer, clock: Arc<dyn Clock>) -> Result<Sigil, Error> {
         let webauthn = crate::factor::webauthn::Webauthn::new(&cfg.webauthn)?;
-        Ok(Sigil::assemble(cfg, store, signer, clock, webauthn))
+        let s = Sigil::assemble(cfg, store, signer, clock, webauthn);
+        s.sync_keys()?;
+        Ok(s)
     }
 
     fn assemble(
@@ -62,7 +64,9 @@ impl Sigil {
         roots_pem: &[String],
     ) -> Result<Sigil, Error> {
         let webauthn = crate::factor::webauthn::Webauthn::with_attestation_roots(&cfg.webauthn, roots_pem)?;
-        Ok(Sigil::assemble(cfg, store, signer, clock, webauthn))
+        let s = Sigil::assemble(cfg, store, signer, clock, webauthn);
+        s.sync_keys()?;
+        Ok(s)
     }
 
     /// The configuration in force.

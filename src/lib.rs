@@ -13,6 +13,7 @@
 //! - [`factor`]: factor records; [`factor::totp`], [`factor::lockout`]
 //! - [`protect`]: policy, address whitelist, locks, suspension, revocation epochs
 //! - [`events`], [`audit`]: durable event outbox; hash-chained audit log
+//! - [`keys`]: approval-key rotation (next → active → retiring → retired)
 //! - [`signer`]: HSM keys (via `sigil-hsm`), JWKS, secret encryption
 //! - [`store`]: the storage trait and its sled backend
 //! - [`config`], [`clock`], [`error`]
@@ -30,6 +31,7 @@ pub mod core;
 pub mod error;
 pub mod events;
 pub mod factor;
+pub mod keys;
 pub mod protect;
 pub mod server;
 pub mod signer;

@@ -21,13 +21,35 @@ pub const APPROVAL_KEY_PREFIX: &str = "sigil-approval";
 /// Approval keys and the secrets key, on one token.
 pub struct Signer {
     hsm: Hsm,
-    active_label: String,
-    active_kid: String,
+    view: std::sync::RwLock<std::sync::Arc<KeyView>>,
+    issuer: String,
+    audience: String,
+    leeway: i64,
     secrets_label: String,
     audit_label: String,
     audit_jwk: Jwk,
-    jwks: JwkSet,
-    verifier: Verifier,
+}
+
+/// The approval keys in force: which one signs, and the published set.
+#[derive(Debug, Clone)]
+pub struct KeyView {
+    /// HSM label of the signing key.
+    pub active_label: String,
+    /// Its kid.
+    pub active_kid: String,
+    /// The published set (keys with their `status`).
+    pub jwks: JwkSet,
+    /// A verifier over the published set.
+    pub verifier: Verifier,
+}
+
+/// One approval key and its life-cycle state, as the key ring holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedKey {
+    /// HSM label.
+    pub label: String,
+    /// `next`, `active` or `retiring` (retired keys are not published).
+    pub status: String,
 }
 
 /// Resolves the PKCS#11 module: configured, else SoftHSM2.
@@ -84,19 +106,6 @@ impl Signer {
                 cfg.hsm.secrets_key_label, cfg.hsm.token_label
             )));
         }
-        let mut labels = hsm.list_ec_keys(APPROVAL_KEY_PREFIX)?;
-        labels.sort();
-        let mut keys = Vec::new();
-        let mut active_kid = String::new();
-        for label in &labels {
-            let pk = hsm.ec_public_key(label)?;
-            let jwk = Jwk::from_p256_point(&pk.x, &pk.y);
-            if *label == active_label {
-                active_kid = jwk.kid.clone();
-            }
-            keys.push(jwk);
-        }
-        let jwks = JwkSet { keys };
         let audit_label = cfg.hsm.audit_key_label.clone();
         let apk = hsm.ec_public_key(&audit_label).map_err(|e| {
             Error::Unavailable(format!(
@@ -104,41 +113,98 @@ impl Signer {
             ))
         })?;
         let audit_jwk = Jwk::from_p256_point(&apk.x, &apk.y);
-        let verifier = Verifier::new(&jwks, &cfg.approval.issuer, &cfg.approval.audience)
-            .map_err(|e| Error::Internal(format!("published keys do not form a valid key set: {e}")))?
-            .with_leeway(cfg.approval.leeway_seconds);
-        Ok(Signer {
+        let signer = Signer {
             hsm,
-            active_label,
-            active_kid,
+            view: std::sync::RwLock::new(std::sync::Arc::new(KeyView {
+                active_label: String::new(),
+                active_kid: String::new(),
+                jwks: JwkSet::default(),
+                verifier: Verifier::new(
+                    &JwkSet {
+                        keys: vec![audit_jwk.clone()],
+                    },
+                    &cfg.approval.issuer,
+                    &cfg.approval.audience,
+                )
+                .map_err(|e| Error::Internal(e.to_string()))?,
+            })),
+            issuer: cfg.approval.issuer.clone(),
+            audience: cfg.approval.audience.clone(),
+            leeway: cfg.approval.leeway_seconds,
             secrets_label: cfg.hsm.secrets_key_label.clone(),
             audit_label,
             audit_jwk,
+        };
+        signer.publish(&[PublishedKey {
+            label: active_label,
+            status: "active".into(),
+        }])?;
+        Ok(signer)
+    }
+
+    /// Replaces the published keys (the key ring's non-retired keys); the
+    /// one with status `active` signs from now on.
+    pub fn publish(&self, keys: &[PublishedKey]) -> Result<(), Error> {
+        let mut jwks = JwkSet::default();
+        let mut active = None;
+        for k in keys {
+            let pk = self.hsm.ec_public_key(&k.label)?;
+            let mut jwk = Jwk::from_p256_point(&pk.x, &pk.y);
+            jwk.status = Some(k.status.clone());
+            if k.status == "active" {
+                active = Some((k.label.clone(), jwk.kid.clone()));
+            }
+            jwks.keys.push(jwk);
+        }
+        let (active_label, active_kid) =
+            active.ok_or_else(|| Error::Internal("the key ring has no active approval key".into()))?;
+        let verifier = Verifier::new(&jwks, &self.issuer, &self.audience)
+            .map_err(|e| Error::Internal(format!("published keys do not form a valid key set: {e}")))?
+            .with_leeway(self.leeway);
+        let view = std::sync::Arc::new(KeyView {
+            active_label,
+            active_kid,
             jwks,
             verifier,
-        })
+        });
+        let mut w = self
+            .view
+            .write()
+            .map_err(|_| Error::Internal("key view lock poisoned".into()))?;
+        *w = view;
+        Ok(())
+    }
+
+    /// The keys in force (a consistent snapshot).
+    pub fn keys(&self) -> std::sync::Arc<KeyView> {
+        match self.view.read() {
+            Ok(v) => v.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
     /// The published key set.
-    pub fn jwks(&self) -> &JwkSet {
-        &self.jwks
+    pub fn jwks(&self) -> JwkSet {
+        self.keys().jwks.clone()
     }
 
     /// A verifier over the published keys.
-    pub fn verifier(&self) -> &Verifier {
-        &self.verifier
+    pub fn verifier(&self) -> Verifier {
+        self.keys().verifier.clone()
     }
 
     /// `kid` of the key that signs new approvals.
-    pub fn active_kid(&self) -> &str {
-        &self.active_kid
+    pub fn active_kid(&self) -> String {
+        self.keys().active_kid.clone()
     }
 
     /// Signs claims as a compact JWS with the active key, inside the HSM.
-    pub fn sign(&self, claims: &Claims) -> Result<String, Error> {
-        let input = sigil_verify::signing_input(&self.active_kid, claims);
-        let sig = self.hsm.sign_es256(&self.active_label, input.as_bytes())?;
-        Ok(sigil_verify::assemble(&input, &sig))
+    /// Returns the token and the kid that signed it.
+    pub fn sign(&self, claims: &Claims) -> Result<(String, String), Error> {
+        let keys = self.keys();
+        let input = sigil_verify::signing_input(&keys.active_kid, claims);
+        let sig = self.hsm.sign_es256(&keys.active_label, input.as_bytes())?;
+        Ok((sigil_verify::assemble(&input, &sig), keys.active_kid.clone()))
     }
 
     /// The audit checkpoint key (public half, as a JWK).
@@ -153,7 +219,8 @@ impl Signer {
 
     /// Raw ES256 signature with the active key (benchmarks).
     pub fn sign_raw(&self, message: &[u8]) -> Result<[u8; 64], Error> {
-        Ok(self.hsm.sign_es256(&self.active_label, message)?)
+        let keys = self.keys();
+        Ok(self.hsm.sign_es256(&keys.active_label, message)?)
     }
 
     /// Encrypts a factor secret under the secrets key, bound to `aad`.

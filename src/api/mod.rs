@@ -332,7 +332,7 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
             "GetApprovalKeys",
             &[Role::WithdrawalEngine, Role::Frontend, Role::Admin],
         )?;
-        let jwks_json = serde_json::to_string(self.sigil.signer().jwks())
+        let jwks_json = serde_json::to_string(&self.sigil.signer().jwks())
             .map_err(|e| status::to_status(Error::Internal(format!("cannot encode key set: {e}"))))?;
         Ok(Response::new(pb::GetApprovalKeysResponse {
             jwks_json,

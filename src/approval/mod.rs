@@ -298,15 +298,33 @@ impl Sigil {
                     "approvals for this user are now suspended: {why}"
                 )));
             }
+            // Factors suspected cloned answer nothing until reviewed; synced
+            // passkeys approve withdrawals only if policy allows.
+            let synced = live
+                .iter()
+                .any(|(f, _)| f.webauthn.as_ref().is_some_and(|c| c.backup_eligible));
+            let cloned = live.iter().any(|(f, _)| f.suspected_cloned);
             let factors: Vec<FactorRecord> = live
                 .into_iter()
                 .map(|(f, _)| f)
                 .filter(|f| decision.kinds.contains(&f.kind))
+                .filter(|f| !f.suspected_cloned)
+                .filter(|f| match &f.webauthn {
+                    Some(c) => self.webauthn.may_approve(action.name(), c).is_ok(),
+                    None => true,
+                })
                 .collect();
             if factors.is_empty() {
                 let names: Vec<&str> = decision.kinds.iter().map(|k| k.name()).collect();
+                let hint = if synced && action == Action::Withdrawal {
+                    " (a synced passkey does not approve withdrawals: webauthn.synced_passkeys_may_withdraw)"
+                } else if cloned {
+                    " (a factor suspected cloned answers nothing until re-enrolled)"
+                } else {
+                    ""
+                };
                 return Err(Error::FailedPrecondition(format!(
-                    "policy allows only {} to approve this {}; user '{user_id}' has none of them active",
+                    "policy allows only {} to approve this {}; user '{user_id}' has none of them active{hint}",
                     names.join(", "),
                     action.name()
                 )));
@@ -558,7 +576,7 @@ impl Sigil {
             amr: amr.clone(),
             webauthn,
         };
-        let token = self.signer.sign(&claims)?;
+        let (token, kid) = self.signer.sign(&claims)?;
 
         let mut consumed = ch.clone();
         consumed.consumed_at = Some(now);
@@ -570,7 +588,7 @@ impl Sigil {
             user_id: ch.user_id.clone(),
             act: claims.act.clone(),
             intent_sha256: claims.intent_sha256.clone(),
-            kid: self.signer.active_kid().to_string(),
+            kid,
             iat: now,
             exp,
             redeemed_at: None,

@@ -25,6 +25,9 @@ struct Ceremony {
     state: String,
     expires_at: i64,
     epochs: Epochs,
+    /// Begun with an enroll_factor approval (the user had an active factor).
+    #[serde(default)]
+    stepped_up: bool,
 }
 
 /// The proof that confirms a YubiKey enrollment.
@@ -155,7 +158,7 @@ impl Sigil {
         let now = self.now()?;
         let snap = self.snapshot(user_id)?;
         let mut batch = Batch::new();
-        self.enrollment_step_up(user_id, step_up, &snap, &mut batch)?;
+        let stepped_up = self.enrollment_step_up(user_id, step_up, &snap, &mut batch)?;
         let exclude: Vec<_> = self
             .live_factors(user_id, &snap)?
             .into_iter()
@@ -174,6 +177,7 @@ impl Sigil {
             state,
             expires_at,
             epochs: snap.epochs(),
+            stepped_up,
         };
         batch.insert(Table::Ceremonies, ceremony_id.as_bytes(), crate::protect::encode(&c)?);
         AuditEntry::ok(now, actor, user_id, "factor.enroll.begin")
@@ -235,9 +239,15 @@ impl Sigil {
                 "the user's factors were revoked meanwhile; begin again".into(),
             )));
         }
+        if !c.stepped_up && !self.live_factors(user_id, &snap)?.is_empty() {
+            return Err(consume_and(Error::PermissionDenied(
+                "the user enrolled another factor since this registration began; begin again with an enroll_factor approval"
+                    .into(),
+            )));
+        }
         let cred = match self.webauthn.finish_registration(&c.state, response_json) {
             Ok(cred) => cred,
-            Err(e @ Error::InvalidArgument { .. }) => return Err(e),
+            Err(Error::InvalidArgument { reason, .. }) => return Err(Error::invalid("response_json", reason)),
             Err(e) => return Err(consume_and(e)),
         };
         let index = webauthn_index_key(&cred.credential_id);
@@ -302,6 +312,9 @@ impl Sigil {
                 Err(self.mark_cloned(actor, &f, v, now, &credential_id))
             }
             Err(AssertionError::Failed(Error::PermissionDenied(m))) => Err(self.record_failure(actor, &f, v, now, &m)),
+            Err(AssertionError::Failed(Error::InvalidArgument { reason, .. })) => {
+                Err(Error::invalid("webauthn.response_json", reason))
+            }
             Err(AssertionError::Failed(e)) => Err(e),
         }
     }
@@ -493,8 +506,9 @@ impl Sigil {
         let now = self.now()?;
         let snap = self.snapshot(user_id)?;
         let mut batch = Batch::new();
-        self.enrollment_step_up(user_id, step_up, &snap, &mut batch)?;
+        let stepped_up = self.enrollment_step_up(user_id, step_up, &snap, &mut batch)?;
         let mut f = self.new_factor(user_id, Kind::YubikeyHmac, nickname, now, &snap)?;
+        f.enrolled_with_step_up = stepped_up;
         f.secret = Some(self.signer.wrap(secret, &secret_aad(user_id, &f.factor_id))?);
         let challenge = self.random(32)?;
         f.yubikey = Some(YubikeyData {
@@ -557,8 +571,9 @@ impl Sigil {
         let snap = self.snapshot(user_id)?;
         let index = yubikey_index_key(&public_id);
         let mut batch = Batch::new();
-        self.enrollment_step_up(user_id, step_up, &snap, &mut batch)?;
+        let stepped_up = self.enrollment_step_up(user_id, step_up, &snap, &mut batch)?;
         let mut f = self.new_factor(user_id, Kind::YubikeyOtp, nickname, now, &snap)?;
+        f.enrolled_with_step_up = stepped_up;
         self.claim_index(index, &f, &format!("YubiKey public id '{public_id}'"), now, &mut batch)?;
         f.secret = Some(self.signer.wrap(&material, &secret_aad(user_id, &f.factor_id))?);
         zeroize::Zeroize::zeroize(&mut *material);

@@ -60,9 +60,31 @@ impl Sigil {
         step_up: &str,
         snap: &Snapshot,
         batch: &mut Batch,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         if !self.live_factors(user_id, snap)?.is_empty() {
             self.step_up(step_up, Action::EnrollFactor, user_id, snap, |_| Ok(()), batch)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// A pending factor begun without step-up (the user had no active
+    /// factor then) may not be confirmed once the user has one: that would
+    /// add a second factor without an enroll_factor approval.
+    pub(crate) fn check_enrollment_still_allowed(&self, f: &FactorRecord, snap: &Snapshot) -> Result<(), Error> {
+        if f.enrolled_with_step_up {
+            return Ok(());
+        }
+        let others = self
+            .live_factors(&f.user_id, snap)?
+            .into_iter()
+            .filter(|(o, _)| o.factor_id != f.factor_id)
+            .count();
+        if others > 0 {
+            return Err(Error::PermissionDenied(format!(
+                "the user activated another factor since enrollment of '{}' began; remove it and enroll again with an enroll_factor approval",
+                f.factor_id
+            )));
         }
         Ok(())
     }
@@ -98,6 +120,7 @@ impl Sigil {
             suspected_cloned: false,
             webauthn: None,
             yubikey: None,
+            enrolled_with_step_up: false,
         })
     }
 
@@ -173,8 +196,9 @@ impl Sigil {
         let now = self.now()?;
         let snap = self.snapshot(user_id)?;
         let mut batch = Batch::new();
-        self.enrollment_step_up(user_id, step_up, &snap, &mut batch)?;
+        let stepped_up = self.enrollment_step_up(user_id, step_up, &snap, &mut batch)?;
         let mut rec = self.new_factor(user_id, Kind::Totp, nickname, now, &snap)?;
+        rec.enrolled_with_step_up = stepped_up;
         let seed = zeroize::Zeroizing::new(self.random(totp::SECRET_LEN)?);
         rec.secret = Some(self.signer.wrap(&seed, &secret_aad(user_id, &rec.factor_id))?);
         let secret_base32 = BASE32_NOPAD.encode(&seed);
@@ -239,6 +263,7 @@ impl Sigil {
                 f.confirm_before
             )));
         }
+        self.check_enrollment_still_allowed(&f, &snap)?;
         let step = self.check_totp(actor, &f, version, code, now)?;
         let mut confirmed = f.clone();
         confirmed.totp_last_step = Some(step);

@@ -131,6 +131,9 @@ pub struct FactorRecord {
     /// YubiKey data (public id, OTP counters). The key material is in `secret`.
     #[serde(default)]
     pub yubikey: Option<YubikeyData>,
+    /// Enrollment began with an enroll_factor approval.
+    #[serde(default)]
+    pub enrolled_with_step_up: bool,
 }
 
 /// What Sigil keeps about a YubiKey factor besides its encrypted secret.

@@ -410,6 +410,8 @@ impl Sigil {
                 Err(e) => return Err(e),
             }
         }
+        self.advance_keys()?;
+        self.sync_keys()?;
         self.checkpoint_audit()?;
         Ok(announced)
     }

@@ -9,4 +9,5 @@ mod harness;
 mod protections;
 mod roles;
 mod totp;
+mod webauthn;
 mod yubikey;

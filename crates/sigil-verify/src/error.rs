@@ -119,6 +119,12 @@ pub(crate) fn excerpt(s: &str) -> String {
     cut(s, 64)
 }
 
+/// At most 160 characters of a message from outside the crate (e.g. a key
+/// source's error), for error messages.
+pub(crate) fn short_message(s: &str) -> String {
+    cut(s, 160)
+}
+
 /// A library error message, cut to a length fit for a log line (such
 /// messages can quote parts of the input).
 pub(crate) fn short_error(e: &dyn std::error::Error) -> String {

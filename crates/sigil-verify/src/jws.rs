@@ -143,6 +143,71 @@ fn decode_coordinate(kid: &str, name: &str, value: &str) -> Result<[u8; 32], Ver
     })
 }
 
+/// The three dot-separated parts of a compact JWS, after the size check.
+fn split_token(token: &str) -> Result<[&str; 3], VerifyError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(VerifyError::Malformed(format!(
+            "token is {} bytes, more than the {MAX_TOKEN_LEN} accepted",
+            token.len()
+        )));
+    }
+    let parts: Vec<&str> = token.splitn(4, '.').collect();
+    match parts.as_slice() {
+        [header, payload, signature] => Ok([header, payload, signature]),
+        _ => Err(VerifyError::Malformed(format!(
+            "a compact JWS has 3 dot-separated parts, this token has {}",
+            token.split('.').count()
+        ))),
+    }
+}
+
+fn decode_header_part(header_b64: &str) -> Result<Vec<u8>, VerifyError> {
+    b64url::decode(header_b64).map_err(|e| VerifyError::Malformed(format!("header is not unpadded base64url: {e}")))
+}
+
+/// Checks the protected header (JSON object, `alg` exactly ES256, no `crit`,
+/// the approval `typ`, a `kid`) and returns its `kid`.
+fn check_header(header_json: &[u8]) -> Result<String, VerifyError> {
+    let header: Header = json_object(header_json)
+        .map_err(|e| VerifyError::Malformed(format!("header is not a JSON object with a string alg: {e}")))?;
+    if header.alg != ES256 {
+        return Err(VerifyError::UnsupportedAlgorithm(excerpt(&header.alg)));
+    }
+    if header.crit.is_some() {
+        return Err(VerifyError::Malformed(
+            "header has a crit member; no JWS extension is supported".to_owned(),
+        ));
+    }
+    match header.typ.as_deref() {
+        Some(APPROVAL_TYP) => {}
+        Some(other) => {
+            return Err(VerifyError::Malformed(format!(
+                "header typ is {:?}, expected {APPROVAL_TYP:?}",
+                excerpt(other)
+            )))
+        }
+        None => {
+            return Err(VerifyError::Malformed(format!(
+                "header has no typ, expected {APPROVAL_TYP:?}"
+            )))
+        }
+    }
+    header
+        .kid
+        .ok_or_else(|| VerifyError::Malformed("header has no kid naming the signing key".to_owned()))
+}
+
+/// The `kid` of a token's protected header, read without a key set and with
+/// the same checks [`Verifier::verify`] applies to the header (size, three
+/// parts, canonical base64url, a JSON object without duplicate members,
+/// `alg` ES256, no `crit`, the approval `typ`). Nothing is verified: this
+/// only says which key the token claims, so that a caller can decide which
+/// key set to verify it with.
+pub(crate) fn token_kid(token: &str) -> Result<String, VerifyError> {
+    let [header_b64, _, _] = split_token(token)?;
+    check_header(&decode_header_part(header_b64)?)
+}
+
 impl Verifier {
     /// A verifier for approvals issued by `issuer` for `audience`, signed by
     /// a key of `keys`.
@@ -238,6 +303,11 @@ impl Verifier {
         self
     }
 
+    /// Whether the set lists `kid`, usable or not (a retired key is known).
+    pub(crate) fn knows_kid(&self, kid: &str) -> bool {
+        self.keys.contains_key(kid) || self.unusable.contains_key(kid)
+    }
+
     /// Verifies an approval token at time `now_unix` (Unix seconds) and
     /// returns its claims.
     ///
@@ -262,57 +332,17 @@ impl Verifier {
     /// Prefer [`Verifier::verify_for`], which also compares the intent with
     /// the engine's own record.
     pub fn verify(&self, token: &str, now_unix: i64) -> Result<Claims, VerifyError> {
-        if token.len() > MAX_TOKEN_LEN {
-            return Err(VerifyError::Malformed(format!(
-                "token is {} bytes, more than the {MAX_TOKEN_LEN} accepted",
-                token.len()
-            )));
-        }
-        let parts: Vec<&str> = token.splitn(4, '.').collect();
-        let [header_b64, payload_b64, signature_b64] = parts.as_slice() else {
-            return Err(VerifyError::Malformed(format!(
-                "a compact JWS has 3 dot-separated parts, this token has {}",
-                token.split('.').count()
-            )));
-        };
+        let [header_b64, payload_b64, signature_b64] = split_token(token)?;
 
         // Syntax first: all three parts must be canonical base64url.
-        let header_json = b64url::decode(header_b64)
-            .map_err(|e| VerifyError::Malformed(format!("header is not unpadded base64url: {e}")))?;
+        let header_json = decode_header_part(header_b64)?;
         let payload = b64url::decode(payload_b64)
             .map_err(|e| VerifyError::Malformed(format!("payload is not unpadded base64url: {e}")))?;
         let signature = b64url::decode(signature_b64)
             .map_err(|e| VerifyError::Malformed(format!("signature is not unpadded base64url: {e}")))?;
 
-        let header: Header = json_object(&header_json)
-            .map_err(|e| VerifyError::Malformed(format!("header is not a JSON object with a string alg: {e}")))?;
-        if header.alg != ES256 {
-            return Err(VerifyError::UnsupportedAlgorithm(excerpt(&header.alg)));
-        }
-        if header.crit.is_some() {
-            return Err(VerifyError::Malformed(
-                "header has a crit member; no JWS extension is supported".to_owned(),
-            ));
-        }
-        match header.typ.as_deref() {
-            Some(APPROVAL_TYP) => {}
-            Some(other) => {
-                return Err(VerifyError::Malformed(format!(
-                    "header typ is {:?}, expected {APPROVAL_TYP:?}",
-                    excerpt(other)
-                )))
-            }
-            None => {
-                return Err(VerifyError::Malformed(format!(
-                    "header has no typ, expected {APPROVAL_TYP:?}"
-                )))
-            }
-        }
-        let Some(kid) = header.kid.as_deref() else {
-            return Err(VerifyError::Malformed(
-                "header has no kid naming the signing key".to_owned(),
-            ));
-        };
+        let kid = check_header(&header_json)?;
+        let kid = kid.as_str();
         if self.unusable.contains_key(kid) {
             return Err(VerifyError::RetiredKey(kid.to_owned()));
         }
@@ -320,8 +350,8 @@ impl Verifier {
             return Err(VerifyError::UnknownKey(excerpt(kid)));
         };
         // The algorithm is pinned by the key, not chosen by the token.
-        if key.alg != header.alg {
-            return Err(VerifyError::UnsupportedAlgorithm(excerpt(&header.alg)));
+        if key.alg != ES256 {
+            return Err(VerifyError::UnsupportedAlgorithm(excerpt(&key.alg)));
         }
 
         if signature.len() != 64 {
