@@ -75,6 +75,9 @@ impl Store for Counting {
     fn len(&self, t: Table) -> Result<usize, StoreError> {
         self.inner.len(t)
     }
+    fn snapshot(&self) -> Result<Vec<(Table, Vec<u8>, Versioned)>, StoreError> {
+        self.inner.snapshot()
+    }
 }
 
 fn setup_hsm(dir: &Path) {

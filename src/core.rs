@@ -32,7 +32,7 @@ impl Sigil {
     pub fn new(cfg: Config, store: Arc<dyn Store>, signer: Signer, clock: Arc<dyn Clock>) -> Result<Sigil, Error> {
         let webauthn = crate::factor::webauthn::Webauthn::new(&cfg.webauthn)?;
         let s = Sigil::assemble(cfg, store, signer, clock, webauthn);
-        s.sync_keys()?;
+        s.start()?;
         Ok(s)
     }
 
@@ -65,7 +65,7 @@ impl Sigil {
     ) -> Result<Sigil, Error> {
         let webauthn = crate::factor::webauthn::Webauthn::with_attestation_roots(&cfg.webauthn, roots_pem)?;
         let s = Sigil::assemble(cfg, store, signer, clock, webauthn);
-        s.sync_keys()?;
+        s.start()?;
         Ok(s)
     }
 
@@ -156,6 +156,34 @@ impl Sigil {
             .collect())
     }
 
+    /// Startup: deployment id, published keys, secrets key.
+    fn start(&self) -> Result<(), Error> {
+        if self.store.get(Table::Meta, DEPLOYMENT_KEY)?.is_none() {
+            let mut b = Batch::new();
+            b.insert(
+                Table::Meta,
+                DEPLOYMENT_KEY,
+                sigil_verify::b64url::encode(&self.random(16)?).into_bytes(),
+            );
+            match self.store.commit(&b) {
+                Ok(_) | Err(crate::store::StoreError::Conflict) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.sync_keys()?;
+        self.sync_secrets_key()
+    }
+
+    /// This deployment's id (random, made when the store was created; a
+    /// restore checks the backup came from the same deployment).
+    pub fn deployment_id(&self) -> Result<String, Error> {
+        let v = self
+            .store
+            .get(Table::Meta, DEPLOYMENT_KEY)?
+            .ok_or_else(|| Error::Internal("store has no deployment id".into()))?;
+        String::from_utf8(v.value).map_err(|_| Error::Internal("deployment id unreadable".into()))
+    }
+
     /// The service clock's current time.
     pub fn clock_now(&self) -> Result<i64, Error> {
         self.clock.now()
@@ -197,6 +225,9 @@ impl Sigil {
         Ok((FactorRecord::decode(&v)?, v.version))
     }
 }
+
+/// Meta key of the deployment id.
+pub const DEPLOYMENT_KEY: &[u8] = b"deployment";
 
 /// Additional authenticated data binding an encrypted secret to its factor.
 pub(crate) fn secret_aad(user_id: &str, factor_id: &str) -> Vec<u8> {

@@ -247,3 +247,161 @@ impl Sigil {
         Ok(true)
     }
 }
+
+/// Meta key of the label of the AES key that encrypts new secrets.
+pub const SECRETS_KEY: &[u8] = b"secrets-key";
+/// Meta key of an unfinished re-wrap.
+pub const REWRAP_KEY: &[u8] = b"secrets-rewrap";
+
+/// An unfinished re-wrap: secrets move from `from` to `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Rewrap {
+    v: u32,
+    from: String,
+    to: String,
+    started_at: i64,
+}
+
+/// Progress of a re-wrap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewrapProgress {
+    /// Key the secrets leave.
+    pub from: String,
+    /// Key they move to.
+    pub to: String,
+    /// Records moved so far in this run.
+    pub moved: u64,
+    /// Records still under `from`.
+    pub remaining: u64,
+    /// Every record moved and the old key destroyed.
+    pub done: bool,
+}
+
+impl Sigil {
+    /// Applies the stored secrets-key label (after a re-wrap, new secrets
+    /// use the new key, also after a restart).
+    pub fn sync_secrets_key(&self) -> Result<(), Error> {
+        if let Some(r) = self.store.get(Table::Meta, REWRAP_KEY)? {
+            let r: Rewrap = crate::protect::decode(&r.value, "rewrap")?;
+            return self.signer.set_secrets_label(&r.to);
+        }
+        if let Some(v) = self.store.get(Table::Meta, SECRETS_KEY)? {
+            let label =
+                String::from_utf8(v.value).map_err(|_| Error::Internal("secrets key label unreadable".into()))?;
+            return self.signer.set_secrets_label(&label);
+        }
+        self.signer.set_secrets_label(&self.cfg.hsm.secrets_key_label)
+    }
+
+    /// Re-wraps every factor secret under a new HSM AES key, in batches of
+    /// `batch_size`, online: each record moves in one conditional write, so
+    /// verification keeps working and no record is ever under two keys.
+    /// Resumable: an interrupted run leaves its state in the store and the
+    /// next call continues with the same new key. `progress` is called after
+    /// every batch; returning false stops (as a crash would) and leaves the
+    /// rest for a later call. The old key is destroyed after the last record
+    /// moved.
+    pub fn rewrap_secrets(
+        &self,
+        actor: &str,
+        batch_size: usize,
+        mut progress: impl FnMut(&RewrapProgress) -> bool,
+    ) -> Result<RewrapProgress, Error> {
+        let batch_size = batch_size.clamp(1, 10_000);
+        let now = self.now()?;
+        let state = match self.store.get(Table::Meta, REWRAP_KEY)? {
+            Some(v) => crate::protect::decode::<Rewrap>(&v.value, "rewrap")?,
+            None => {
+                let from = self.signer.secrets_label();
+                let to = format!("sigil-secrets-{now}-{}", sigil_verify::b64url::encode(&self.random(4)?));
+                // The HSM must work before anything is written.
+                self.signer.hsm().generate_aes_key(&to)?;
+                let st = Rewrap {
+                    v: 1,
+                    from,
+                    to,
+                    started_at: now,
+                };
+                let mut batch = Batch::new();
+                batch.insert(Table::Meta, REWRAP_KEY, crate::protect::encode(&st)?);
+                AuditEntry::ok(now, actor, "", "keys.rewrap.start")
+                    .with("from", st.from.clone())
+                    .with("to", st.to.clone())
+                    .append_to(&mut batch)?;
+                if let Err(e) = self.commit(&batch) {
+                    let _ = self.signer.hsm().destroy_key(&st.to);
+                    return Err(e);
+                }
+                st
+            }
+        };
+        self.signer.set_secrets_label(&state.to)?;
+        let mut report = RewrapProgress {
+            from: state.from.clone(),
+            to: state.to.clone(),
+            moved: 0,
+            remaining: 0,
+            done: false,
+        };
+        loop {
+            let pending: Vec<(Vec<u8>, crate::factor::FactorRecord, u64)> = self
+                .store
+                .scan_prefix(Table::Factors, b"")?
+                .into_iter()
+                .filter_map(|(k, v)| {
+                    let f = crate::factor::FactorRecord::decode(&v).ok()?;
+                    (f.secret.as_ref()?.key_label == state.from).then_some((k, f, v.version))
+                })
+                .collect();
+            report.remaining = pending.len() as u64;
+            if pending.is_empty() {
+                break;
+            }
+            let mut batch = Batch::new();
+            for (k, f, version) in pending.into_iter().take(batch_size) {
+                let Some(w) = f.secret.as_ref() else { continue };
+                let aad = crate::core::secret_aad(&f.user_id, &f.factor_id);
+                let plain = self.signer.unwrap_secret(w, &aad)?;
+                let mut moved = f.clone();
+                moved.secret = Some(self.signer.wrap_with(&state.to, &plain, &aad)?);
+                batch.update(Table::Factors, k, version, moved.encode()?);
+            }
+            let n = batch.ops.len() as u64;
+            match self.commit(&batch) {
+                Ok(_) => {
+                    report.moved += n;
+                    report.remaining = report.remaining.saturating_sub(n);
+                }
+                // A factor was used meanwhile: its new version is picked up next round.
+                Err(Error::FailedPrecondition(_)) => continue,
+                Err(e) => return Err(e),
+            }
+            if !progress(&report) {
+                return Ok(report);
+            }
+        }
+        // Every record moved: the new key is the secrets key; the old one goes.
+        let mut batch = Batch::new();
+        let stored = self
+            .store
+            .get(Table::Meta, REWRAP_KEY)?
+            .ok_or_else(|| Error::Internal("re-wrap state vanished".into()))?;
+        batch.delete(Table::Meta, REWRAP_KEY, stored.version);
+        match self.store.get(Table::Meta, SECRETS_KEY)? {
+            Some(v) => batch.update(Table::Meta, SECRETS_KEY, v.version, state.to.clone().into_bytes()),
+            None => batch.insert(Table::Meta, SECRETS_KEY, state.to.clone().into_bytes()),
+        };
+        AuditEntry::ok(self.now()?, actor, "", "keys.rewrap.done")
+            .with("from", state.from.clone())
+            .with("to", state.to.clone())
+            .append_to(&mut batch)?;
+        self.commit(&batch)?;
+        if self.signer.hsm().key_exists(&state.from)? {
+            self.signer.hsm().destroy_key(&state.from)?;
+        }
+        report.done = true;
+        progress(&report);
+        tracing::warn!(from = %state.from, to = %state.to, "factor secrets re-wrapped; old key destroyed");
+        Ok(report)
+    }
+}

@@ -24,6 +24,7 @@
 pub mod api;
 pub mod approval;
 pub mod audit;
+pub mod backup;
 pub mod client;
 pub mod clock;
 pub mod config;

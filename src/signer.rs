@@ -25,7 +25,7 @@ pub struct Signer {
     issuer: String,
     audience: String,
     leeway: i64,
-    secrets_label: String,
+    secrets_label: std::sync::RwLock<String>,
     audit_label: String,
     audit_jwk: Jwk,
 }
@@ -100,12 +100,6 @@ impl Signer {
                 cfg.hsm.token_label
             )));
         }
-        if !hsm.key_exists(&cfg.hsm.secrets_key_label)? {
-            return Err(Error::Unavailable(format!(
-                "secrets key '{}' is not on token '{}': run `make hsm` (or `sigil hsm init`)",
-                cfg.hsm.secrets_key_label, cfg.hsm.token_label
-            )));
-        }
         let audit_label = cfg.hsm.audit_key_label.clone();
         let apk = hsm.ec_public_key(&audit_label).map_err(|e| {
             Error::Unavailable(format!(
@@ -131,7 +125,7 @@ impl Signer {
             issuer: cfg.approval.issuer.clone(),
             audience: cfg.approval.audience.clone(),
             leeway: cfg.approval.leeway_seconds,
-            secrets_label: cfg.hsm.secrets_key_label.clone(),
+            secrets_label: std::sync::RwLock::new(cfg.hsm.secrets_key_label.clone()),
             audit_label,
             audit_jwk,
         };
@@ -225,11 +219,38 @@ impl Signer {
 
     /// Encrypts a factor secret under the secrets key, bound to `aad`.
     pub fn wrap(&self, secret: &[u8], aad: &[u8]) -> Result<WrappedSecret, Error> {
-        let blob = self.hsm.encrypt(&self.secrets_label, secret, aad)?;
+        self.wrap_with(&self.secrets_label(), secret, aad)
+    }
+
+    /// Encrypts under a named AES key.
+    pub fn wrap_with(&self, label: &str, secret: &[u8], aad: &[u8]) -> Result<WrappedSecret, Error> {
+        let blob = self.hsm.encrypt(label, secret, aad)?;
         Ok(WrappedSecret {
-            key_label: self.secrets_label.clone(),
+            key_label: label.to_string(),
             blob: sigil_verify::b64url::encode(&blob),
         })
+    }
+
+    /// Label of the AES key that encrypts new secrets.
+    pub fn secrets_label(&self) -> String {
+        match self.secrets_label.read() {
+            Ok(l) => l.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Switches the AES key that encrypts new secrets (after checking it exists).
+    pub fn set_secrets_label(&self, label: &str) -> Result<(), Error> {
+        if !self.hsm.key_exists(label)? {
+            return Err(Error::Unavailable(format!(
+                "secrets key '{label}' is not on the token: run `make hsm` (or `sigil hsm init`), or restore the token"
+            )));
+        }
+        match self.secrets_label.write() {
+            Ok(mut l) => *l = label.to_string(),
+            Err(p) => *p.into_inner() = label.to_string(),
+        }
+        Ok(())
     }
 
     /// Decrypts a factor secret with the key that wrapped it.

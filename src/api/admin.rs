@@ -36,8 +36,83 @@ fn scope(all: bool, users: Vec<String>) -> Result<Scope, Status> {
     }
 }
 
+type Stream<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl pb::admin_service_server::AdminService for AdminApi {
+    type RotateSecretsKeyStream = Stream<pb::RewrapProgress>;
+    type BackupStream = Stream<pb::BackupChunk>;
+
+    async fn rotate_approval_key(
+        &self,
+        req: Request<pb::RotateApprovalKeyRequest>,
+    ) -> Result<Response<pb::RotateApprovalKeyResponse>, Status> {
+        let role = require(&req, "RotateApprovalKey", &[Role::Admin])?;
+        let now = req.into_inner().now;
+        let s = self.sigil.clone();
+        let k = blocking(move || s.rotate_approval_key(role.name(), now)).await?;
+        Ok(Response::new(pb::RotateApprovalKeyResponse {
+            key: Some(super::convert::key_info(k)),
+        }))
+    }
+
+    async fn list_approval_keys(
+        &self,
+        req: Request<pb::ListApprovalKeysRequest>,
+    ) -> Result<Response<pb::ListApprovalKeysResponse>, Status> {
+        require(&req, "ListApprovalKeys", &[Role::Admin])?;
+        let s = self.sigil.clone();
+        let (ring, _) = blocking(move || s.key_ring()).await?;
+        Ok(Response::new(pb::ListApprovalKeysResponse {
+            keys: ring.keys.into_iter().map(super::convert::key_info).collect(),
+        }))
+    }
+
+    async fn rotate_secrets_key(
+        &self,
+        req: Request<pb::RotateSecretsKeyRequest>,
+    ) -> Result<Response<Self::RotateSecretsKeyStream>, Status> {
+        let role = require(&req, "RotateSecretsKey", &[Role::Admin])?;
+        let batch = match req.into_inner().batch_size {
+            0 => 500,
+            n => n as usize,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let s = self.sigil.clone();
+        tokio::task::spawn_blocking(move || {
+            // The re-wrap runs to the end even if the caller goes away.
+            let send = |p: &crate::keys::RewrapProgress| {
+                let _ = tx.blocking_send(Ok(pb::RewrapProgress {
+                    from_key: p.from.clone(),
+                    to_key: p.to.clone(),
+                    moved: p.moved,
+                    remaining: p.remaining,
+                    done: p.done,
+                }));
+                true
+            };
+            if let Err(e) = s.rewrap_secrets(role.name(), batch, send) {
+                let _ = tx.blocking_send(Err(status::to_status(e)));
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn backup(&self, req: Request<pb::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
+        require(&req, "Backup", &[Role::Admin])?;
+        let s = self.sigil.clone();
+        let bytes = blocking(move || {
+            let mut out = Vec::new();
+            s.backup(&mut out)?;
+            Ok(out)
+        })
+        .await?;
+        let chunks: Vec<Result<pb::BackupChunk, Status>> = bytes
+            .chunks(1 << 20)
+            .map(|c| Ok(pb::BackupChunk { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
     async fn revoke_factors(
         &self,
         req: Request<pb::RevokeFactorsRequest>,

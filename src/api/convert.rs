@@ -152,3 +152,15 @@ impl From<Claims> for pb::ApprovalClaims {
         }
     }
 }
+
+/// An approval key for the API.
+pub fn key_info(k: crate::keys::KeyEntry) -> pb::ApprovalKeyInfo {
+    pb::ApprovalKeyInfo {
+        kid: k.kid,
+        label: k.label,
+        state: k.state.name().into(),
+        created_at: k.created_at,
+        activate_at: k.activate_at,
+        retire_at: k.retire_at,
+    }
+}

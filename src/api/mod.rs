@@ -334,9 +334,17 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         )?;
         let jwks_json = serde_json::to_string(&self.sigil.signer().jwks())
             .map_err(|e| status::to_status(Error::Internal(format!("cannot encode key set: {e}"))))?;
+        let s = self.sigil.clone();
+        let (ring, _) = blocking(move || s.key_ring()).await?;
         Ok(Response::new(pb::GetApprovalKeysResponse {
             jwks_json,
-            cache_max_age_seconds: 300,
+            cache_max_age_seconds: self.sigil.config().approval.jwks_cache_seconds,
+            keys: ring
+                .keys
+                .into_iter()
+                .filter(|k| k.state != crate::keys::KeyState::Retired)
+                .map(convert::key_info)
+                .collect(),
         }))
     }
 }

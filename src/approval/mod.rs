@@ -457,6 +457,13 @@ impl Sigil {
             );
             e
         };
+        if let Some(r) = crate::backup::restore_record(self.store.as_ref())? {
+            if ch.created_at <= r.restored_at {
+                return Err(Error::FailedPrecondition(format!(
+                    "challenge '{challenge_id}' was opened before the store was restored from a backup; begin a new approval"
+                )));
+            }
+        }
         if ch.epochs != snap.epochs() {
             return Err(refused(Error::FailedPrecondition(format!(
                 "challenge '{challenge_id}' died when the user's factors were revoked; enroll again and begin a new approval"
@@ -726,6 +733,14 @@ impl Sigil {
                 claims.jti
             )));
         }
+        if let Some(r) = crate::backup::restore_record(self.store.as_ref())? {
+            if claims.iat <= r.restored_at {
+                return Err(Error::FailedPrecondition(format!(
+                    "approval '{}' was issued before the store was restored from a backup (at {}); request a new one",
+                    claims.jti, r.restored_at
+                )));
+            }
+        }
         snap.check_not_suspended(now, "redemption")?;
         rec.redeemed_at = Some(now);
         batch.update(Table::Approvals, claims.jti.as_bytes(), stored.version, to_json(&rec)?);
@@ -849,7 +864,14 @@ impl Sigil {
         let seed = self
             .signer
             .unwrap_secret(wrapped, &secret_aad(&f.user_id, &f.factor_id))?;
-        if let Some(step) = totp::verify(&seed, code, now, f.totp_last_step) {
+        // After a restore, no step at or before the restore moment counts:
+        // the backup cannot know which were used after it was taken.
+        let floor = crate::backup::restore_record(self.store.as_ref())?.map(|r| totp::step_at(r.restored_at));
+        let last = match (f.totp_last_step, floor) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(step) = totp::verify(&seed, code, now, last) {
             return Ok(step);
         }
         Err(self.record_failure(

@@ -85,6 +85,26 @@ enum Cmd {
         #[command(subcommand)]
         cmd: YubikeyCmd,
     },
+    /// Approval keys and the secrets key.
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
+    /// Write a consistent backup of the running service's store to a file.
+    Backup {
+        #[command(flatten)]
+        conn: Conn,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup into the configured store (stop sigild first). The
+    /// current store is kept beside it; approvals issued and TOTP steps used
+    /// before the restore are refused afterwards.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -163,6 +183,32 @@ enum YubikeyCmd {
         nickname: String,
         #[arg(long, default_value = "")]
         step_up: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Rotate the approval key: publish a new key now as `next`, active
+    /// after the pre-publication delay (or at once with --now).
+    Rotate {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        now: bool,
+    },
+    /// List approval keys and their states.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Re-wrap every factor secret under a new HSM AES key (online,
+    /// resumable: run it again after an interruption).
+    RotateSecrets {
+        #[command(flatten)]
+        conn: Conn,
+        /// Records per batch.
+        #[arg(long, default_value_t = 500)]
+        batch: u32,
     },
 }
 
@@ -444,6 +490,98 @@ async fn run(cli: Cli) -> Result<(), Error> {
             }
         }
         Cmd::Yubikey { cmd } => yubikey(cmd).await,
+        Cmd::Keys {
+            cmd: KeysCmd::Rotate { conn, now },
+        } => {
+            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn).await?);
+            let k = c
+                .rotate_approval_key(pb::RotateApprovalKeyRequest { now })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .key
+                .ok_or_else(|| Error::Internal("no key in the answer".into()))?;
+            println!("new approval key {} ({}), active at {}", k.kid, k.state, k.activate_at);
+            Ok(())
+        }
+        Cmd::Keys {
+            cmd: KeysCmd::List { conn },
+        } => {
+            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn).await?);
+            let r = c
+                .list_approval_keys(pb::ListApprovalKeysRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            for k in r.keys {
+                println!(
+                    "{}  {:8}  label {}  created {}  active from {}  retires {}",
+                    k.kid, k.state, k.label, k.created_at, k.activate_at, k.retire_at
+                );
+            }
+            Ok(())
+        }
+        Cmd::Keys {
+            cmd: KeysCmd::RotateSecrets { conn, batch },
+        } => {
+            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn).await?);
+            let mut stream = c
+                .rotate_secrets_key(pb::RotateSecretsKeyRequest { batch_size: batch })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            while let Some(p) = stream.message().await.map_err(status_error)? {
+                if p.done {
+                    println!("done: every secret is under {}; {} destroyed", p.to_key, p.from_key);
+                } else {
+                    println!(
+                        "{} -> {}: {} moved, {} remaining",
+                        p.from_key, p.to_key, p.moved, p.remaining
+                    );
+                }
+            }
+            Ok(())
+        }
+        Cmd::Backup { conn, out } => {
+            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn).await?);
+            let start = std::time::Instant::now();
+            let mut stream = c.backup(pb::BackupRequest {}).await.map_err(status_error)?.into_inner();
+            let mut data = Vec::new();
+            while let Some(chunk) = stream.message().await.map_err(status_error)? {
+                data.extend_from_slice(&chunk.data);
+            }
+            sigil::backup::decode(&data)?;
+            let tmp = out.with_extension("partial");
+            std::fs::write(&tmp, &data)
+                .map_err(|e| Error::Unavailable(format!("cannot write {}: {e}", tmp.display())))?;
+            std::fs::rename(&tmp, &out)
+                .map_err(|e| Error::Unavailable(format!("cannot write {}: {e}", out.display())))?;
+            println!(
+                "backup written to {} ({} bytes, {:.1} s)",
+                out.display(),
+                data.len(),
+                start.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
+        Cmd::Restore { file } => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_err(|_| Error::Unavailable("clock before 1970".into()))?
+                .as_secs() as i64;
+            let (h, previous) = sigil::backup::restore(&file, &cfg.store.path, now)?;
+            println!(
+                "restored {} records taken at {} into {}; approvals and TOTP steps before now are refused",
+                h.records,
+                h.taken_at,
+                cfg.store.path.display()
+            );
+            if let Some(p) = previous {
+                println!("the previous store is kept at {}", p.display());
+            }
+            Ok(())
+        }
         Cmd::TotpCode { secret } => {
             let seed = data_encoding::BASE32_NOPAD
                 .decode(secret.trim().trim_end_matches('=').to_ascii_uppercase().as_bytes())

@@ -284,4 +284,8 @@ pub trait Store: Send + Sync {
     fn log_head(&self, log: Table) -> Result<(u64, [u8; 32]), StoreError>;
     /// Number of records in a table (operations and tests).
     fn len(&self, table: Table) -> Result<usize, StoreError>;
+    /// Every record of every table, as of one instant: no commit is half
+    /// in it (writers wait while it is taken). Log entries come as
+    /// `hash || entry` with version 1, as stored.
+    fn snapshot(&self) -> Result<Vec<(Table, Vec<u8>, Versioned)>, StoreError>;
 }

@@ -18,6 +18,8 @@ pub struct SledStore {
     db: sled::Db,
     trees: Vec<sled::Tree>,
     flush: GroupFlush,
+    /// Commits hold it shared; a snapshot holds it exclusively.
+    gate: std::sync::RwLock<()>,
 }
 
 impl SledStore {
@@ -36,7 +38,24 @@ impl SledStore {
             db,
             trees,
             flush: GroupFlush::default(),
+            gate: std::sync::RwLock::new(()),
         })
+    }
+
+    /// Creates a store at `path` (which must not exist) holding exactly
+    /// `records`, durably.
+    pub fn create_from(path: &Path, records: &[(Table, Vec<u8>, Versioned)]) -> Result<SledStore, StoreError> {
+        if path.exists() {
+            return Err(StoreError::Unavailable(format!("{} already exists", path.display())));
+        }
+        let s = SledStore::open(path)?;
+        for (t, k, v) in records {
+            s.tree(*t)
+                .insert(k.as_slice(), encode(v.version, &v.value))
+                .map_err(unavailable)?;
+        }
+        s.db.flush().map_err(unavailable)?;
+        Ok(s)
     }
 
     fn tree(&self, t: Table) -> &sled::Tree {
@@ -127,6 +146,10 @@ impl Store for SledStore {
         tables.dedup();
         let trees: Vec<sled::Tree> = tables.iter().map(|t| self.tree(*t).clone()).collect();
         let pos = |t: Table| tables.iter().position(|x| *x == t).unwrap_or(0);
+        let gate = self
+            .gate
+            .read()
+            .map_err(|_| StoreError::Unavailable("store gate poisoned".into()))?;
         let result = trees.as_slice().transaction(|txs| {
             let mut seqs = Vec::new();
             for op in &batch.ops {
@@ -181,6 +204,7 @@ impl Store for SledStore {
             }
             Ok(seqs)
         });
+        drop(gate);
         let seqs = match result {
             Ok(seqs) => seqs,
             Err(TransactionError::Abort(e)) => return Err(e),
@@ -222,6 +246,21 @@ impl Store for SledStore {
 
     fn len(&self, table: Table) -> Result<usize, StoreError> {
         Ok(self.tree(table).len())
+    }
+
+    fn snapshot(&self) -> Result<Vec<(Table, Vec<u8>, Versioned)>, StoreError> {
+        let _gate = self
+            .gate
+            .write()
+            .map_err(|_| StoreError::Unavailable("store gate poisoned".into()))?;
+        let mut out = Vec::new();
+        for t in Table::ALL {
+            for item in self.tree(t).iter() {
+                let (k, v) = item.map_err(unavailable)?;
+                out.push((t, k.to_vec(), decode(&v)?));
+            }
+        }
+        Ok(out)
     }
 }
 
