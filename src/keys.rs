@@ -314,8 +314,21 @@ impl Sigil {
             None => {
                 let from = self.signer.secrets_label();
                 let to = format!("sigil-secrets-{now}-{}", sigil_verify::b64url::encode(&self.random(4)?));
-                // The HSM must work before anything is written.
+                // The HSM must work before anything is written: make the new key
+                // and move one secret through it (in memory only).
                 self.signer.hsm().generate_aes_key(&to)?;
+                let probe = self.store.scan_prefix(Table::Factors, b"")?.into_iter().find_map(|(_, v)| {
+                    let f = crate::factor::FactorRecord::decode(&v).ok()?;
+                    f.secret.clone().filter(|w| w.key_label == from).map(|w| (f, w))
+                });
+                if let Some((f, w)) = probe {
+                    let aad = crate::core::secret_aad(&f.user_id, &f.factor_id);
+                    let check = self.signer.unwrap_secret(&w, &aad).and_then(|p| self.signer.wrap_with(&to, &p, &aad));
+                    if let Err(e) = check {
+                        let _ = self.signer.hsm().destroy_key(&to);
+                        return Err(e);
+                    }
+                }
                 let st = Rewrap {
                     v: 1,
                     from,
