@@ -370,27 +370,30 @@ impl Sigil {
             if pending.is_empty() {
                 break;
             }
-            let mut batch = Batch::new();
-            for (k, f, version) in pending.into_iter().take(batch_size) {
-                let Some(w) = f.secret.as_ref() else { continue };
-                let aad = crate::core::secret_aad(&f.user_id, &f.factor_id);
-                let plain = self.signer.unwrap_secret(w, &aad)?;
-                let mut moved = f.clone();
-                moved.secret = Some(self.signer.wrap_with(&state.to, &plain, &aad)?);
-                batch.update(Table::Factors, k, version, moved.encode()?);
-            }
-            let n = batch.ops.len() as u64;
-            match self.commit(&batch) {
-                Ok(_) => {
-                    report.moved += n;
-                    report.remaining = report.remaining.saturating_sub(n);
+            // One scan, then the records in batches; a batch that meets a
+            // concurrent update is left for the next scan.
+            for chunk in pending.chunks(batch_size) {
+                let mut batch = Batch::new();
+                for (k, f, version) in chunk {
+                    let Some(w) = f.secret.as_ref() else { continue };
+                    let aad = crate::core::secret_aad(&f.user_id, &f.factor_id);
+                    let plain = self.signer.unwrap_secret(w, &aad)?;
+                    let mut moved = f.clone();
+                    moved.secret = Some(self.signer.wrap_with(&state.to, &plain, &aad)?);
+                    batch.update(Table::Factors, k.clone(), *version, moved.encode()?);
                 }
-                // A factor was used meanwhile: its new version is picked up next round.
-                Err(Error::FailedPrecondition(_)) => continue,
-                Err(e) => return Err(e),
-            }
-            if !progress(&report) {
-                return Ok(report);
+                let n = batch.ops.len() as u64;
+                match self.commit(&batch) {
+                    Ok(_) => {
+                        report.moved += n;
+                        report.remaining = report.remaining.saturating_sub(n);
+                    }
+                    Err(Error::FailedPrecondition(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                if !progress(&report) {
+                    return Ok(report);
+                }
             }
         }
         // Every record moved: the new key is the secrets key; the old one goes.
