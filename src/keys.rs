@@ -317,13 +317,20 @@ impl Sigil {
                 // The HSM must work before anything is written: make the new key
                 // and move one secret through it (in memory only).
                 self.signer.hsm().generate_aes_key(&to)?;
-                let probe = self.store.scan_prefix(Table::Factors, b"")?.into_iter().find_map(|(_, v)| {
-                    let f = crate::factor::FactorRecord::decode(&v).ok()?;
-                    f.secret.clone().filter(|w| w.key_label == from).map(|w| (f, w))
-                });
+                let probe = self
+                    .store
+                    .scan_prefix(Table::Factors, b"")?
+                    .into_iter()
+                    .find_map(|(_, v)| {
+                        let f = crate::factor::FactorRecord::decode(&v).ok()?;
+                        f.secret.clone().filter(|w| w.key_label == from).map(|w| (f, w))
+                    });
                 if let Some((f, w)) = probe {
                     let aad = crate::core::secret_aad(&f.user_id, &f.factor_id);
-                    let check = self.signer.unwrap_secret(&w, &aad).and_then(|p| self.signer.wrap_with(&to, &p, &aad));
+                    let check = self
+                        .signer
+                        .unwrap_secret(&w, &aad)
+                        .and_then(|p| self.signer.wrap_with(&to, &p, &aad));
                     if let Err(e) = check {
                         let _ = self.signer.hsm().destroy_key(&to);
                         return Err(e);

@@ -12,7 +12,7 @@ use crate::events::{Event, EventKind};
 use crate::factor::manage::check_nickname;
 use crate::factor::webauthn::AssertionError;
 use crate::factor::yubikey::{self, OtpFailure};
-use crate::factor::{lockout, webauthn_index_key, yubikey_index_key, FactorRecord, Kind, State, YubikeyData};
+use crate::factor::{lockout, webauthn_index_key, yubikey_index_key, FactorRecord, Kind, YubikeyData};
 use crate::protect::{Epochs, Snapshot};
 use crate::store::{Batch, Table};
 
@@ -607,22 +607,7 @@ impl Sigil {
         check_id("factor_id", factor_id)?;
         let now = self.now()?;
         let (f, version) = self.factor(user_id, factor_id)?;
-        if f.state != State::Pending {
-            return Err(Error::FailedPrecondition(format!(
-                "factor '{factor_id}' is already active"
-            )));
-        }
-        let snap = self.snapshot(user_id)?;
-        if !f.is_live(snap.epochs()) {
-            return Err(Error::FailedPrecondition(format!(
-                "enrollment of factor '{factor_id}' was revoked; enroll again"
-            )));
-        }
-        if now >= f.confirm_before {
-            return Err(Error::FailedPrecondition(format!(
-                "enrollment of factor '{factor_id}' expired; remove it and enroll again"
-            )));
-        }
+        let snap = self.confirmable(&f, now)?;
         let confirmed = match (&proof, f.kind) {
             (YubikeyConfirmation::Hmac(resp), Kind::YubikeyHmac) => {
                 if resp.len() != 20 {

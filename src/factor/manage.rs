@@ -68,6 +68,30 @@ impl Sigil {
         Ok(false)
     }
 
+    /// Checks that a pending factor may be confirmed now: still pending,
+    /// not revoked, not expired, and (begun without step-up) the user has
+    /// not activated another factor meanwhile. Returns the protection state.
+    pub(crate) fn confirmable(&self, f: &FactorRecord, now: i64) -> Result<Snapshot, Error> {
+        let id = &f.factor_id;
+        if f.state != State::Pending {
+            return Err(Error::FailedPrecondition(format!("factor '{id}' is already active")));
+        }
+        let snap = self.snapshot(&f.user_id)?;
+        if !f.is_live(snap.epochs()) {
+            return Err(Error::FailedPrecondition(format!(
+                "enrollment of factor '{id}' was revoked; enroll again"
+            )));
+        }
+        if now >= f.confirm_before {
+            return Err(Error::FailedPrecondition(format!(
+                "enrollment of factor '{id}' expired at {}; remove it and enroll again",
+                f.confirm_before
+            )));
+        }
+        self.check_enrollment_still_allowed(f, &snap)?;
+        Ok(snap)
+    }
+
     /// A pending factor begun without step-up (the user had no active
     /// factor then) may not be confirmed once the user has one: that would
     /// add a second factor without an enroll_factor approval.
@@ -246,24 +270,7 @@ impl Sigil {
                 format!("factor '{factor_id}' is not a TOTP factor"),
             ));
         }
-        if f.state != State::Pending {
-            return Err(Error::FailedPrecondition(format!(
-                "factor '{factor_id}' is already active"
-            )));
-        }
-        let snap = self.snapshot(user_id)?;
-        if !f.is_live(snap.epochs()) {
-            return Err(Error::FailedPrecondition(format!(
-                "enrollment of factor '{factor_id}' was revoked; enroll again"
-            )));
-        }
-        if now >= f.confirm_before {
-            return Err(Error::FailedPrecondition(format!(
-                "enrollment of factor '{factor_id}' expired at {}; remove it and enroll again",
-                f.confirm_before
-            )));
-        }
-        self.check_enrollment_still_allowed(&f, &snap)?;
+        let snap = self.confirmable(&f, now)?;
         let step = self.check_totp(actor, &f, version, code, now)?;
         let mut confirmed = f.clone();
         confirmed.totp_last_step = Some(step);
