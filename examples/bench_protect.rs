@@ -353,7 +353,11 @@ fn rewrap_and_backup_bench(root: &Path, users: usize) {
             yubikey: None,
             enrolled_with_step_up: false,
         };
-        batch.insert(Table::Factors, FactorRecord::key(&user, &factor_id), f.encode().unwrap());
+        batch.insert(
+            Table::Factors,
+            FactorRecord::key(&user, &factor_id),
+            f.encode().unwrap(),
+        );
         batch.insert(Table::Users, user.into_bytes(), br#"{"v":1,"epoch":0,"security_locked_until":0,"security_lock_reason":"","suspension":null,"anti_phishing":null,"compromised_device_at":null,"recent":[],"revoked_at":null}"#.to_vec());
         if batch.ops.len() >= 20_000 {
             store.commit(&batch).unwrap();
@@ -380,7 +384,10 @@ fn rewrap_and_backup_bench(root: &Path, users: usize) {
     let t = Instant::now();
     let (h, bytes) = sigil.backup(&mut out).unwrap();
     let bt = t.elapsed().as_secs_f64();
-    println!("## Re-wrap of {users} factor secrets (batches of 1000; loading them took {:.1} s, not timed)\n", load.as_secs_f64());
+    println!(
+        "## Re-wrap of {users} factor secrets (batches of 1000; loading them took {:.1} s, not timed)\n",
+        load.as_secs_f64()
+    );
     println!("| measure | value |\n|---|---|");
     println!("| re-wrap | {:.0} secrets/s ({:.1} s) |", users as f64 / rw, rw);
     println!("| raw HSM AES-256-GCM decrypt+encrypt pairs/s (1 thread, same run) | {raw:.0} |");
@@ -433,7 +440,12 @@ async fn main() {
         );
     }
     println!();
-    let n: usize = std::env::var("SIGIL_BENCH_REWRAP_USERS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let n: usize = std::env::var("SIGIL_BENCH_REWRAP_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let root3 = root.path().to_path_buf();
-    tokio::task::spawn_blocking(move || rewrap_and_backup_bench(&root3, n)).await.unwrap();
+    tokio::task::spawn_blocking(move || rewrap_and_backup_bench(&root3, n))
+        .await
+        .unwrap();
 }
