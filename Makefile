@@ -38,6 +38,7 @@ run: certs hsm ## Start sigild on 127.0.0.1:50051 (sled in data/, SoftHSM)
 
 test: certs hsm ## The whole test suite
 	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
 
 bench: certs hsm ## Benchmarks (release build); results go to stdout, recorded in BENCHMARKS.md
 	$(CARGO) run --release --example bench
