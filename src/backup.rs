@@ -114,8 +114,11 @@ pub fn encode(header: &Header, records: &[(Table, Vec<u8>, Versioned)]) -> Resul
     Ok(out)
 }
 
+/// The records of a store, as a backup carries them.
+pub type Records = Vec<(Table, Vec<u8>, Versioned)>;
+
 /// Decodes and checks a whole backup.
-pub fn decode(bytes: &[u8]) -> Result<(Header, Vec<(Table, Vec<u8>, Versioned)>), Error> {
+pub fn decode(bytes: &[u8]) -> Result<(Header, Records), Error> {
     let bad = |why: &str| Error::invalid("backup", why.to_string());
     if bytes.len() < 16 || &bytes[..8] != MAGIC {
         return Err(bad("not a Sigil backup (wrong magic bytes)"));
@@ -182,12 +185,19 @@ pub fn restore(file: &Path, store_path: &Path, now: i64) -> Result<(Header, Opti
     let bytes =
         std::fs::read(file).map_err(|e| Error::invalid("backup", format!("cannot read {}: {e}", file.display())))?;
     let (header, records) = decode(&bytes)?;
+    // Key state follows the HSM, which a restore does not roll back: the
+    // current store's approval-key ring and secrets-key records replace the
+    // backup's, so a key retired (or destroyed) since the backup stays so.
+    let mut carried: Vec<(Vec<u8>, Option<Versioned>)> = Vec::new();
     if store_path.exists() {
         let current = SledStore::open(store_path).map_err(|e| {
             Error::Unavailable(format!(
                 "cannot open the current store (is sigild still running? stop it first): {e}"
             ))
         })?;
+        for key in [crate::keys::RING_KEY, crate::keys::SECRETS_KEY, crate::keys::REWRAP_KEY] {
+            carried.push((key.to_vec(), current.get(Table::Meta, key)?));
+        }
         if let Some(v) = current.get(Table::Meta, DEPLOYMENT_KEY)? {
             let id = String::from_utf8_lossy(&v.value).to_string();
             if id != header.deployment_id {
@@ -205,6 +215,13 @@ pub fn restore(file: &Path, store_path: &Path, now: i64) -> Result<(Header, Opti
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)
             .map_err(|e| Error::Unavailable(format!("cannot clear {}: {e}", tmp.display())))?;
+    }
+    let mut records = records;
+    for (key, value) in &carried {
+        records.retain(|(t, k, _)| !(*t == Table::Meta && k == key));
+        if let Some(v) = value {
+            records.push((Table::Meta, key.clone(), v.clone()));
+        }
     }
     let built = (|| -> Result<(), Error> {
         let store = SledStore::create_from(&tmp, &records)?;

@@ -24,6 +24,7 @@ pub struct Sigil {
     pub(crate) clock: Arc<dyn Clock>,
     rng: SystemRandom,
     events: tokio::sync::Notify,
+    closing: std::sync::atomic::AtomicBool,
     pub(crate) webauthn: crate::factor::webauthn::Webauthn,
 }
 
@@ -50,6 +51,7 @@ impl Sigil {
             clock,
             rng: SystemRandom::new(),
             events: tokio::sync::Notify::new(),
+            closing: std::sync::atomic::AtomicBool::new(false),
             webauthn,
         }
     }
@@ -82,6 +84,18 @@ impl Sigil {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Marks the service as shutting down: long-lived streams end (clients
+    /// resume from their cursor elsewhere or after the restart).
+    pub fn begin_shutdown(&self) {
+        self.closing.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.events.notify_waiters();
+    }
+
+    /// True once shutdown began.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Woken whenever events are appended (for `WatchEvents`).

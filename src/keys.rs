@@ -97,6 +97,12 @@ impl Sigil {
             return Ok((crate::protect::decode(&v.value, "key ring")?, v.version));
         }
         let keys = self.signer.keys();
+        if keys.active_label.is_empty() {
+            return Err(Error::Unavailable(format!(
+                "approval key '{}' is not on token '{}' and no key ring is stored: run `make hsm` (or `sigil hsm init`)",
+                self.cfg.hsm.approval_key_label, self.cfg.hsm.token_label
+            )));
+        }
         Ok((
             KeyRing {
                 v: 1,
@@ -182,7 +188,9 @@ impl Sigil {
         self.advance_keys()?;
         self.sync_keys()?;
         tracing::warn!(kid = %entry.kid, activate_at = entry.activate_at, "approval key rotation started");
-        Ok(entry)
+        // Answer with the key as it stands now (active already with `immediately`).
+        let (ring, _) = self.key_ring()?;
+        Ok(ring.keys.into_iter().find(|k| k.kid == entry.kid).unwrap_or(entry))
     }
 
     /// Applies the transitions that are due: `next` → `active` (the old
@@ -419,6 +427,25 @@ impl Sigil {
             .with("to", state.to.clone())
             .append_to(&mut batch)?;
         self.commit(&batch)?;
+        // A secret wrapped under the old key by an enrollment that read the
+        // label just before the switch may have landed after the last scan:
+        // move any such straggler before the old key goes.
+        for (k, v) in self.store.scan_prefix(Table::Factors, b"")? {
+            let Ok(f) = crate::factor::FactorRecord::decode(&v) else {
+                continue;
+            };
+            let Some(w) = f.secret.as_ref().filter(|w| w.key_label == state.from) else {
+                continue;
+            };
+            let aad = crate::core::secret_aad(&f.user_id, &f.factor_id);
+            let plain = self.signer.unwrap_secret(w, &aad)?;
+            let mut moved = f.clone();
+            moved.secret = Some(self.signer.wrap_with(&state.to, &plain, &aad)?);
+            let mut b = Batch::new();
+            b.update(Table::Factors, k, v.version, moved.encode()?);
+            self.commit(&b)?;
+            report.moved += 1;
+        }
         if self.signer.hsm().key_exists(&state.from)? {
             self.signer.hsm().destroy_key(&state.from)?;
         }

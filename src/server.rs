@@ -91,6 +91,7 @@ pub async fn start(
         .build_v1()
         .map_err(|e| Error::Internal(format!("reflection service: {e}")))?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let closing = sigil.clone();
     let (sweep_stop_tx, sweep_stop_rx) = tokio::sync::watch::channel(false);
     let sweeper = tokio::spawn(sweep_loop(sigil.clone(), sweep_stop_rx));
     let shutdown = async move {
@@ -108,6 +109,7 @@ pub async fn start(
         reporter
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
+        closing.begin_shutdown();
         let _ = sweep_stop_tx.send(true);
         if let Err(e) = sweeper.await {
             tracing::error!(error = %e, "background sweeper failed");

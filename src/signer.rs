@@ -93,13 +93,11 @@ impl Signer {
 
     /// Builds the signer over an opened HSM.
     pub fn with_hsm(cfg: &Config, hsm: Hsm) -> Result<Signer, Error> {
+        // The configured key is the first approval key. Once rotations have
+        // happened the stored key ring says which keys are in force (and the
+        // first one may be retired and destroyed): see `Sigil::sync_keys`.
         let active_label = cfg.hsm.approval_key_label.clone();
-        if !hsm.key_exists(&active_label)? {
-            return Err(Error::Unavailable(format!(
-                "approval key '{active_label}' is not on token '{}': run `make hsm` (or `sigil hsm init`)",
-                cfg.hsm.token_label
-            )));
-        }
+        let configured_present = hsm.key_exists(&active_label)?;
         let audit_label = cfg.hsm.audit_key_label.clone();
         let apk = hsm.ec_public_key(&audit_label).map_err(|e| {
             Error::Unavailable(format!(
@@ -129,10 +127,12 @@ impl Signer {
             audit_label,
             audit_jwk,
         };
-        signer.publish(&[PublishedKey {
-            label: active_label,
-            status: "active".into(),
-        }])?;
+        if configured_present {
+            signer.publish(&[PublishedKey {
+                label: active_label,
+                status: "active".into(),
+            }])?;
+        }
         Ok(signer)
     }
 

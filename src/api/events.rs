@@ -40,6 +40,14 @@ impl pb::event_service_server::EventService for EventApi {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             loop {
+                if sigil.is_closing() {
+                    let _ = tx
+                        .send(Err(Status::unavailable(format!(
+                            "server shutting down; reconnect and resume after cursor {cursor}"
+                        ))))
+                        .await;
+                    return;
+                }
                 // Register interest before reading, so no append is missed.
                 let notified = sigil.event_signal().notified();
                 let s = sigil.clone();

@@ -219,7 +219,7 @@ pub fn verify_error(e: VerifyError) -> Error {
         VerifyError::IntentMismatch { field } => Error::FailedPrecondition(format!(
             "approval does not match the withdrawal: field '{field}' differs; nothing was redeemed"
         )),
-        other => Error::PermissionDenied(format!("approval refused: {other}")),
+        other => Error::PermissionDenied(other.to_string()),
     }
 }
 

@@ -436,6 +436,17 @@ impl Sigil {
     ) -> Result<FactorRecord, Error> {
         lockout::check(f.locked_until, now, &format!("factor '{}'", f.factor_id))?;
         let data = f.yubikey.clone().unwrap_or_default();
+        // After a restore the stored OTP counters may be older than OTPs the
+        // key produced since the backup, so they cannot rule out a replay:
+        // an OTP factor active before the restore must be enrolled again.
+        if let Some(r) = crate::backup::restore_record(self.store.as_ref())? {
+            if f.state == crate::factor::State::Active && f.created_at <= r.restored_at {
+                return Err(Error::FailedPrecondition(format!(
+                    "Yubico OTP factor '{}' predates a restore from backup; its replay counters cannot be trusted: enroll the key again (an operator can revoke the old factor with `sigil revoke --user`)",
+                    f.factor_id
+                )));
+            }
+        }
         let wrapped = f
             .secret
             .as_ref()

@@ -412,6 +412,7 @@ impl Sigil {
         }
         self.advance_keys()?;
         self.sync_keys()?;
+        self.sync_secrets_key()?;
         self.checkpoint_audit()?;
         Ok(announced)
     }

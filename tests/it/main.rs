@@ -6,6 +6,7 @@ mod approvals;
 mod bad_input;
 mod binary;
 mod harness;
+mod lifecycle;
 mod protections;
 mod roles;
 mod totp;

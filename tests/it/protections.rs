@@ -709,3 +709,37 @@ async fn audit_chain_verifies_and_a_flipped_byte_is_named() {
     assert!(!ok);
     assert!(text.contains("BROKEN at entry 3"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graceful_stop_ends_event_streams_with_a_resume_hint() {
+    let mut s = TestServer::start().await;
+    let (_f, _seed) = s.enroll_totp("lea").await;
+    let mut c = s.events("admin").await;
+    let mut stream = c
+        .watch_events(pb::WatchEventsRequest { after_cursor: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.cursor, 1);
+    // A watcher is open; the server must still stop, and tell it where to resume.
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.stop())
+        .await
+        .expect("stop does not hang on an open stream");
+    let mut last = None;
+    while let Ok(Some(item)) = tokio::time::timeout(std::time::Duration::from_secs(5), stream.message())
+        .await
+        .map(|r| r.transpose())
+    {
+        match item {
+            Ok(_) => continue,
+            Err(st) => {
+                last = Some(st);
+                break;
+            }
+        }
+    }
+    let st = last.expect("the stream ends with a status");
+    assert_eq!(st.code(), Code::Unavailable, "{st:?}");
+    assert!(st.message().contains("resume after cursor"), "{}", st.message());
+}
