@@ -385,11 +385,59 @@ impl Sigil {
         Ok(())
     }
 
+    /// Deletes records that can no longer matter: challenges an hour past
+    /// their expiry, registration ceremonies past theirs, and approvals a day
+    /// past theirs (an expired approval is refused on its `exp`; an unknown
+    /// `jti` is refused too). Returns how many were deleted.
+    pub fn purge_expired(&self) -> Result<usize, Error> {
+        #[derive(serde::Deserialize)]
+        struct Expiry {
+            #[serde(default)]
+            expires_at: i64,
+            #[serde(default)]
+            exp: i64,
+        }
+        let now = self.now()?;
+        let mut deleted = 0;
+        for (table, grace) in [
+            (Table::Challenges, 3_600),
+            (Table::Ceremonies, 0),
+            (Table::Approvals, 86_400),
+        ] {
+            let mut batch = Batch::new();
+            for (k, v) in self.store.scan_prefix(table, b"")? {
+                let Ok(e) = serde_json::from_slice::<Expiry>(&v.value) else {
+                    continue;
+                };
+                let until = e.expires_at.max(e.exp);
+                if until > 0 && until + grace < now {
+                    batch.delete(table, k, v.version);
+                }
+                if batch.ops.len() >= 1_000 {
+                    deleted += self.commit_purge(&batch)?;
+                    batch = Batch::new();
+                }
+            }
+            deleted += self.commit_purge(&batch)?;
+        }
+        Ok(deleted)
+    }
+
+    fn commit_purge(&self, batch: &Batch) -> Result<usize, Error> {
+        match self.commit(batch) {
+            Ok(_) => Ok(batch.ops.len()),
+            Err(Error::FailedPrecondition(_)) => Ok(0), // touched meanwhile; next sweep
+            Err(e) => Err(e),
+        }
+    }
+
     /// Background work due at the current time: announce addresses whose
-    /// hold ended, and sign an audit checkpoint when the log grew. Returns
-    /// the number of addresses announced.
+    /// hold ended, apply key transitions, purge expired records, and sign an
+    /// audit checkpoint when the log grew. Returns the number of addresses
+    /// announced.
     pub fn sweep(&self) -> Result<usize, Error> {
         let now = self.now()?;
+        self.purge_expired()?;
         let mut announced = 0;
         for (key, v) in self.store.scan_prefix(Table::Addresses, b"")? {
             let mut rec: AddressRecord = decode(&v.value, "address")?;

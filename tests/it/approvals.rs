@@ -433,3 +433,43 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 fn hex(b: &[u8]) -> String {
     data_encoding::HEXLOWER.encode(b)
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_challenges_and_approvals_are_purged_and_stay_refused() {
+    let s = TestServer::start().await;
+    let (_f, seed) = s.enroll_totp("pia").await;
+    let token = s.approve(&withdrawal("pia", "wd-1"), &seed).await;
+    let mut a = s.approvals("withdrawal-engine").await;
+    a.begin_approval(pb::BeginApprovalRequest {
+        intent: Some(withdrawal("pia", "wd-2")),
+        device: None,
+    })
+    .await
+    .unwrap();
+    let store = s.sigil().store().clone();
+    assert_eq!(store.len(sigil::store::Table::Challenges).unwrap(), 2);
+    assert_eq!(store.len(sigil::store::Table::Approvals).unwrap(), 1);
+    // Still kept within the grace periods.
+    s.clock.advance(3_000);
+    assert_eq!(s.sigil().purge_expired().unwrap(), 0);
+    s.clock.advance(2 * 86_400);
+    assert_eq!(s.sigil().purge_expired().unwrap(), 3);
+    assert_eq!(store.len(sigil::store::Table::Challenges).unwrap(), 0);
+    assert_eq!(store.len(sigil::store::Table::Approvals).unwrap(), 0);
+    // A purged approval is refused (expired), and so it would be with a clock set back.
+    let r = a
+        .redeem_approval(pb::RedeemApprovalRequest {
+            approval: token.clone(),
+            expected_intent: None,
+        })
+        .await;
+    assert_status(r, Code::FailedPrecondition, "expired");
+    s.clock.advance(-2 * 86_400 - 3_000);
+    let r = a
+        .redeem_approval(pb::RedeemApprovalRequest {
+            approval: token,
+            expected_intent: None,
+        })
+        .await;
+    assert_status(r, Code::FailedPrecondition, "not known");
+}
