@@ -164,3 +164,13 @@ pub fn key_info(k: crate::keys::KeyEntry) -> pb::ApprovalKeyInfo {
         retire_at: k.retire_at,
     }
 }
+
+impl From<crate::factor::hardware::YubikeyEnrollment> for pb::BeginYubikeyEnrollmentResponse {
+    fn from(e: crate::factor::hardware::YubikeyEnrollment) -> Self {
+        pb::BeginYubikeyEnrollmentResponse {
+            factor_id: e.factor_id,
+            challenge: e.challenge,
+            confirm_before: e.confirm_before,
+        }
+    }
+}

@@ -158,11 +158,7 @@ impl pb::factor_service_server::FactorService for FactorApi {
             )
         })
         .await?;
-        Ok(Response::new(pb::BeginYubikeyEnrollmentResponse {
-            factor_id: e.factor_id,
-            challenge: e.challenge,
-            confirm_before: e.confirm_before,
-        }))
+        Ok(Response::new(e.into()))
     }
 
     async fn begin_yubikey_otp_enrollment(
@@ -188,11 +184,7 @@ impl pb::factor_service_server::FactorService for FactorApi {
             )
         })
         .await?;
-        Ok(Response::new(pb::BeginYubikeyEnrollmentResponse {
-            factor_id: e.factor_id,
-            challenge: e.challenge,
-            confirm_before: e.confirm_before,
-        }))
+        Ok(Response::new(e.into()))
     }
 
     async fn confirm_yubikey_enrollment(
