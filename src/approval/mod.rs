@@ -470,6 +470,55 @@ impl Sigil {
             ))));
         }
         snap.check_not_suspended(now, "approval").map_err(refused)?;
+        // The protections are decided again on the current state: the lock,
+        // the whitelist and the velocity rules may have changed since the
+        // challenge was opened (other approvals completed, a factor added,
+        // an address removed).
+        if ch.intent.action == Action::Withdrawal.name() {
+            if now < snap.user.security_locked_until {
+                return Err(refused(Error::FailedPrecondition(format!(
+                    "withdrawals are locked until {} after a security change ({})",
+                    snap.user.security_locked_until, snap.user.security_lock_reason
+                ))));
+            }
+            whitelist_check(self, user_id, &ch.intent.network, &ch.intent.destination, now).map_err(refused)?;
+        }
+        if let Some(action) = Action::parse(&ch.intent.action) {
+            let decision = self
+                .cfg
+                .policy
+                .decide(action, &ch.intent, &ch.device, &snap.user, now)
+                .map_err(refused)?;
+            if let Some(why) = decision.suspend {
+                let mut user = snap.user.clone();
+                user.suspension = Some(crate::protect::Suspension {
+                    reason: why.clone(),
+                    by: "velocity rule".into(),
+                    since: now,
+                    until: None,
+                });
+                let mut extra = Batch::new();
+                Event::new(EventKind::SuspensionChanged, user_id, now, snap.anti_phishing_code())
+                    .with("suspended", "true")
+                    .with("reason", why.clone())
+                    .append_to(&mut extra)?;
+                self.put_user(&mut extra, user_id, &snap, &user)?;
+                let e = Error::FailedPrecondition(format!("approvals for this user are now suspended: {why}"));
+                self.audit_refusal(
+                    AuditEntry::refused(now, actor, user_id, "approval.issue", &e.to_string())
+                        .with("challenge_id", challenge_id),
+                    extra,
+                );
+                return Err(e);
+            }
+            if !decision.kinds.contains(&proof.kind()) {
+                return Err(refused(Error::FailedPrecondition(format!(
+                    "policy now allows only {} to approve this {}",
+                    decision.kinds.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "),
+                    action.name()
+                ))));
+            }
+        }
         if !ch.allowed.contains(&proof.kind()) {
             return Err(refused(Error::FailedPrecondition(format!(
                 "policy does not let a {} factor answer this challenge; use one of: {}",
@@ -886,40 +935,58 @@ impl Sigil {
     /// Durably counts a failed attempt on a factor (with its audit entry,
     /// and a lockout event when it locks) and returns the refusal.
     pub(crate) fn record_failure(&self, actor: &str, f: &FactorRecord, version: u64, now: i64, what: &str) -> Error {
-        let (failures, locked_until) = lockout::on_failure(&self.cfg.lockout, f.failures, now);
-        let mut failed = f.clone();
-        failed.failures = failures;
-        failed.locked_until = locked_until;
-        let write = (|| -> Result<(), Error> {
-            let mut batch = Batch::new();
-            batch.update(
-                Table::Factors,
-                FactorRecord::key(&f.user_id, &f.factor_id),
-                version,
-                failed.encode()?,
-            );
-            AuditEntry::refused(now, actor, &f.user_id, "factor.verify", what)
-                .with("factor_id", f.factor_id.clone())
-                .with("failures", failures.to_string())
-                .append_to(&mut batch)?;
-            if locked_until > now {
-                let apc = self.snapshot(&f.user_id)?.anti_phishing_code();
-                Event::new(EventKind::Lockout, &f.user_id, now, apc)
+        // Every failure must be counted, also when attempts race: on a
+        // conflict, re-read the factor and count on the fresh record.
+        let mut current = f.clone();
+        let mut version = version;
+        let mut attempt = 0;
+        let (failures, locked_until) = loop {
+            let (failures, locked_until) = lockout::on_failure(&self.cfg.lockout, current.failures, now);
+            let mut failed = current.clone();
+            failed.failures = failures;
+            failed.locked_until = locked_until.max(current.locked_until);
+            let write = (|| -> Result<(), Error> {
+                let mut batch = Batch::new();
+                batch.update(
+                    Table::Factors,
+                    FactorRecord::key(&f.user_id, &f.factor_id),
+                    version,
+                    failed.encode()?,
+                );
+                AuditEntry::refused(now, actor, &f.user_id, "factor.verify", what)
                     .with("factor_id", f.factor_id.clone())
-                    .with("locked_until", locked_until.to_string())
+                    .with("failures", failures.to_string())
                     .append_to(&mut batch)?;
-            }
-            self.commit(&batch)?;
-            Ok(())
-        })();
-        if let Err(e) = write {
-            return match e {
-                Error::FailedPrecondition(_) => {
-                    Error::FailedPrecondition("the factor was used concurrently; nothing was accepted, retry".into())
+                if locked_until > now {
+                    let apc = self.snapshot(&f.user_id)?.anti_phishing_code();
+                    Event::new(EventKind::Lockout, &f.user_id, now, apc)
+                        .with("factor_id", f.factor_id.clone())
+                        .with("locked_until", locked_until.to_string())
+                        .append_to(&mut batch)?;
                 }
-                other => other,
-            };
-        }
+                self.commit(&batch)?;
+                Ok(())
+            })();
+            match write {
+                Ok(()) => break (failures, failed.locked_until),
+                Err(Error::FailedPrecondition(_)) if attempt < 20 => {
+                    attempt += 1;
+                    match self.factor(&f.user_id, &f.factor_id) {
+                        Ok((fresh, v)) => {
+                            current = fresh;
+                            version = v;
+                        }
+                        Err(e) => return e,
+                    }
+                }
+                Err(Error::FailedPrecondition(_)) => {
+                    return Error::Unavailable(
+                        "the factor is under heavy concurrent use; the attempt was refused and not checked".into(),
+                    )
+                }
+                Err(e) => return e,
+            }
+        };
         tracing::warn!(user = %f.user_id, factor = %f.factor_id, failures, "second factor refused");
         if locked_until > now {
             return Error::Locked {

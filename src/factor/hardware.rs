@@ -291,6 +291,11 @@ impl Sigil {
                 "credential {cred_id} was revoked; enroll again"
             )));
         }
+        if f.suspected_cloned {
+            return Err(Error::FailedPrecondition(format!(
+                "credential {cred_id} is suspected cloned (its counter went backwards); it answers nothing until the user removes it and enrolls again"
+            )));
+        }
         lockout::check(f.locked_until, now, &format!("factor '{}'", f.factor_id))?;
         let cred = f
             .webauthn

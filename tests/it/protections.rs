@@ -743,3 +743,93 @@ async fn graceful_stop_ends_event_streams_with_a_resume_hint() {
     assert_eq!(st.code(), Code::Unavailable, "{st:?}");
     assert!(st.message().contains("resume after cursor"), "{}", st.message());
 }
+
+/// Opening many challenges first and completing them afterwards does not get
+/// around the velocity rule, the lock or the whitelist: they are decided
+/// again when each challenge is answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn protections_are_decided_again_when_the_challenge_is_answered() {
+    let s = TestServer::start_with(|c| {
+        c.protection.require_whitelisted_address = false;
+        c.protection.security_change_lock_seconds = 0;
+        c.policy = sigil::protect::policy::Policy::from_toml(
+            "[[velocity]]\nasset = \"BTC\"\nmax_amount_24h = \"1.2\"\non_exceed = \"suspend\"\n",
+        )
+        .unwrap();
+    })
+    .await;
+    let (_f, seed) = s.enroll_totp("max").await;
+    let mut a = s.approvals("withdrawal-engine").await;
+    let mut challenges = Vec::new();
+    for i in 0..3 {
+        challenges.push(
+            a.begin_approval(wd("max", &format!("w{i}")))
+                .await
+                .unwrap()
+                .into_inner()
+                .challenge_id,
+        );
+    }
+    // The first 0.5 + the second 0.5 fit in 1.2; the third would not.
+    for (i, ch) in challenges.iter().enumerate() {
+        let r = a.complete_approval(totp_proof(ch, "max", &s.code(&seed, 0), "")).await;
+        s.clock.advance(30);
+        if i < 2 {
+            r.unwrap();
+        } else {
+            assert_status(r, Code::FailedPrecondition, "velocity");
+        }
+    }
+    // ...and the user is suspended by the rule.
+    assert_status(
+        a.begin_approval(wd("max", "w9")).await,
+        Code::FailedPrecondition,
+        "velocity rule",
+    );
+}
+
+/// A withdrawal challenge opened before a security change cannot be answered
+/// during the lock that change starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_challenge_opened_before_a_security_change_waits_for_the_lock() {
+    let s = TestServer::start_with(|c| c.protection.require_whitelisted_address = false).await;
+    let (_f, seed) = s.enroll_totp("ned").await;
+    s.clock.advance(DAY);
+    let mut a = s.approvals("withdrawal-engine").await;
+    let ch = a
+        .begin_approval(wd("ned", "w1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .challenge_id;
+    // A second factor is added (with a step-up approval): the lock starts.
+    let enroll = pb::Intent {
+        action: "enroll_factor".into(),
+        user_id: "ned".into(),
+        ..Default::default()
+    };
+    let tok = s.approve(&enroll, &seed).await;
+    let mut f = s.factors("frontend").await;
+    let e = f
+        .begin_totp_enrollment(pb::BeginTotpEnrollmentRequest {
+            user_id: "ned".into(),
+            step_up_approval: tok,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let seed2 = data_encoding::BASE32_NOPAD.decode(e.secret_base32.as_bytes()).unwrap();
+    f.confirm_totp_enrollment(pb::ConfirmTotpEnrollmentRequest {
+        user_id: "ned".into(),
+        factor_id: e.factor_id.clone(),
+        code: s.code(&seed2, 0),
+    })
+    .await
+    .unwrap();
+    s.clock.advance(30);
+    let r = a
+        .complete_approval(totp_proof(&ch, "ned", &s.code(&seed2, 0), &e.factor_id))
+        .await;
+    assert_status(r, Code::FailedPrecondition, "locked until");
+}

@@ -278,3 +278,44 @@ async fn second_factor_and_removal_need_step_up() {
         .into_inner();
     assert!(list.factors.iter().all(|x| x.factor_id != fid));
 }
+
+/// Failed attempts sent at the same time are all counted: racing cannot buy
+/// more guesses than the lockout allows.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_failures_are_all_counted() {
+    let s = TestServer::start().await;
+    let (_fid, seed) = s.enroll_totp("ola").await;
+    let mut a = s.approvals("frontend").await;
+    let c = a
+        .begin_approval(pb::BeginApprovalRequest {
+            intent: Some(withdrawal("ola", "w1")),
+            device: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let good = s.code(&seed, 0);
+    let mut tasks = Vec::new();
+    for i in 0..4u32 {
+        let mut a = s.approvals("frontend").await;
+        let ch = c.challenge_id.clone();
+        let bad = format!("{:06}", (good.parse::<u32>().unwrap() + 1 + i) % 1_000_000);
+        tasks.push(tokio::spawn(async move {
+            a.complete_approval(totp_proof(&ch, "ola", &bad, "")).await
+        }));
+    }
+    for t in tasks {
+        assert!(t.await.unwrap().is_err());
+    }
+    let list = s
+        .factors("admin")
+        .await
+        .list_factors(pb::ListFactorsRequest { user_id: "ola".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        list.factors[0].consecutive_failures, 4,
+        "every racing failure is counted"
+    );
+}
