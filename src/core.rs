@@ -142,6 +142,12 @@ impl Sigil {
         let mut rec = rec.clone();
         rec.v = 1;
         let bytes = protect::encode(&rec)?;
+        // This write is conditional on the same version: it subsumes a
+        // check of the record added earlier to the batch (e.g. by a step-up).
+        let key = user_id.as_bytes();
+        batch.ops.retain(
+            |op| !matches!(op, Op::Check { table: Table::Users, key: k, version } if k.as_slice() == key && *version == snap.user_version),
+        );
         if snap.user_version == 0 {
             batch.insert(Table::Users, user_id.as_bytes(), bytes);
         } else {
@@ -159,6 +165,27 @@ impl Sigil {
     pub(crate) fn check_snapshot(&self, batch: &mut Batch, user_id: &str, snap: &Snapshot) {
         self.check_global(batch, snap);
         batch.check(Table::Users, user_id.as_bytes(), snap.user_version);
+    }
+
+    /// A factor's secret, decrypted in the HSM with the key that wrapped it.
+    pub(crate) fn factor_secret(&self, f: &FactorRecord) -> Result<crate::signer::SecretBytes, Error> {
+        let wrapped = f
+            .secret
+            .as_ref()
+            .ok_or_else(|| Error::Internal(format!("factor '{}' has no stored secret", f.factor_id)))?;
+        self.signer
+            .unwrap_secret(wrapped, &secret_aad(&f.user_id, &f.factor_id))
+    }
+
+    /// The factor with its secret re-encrypted under the AES key `to`.
+    pub(crate) fn rewrapped(&self, f: &FactorRecord, to: &str) -> Result<FactorRecord, Error> {
+        let plain = self.factor_secret(f)?;
+        let mut moved = f.clone();
+        moved.secret = Some(
+            self.signer
+                .wrap_with(to, &plain, &secret_aad(&f.user_id, &f.factor_id))?,
+        );
+        Ok(moved)
     }
 
     /// A user's confirmed, unrevoked factors.

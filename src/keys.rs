@@ -331,15 +331,10 @@ impl Sigil {
                     .into_iter()
                     .find_map(|(_, v)| {
                         let f = crate::factor::FactorRecord::decode(&v).ok()?;
-                        f.secret.clone().filter(|w| w.key_label == from).map(|w| (f, w))
+                        f.secret.as_ref().is_some_and(|w| w.key_label == from).then_some(f)
                     });
-                if let Some((f, w)) = probe {
-                    let aad = crate::core::secret_aad(&f.user_id, &f.factor_id);
-                    let check = self
-                        .signer
-                        .unwrap_secret(&w, &aad)
-                        .and_then(|p| self.signer.wrap_with(&to, &p, &aad));
-                    if let Err(e) = check {
+                if let Some(f) = probe {
+                    if let Err(e) = self.rewrapped(&f, &to) {
                         let _ = self.signer.hsm().destroy_key(&to);
                         return Err(e);
                     }
@@ -390,11 +385,7 @@ impl Sigil {
             for chunk in pending.chunks(batch_size) {
                 let mut batch = Batch::new();
                 for (k, f, version) in chunk {
-                    let Some(w) = f.secret.as_ref() else { continue };
-                    let aad = crate::core::secret_aad(&f.user_id, &f.factor_id);
-                    let plain = self.signer.unwrap_secret(w, &aad)?;
-                    let mut moved = f.clone();
-                    moved.secret = Some(self.signer.wrap_with(&state.to, &plain, &aad)?);
+                    let moved = self.rewrapped(f, &state.to)?;
                     batch.update(Table::Factors, k.clone(), *version, moved.encode()?);
                 }
                 let n = batch.ops.len() as u64;
@@ -434,13 +425,10 @@ impl Sigil {
             let Ok(f) = crate::factor::FactorRecord::decode(&v) else {
                 continue;
             };
-            let Some(w) = f.secret.as_ref().filter(|w| w.key_label == state.from) else {
+            if f.secret.as_ref().is_none_or(|w| w.key_label != state.from) {
                 continue;
-            };
-            let aad = crate::core::secret_aad(&f.user_id, &f.factor_id);
-            let plain = self.signer.unwrap_secret(w, &aad)?;
-            let mut moved = f.clone();
-            moved.secret = Some(self.signer.wrap_with(&state.to, &plain, &aad)?);
+            }
+            let moved = self.rewrapped(&f, &state.to)?;
             let mut b = Batch::new();
             b.update(Table::Factors, k, v.version, moved.encode()?);
             self.commit(&b)?;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sigil_verify::{b64url, Claims, Intent, VerifyError};
 
 use crate::audit::AuditEntry;
-use crate::core::{secret_aad, Sigil};
+use crate::core::Sigil;
 use crate::error::Error;
 use crate::events::{Event, EventKind};
 use crate::factor::{lockout, totp, FactorRecord, Kind};
@@ -906,13 +906,7 @@ impl Sigil {
         now: i64,
     ) -> Result<u64, Error> {
         lockout::check(f.locked_until, now, &format!("factor '{}'", f.factor_id))?;
-        let wrapped = f
-            .secret
-            .as_ref()
-            .ok_or_else(|| Error::Internal(format!("factor '{}' has no stored secret", f.factor_id)))?;
-        let seed = self
-            .signer
-            .unwrap_secret(wrapped, &secret_aad(&f.user_id, &f.factor_id))?;
+        let seed = self.factor_secret(f)?;
         // After a restore, no step at or before the restore moment counts:
         // the backup cannot know which were used after it was taken.
         let floor = crate::backup::restore_record(self.store.as_ref())?.map(|r| totp::step_at(r.restored_at));

@@ -374,13 +374,7 @@ impl Sigil {
         now: i64,
     ) -> Result<(), Error> {
         lockout::check(f.locked_until, now, &format!("factor '{}'", f.factor_id))?;
-        let wrapped = f
-            .secret
-            .as_ref()
-            .ok_or_else(|| Error::Internal("YubiKey factor without secret".into()))?;
-        let secret = self
-            .signer
-            .unwrap_secret(wrapped, &secret_aad(&f.user_id, &f.factor_id))?;
+        let secret = self.factor_secret(f)?;
         let key: [u8; 20] = secret
             .as_slice()
             .try_into()
@@ -452,13 +446,7 @@ impl Sigil {
                 )));
             }
         }
-        let wrapped = f
-            .secret
-            .as_ref()
-            .ok_or_else(|| Error::Internal("YubiKey factor without secret".into()))?;
-        let secret = self
-            .signer
-            .unwrap_secret(wrapped, &secret_aad(&f.user_id, &f.factor_id))?;
+        let secret = self.factor_secret(f)?;
         if secret.len() != 22 {
             return Err(Error::Internal("stored Yubico OTP key has the wrong length".into()));
         }

@@ -330,16 +330,6 @@ impl Sigil {
                 },
                 &mut batch,
             )?;
-            // add_redeem checked the user record's version; the lock rewrites it.
-            batch.ops.retain(|op| {
-                !matches!(
-                    op,
-                    crate::store::Op::Check {
-                        table: Table::Users,
-                        ..
-                    }
-                )
-            });
             self.lock_after_change(&mut batch, user_id, &snap, now, "factor removed")?;
         }
         batch.delete(Table::Factors, FactorRecord::key(user_id, factor_id), version);

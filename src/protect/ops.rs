@@ -210,15 +210,6 @@ impl Sigil {
             },
             &mut batch,
         )?;
-        batch.ops.retain(|op| {
-            !matches!(
-                op,
-                crate::store::Op::Check {
-                    table: Table::Users,
-                    ..
-                }
-            )
-        });
         let mut user = snap.user.clone();
         user.anti_phishing = Some(AntiPhishing {
             code: code.into(),
