@@ -87,6 +87,35 @@ impl Store for Counting {
     }
 }
 
+/// An active TOTP factor record, as enrollment would leave it.
+fn active_totp(
+    user: &str,
+    factor_id: String,
+    secret: Option<sigil::factor::WrappedSecret>,
+    last_step: Option<u64>,
+) -> FactorRecord {
+    FactorRecord {
+        v: 1,
+        factor_id,
+        user_id: user.to_string(),
+        kind: Kind::Totp,
+        state: State::Active,
+        nickname: "authenticator".into(),
+        created_at: T0,
+        confirm_before: T0,
+        last_used_at: 0,
+        failures: 0,
+        locked_until: 0,
+        secret,
+        totp_last_step: last_step,
+        epochs: Default::default(),
+        suspected_cloned: false,
+        webauthn: None,
+        yubikey: None,
+        enrolled_with_step_up: false,
+    }
+}
+
 fn setup_hsm(dir: &Path) {
     let tokens = dir.join("tokens");
     std::fs::create_dir_all(&tokens).unwrap();
@@ -264,26 +293,7 @@ fn revoke_bench(root: &Path, users: usize, label: &str) -> (Duration, u64, Durat
     let mut batch = Batch::new();
     for u in 0..users {
         let user = format!("user-{u:07}");
-        let f = FactorRecord {
-            v: 1,
-            factor_id: format!("f_{u:07}"),
-            user_id: user.clone(),
-            kind: Kind::Totp,
-            state: State::Active,
-            nickname: "authenticator".into(),
-            created_at: T0,
-            confirm_before: T0,
-            last_used_at: 0,
-            failures: 0,
-            locked_until: 0,
-            secret: None,
-            totp_last_step: None,
-            epochs: Default::default(),
-            suspected_cloned: false,
-            webauthn: None,
-            yubikey: None,
-            enrolled_with_step_up: false,
-        };
+        let f = active_totp(&user, format!("f_{u:07}"), None, None);
         batch.insert(
             Table::Factors,
             FactorRecord::key(&user, &f.factor_id),
@@ -333,26 +343,7 @@ fn rewrap_and_backup_bench(root: &Path, users: usize) {
             a
         };
         let secret = sigil.signer().wrap_with(&label, &[7u8; 20], &aad).unwrap();
-        let f = FactorRecord {
-            v: 1,
-            factor_id: factor_id.clone(),
-            user_id: user.clone(),
-            kind: Kind::Totp,
-            state: State::Active,
-            nickname: "authenticator".into(),
-            created_at: T0,
-            confirm_before: T0,
-            last_used_at: 0,
-            failures: 0,
-            locked_until: 0,
-            secret: Some(secret),
-            totp_last_step: Some(1),
-            epochs: Default::default(),
-            suspected_cloned: false,
-            webauthn: None,
-            yubikey: None,
-            enrolled_with_step_up: false,
-        };
+        let f = active_totp(&user, factor_id.clone(), Some(secret), Some(1));
         batch.insert(
             Table::Factors,
             FactorRecord::key(&user, &factor_id),
