@@ -19,7 +19,7 @@
 //!    at least 0.3 against the **8-thread** raw rate (the same concurrency
 //!    as the end-to-end clients); the 1-thread ratio is printed as well.
 //! 4. Diagnostics (not part of the bar): HSM AES-256-GCM decryption of a
-//!    factor secret (8 threads), durable group-committed sled commits (1 and
+//!    factor secret (8 threads), durable group-committed store commits (1 and
 //!    8 threads), and approvals through the `Sigil` API directly, without
 //!    gRPC and TLS (1 and 8 threads, the same users on later TOTP steps).
 //!
@@ -541,7 +541,7 @@ fn main() {
                 .expect("decrypt"),
         )
     });
-    // Durable, group-committed sled writes (one insert of ~600 bytes each),
+    // Durable, group-committed store writes (one insert of ~600 bytes each),
     // as BeginApproval and CompleteApproval each do once.
     let store = sigil.store();
     let commit = |tag: &'static str| {
@@ -591,6 +591,61 @@ fn main() {
     };
     let direct1 = direct(1, "direct1");
     let direct8 = direct(CLIENTS, "direct8");
+
+    // The gRPC floor: the cheapest RPC this server has (grpc.health.v1 Check:
+    // no store, no HSM) over the same mTLS server, 8 clients, one call in
+    // flight each. An approval is two RPCs, so half this rate bounds any
+    // approval path behind this transport on this machine.
+    let floor = rt.block_on(async {
+        let mut chans = Vec::with_capacity(CLIENTS);
+        for _ in 0..CLIENTS {
+            let ch = connect(
+                &url,
+                &ClientTls {
+                    ca: &certs.join("ca.pem"),
+                    cert: &certs.join("withdrawal-engine.pem"),
+                    key: &certs.join("withdrawal-engine.key"),
+                },
+            )
+            .await
+            .expect("connect");
+            chans.push(tonic_health::pb::health_client::HealthClient::new(ch));
+        }
+        let check = |mut c: tonic_health::pb::health_client::HealthClient<Channel>, until: Instant| async move {
+            let mut n = 0u64;
+            while Instant::now() < until {
+                let r = c
+                    .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                    .await
+                    .expect("health check");
+                assert_eq!(r.into_inner().status, 1, "serving");
+                n += 1;
+            }
+            (c, n)
+        };
+        // Warm-up, then the timed window.
+        let warm_until = Instant::now() + Duration::from_millis(300);
+        let hs: Vec<_> = chans.into_iter().map(|c| tokio::spawn(check(c, warm_until))).collect();
+        let mut chans = Vec::with_capacity(CLIENTS);
+        for h in hs {
+            chans.push(h.await.expect("warm-up task").0);
+        }
+        let cpu0 = cpu_time();
+        let w0 = written();
+        let start = Instant::now();
+        let until = start + DIAG;
+        let hs: Vec<_> = chans.into_iter().map(|c| tokio::spawn(check(c, until))).collect();
+        let mut n = 0u64;
+        for h in hs {
+            n += h.await.expect("check task").1;
+        }
+        Measured {
+            n,
+            wall: start.elapsed(),
+            cpu: cpu_time().saturating_sub(cpu0),
+            written: written().saturating_sub(w0),
+        }
+    });
 
     rt.block_on(async { running.stop().await.expect("clean stop") });
 
@@ -653,11 +708,11 @@ fn main() {
     println!("| ratio e2e / raw (1 thread) | {ratio1:.3} |");
     println!("| diag: HSM AES-GCM decrypt, 8 threads | {} |", decrypt8.describe());
     println!(
-        "| diag: durable sled commit, 1 thread | {} = {:.2} ms each |",
+        "| diag: durable store commit, 1 thread | {} = {:.2} ms each |",
         commit1.describe(),
         1000.0 / commit1.per_sec()
     );
-    println!("| diag: durable sled commit, 8 threads | {} |", commit8.describe());
+    println!("| diag: durable store commit, 8 threads | {} |", commit8.describe());
     for (name, (m, failed, out)) in [("1 thread", direct1), ("8 threads", direct8)] {
         println!(
             "| diag: in-process approvals (Sigil API, no gRPC/TLS), {name} | {}{}{} |",
@@ -670,6 +725,14 @@ fn main() {
             if out { ", ran out of users" } else { "" }
         );
     }
+    println!(
+        "| diag: gRPC floor, grpc.health.v1 Check over mTLS, 8 clients | {} |",
+        floor.describe()
+    );
+    println!(
+        "| diag: ceiling for any approval (2 RPCs) on this transport: floor / 2 / raw (8 threads) | {:.3} |",
+        floor.per_sec() / 2.0 / raw8.per_sec()
+    );
     println!("\ntotal bench wall time: {:.1} s", wall.elapsed().as_secs_f64());
 
     let direct_failed = direct1.1 + direct8.1;

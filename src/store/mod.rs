@@ -15,6 +15,7 @@
 use std::fmt;
 
 pub mod sled_store;
+mod wal;
 
 pub use sled_store::SledStore;
 

@@ -1,0 +1,482 @@
+//! The write-ahead log: the durable path of the embedded store.
+//!
+//! Every committed [`Batch`](super::Batch) becomes one record holding the
+//! post-image of every key it wrote (the stored bytes, or "deleted"). A
+//! record is durable once the file holding it has been `fdatasync`ed; group
+//! commit lets one sync cover every record written before it began, so
+//! concurrent commits share syncs instead of queueing for one each.
+//!
+//! Files are `NNNNNNNNNNNNNNNNNNNN.wal` in one directory, numbered upwards.
+//! A file is synced before the next one is created, so after a crash only
+//! the newest file can end in a torn record. Replaying post-images in order
+//! is idempotent, so a record may be replayed over state that already holds
+//! it.
+//!
+//! Record framing (all integers big-endian):
+//! `len u32 | crc32c(payload) u32 | payload`, where
+//! `payload = lsn u64 | count u32 | count × op` and
+//! `op = table u8 | kind u8 (0 put, 1 delete) | key_len u32 | key | [value_len u32 | value]`.
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use super::{StoreError, Table};
+
+const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+/// Largest record accepted when reading (a batch is far smaller).
+const MAX_RECORD: usize = 256 << 20;
+
+/// One key's post-image: `Some(stored bytes)` or `None` (deleted).
+pub(crate) type PostImage = (Table, Vec<u8>, Option<Vec<u8>>);
+
+/// A replayed record.
+pub(crate) struct Record {
+    pub lsn: u64,
+    pub ops: Vec<PostImage>,
+}
+
+/// The log being written.
+pub(crate) struct Wal {
+    dir: PathBuf,
+    state: Mutex<State>,
+    done: Condvar,
+}
+
+struct State {
+    file: Arc<File>,
+    file_no: u64,
+    /// Encoded records not yet handed to a writer.
+    buf: Vec<u8>,
+    /// Last LSN handed out (and encoded into `buf` or written).
+    last_lsn: u64,
+    /// Every record up to this LSN is durable.
+    durable: u64,
+    /// A group-commit leader is writing and syncing.
+    writing: bool,
+    /// A write or sync failed: nothing written since can be trusted.
+    failed: Option<String>,
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Unavailable(format!("write-ahead log: cannot {what} {}: {e}", path.display()))
+}
+
+fn file_name(no: u64) -> String {
+    format!("{no:020}.wal")
+}
+
+/// The numbered log files in `dir`, oldest first.
+fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let mut out = Vec::new();
+    let rd = std::fs::read_dir(dir).map_err(|e| io_err("read", dir, e))?;
+    for entry in rd {
+        let entry = entry.map_err(|e| io_err("read", dir, e))?;
+        let name = entry.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".wal")) else {
+            continue;
+        };
+        if let Ok(no) = stem.parse::<u64>() {
+            out.push((no, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err("sync", dir, e))
+}
+
+fn table_from(b: u8) -> Option<Table> {
+    Table::ALL.get(b as usize).copied()
+}
+
+/// Appends one framed record to `out`.
+fn encode(out: &mut Vec<u8>, lsn: u64, ops: &[PostImage]) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; 8]);
+    out.extend_from_slice(&lsn.to_be_bytes());
+    out.extend_from_slice(&(ops.len() as u32).to_be_bytes());
+    for (t, k, v) in ops {
+        out.push(*t as u8);
+        out.push(if v.is_some() { 0 } else { 1 });
+        out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+        out.extend_from_slice(k);
+        if let Some(v) = v {
+            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            out.extend_from_slice(v);
+        }
+    }
+    let payload_len = (out.len() - start - 8) as u32;
+    let crc = CRC.checksum(&out[start + 8..]);
+    out[start..start + 4].copy_from_slice(&payload_len.to_be_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+}
+
+impl Cursor<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.b.len() < n {
+            return None;
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Some(h)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Some(u64::from_be_bytes(a))
+    }
+}
+
+fn decode_payload(p: &[u8]) -> Option<Record> {
+    let mut c = Cursor { b: p };
+    let lsn = c.u64()?;
+    let n = c.u32()? as usize;
+    let mut ops = Vec::with_capacity(n.min(1024));
+    for _ in 0..n {
+        let h = c.take(2)?;
+        let (t, kind) = (table_from(h[0])?, h[1]);
+        let kl = c.u32()? as usize;
+        let k = c.take(kl)?.to_vec();
+        let v = match kind {
+            0 => {
+                let vl = c.u32()? as usize;
+                Some(c.take(vl)?.to_vec())
+            }
+            1 => None,
+            _ => return None,
+        };
+        ops.push((t, k, v));
+    }
+    if !c.b.is_empty() {
+        return None;
+    }
+    Some(Record { lsn, ops })
+}
+
+/// Parses a whole file: the records, and whether it ended cleanly (false:
+/// a torn or damaged tail was found and ignored).
+fn parse(bytes: &[u8]) -> (Vec<Record>, bool) {
+    let mut out = Vec::new();
+    let mut c = Cursor { b: bytes };
+    while !c.b.is_empty() {
+        let (Some(len), Some(crc)) = (c.u32(), c.u32()) else {
+            return (out, false);
+        };
+        let len = len as usize;
+        if len > MAX_RECORD {
+            return (out, false);
+        }
+        let Some(payload) = c.take(len) else {
+            return (out, false);
+        };
+        if CRC.checksum(payload) != crc {
+            return (out, false);
+        }
+        match decode_payload(payload) {
+            Some(r) => out.push(r),
+            None => return (out, false),
+        }
+    }
+    (out, true)
+}
+
+impl Wal {
+    /// Reads every log file in `dir` (created if missing), oldest first.
+    /// Returns the records in order and the numbers of the files read. Only
+    /// the newest file may end in a torn record (a crash while writing it);
+    /// one anywhere else means the log is damaged.
+    pub fn replay(dir: &Path) -> Result<(Vec<Record>, Vec<u64>), StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_err("create", dir, e))?;
+        let files = list(dir)?;
+        let mut records = Vec::new();
+        let mut nos = Vec::new();
+        let mut last_lsn = 0u64;
+        for (i, (no, path)) in files.iter().enumerate() {
+            let mut bytes = Vec::new();
+            File::open(path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(|e| io_err("read", path, e))?;
+            let (recs, clean) = parse(&bytes);
+            if !clean && i + 1 != files.len() {
+                return Err(StoreError::Corrupt(format!(
+                    "write-ahead log file {} is damaged before its end, and newer files follow",
+                    path.display()
+                )));
+            }
+            for r in recs {
+                if r.lsn <= last_lsn {
+                    return Err(StoreError::Corrupt(format!(
+                        "write-ahead log file {} has records out of order",
+                        path.display()
+                    )));
+                }
+                last_lsn = r.lsn;
+                records.push(r);
+            }
+            nos.push(*no);
+        }
+        Ok((records, nos))
+    }
+
+    /// Removes the files numbered `nos` (their records are in the main
+    /// store, durably) and starts a new, empty file after them.
+    pub fn start(dir: &Path, replayed: &[u64], last_lsn: u64) -> Result<Wal, StoreError> {
+        for no in replayed {
+            let p = dir.join(file_name(*no));
+            std::fs::remove_file(&p).map_err(|e| io_err("remove", &p, e))?;
+        }
+        let file_no = replayed.last().copied().unwrap_or(0) + 1;
+        let file = Self::create(dir, file_no)?;
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            state: Mutex::new(State {
+                file: Arc::new(file),
+                file_no,
+                buf: Vec::with_capacity(1 << 16),
+                last_lsn,
+                durable: last_lsn,
+                writing: false,
+                failed: None,
+            }),
+            done: Condvar::new(),
+        })
+    }
+
+    fn create(dir: &Path, no: u64) -> Result<File, StoreError> {
+        let p = dir.join(file_name(no));
+        let f = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&p)
+            .map_err(|e| io_err("create", &p, e))?;
+        sync_dir(dir)?;
+        Ok(f)
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, State>, StoreError> {
+        self.state
+            .lock()
+            .map_err(|_| StoreError::Unavailable("write-ahead log lock poisoned".into()))
+    }
+
+    fn fail(st: &State) -> Result<(), StoreError> {
+        match &st.failed {
+            Some(m) => Err(StoreError::Unavailable(format!(
+                "write-ahead log failed earlier ({m}); restart the service once storage is healthy"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a write or sync has failed (the store must refuse service).
+    pub fn failed(&self) -> Result<(), StoreError> {
+        Self::fail(&*self.lock()?)
+    }
+
+    /// Adds a record of `ops` to the log (not yet durable) and returns its
+    /// LSN. Callers hold the store's write lock, so LSN order is commit order.
+    pub fn append(&self, ops: &[PostImage]) -> Result<u64, StoreError> {
+        let mut st = self.lock()?;
+        Self::fail(&st)?;
+        st.last_lsn += 1;
+        let lsn = st.last_lsn;
+        encode(&mut st.buf, lsn, ops);
+        Ok(lsn)
+    }
+
+    /// Returns once the record `lsn` is durable. The first waiter to find no
+    /// write running becomes the leader: it writes and syncs everything
+    /// buffered so far, for itself and every record before it.
+    pub fn wait_durable(&self, lsn: u64) -> Result<(), StoreError> {
+        let mut st = self.lock()?;
+        loop {
+            if st.durable >= lsn {
+                return Ok(());
+            }
+            Self::fail(&st)?;
+            if st.writing {
+                st = self
+                    .done
+                    .wait(st)
+                    .map_err(|_| StoreError::Unavailable("write-ahead log lock poisoned".into()))?;
+                continue;
+            }
+            st.writing = true;
+            let target = st.last_lsn;
+            let mut buf = std::mem::replace(&mut st.buf, Vec::with_capacity(1 << 16));
+            let file = st.file.clone();
+            let file_no = st.file_no;
+            drop(st);
+            let res = (&*file).write_all(&buf).and_then(|_| file.sync_data());
+            buf.clear();
+            st = self.lock()?;
+            st.writing = false;
+            match res {
+                Ok(()) => st.durable = st.durable.max(target),
+                Err(e) => {
+                    let msg = format!(
+                        "write or sync of {} failed: {e}",
+                        self.dir.join(file_name(file_no)).display()
+                    );
+                    tracing::error!(error = %msg, "write-ahead log failed; the store refuses all further work");
+                    st.failed = Some(msg);
+                }
+            }
+            self.done.notify_all();
+        }
+    }
+
+    /// Makes everything appended so far durable in the current file, then
+    /// starts a new file. Returns the number of the file just closed: it and
+    /// every older file hold only records up to now. Callers hold the
+    /// store's write lock, so no record is appended meanwhile.
+    pub fn rotate(&self) -> Result<u64, StoreError> {
+        let mut st = self.lock()?;
+        while st.writing {
+            st = self
+                .done
+                .wait(st)
+                .map_err(|_| StoreError::Unavailable("write-ahead log lock poisoned".into()))?;
+        }
+        Self::fail(&st)?;
+        let res = (&*st.file).write_all(&st.buf).and_then(|_| st.file.sync_data());
+        if let Err(e) = res {
+            let msg = format!(
+                "write or sync of {} failed: {e}",
+                self.dir.join(file_name(st.file_no)).display()
+            );
+            st.failed = Some(msg.clone());
+            self.done.notify_all();
+            return Err(StoreError::Unavailable(msg));
+        }
+        st.buf.clear();
+        st.durable = st.last_lsn;
+        let closed = st.file_no;
+        match Self::create(&self.dir, closed + 1) {
+            Ok(f) => {
+                st.file = Arc::new(f);
+                st.file_no = closed + 1;
+            }
+            Err(e) => {
+                st.failed = Some(e.to_string());
+                self.done.notify_all();
+                return Err(e);
+            }
+        }
+        self.done.notify_all();
+        Ok(closed)
+    }
+
+    /// Deletes every file numbered up to `no` (their records are in the
+    /// main store, durably).
+    pub fn remove_through(&self, no: u64) -> Result<(), StoreError> {
+        for (n, p) in list(&self.dir)? {
+            if n <= no {
+                std::fs::remove_file(&p).map_err(|e| io_err("remove", &p, e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ops(i: u8) -> Vec<PostImage> {
+        vec![
+            (Table::Challenges, vec![b'c', i], Some(vec![i; 20])),
+            (Table::Meta, b"loghead/audit".to_vec(), None),
+        ]
+    }
+
+    #[test]
+    fn records_round_trip_and_a_torn_tail_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Wal::start(dir.path(), &[], 0).unwrap();
+        for i in 1..=3u8 {
+            let lsn = w.append(&ops(i)).unwrap();
+            w.wait_durable(lsn).unwrap();
+        }
+        drop(w);
+        let (recs, files) = Wal::replay(dir.path()).unwrap();
+        assert_eq!(files, vec![1]);
+        assert_eq!(recs.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(recs[1].ops, ops(2));
+        // Tear the last record: the first two survive.
+        let p = dir.path().join(file_name(1));
+        let len = std::fs::metadata(&p).unwrap().len();
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        f.set_len(len - 3).unwrap();
+        let (recs, _) = Wal::replay(dir.path()).unwrap();
+        assert_eq!(recs.len(), 2);
+        // Flip a byte inside the first record: nothing after it is trusted.
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[20] ^= 1;
+        std::fs::write(&p, &bytes).unwrap();
+        let (recs, _) = Wal::replay(dir.path()).unwrap();
+        assert!(recs.is_empty());
+    }
+
+    #[test]
+    fn damage_before_a_newer_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Wal::start(dir.path(), &[], 0).unwrap();
+        let lsn = w.append(&ops(1)).unwrap();
+        w.wait_durable(lsn).unwrap();
+        assert_eq!(w.rotate().unwrap(), 1);
+        let lsn = w.append(&ops(2)).unwrap();
+        w.wait_durable(lsn).unwrap();
+        drop(w);
+        let (recs, files) = Wal::replay(dir.path()).unwrap();
+        assert_eq!((recs.len(), files), (2, vec![1, 2]));
+        let p = dir.path().join(file_name(1));
+        let mut bytes = std::fs::read(&p).unwrap();
+        let n = bytes.len();
+        bytes[n - 1] ^= 1;
+        std::fs::write(&p, &bytes).unwrap();
+        assert!(matches!(Wal::replay(dir.path()), Err(StoreError::Corrupt(_))));
+    }
+
+    #[test]
+    fn concurrent_commits_share_syncs_and_all_become_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Arc::new(Wal::start(dir.path(), &[], 0).unwrap());
+        let order = Arc::new(Mutex::new(()));
+        let hs: Vec<_> = (0..8)
+            .map(|t| {
+                let (w, order) = (w.clone(), order.clone());
+                std::thread::spawn(move || {
+                    for i in 0..50u8 {
+                        let lsn = {
+                            let _g = order.lock().unwrap();
+                            w.append(&ops(i.wrapping_add(t))).unwrap()
+                        };
+                        w.wait_durable(lsn).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        drop(w);
+        let (recs, _) = Wal::replay(dir.path()).unwrap();
+        assert_eq!(recs.len(), 400);
+        assert!(recs.windows(2).all(|p| p[1].lsn == p[0].lsn + 1));
+    }
+}
