@@ -393,6 +393,12 @@ impl Sigil {
         batch.insert(Table::Challenges, challenge_id.as_bytes(), to_json(&rec)?);
         if user != snap.user {
             self.put_user(&mut batch, &user_id, &snap, &user)?;
+        } else {
+            // Only the new challenge and its audit entry: losing them in a
+            // crash refuses the answer (unknown challenge), so they need not
+            // be durable before the reply. The answer's own commit makes
+            // them durable first (commit order).
+            batch.deferred();
         }
         AuditEntry::ok(now, actor, &user_id, "approval.begin")
             .with("challenge_id", challenge_id.clone())

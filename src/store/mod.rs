@@ -151,11 +151,28 @@ pub enum Op {
     },
 }
 
+/// When [`Store::commit`] may return.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Once the batch is durable (the default).
+    #[default]
+    Sync,
+    /// As soon as the batch is applied: a crash right after may lose it.
+    /// The batch still becomes durable before any later `Sync` commit
+    /// returns (batches become durable in commit order), and within the
+    /// backend's flush interval otherwise. Only for writes whose loss
+    /// refuses something rather than allows it, such as a new challenge
+    /// (lost, its answer is refused as unknown) and its audit entry.
+    Deferred,
+}
+
 /// Writes applied together, atomically, or not at all.
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     /// The writes, applied in order.
     pub ops: Vec<Op>,
+    /// When the commit may return.
+    pub durability: Durability,
 }
 
 impl Batch {
@@ -209,6 +226,13 @@ impl Batch {
     /// Adds an entry to a log.
     pub fn append(&mut self, log: Table, value: Vec<u8>) -> &mut Self {
         self.ops.push(Op::Append { log, value });
+        self
+    }
+
+    /// Lets the commit return before the batch is durable (see
+    /// [`Durability::Deferred`]).
+    pub fn deferred(&mut self) -> &mut Self {
+        self.durability = Durability::Deferred;
         self
     }
 

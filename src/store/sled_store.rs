@@ -36,7 +36,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::wal::{PostImage, Wal};
-use super::{chain_hash, log_head_key, Batch, Expect, LogEntry, Op, Store, StoreError, Table, Versioned};
+use super::{chain_hash, log_head_key, Batch, Durability, Expect, LogEntry, Op, Store, StoreError, Table, Versioned};
 
 /// Recent writes of one table: key → stored bytes, or `None` for deleted.
 type MemTable = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
@@ -470,13 +470,19 @@ impl Store for SledStore {
                 inner.wake_cv.notify_one();
             }
         }
-        inner.wal.wait_durable(lsn)?;
+        if batch.durability == Durability::Sync {
+            inner.wal.wait_durable(lsn)?;
+        }
         Ok(seqs)
     }
 
     fn read_log(&self, log: Table, after: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
         let start = after.saturating_add(1).to_be_bytes();
         let mem = self.inner.read()?;
+        // No commit can run while `mem` is held, so every entry read below
+        // is in a record up to this LSN; they are returned only once it is
+        // durable, so a reader never sees an entry a crash could take back.
+        let visible = self.inner.wal.last_lsn()?;
         let mut merged = BTreeMap::new();
         let deleted = mem.overlay_from(log, &start).filter(|(_, v)| v.is_none()).count();
         for item in self.inner.trees[log as usize]
@@ -493,6 +499,7 @@ impl Store for SledStore {
             };
         }
         drop(mem);
+        self.inner.wal.wait_durable(visible)?;
         let mut out = Vec::new();
         for (k, raw) in merged.into_iter().take(limit) {
             let v = decode(&raw)?;
@@ -717,7 +724,7 @@ mod tests {
     const CRASH_DIR: &str = "SIGIL_STORE_CRASH_CHILD_DIR";
 
     /// Not a test on its own: the child half of
-    /// `acknowledged_commits_survive_a_crash_before_any_checkpoint`. With the
+    /// `acknowledged_commits_and_read_log_entries_survive_a_crash_before_any_checkpoint`. With the
     /// variable set, it commits, reports each acknowledged commit, then exits
     /// without dropping anything (no checkpoint, no sled flush).
     #[test]
@@ -743,6 +750,22 @@ mod tests {
             .append(Table::Audit, format!("a{i}").into_bytes());
             s.commit(&b).unwrap();
         }
+        // A deferred commit is durable once a later synced commit returns.
+        let mut b = Batch::new();
+        b.insert(Table::Approvals, b"jti-deferred-1".to_vec(), b"x".to_vec())
+            .deferred();
+        s.commit(&b).unwrap();
+        let mut b = Batch::new();
+        b.insert(Table::Approvals, b"jti-0200".to_vec(), b"x".to_vec());
+        s.commit(&b).unwrap();
+        // A log reader only sees entries that are durable.
+        let mut b = Batch::new();
+        b.insert(Table::Approvals, b"jti-deferred-2".to_vec(), b"x".to_vec())
+            .append(Table::Audit, b"read-back".to_vec())
+            .deferred();
+        s.commit(&b).unwrap();
+        let seen = s.read_log(Table::Audit, 200, 10).unwrap();
+        assert_eq!(seen.len(), 1);
         println!("ACKED 200");
         use std::io::Write;
         std::io::stdout().flush().unwrap();
@@ -750,7 +773,7 @@ mod tests {
     }
 
     #[test]
-    fn acknowledged_commits_survive_a_crash_before_any_checkpoint() {
+    fn acknowledged_commits_and_read_log_entries_survive_a_crash_before_any_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let out = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "store::sled_store::tests::crash_child", "--nocapture"])
@@ -762,8 +785,10 @@ mod tests {
         // Every acknowledged commit was only in the log.
         assert!(std::fs::read_dir(dir.path().join("wal")).unwrap().count() >= 1);
         let s = SledStore::open(dir.path()).unwrap();
-        assert_eq!(s.len(Table::Approvals).unwrap(), 200);
-        assert_eq!(s.log_head(Table::Audit).unwrap().0, 200);
+        assert_eq!(s.len(Table::Approvals).unwrap(), 203);
+        assert!(s.get(Table::Approvals, b"jti-deferred-1").unwrap().is_some());
+        assert!(s.get(Table::Approvals, b"jti-deferred-2").unwrap().is_some());
+        assert_eq!(s.log_head(Table::Audit).unwrap().0, 201);
         let audit = s.read_log(Table::Audit, 0, 1000).unwrap();
         let mut prev = [0u8; 32];
         for e in &audit {
@@ -777,7 +802,7 @@ mod tests {
         // Replayed records are now in sled; the log starts afresh.
         drop(s);
         let s = SledStore::open(dir.path()).unwrap();
-        assert_eq!(s.len(Table::Approvals).unwrap(), 200);
+        assert_eq!(s.len(Table::Approvals).unwrap(), 203);
     }
 
     #[test]

@@ -286,6 +286,11 @@ impl Wal {
         Self::fail(&*self.lock()?)
     }
 
+    /// The LSN of the newest record appended so far.
+    pub fn last_lsn(&self) -> Result<u64, StoreError> {
+        Ok(self.lock()?.last_lsn)
+    }
+
     /// Adds a record of `ops` to the log (not yet durable) and returns its
     /// LSN. Callers hold the store's write lock, so LSN order is commit order.
     pub fn append(&self, ops: &[PostImage]) -> Result<u64, StoreError> {
