@@ -81,6 +81,8 @@ struct Inner {
     wake: Mutex<bool>,
     wake_cv: Condvar,
     stop: AtomicBool,
+    /// One checkpoint at a time (the checkpointer, or a direct call).
+    checkpointing: Mutex<()>,
 }
 
 struct Mem {
@@ -135,6 +137,7 @@ impl SledStore {
             wake: Mutex::new(false),
             wake_cv: Condvar::new(),
             stop: AtomicBool::new(false),
+            checkpointing: Mutex::new(()),
         });
         let bg = inner.clone();
         let handle = std::thread::Builder::new()
@@ -181,6 +184,11 @@ impl Drop for SledStore {
             if let Some(h) = h.take() {
                 let _ = h.join();
             }
+        }
+        // Deferred commits made after the last checkpoint's rotation.
+        let res = self.inner.wal.last_lsn().and_then(|l| self.inner.wal.wait_durable(l));
+        if let Err(e) = res {
+            tracing::error!(error = %e, "could not make the last deferred commits durable at shutdown");
         }
     }
 }
@@ -328,16 +336,22 @@ impl Inner {
                 }
                 *w = false;
             }
-            if let Err(e) = self.checkpoint() {
+            let failed = self.checkpoint().is_err_and(|e| {
                 tracing::error!(error = %e, "store checkpoint failed; the write-ahead log keeps every commit, retrying");
-            }
+                true
+            });
             if self.stop.load(Ordering::SeqCst) {
                 return;
+            }
+            if failed {
+                // Back off instead of retrying at once when woken early.
+                std::thread::sleep(self.tuning.checkpoint_interval);
             }
         }
     }
 
     fn checkpoint(&self) -> Result<(), StoreError> {
+        let _one = self.checkpointing.lock().map_err(poisoned)?;
         // A frozen memtable left by a failed attempt goes first.
         self.apply_frozen(None)?;
         let closed = {
@@ -354,7 +368,7 @@ impl Inner {
     }
 
     /// Writes the frozen memtable into sled, flushes sled, deletes the log
-    /// files it came from, then drops it.
+    /// files it came from, then drops it. Callers hold `checkpointing`.
     fn apply_frozen(&self, closed: Option<u64>) -> Result<(), StoreError> {
         let frozen = self.read()?.frozen.clone();
         if frozen.iter().all(|m| m.is_empty()) {
@@ -367,7 +381,10 @@ impl Inner {
         if let Some(no) = closed {
             self.wal.remove_through(no)?;
         }
-        self.write()?.frozen = Arc::new(empty_tables());
+        let mut mem = self.write()?;
+        if Arc::ptr_eq(&mem.frozen, &frozen) {
+            mem.frozen = Arc::new(empty_tables());
+        }
         Ok(())
     }
 }
@@ -523,38 +540,54 @@ impl Store for SledStore {
     }
 
     fn log_head(&self, log: Table) -> Result<(u64, [u8; 32]), StoreError> {
-        let (_, seq, hash) = decode_head(self.get(Table::Meta, &log_head_key(log))?)?;
+        // Like read_log: a head (which audit checkpoints sign) is returned
+        // only once it is durable.
+        let (raw, visible) = {
+            let mem = self.inner.read()?;
+            (
+                self.inner.raw_get(&mem, Table::Meta, &log_head_key(log))?,
+                self.inner.wal.last_lsn()?,
+            )
+        };
+        self.inner.wal.wait_durable(visible)?;
+        let head = raw.map(|r| decode(&r)).transpose()?;
+        let (_, seq, hash) = decode_head(head)?;
         Ok((seq, hash))
     }
 
     fn len(&self, table: Table) -> Result<usize, StoreError> {
         let mem = self.inner.read()?;
-        let tree = &self.inner.trees[table as usize];
-        let mut n = tree.len() as i64;
-        let mut latest: BTreeMap<&Vec<u8>, bool> = BTreeMap::new();
+        // The newest memtable state of every key the memtables know.
+        let mut overlay: BTreeMap<&Vec<u8>, bool> = BTreeMap::new();
         for (k, v) in mem.overlay_from(table, &[]) {
-            latest.insert(k, v.is_some());
+            overlay.insert(k, v.is_some());
         }
-        for (k, live) in latest {
-            let in_sled = tree.contains_key(k).map_err(unavailable)?;
-            match (live, in_sled) {
-                (true, false) => n += 1,
-                (false, true) => n -= 1,
-                _ => {}
+        // sled keys the memtables do not know (the checkpointer only writes
+        // keys they know, so this part cannot change under us), plus the
+        // live keys of the memtables.
+        let mut n = overlay.values().filter(|live| **live).count();
+        for item in self.inner.trees[table as usize].iter().keys() {
+            let k = item.map_err(unavailable)?;
+            if !overlay.contains_key(&k.to_vec()) {
+                n += 1;
             }
         }
-        Ok(n.max(0) as usize)
+        Ok(n)
     }
 
     fn snapshot(&self) -> Result<Vec<(Table, Vec<u8>, Versioned)>, StoreError> {
         // Holding the read lock keeps every commit out until the copy is done.
         let mem = self.inner.read()?;
+        let visible = self.inner.wal.last_lsn()?;
         let mut out = Vec::new();
         for t in Table::ALL {
             for (k, v) in self.inner.merged_prefix(&mem, t, &[])? {
                 out.push((t, k, decode(&v)?));
             }
         }
+        drop(mem);
+        // A backup never holds a commit that a crash could take back.
+        self.inner.wal.wait_durable(visible)?;
         Ok(out)
     }
 }
@@ -719,6 +752,55 @@ mod tests {
         let s = SledStore::open(dir.path()).unwrap();
         assert_eq!(store_snapshot(&s), model_snapshot(&model));
         assert_eq!(s.len(Table::Factors).unwrap(), model.len());
+    }
+
+    /// Checkpoints racing each other and a writer: every read right after
+    /// a commit sees that commit, and `len` never counts a key twice or
+    /// misses one while the checkpointer moves keys into sled.
+    #[test]
+    fn racing_checkpoints_lose_nothing_and_len_stays_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(
+            SledStore::open_with(
+                dir.path(),
+                Tuning {
+                    checkpoint_interval: Duration::from_millis(1),
+                    checkpoint_keys: 3,
+                },
+            )
+            .unwrap(),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let racers: Vec<_> = (0..2)
+            .map(|_| {
+                let (s, stop) = (s.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        s.checkpoint().unwrap();
+                    }
+                })
+            })
+            .collect();
+        let mut b = Batch::new();
+        b.insert(Table::Meta, b"counter".to_vec(), b"0".to_vec());
+        s.commit(&b).unwrap();
+        for i in 1..=600u64 {
+            let mut b = Batch::new();
+            b.update(Table::Meta, b"counter".to_vec(), i, i.to_string().into_bytes())
+                .insert(Table::Approvals, format!("jti-{i:05}").into_bytes(), b"x".to_vec());
+            s.commit(&b).unwrap();
+            let got = s.get(Table::Meta, b"counter").unwrap().unwrap();
+            assert_eq!(got.version, i + 1, "stale read after commit {i}");
+            assert_eq!(s.len(Table::Approvals).unwrap(), i as usize, "len after commit {i}");
+        }
+        stop.store(true, Ordering::SeqCst);
+        for r in racers {
+            r.join().unwrap();
+        }
+        drop(Arc::try_unwrap(s).ok().unwrap());
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.get(Table::Meta, b"counter").unwrap().unwrap().version, 601);
+        assert_eq!(s.len(Table::Approvals).unwrap(), 600);
     }
 
     const CRASH_DIR: &str = "SIGIL_STORE_CRASH_CHILD_DIR";

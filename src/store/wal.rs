@@ -166,31 +166,52 @@ fn decode_payload(p: &[u8]) -> Option<Record> {
     Some(Record { lsn, ops })
 }
 
-/// Parses a whole file: the records, and whether it ended cleanly (false:
-/// a torn or damaged tail was found and ignored).
-fn parse(bytes: &[u8]) -> (Vec<Record>, bool) {
+/// The record framed at the start of `b`, and its framed length.
+fn record_at(b: &[u8]) -> Option<(Record, usize)> {
+    let mut c = Cursor { b };
+    let len = c.u32()? as usize;
+    let crc = c.u32()?;
+    if len > MAX_RECORD {
+        return None;
+    }
+    let payload = c.take(len)?;
+    if CRC.checksum(payload) != crc {
+        return None;
+    }
+    decode_payload(payload).map(|r| (r, 8 + len))
+}
+
+/// How a file ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    Clean,
+    /// A torn last record (a crash while writing it), ignored.
+    Torn,
+    /// A bad record with good records after it: damage, not a crash.
+    Damaged,
+}
+
+/// Parses a whole file: its records up to the first bad one, and how it
+/// ended.
+fn parse(bytes: &[u8]) -> (Vec<Record>, End) {
     let mut out = Vec::new();
-    let mut c = Cursor { b: bytes };
-    while !c.b.is_empty() {
-        let (Some(len), Some(crc)) = (c.u32(), c.u32()) else {
-            return (out, false);
-        };
-        let len = len as usize;
-        if len > MAX_RECORD {
-            return (out, false);
-        }
-        let Some(payload) = c.take(len) else {
-            return (out, false);
-        };
-        if CRC.checksum(payload) != crc {
-            return (out, false);
-        }
-        match decode_payload(payload) {
-            Some(r) => out.push(r),
-            None => return (out, false),
+    let mut at = 0usize;
+    while at < bytes.len() {
+        match record_at(&bytes[at..]) {
+            Some((r, n)) => {
+                out.push(r);
+                at += n;
+            }
+            None => {
+                // A crash tears only the last record; a good record further
+                // on means the bytes were damaged.
+                let last = out.last().map(|r| r.lsn).unwrap_or(0);
+                let later = (at + 1..bytes.len()).any(|i| record_at(&bytes[i..]).is_some_and(|(r, _)| r.lsn > last));
+                return (out, if later { End::Damaged } else { End::Torn });
+            }
         }
     }
-    (out, true)
+    (out, End::Clean)
 }
 
 impl Wal {
@@ -209,10 +230,11 @@ impl Wal {
             File::open(path)
                 .and_then(|mut f| f.read_to_end(&mut bytes))
                 .map_err(|e| io_err("read", path, e))?;
-            let (recs, clean) = parse(&bytes);
-            if !clean && i + 1 != files.len() {
+            let (recs, end) = parse(&bytes);
+            if end == End::Damaged || (end == End::Torn && i + 1 != files.len()) {
                 return Err(StoreError::Corrupt(format!(
-                    "write-ahead log file {} is damaged before its end, and newer files follow",
+                    "write-ahead log file {} is damaged before its end; refusing to start without the \
+                     records after the damage (restore from a backup)",
                     path.display()
                 )));
             }
@@ -237,6 +259,7 @@ impl Wal {
         for no in replayed {
             let p = dir.join(file_name(*no));
             std::fs::remove_file(&p).map_err(|e| io_err("remove", &p, e))?;
+            sync_dir(dir)?;
         }
         let file_no = replayed.last().copied().unwrap_or(0) + 1;
         let file = Self::create(dir, file_no)?;
@@ -296,9 +319,18 @@ impl Wal {
     pub fn append(&self, ops: &[PostImage]) -> Result<u64, StoreError> {
         let mut st = self.lock()?;
         Self::fail(&st)?;
-        st.last_lsn += 1;
-        let lsn = st.last_lsn;
+        let lsn = st.last_lsn + 1;
+        let before = st.buf.len();
         encode(&mut st.buf, lsn, ops);
+        if st.buf.len() - before - 8 > MAX_RECORD {
+            st.buf.truncate(before);
+            return Err(StoreError::Unavailable(format!(
+                "a batch of {} writes is larger than the {} MiB a log record may hold",
+                ops.len(),
+                MAX_RECORD >> 20
+            )));
+        }
+        st.last_lsn = lsn;
         Ok(lsn)
     }
 
@@ -388,9 +420,12 @@ impl Wal {
     /// Deletes every file numbered up to `no` (their records are in the
     /// main store, durably).
     pub fn remove_through(&self, no: u64) -> Result<(), StoreError> {
+        // Oldest first, each removal durable before the next: a crash never
+        // leaves an older file behind a removed newer one.
         for (n, p) in list(&self.dir)? {
             if n <= no {
                 std::fs::remove_file(&p).map_err(|e| io_err("remove", &p, e))?;
+                sync_dir(&self.dir)?;
             }
         }
         Ok(())
@@ -429,12 +464,21 @@ mod tests {
         f.set_len(len - 3).unwrap();
         let (recs, _) = Wal::replay(dir.path()).unwrap();
         assert_eq!(recs.len(), 2);
-        // Flip a byte inside the first record: nothing after it is trusted.
+        // Flip a byte inside the first record: good records follow it, so
+        // this is damage, not a crash, and the log is refused.
         let mut bytes = std::fs::read(&p).unwrap();
         bytes[20] ^= 1;
         std::fs::write(&p, &bytes).unwrap();
+        assert!(matches!(Wal::replay(dir.path()), Err(StoreError::Corrupt(_))));
+        // A flip in the last whole record, with only the torn one after it,
+        // reads as a crash: the records before it are kept.
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[20] ^= 1;
+        let rec = (len / 3) as usize; // three records of the same size
+        bytes[rec + 20] ^= 1;
+        std::fs::write(&p, &bytes).unwrap();
         let (recs, _) = Wal::replay(dir.path()).unwrap();
-        assert!(recs.is_empty());
+        assert_eq!(recs.len(), 1);
     }
 
     #[test]
