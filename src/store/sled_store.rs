@@ -54,6 +54,11 @@ pub struct Tuning {
     pub checkpoint_interval: Duration,
     /// Or as soon as the active memtable holds this many keys.
     pub checkpoint_keys: usize,
+    /// Or this many bytes of keys and values.
+    pub checkpoint_bytes: usize,
+    /// How long a commit waits for a checkpoint once the active memtable is
+    /// far past a trigger (see `BACKPRESSURE_FACTOR`) before it is refused.
+    pub backpressure_wait: Duration,
 }
 
 impl Default for Tuning {
@@ -61,9 +66,17 @@ impl Default for Tuning {
         Self {
             checkpoint_interval: Duration::from_secs(1),
             checkpoint_keys: 100_000,
+            checkpoint_bytes: 64 << 20,
+            backpressure_wait: Duration::from_secs(5),
         }
     }
 }
+
+/// Commits wait (up to `Tuning::backpressure_wait`, then are refused) once
+/// the active memtable is this many times past a checkpoint trigger:
+/// checkpoints are failing or far behind, and memory must not grow without
+/// bound.
+const BACKPRESSURE_FACTOR: usize = 4;
 
 /// sled-backed [`Store`].
 pub struct SledStore {
@@ -83,11 +96,16 @@ struct Inner {
     stop: AtomicBool,
     /// One checkpoint at a time (the checkpointer, or a direct call).
     checkpointing: Mutex<()>,
+    /// Counts memtable freezes; commits held back by back-pressure wait on it.
+    freezes: Mutex<u64>,
+    frozen_cv: Condvar,
 }
 
 struct Mem {
     active: Tables,
     active_keys: usize,
+    /// Bytes of keys and values written to `active` (overwrites counted again).
+    active_bytes: usize,
     frozen: Arc<Tables>,
 }
 
@@ -130,6 +148,7 @@ impl SledStore {
             mem: RwLock::new(Mem {
                 active: empty_tables(),
                 active_keys: 0,
+                active_bytes: 0,
                 frozen: Arc::new(empty_tables()),
             }),
             wal,
@@ -138,6 +157,8 @@ impl SledStore {
             wake_cv: Condvar::new(),
             stop: AtomicBool::new(false),
             checkpointing: Mutex::new(()),
+            freezes: Mutex::new(0),
+            frozen_cv: Condvar::new(),
         });
         let bg = inner.clone();
         let handle = std::thread::Builder::new()
@@ -294,6 +315,38 @@ impl Inner {
         self.mem.write().map_err(poisoned)
     }
 
+    fn over_limit(&self, mem: &Mem) -> bool {
+        let t = &self.tuning;
+        mem.active_keys >= t.checkpoint_keys.saturating_mul(BACKPRESSURE_FACTOR)
+            || mem.active_bytes >= t.checkpoint_bytes.saturating_mul(BACKPRESSURE_FACTOR)
+    }
+
+    /// Wakes the checkpointer and waits for its next freeze, until `deadline`.
+    fn wait_for_freeze(&self, deadline: std::time::Instant) -> Result<(), StoreError> {
+        let refused = || {
+            StoreError::Unavailable(
+                "the store's checkpoints into sled are failing or far behind; writes are refused until they \
+                 catch up (see the service log)"
+                    .into(),
+            )
+        };
+        let n = self.freezes.lock().map_err(poisoned)?;
+        let seen = *n;
+        if let Ok(mut w) = self.wake.lock() {
+            *w = true;
+        }
+        self.wake_cv.notify_one();
+        let mut n = n;
+        while *n == seen {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(refused());
+            }
+            n = self.frozen_cv.wait_timeout(n, left).map_err(poisoned)?.0;
+        }
+        Ok(())
+    }
+
     fn raw_get(&self, mem: &Mem, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match mem.lookup(t, key) {
             Some(v) => Ok(v.clone()),
@@ -362,8 +415,13 @@ impl Inner {
             let closed = self.wal.rotate()?;
             mem.frozen = Arc::new(std::mem::replace(&mut mem.active, empty_tables()));
             mem.active_keys = 0;
+            mem.active_bytes = 0;
             closed
         };
+        if let Ok(mut n) = self.freezes.lock() {
+            *n += 1;
+        }
+        self.frozen_cv.notify_all();
         self.apply_frozen(Some(closed))
     }
 
@@ -416,6 +474,13 @@ impl Store for SledStore {
         let mut seqs = Vec::new();
         {
             let mut mem = inner.write()?;
+            let deadline = std::time::Instant::now() + inner.tuning.backpressure_wait;
+            while inner.over_limit(&mem) {
+                // Let the checkpointer catch up, without holding the lock it needs.
+                drop(mem);
+                inner.wait_for_freeze(deadline)?;
+                mem = inner.write()?;
+            }
             // Post-images of this batch, newest last; reads see them first.
             let mut staged: Vec<PostImage> = Vec::with_capacity(batch.ops.len() + 2);
             let current =
@@ -476,11 +541,12 @@ impl Store for SledStore {
             }
             lsn = inner.wal.append(&staged)?;
             for (t, k, v) in staged {
+                mem.active_bytes += k.len() + v.as_ref().map_or(0, Vec::len);
                 if mem.active[t as usize].insert(k, v).is_none() {
                     mem.active_keys += 1;
                 }
             }
-            if mem.active_keys >= inner.tuning.checkpoint_keys {
+            if mem.active_keys >= inner.tuning.checkpoint_keys || mem.active_bytes >= inner.tuning.checkpoint_bytes {
                 if let Ok(mut w) = inner.wake.lock() {
                     *w = true;
                 }
@@ -678,6 +744,8 @@ mod tests {
         let tuning = Tuning {
             checkpoint_interval: Duration::from_millis(5),
             checkpoint_keys: 7,
+            checkpoint_bytes: 1 << 20,
+            backpressure_wait: Duration::from_secs(5),
         };
         let mut model: BTreeMap<Vec<u8>, (u64, Vec<u8>)> = BTreeMap::new();
         let mut rng = XorShift(0x5eed_1234_abcd_0001);
@@ -766,6 +834,8 @@ mod tests {
                 Tuning {
                     checkpoint_interval: Duration::from_millis(1),
                     checkpoint_keys: 3,
+                    checkpoint_bytes: 1 << 20,
+                    backpressure_wait: Duration::from_secs(5),
                 },
             )
             .unwrap(),
@@ -803,6 +873,44 @@ mod tests {
         assert_eq!(s.len(Table::Approvals).unwrap(), 600);
     }
 
+    /// While checkpoints cannot run, the memtable grows only so far: then
+    /// commits wait, and are refused (nothing written) when no checkpoint
+    /// comes in time; they are accepted again once one has caught up.
+    #[test]
+    fn stalled_checkpoints_refuse_writes_instead_of_growing_without_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open_with(
+            dir.path(),
+            Tuning {
+                checkpoint_interval: Duration::from_millis(1),
+                checkpoint_keys: 10,
+                checkpoint_bytes: usize::MAX,
+                backpressure_wait: Duration::from_millis(50),
+            },
+        )
+        .unwrap();
+        let insert = |i: usize| {
+            let mut b = Batch::new();
+            b.insert(Table::Approvals, format!("jti-{i:04}").into_bytes(), b"x".to_vec());
+            s.commit(&b)
+        };
+        let refused_at = {
+            let _stall = s.inner.checkpointing.lock().unwrap();
+            (0..100)
+                .find(|i| insert(*i).is_err())
+                .expect("writes are refused at some point")
+        };
+        assert_eq!(refused_at, 10 * BACKPRESSURE_FACTOR);
+        assert_eq!(
+            s.len(Table::Approvals).unwrap(),
+            refused_at,
+            "the refused write left nothing"
+        );
+        s.checkpoint().unwrap();
+        insert(refused_at).unwrap();
+        assert_eq!(s.len(Table::Approvals).unwrap(), refused_at + 1);
+    }
+
     const CRASH_DIR: &str = "SIGIL_STORE_CRASH_CHILD_DIR";
 
     /// Not a test on its own: the child half of
@@ -819,6 +927,8 @@ mod tests {
             Tuning {
                 checkpoint_interval: Duration::from_secs(3600),
                 checkpoint_keys: usize::MAX,
+                checkpoint_bytes: usize::MAX,
+                backpressure_wait: Duration::from_secs(5),
             },
         )
         .unwrap();
