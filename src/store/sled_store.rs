@@ -140,6 +140,11 @@ impl SledStore {
             }
             write_to_sled(&trees, &tables)?;
             db.flush().map_err(unavailable)?;
+            tracing::info!(
+                files = files.len(),
+                last_lsn,
+                "replayed the write-ahead log left by the previous run into the store"
+            );
         }
         let wal = Wal::start(&wal_dir, &files, last_lsn)?;
         let inner = Arc::new(Inner {
