@@ -222,6 +222,20 @@ async fn approve(
     Ok((r.approval, t1 - t0, t1.elapsed()))
 }
 
+/// One mTLS channel per client, with the `withdrawal-engine` certificate.
+async fn channels(url: &str, certs: &Path) -> Vec<Channel> {
+    let mut out = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let tls = ClientTls {
+            ca: &certs.join("ca.pem"),
+            cert: &certs.join("withdrawal-engine.pem"),
+            key: &certs.join("withdrawal-engine.key"),
+        };
+        out.push(connect(url, &tls).await.expect("connect"));
+    }
+    out
+}
+
 /// Outcome of one client's run.
 #[derive(Default)]
 struct ClientRun {
@@ -470,20 +484,11 @@ fn main() {
     // --- 3. Measured: end-to-end approvals over mTLS gRPC.
     eprintln!("bench: end-to-end approvals ...");
     let (e2e, e2e_run) = rt.block_on(async {
-        let mut clients = Vec::with_capacity(CLIENTS);
-        for _ in 0..CLIENTS {
-            let ch = connect(
-                &url,
-                &ClientTls {
-                    ca: &certs.join("ca.pem"),
-                    cert: &certs.join("withdrawal-engine.pem"),
-                    key: &certs.join("withdrawal-engine.key"),
-                },
-            )
+        let clients: Vec<_> = channels(&url, &certs)
             .await
-            .expect("connect");
-            clients.push(ApprovalServiceClient::new(ch));
-        }
+            .into_iter()
+            .map(ApprovalServiceClient::new)
+            .collect();
         // Warm-up on separate users: handshakes done, pools and caches hot.
         let (clients, w, _) = run_clients(clients, warm.to_vec()).await;
         assert!(w.failures.is_empty(), "warm-up failed: {:?}", w.failures);
@@ -597,20 +602,11 @@ fn main() {
     // flight each. An approval is two RPCs, so half this rate bounds any
     // approval path behind this transport on this machine.
     let floor = rt.block_on(async {
-        let mut chans = Vec::with_capacity(CLIENTS);
-        for _ in 0..CLIENTS {
-            let ch = connect(
-                &url,
-                &ClientTls {
-                    ca: &certs.join("ca.pem"),
-                    cert: &certs.join("withdrawal-engine.pem"),
-                    key: &certs.join("withdrawal-engine.key"),
-                },
-            )
+        let chans: Vec<_> = channels(&url, &certs)
             .await
-            .expect("connect");
-            chans.push(tonic_health::pb::health_client::HealthClient::new(ch));
-        }
+            .into_iter()
+            .map(tonic_health::pb::health_client::HealthClient::new)
+            .collect();
         let check = |mut c: tonic_health::pb::health_client::HealthClient<Channel>, until: Instant| async move {
             let mut n = 0u64;
             while Instant::now() < until {
