@@ -202,10 +202,7 @@ impl SledStore {
 impl Drop for SledStore {
     fn drop(&mut self) {
         self.inner.stop.store(true, Ordering::SeqCst);
-        if let Ok(mut w) = self.inner.wake.lock() {
-            *w = true;
-        }
-        self.inner.wake_cv.notify_all();
+        self.inner.wake_checkpointer();
         if let Ok(mut h) = self.checkpointer.lock() {
             if let Some(h) = h.take() {
                 let _ = h.join();
@@ -320,6 +317,14 @@ impl Inner {
         self.mem.write().map_err(poisoned)
     }
 
+    /// Asks the checkpointer to run now rather than at its next interval.
+    fn wake_checkpointer(&self) {
+        if let Ok(mut w) = self.wake.lock() {
+            *w = true;
+        }
+        self.wake_cv.notify_all();
+    }
+
     fn over_limit(&self, mem: &Mem) -> bool {
         let t = &self.tuning;
         mem.active_keys >= t.checkpoint_keys.saturating_mul(BACKPRESSURE_FACTOR)
@@ -337,10 +342,7 @@ impl Inner {
         };
         let n = self.freezes.lock().map_err(poisoned)?;
         let seen = *n;
-        if let Ok(mut w) = self.wake.lock() {
-            *w = true;
-        }
-        self.wake_cv.notify_one();
+        self.wake_checkpointer();
         let mut n = n;
         while *n == seen {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -552,10 +554,7 @@ impl Store for SledStore {
                 }
             }
             if mem.active_keys >= inner.tuning.checkpoint_keys || mem.active_bytes >= inner.tuning.checkpoint_bytes {
-                if let Ok(mut w) = inner.wake.lock() {
-                    *w = true;
-                }
-                inner.wake_cv.notify_one();
+                inner.wake_checkpointer();
             }
         }
         if batch.durability == Durability::Sync {
