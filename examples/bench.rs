@@ -20,8 +20,11 @@
 //!    as the end-to-end clients); the 1-thread ratio is printed as well.
 //! 4. Diagnostics (not part of the bar): HSM AES-256-GCM decryption of a
 //!    factor secret (8 threads), durable group-committed store commits (1 and
-//!    8 threads), and approvals through the `Sigil` API directly, without
-//!    gRPC and TLS (1 and 8 threads, the same users on later TOTP steps).
+//!    8 threads), approvals through the `Sigil` API directly, without
+//!    gRPC and TLS (1 and 8 threads, the same users on later TOTP steps),
+//!    and the gRPC floor: `grpc.health.v1` Check on the same mTLS server,
+//!    8 clients (half of it over the raw rate bounds any approval path on
+//!    this transport).
 //!
 //! Every measurement also reports the process's CPU time per operation
 //! (`/proc/self/stat`, all threads: server, clients, sled's IO threads) and
