@@ -342,6 +342,19 @@ impl TestServer {
     }
 }
 
+/// BeginApproval for `intent` as the withdrawal engine (no device signals).
+pub async fn begin(s: &TestServer, intent: &pb::Intent) -> pb::BeginApprovalResponse {
+    s.approvals("withdrawal-engine")
+        .await
+        .begin_approval(pb::BeginApprovalRequest {
+            intent: Some(intent.clone()),
+            device: None,
+        })
+        .await
+        .expect("begin approval")
+        .into_inner()
+}
+
 pub fn totp_proof(challenge_id: &str, user: &str, code: &str, factor_id: &str) -> pb::CompleteApprovalRequest {
     pb::CompleteApprovalRequest {
         challenge_id: challenge_id.into(),

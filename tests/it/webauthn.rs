@@ -145,18 +145,6 @@ async fn register<A: AuthenticatorBackend>(s: &TestServer, user: &str, a: &mut A
     register_with(s, user, a, "").await
 }
 
-async fn begin(s: &TestServer, intent: &pb::Intent) -> pb::BeginApprovalResponse {
-    s.approvals("withdrawal-engine")
-        .await
-        .begin_approval(pb::BeginApprovalRequest {
-            intent: Some(intent.clone()),
-            device: None,
-        })
-        .await
-        .expect("begin approval")
-        .into_inner()
-}
-
 fn webauthn_proof(challenge_id: &str, user: &str, response_json: &str) -> pb::CompleteApprovalRequest {
     pb::CompleteApprovalRequest {
         challenge_id: challenge_id.into(),

@@ -127,18 +127,6 @@ async fn enroll_otp(s: &TestServer, user: &str, key: &mut SoftYubiKey, private_i
     e.factor_id
 }
 
-async fn begin(s: &TestServer, intent: &pb::Intent) -> pb::BeginApprovalResponse {
-    s.approvals("withdrawal-engine")
-        .await
-        .begin_approval(pb::BeginApprovalRequest {
-            intent: Some(intent.clone()),
-            device: None,
-        })
-        .await
-        .expect("begin approval")
-        .into_inner()
-}
-
 fn hmac_proof(challenge_id: &str, user: &str, response: &[u8], factor_id: &str) -> pb::CompleteApprovalRequest {
     pb::CompleteApprovalRequest {
         challenge_id: challenge_id.into(),
