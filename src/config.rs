@@ -103,6 +103,12 @@ pub struct HsmSection {
     pub audit_key_label: String,
     /// Number of PKCS#11 sessions kept open.
     pub pool_size: usize,
+    /// Where approval RPCs (Begin, Complete, Redeem) make their HSM calls.
+    /// `false` (default; SoftHSM and other in-process modules, whose calls
+    /// are CPU work): on the async workers, with the wait for the store's
+    /// sync made asynchronously. `true` (an HSM reached over the network,
+    /// whose calls wait on I/O): on the blocking thread pool.
+    pub offload_calls: bool,
 }
 
 /// `[store]`
@@ -208,6 +214,7 @@ impl Default for HsmSection {
             secrets_key_label: "sigil-secrets-1".into(),
             audit_key_label: "sigil-audit-1".into(),
             pool_size: 4,
+            offload_calls: false,
         }
     }
 }

@@ -105,7 +105,7 @@ impl Sigil {
 
     /// Commits a batch; wakes event watchers when it appended events.
     pub(crate) fn commit(&self, batch: &Batch) -> Result<Vec<u64>, Error> {
-        let seqs = self.store.commit(batch)?;
+        let seqs = crate::store::commit_collected(self.store.as_ref(), batch)?;
         if batch
             .ops
             .iter()

@@ -1,8 +1,11 @@
 //! The gRPC layer: services, role guard, conversions, error mapping.
 //!
 //! Each handler checks the caller's role, converts the request, runs the
-//! domain operation on a blocking thread (it talks to the HSM and waits for
-//! durable writes) and converts the answer.
+//! domain operation and converts the answer. Most operations run on a
+//! blocking thread (they talk to the HSM and wait for durable writes). The
+//! approval operations, the hot path, run on the async worker unless
+//! `hsm.offload_calls` is set, and wait for their writes' sync without
+//! holding a thread ([`approval_call`]).
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -29,6 +32,32 @@ where
         .await
         .map_err(|_| Status::internal("request worker stopped unexpectedly; nothing was approved"))?
         .map_err(status::to_status)
+}
+
+/// Runs an approval operation (BeginApproval, CompleteApproval,
+/// RedeemApproval). With `hsm.offload_calls` off it runs right here on the
+/// async worker: its HSM calls are CPU work, and its commits return once
+/// applied, their sync awaited below without holding a thread. The reply,
+/// an approval or a refusal, leaves only once every write the operation
+/// made is durable; if that fails the reply is `UNAVAILABLE` instead.
+pub(crate) async fn approval_call<T, F>(sigil: &Sigil, f: F) -> Result<T, Status>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Error> + Send + 'static,
+{
+    if sigil.config().hsm.offload_calls {
+        return blocking(f).await;
+    }
+    let (out, ticket) = crate::store::collect_durability(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    if let Err(e) = ticket.durable().await {
+        return Err(status::to_status(Error::from(e)));
+    }
+    match out {
+        Ok(r) => r.map_err(status::to_status),
+        Err(_) => Err(Status::internal(
+            "request worker stopped unexpectedly; nothing was approved",
+        )),
+    }
 }
 
 /// `sigil.v1.FactorService`.
@@ -251,7 +280,7 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
             .into();
         let device = r.device.unwrap_or_default().into();
         let s = self.sigil.clone();
-        let b = blocking(move || s.begin_approval(role.name(), intent, device)).await?;
+        let b = approval_call(&self.sigil, move || s.begin_approval(role.name(), intent, device)).await?;
         Ok(Response::new(pb::BeginApprovalResponse {
             challenge_id: b.challenge_id,
             intent_sha256: b.intent_sha256.to_vec(),
@@ -292,7 +321,10 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
             }
         };
         let s = self.sigil.clone();
-        let i = blocking(move || s.complete_approval(role.name(), &r.challenge_id, &r.user_id, proof)).await?;
+        let i = approval_call(&self.sigil, move || {
+            s.complete_approval(role.name(), &r.challenge_id, &r.user_id, proof)
+        })
+        .await?;
         Ok(Response::new(pb::CompleteApprovalResponse {
             approval: i.token,
             jti: i.jti,
@@ -309,7 +341,10 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         let r = req.into_inner();
         let expected = r.expected_intent.map(sigil_verify::Intent::from);
         let s = self.sigil.clone();
-        let claims = blocking(move || s.redeem_approval(role.name(), &r.approval, expected.as_ref())).await?;
+        let claims = approval_call(&self.sigil, move || {
+            s.redeem_approval(role.name(), &r.approval, expected.as_ref())
+        })
+        .await?;
         Ok(Response::new(pb::RedeemApprovalResponse {
             claims: Some(claims.into()),
         }))

@@ -13,6 +13,9 @@
 //! `Expect::Version(v)` is `UPDATE … WHERE version = v` checked by row count,
 //! inside one transaction. The embedded default is [`sled`](sled_store).
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 pub mod sled_store;
 mod wal;
@@ -292,6 +295,118 @@ impl fmt::Display for StoreError {
 
 impl std::error::Error for StoreError {}
 
+/// Waits for a backend's commits to become durable (see [`Ticket`]).
+pub trait DurableWait: Send + Sync {
+    /// Blocks until the commit with position `lsn` is durable.
+    fn wait(&self, lsn: u64) -> Result<(), StoreError>;
+    /// Completes once the commit with position `lsn` is durable, without
+    /// blocking a thread.
+    fn wait_async(&self, lsn: u64) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>>;
+}
+
+/// A promise that commits made so far become durable: see
+/// [`Store::commit_pending`]. Tickets of one store merge into the newest.
+#[derive(Clone, Default)]
+pub struct Ticket {
+    pending: Option<(u64, Arc<dyn DurableWait>)>,
+}
+
+impl fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.pending {
+            Some((lsn, _)) => write!(f, "Ticket(pending {lsn})"),
+            None => f.write_str("Ticket(ready)"),
+        }
+    }
+}
+
+impl Ticket {
+    /// A ticket with nothing to wait for.
+    pub fn ready() -> Self {
+        Self::default()
+    }
+
+    /// A ticket for the commit at `lsn` of the backend behind `waiter`.
+    pub fn pending(lsn: u64, waiter: Arc<dyn DurableWait>) -> Self {
+        Self {
+            pending: Some((lsn, waiter)),
+        }
+    }
+
+    /// Waits for the newer of the two (commits of one store become durable
+    /// in order, so the newer covers both).
+    pub fn merge(&mut self, other: Ticket) {
+        match (&self.pending, &other.pending) {
+            (_, None) => {}
+            (Some((a, _)), Some((b, _))) if a >= b => {}
+            _ => *self = other,
+        }
+    }
+
+    /// True when there is nothing to wait for.
+    pub fn is_ready(&self) -> bool {
+        self.pending.is_none()
+    }
+
+    /// Blocks until the commits behind this ticket are durable.
+    pub fn wait(self) -> Result<(), StoreError> {
+        match self.pending {
+            Some((lsn, w)) => w.wait(lsn),
+            None => Ok(()),
+        }
+    }
+
+    /// Completes once the commits behind this ticket are durable.
+    pub async fn durable(self) -> Result<(), StoreError> {
+        match self.pending {
+            Some((lsn, w)) => w.wait_async(lsn).await,
+            None => Ok(()),
+        }
+    }
+}
+
+thread_local! {
+    static COLLECTING: std::cell::RefCell<Option<Ticket>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` on this thread with durability waits collected instead of
+/// made: every [`Durability::Sync`] commit `f` makes through
+/// [`commit_collected`] returns once applied, and the returned ticket
+/// completes when all of them are durable. The caller must wait for the
+/// ticket before anything `f` decided (its result, success or error)
+/// leaves the service. `f` must not yield to other work on this thread.
+pub fn collect_durability<T>(f: impl FnOnce() -> T) -> (T, Ticket) {
+    struct Reset(Option<Ticket>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            let prev = self.0.take();
+            COLLECTING.with(|c| *c.borrow_mut() = prev);
+        }
+    }
+    let prev = COLLECTING.with(|c| c.borrow_mut().replace(Ticket::ready()));
+    let reset = Reset(prev);
+    let out = f();
+    let ticket = COLLECTING.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    drop(reset);
+    (out, ticket)
+}
+
+/// Commits `batch`: durably, or, inside [`collect_durability`], applied
+/// now with its durability wait handed to the collector.
+pub fn commit_collected(store: &dyn Store, batch: &Batch) -> Result<Vec<u64>, StoreError> {
+    let collecting = batch.durability == Durability::Sync && COLLECTING.with(|c| c.borrow().is_some());
+    if !collecting {
+        return store.commit(batch);
+    }
+    let (seqs, ticket) = store.commit_pending(batch)?;
+    COLLECTING.with(|c| {
+        if let Some(t) = c.borrow_mut().as_mut() {
+            t.merge(ticket);
+        }
+    });
+    Ok(seqs)
+}
+
 /// The storage interface every backend implements.
 pub trait Store: Send + Sync {
     /// Reads one record.
@@ -302,6 +417,14 @@ pub trait Store: Send + Sync {
     /// written nothing. Returns the sequence numbers assigned to the batch's
     /// [`Op::Append`]s, in order.
     fn commit(&self, batch: &Batch) -> Result<Vec<u64>, StoreError>;
+    /// Applies `batch` atomically like [`Store::commit`], but may return
+    /// before it is durable, with a [`Ticket`] that completes once it is.
+    /// Nothing that depends on the batch may leave the service before the
+    /// ticket completes. Backends without a cheaper path commit durably
+    /// and return a completed ticket.
+    fn commit_pending(&self, batch: &Batch) -> Result<(Vec<u64>, Ticket), StoreError> {
+        Ok((self.commit(batch)?, Ticket::ready()))
+    }
     /// Log entries with sequence number > `after`, at most `limit`, in order:
     /// (seq, chained hash, value).
     fn read_log(&self, log: Table, after: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError>;

@@ -29,14 +29,19 @@
 //! own record is durable, and records become durable in order, so a commit
 //! is never acknowledged before one it read from.
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::wal::{PostImage, Wal};
-use super::{chain_hash, log_head_key, Batch, Durability, Expect, LogEntry, Op, Store, StoreError, Table, Versioned};
+use super::{
+    chain_hash, log_head_key, Batch, Durability, DurableWait, Expect, LogEntry, Op, Store, StoreError, Table, Ticket,
+    Versioned,
+};
 
 /// Recent writes of one table: key → stored bytes, or `None` for deleted.
 type MemTable = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
@@ -82,13 +87,14 @@ const BACKPRESSURE_FACTOR: usize = 4;
 pub struct SledStore {
     inner: Arc<Inner>,
     checkpointer: Mutex<Option<JoinHandle<()>>>,
+    syncer: Mutex<Option<JoinHandle<()>>>,
 }
 
 struct Inner {
     db: sled::Db,
     trees: Vec<sled::Tree>,
     mem: RwLock<Mem>,
-    wal: Wal,
+    wal: Arc<Wal>,
     tuning: Tuning,
     /// Wakes the checkpointer early (memtable large, or shutting down).
     wake: Mutex<bool>,
@@ -156,7 +162,7 @@ impl SledStore {
                 active_bytes: 0,
                 frozen: Arc::new(empty_tables()),
             }),
-            wal,
+            wal: Arc::new(wal),
             tuning,
             wake: Mutex::new(false),
             wake_cv: Condvar::new(),
@@ -170,9 +176,25 @@ impl SledStore {
             .name("sigil-checkpoint".into())
             .spawn(move || bg.run_checkpointer())
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store checkpointer: {e}")))?;
+        let wal = inner.wal.clone();
+        let syncer = match std::thread::Builder::new()
+            .name("sigil-wal-sync".into())
+            .spawn(move || wal.run_syncer())
+        {
+            Ok(h) => h,
+            Err(e) => {
+                inner.stop.store(true, Ordering::SeqCst);
+                inner.wake_checkpointer();
+                let _ = handle.join();
+                return Err(StoreError::Unavailable(format!(
+                    "cannot start the write-ahead log's sync thread: {e}"
+                )));
+            }
+        };
         Ok(Self {
             inner,
             checkpointer: Mutex::new(Some(handle)),
+            syncer: Mutex::new(Some(syncer)),
         })
     }
 
@@ -212,6 +234,12 @@ impl Drop for SledStore {
         let res = self.inner.wal.last_lsn().and_then(|l| self.inner.wal.wait_durable(l));
         if let Err(e) = res {
             tracing::error!(error = %e, "could not make the last deferred commits durable at shutdown");
+        }
+        self.inner.wal.stop_syncer();
+        if let Ok(mut h) = self.syncer.lock() {
+            if let Some(h) = h.take() {
+                let _ = h.join();
+            }
         }
     }
 }
@@ -473,94 +501,20 @@ impl Store for SledStore {
     }
 
     fn commit(&self, batch: &Batch) -> Result<Vec<u64>, StoreError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let inner = &*self.inner;
-        let lsn;
-        let mut seqs = Vec::new();
-        {
-            let mut mem = inner.write()?;
-            let deadline = std::time::Instant::now() + inner.tuning.backpressure_wait;
-            while inner.over_limit(&mem) {
-                // Let the checkpointer catch up, without holding the lock it needs.
-                drop(mem);
-                inner.wait_for_freeze(deadline)?;
-                mem = inner.write()?;
-            }
-            // Post-images of this batch, newest last; reads see them first.
-            let mut staged: Vec<PostImage> = Vec::with_capacity(batch.ops.len() + 2);
-            let current =
-                |staged: &[PostImage], mem: &Mem, t: Table, key: &[u8]| -> Result<Option<Vec<u8>>, StoreError> {
-                    match staged.iter().rev().find(|(st, sk, _)| *st == t && sk.as_slice() == key) {
-                        Some((_, _, v)) => Ok(v.clone()),
-                        None => inner.raw_get(mem, t, key),
-                    }
-                };
-            for op in &batch.ops {
-                match op {
-                    Op::Check { table, key, version } => {
-                        let want = if *version == 0 { None } else { Some(*version) };
-                        if version_of(&current(&staged, &mem, *table, key)?)? != want {
-                            return Err(StoreError::Conflict);
-                        }
-                    }
-                    Op::Append { log, value } => {
-                        if !log.is_log() {
-                            return Err(StoreError::Corrupt(format!("{} is not a log", log.name())));
-                        }
-                        let head_key = log_head_key(*log);
-                        let head = current(&staged, &mem, Table::Meta, &head_key)?
-                            .map(|r| decode(&r))
-                            .transpose()?;
-                        let (hv, seq, prev) = decode_head(head)?;
-                        let seq = seq + 1;
-                        let hash = chain_hash(&prev, seq, value);
-                        let mut entry = hash.to_vec();
-                        entry.extend_from_slice(value);
-                        staged.push((*log, seq.to_be_bytes().to_vec(), Some(encode(1, &entry))));
-                        let mut head_val = seq.to_be_bytes().to_vec();
-                        head_val.extend_from_slice(&hash);
-                        staged.push((Table::Meta, head_key, Some(encode(hv + 1, &head_val))));
-                        seqs.push(seq);
-                    }
-                    Op::Put {
-                        table,
-                        key,
-                        value,
-                        expect,
-                    } => {
-                        let cur = version_of(&current(&staged, &mem, *table, key)?)?;
-                        let next = match (expect, cur) {
-                            (Expect::Absent, None) => 1,
-                            (Expect::Version(want), Some(have)) if *want == have => have + 1,
-                            _ => return Err(StoreError::Conflict),
-                        };
-                        staged.push((*table, key.clone(), Some(encode(next, value))));
-                    }
-                    Op::Delete { table, key, version } => {
-                        if version_of(&current(&staged, &mem, *table, key)?)? != Some(*version) {
-                            return Err(StoreError::Conflict);
-                        }
-                        staged.push((*table, key.clone(), None));
-                    }
-                }
-            }
-            lsn = inner.wal.append(&staged)?;
-            for (t, k, v) in staged {
-                mem.active_bytes += k.len() + v.as_ref().map_or(0, Vec::len);
-                if mem.active[t as usize].insert(k, v).is_none() {
-                    mem.active_keys += 1;
-                }
-            }
-            if mem.active_keys >= inner.tuning.checkpoint_keys || mem.active_bytes >= inner.tuning.checkpoint_bytes {
-                inner.wake_checkpointer();
-            }
-        }
-        if batch.durability == Durability::Sync {
-            inner.wal.wait_durable(lsn)?;
+        let (seqs, lsn) = self.apply(batch)?;
+        if batch.durability == Durability::Sync && lsn > 0 {
+            self.inner.wal.wait_durable(lsn)?;
         }
         Ok(seqs)
+    }
+
+    fn commit_pending(&self, batch: &Batch) -> Result<(Vec<u64>, Ticket), StoreError> {
+        let (seqs, lsn) = self.apply(batch)?;
+        if batch.durability == Durability::Sync && lsn > 0 {
+            let wal: Arc<dyn DurableWait> = self.inner.wal.clone();
+            return Ok((seqs, Ticket::pending(lsn, wal)));
+        }
+        Ok((seqs, Ticket::ready()))
     }
 
     fn read_log(&self, log: Table, after: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
@@ -659,6 +613,109 @@ impl Store for SledStore {
         // A backup never holds a commit that a crash could take back.
         self.inner.wal.wait_durable(visible)?;
         Ok(out)
+    }
+}
+
+impl SledStore {
+    /// Decides `batch` against the current state, logs it and applies it
+    /// to the memtable; returns its sequence numbers and its LSN (0 for an
+    /// empty batch). The record is not yet durable.
+    fn apply(&self, batch: &Batch) -> Result<(Vec<u64>, u64), StoreError> {
+        if batch.is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        let inner = &*self.inner;
+        let lsn;
+        let mut seqs = Vec::new();
+        {
+            let mut mem = inner.write()?;
+            let deadline = std::time::Instant::now() + inner.tuning.backpressure_wait;
+            while inner.over_limit(&mem) {
+                // Let the checkpointer catch up, without holding the lock it needs.
+                drop(mem);
+                inner.wait_for_freeze(deadline)?;
+                mem = inner.write()?;
+            }
+            // Post-images of this batch, newest last; reads see them first.
+            let mut staged: Vec<PostImage> = Vec::with_capacity(batch.ops.len() + 2);
+            let current =
+                |staged: &[PostImage], mem: &Mem, t: Table, key: &[u8]| -> Result<Option<Vec<u8>>, StoreError> {
+                    match staged.iter().rev().find(|(st, sk, _)| *st == t && sk.as_slice() == key) {
+                        Some((_, _, v)) => Ok(v.clone()),
+                        None => inner.raw_get(mem, t, key),
+                    }
+                };
+            for op in &batch.ops {
+                match op {
+                    Op::Check { table, key, version } => {
+                        let want = if *version == 0 { None } else { Some(*version) };
+                        if version_of(&current(&staged, &mem, *table, key)?)? != want {
+                            return Err(StoreError::Conflict);
+                        }
+                    }
+                    Op::Append { log, value } => {
+                        if !log.is_log() {
+                            return Err(StoreError::Corrupt(format!("{} is not a log", log.name())));
+                        }
+                        let head_key = log_head_key(*log);
+                        let head = current(&staged, &mem, Table::Meta, &head_key)?
+                            .map(|r| decode(&r))
+                            .transpose()?;
+                        let (hv, seq, prev) = decode_head(head)?;
+                        let seq = seq + 1;
+                        let hash = chain_hash(&prev, seq, value);
+                        let mut entry = hash.to_vec();
+                        entry.extend_from_slice(value);
+                        staged.push((*log, seq.to_be_bytes().to_vec(), Some(encode(1, &entry))));
+                        let mut head_val = seq.to_be_bytes().to_vec();
+                        head_val.extend_from_slice(&hash);
+                        staged.push((Table::Meta, head_key, Some(encode(hv + 1, &head_val))));
+                        seqs.push(seq);
+                    }
+                    Op::Put {
+                        table,
+                        key,
+                        value,
+                        expect,
+                    } => {
+                        let cur = version_of(&current(&staged, &mem, *table, key)?)?;
+                        let next = match (expect, cur) {
+                            (Expect::Absent, None) => 1,
+                            (Expect::Version(want), Some(have)) if *want == have => have + 1,
+                            _ => return Err(StoreError::Conflict),
+                        };
+                        staged.push((*table, key.clone(), Some(encode(next, value))));
+                    }
+                    Op::Delete { table, key, version } => {
+                        if version_of(&current(&staged, &mem, *table, key)?)? != Some(*version) {
+                            return Err(StoreError::Conflict);
+                        }
+                        staged.push((*table, key.clone(), None));
+                    }
+                }
+            }
+            lsn = inner.wal.append(&staged)?;
+            for (t, k, v) in staged {
+                mem.active_bytes += k.len() + v.as_ref().map_or(0, Vec::len);
+                if mem.active[t as usize].insert(k, v).is_none() {
+                    mem.active_keys += 1;
+                }
+            }
+            if mem.active_keys >= inner.tuning.checkpoint_keys || mem.active_bytes >= inner.tuning.checkpoint_bytes {
+                inner.wake_checkpointer();
+            }
+        }
+        Ok((seqs, lsn))
+    }
+}
+
+impl DurableWait for Wal {
+    fn wait(&self, lsn: u64) -> Result<(), StoreError> {
+        self.wait_durable(lsn)
+    }
+
+    fn wait_async(&self, lsn: u64) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + '_>> {
+        Box::pin(self.durable(lsn))
     }
 }
 
@@ -962,6 +1019,24 @@ mod tests {
         s.commit(&b).unwrap();
         let seen = s.read_log(Table::Audit, 200, 10).unwrap();
         assert_eq!(seen.len(), 1);
+        // Last, so that no later synced commit covers them: commits collected
+        // by `collect_durability` are durable once their ticket completes,
+        // awaited with no thread blocked (the log's sync thread syncs).
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        for i in 0..50u32 {
+            let (r, ticket) = crate::store::collect_durability(|| {
+                let mut b = Batch::new();
+                b.insert(
+                    Table::Approvals,
+                    format!("jti-async-{i:02}").into_bytes(),
+                    b"x".to_vec(),
+                );
+                crate::store::commit_collected(&s, &b)
+            });
+            r.unwrap();
+            assert!(!ticket.is_ready(), "a collected commit hands over its durability wait");
+            rt.block_on(ticket.durable()).unwrap();
+        }
         println!("ACKED 200");
         use std::io::Write;
         std::io::stdout().flush().unwrap();
@@ -981,7 +1056,8 @@ mod tests {
         // Every acknowledged commit was only in the log.
         assert!(std::fs::read_dir(dir.path().join("wal")).unwrap().count() >= 1);
         let s = SledStore::open(dir.path()).unwrap();
-        assert_eq!(s.len(Table::Approvals).unwrap(), 203);
+        assert_eq!(s.len(Table::Approvals).unwrap(), 253);
+        assert!(s.get(Table::Approvals, b"jti-async-49").unwrap().is_some());
         assert!(s.get(Table::Approvals, b"jti-deferred-1").unwrap().is_some());
         assert!(s.get(Table::Approvals, b"jti-deferred-2").unwrap().is_some());
         assert_eq!(s.log_head(Table::Audit).unwrap().0, 201);
@@ -998,7 +1074,8 @@ mod tests {
         // Replayed records are now in sled; the log starts afresh.
         drop(s);
         let s = SledStore::open(dir.path()).unwrap();
-        assert_eq!(s.len(Table::Approvals).unwrap(), 203);
+        assert_eq!(s.len(Table::Approvals).unwrap(), 253);
+        assert!(s.get(Table::Approvals, b"jti-async-49").unwrap().is_some());
     }
 
     #[test]

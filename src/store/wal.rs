@@ -41,6 +41,18 @@ pub(crate) struct Wal {
     dir: PathBuf,
     state: Mutex<State>,
     done: Condvar,
+    /// Wakes the sync thread ([`Wal::run_syncer`]) when an asynchronous
+    /// waiter asks for a record to become durable.
+    syncer_cv: Condvar,
+    /// The durable LSN (and failure), for asynchronous waiters.
+    mark: tokio::sync::watch::Sender<Mark>,
+}
+
+/// What asynchronous waiters watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    durable: u64,
+    failed: bool,
 }
 
 struct State {
@@ -56,6 +68,10 @@ struct State {
     writing: bool,
     /// A write or sync failed: nothing written since can be trusted.
     failed: Option<String>,
+    /// Highest LSN an asynchronous waiter wants durable.
+    wanted: u64,
+    /// The sync thread should exit.
+    stop: bool,
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> StoreError {
@@ -273,8 +289,15 @@ impl Wal {
                 durable: last_lsn,
                 writing: false,
                 failed: None,
+                wanted: 0,
+                stop: false,
             }),
             done: Condvar::new(),
+            syncer_cv: Condvar::new(),
+            mark: tokio::sync::watch::Sender::new(Mark {
+                durable: last_lsn,
+                failed: false,
+            }),
         })
     }
 
@@ -372,8 +395,81 @@ impl Wal {
                     st.failed = Some(msg);
                 }
             }
+            self.publish(&st);
             self.done.notify_all();
         }
+    }
+
+    /// Tells asynchronous waiters the durable LSN and whether the log failed.
+    fn publish(&self, st: &State) {
+        let now = Mark {
+            durable: st.durable,
+            failed: st.failed.is_some(),
+        };
+        self.mark.send_if_modified(|m| {
+            let changed = *m != now;
+            *m = now;
+            changed
+        });
+    }
+
+    /// Asks the sync thread to make the record `lsn` durable.
+    fn request(&self, lsn: u64) -> Result<(), StoreError> {
+        let mut st = self.lock()?;
+        Self::fail(&st)?;
+        if st.durable < lsn && st.wanted < lsn {
+            st.wanted = lsn;
+            self.syncer_cv.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Completes once the record `lsn` is durable, without blocking a
+    /// thread: the sync thread writes and syncs for every waiter at once.
+    pub async fn durable(&self, lsn: u64) -> Result<(), StoreError> {
+        let mut rx = self.mark.subscribe();
+        self.request(lsn)?;
+        let m = *rx
+            .wait_for(|m| m.durable >= lsn || m.failed)
+            .await
+            .map_err(|_| StoreError::Unavailable("write-ahead log closed".into()))?;
+        if m.durable >= lsn {
+            return Ok(());
+        }
+        Self::fail(&*self.lock()?)?;
+        Err(StoreError::Unavailable("write-ahead log failed".into()))
+    }
+
+    /// The sync thread: makes durable what asynchronous waiters asked for
+    /// (see [`Wal::durable`]), sharing each sync among all of them and with
+    /// any blocking waiter leading a sync at the time. Returns after
+    /// [`Wal::stop_syncer`].
+    pub fn run_syncer(&self) {
+        loop {
+            let target = {
+                let Ok(mut st) = self.lock() else { return };
+                while !st.stop && (st.wanted <= st.durable || st.failed.is_some()) {
+                    st = match self.syncer_cv.wait(st) {
+                        Ok(g) => g,
+                        Err(_) => return,
+                    };
+                }
+                if st.stop {
+                    return;
+                }
+                st.wanted
+            };
+            // A failure is recorded and published by `wait_durable`.
+            let _ = self.wait_durable(target);
+        }
+    }
+
+    /// Makes [`Wal::run_syncer`] return.
+    pub fn stop_syncer(&self) {
+        if let Ok(mut st) = self.lock() {
+            st.stop = true;
+        }
+        self.syncer_cv.notify_all();
     }
 
     /// Makes everything appended so far durable in the current file, then
@@ -396,11 +492,13 @@ impl Wal {
                 self.dir.join(file_name(st.file_no)).display()
             );
             st.failed = Some(msg.clone());
+            self.publish(&st);
             self.done.notify_all();
             return Err(StoreError::Unavailable(msg));
         }
         st.buf.clear();
         st.durable = st.last_lsn;
+        self.publish(&st);
         let closed = st.file_no;
         match Self::create(&self.dir, closed + 1) {
             Ok(f) => {
@@ -409,6 +507,7 @@ impl Wal {
             }
             Err(e) => {
                 st.failed = Some(e.to_string());
+                self.publish(&st);
                 self.done.notify_all();
                 return Err(e);
             }

@@ -105,6 +105,63 @@ async fn full_flow_issue_verify_redeem_once() {
     assert_status(r, Code::FailedPrecondition, "already redeemed");
 }
 
+/// With `hsm.offload_calls` on (an HSM reached over the network), the
+/// approval RPCs run on the blocking pool and wait for each sync there: the
+/// same approvals and refusals, and the same state after a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn offloaded_hsm_calls_approve_and_refuse_the_same() {
+    let mut s = TestServer::start_with(|c| {
+        c.protection.require_whitelisted_address = false;
+        c.protection.security_change_lock_seconds = 0;
+        c.hsm.offload_calls = true;
+    })
+    .await;
+    let (_fid, seed) = s.enroll_totp("olga").await;
+    let intent = withdrawal("olga", "wd-offload-1");
+    let mut a = s.approvals("withdrawal-engine").await;
+    let b = a
+        .begin_approval(pb::BeginApprovalRequest {
+            intent: Some(intent.clone()),
+            device: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let r = a
+        .complete_approval(totp_proof(&b.challenge_id, "olga", "000000", ""))
+        .await;
+    assert_status(r, Code::PermissionDenied, "");
+    let done = a
+        .complete_approval(totp_proof(&b.challenge_id, "olga", &s.code(&seed, 0), ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let keys = jwks(&s).await;
+    let v = Verifier::new(&keys, "sigil", "withdrawal-engine").unwrap();
+    v.verify_for(&done.approval, &domain_intent(&intent), s.clock.now_secs())
+        .unwrap();
+    a.redeem_approval(pb::RedeemApprovalRequest {
+        approval: done.approval.clone(),
+        expected_intent: Some(intent.clone()),
+    })
+    .await
+    .unwrap();
+    drop(a);
+    s.restart().await;
+    let mut a = s.approvals("withdrawal-engine").await;
+    let r = a
+        .redeem_approval(pb::RedeemApprovalRequest {
+            approval: done.approval,
+            expected_intent: None,
+        })
+        .await;
+    assert_status(r, Code::FailedPrecondition, "already redeemed");
+    let r = a
+        .complete_approval(totp_proof(&b.challenge_id, "olga", &s.code(&seed, 0), ""))
+        .await;
+    assert_status(r, Code::FailedPrecondition, "already answered");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn any_changed_intent_field_is_refused() {
     let s = TestServer::start().await;
