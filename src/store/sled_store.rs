@@ -501,15 +501,18 @@ impl Store for SledStore {
     }
 
     fn commit(&self, batch: &Batch) -> Result<Vec<u64>, StoreError> {
-        let (seqs, lsn) = self.apply(batch)?;
+        let (seqs, lsn) = self.apply(batch, true)?;
         if batch.durability == Durability::Sync && lsn > 0 {
             self.inner.wal.wait_durable(lsn)?;
         }
         Ok(seqs)
     }
 
+    /// Unlike [`Store::commit`], never waits for room: its callers run on
+    /// async workers, so a store whose checkpoints are far behind refuses
+    /// it at once (`Unavailable`, nothing written).
     fn commit_pending(&self, batch: &Batch) -> Result<(Vec<u64>, Ticket), StoreError> {
-        let (seqs, lsn) = self.apply(batch)?;
+        let (seqs, lsn) = self.apply(batch, false)?;
         if batch.durability == Durability::Sync && lsn > 0 {
             let wal: Arc<dyn DurableWait> = self.inner.wal.clone();
             return Ok((seqs, Ticket::pending(lsn, wal)));
@@ -619,8 +622,10 @@ impl Store for SledStore {
 impl SledStore {
     /// Decides `batch` against the current state, logs it and applies it
     /// to the memtable; returns its sequence numbers and its LSN (0 for an
-    /// empty batch). The record is not yet durable.
-    fn apply(&self, batch: &Batch) -> Result<(Vec<u64>, u64), StoreError> {
+    /// empty batch). The record is not yet durable. Over the memtable's
+    /// limit it waits for a checkpoint (up to `Tuning::backpressure_wait`)
+    /// if `may_wait`, and is refused otherwise.
+    fn apply(&self, batch: &Batch, may_wait: bool) -> Result<(Vec<u64>, u64), StoreError> {
         if batch.is_empty() {
             return Ok((Vec::new(), 0));
         }
@@ -629,7 +634,12 @@ impl SledStore {
         let mut seqs = Vec::new();
         {
             let mut mem = inner.write()?;
-            let deadline = std::time::Instant::now() + inner.tuning.backpressure_wait;
+            let wait = if may_wait {
+                inner.tuning.backpressure_wait
+            } else {
+                Duration::ZERO
+            };
+            let deadline = std::time::Instant::now() + wait;
             while inner.over_limit(&mem) {
                 // Let the checkpointer catch up, without holding the lock it needs.
                 drop(mem);
@@ -970,6 +980,53 @@ mod tests {
         s.checkpoint().unwrap();
         insert(refused_at).unwrap();
         assert_eq!(s.len(Table::Approvals).unwrap(), refused_at + 1);
+    }
+
+    /// A commit handing its sync wait to an async caller does not wait for
+    /// room either: with checkpoints stalled it is refused at once (an
+    /// async worker is never parked), and accepted again after one.
+    #[test]
+    fn stalled_checkpoints_refuse_pending_commits_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(
+            SledStore::open_with(
+                dir.path(),
+                Tuning {
+                    checkpoint_interval: Duration::from_millis(1),
+                    checkpoint_keys: 10,
+                    checkpoint_bytes: usize::MAX,
+                    backpressure_wait: Duration::from_secs(3600),
+                },
+            )
+            .unwrap(),
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let bg = s.clone();
+        std::thread::spawn(move || {
+            let _stall = bg.inner.checkpointing.lock().unwrap();
+            let refused = (0..100).find_map(|i| {
+                let mut b = Batch::new();
+                b.insert(Table::Approvals, format!("jti-{i:04}").into_bytes(), b"x".to_vec());
+                bg.commit_pending(&b).err().map(|e| (i, e))
+            });
+            tx.send(refused).unwrap();
+        });
+        let (refused_at, err) = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a pending commit waited for room instead of being refused")
+            .expect("writes are refused at some point");
+        assert_eq!(refused_at, 10 * BACKPRESSURE_FACTOR);
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert_eq!(
+            s.len(Table::Approvals).unwrap(),
+            refused_at,
+            "the refused write left nothing"
+        );
+        s.checkpoint().unwrap();
+        let mut b = Batch::new();
+        b.insert(Table::Approvals, b"jti-after".to_vec(), b"x".to_vec());
+        let (_, ticket) = s.commit_pending(&b).unwrap();
+        ticket.wait().unwrap();
     }
 
     const CRASH_DIR: &str = "SIGIL_STORE_CRASH_CHILD_DIR";
