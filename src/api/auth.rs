@@ -5,6 +5,8 @@
 //! `spiffe://sigil/role/<role>`; a certificate with no such SAN, or with
 //! more than one role, has no role and can call nothing but health and
 //! reflection.
+use std::collections::HashMap;
+
 use tonic::{Request, Status};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -59,11 +61,40 @@ pub fn role_of_der(der: &[u8]) -> Option<Role> {
     Role::parse(first)
 }
 
+/// Distinct certificates remembered by [`cached_role_of_der`]; past this
+/// the memo starts again (callers are a handful of services).
+const ROLE_MEMO_MAX: usize = 256;
+
+/// [`role_of_der`], remembered per certificate: a caller sends the same
+/// certificate on every call of a connection, and parsing it costs more
+/// than the rest of the role check. Keyed by the exact DER bytes, so a
+/// different certificate is always parsed.
+fn cached_role_of_der(der: &[u8]) -> Option<Role> {
+    static MEMO: std::sync::OnceLock<std::sync::RwLock<HashMap<Vec<u8>, Option<Role>>>> = std::sync::OnceLock::new();
+    let memo = MEMO.get_or_init(Default::default);
+    if let Ok(m) = memo.read() {
+        if let Some(r) = m.get(der) {
+            return *r;
+        }
+    }
+    let role = role_of_der(der);
+    if let Ok(mut m) = memo.write() {
+        if m.len() >= ROLE_MEMO_MAX {
+            m.clear();
+        }
+        m.insert(der.to_vec(), role);
+    }
+    role
+}
+
 /// Refuses the call unless the caller's certificate carries one of `allowed`.
 pub fn require<T>(req: &Request<T>, rpc: &str, allowed: &[Role]) -> Result<Role, Status> {
     let role = req
         .peer_certs()
-        .and_then(|certs| certs.first().and_then(|c| role_of_der(c.as_ref())));
+        .and_then(|certs| certs.first().and_then(|c| cached_role_of_der(c.as_ref())));
+    if let Some(r) = role.filter(|r| allowed.contains(r)) {
+        return Ok(r);
+    }
     let names: Vec<&str> = allowed.iter().map(|r| r.name()).collect();
     match role {
         Some(r) if allowed.contains(&r) => Ok(r),
