@@ -457,7 +457,11 @@ impl Inner {
             *n += 1;
         }
         self.frozen_cv.notify_all();
-        self.apply_frozen(Some(closed))
+        self.apply_frozen(Some(closed))?;
+        if let Err(e) = self.wal.prepare_next() {
+            tracing::warn!(error = %e, "could not prepare the next write-ahead log file; it will start empty");
+        }
+        Ok(())
     }
 
     /// Writes the frozen memtable into sled, flushes sled, deletes the log
