@@ -473,7 +473,7 @@ fn main() {
     sigil::signer::init_token(&cfg, &SecretString::from(SO_PIN), &SecretString::from(PIN)).expect("create bench token");
     let pin = sigil::signer::read_pin(&cfg.hsm).expect("pin");
     let signer = Signer::open(&cfg, pin).expect("signer");
-    let store = Arc::new(SledStore::open(&cfg.store.path).expect("store"));
+    let store = Arc::new(SledStore::open_with(&cfg.store.path, cfg.store.tuning()).expect("store"));
     let clock = Arc::new(TestClock::new(T0));
     let sigil = Arc::new(Sigil::new(cfg.clone(), store, signer, clock.clone()).expect("sigil"));
 

@@ -117,6 +117,28 @@ pub struct HsmSection {
 pub struct StoreConfig {
     /// Directory of the sled store.
     pub path: PathBuf,
+    /// Recent commits are written from the write-ahead log into sled at
+    /// least this often (milliseconds)...
+    pub checkpoint_interval_ms: u64,
+    /// ... or as soon as this many keys were written since the last time ...
+    pub checkpoint_keys: usize,
+    /// ... or this many MiB of keys and values.
+    pub checkpoint_mib: usize,
+    /// When checkpoints fail or fall far behind, how long a commit waits
+    /// for one (milliseconds) before it is refused (`UNAVAILABLE`).
+    pub backpressure_wait_ms: u64,
+}
+
+impl StoreConfig {
+    /// The store's checkpoint tuning from this section.
+    pub fn tuning(&self) -> crate::store::sled_store::Tuning {
+        crate::store::sled_store::Tuning {
+            checkpoint_interval: std::time::Duration::from_millis(self.checkpoint_interval_ms),
+            checkpoint_keys: self.checkpoint_keys,
+            checkpoint_bytes: self.checkpoint_mib << 20,
+            backpressure_wait: std::time::Duration::from_millis(self.backpressure_wait_ms),
+        }
+    }
 }
 
 /// `[approval]`
@@ -221,8 +243,13 @@ impl Default for HsmSection {
 
 impl Default for StoreConfig {
     fn default() -> Self {
+        let t = crate::store::sled_store::Tuning::default();
         Self {
             path: "data/sled".into(),
+            checkpoint_interval_ms: t.checkpoint_interval.as_millis() as u64,
+            checkpoint_keys: t.checkpoint_keys,
+            checkpoint_mib: t.checkpoint_bytes >> 20,
+            backpressure_wait_ms: t.backpressure_wait.as_millis() as u64,
         }
     }
 }
@@ -384,6 +411,28 @@ impl Config {
         if self.hsm.pool_size == 0 || self.hsm.pool_size > 256 {
             return Err(Error::invalid("hsm.pool_size", "must be between 1 and 256"));
         }
+        let st = &self.store;
+        if !(10..=600_000).contains(&st.checkpoint_interval_ms) {
+            return Err(Error::invalid(
+                "store.checkpoint_interval_ms",
+                "must be between 10 and 600000 (10 minutes)",
+            ));
+        }
+        if !(1_000..=10_000_000).contains(&st.checkpoint_keys) {
+            return Err(Error::invalid(
+                "store.checkpoint_keys",
+                "must be between 1000 and 10000000",
+            ));
+        }
+        if !(1..=4096).contains(&st.checkpoint_mib) {
+            return Err(Error::invalid("store.checkpoint_mib", "must be between 1 and 4096"));
+        }
+        if st.backpressure_wait_ms > 60_000 {
+            return Err(Error::invalid(
+                "store.backpressure_wait_ms",
+                "must be at most 60000 (a minute)",
+            ));
+        }
         Ok(())
     }
 
@@ -427,6 +476,47 @@ mod tests {
         c.apply_env(|k| (k == "SIGIL_STORE_PATH").then(|| "/b".to_string()))
             .unwrap();
         assert_eq!(c.store.path, PathBuf::from("/b"));
+    }
+
+    #[test]
+    fn store_tuning_is_read_and_checked() {
+        let c = Config::from_toml(
+            "version = 1\n[store]\ncheckpoint_interval_ms = 250\ncheckpoint_keys = 5000\n\
+             checkpoint_mib = 8\nbackpressure_wait_ms = 100\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let t = c.store.tuning();
+        assert_eq!(t.checkpoint_interval, std::time::Duration::from_millis(250));
+        assert_eq!(t.checkpoint_keys, 5000);
+        assert_eq!(t.checkpoint_bytes, 8 << 20);
+        assert_eq!(t.backpressure_wait, std::time::Duration::from_millis(100));
+        let d = Config::default().store.tuning();
+        let want = crate::store::sled_store::Tuning::default();
+        assert_eq!(
+            (
+                d.checkpoint_interval,
+                d.checkpoint_keys,
+                d.checkpoint_bytes,
+                d.backpressure_wait
+            ),
+            (
+                want.checkpoint_interval,
+                want.checkpoint_keys,
+                want.checkpoint_bytes,
+                want.backpressure_wait
+            )
+        );
+        for bad in [
+            "checkpoint_interval_ms = 0",
+            "checkpoint_keys = 10",
+            "checkpoint_mib = 0",
+            "backpressure_wait_ms = 3600000",
+        ] {
+            let c = Config::from_toml(&format!("version = 1\n[store]\n{bad}\n")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(bad.split(' ').next().unwrap()), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -67,7 +67,7 @@ async fn run(args: Args) -> Result<(), Error> {
         std::fs::create_dir_all(parent)
             .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", parent.display())))?;
     }
-    let store = Arc::new(SledStore::open(&cfg.store.path)?);
+    let store = Arc::new(SledStore::open_with(&cfg.store.path, cfg.store.tuning())?);
     let tls = server::tls_config(&cfg.server)?;
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await

@@ -166,7 +166,7 @@ impl TestServer {
             .await
             .unwrap()
             .expect("signer");
-        let store = Arc::new(SledStore::open(&self.cfg.store.path).expect("store"));
+        let store = Arc::new(SledStore::open_with(&self.cfg.store.path, self.cfg.store.tuning()).expect("store"));
         let sigil = Arc::new(
             Sigil::with_attestation_roots(
                 self.cfg.clone(),
