@@ -370,9 +370,9 @@ thread_local! {
 }
 
 /// Runs `f` on this thread with durability waits collected instead of
-/// made: every [`Durability::Sync`] commit `f` makes through
-/// [`commit_collected`] returns once applied, and the returned ticket
-/// completes when all of them are durable. The caller must wait for the
+/// made: every commit `f` makes through [`commit_collected`] returns once
+/// applied (never waiting for room in the store), and the returned ticket
+/// completes when all its [`Durability::Sync`] ones are durable. The caller must wait for the
 /// ticket before anything `f` decided (its result, success or error)
 /// leaves the service. `f` must not yield to other work on this thread.
 pub fn collect_durability<T>(f: impl FnOnce() -> T) -> (T, Ticket) {
@@ -394,8 +394,10 @@ pub fn collect_durability<T>(f: impl FnOnce() -> T) -> (T, Ticket) {
 /// Commits `batch`: durably, or, inside [`collect_durability`], applied
 /// now with its durability wait handed to the collector.
 pub fn commit_collected(store: &dyn Store, batch: &Batch) -> Result<Vec<u64>, StoreError> {
-    let collecting = batch.durability == Durability::Sync && COLLECTING.with(|c| c.borrow().is_some());
-    if !collecting {
+    // Collecting means running on an async worker: every commit, deferred
+    // ones too, takes the path that never waits for room in the store.
+    // A deferred commit's ticket is ready: nothing waits for its sync.
+    if !COLLECTING.with(|c| c.borrow().is_some()) {
         return store.commit(batch);
     }
     let (seqs, ticket) = store.commit_pending(batch)?;

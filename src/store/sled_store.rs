@@ -1013,6 +1013,16 @@ mod tests {
                 b.insert(Table::Approvals, format!("jti-{i:04}").into_bytes(), b"x".to_vec());
                 bg.commit_pending(&b).err().map(|e| (i, e))
             });
+            // A deferred commit made while collecting (BeginApproval on an
+            // async worker) takes the same path: refused, not parked.
+            let (deferred, ticket) = crate::store::collect_durability(|| {
+                let mut b = Batch::new();
+                b.insert(Table::Challenges, b"ch-deferred".to_vec(), b"x".to_vec())
+                    .deferred();
+                crate::store::commit_collected(bg.as_ref(), &b)
+            });
+            assert!(matches!(deferred, Err(StoreError::Unavailable(_))), "{deferred:?}");
+            assert!(ticket.is_ready());
             tx.send(refused).unwrap();
         });
         let (refused_at, err) = rx

@@ -265,7 +265,7 @@ impl Wal {
         let files = list(dir)?;
         let mut records = Vec::new();
         let mut nos = Vec::new();
-        let mut last_lsn = 0u64;
+        let mut last_lsn: Option<u64> = None;
         for (i, (no, path)) in files.iter().enumerate() {
             let mut bytes = Vec::new();
             File::open(path)
@@ -280,13 +280,19 @@ impl Wal {
                 )));
             }
             for r in recs {
-                if r.lsn <= last_lsn {
+                // LSNs are handed out one by one, across files: a gap means
+                // records were lost (say, the end of an older file zeroed),
+                // which a zero tail alone would not show.
+                if last_lsn.is_some_and(|l| r.lsn != l + 1) {
                     return Err(StoreError::Corrupt(format!(
-                        "write-ahead log file {} has records out of order",
-                        path.display()
+                        "write-ahead log file {} has records missing or out of order (record {} after {}); \
+                         refusing to start without them (restore from a backup)",
+                        path.display(),
+                        r.lsn,
+                        last_lsn.unwrap_or(0)
                     )));
                 }
-                last_lsn = r.lsn;
+                last_lsn = Some(r.lsn);
                 records.push(r);
             }
             nos.push(*no);
@@ -339,12 +345,14 @@ impl Wal {
     fn create(dir: &Path, no: u64) -> Result<File, StoreError> {
         let p = dir.join(file_name(no));
         let prepared = dir.join(PREPARED);
-        if prepared.exists() {
+        let renamed = prepared.exists();
+        if renamed {
             std::fs::rename(&prepared, &p).map_err(|e| io_err("rename", &prepared, e))?;
         }
+        // Never into an existing file's old bytes, unless they are the
+        // prepared zeros just renamed in.
         let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
+            .create_new(!renamed)
             .write(true)
             .open(&p)
             .map_err(|e| io_err("create", &p, e))?;
@@ -500,6 +508,9 @@ impl Wal {
     fn request(&self, lsn: u64) -> Result<(), StoreError> {
         let mut st = self.lock()?;
         Self::fail(&st)?;
+        if st.stop && st.durable < lsn {
+            return Err(StoreError::Unavailable("the store is shutting down".into()));
+        }
         if st.durable < lsn && st.wanted < lsn {
             st.wanted = lsn;
             self.syncer_cv.notify_one();
@@ -520,7 +531,9 @@ impl Wal {
             return Ok(());
         }
         Self::fail(&*self.lock()?)?;
-        Err(StoreError::Unavailable("write-ahead log failed".into()))
+        Err(StoreError::Unavailable(
+            "the write-ahead log stopped before this write was durable".into(),
+        ))
     }
 
     /// The sync thread: makes durable what asynchronous waiters asked for
@@ -528,6 +541,13 @@ impl Wal {
     /// any blocking waiter leading a sync at the time. Returns after
     /// [`Wal::stop_syncer`].
     pub fn run_syncer(&self) {
+        self.sync_for_waiters();
+        // Stopped (or its lock poisoned): waiters not yet served must not
+        // wait forever.
+        self.mark.send_modify(|m| m.failed = true);
+    }
+
+    fn sync_for_waiters(&self) {
         loop {
             let target = {
                 let Ok(mut st) = self.lock() else { return };
@@ -569,6 +589,9 @@ impl Wal {
         }
         Self::fail(&st)?;
         let res = st.file.write_all_at(&st.buf, st.pos).and_then(|_| st.file.sync_data());
+        if res.is_ok() {
+            st.pos += st.buf.len() as u64;
+        }
         if let Err(e) = res {
             let msg = format!(
                 "write or sync of {} failed: {e}",
@@ -725,6 +748,33 @@ mod tests {
         assert!(!dir.path().join(PREPARED).exists());
         assert!(!dir.path().join(PREPARING).exists());
         drop(w);
+    }
+
+    /// Records lost from the end of an older file (zeroed, as a prepared
+    /// file's unused tail looks) leave a gap in the LSNs: refused, not
+    /// skipped.
+    #[test]
+    fn records_missing_between_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Wal::start(dir.path(), &[], 0).unwrap();
+        let mut sizes = Vec::new();
+        for i in 1..=3u8 {
+            let lsn = w.append(&ops(i)).unwrap();
+            w.wait_durable(lsn).unwrap();
+            sizes.push(std::fs::metadata(dir.path().join(file_name(1))).unwrap().len());
+        }
+        w.rotate().unwrap();
+        let lsn = w.append(&ops(4)).unwrap();
+        w.wait_durable(lsn).unwrap();
+        drop(w);
+        assert_eq!(Wal::replay(dir.path()).unwrap().0.len(), 4);
+        let p1 = dir.path().join(file_name(1));
+        let mut bytes = std::fs::read(&p1).unwrap();
+        for b in &mut bytes[sizes[1] as usize..] {
+            *b = 0;
+        }
+        std::fs::write(&p1, &bytes).unwrap();
+        assert!(matches!(Wal::replay(dir.path()), Err(StoreError::Corrupt(m)) if m.contains("missing")));
     }
 
     #[test]
