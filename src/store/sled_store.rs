@@ -442,21 +442,26 @@ impl Inner {
         let _one = self.checkpointing.lock().map_err(poisoned)?;
         // A frozen memtable left by a failed attempt goes first.
         self.apply_frozen(None)?;
-        let closed = {
+        // Only checkpoints empty the active memtable, and they take turns.
+        if self.read()?.active_keys == 0 {
+            return Ok(());
+        }
+        // File I/O happens off the store's write lock: commits wait only
+        // for the switch to the new file and the freeze, never for a sync.
+        let next = self.wal.open_next()?;
+        let rotation = {
             let mut mem = self.write()?;
-            if mem.active_keys == 0 {
-                return Ok(());
-            }
-            let closed = self.wal.rotate()?;
+            let r = self.wal.begin_rotate(next)?;
             mem.frozen = Arc::new(std::mem::replace(&mut mem.active, empty_tables()));
             mem.active_keys = 0;
             mem.active_bytes = 0;
-            closed
+            r
         };
         if let Ok(mut n) = self.freezes.lock() {
             *n += 1;
         }
         self.frozen_cv.notify_all();
+        let closed = self.wal.finish_rotate(rotation)?;
         self.apply_frozen(Some(closed))?;
         if let Err(e) = self.wal.prepare_next() {
             tracing::warn!(error = %e, "could not prepare the next write-ahead log file; it will start empty");

@@ -65,6 +65,16 @@ pub(crate) struct Wal {
     mark: tokio::sync::watch::Sender<Mark>,
 }
 
+/// A rotation between [`Wal::begin_rotate`] and [`Wal::finish_rotate`]:
+/// the closed file and its records still to be written and synced.
+pub(crate) struct Rotation {
+    closed: u64,
+    file: Arc<File>,
+    pos: u64,
+    buf: Vec<u8>,
+    last: u64,
+}
+
 /// What asynchronous waiters watch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Mark {
@@ -79,6 +89,10 @@ struct State {
     pos: u64,
     /// Bytes of records in the file closed by the last rotation.
     closed_len: u64,
+    /// A rotation has closed a file whose last records are not yet synced:
+    /// nothing written after them may count as durable before they do, so
+    /// no sync starts meanwhile.
+    rotating: bool,
     /// Encoded records not yet handed to a writer.
     buf: Vec<u8>,
     /// Last LSN handed out (and encoded into `buf` or written).
@@ -323,6 +337,7 @@ impl Wal {
                 file_no,
                 pos: 0,
                 closed_len: 0,
+                rotating: false,
                 buf: Vec::with_capacity(1 << 16),
                 last_lsn,
                 durable: last_lsn,
@@ -453,7 +468,7 @@ impl Wal {
                 return Ok(());
             }
             Self::fail(&st)?;
-            if st.writing {
+            if st.writing || st.rotating {
                 st = self
                     .done
                     .wait(st)
@@ -465,17 +480,18 @@ impl Wal {
             let mut buf = std::mem::replace(&mut st.buf, Vec::with_capacity(1 << 16));
             let file = st.file.clone();
             let file_no = st.file_no;
+            // The range is reserved now: a rotation meanwhile writes the
+            // closed file's last records after it.
             let pos = st.pos;
+            st.pos += buf.len() as u64;
             drop(st);
             let res = file.write_all_at(&buf, pos).and_then(|_| file.sync_data());
-            let written = buf.len() as u64;
             buf.clear();
             st = self.lock()?;
             st.writing = false;
             match res {
                 Ok(()) => {
                     st.durable = st.durable.max(target);
-                    st.pos = pos + written;
                 }
                 Err(e) => {
                     let msg = format!(
@@ -575,11 +591,55 @@ impl Wal {
         self.syncer_cv.notify_all();
     }
 
-    /// Makes everything appended so far durable in the current file, then
-    /// starts a new file. Returns the number of the file just closed: it and
-    /// every older file hold only records up to now. Callers hold the
-    /// store's write lock, so no record is appended meanwhile.
+    /// Closes the current file and continues in a new one, in one go:
+    /// [`Wal::open_next`], [`Wal::begin_rotate`], [`Wal::finish_rotate`].
+    /// Returns the number of the file closed: it and every older file hold
+    /// only records up to now, durably.
+    #[cfg(test)]
     pub fn rotate(&self) -> Result<u64, StoreError> {
+        let next = self.open_next()?;
+        let r = self.begin_rotate(next)?;
+        self.finish_rotate(r)
+    }
+
+    /// Opens the file the next rotation continues in (the prepared file,
+    /// renamed in, or a new empty one), durably named. No lock is held
+    /// meanwhile; only the checkpointer rotates, one rotation at a time.
+    pub fn open_next(&self) -> Result<File, StoreError> {
+        let no = self.lock()?.file_no + 1;
+        Self::create(&self.dir, no)
+    }
+
+    /// Makes `next` (from [`Wal::open_next`]) the file records go to from
+    /// now on. No I/O: callers hold the store's write lock, so that no
+    /// record is appended meanwhile, and release it before
+    /// [`Wal::finish_rotate`], which they must call next.
+    pub fn begin_rotate(&self, next: File) -> Result<Rotation, StoreError> {
+        let mut st = self.lock()?;
+        Self::fail(&st)?;
+        if st.rotating {
+            return Err(StoreError::Unavailable(
+                "write-ahead log: a rotation is already running".into(),
+            ));
+        }
+        let r = Rotation {
+            closed: st.file_no,
+            file: std::mem::replace(&mut st.file, Arc::new(next)),
+            pos: st.pos,
+            buf: std::mem::replace(&mut st.buf, Vec::with_capacity(1 << 16)),
+            last: st.last_lsn,
+        };
+        st.file_no += 1;
+        st.closed_len = r.pos + r.buf.len() as u64;
+        st.pos = 0;
+        st.rotating = true;
+        Ok(r)
+    }
+
+    /// Writes and syncs the closed file's last records (after any sync
+    /// already running into it); until then no record of the new file
+    /// counts as durable. Returns the closed file's number.
+    pub fn finish_rotate(&self, r: Rotation) -> Result<u64, StoreError> {
         let mut st = self.lock()?;
         while st.writing {
             st = self
@@ -587,41 +647,28 @@ impl Wal {
                 .wait(st)
                 .map_err(|_| StoreError::Unavailable("write-ahead log lock poisoned".into()))?;
         }
-        Self::fail(&st)?;
-        let res = st.file.write_all_at(&st.buf, st.pos).and_then(|_| st.file.sync_data());
-        if res.is_ok() {
-            st.pos += st.buf.len() as u64;
-        }
-        if let Err(e) = res {
-            let msg = format!(
-                "write or sync of {} failed: {e}",
-                self.dir.join(file_name(st.file_no)).display()
-            );
-            st.failed = Some(msg.clone());
-            self.publish(&st);
-            self.done.notify_all();
-            return Err(StoreError::Unavailable(msg));
-        }
-        st.buf.clear();
-        st.durable = st.last_lsn;
-        self.publish(&st);
-        let closed = st.file_no;
-        match Self::create(&self.dir, closed + 1) {
-            Ok(f) => {
-                st.file = Arc::new(f);
-                st.file_no = closed + 1;
-                st.closed_len = st.pos;
-                st.pos = 0;
+        drop(st);
+        let res = r.file.write_all_at(&r.buf, r.pos).and_then(|_| r.file.sync_data());
+        let mut st = self.lock()?;
+        st.rotating = false;
+        let out = match res {
+            Ok(()) => {
+                st.durable = st.durable.max(r.last);
+                Ok(r.closed)
             }
             Err(e) => {
-                st.failed = Some(e.to_string());
-                self.publish(&st);
-                self.done.notify_all();
-                return Err(e);
+                let msg = format!(
+                    "write or sync of {} failed: {e}",
+                    self.dir.join(file_name(r.closed)).display()
+                );
+                tracing::error!(error = %msg, "write-ahead log failed; the store refuses all further work");
+                st.failed = Some(msg.clone());
+                Err(StoreError::Unavailable(msg))
             }
-        }
+        };
+        self.publish(&st);
         self.done.notify_all();
-        Ok(closed)
+        out
     }
 
     /// Deletes every file numbered up to `no` (their records are in the
@@ -775,6 +822,31 @@ mod tests {
         }
         std::fs::write(&p1, &bytes).unwrap();
         assert!(matches!(Wal::replay(dir.path()), Err(StoreError::Corrupt(m)) if m.contains("missing")));
+    }
+
+    /// During a rotation, records go on being appended to the new file,
+    /// but none of them counts as durable before the closed file's last
+    /// records are synced.
+    #[test]
+    fn a_rotation_does_not_block_appends_and_keeps_durability_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Arc::new(Wal::start(dir.path(), &[], 0).unwrap());
+        let a = w.append(&ops(1)).unwrap();
+        let next = w.open_next().unwrap();
+        let r = w.begin_rotate(next).unwrap();
+        let b = w.append(&ops(2)).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let bg = w.clone();
+        std::thread::spawn(move || tx.send(bg.wait_durable(b)).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(rx.try_recv().is_err(), "a record of the new file became durable first");
+        assert_eq!(w.finish_rotate(r).unwrap(), 1);
+        rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap().unwrap();
+        w.wait_durable(a).unwrap();
+        drop(w);
+        let (recs, files) = Wal::replay(dir.path()).unwrap();
+        assert_eq!(files, vec![1, 2]);
+        assert_eq!(recs.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![1, 2]);
     }
 
     #[test]
