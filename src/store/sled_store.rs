@@ -124,12 +124,7 @@ impl SledStore {
 
     /// [`SledStore::open`] with explicit checkpoint tuning.
     pub fn open_with(path: &Path, tuning: Tuning) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(path)
-            .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| StoreError::Unavailable(format!("cannot open sled store at {}: {e}", path.display())))?;
+        let db = open_sled(path)?;
         let mut trees = Vec::with_capacity(Table::ALL.len());
         for t in Table::ALL {
             trees.push(db.open_tree(t.name()).map_err(unavailable)?);
@@ -242,6 +237,50 @@ impl Drop for SledStore {
             }
         }
     }
+}
+
+/// How long opening waits for sled's lock on the store directory.
+#[cfg(not(test))]
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+#[cfg(test)]
+const LOCK_WAIT: Duration = Duration::from_secs(1);
+
+/// Opens sled at `path`. Its lock on the directory can outlive a store
+/// dropped a moment ago (sled's own IO threads let go of it a little
+/// later), so a held lock is retried for up to [`LOCK_WAIT`]; another
+/// process holding it is then reported.
+fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let res = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
+            .open();
+        match res {
+            Ok(db) => return Ok(db),
+            Err(e) if lock_held(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => {
+                let hint = if lock_held(&e) {
+                    " (is another sigild or sigil command using this store?)"
+                } else {
+                    ""
+                };
+                return Err(StoreError::Unavailable(format!(
+                    "cannot open sled store at {}: {e}{hint}",
+                    path.display()
+                )));
+            }
+        }
+    }
+}
+
+/// sled could not lock the store directory (sled 0.34 reports it as an
+/// I/O error of kind `Other` with this message).
+fn lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock"))
 }
 
 fn unavailable(e: sled::Error) -> StoreError {
@@ -785,6 +824,27 @@ mod tests {
         }
         let s = SledStore::open(dir.path()).unwrap();
         assert_eq!(s.scan_prefix(Table::Factors, b"u\0").unwrap().len(), 1);
+    }
+
+    /// A store dropped a moment ago may still hold sled's lock briefly:
+    /// opening waits for it; a store still open elsewhere is reported.
+    #[test]
+    fn opening_waits_for_a_lock_just_released_and_names_a_held_one() {
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..20 {
+            let s = SledStore::open(dir.path()).unwrap();
+            let mut b = Batch::new();
+            b.insert(Table::Meta, b"k".to_vec(), b"v".to_vec()).deferred();
+            let _ = s.commit(&b);
+            drop(s);
+        }
+        let held = SledStore::open(dir.path()).unwrap();
+        let e = match SledStore::open(dir.path()) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a store open twice"),
+        };
+        assert!(e.contains("another sigild"), "{e}");
+        drop(held);
     }
 
     /// Small deterministic generator for the model test.
