@@ -118,15 +118,8 @@ async fn offloaded_hsm_calls_approve_and_refuse_the_same() {
     .await;
     let (_fid, seed) = s.enroll_totp("olga").await;
     let intent = withdrawal("olga", "wd-offload-1");
+    let b = begin(&s, &intent).await;
     let mut a = s.approvals("withdrawal-engine").await;
-    let b = a
-        .begin_approval(pb::BeginApprovalRequest {
-            intent: Some(intent.clone()),
-            device: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
     let r = a
         .complete_approval(totp_proof(&b.challenge_id, "olga", "000000", ""))
         .await;
