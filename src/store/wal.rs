@@ -494,17 +494,24 @@ impl Wal {
                     st.durable = st.durable.max(target);
                 }
                 Err(e) => {
-                    let msg = format!(
-                        "write or sync of {} failed: {e}",
-                        self.dir.join(file_name(file_no)).display()
-                    );
-                    tracing::error!(error = %msg, "write-ahead log failed; the store refuses all further work");
-                    st.failed = Some(msg);
+                    self.record_failure(&mut st, file_no, &e);
                 }
             }
             self.publish(&st);
             self.done.notify_all();
         }
+    }
+
+    /// Fails the log after a write or sync of file `no` failed: nothing
+    /// written since can be trusted. Returns the message recorded.
+    fn record_failure(&self, st: &mut State, no: u64, e: &std::io::Error) -> String {
+        let msg = format!(
+            "write or sync of {} failed: {e}",
+            self.dir.join(file_name(no)).display()
+        );
+        tracing::error!(error = %msg, "write-ahead log failed; the store refuses all further work");
+        st.failed = Some(msg.clone());
+        msg
     }
 
     /// Tells asynchronous waiters the durable LSN and whether the log failed.
@@ -656,15 +663,7 @@ impl Wal {
                 st.durable = st.durable.max(r.last);
                 Ok(r.closed)
             }
-            Err(e) => {
-                let msg = format!(
-                    "write or sync of {} failed: {e}",
-                    self.dir.join(file_name(r.closed)).display()
-                );
-                tracing::error!(error = %msg, "write-ahead log failed; the store refuses all further work");
-                st.failed = Some(msg.clone());
-                Err(StoreError::Unavailable(msg))
-            }
+            Err(e) => Err(StoreError::Unavailable(self.record_failure(&mut st, r.closed, &e))),
         };
         self.publish(&st);
         self.done.notify_all();
