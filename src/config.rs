@@ -107,7 +107,9 @@ pub struct HsmSection {
     /// `false` (default; SoftHSM and other in-process modules, whose calls
     /// are CPU work): on the async workers, with the wait for the store's
     /// sync made asynchronously. `true` (an HSM reached over the network,
-    /// whose calls wait on I/O): on the blocking thread pool.
+    /// whose calls wait on I/O): on the blocking thread pool. On the
+    /// workers, a call that finds all `pool_size` sessions busy waits for
+    /// one, which with an in-process module lasts about one HSM operation.
     pub offload_calls: bool,
 }
 
