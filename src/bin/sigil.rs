@@ -276,6 +276,13 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Runs blocking work (HSM set-up, USB transfers) off the async runtime.
+async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+}
+
 fn status_error(s: tonic::Status) -> Error {
     Error::Unavailable(format!("{:?}: {}", s.code(), s.message()))
 }
@@ -313,9 +320,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 ),
             };
             let pin = sigil::signer::read_pin(&cfg.hsm)?;
-            let done = tokio::task::spawn_blocking(move || sigil::signer::init_token(&cfg, &so_pin, &pin))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
+            let done = off_runtime(move || sigil::signer::init_token(&cfg, &so_pin, &pin)).await?;
             if done.is_empty() {
                 println!("token and keys already present; nothing to do");
             }
@@ -667,9 +672,7 @@ async fn yubikey(cmd: YubikeyCmd) -> Result<(), Error> {
                     format!("must be 1 to 63 bytes, got {}", ch.len()),
                 ));
             }
-            let r = tokio::task::spawn_blocking(move || sigil::factor::yubikey::usb::challenge_response(slot, &ch))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
+            let r = off_runtime(move || sigil::factor::yubikey::usb::challenge_response(slot, &ch)).await?;
             println!("{}", data_encoding::HEXLOWER.encode(&r));
             Ok(())
         }
@@ -683,17 +686,13 @@ async fn yubikey(cmd: YubikeyCmd) -> Result<(), Error> {
             step_up,
         } => {
             use ring::rand::SecureRandom;
-            tokio::task::spawn_blocking(sigil::factor::yubikey::usb::find_yubikey)
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
+            off_runtime(sigil::factor::yubikey::usb::find_yubikey).await?;
             let mut secret = zeroize::Zeroizing::new([0u8; 20]);
             ring::rand::SystemRandom::new()
                 .fill(&mut secret[..])
                 .map_err(|_| Error::Unavailable("random generator failed".into()))?;
             let s2 = secret.clone();
-            tokio::task::spawn_blocking(move || sigil::factor::yubikey::usb::program_hmac_slot(slot, &s2, touch))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
+            off_runtime(move || sigil::factor::yubikey::usb::program_hmac_slot(slot, &s2, touch)).await?;
             let mut c = pb::factor_service_client::FactorServiceClient::new(channel(&conn).await?);
             let e = c
                 .begin_yubikey_hmac_enrollment(pb::BeginYubikeyHmacEnrollmentRequest {
@@ -710,9 +709,7 @@ async fn yubikey(cmd: YubikeyCmd) -> Result<(), Error> {
                 eprintln!("touch the YubiKey to confirm");
             }
             let ch = e.challenge.clone();
-            let resp = tokio::task::spawn_blocking(move || sigil::factor::yubikey::usb::challenge_response(slot, &ch))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
+            let resp = off_runtime(move || sigil::factor::yubikey::usb::challenge_response(slot, &ch)).await?;
             c.confirm_yubikey_enrollment(pb::ConfirmYubikeyEnrollmentRequest {
                 user_id: user.clone(),
                 factor_id: e.factor_id.clone(),
@@ -737,9 +734,7 @@ async fn yubikey(cmd: YubikeyCmd) -> Result<(), Error> {
             step_up,
         } => {
             use ring::rand::SecureRandom;
-            tokio::task::spawn_blocking(sigil::factor::yubikey::usb::find_yubikey)
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
+            off_runtime(sigil::factor::yubikey::usb::find_yubikey).await?;
             let rng = ring::rand::SystemRandom::new();
             let mut material = zeroize::Zeroizing::new([0u8; 28]);
             rng.fill(&mut material[..])
@@ -751,9 +746,7 @@ async fn yubikey(cmd: YubikeyCmd) -> Result<(), Error> {
             let mut aes_key = zeroize::Zeroizing::new([0u8; 16]);
             aes_key.copy_from_slice(&material[12..28]);
             let (p, k, pid) = (public_id.clone(), aes_key.clone(), private_id);
-            tokio::task::spawn_blocking(move || sigil::factor::yubikey::usb::program_otp_slot(slot, &p, &pid, &k))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
+            off_runtime(move || sigil::factor::yubikey::usb::program_otp_slot(slot, &p, &pid, &k)).await?;
             let mut c = pb::factor_service_client::FactorServiceClient::new(channel(&conn).await?);
             let e = c
                 .begin_yubikey_otp_enrollment(pb::BeginYubikeyOtpEnrollmentRequest {
