@@ -64,7 +64,7 @@ use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
 use sigil::approval::{DeviceSignals, Proof};
-use sigil::client::{connect, ClientTls};
+use sigil::client::connect_as;
 use sigil::clock::TestClock;
 use sigil::config::Config;
 use sigil::factor::totp;
@@ -234,12 +234,7 @@ async fn approve(
 async fn channels(url: &str, certs: &Path) -> Vec<Channel> {
     let mut out = Vec::with_capacity(CLIENTS);
     for _ in 0..CLIENTS {
-        let tls = ClientTls {
-            ca: &certs.join("ca.pem"),
-            cert: &certs.join("withdrawal-engine.pem"),
-            key: &certs.join("withdrawal-engine.key"),
-        };
-        out.push(connect(url, &tls).await.expect("connect"));
+        out.push(connect_as(url, certs, "withdrawal-engine").await.expect("connect"));
     }
     out
 }

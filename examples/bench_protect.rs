@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
-use sigil::client::{connect, ClientTls};
+use sigil::client::connect_as;
 use sigil::clock::TestClock;
 use sigil::config::Config;
 use sigil::factor::{FactorRecord, Kind, State};
@@ -198,19 +198,7 @@ async fn webauthn_bench(root: &Path) -> (f64, f64, usize) {
     for c in 0..CLIENTS {
         let (url, certs, barrier) = (url.clone(), certs.clone(), barrier.clone());
         tasks.push(tokio::spawn(async move {
-            let tls = |r: &str| (certs.join(format!("{r}.pem")), certs.join(format!("{r}.key")));
-            let (fc, fk) = tls("frontend");
-            let ca = certs.join("ca.pem");
-            let ch = connect(
-                &url,
-                &ClientTls {
-                    ca: &ca,
-                    cert: &fc,
-                    key: &fk,
-                },
-            )
-            .await
-            .unwrap();
+            let ch = connect_as(&url, &certs, "frontend").await.unwrap();
             let mut f = FactorServiceClient::new(ch.clone());
             let mut a = ApprovalServiceClient::new(ch);
             let user = format!("wa-user-{c}");

@@ -20,7 +20,7 @@
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sigil::client::{connect, ClientTls};
+use sigil::client::connect_as;
 use sigil::factor::totp;
 use sigil::pb;
 use sigil::pb::approval_service_client::ApprovalServiceClient;
@@ -49,29 +49,8 @@ async fn next_code(seed: &[u8], last: &mut u64) -> String {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("SIGIL_URL").unwrap_or_else(|_| "https://127.0.0.1:50051".into());
     let certs = PathBuf::from(std::env::var("SIGIL_CERTS").unwrap_or_else(|_| "certs/out".into()));
-    let ca = certs.join("ca.pem");
-    let tls = |role: &str| (certs.join(format!("{role}.pem")), certs.join(format!("{role}.key")));
-
-    let (fc, fk) = tls("frontend");
-    let frontend = connect(
-        &url,
-        &ClientTls {
-            ca: &ca,
-            cert: &fc,
-            key: &fk,
-        },
-    )
-    .await?;
-    let (ec, ek) = tls("withdrawal-engine");
-    let engine = connect(
-        &url,
-        &ClientTls {
-            ca: &ca,
-            cert: &ec,
-            key: &ek,
-        },
-    )
-    .await?;
+    let frontend = connect_as(&url, &certs, "frontend").await?;
+    let engine = connect_as(&url, &certs, "withdrawal-engine").await?;
     let mut factors = FactorServiceClient::new(frontend.clone());
     let mut user_side = ApprovalServiceClient::new(frontend);
     let mut approvals = ApprovalServiceClient::new(engine);
@@ -131,17 +110,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?
         .into_inner();
-    let mut account = pb::account_service_client::AccountServiceClient::new(
-        connect(
-            &url,
-            &ClientTls {
-                ca: &ca,
-                cert: &fc,
-                key: &fk,
-            },
-        )
-        .await?,
-    );
+    let mut account =
+        pb::account_service_client::AccountServiceClient::new(connect_as(&url, &certs, "frontend").await?);
     let added = account
         .add_address(pb::AddAddressRequest {
             user_id: user.clone(),

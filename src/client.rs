@@ -16,6 +16,25 @@ pub struct ClientTls<'a> {
     pub key: &'a Path,
 }
 
+/// Opens an mTLS channel to `url` as `role`, with the files `make certs`
+/// writes to `dir`: `ca.pem`, `<role>.pem` and `<role>.key`.
+pub async fn connect_as(url: &str, dir: &Path, role: &str) -> Result<Channel, Error> {
+    let (ca, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join(format!("{role}.pem")),
+        dir.join(format!("{role}.key")),
+    );
+    connect(
+        url,
+        &ClientTls {
+            ca: &ca,
+            cert: &cert,
+            key: &key,
+        },
+    )
+    .await
+}
+
 /// Opens an mTLS channel to `url` (e.g. `https://127.0.0.1:50051`). The
 /// server certificate is checked for the name `localhost` unless the URL
 /// names another host.

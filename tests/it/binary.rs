@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sigil::client::{connect, ClientTls};
+use sigil::client::connect_as;
 use sigil::factor::totp;
 use sigil::pb;
 use sigil::pb::approval_service_client::ApprovalServiceClient;
@@ -99,30 +99,8 @@ async fn clients(
     ApprovalServiceClient<tonic::transport::Channel>,
 ) {
     let d = certs_dir();
-    let ch = |role: &str| (d.join(format!("{role}.pem")), d.join(format!("{role}.key")));
-    let (fc, fk) = ch("frontend");
-    let (ec, ek) = ch("withdrawal-engine");
-    let ca = d.join("ca.pem");
-    let f = connect(
-        url,
-        &ClientTls {
-            ca: &ca,
-            cert: &fc,
-            key: &fk,
-        },
-    )
-    .await
-    .unwrap();
-    let e = connect(
-        url,
-        &ClientTls {
-            ca: &ca,
-            cert: &ec,
-            key: &ek,
-        },
-    )
-    .await
-    .unwrap();
+    let f = connect_as(url, &d, "frontend").await.unwrap();
+    let e = connect_as(url, &d, "withdrawal-engine").await.unwrap();
     (FactorServiceClient::new(f), ApprovalServiceClient::new(e))
 }
 

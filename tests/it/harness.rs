@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use secrecy::SecretString;
-use sigil::client::{connect, ClientTls};
+use sigil::client::connect_as;
 use sigil::clock::TestClock;
 use sigil::config::Config;
 use sigil::pb;
@@ -208,17 +208,7 @@ impl TestServer {
     }
 
     pub async fn channel(&self, role: &str) -> Channel {
-        let d = certs_dir();
-        connect(
-            &self.url,
-            &ClientTls {
-                ca: &d.join("ca.pem"),
-                cert: &d.join(format!("{role}.pem")),
-                key: &d.join(format!("{role}.key")),
-            },
-        )
-        .await
-        .expect("connect")
+        connect_as(&self.url, &certs_dir(), role).await.expect("connect")
     }
 
     pub async fn factors(&self, role: &str) -> FactorServiceClient<Channel> {
