@@ -16,10 +16,25 @@
 //! trailing hash (a truncated or altered file is refused), deployment — then
 //! builds the restored store beside the current one and swaps it in; on any
 //! error the current store is left as it was. The restored store carries a
-//! **restore epoch**: every approval issued before the restore moment and
-//! every TOTP step at or before it is refused, because the backup cannot
-//! know what was redeemed or used after it was taken. The restore is in the
-//! audit log and the event stream.
+//! **restore epoch** ([`RestoreRecord`]), because the backup cannot know what
+//! was redeemed or used after it was taken:
+//! - every approval issued and every challenge opened at or before the
+//!   restore moment is refused (WebAuthn assertions and YubiKey HMAC
+//!   responses answer a challenge, so none made before the restore counts
+//!   after it);
+//! - every TOTP time step up to `step_at(restored_at) + WINDOW` is refused:
+//!   that is the newest step a code could have been accepted for before the
+//!   restore, given the ±1 step window;
+//! - a Yubico OTP factor enrolled before the restore is refused until it is
+//!   enrolled again: its OTPs carry their own counters, which the restored
+//!   record may be behind.
+//!
+//! The append-only logs are history and are not rolled back: the events and
+//! the audit log (with its signed checkpoints) are taken from the live store
+//! whenever it is at least as far along as the backup, so event cursors keep
+//! growing across a restore and the audit chain keeps every entry written
+//! between the backup and the restore. The restore itself is in the audit
+//! log and the event stream.
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -29,7 +44,8 @@ use crate::audit::AuditEntry;
 use crate::core::{Sigil, DEPLOYMENT_KEY};
 use crate::error::Error;
 use crate::events::{Event, EventKind};
-use crate::store::{Batch, SledStore, Store, Table, Versioned};
+use crate::factor::totp;
+use crate::store::{log_head_key, Batch, SledStore, Store, Table, Versioned};
 
 /// Magic bytes at the start of a backup.
 pub const MAGIC: &[u8; 8] = b"SIGILBK1";
@@ -52,11 +68,23 @@ pub struct Header {
 /// The restore epoch kept in the restored store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreRecord {
-    /// When the restore happened: approvals issued and TOTP steps used at or
-    /// before it are refused.
+    /// When the restore happened: approvals issued and challenges opened at
+    /// or before it are refused, and so is every TOTP step up to
+    /// [`RestoreRecord::totp_floor_step`].
     pub restored_at: i64,
     /// When the backup was taken.
     pub backup_taken_at: i64,
+}
+
+impl RestoreRecord {
+    /// The newest TOTP time step that could have been accepted before the
+    /// restore: a code is accepted up to [`totp::WINDOW`] steps ahead of
+    /// the verifier's clock, so a code used at the restore moment may
+    /// belong to `step_at(restored_at) + WINDOW`. Every step up to and
+    /// including this one is refused after the restore.
+    pub fn totp_floor_step(&self) -> u64 {
+        totp::step_at(self.restored_at).saturating_add(totp::WINDOW)
+    }
 }
 
 fn table_index(t: Table) -> u8 {
@@ -116,6 +144,23 @@ pub fn encode(header: &Header, records: &[(Table, Vec<u8>, Versioned)]) -> Resul
 
 /// The records of a store, as a backup carries them.
 pub type Records = Vec<(Table, Vec<u8>, Versioned)>;
+
+/// The sequence number of `log`'s last entry in a backup's records.
+fn backup_log_head(records: &Records, log: Table) -> Result<u64, Error> {
+    let key = log_head_key(log);
+    match records.iter().find(|(t, k, _)| *t == Table::Meta && *k == key) {
+        None => Ok(0),
+        Some((_, _, v)) if v.value.len() == 40 => {
+            let mut seq = [0u8; 8];
+            seq.copy_from_slice(&v.value[..8]);
+            Ok(u64::from_be_bytes(seq))
+        }
+        Some(_) => Err(Error::invalid(
+            "backup",
+            format!("the {} log head is malformed; nothing was restored", log.name()),
+        )),
+    }
+}
 
 /// Decodes and checks a whole backup.
 pub fn decode(bytes: &[u8]) -> Result<(Header, Records), Error> {
@@ -181,23 +226,48 @@ pub fn decode(bytes: &[u8]) -> Result<(Header, Records), Error> {
 
 /// Restores `file` into the store at `store_path` (the service must be
 /// stopped). Returns the header and where the previous store was kept.
+///
+/// Two kinds of state follow the live store rather than the backup:
+/// - **key state** (approval-key ring, secrets key, re-wrap progress)
+///   follows the HSM, which a restore does not roll back;
+/// - **the append-only logs** (events, audit with its signed checkpoints)
+///   are history, which a restore does not undo. Of the live store's log
+///   and the backup's, the longer one is kept whole (the live one on a
+///   tie), so every event cursor handed out before the restore is below
+///   every cursor after it, and the audit entries written between the
+///   backup and the restore stay in the live chain.
 pub fn restore(file: &Path, store_path: &Path, now: i64) -> Result<(Header, Option<PathBuf>), Error> {
+    restore_with(file, store_path, now, &RestoreOptions::default())
+}
+
+/// Options of a restore.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreOptions {
+    /// The highest event cursor consumers may have been given. Required
+    /// when the live store is gone (nothing else knows how far the event
+    /// stream went); events after the restore start above it (and above
+    /// the live store's and the backup's). `Some(0)` says no consumer read
+    /// past the backup.
+    pub events_after: Option<u64>,
+}
+
+/// [`restore`] with options.
+pub fn restore_with(
+    file: &Path,
+    store_path: &Path,
+    now: i64,
+    opts: &RestoreOptions,
+) -> Result<(Header, Option<PathBuf>), Error> {
     let bytes =
         std::fs::read(file).map_err(|e| Error::invalid("backup", format!("cannot read {}: {e}", file.display())))?;
-    let (header, records) = decode(&bytes)?;
-    // Key state follows the HSM, which a restore does not roll back: the
-    // current store's approval-key ring and secrets-key records replace the
-    // backup's, so a key retired (or destroyed) since the backup stays so.
-    let mut carried: Vec<(Vec<u8>, Option<Versioned>)> = Vec::new();
+    let (header, mut records) = decode(&bytes)?;
+    let mut kept_from: Vec<(Table, &'static str)> = Vec::new();
     if store_path.exists() {
         let current = SledStore::open(store_path).map_err(|e| {
             Error::Unavailable(format!(
                 "cannot open the current store (is sigild still running? stop it first): {e}"
             ))
         })?;
-        for key in [crate::keys::RING_KEY, crate::keys::SECRETS_KEY, crate::keys::REWRAP_KEY] {
-            carried.push((key.to_vec(), current.get(Table::Meta, key)?));
-        }
         if let Some(v) = current.get(Table::Meta, DEPLOYMENT_KEY)? {
             let id = String::from_utf8_lossy(&v.value).to_string();
             if id != header.deployment_id {
@@ -210,19 +280,91 @@ pub fn restore(file: &Path, store_path: &Path, now: i64) -> Result<(Header, Opti
                 ));
             }
         }
+        let mut carried: Vec<(Table, Vec<u8>, Option<Versioned>)> = Vec::new();
+        for key in [crate::keys::RING_KEY, crate::keys::SECRETS_KEY, crate::keys::REWRAP_KEY] {
+            carried.push((Table::Meta, key.to_vec(), current.get(Table::Meta, key)?));
+        }
+        for log in [Table::Events, Table::Audit] {
+            let (live_head, _) = current.log_head(log)?;
+            if live_head < backup_log_head(&records, log)? {
+                kept_from.push((log, "backup"));
+                continue;
+            }
+            kept_from.push((log, "live store"));
+            let mut tables = vec![log];
+            if log == Table::Audit {
+                // Checkpoints sign heads of the chain they came with.
+                tables.push(Table::Checkpoints);
+            }
+            for t in tables {
+                records.retain(|(rt, _, _)| *rt != t);
+                for (k, v) in current.scan_prefix(t, b"")? {
+                    records.push((t, k, v));
+                }
+            }
+            let head = log_head_key(log);
+            carried.push((Table::Meta, head.clone(), current.get(Table::Meta, &head)?));
+        }
+        for (table, key, value) in carried {
+            records.retain(|(t, k, _)| !(*t == table && *k == key));
+            if let Some(v) = value {
+                records.push((table, key, v));
+            }
+        }
+    }
+    if !store_path.exists() && opts.events_after.is_none() {
+        return Err(Error::invalid(
+            "events_after",
+            format!(
+                "there is no live store at {} to continue the event stream from: say the highest event cursor \
+                 your consumers were given (`--events-after N`; 0 if none read past the backup) so that new \
+                 events never reuse a cursor; nothing was restored",
+                store_path.display()
+            ),
+        ));
+    }
+    if let Some(floor) = opts.events_after {
+        let key = log_head_key(Table::Events);
+        let pos = records.iter().position(|(t, k, _)| *t == Table::Meta && *k == key);
+        let (version, seq, hash) = match pos.map(|i| &records[i].2) {
+            Some(v) if v.value.len() == 40 => {
+                let mut seq = [0u8; 8];
+                seq.copy_from_slice(&v.value[..8]);
+                (v.version, u64::from_be_bytes(seq), v.value[8..].to_vec())
+            }
+            Some(_) => {
+                return Err(Error::invalid(
+                    "backup",
+                    "the events log head is malformed; nothing was restored",
+                ))
+            }
+            None => (0, 0, vec![0u8; 32]),
+        };
+        if floor > seq {
+            // The stream jumps: no entry between the old head and the
+            // floor exists, and readers skip the gap.
+            let mut value = floor.to_be_bytes().to_vec();
+            value.extend_from_slice(&hash);
+            if let Some(i) = pos {
+                records.remove(i);
+            }
+            records.push((
+                Table::Meta,
+                key,
+                Versioned {
+                    version: version + 1,
+                    value,
+                },
+            ));
+            kept_from.push((Table::Events, "cursor floor"));
+        }
     }
     let tmp = store_path.with_extension(format!("restore-{now}"));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)
             .map_err(|e| Error::Unavailable(format!("cannot clear {}: {e}", tmp.display())))?;
     }
-    let mut records = records;
-    for (key, value) in &carried {
-        records.retain(|(t, k, _)| !(*t == Table::Meta && k == key));
-        if let Some(v) = value {
-            records.push((Table::Meta, key.clone(), v.clone()));
-        }
-    }
+    let keep = store_path.with_extension(format!("pre-restore-{now}"));
     let built = (|| -> Result<(), Error> {
         let store = SledStore::create_from(&tmp, &records)?;
         let rec = RestoreRecord {
@@ -238,13 +380,23 @@ pub fn restore(file: &Path, store_path: &Path, now: i64) -> Result<(Header, Opti
             .with("backup_taken_at", header.taken_at.to_string())
             .with(
                 "note",
-                "approvals issued and TOTP steps used before the restore are refused",
+                "approvals issued and challenges opened before the restore are refused, and so are TOTP codes of any time step up to one after the restore moment's",
             )
+            .with("totp_floor_step", rec.totp_floor_step().to_string())
             .append_to(&mut batch)?;
-        AuditEntry::ok(now, "operator", "", "store.restore")
+        let mut entry = AuditEntry::ok(now, "operator", "", "store.restore")
             .with("backup_taken_at", header.taken_at.to_string())
-            .with("records", header.records.to_string())
-            .append_to(&mut batch)?;
+            .with("records", header.records.to_string());
+        for (log, from) in &kept_from {
+            entry = entry.with(&format!("{}_log_from", log.name()), *from);
+        }
+        if let Some(n) = opts.events_after {
+            entry = entry.with("events_after", n.to_string());
+        }
+        if store_path.exists() {
+            entry = entry.with("previous_store", keep.display().to_string());
+        }
+        entry.append_to(&mut batch)?;
         store.commit(&batch)?;
         Ok(())
     })();
@@ -253,7 +405,6 @@ pub fn restore(file: &Path, store_path: &Path, now: i64) -> Result<(Header, Opti
         return Err(e);
     }
     let previous = if store_path.exists() {
-        let keep = store_path.with_extension(format!("pre-restore-{now}"));
         std::fs::rename(store_path, &keep)
             .map_err(|e| Error::Unavailable(format!("cannot move the current store aside: {e}")))?;
         Some(keep)

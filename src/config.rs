@@ -38,6 +38,36 @@ pub struct Config {
     pub policy: crate::protect::policy::Policy,
     /// WebAuthn relying party and policy.
     pub webauthn: crate::factor::webauthn::WebauthnPolicy,
+    /// How the operator CLI reaches this deployment (sigild ignores it).
+    pub client: ClientConfig,
+}
+
+/// `[client]`: how the operator CLI (`sigil … --config FILE`) reaches the
+/// server this file configures. sigild itself ignores the section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// Server URL (`https://host:port`). Empty: `https://` and
+    /// `server.listen` (an unspecified listen address such as `0.0.0.0`
+    /// becomes the loopback address).
+    pub server: String,
+    /// CA that issued the server's certificate (PEM).
+    pub ca: PathBuf,
+    /// The operator's client certificate (PEM; its URI SAN carries the role).
+    pub cert: PathBuf,
+    /// The operator's private key (PEM).
+    pub key: PathBuf,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            server: String::new(),
+            ca: "certs/out/ca.pem".into(),
+            cert: "certs/out/admin.pem".into(),
+            key: "certs/out/admin.key".into(),
+        }
+    }
 }
 
 /// `[protection]`
@@ -212,6 +242,7 @@ impl Default for Config {
             protection: ProtectionConfig::default(),
             policy: crate::protect::policy::Policy::default(),
             webauthn: crate::factor::webauthn::WebauthnPolicy::default(),
+            client: ClientConfig::default(),
         }
     }
 }
@@ -319,6 +350,23 @@ impl Default for AssetsConfig {
 }
 
 impl Config {
+    /// The URL the operator CLI connects to: `[client] server`, or else
+    /// `https://` and `[server] listen` (an unspecified listen address
+    /// becomes the loopback address of its family).
+    pub fn client_url(&self) -> String {
+        if !self.client.server.is_empty() {
+            return self.client.server.clone();
+        }
+        let mut addr = self.server.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        format!("https://{addr}")
+    }
+
     /// Reads a TOML file, then applies `SIGIL_*` environment variables.
     pub fn load(path: Option<&Path>) -> Result<Config, Error> {
         let mut cfg = match path {
@@ -394,6 +442,12 @@ impl Config {
         }
         if !(0..=300).contains(&self.approval.leeway_seconds) {
             return Err(Error::invalid("approval.leeway_seconds", "must be between 0 and 300"));
+        }
+        if !self.client.server.is_empty() && !self.client.server.starts_with("https://") {
+            return Err(Error::invalid(
+                "client.server",
+                "must be an https:// URL such as https://sigil.internal:50051 (there is no plaintext port)",
+            ));
         }
         if self.lockout.max_failures == 0 {
             return Err(Error::invalid("lockout.max_failures", "must be at least 1"));

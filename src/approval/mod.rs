@@ -913,9 +913,9 @@ impl Sigil {
     ) -> Result<u64, Error> {
         lockout::check(f.locked_until, now, &format!("factor '{}'", f.factor_id))?;
         let seed = self.factor_secret(f)?;
-        // After a restore, no step at or before the restore moment counts:
-        // the backup cannot know which were used after it was taken.
-        let floor = crate::backup::restore_record(self.store.as_ref())?.map(|r| totp::step_at(r.restored_at));
+        // After a restore, no step that could have been accepted before it
+        // counts: the backup cannot know which were used after it was taken.
+        let floor = crate::backup::restore_record(self.store.as_ref())?.map(|r| r.totp_floor_step());
         let last = match (f.totp_last_step, floor) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),

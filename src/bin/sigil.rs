@@ -4,16 +4,23 @@
 //! sigil hsm init                 create the token (if absent) and Sigil's keys (if absent)
 //! sigil jwks                     print the published approval keys (JWK Set)
 //! sigil health                   ask the server's grpc.health.v1 service
-//! sigil revoke --all|--user U --reason R          revoke factors (admin)
+//! sigil revoke --all|--user U --reason R [--yes]   revoke factors (admin)
 //! sigil suspend --all|--user U --reason R [--until T]
 //! sigil resume --all|--user U
+//! sigil keys list|rotate [--now --yes]|rotate-secrets
+//! sigil backup --out FILE        write a backup of the running service's store
+//! sigil restore FILE [--yes]     restore a backup into the configured store (sigild stopped)
 //! sigil audit verify [--checkpoint]  recompute the audit chain and check its signed checkpoints
 //! sigil audit read [--user U]    print audit entries
 //! sigil totp-code --secret B32   print the current TOTP code of a secret (development)
 //! ```
-//! Client commands connect with mTLS using `--ca`, `--cert`, `--key`
-//! (default: the development admin certificate from `make certs`).
-use std::path::PathBuf;
+//! Client commands connect with mTLS to the server of `--config FILE`
+//! (`[client]`, or `https://` + `[server] listen`), unless `--server`,
+//! `--ca`, `--cert`, `--key` say otherwise; without a config, `SIGIL_URL`
+//! or the development defaults of `make certs`. Each names the server it
+//! acts on (stderr). `revoke --all`, `keys rotate --now` and `restore`
+//! ask for the server's (or store's) name to be typed, or `--yes`.
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -56,6 +63,9 @@ enum Cmd {
         /// Why (recorded in the audit log and the events).
         #[arg(long)]
         reason: String,
+        /// Confirm without a prompt (required when not at a terminal).
+        #[arg(long)]
+        yes: bool,
     },
     /// Suspend approvals and redemptions (--all or --user), optionally until a time.
     Suspend {
@@ -104,6 +114,13 @@ enum Cmd {
     Restore {
         /// The backup file.
         file: PathBuf,
+        /// The highest event cursor consumers were given; required when the
+        /// live store is gone, so that new events never reuse a cursor.
+        #[arg(long)]
+        events_after: Option<u64>,
+        /// Confirm without a prompt (required when not at a terminal).
+        #[arg(long)]
+        yes: bool,
     },
     /// The audit log.
     Audit {
@@ -193,8 +210,13 @@ enum KeysCmd {
     Rotate {
         #[command(flatten)]
         conn: Conn,
+        /// Activate the new key at once (verifiers that have not fetched it
+        /// yet refuse its approvals until they do).
         #[arg(long)]
         now: bool,
+        /// Confirm without a prompt (required when not at a terminal).
+        #[arg(long)]
+        yes: bool,
     },
     /// List approval keys and their states.
     List {
@@ -249,20 +271,104 @@ enum HsmCmd {
     },
 }
 
+/// Where a client command connects. Each value is taken from, in order:
+/// its flag; the `--config` file (`[client]`, the URL defaulting to
+/// `https://` + `[server] listen`); `SIGIL_URL` for the URL; the
+/// development defaults of `make certs`. A `SIGIL_URL` that names another
+/// server than the `--config` file is refused as ambiguous.
 #[derive(Args)]
 struct Conn {
-    /// Server URL.
-    #[arg(long, default_value = "https://127.0.0.1:50051", env = "SIGIL_URL")]
-    server: String,
-    /// CA certificate that issued the server's certificate.
-    #[arg(long, default_value = "certs/out/ca.pem")]
+    /// Server URL (default: from --config, else SIGIL_URL, else https://127.0.0.1:50051).
+    #[arg(long)]
+    server: Option<String>,
+    /// CA certificate that issued the server's certificate (default: from
+    /// --config, else certs/out/ca.pem).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Client certificate; its URI SAN carries the role (default: from
+    /// --config, else certs/out/admin.pem).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Client private key (default: from --config, else certs/out/admin.key).
+    #[arg(long)]
+    key: Option<PathBuf>,
+}
+
+/// A resolved connection target.
+struct Target {
+    url: String,
+    /// Where the URL came from, for the operator.
+    source: String,
     ca: PathBuf,
-    /// Client certificate (its URI SAN carries the role).
-    #[arg(long, default_value = "certs/out/admin.pem")]
     cert: PathBuf,
-    /// Client private key.
-    #[arg(long, default_value = "certs/out/admin.key")]
     key: PathBuf,
+}
+
+impl Conn {
+    fn resolve(&self, config: Option<&Path>) -> Result<Target, Error> {
+        let cfg = match config {
+            Some(p) => Some(Config::load(Some(p))?),
+            None => None,
+        };
+        let env_url = std::env::var("SIGIL_URL").ok().filter(|u| !u.is_empty());
+        let (url, source) = match (&self.server, &cfg, env_url) {
+            (Some(u), _, _) => (u.clone(), "--server".to_string()),
+            (None, Some(c), env) => {
+                let u = c.client_url();
+                if let Some(e) = env.filter(|e| *e != u) {
+                    return Err(Error::invalid(
+                        "server",
+                        format!(
+                            "SIGIL_URL names {e} but {} names {u}; pass --server to say which one",
+                            config.map(|p| p.display().to_string()).unwrap_or_default()
+                        ),
+                    ));
+                }
+                (
+                    u,
+                    format!("from {}", config.map(|p| p.display().to_string()).unwrap_or_default()),
+                )
+            }
+            (None, None, Some(e)) => (e, "from SIGIL_URL".to_string()),
+            (None, None, None) => (
+                "https://127.0.0.1:50051".to_string(),
+                "the development default; pass --config or --server".to_string(),
+            ),
+        };
+        let client = cfg.map(|c| c.client).unwrap_or_default();
+        Ok(Target {
+            url,
+            source,
+            ca: self.ca.clone().unwrap_or(client.ca),
+            cert: self.cert.clone().unwrap_or(client.cert),
+            key: self.key.clone().unwrap_or(client.key),
+        })
+    }
+}
+
+/// Asks for confirmation of a destructive action on `target`: `--yes`, or
+/// typing the target's name at a terminal. Refuses otherwise.
+fn confirm(action: &str, target: &str, yes: bool) -> Result<(), Error> {
+    eprintln!("sigil: about to {action} on {target}");
+    if yes {
+        return Ok(());
+    }
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        return Err(Error::invalid(
+            "yes",
+            format!("refusing to {action} on {target} without confirmation: add --yes"),
+        ));
+    }
+    eprint!("type {target} to confirm: ");
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| Error::invalid("yes", format!("cannot read the confirmation: {e}")))?;
+    if line.trim() != target {
+        return Err(Error::invalid("yes", "confirmation did not match; nothing was done"));
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -287,24 +393,28 @@ fn status_error(s: tonic::Status) -> Error {
     Error::Unavailable(format!("{:?}: {}", s.code(), s.message()))
 }
 
-async fn channel(c: &Conn) -> Result<tonic::transport::Channel, Error> {
+/// Opens the channel of `conn`, saying on stderr which server it is.
+async fn channel(conn: &Conn, config: Option<&Path>) -> Result<tonic::transport::Channel, Error> {
+    let t = conn.resolve(config)?;
+    eprintln!("sigil: server {} ({})", t.url, t.source);
     connect(
-        &c.server,
+        &t.url,
         &ClientTls {
-            ca: &c.ca,
-            cert: &c.cert,
-            key: &c.key,
+            ca: &t.ca,
+            cert: &t.cert,
+            key: &t.key,
         },
     )
     .await
 }
 
 async fn run(cli: Cli) -> Result<(), Error> {
+    let config = cli.config.as_deref();
     match cli.cmd {
         Cmd::Hsm {
             cmd: HsmCmd::Init { so_pin_file },
         } => {
-            let cfg = Config::load(cli.config.as_deref())?;
+            let cfg = Config::load(config)?;
             let so_pin = match std::env::var("SIGIL_HSM_SO_PIN") {
                 Ok(p) if !p.is_empty() => SecretString::from(p),
                 _ => SecretString::from(
@@ -330,7 +440,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Cmd::Jwks(c) => {
-            let mut client = pb::approval_service_client::ApprovalServiceClient::new(channel(&c).await?);
+            let mut client = pb::approval_service_client::ApprovalServiceClient::new(channel(&c, config).await?);
             let r = client
                 .get_approval_keys(pb::GetApprovalKeysRequest {})
                 .await
@@ -340,7 +450,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Cmd::Health(c) => {
-            let mut client = tonic_health::pb::health_client::HealthClient::new(channel(&c).await?);
+            let mut client = tonic_health::pb::health_client::HealthClient::new(channel(&c, config).await?);
             let r = client
                 .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
                 .await
@@ -354,8 +464,13 @@ async fn run(cli: Cli) -> Result<(), Error> {
             all,
             user,
             reason,
+            yes,
         } => {
-            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn).await?);
+            if all {
+                let url = conn.resolve(config)?.url;
+                confirm("revoke every factor of every user", &url, yes)?;
+            }
+            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn, config).await?);
             let r = c
                 .revoke_factors(pb::RevokeFactorsRequest {
                     all,
@@ -379,7 +494,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             reason,
             until,
         } => {
-            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn).await?);
+            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn, config).await?);
             c.suspend_approvals(pb::SuspendApprovalsRequest {
                 all,
                 user_ids: user,
@@ -392,7 +507,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Cmd::Resume { conn, all, user } => {
-            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn).await?);
+            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn, config).await?);
             c.resume_approvals(pb::ResumeApprovalsRequest { all, user_ids: user })
                 .await
                 .map_err(status_error)?;
@@ -402,7 +517,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Cmd::Audit {
             cmd: AuditCmd::Read { conn, user, from, to },
         } => {
-            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn).await?);
+            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn, config).await?);
             let mut after = 0;
             loop {
                 let r = c
@@ -428,7 +543,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Cmd::Audit {
             cmd: AuditCmd::Verify { conn, checkpoint },
         } => {
-            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn).await?);
+            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn, config).await?);
             if checkpoint {
                 c.checkpoint_audit(pb::CheckpointAuditRequest {})
                     .await
@@ -494,11 +609,15 @@ async fn run(cli: Cli) -> Result<(), Error> {
                 Some((seq, why)) => Err(Error::Internal(format!("audit log BROKEN at entry {seq}: {why}"))),
             }
         }
-        Cmd::Yubikey { cmd } => yubikey(cmd).await,
+        Cmd::Yubikey { cmd } => yubikey(cmd, config).await,
         Cmd::Keys {
-            cmd: KeysCmd::Rotate { conn, now },
+            cmd: KeysCmd::Rotate { conn, now, yes },
         } => {
-            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn).await?);
+            if now {
+                let url = conn.resolve(config)?.url;
+                confirm("rotate the approval key with immediate activation", &url, yes)?;
+            }
+            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn, config).await?);
             let k = c
                 .rotate_approval_key(pb::RotateApprovalKeyRequest { now })
                 .await
@@ -512,7 +631,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Cmd::Keys {
             cmd: KeysCmd::List { conn },
         } => {
-            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn).await?);
+            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn, config).await?);
             let r = c
                 .list_approval_keys(pb::ListApprovalKeysRequest {})
                 .await
@@ -529,7 +648,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Cmd::Keys {
             cmd: KeysCmd::RotateSecrets { conn, batch },
         } => {
-            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn).await?);
+            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn, config).await?);
             let mut stream = c
                 .rotate_secrets_key(pb::RotateSecretsKeyRequest { batch_size: batch })
                 .await
@@ -548,7 +667,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Cmd::Backup { conn, out } => {
-            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn).await?);
+            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn, config).await?);
             let start = std::time::Instant::now();
             let mut stream = c.backup(pb::BackupRequest {}).await.map_err(status_error)?.into_inner();
             let mut data = Vec::new();
@@ -569,15 +688,26 @@ async fn run(cli: Cli) -> Result<(), Error> {
             );
             Ok(())
         }
-        Cmd::Restore { file } => {
-            let cfg = Config::load(cli.config.as_deref())?;
+        Cmd::Restore {
+            file,
+            events_after,
+            yes,
+        } => {
+            let cfg = Config::load(config)?;
+            let store = cfg.store.path.display().to_string();
+            confirm(
+                &format!("replace the store with the backup {}", file.display()),
+                &store,
+                yes,
+            )?;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_err(|_| Error::Unavailable("clock before 1970".into()))?
                 .as_secs() as i64;
-            let (h, previous) = sigil::backup::restore(&file, &cfg.store.path, now)?;
+            let opts = sigil::backup::RestoreOptions { events_after };
+            let (h, previous) = sigil::backup::restore_with(&file, &cfg.store.path, now, &opts)?;
             println!(
-                "restored {} records taken at {} into {}; approvals and TOTP steps before now are refused",
+                "restored {} records taken at {} into {}; approvals issued and challenges opened before now, and TOTP codes up to the next time step, are refused",
                 h.records,
                 h.taken_at,
                 cfg.store.path.display()
@@ -613,8 +743,14 @@ fn read_otp_from_stdin() -> Result<String, Error> {
     Ok(line.trim().to_string())
 }
 
-async fn confirm_otp(conn: &Conn, user: &str, factor_id: &str, otp: String) -> Result<(), Error> {
-    let mut c = pb::factor_service_client::FactorServiceClient::new(channel(conn).await?);
+async fn confirm_otp(
+    conn: &Conn,
+    config: Option<&Path>,
+    user: &str,
+    factor_id: &str,
+    otp: String,
+) -> Result<(), Error> {
+    let mut c = pb::factor_service_client::FactorServiceClient::new(channel(conn, config).await?);
     c.confirm_yubikey_enrollment(pb::ConfirmYubikeyEnrollmentRequest {
         user_id: user.into(),
         factor_id: factor_id.into(),
@@ -633,7 +769,7 @@ fn no_usb() -> Error {
     )
 }
 
-async fn yubikey(cmd: YubikeyCmd) -> Result<(), Error> {
+async fn yubikey(cmd: YubikeyCmd, config: Option<&Path>) -> Result<(), Error> {
     match cmd {
         YubikeyCmd::ImportOtp {
             conn,
@@ -643,7 +779,7 @@ async fn yubikey(cmd: YubikeyCmd) -> Result<(), Error> {
             nickname,
             step_up,
         } => {
-            let mut c = pb::factor_service_client::FactorServiceClient::new(channel(&conn).await?);
+            let mut c = pb::factor_service_client::FactorServiceClient::new(channel(&conn, config).await?);
             let e = c
                 .begin_yubikey_otp_enrollment(pb::BeginYubikeyOtpEnrollmentRequest {
                     user_id: user.clone(),
@@ -659,7 +795,7 @@ async fn yubikey(cmd: YubikeyCmd) -> Result<(), Error> {
                 Some(o) => o,
                 None => read_otp_from_stdin()?,
             };
-            confirm_otp(&conn, &user, &e.factor_id, otp).await
+            confirm_otp(&conn, config, &user, &e.factor_id, otp).await
         }
         #[cfg(feature = "usb")]
         YubikeyCmd::Respond { challenge, slot } => {
@@ -693,7 +829,7 @@ async fn yubikey(cmd: YubikeyCmd) -> Result<(), Error> {
                 .map_err(|_| Error::Unavailable("random generator failed".into()))?;
             let s2 = secret.clone();
             off_runtime(move || sigil::factor::yubikey::usb::program_hmac_slot(slot, &s2, touch)).await?;
-            let mut c = pb::factor_service_client::FactorServiceClient::new(channel(&conn).await?);
+            let mut c = pb::factor_service_client::FactorServiceClient::new(channel(&conn, config).await?);
             let e = c
                 .begin_yubikey_hmac_enrollment(pb::BeginYubikeyHmacEnrollmentRequest {
                     user_id: user.clone(),
@@ -747,7 +883,7 @@ async fn yubikey(cmd: YubikeyCmd) -> Result<(), Error> {
             aes_key.copy_from_slice(&material[12..28]);
             let (p, k, pid) = (public_id.clone(), aes_key.clone(), private_id);
             off_runtime(move || sigil::factor::yubikey::usb::program_otp_slot(slot, &p, &pid, &k)).await?;
-            let mut c = pb::factor_service_client::FactorServiceClient::new(channel(&conn).await?);
+            let mut c = pb::factor_service_client::FactorServiceClient::new(channel(&conn, config).await?);
             let e = c
                 .begin_yubikey_otp_enrollment(pb::BeginYubikeyOtpEnrollmentRequest {
                     user_id: user.clone(),
@@ -762,7 +898,7 @@ async fn yubikey(cmd: YubikeyCmd) -> Result<(), Error> {
                 .map_err(status_error)?
                 .into_inner();
             let otp = read_otp_from_stdin()?;
-            confirm_otp(&conn, &user, &e.factor_id, otp).await
+            confirm_otp(&conn, config, &user, &e.factor_id, otp).await
         }
         #[cfg(not(feature = "usb"))]
         YubikeyCmd::Respond { .. } | YubikeyCmd::Program { .. } | YubikeyCmd::ProgramOtp { .. } => Err(no_usb()),

@@ -1109,8 +1109,9 @@ async fn restore_refuses_approvals_and_totp_steps_from_before_the_restore() {
         Code::FailedPrecondition,
         "not known",
     );
-    // A fresh approval, at the next step, works.
-    s.clock.advance(30);
+    // A fresh approval works two steps later, past the restore floor
+    // (the restore's own step and the next, which the ±1 window reaches).
+    s.clock.advance(60);
     let fresh = issue(&mut a, "bea", "wd-d", &seed, s.clock.now_secs()).await.unwrap();
     redeem(&mut a, &fresh.approval).await.unwrap();
     // The restore is in the audit log and the event stream.
@@ -1125,6 +1126,179 @@ async fn restore_refuses_approvals_and_totp_steps_from_before_the_restore() {
             String::from_utf8_lossy(&n)
         );
     }
+}
+
+/// The restore floor covers every TOTP step a code could have been
+/// accepted for before the restore: with the ±1 window that is the restore
+/// moment's step plus one. A code of that next step, used just before the
+/// restore, is refused after it; the step after that works.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_totp_code_of_the_next_step_used_just_before_a_restore_is_refused_after_it() {
+    let mut s = start_quiet().await;
+    let (_f, seed) = s.enroll_totp("nia").await;
+    let mut a = s.approvals("withdrawal-engine").await;
+    s.clock.advance(30);
+    let file = s._dir.path().join("sigil.backup");
+    backup_to(&s, &file).await;
+
+    // Late in a step, the user's phone is a little ahead: its code is the
+    // next step's, which the ±1 window accepts.
+    let now = s.clock.now_secs();
+    s.clock.advance(29 - now.rem_euclid(30));
+    let step = totp::step_at(s.clock.now_secs());
+    let ahead = s.code(&seed, 1);
+    let b = begin(&s, &withdrawal("nia", "wd-ahead")).await;
+    let used = a
+        .complete_approval(totp_proof(&b.challenge_id, "nia", &ahead, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    redeem(&mut a, &used.approval).await.unwrap();
+
+    // The restore happens in the same step.
+    s.stop().await;
+    let restored_at = s.clock.now_secs();
+    assert_eq!(totp::step_at(restored_at), step);
+    sigil::backup::restore(&file, &s.cfg.store.path, restored_at).unwrap();
+    s.restart().await;
+    let mut a = s.approvals("withdrawal-engine").await;
+
+    // The code is still inside the window in the restore's step and in the
+    // next one; it must not approve again in either.
+    for _ in 0..2 {
+        s.clock.advance(1);
+        let b = begin(&s, &withdrawal("nia", "wd-again")).await;
+        assert_status(
+            a.complete_approval(totp_proof(&b.challenge_id, "nia", &ahead, ""))
+                .await,
+            Code::PermissionDenied,
+            "not accepted",
+        );
+        s.clock.advance(29);
+    }
+    // Two steps after the restore's, codes count again.
+    assert_eq!(totp::step_at(s.clock.now_secs()), step + 2);
+    let fresh = issue(&mut a, "nia", "wd-fresh", &seed, s.clock.now_secs())
+        .await
+        .unwrap();
+    redeem(&mut a, &fresh.approval).await.unwrap();
+    let rec = sigil::backup::restore_record(s.sigil().store().as_ref())
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.totp_floor_step(), step + 1);
+}
+
+/// Event cursors keep growing across a restore: a consumer that had read
+/// events written after the backup resumes from its last cursor and sees
+/// the restore and what follows it. The audit entries written between the
+/// backup and the restore stay in the verified chain.
+#[tokio::test(flavor = "multi_thread")]
+async fn event_cursors_and_audit_history_survive_a_restore() {
+    let mut s = start_quiet().await;
+    let (_f, seed) = s.enroll_totp("oli").await;
+    let mut a = s.approvals("withdrawal-engine").await;
+    s.clock.advance(30);
+    let file = s._dir.path().join("sigil.backup");
+    let bytes = backup_to(&s, &file).await;
+
+    // After the backup: approvals issued and redeemed, audited, and a
+    // signed checkpoint over them.
+    for wd in ["wd-1", "wd-2"] {
+        let r = issue(&mut a, "oli", wd, &seed, s.clock.now_secs()).await.unwrap();
+        redeem(&mut a, &r.approval).await.unwrap();
+        s.clock.advance(30);
+    }
+    s.sigil().checkpoint_audit().unwrap().unwrap();
+    let seen = s.collect_events(0).await;
+    let last_cursor = seen.last().unwrap().cursor;
+    assert!(seen.iter().any(|e| e.kind == "approval_redeemed"));
+    let audit_before = audit(&s).await;
+    let after_backup = audit_before
+        .iter()
+        .filter(|e| e.action == "approval.redeem" && e.outcome == "ok")
+        .count();
+    assert!(after_backup >= 2);
+    let (backup_header, backup_records) = sigil::backup::decode(&bytes).unwrap();
+    let backup_events = backup_records.iter().filter(|(t, _, _)| *t == Table::Events).count() as u64;
+    assert!(backup_events < last_cursor, "events after the backup were delivered");
+
+    s.stop().await;
+    let now = s.clock.now_secs();
+    sigil::backup::restore(&file, &s.cfg.store.path, now).unwrap();
+    s.restart().await;
+    // Past the restore floor (the restore's TOTP step and the next).
+    s.clock.advance(60);
+    let mut a = s.approvals("withdrawal-engine").await;
+    let r = issue(&mut a, "oli", "wd-3", &seed, s.clock.now_secs()).await.unwrap();
+
+    // The consumer resumes after its last cursor and misses nothing.
+    let resumed = s.collect_events(last_cursor).await;
+    let kinds: Vec<&str> = resumed.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["restored", "approval_issued"], "{resumed:?}");
+    assert_eq!(resumed[0].cursor, last_cursor + 1);
+    assert_eq!(resumed[1].cursor, last_cursor + 2);
+    assert_eq!(resumed[1].details.get("jti"), Some(&claims_of(&r.approval).jti));
+    assert_eq!(
+        resumed[0].details.get("backup_taken_at").map(String::as_str),
+        Some(backup_header.taken_at.to_string().as_str())
+    );
+    // Nothing delivered before was rewritten.
+    let replayed = s.collect_events(0).await;
+    assert_eq!(&replayed[..seen.len()], &seen[..]);
+
+    // The audit chain holds every entry written before the restore, then
+    // the restore, and still verifies with its signed checkpoints.
+    let audit_after = audit(&s).await;
+    assert_eq!(&audit_after[..audit_before.len()], &audit_before[..]);
+    let restore_entry = audit_after[audit_before.len()..]
+        .iter()
+        .find(|e| e.action == "store.restore")
+        .expect("the restore is audited");
+    assert_eq!(
+        restore_entry.details.get("audit_log_from").map(String::as_str),
+        Some("live store")
+    );
+    assert!(restore_entry.details.contains_key("previous_store"));
+    let report = s.sigil().verify_audit().unwrap();
+    assert!(report.ok(), "{report:?}");
+    assert!(report.checkpoints >= 1);
+}
+
+/// With the live store gone, nothing knows how far the event stream went:
+/// the restore needs the operator to say it, and new events start above it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_without_the_live_store_needs_the_highest_cursor_and_starts_above_it() {
+    let mut s = start_quiet().await;
+    let (_f, seed) = s.enroll_totp("pia").await;
+    let file = s._dir.path().join("sigil.backup");
+    backup_to(&s, &file).await;
+    s.clock.advance(30);
+    s.approve(&withdrawal("pia", "wd-1"), &seed).await;
+    let last_cursor = s.collect_events(0).await.last().unwrap().cursor;
+    s.stop().await;
+    // The disk is lost.
+    let store = s.cfg.store.path.clone();
+    std::fs::remove_dir_all(&store).unwrap();
+    let now = s.clock.now_secs();
+    match sigil::backup::restore(&file, &store, now) {
+        Err(Error::InvalidArgument { field, reason }) => {
+            assert_eq!(field, "events_after");
+            assert!(reason.contains("--events-after"), "{reason}");
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+    assert!(!store.exists(), "a refused restore created the store");
+    let opts = sigil::backup::RestoreOptions {
+        events_after: Some(last_cursor + 40),
+    };
+    let (_, previous) = sigil::backup::restore_with(&file, &store, now, &opts).unwrap();
+    assert!(previous.is_none());
+    s.restart().await;
+    let resumed = s.collect_events(last_cursor).await;
+    assert_eq!(resumed.len(), 1, "{resumed:?}");
+    assert_eq!(resumed[0].kind, "restored");
+    assert_eq!(resumed[0].cursor, last_cursor + 41);
+    assert!(s.sigil().verify_audit().unwrap().ok());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1211,6 +1385,7 @@ async fn bad_backups_are_refused_naming_the_problem_and_leave_the_store_as_it_wa
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sigil"))
         .arg("restore")
         .arg(&foreign)
+        .arg("--yes")
         .env("SIGIL_CONFIG", &toml)
         .env_remove("SIGIL_STORE_PATH")
         .output()

@@ -5,6 +5,7 @@
 mod approvals;
 mod bad_input;
 mod binary;
+mod cli;
 mod harness;
 mod lifecycle;
 mod protections;
