@@ -17,6 +17,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+mod disk;
 pub mod sled_store;
 mod wal;
 

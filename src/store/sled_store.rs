@@ -30,13 +30,14 @@
 //! is never acknowledged before one it read from.
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::disk::{Disk, OsDisk};
 use super::wal::{PostImage, Wal};
 use super::{
     chain_hash, log_head_key, Batch, Durability, DurableWait, Expect, LogEntry, Op, Store, StoreError, Table, Ticket,
@@ -91,8 +92,12 @@ pub struct SledStore {
 }
 
 struct Inner {
-    db: sled::Db,
-    trees: Vec<sled::Tree>,
+    /// Where checkpoints put the log's records (sled).
+    base: Box<dyn Base>,
+    /// The file system of the log and the marker file.
+    disk: Arc<dyn Disk>,
+    /// The store directory.
+    path: PathBuf,
     mem: RwLock<Mem>,
     wal: Arc<Wal>,
     tuning: Tuning,
@@ -113,6 +118,8 @@ struct Mem {
     /// Bytes of keys and values written to `active` (overwrites counted again).
     active_bytes: usize,
     frozen: Arc<Tables>,
+    /// The LSN of the newest record in `frozen`.
+    frozen_lsn: u64,
 }
 
 impl SledStore {
@@ -124,14 +131,65 @@ impl SledStore {
 
     /// [`SledStore::open`] with explicit checkpoint tuning.
     pub fn open_with(path: &Path, tuning: Tuning) -> Result<Self, StoreError> {
-        let db = open_sled(path)?;
-        let mut trees = Vec::with_capacity(Table::ALL.len());
-        for t in Table::ALL {
-            trees.push(db.open_tree(t.name()).map_err(unavailable)?);
-        }
+        let disk: Arc<dyn Disk> = Arc::new(OsDisk);
+        let base = || -> Result<Box<dyn Base>, StoreError> { Ok(Box::new(SledBase::open(path)?)) };
+        Self::open_parts(path, tuning, disk, base, super::wal::PREPARE_MIN)
+    }
+
+    /// Opens the store in `path` on these parts: the log's file system and
+    /// the main store. The real store is [`OsDisk`] and sled; the crash
+    /// simulator puts models under both.
+    pub(crate) fn open_parts(
+        path: &Path,
+        tuning: Tuning,
+        disk: Arc<dyn Disk>,
+        open_base: impl FnOnce() -> Result<Box<dyn Base>, StoreError>,
+        prepare_min: u64,
+    ) -> Result<Self, StoreError> {
+        // Everything that can be checked without writing comes first: a
+        // store refused for these reasons is left exactly as it was.
+        check_dir(disk.as_ref(), path)?;
+        let marker = read_marker(disk.as_ref(), path)?;
         let wal_dir = path.join("wal");
-        let (records, files) = Wal::replay(&wal_dir)?;
-        let last_lsn = records.last().map(|r| r.lsn).unwrap_or(0);
+        let replayed = if disk.exists(&wal_dir) {
+            Wal::replay(disk.as_ref(), &wal_dir)?
+        } else {
+            super::wal::Replayed::default()
+        };
+        let base = open_base()?;
+        let applied = base.applied_lsn()?;
+        if let (Some(m), a) = (marker, applied) {
+            if a.unwrap_or(0) < m {
+                return Err(StoreError::Corrupt(format!(
+                    "the sled files in {} hold writes only up to log position {} but the store's last \
+                     checkpoint made {m} durable: they were truncated, replaced or rolled back. Refusing to \
+                     start on missing data (the write-ahead log was left as it is); restore the store from a backup \
+                     (`sigil restore`)",
+                    path.display(),
+                    a.unwrap_or(0)
+                )));
+            }
+        }
+        disk.create_dir_all(&wal_dir)
+            .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", wal_dir.display())))?;
+        let (records, files, dropped) = (replayed.records, replayed.files, replayed.dropped_bytes);
+        if let (Some(first), Some(a)) = (records.first(), applied) {
+            if first.lsn > a + 1 {
+                return Err(StoreError::Corrupt(format!(
+                    "the write-ahead log in {} starts at record {} but sled holds records only up to {a}: \
+                     the records between are missing. Refusing to start (nothing was changed); restore the \
+                     store from a backup (`sigil restore`)",
+                    wal_dir.display(),
+                    first.lsn
+                )));
+            }
+        }
+        let last_lsn = records
+            .last()
+            .map(|r| r.lsn)
+            .unwrap_or(0)
+            .max(applied.unwrap_or(0))
+            .max(marker.unwrap_or(0));
         if !records.is_empty() {
             let mut tables = empty_tables();
             for r in records {
@@ -139,23 +197,28 @@ impl SledStore {
                     tables[t as usize].insert(k, v);
                 }
             }
-            write_to_sled(&trees, &tables)?;
-            db.flush().map_err(unavailable)?;
+            base.apply(&tables, last_lsn)?;
+            base.barrier()?;
             tracing::info!(
                 files = files.len(),
                 last_lsn,
+                dropped_torn_bytes = dropped,
                 "replayed the write-ahead log left by the previous run into the store"
             );
         }
-        let wal = Wal::start(&wal_dir, &files, last_lsn)?;
+        // Recorded before the log files covering it go.
+        write_marker(disk.as_ref(), path, last_lsn)?;
+        let wal = Wal::start(disk.clone(), &wal_dir, &files, last_lsn, prepare_min)?;
         let inner = Arc::new(Inner {
-            db,
-            trees,
+            base,
+            disk,
+            path: path.to_path_buf(),
             mem: RwLock::new(Mem {
                 active: empty_tables(),
                 active_keys: 0,
                 active_bytes: 0,
                 frozen: Arc::new(empty_tables()),
+                frozen_lsn: 0,
             }),
             wal: Arc::new(wal),
             tuning,
@@ -200,12 +263,13 @@ impl SledStore {
             return Err(StoreError::Unavailable(format!("{} already exists", path.display())));
         }
         let s = SledStore::open(path)?;
+        let mut tables = empty_tables();
         for (t, k, v) in records {
-            s.inner.trees[*t as usize]
-                .insert(k.as_slice(), encode(v.version, &v.value))
-                .map_err(unavailable)?;
+            tables[*t as usize].insert(k.clone(), Some(encode(v.version, &v.value)));
         }
-        s.inner.db.flush().map_err(unavailable)?;
+        let lsn = s.inner.wal.last_lsn()?;
+        s.inner.base.apply(&tables, lsn)?;
+        s.inner.base.barrier()?;
         Ok(s)
     }
 
@@ -275,6 +339,207 @@ fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
             }
         }
     }
+}
+
+/// Keys and stored bytes, in key order.
+pub(crate) type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The main store that checkpoints write the log's records into: sled, or
+/// a model of it in the crash simulator. Values are stored bytes (version
+/// header and record).
+pub(crate) trait Base: Send + Sync {
+    /// The stored bytes of a key.
+    fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Up to `limit` entries with keys from `from` on, in key order.
+    fn range_from(&self, t: Table, from: &[u8], limit: usize) -> Result<Entries, StoreError>;
+    /// Every entry whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, t: Table, prefix: &[u8]) -> Result<Entries, StoreError>;
+    /// Every key of a table.
+    fn keys(&self, t: Table) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Writes memtables (`None` deletes) and records that the log is
+    /// applied up to `lsn`. Not durable before [`Base::barrier`].
+    fn apply(&self, tables: &Tables, lsn: u64) -> Result<(), StoreError>;
+    /// Makes everything applied so far durable, against power loss.
+    fn barrier(&self) -> Result<(), StoreError>;
+    /// The log position applied so far (None for a store written before
+    /// positions were recorded).
+    fn applied_lsn(&self) -> Result<Option<u64>, StoreError>;
+}
+
+/// Name of the sled tree holding the store's own bookkeeping.
+const STORE_TREE: &str = "__sigil_store";
+/// Key of the applied log position in that tree.
+const APPLIED_KEY: &[u8] = b"applied_lsn";
+/// Name of the marker file that makes a directory a Sigil store.
+pub const MARKER: &str = "sigil-store.json";
+/// The store layout this code writes.
+const STORE_FORMAT: u32 = 1;
+
+/// sled as the main store.
+struct SledBase {
+    db: sled::Db,
+    trees: Vec<sled::Tree>,
+    own: sled::Tree,
+    path: PathBuf,
+}
+
+impl SledBase {
+    fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = open_sled(path)?;
+        let mut trees = Vec::with_capacity(Table::ALL.len());
+        for t in Table::ALL {
+            trees.push(db.open_tree(t.name()).map_err(unavailable)?);
+        }
+        let own = db.open_tree(STORE_TREE).map_err(unavailable)?;
+        Ok(Self {
+            db,
+            trees,
+            own,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Base for SledBase {
+    fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.trees[t as usize]
+            .get(key)
+            .map_err(unavailable)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn range_from(&self, t: Table, from: &[u8], limit: usize) -> Result<Entries, StoreError> {
+        let mut out = Vec::new();
+        for item in self.trees[t as usize].range(from..).take(limit) {
+            let (k, v) = item.map_err(unavailable)?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn scan_prefix(&self, t: Table, prefix: &[u8]) -> Result<Entries, StoreError> {
+        let mut out = Vec::new();
+        for item in self.trees[t as usize].scan_prefix(prefix) {
+            let (k, v) = item.map_err(unavailable)?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn keys(&self, t: Table) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = Vec::new();
+        for k in self.trees[t as usize].iter().keys() {
+            out.push(k.map_err(unavailable)?.to_vec());
+        }
+        Ok(out)
+    }
+
+    fn apply(&self, tables: &Tables, lsn: u64) -> Result<(), StoreError> {
+        write_to_sled(&self.trees, tables)?;
+        // After the records: sled recovers a prefix of its own writes, so
+        // a position that survives means the records before it did.
+        self.own.insert(APPLIED_KEY, &lsn.to_be_bytes()).map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn barrier(&self) -> Result<(), StoreError> {
+        // sled's flush writes its buffers and starts write-back with
+        // sync_file_range, which is no durability barrier (it flushes
+        // neither the drive's cache nor file sizes): fsync every sled file
+        // and directory after it.
+        self.db.flush().map_err(unavailable)?;
+        super::disk::fsync_tree(&self.path, &["wal", MARKER])
+            .map_err(|e| StoreError::Unavailable(format!("cannot sync the sled files in {}: {e}", self.path.display())))
+    }
+
+    fn applied_lsn(&self) -> Result<Option<u64>, StoreError> {
+        match self.own.get(APPLIED_KEY).map_err(unavailable)? {
+            None => Ok(None),
+            Some(v) if v.len() == 8 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&v);
+                Ok(Some(u64::from_be_bytes(b)))
+            }
+            Some(_) => Err(StoreError::Corrupt(
+                "the store's applied log position is malformed".into(),
+            )),
+        }
+    }
+}
+
+/// The store's marker file.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Marker {
+    format: u32,
+    /// The log position every checkpoint up to now made durable in sled.
+    applied_lsn: u64,
+}
+
+/// Refuses a directory that holds something other than a Sigil store
+/// (before anything is written to it).
+fn check_dir(disk: &dyn Disk, path: &Path) -> Result<(), StoreError> {
+    if !disk.exists(path) {
+        return Ok(());
+    }
+    let names = disk
+        .list(path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot read the store directory {}: {e}", path.display())))?;
+    let has = |n: &str| names.iter().any(|x| x == n);
+    // A store made before the marker existed has sled's files and a log.
+    if names.is_empty() || has(MARKER) || (has("conf") && has("db")) {
+        return Ok(());
+    }
+    Err(StoreError::Corrupt(format!(
+        "{} is not a Sigil store (no {MARKER}, no sled files; it holds {}): point [store] path at an empty \
+         or new directory, or at an existing Sigil store. Nothing was changed",
+        path.display(),
+        names.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+    )))
+}
+
+/// The applied position recorded in the marker file, if there is one.
+fn read_marker(disk: &dyn Disk, path: &Path) -> Result<Option<u64>, StoreError> {
+    let p = path.join(MARKER);
+    if !disk.exists(&p) {
+        return Ok(None);
+    }
+    let bytes = disk
+        .read(&p)
+        .map_err(|e| StoreError::Unavailable(format!("cannot read {}: {e}", p.display())))?;
+    let m: Marker = serde_json::from_slice(&bytes).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "{} is unreadable ({e}); it is written atomically, so this is damage: restore the store from a \
+             backup",
+            p.display()
+        ))
+    })?;
+    if m.format > STORE_FORMAT {
+        return Err(StoreError::Corrupt(format!(
+            "the store in {} is format {}, newer than this Sigil reads ({STORE_FORMAT}); run the newer Sigil \
+             (nothing was changed)",
+            path.display(),
+            m.format
+        )));
+    }
+    Ok(Some(m.applied_lsn))
+}
+
+/// Records durably (write, sync, rename, sync the directory) that sled
+/// holds the log up to `lsn`.
+fn write_marker(disk: &dyn Disk, path: &Path, lsn: u64) -> Result<(), StoreError> {
+    let p = path.join(MARKER);
+    let tmp = path.join(format!("{MARKER}.tmp"));
+    let bytes = serde_json::to_vec(&Marker {
+        format: STORE_FORMAT,
+        applied_lsn: lsn,
+    })
+    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let io = |e: std::io::Error| StoreError::Unavailable(format!("cannot write {}: {e}", p.display()));
+    disk.create_dir_all(path).map_err(io)?;
+    let f = disk.create(&tmp, false).map_err(io)?;
+    f.write_at(&bytes, 0).and_then(|_| f.sync_data()).map_err(io)?;
+    disk.rename(&tmp, &p).map_err(io)?;
+    disk.sync_dir(path).map_err(io)
 }
 
 /// sled could not lock the store directory (sled 0.34 reports it as an
@@ -424,10 +689,7 @@ impl Inner {
     fn raw_get(&self, mem: &Mem, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match mem.lookup(t, key) {
             Some(v) => Ok(v.clone()),
-            None => Ok(self.trees[t as usize]
-                .get(key)
-                .map_err(unavailable)?
-                .map(|v| v.to_vec())),
+            None => self.base.get(t, key),
         }
     }
 
@@ -435,9 +697,8 @@ impl Inner {
     /// in key order.
     fn merged_prefix(&self, mem: &Mem, t: Table, prefix: &[u8]) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StoreError> {
         let mut out = BTreeMap::new();
-        for item in self.trees[t as usize].scan_prefix(prefix) {
-            let (k, v) = item.map_err(unavailable)?;
-            out.insert(k.to_vec(), v.to_vec());
+        for (k, v) in self.base.scan_prefix(t, prefix)? {
+            out.insert(k, v);
         }
         for (k, v) in mem.overlay_from(t, prefix) {
             if !k.starts_with(prefix) {
@@ -492,6 +753,7 @@ impl Inner {
             let mut mem = self.write()?;
             let r = self.wal.begin_rotate(next)?;
             mem.frozen = Arc::new(std::mem::replace(&mut mem.active, empty_tables()));
+            mem.frozen_lsn = r.last();
             mem.active_keys = 0;
             mem.active_bytes = 0;
             r
@@ -508,15 +770,21 @@ impl Inner {
         Ok(())
     }
 
-    /// Writes the frozen memtable into sled, flushes sled, deletes the log
-    /// files it came from, then drops it. Callers hold `checkpointing`.
+    /// Writes the frozen memtable into sled, makes sled durable (a real
+    /// barrier, see [`Base::barrier`]), records that in the marker file,
+    /// and only then deletes the log files it came from and drops it.
+    /// Callers hold `checkpointing`.
     fn apply_frozen(&self, closed: Option<u64>) -> Result<(), StoreError> {
-        let frozen = self.read()?.frozen.clone();
+        let (frozen, lsn) = {
+            let mem = self.read()?;
+            (mem.frozen.clone(), mem.frozen_lsn)
+        };
         if frozen.iter().all(|m| m.is_empty()) {
             return Ok(());
         }
-        write_to_sled(&self.trees, &frozen)?;
-        self.db.flush().map_err(unavailable)?;
+        self.base.apply(&frozen, lsn)?;
+        self.base.barrier()?;
+        write_marker(self.disk.as_ref(), &self.path, lsn)?;
         // After a failed attempt the closed file's number is not known here;
         // the next successful checkpoint removes every older file as well.
         if let Some(no) = closed {
@@ -577,12 +845,8 @@ impl Store for SledStore {
         let visible = self.inner.wal.last_lsn()?;
         let mut merged = BTreeMap::new();
         let deleted = mem.overlay_from(log, &start).filter(|(_, v)| v.is_none()).count();
-        for item in self.inner.trees[log as usize]
-            .range(&start[..]..)
-            .take(limit.saturating_add(deleted))
-        {
-            let (k, v) = item.map_err(unavailable)?;
-            merged.insert(k.to_vec(), v.to_vec());
+        for (k, v) in self.inner.base.range_from(log, &start, limit.saturating_add(deleted))? {
+            merged.insert(k, v);
         }
         for (k, v) in mem.overlay_from(log, &start) {
             match v {
@@ -641,9 +905,8 @@ impl Store for SledStore {
         // keys they know, so this part cannot change under us), plus the
         // live keys of the memtables.
         let mut n = overlay.values().filter(|live| **live).count();
-        for item in self.inner.trees[table as usize].iter().keys() {
-            let k = item.map_err(unavailable)?;
-            if !overlay.contains_key(&k.to_vec()) {
+        for k in self.inner.base.keys(table)? {
+            if !overlay.contains_key(&k) {
                 n += 1;
             }
         }
@@ -1254,5 +1517,127 @@ mod tests {
         b.check(Table::Meta, b"g".to_vec(), 1)
             .append(Table::Events, b"x".to_vec());
         assert_eq!(s.commit(&b).unwrap(), vec![101]);
+    }
+}
+
+#[cfg(test)]
+mod bad_input {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::super::disk::OsDisk;
+    use super::*;
+
+    fn list(disk: &dyn Disk, dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+        let mut v: Vec<(u64, PathBuf)> = disk
+            .list(dir)?
+            .into_iter()
+            .filter_map(|n| {
+                n.strip_suffix(".wal")
+                    .and_then(|s| s.parse().ok())
+                    .map(|no| (no, dir.join(&n)))
+            })
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    /// Every file under `dir` with its bytes.
+    fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.insert(p.clone(), std::fs::read(&p).unwrap());
+                }
+            }
+        }
+        out
+    }
+
+    fn refusal(path: &Path) -> String {
+        match SledStore::open(path) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{} was opened", path.display()),
+        }
+    }
+
+    fn filled(dir: &Path) {
+        let s = SledStore::open(dir).unwrap();
+        for i in 0..300u32 {
+            let mut b = Batch::new();
+            b.insert(Table::Approvals, format!("jti-{i:04}").into_bytes(), vec![7u8; 200]);
+            s.commit(&b).unwrap();
+        }
+        s.checkpoint().unwrap();
+        let mut b = Batch::new();
+        b.insert(Table::Approvals, b"in-the-log".to_vec(), b"x".to_vec());
+        s.commit(&b).unwrap();
+    }
+
+    #[test]
+    fn a_directory_that_is_not_a_store_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"someone's files").unwrap();
+        std::fs::create_dir(dir.path().join("photos")).unwrap();
+        let before = tree(dir.path());
+        let e = refusal(dir.path());
+        assert!(
+            e.contains("is not a Sigil store") && e.contains(&dir.path().display().to_string()),
+            "{e}"
+        );
+        assert_eq!(tree(dir.path()), before);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn a_log_of_a_newer_format_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        filled(dir.path());
+        let wal = dir.path().join("wal");
+        let (_, file) = list(&OsDisk, &wal).unwrap().pop().unwrap();
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[8..12].copy_from_slice(&(super::super::wal::FORMAT_VERSION + 1).to_be_bytes());
+        let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI).checksum(&bytes[..12]);
+        bytes[12..16].copy_from_slice(&crc.to_be_bytes());
+        std::fs::write(&file, &bytes).unwrap();
+        let before = tree(dir.path());
+        let e = refusal(dir.path());
+        assert!(e.contains("newer") && e.contains(&file.display().to_string()), "{e}");
+        assert_eq!(tree(dir.path()), before);
+    }
+
+    #[test]
+    fn a_store_of_a_newer_format_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        filled(dir.path());
+        std::fs::write(dir.path().join(MARKER), br#"{"format":9,"applied_lsn":1}"#).unwrap();
+        let before = tree(dir.path());
+        let e = refusal(dir.path());
+        assert!(e.contains("newer") && e.contains("format 9"), "{e}");
+        assert_eq!(tree(dir.path()), before);
+    }
+
+    /// sled's data file cut short: refused (or sled itself refuses), never
+    /// served with the checkpointed records missing.
+    #[test]
+    fn a_truncated_sled_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        filled(dir.path());
+        let db = dir.path().join("db");
+        let len = std::fs::metadata(&db).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&db)
+            .unwrap()
+            .set_len(len / 3)
+            .unwrap();
+        let wal_before = tree(&dir.path().join("wal"));
+        let e = refusal(dir.path());
+        println!("refused: {e}");
+        assert!(e.contains(&dir.path().display().to_string()), "{e}");
+        assert_eq!(tree(&dir.path().join("wal")), wal_before, "the log was touched");
     }
 }

@@ -4,28 +4,54 @@
 //! post-image of every key it wrote (the stored bytes, or "deleted"). A
 //! record is durable once the file holding it has been `fdatasync`ed; group
 //! commit lets one sync cover every record written before it began, so
-//! concurrent commits share syncs instead of queueing for one each.
+//! concurrent commits share syncs instead of queueing for one each. The
+//! records one sync covers are written as one **group**, and a group's
+//! write starts only after the previous group's sync returned (in the same
+//! file or, across a rotation, in the file before).
 //!
 //! Files are `NNNNNNNNNNNNNNNNNNNN.wal` in one directory, numbered upwards.
-//! A file is synced before the next one is created, so after a crash only
-//! the newest file can end in a torn record. A new file is usually one
-//! prepared ahead (`next.prep`): already written full of zeros and synced,
-//! so that a sync of the records written into it has no file size or block
-//! allocation to make durable, only the records (cheaper and quicker than
-//! syncing an append). A zero tail ends a file cleanly. Replaying post-images in order
-//! is idempotent, so a record may be replayed over state that already holds
-//! it.
+//! A new file is usually one prepared ahead (`next.prep`): already written
+//! full of zeros and synced, so that a sync of the records written into it
+//! has no file size or block allocation to make durable, only the records.
+//! A zero tail ends a file cleanly. Replaying post-images in order is
+//! idempotent, so a record may be replayed over state that already holds
+//! it. The files and their names reach the disk through [`Disk`].
 //!
-//! Record framing (all integers big-endian):
-//! `len u32 | crc32c(payload) u32 | payload`, where
-//! `payload = lsn u64 | count u32 | count × op` and
-//! `op = table u8 | kind u8 (0 put, 1 delete) | key_len u32 | key | [value_len u32 | value]`.
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
+//! # Format (version 2; integers big-endian)
+//! - file: `"SIGILWAL" | version u32 | crc32c(the 12 bytes before) u32`,
+//!   then groups, then optionally zeros;
+//! - group: `0x53475250 u32 | body_len u32 | first_lsn u64 |
+//!   crc32c(body) u32 | crc32c(the 20 header bytes before) u32 | body`;
+//! - body: records with consecutive LSNs from `first_lsn`, each
+//!   `len u32 | crc32c(payload) u32 | payload`, where
+//!   `payload = lsn u64 | count u32 | count × op` and
+//!   `op = table u8 | kind u8 (0 put, 1 delete) | key_len u32 | key | [value_len u32 | value]`.
+//!
+//! Files without the header are version 1 (records without groups) and
+//! are still read.
+//!
+//! # What replay accepts
+//! A crash or power cut can leave exactly one group that was written but
+//! not synced: the last one of the log. Its pages may reach the disk in
+//! any order or not at all, so it may be unreadable while later parts of it
+//! (even whole records) are intact, and — when it is the closed file's last
+//! group of a rotation — the next file may already exist, holding only its
+//! header and zeros. None of its records was acknowledged. So replay reads
+//! groups in order across the files and, at the **first unreadable group**:
+//! - if no readable group follows it anywhere (later in its file or in a
+//!   later file), it is the torn tail of a crash: it and everything after
+//!   it are dropped, with a warning saying how many bytes;
+//! - if a readable group follows it, that group was written after the bad
+//!   one was synced, so the bad one held acknowledged records: this is
+//!   damage no crash produces, and the store refuses to start, naming the
+//!   file and the byte offset.
+//!
+//! Readable groups whose LSNs do not follow on (a gap inside synced data)
+//! and files of a newer format version are refused the same way.
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use super::disk::{Disk, DiskFile};
 use super::{StoreError, Table};
 
 /// Slice-by-16 tables: records are a few KiB, checksummed on every commit.
@@ -38,11 +64,21 @@ const PREPARED: &str = "next.prep";
 const PREPARING: &str = "next.prep.tmp";
 /// A file is prepared only after one that held at least this much (under
 /// light load a sync's cost does not matter, and zeros would be wasted).
-const PREPARE_MIN: u64 = 256 << 10;
+pub(crate) const PREPARE_MIN: u64 = 256 << 10;
 /// A prepared file is sized after the file it follows (a checkpoint
 /// interval's worth of records) plus a quarter, up to this; records past
 /// its end grow it as an ordinary append.
 const PREPARE_MAX: u64 = 64 << 20;
+/// Magic bytes at the start of a version-2 log file.
+const FILE_MAGIC: &[u8; 8] = b"SIGILWAL";
+/// The log format this code writes.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// Bytes of the file header.
+const FILE_HEADER: usize = 16;
+/// First four bytes of a group header ("SGRP").
+const GROUP_MAGIC: u32 = 0x5347_5250;
+/// Bytes of a group header.
+const GROUP_HEADER: usize = 24;
 
 /// One key's post-image: `Some(stored bytes)` or `None` (deleted).
 pub(crate) type PostImage = (Table, Vec<u8>, Option<Vec<u8>>);
@@ -53,9 +89,23 @@ pub(crate) struct Record {
     pub ops: Vec<PostImage>,
 }
 
+/// What replay found.
+#[derive(Default)]
+pub(crate) struct Replayed {
+    /// The readable records, in LSN order.
+    pub records: Vec<Record>,
+    /// The numbers of the log files read (all to be removed once the
+    /// records are in the main store).
+    pub files: Vec<u64>,
+    /// Bytes dropped as the torn tail of a crash (0 if none).
+    pub dropped_bytes: u64,
+}
+
 /// The log being written.
 pub(crate) struct Wal {
+    disk: Arc<dyn Disk>,
     dir: PathBuf,
+    prepare_min: u64,
     state: Mutex<State>,
     done: Condvar,
     /// Wakes the sync thread ([`Wal::run_syncer`]) when an asynchronous
@@ -65,14 +115,24 @@ pub(crate) struct Wal {
     mark: tokio::sync::watch::Sender<Mark>,
 }
 
+/// A log file open for writing.
+type LogFile = Arc<dyn DiskFile>;
+
 /// A rotation between [`Wal::begin_rotate`] and [`Wal::finish_rotate`]:
 /// the closed file and its records still to be written and synced.
 pub(crate) struct Rotation {
     closed: u64,
-    file: Arc<File>,
+    file: LogFile,
     pos: u64,
     buf: Vec<u8>,
     last: u64,
+}
+
+impl Rotation {
+    /// The LSN of the closed file's last record.
+    pub fn last(&self) -> u64 {
+        self.last
+    }
 }
 
 /// What asynchronous waiters watch.
@@ -83,17 +143,18 @@ struct Mark {
 }
 
 struct State {
-    file: Arc<File>,
+    file: LogFile,
     file_no: u64,
-    /// Where the next write goes in `file` (past its last record).
+    /// Where the next write goes in `file` (past its last group).
     pos: u64,
-    /// Bytes of records in the file closed by the last rotation.
+    /// Bytes of groups in the file closed by the last rotation.
     closed_len: u64,
     /// A rotation has closed a file whose last records are not yet synced:
     /// nothing written after them may count as durable before they do, so
     /// no sync starts meanwhile.
     rotating: bool,
-    /// Encoded records not yet handed to a writer.
+    /// The next group: room for its header, then the encoded records not
+    /// yet handed to a writer.
     buf: Vec<u8>,
     /// Last LSN handed out (and encoded into `buf` or written).
     last_lsn: u64,
@@ -117,28 +178,59 @@ fn file_name(no: u64) -> String {
     format!("{no:020}.wal")
 }
 
+/// A group buffer with room for its header and no records.
+fn new_group() -> Vec<u8> {
+    let mut b = Vec::with_capacity(1 << 16);
+    b.resize(GROUP_HEADER, 0);
+    b
+}
+
+/// Fills in the header of a group buffer (from [`new_group`], records
+/// appended) and returns the whole group, or None if it holds no record.
+fn seal_group(buf: &mut [u8]) -> Option<&[u8]> {
+    if buf.len() <= GROUP_HEADER {
+        return None;
+    }
+    // The first record's payload starts with its LSN.
+    let first_lsn = u64::from_be_bytes(buf[GROUP_HEADER + 8..GROUP_HEADER + 16].try_into().ok()?);
+    let body_len = (buf.len() - GROUP_HEADER) as u32;
+    let body_crc = CRC.checksum(&buf[GROUP_HEADER..]);
+    buf[0..4].copy_from_slice(&GROUP_MAGIC.to_be_bytes());
+    buf[4..8].copy_from_slice(&body_len.to_be_bytes());
+    buf[8..16].copy_from_slice(&first_lsn.to_be_bytes());
+    buf[16..20].copy_from_slice(&body_crc.to_be_bytes());
+    let header_crc = CRC.checksum(&buf[0..20]);
+    buf[20..24].copy_from_slice(&header_crc.to_be_bytes());
+    Some(buf)
+}
+
+/// The 16-byte header of a log file.
+fn file_header() -> [u8; FILE_HEADER] {
+    let mut h = [0u8; FILE_HEADER];
+    h[..8].copy_from_slice(FILE_MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_be_bytes());
+    let crc = CRC.checksum(&h[..12]);
+    h[12..16].copy_from_slice(&crc.to_be_bytes());
+    h
+}
+
 /// The numbered log files in `dir`, oldest first.
-fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+fn list(disk: &dyn Disk, dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
     let mut out = Vec::new();
-    let rd = std::fs::read_dir(dir).map_err(|e| io_err("read", dir, e))?;
-    for entry in rd {
-        let entry = entry.map_err(|e| io_err("read", dir, e))?;
-        let name = entry.file_name();
-        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".wal")) else {
+    for name in disk.list(dir).map_err(|e| io_err("read", dir, e))? {
+        let Some(stem) = name.strip_suffix(".wal") else {
             continue;
         };
         if let Ok(no) = stem.parse::<u64>() {
-            out.push((no, entry.path()));
+            out.push((no, dir.join(&name)));
         }
     }
     out.sort();
     Ok(out)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_err("sync", dir, e))
+fn sync_dir(disk: &dyn Disk, dir: &Path) -> Result<(), StoreError> {
+    disk.sync_dir(dir).map_err(|e| io_err("sync", dir, e))
 }
 
 fn table_from(b: u8) -> Option<Table> {
@@ -232,113 +324,262 @@ fn record_at(b: &[u8]) -> Option<(Record, usize)> {
     decode_payload(payload).map(|r| (r, 8 + len))
 }
 
-/// How a file ended.
-#[derive(Debug, PartialEq, Eq)]
-enum End {
-    Clean,
-    /// A torn last record (a crash while writing it), ignored.
-    Torn,
-    /// A bad record with good records after it: damage, not a crash.
-    Damaged,
+/// The group at the start of `b`: its records (consecutive LSNs from the
+/// header's) and its length. None if any part of it is unreadable.
+fn group_at(b: &[u8]) -> Option<(Vec<Record>, usize)> {
+    let mut c = Cursor { b };
+    if c.u32()? != GROUP_MAGIC {
+        return None;
+    }
+    let body_len = c.u32()? as usize;
+    let first_lsn = c.u64()?;
+    let body_crc = c.u32()?;
+    let header_crc = c.u32()?;
+    if CRC.checksum(&b[..20]) != header_crc {
+        return None;
+    }
+    let body = c.take(body_len)?;
+    if CRC.checksum(body) != body_crc {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < body.len() {
+        let (r, n) = record_at(&body[at..])?;
+        if r.lsn != first_lsn + out.len() as u64 {
+            return None;
+        }
+        out.push(r);
+        at += n;
+    }
+    if out.is_empty() {
+        return None;
+    }
+    Some((out, GROUP_HEADER + body_len))
 }
 
-/// Parses a whole file: its records up to the first bad one, and how it
-/// ended.
-fn parse(bytes: &[u8]) -> (Vec<Record>, End) {
-    let mut out = Vec::new();
+/// One log file, parsed.
+struct Parsed {
+    /// The readable records before the first unreadable part.
+    records: Vec<Record>,
+    /// Where the first unreadable part starts (not counting a zero tail).
+    bad_at: Option<usize>,
+    /// A readable group (or, in a version-1 file, record) exists after
+    /// `bad_at`: the unreadable part was synced, so it is damage.
+    readable_after: bool,
+    /// The file holds at least one readable group or record.
+    any_readable: bool,
+    len: usize,
+}
+
+/// Parses a version-2 file (header already checked) from `FILE_HEADER` on.
+fn parse_v2(bytes: &[u8]) -> Parsed {
+    let mut records = Vec::new();
+    let mut at = FILE_HEADER;
+    while at < bytes.len() {
+        if let Some((recs, n)) = group_at(&bytes[at..]) {
+            records.extend(recs);
+            at += n;
+            continue;
+        }
+        if bytes[at..].iter().all(|b| *b == 0) {
+            break;
+        }
+        let readable_after = (at + 1..bytes.len().saturating_sub(GROUP_HEADER - 1))
+            .any(|i| bytes[i..i + 4] == GROUP_MAGIC.to_be_bytes() && group_at(&bytes[i..]).is_some());
+        return Parsed {
+            any_readable: !records.is_empty() || readable_after,
+            records,
+            bad_at: Some(at),
+            readable_after,
+            len: bytes.len(),
+        };
+    }
+    Parsed {
+        any_readable: !records.is_empty(),
+        records,
+        bad_at: None,
+        readable_after: false,
+        len: bytes.len(),
+    }
+}
+
+/// Parses a version-1 file (records, no groups).
+fn parse_v1(bytes: &[u8]) -> Parsed {
+    let mut records: Vec<Record> = Vec::new();
     let mut at = 0usize;
     while at < bytes.len() {
-        match record_at(&bytes[at..]) {
-            Some((r, n)) => {
-                out.push(r);
-                at += n;
-            }
-            None => {
-                // The unused part of a prepared file.
-                if bytes[at..].iter().all(|b| *b == 0) {
-                    return (out, End::Clean);
-                }
-                // A crash tears only the last record; a good record further
-                // on means the bytes were damaged.
-                let last = out.last().map(|r| r.lsn).unwrap_or(0);
-                let later = (at + 1..bytes.len()).any(|i| record_at(&bytes[i..]).is_some_and(|(r, _)| r.lsn > last));
-                return (out, if later { End::Damaged } else { End::Torn });
-            }
+        if let Some((r, n)) = record_at(&bytes[at..]) {
+            records.push(r);
+            at += n;
+            continue;
         }
+        if bytes[at..].iter().all(|b| *b == 0) {
+            break;
+        }
+        let last = records.last().map(|r| r.lsn).unwrap_or(0);
+        let readable_after = (at + 1..bytes.len()).any(|i| record_at(&bytes[i..]).is_some_and(|(r, _)| r.lsn > last));
+        return Parsed {
+            any_readable: !records.is_empty() || readable_after,
+            records,
+            bad_at: Some(at),
+            readable_after,
+            len: bytes.len(),
+        };
     }
-    (out, End::Clean)
+    Parsed {
+        any_readable: !records.is_empty(),
+        records,
+        bad_at: None,
+        readable_after: false,
+        len: bytes.len(),
+    }
 }
 
-impl Wal {
-    /// Reads every log file in `dir` (created if missing), oldest first.
-    /// Returns the records in order and the numbers of the files read. Only
-    /// the newest file may end in a torn record (a crash while writing it);
-    /// one anywhere else means the log is damaged.
-    pub fn replay(dir: &Path) -> Result<(Vec<Record>, Vec<u64>), StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| io_err("create", dir, e))?;
-        let files = list(dir)?;
-        let mut records = Vec::new();
-        let mut nos = Vec::new();
-        let mut last_lsn: Option<u64> = None;
-        for (i, (no, path)) in files.iter().enumerate() {
-            let mut bytes = Vec::new();
-            File::open(path)
-                .and_then(|mut f| f.read_to_end(&mut bytes))
-                .map_err(|e| io_err("read", path, e))?;
-            let (recs, end) = parse(&bytes);
-            if end == End::Damaged || (end == End::Torn && i + 1 != files.len()) {
+/// Parses a whole log file of either version.
+fn parse_file(path: &Path, bytes: &[u8]) -> Result<Parsed, StoreError> {
+    if bytes.len() >= FILE_HEADER && &bytes[..8] == FILE_MAGIC {
+        let version = u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+        let crc = u32::from_be_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
+        if CRC.checksum(&bytes[..12]) == crc {
+            if version > FORMAT_VERSION {
                 return Err(StoreError::Corrupt(format!(
-                    "write-ahead log file {} is damaged before its end; refusing to start without the \
-                     records after the damage (restore from a backup)",
+                    "write-ahead log file {} is format version {version}, newer than this Sigil reads                      ({FORMAT_VERSION}); start the newer Sigil that wrote it (nothing was changed)",
                     path.display()
                 )));
             }
-            for r in recs {
+            if version == FORMAT_VERSION {
+                return Ok(parse_v2(bytes));
+            }
+        }
+        // A header that does not read: whether a readable group follows
+        // decides between damage and a crash during the file's creation.
+        let readable_after = (1..bytes.len().saturating_sub(GROUP_HEADER - 1))
+            .any(|i| bytes[i..i + 4] == GROUP_MAGIC.to_be_bytes() && group_at(&bytes[i..]).is_some());
+        return Ok(Parsed {
+            records: Vec::new(),
+            bad_at: Some(0),
+            readable_after,
+            any_readable: readable_after,
+            len: bytes.len(),
+        });
+    }
+    Ok(parse_v1(bytes))
+}
+
+/// The refusal for an unreadable group with synced data after it.
+fn damaged(file: &Path, at: usize, later: Option<&PathBuf>) -> StoreError {
+    let after = match later {
+        Some(l) => format!("the later file {} holds synced records", l.display()),
+        None => "records after it in the same file were synced".to_string(),
+    };
+    StoreError::Corrupt(format!(
+        "write-ahead log file {} is damaged at byte {at}: the group there is unreadable but {after}, so it \
+         held acknowledged commits (a crash cannot leave this). Sigil refuses to start rather than lose them. \
+         Restore the store from a backup (`sigil restore`), keeping a copy of the log directory for analysis",
+        file.display()
+    ))
+}
+
+impl Wal {
+    /// Reads every log file in `dir` (created if missing), oldest first,
+    /// by the rules in the module docs: a torn tail is dropped, damage and
+    /// gaps are refused with the file and offset named.
+    pub fn replay(disk: &dyn Disk, dir: &Path) -> Result<Replayed, StoreError> {
+        disk.create_dir_all(dir).map_err(|e| io_err("create", dir, e))?;
+        let files = list(disk, dir)?;
+        let mut records = Vec::new();
+        let mut nos = Vec::new();
+        let mut last_lsn: Option<u64> = None;
+        // The first unreadable part: (file, offset), and bytes from it on.
+        let mut cut: Option<(PathBuf, usize)> = None;
+        let mut dropped = 0u64;
+        for (no, path) in &files {
+            let bytes = disk.read(path).map_err(|e| io_err("read", path, e))?;
+            let parsed = parse_file(path, &bytes)?;
+            nos.push(*no);
+            if let Some((bad_file, bad_at)) = &cut {
+                if parsed.any_readable {
+                    return Err(damaged(bad_file, *bad_at, Some(path)));
+                }
+                dropped += bytes.iter().filter(|b| **b != 0).count() as u64;
+                continue;
+            }
+            for r in parsed.records {
                 // LSNs are handed out one by one, across files: a gap means
                 // records were lost (say, the end of an older file zeroed),
                 // which a zero tail alone would not show.
                 if last_lsn.is_some_and(|l| r.lsn != l + 1) {
                     return Err(StoreError::Corrupt(format!(
-                        "write-ahead log file {} has records missing or out of order (record {} after {}); \
-                         refusing to start without them (restore from a backup)",
+                        "write-ahead log file {} has records missing or out of order (record {} after {}): \
+                         synced records were lost, which no crash does; refusing to start without them. \
+                         Restore the store from a backup (`sigil restore`), keeping a copy of {} for analysis",
                         path.display(),
                         r.lsn,
-                        last_lsn.unwrap_or(0)
+                        last_lsn.unwrap_or(0),
+                        dir.display()
                     )));
                 }
                 last_lsn = Some(r.lsn);
                 records.push(r);
             }
-            nos.push(*no);
+            if let Some(at) = parsed.bad_at {
+                if parsed.readable_after {
+                    return Err(damaged(path, at, None));
+                }
+                dropped += (parsed.len - at) as u64;
+                cut = Some((path.clone(), at));
+            }
         }
-        Ok((records, nos))
+        if let Some((file, at)) = &cut {
+            tracing::warn!(
+                file = %file.display(),
+                offset = at,
+                dropped_bytes = dropped,
+                "the write-ahead log ends in a group torn by a crash (never acknowledged); dropped it"
+            );
+        }
+        Ok(Replayed {
+            records,
+            files: nos,
+            dropped_bytes: dropped,
+        })
     }
 
-    /// Removes the files numbered `nos` (their records are in the main
-    /// store, durably) and starts a new, empty file after them.
-    pub fn start(dir: &Path, replayed: &[u64], last_lsn: u64) -> Result<Wal, StoreError> {
+    /// Removes the files numbered `replayed` (their records are in the
+    /// main store, durably) and starts a new, empty file after them.
+    /// `prepare_min`: see [`PREPARE_MIN`].
+    pub fn start(
+        disk: Arc<dyn Disk>,
+        dir: &Path,
+        replayed: &[u64],
+        last_lsn: u64,
+        prepare_min: u64,
+    ) -> Result<Wal, StoreError> {
         for name in [PREPARED, PREPARING] {
             let p = dir.join(name);
-            if p.exists() {
-                std::fs::remove_file(&p).map_err(|e| io_err("remove", &p, e))?;
+            if disk.exists(&p) {
+                disk.remove(&p).map_err(|e| io_err("remove", &p, e))?;
             }
         }
         for no in replayed {
             let p = dir.join(file_name(*no));
-            std::fs::remove_file(&p).map_err(|e| io_err("remove", &p, e))?;
-            sync_dir(dir)?;
+            disk.remove(&p).map_err(|e| io_err("remove", &p, e))?;
+            sync_dir(disk.as_ref(), dir)?;
         }
         let file_no = replayed.last().copied().unwrap_or(0) + 1;
-        let file = Self::create(dir, file_no)?;
+        let file = Self::create(disk.as_ref(), dir, file_no)?;
         Ok(Wal {
+            disk,
             dir: dir.to_path_buf(),
+            prepare_min,
             state: Mutex::new(State {
-                file: Arc::new(file),
+                file,
                 file_no,
-                pos: 0,
+                pos: FILE_HEADER as u64,
                 closed_len: 0,
                 rotating: false,
-                buf: Vec::with_capacity(1 << 16),
+                buf: new_group(),
                 last_lsn,
                 durable: last_lsn,
                 writing: false,
@@ -355,23 +596,23 @@ impl Wal {
         })
     }
 
-    /// The log file numbered `no`: the prepared file renamed, if there is
-    /// one, else a new empty file.
-    fn create(dir: &Path, no: u64) -> Result<File, StoreError> {
+    /// The log file numbered `no`, durably named and headed: the prepared
+    /// file renamed, if there is one, else a new file.
+    fn create(disk: &dyn Disk, dir: &Path, no: u64) -> Result<LogFile, StoreError> {
         let p = dir.join(file_name(no));
         let prepared = dir.join(PREPARED);
-        let renamed = prepared.exists();
-        if renamed {
-            std::fs::rename(&prepared, &p).map_err(|e| io_err("rename", &prepared, e))?;
-        }
-        // Never into an existing file's old bytes, unless they are the
-        // prepared zeros just renamed in.
-        let f = OpenOptions::new()
-            .create_new(!renamed)
-            .write(true)
-            .open(&p)
-            .map_err(|e| io_err("create", &p, e))?;
-        sync_dir(dir)?;
+        let f = if disk.exists(&prepared) {
+            disk.rename(&prepared, &p).map_err(|e| io_err("rename", &prepared, e))?;
+            disk.open_write(&p).map_err(|e| io_err("open", &p, e))?
+        } else {
+            // Never into an existing file's old bytes.
+            let f = disk.create(&p, true).map_err(|e| io_err("create", &p, e))?;
+            f.write_at(&file_header(), 0)
+                .and_then(|_| f.sync_data())
+                .map_err(|e| io_err("write", &p, e))?;
+            f
+        };
+        sync_dir(disk, dir)?;
         Ok(f)
     }
 
@@ -381,36 +622,39 @@ impl Wal {
     /// failure only means the next file starts empty.
     pub fn prepare_next(&self) -> Result<(), StoreError> {
         let used = self.lock()?.closed_len;
-        if used < PREPARE_MIN {
+        if used < self.prepare_min {
             return Ok(());
         }
-        self.prepare_sized((used + used / 4).min(PREPARE_MAX))
+        self.prepare_sized((used + used / 4).clamp(4096, PREPARE_MAX))
     }
 
-    /// Prepares a next log file of `size` zero bytes, if none is ready.
+    /// Prepares a next log file of `size` bytes (its header, then zeros),
+    /// if none is ready.
     fn prepare_sized(&self, size: u64) -> Result<(), StoreError> {
+        let disk = self.disk.as_ref();
         let prepared = self.dir.join(PREPARED);
-        if prepared.exists() {
+        if disk.exists(&prepared) {
             return Ok(());
         }
         let tmp = self.dir.join(PREPARING);
         let res = (|| {
-            let mut f = OpenOptions::new().create(true).truncate(true).write(true).open(&tmp)?;
+            let f = disk.create(&tmp, false)?;
+            f.write_at(&file_header(), 0)?;
             let zeros = vec![0u8; 1 << 20];
-            let mut left = size;
-            while left > 0 {
-                let n = left.min(zeros.len() as u64) as usize;
-                f.write_all(&zeros[..n])?;
-                left -= n as u64;
+            let mut at = FILE_HEADER as u64;
+            while at < size {
+                let n = (size - at).min(zeros.len() as u64) as usize;
+                f.write_at(&zeros[..n], at)?;
+                at += n as u64;
             }
-            f.sync_all()?;
-            std::fs::rename(&tmp, &prepared)
+            f.sync_data()?;
+            disk.rename(&tmp, &prepared)
         })();
         if let Err(e) = res {
-            let _ = std::fs::remove_file(&tmp);
+            let _ = disk.remove(&tmp);
             return Err(io_err("prepare", &prepared, e));
         }
-        sync_dir(&self.dir)
+        sync_dir(disk, &self.dir)
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, State>, StoreError> {
@@ -477,16 +721,19 @@ impl Wal {
             }
             st.writing = true;
             let target = st.last_lsn;
-            let mut buf = std::mem::replace(&mut st.buf, Vec::with_capacity(1 << 16));
+            let mut buf = std::mem::replace(&mut st.buf, new_group());
             let file = st.file.clone();
             let file_no = st.file_no;
             // The range is reserved now: a rotation meanwhile writes the
             // closed file's last records after it.
             let pos = st.pos;
-            st.pos += buf.len() as u64;
+            let group_len = if buf.len() > GROUP_HEADER { buf.len() } else { 0 };
+            st.pos += group_len as u64;
             drop(st);
-            let res = file.write_all_at(&buf, pos).and_then(|_| file.sync_data());
-            buf.clear();
+            let res = match seal_group(&mut buf) {
+                Some(group) => file.write_at(group, pos).and_then(|_| file.sync_data()),
+                None => file.sync_data(),
+            };
             st = self.lock()?;
             st.writing = false;
             match res {
@@ -612,16 +859,16 @@ impl Wal {
     /// Opens the file the next rotation continues in (the prepared file,
     /// renamed in, or a new empty one), durably named. No lock is held
     /// meanwhile; only the checkpointer rotates, one rotation at a time.
-    pub fn open_next(&self) -> Result<File, StoreError> {
+    pub fn open_next(&self) -> Result<LogFile, StoreError> {
         let no = self.lock()?.file_no + 1;
-        Self::create(&self.dir, no)
+        Self::create(self.disk.as_ref(), &self.dir, no)
     }
 
     /// Makes `next` (from [`Wal::open_next`]) the file records go to from
     /// now on. No I/O: callers hold the store's write lock, so that no
     /// record is appended meanwhile, and release it before
     /// [`Wal::finish_rotate`], which they must call next.
-    pub fn begin_rotate(&self, next: File) -> Result<Rotation, StoreError> {
+    pub fn begin_rotate(&self, next: LogFile) -> Result<Rotation, StoreError> {
         let mut st = self.lock()?;
         Self::fail(&st)?;
         if st.rotating {
@@ -631,14 +878,14 @@ impl Wal {
         }
         let r = Rotation {
             closed: st.file_no,
-            file: std::mem::replace(&mut st.file, Arc::new(next)),
+            file: std::mem::replace(&mut st.file, next),
             pos: st.pos,
-            buf: std::mem::replace(&mut st.buf, Vec::with_capacity(1 << 16)),
+            buf: std::mem::replace(&mut st.buf, new_group()),
             last: st.last_lsn,
         };
         st.file_no += 1;
         st.closed_len = r.pos + r.buf.len() as u64;
-        st.pos = 0;
+        st.pos = FILE_HEADER as u64;
         st.rotating = true;
         Ok(r)
     }
@@ -655,7 +902,11 @@ impl Wal {
                 .map_err(|_| StoreError::Unavailable("write-ahead log lock poisoned".into()))?;
         }
         drop(st);
-        let res = r.file.write_all_at(&r.buf, r.pos).and_then(|_| r.file.sync_data());
+        let mut buf = r.buf;
+        let res = match seal_group(&mut buf) {
+            Some(group) => r.file.write_at(group, r.pos).and_then(|_| r.file.sync_data()),
+            None => r.file.sync_data(),
+        };
         let mut st = self.lock()?;
         st.rotating = false;
         let out = match res {
@@ -675,10 +926,10 @@ impl Wal {
     pub fn remove_through(&self, no: u64) -> Result<(), StoreError> {
         // Oldest first, each removal durable before the next: a crash never
         // leaves an older file behind a removed newer one.
-        for (n, p) in list(&self.dir)? {
+        for (n, p) in list(self.disk.as_ref(), &self.dir)? {
             if n <= no {
-                std::fs::remove_file(&p).map_err(|e| io_err("remove", &p, e))?;
-                sync_dir(&self.dir)?;
+                self.disk.remove(&p).map_err(|e| io_err("remove", &p, e))?;
+                sync_dir(self.disk.as_ref(), &self.dir)?;
             }
         }
         Ok(())
@@ -689,6 +940,15 @@ impl Wal {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::store::disk::OsDisk;
+
+    fn start(dir: &Path) -> Wal {
+        Wal::start(Arc::new(OsDisk), dir, &[], 0, PREPARE_MIN).unwrap()
+    }
+
+    fn replay(dir: &Path) -> Result<(Vec<Record>, Vec<u64>), StoreError> {
+        Wal::replay(&OsDisk, dir).map(|r| (r.records, r.files))
+    }
 
     fn ops(i: u8) -> Vec<PostImage> {
         vec![
@@ -706,38 +966,106 @@ mod tests {
     #[test]
     fn records_round_trip_and_a_torn_tail_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let w = Wal::start(dir.path(), &[], 0).unwrap();
+        let w = start(dir.path());
         for i in 1..=3u8 {
             let lsn = w.append(&ops(i)).unwrap();
             w.wait_durable(lsn).unwrap();
         }
         drop(w);
-        let (recs, files) = Wal::replay(dir.path()).unwrap();
+        let (recs, files) = replay(dir.path()).unwrap();
         assert_eq!(files, vec![1]);
         assert_eq!(recs.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![1, 2, 3]);
         assert_eq!(recs[1].ops, ops(2));
         // Tear the last record: the first two survive.
         let p = dir.path().join(file_name(1));
         let len = std::fs::metadata(&p).unwrap().len();
-        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
         f.set_len(len - 3).unwrap();
-        let (recs, _) = Wal::replay(dir.path()).unwrap();
+        let (recs, _) = replay(dir.path()).unwrap();
         assert_eq!(recs.len(), 2);
-        // Flip a byte inside the first record: good records follow it, so
-        // this is damage, not a crash, and the log is refused.
+        // Flip a byte inside the first group: readable groups follow it,
+        // so it was synced: damage, not a crash, and the log is refused,
+        // naming the file and the offset.
         let mut bytes = std::fs::read(&p).unwrap();
-        bytes[20] ^= 1;
+        let g = (len as usize - FILE_HEADER) / 3; // three groups of the same size
+        bytes[FILE_HEADER + 30] ^= 1;
         std::fs::write(&p, &bytes).unwrap();
-        assert!(matches!(Wal::replay(dir.path()), Err(StoreError::Corrupt(_))));
-        // A flip in the last whole record, with only the torn one after it,
+        match replay(dir.path()) {
+            Err(StoreError::Corrupt(m)) => {
+                assert!(m.contains(&format!("damaged at byte {FILE_HEADER}")), "{m}");
+                assert!(m.contains(&p.display().to_string()), "{m}");
+            }
+            other => panic!("expected the damage to be refused, got {:?}", other.map(|r| r.1)),
+        }
+        // A flip in the last whole group, with only the torn one after it,
         // reads as a crash: the records before it are kept.
-        let mut bytes = std::fs::read(&p).unwrap();
-        bytes[20] ^= 1;
-        let rec = (len / 3) as usize; // three records of the same size
-        bytes[rec + 20] ^= 1;
+        bytes[FILE_HEADER + 30] ^= 1;
+        bytes[FILE_HEADER + g + 30] ^= 1;
         std::fs::write(&p, &bytes).unwrap();
-        let (recs, _) = Wal::replay(dir.path()).unwrap();
+        let (recs, _) = replay(dir.path()).unwrap();
         assert_eq!(recs.len(), 1);
+    }
+
+    /// Power loss during one group's write can persist a later page of it
+    /// and not an earlier one: whole records after the hole are readable,
+    /// but none was acknowledged. The group is dropped, not refused.
+    #[test]
+    fn a_group_persisted_out_of_order_is_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = start(dir.path());
+        let lsn = w.append(&ops(1)).unwrap();
+        w.wait_durable(lsn).unwrap();
+        let big = |i: u8| vec![(Table::Audit, vec![b'a', i], Some(vec![i; 700]))];
+        let mut last = 0;
+        for i in 2..=5u8 {
+            last = w.append(&big(i)).unwrap();
+        }
+        w.wait_durable(last).unwrap();
+        drop(w);
+        let p = dir.path().join(file_name(1));
+        let mut bytes = std::fs::read(&p).unwrap();
+        let first_group = GROUP_HEADER + record_at(&bytes[FILE_HEADER + GROUP_HEADER..]).unwrap().1;
+        let second = FILE_HEADER + first_group;
+        // Its first sector never reached the disk; the rest did.
+        let hole_end = (second / 512 + 1) * 512;
+        for b in &mut bytes[second..hole_end] {
+            *b = 0;
+        }
+        // The last record (framing 8, LSN and count 12, op 1 + 1 + 4 + 2 + 4 + 700) is whole.
+        assert!(
+            record_at(&bytes[bytes.len() - 732..]).is_some(),
+            "a whole record after the hole"
+        );
+        std::fs::write(&p, &bytes).unwrap();
+        let r = Wal::replay(&OsDisk, dir.path()).unwrap();
+        assert_eq!(r.records.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(r.dropped_bytes, (bytes.len() - second) as u64);
+    }
+
+    /// A crash between opening the next file and syncing the closed file's
+    /// last records leaves a torn end in the closed file and a next file
+    /// holding only its header: a crash, not damage.
+    #[test]
+    fn a_torn_end_before_a_newer_file_without_records_is_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = start(dir.path());
+        let lsn = w.append(&ops(1)).unwrap();
+        w.wait_durable(lsn).unwrap();
+        let next = w.open_next().unwrap();
+        drop(next);
+        drop(w);
+        // Half of the closed file's last group reached the disk.
+        let p = dir.path().join(file_name(1));
+        let mut group = new_group();
+        encode(&mut group, 2, &ops(2));
+        let sealed = seal_group(&mut group).unwrap().to_vec();
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes.extend_from_slice(&sealed[..sealed.len() / 2]);
+        std::fs::write(&p, &bytes).unwrap();
+        assert!(dir.path().join(file_name(2)).exists());
+        let (recs, files) = replay(dir.path()).unwrap();
+        assert_eq!(files, vec![1, 2]);
+        assert_eq!(recs.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![1]);
     }
 
     /// A prepared (zero-filled) file becomes the next log file: records go
@@ -747,7 +1075,7 @@ mod tests {
     #[test]
     fn prepared_files_hold_records_and_end_cleanly_at_their_zeros() {
         let dir = tempfile::tempdir().unwrap();
-        let w = Wal::start(dir.path(), &[], 0).unwrap();
+        let w = start(dir.path());
         let lsn = w.append(&ops(1)).unwrap();
         w.wait_durable(lsn).unwrap();
         w.prepare_sized(64 << 10).unwrap();
@@ -770,7 +1098,7 @@ mod tests {
         w.prepare_next().unwrap();
         assert!(!dir.path().join(PREPARED).exists());
         drop(w);
-        let (recs, files) = Wal::replay(dir.path()).unwrap();
+        let (recs, files) = replay(dir.path()).unwrap();
         assert_eq!(files, vec![1, 2, 3]);
         assert_eq!(recs.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
         assert_eq!(recs[3].ops, ops(4));
@@ -783,14 +1111,14 @@ mod tests {
         encode(&mut torn, 6, &ops(6));
         bytes[end..end + torn.len() - 4].copy_from_slice(&torn[..torn.len() - 4]);
         std::fs::write(&p3, &bytes).unwrap();
-        let (recs, _) = Wal::replay(dir.path()).unwrap();
+        let (recs, _) = replay(dir.path()).unwrap();
         assert_eq!(recs.len(), 5);
         // Left-over prepared files are not read as log, and are removed.
         std::fs::write(dir.path().join(PREPARED), vec![0u8; 4096]).unwrap();
         std::fs::write(dir.path().join(PREPARING), vec![0u8; 100]).unwrap();
-        let (recs, files) = Wal::replay(dir.path()).unwrap();
+        let (recs, files) = replay(dir.path()).unwrap();
         assert_eq!(recs.len(), 5);
-        let w = Wal::start(dir.path(), &files, 5).unwrap();
+        let w = Wal::start(Arc::new(OsDisk), dir.path(), &files, 5, PREPARE_MIN).unwrap();
         assert!(!dir.path().join(PREPARED).exists());
         assert!(!dir.path().join(PREPARING).exists());
         drop(w);
@@ -802,7 +1130,7 @@ mod tests {
     #[test]
     fn records_missing_between_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let w = Wal::start(dir.path(), &[], 0).unwrap();
+        let w = start(dir.path());
         let mut sizes = Vec::new();
         for i in 1..=3u8 {
             let lsn = w.append(&ops(i)).unwrap();
@@ -813,14 +1141,14 @@ mod tests {
         let lsn = w.append(&ops(4)).unwrap();
         w.wait_durable(lsn).unwrap();
         drop(w);
-        assert_eq!(Wal::replay(dir.path()).unwrap().0.len(), 4);
+        assert_eq!(replay(dir.path()).unwrap().0.len(), 4);
         let p1 = dir.path().join(file_name(1));
         let mut bytes = std::fs::read(&p1).unwrap();
         for b in &mut bytes[sizes[1] as usize..] {
             *b = 0;
         }
         std::fs::write(&p1, &bytes).unwrap();
-        assert!(matches!(Wal::replay(dir.path()), Err(StoreError::Corrupt(m)) if m.contains("missing")));
+        assert!(matches!(replay(dir.path()), Err(StoreError::Corrupt(m)) if m.contains("missing")));
     }
 
     /// During a rotation, records go on being appended to the new file,
@@ -829,7 +1157,7 @@ mod tests {
     #[test]
     fn a_rotation_does_not_block_appends_and_keeps_durability_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let w = Arc::new(Wal::start(dir.path(), &[], 0).unwrap());
+        let w = Arc::new(start(dir.path()));
         let a = w.append(&ops(1)).unwrap();
         let next = w.open_next().unwrap();
         let r = w.begin_rotate(next).unwrap();
@@ -843,7 +1171,7 @@ mod tests {
         rx.recv_timeout(std::time::Duration::from_secs(30)).unwrap().unwrap();
         w.wait_durable(a).unwrap();
         drop(w);
-        let (recs, files) = Wal::replay(dir.path()).unwrap();
+        let (recs, files) = replay(dir.path()).unwrap();
         assert_eq!(files, vec![1, 2]);
         assert_eq!(recs.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![1, 2]);
     }
@@ -851,27 +1179,27 @@ mod tests {
     #[test]
     fn damage_before_a_newer_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let w = Wal::start(dir.path(), &[], 0).unwrap();
+        let w = start(dir.path());
         let lsn = w.append(&ops(1)).unwrap();
         w.wait_durable(lsn).unwrap();
         assert_eq!(w.rotate().unwrap(), 1);
         let lsn = w.append(&ops(2)).unwrap();
         w.wait_durable(lsn).unwrap();
         drop(w);
-        let (recs, files) = Wal::replay(dir.path()).unwrap();
+        let (recs, files) = replay(dir.path()).unwrap();
         assert_eq!((recs.len(), files), (2, vec![1, 2]));
         let p = dir.path().join(file_name(1));
         let mut bytes = std::fs::read(&p).unwrap();
         let n = bytes.len();
         bytes[n - 1] ^= 1;
         std::fs::write(&p, &bytes).unwrap();
-        assert!(matches!(Wal::replay(dir.path()), Err(StoreError::Corrupt(_))));
+        assert!(matches!(replay(dir.path()), Err(StoreError::Corrupt(_))));
     }
 
     #[test]
     fn concurrent_commits_share_syncs_and_all_become_durable() {
         let dir = tempfile::tempdir().unwrap();
-        let w = Arc::new(Wal::start(dir.path(), &[], 0).unwrap());
+        let w = Arc::new(start(dir.path()));
         let order = Arc::new(Mutex::new(()));
         let hs: Vec<_> = (0..8)
             .map(|t| {
@@ -891,7 +1219,7 @@ mod tests {
             h.join().unwrap();
         }
         drop(w);
-        let (recs, _) = Wal::replay(dir.path()).unwrap();
+        let (recs, _) = replay(dir.path()).unwrap();
         assert_eq!(recs.len(), 400);
         assert!(recs.windows(2).all(|p| p[1].lsn == p[0].lsn + 1));
     }
