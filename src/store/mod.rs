@@ -18,6 +18,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 mod disk;
+#[cfg(test)]
+mod sim;
 pub mod sled_store;
 mod wal;
 

@@ -485,8 +485,11 @@ fn check_dir(disk: &dyn Disk, path: &Path) -> Result<(), StoreError> {
         .list(path)
         .map_err(|e| StoreError::Unavailable(format!("cannot read the store directory {}: {e}", path.display())))?;
     let has = |n: &str| names.iter().any(|x| x == n);
-    // A store made before the marker existed has sled's files and a log.
-    if names.is_empty() || has(MARKER) || (has("conf") && has("db")) {
+    // A store made before the marker existed has sled's files and a log;
+    // a crash while a new store was being created leaves only Sigil's own
+    // names.
+    let own = |n: &String| n == "wal" || n.as_str() == format!("{MARKER}.tmp");
+    if names.iter().all(own) || has(MARKER) || (has("conf") && has("db")) {
         return Ok(());
     }
     Err(StoreError::Corrupt(format!(
