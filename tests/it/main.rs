@@ -6,6 +6,7 @@ mod approvals;
 mod bad_input;
 mod binary;
 mod cli;
+mod crash;
 mod harness;
 mod lifecycle;
 mod protections;

@@ -1,0 +1,810 @@
+//! kill -9 of the real `sigild` under load: several mTLS clients enroll
+//! TOTP factors, complete and redeem approvals (some twice at once) while
+//! the daemon is killed with SIGKILL at random moments. After each restart
+//! on the same store and token, everything that was acknowledged is still
+//! there: redeemed approvals stay redeemed, enrollments exist, used TOTP
+//! steps stay used, no approval was ever redeemed twice, the audit chain
+//! (and every checkpoint signed so far) verifies, and the daemon is ready
+//! within 2 s.
+//!
+//! The kill moments come from a seed; `SIGIL_CRASH_SEED=N` replays one.
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sigil::client::connect_as;
+use sigil::factor::totp;
+use sigil::pb;
+use sigil::pb::approval_service_client::ApprovalServiceClient;
+use sigil::pb::factor_service_client::FactorServiceClient;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::harness::*;
+
+/// SIGKILLs (each followed by a restart on the same data).
+const ROUNDS: usize = 8;
+/// Concurrent load clients.
+const WORKERS: usize = 4;
+/// A restarted daemon must answer RPCs within this.
+const READY_LIMIT: Duration = Duration::from_secs(2);
+
+/// xorshift64*: enough to pick kill moments and actions from a seed.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng((seed ^ 0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+struct Daemon {
+    child: Child,
+    _stdout: BufReader<ChildStdout>,
+    url: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // A failing test must not leave a daemon behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn envs(cmd: &mut Command, dir: &Path) {
+    let certs = certs_dir();
+    cmd.current_dir(dir)
+        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
+        .env("SIGIL_HSM_PIN", "crash-test-pin-1")
+        .env("SIGIL_HSM_SO_PIN", "crash-test-so-pin-1")
+        .env("SIGIL_STORE_PATH", dir.join("data/sled"))
+        .env("SIGIL_TLS_CERT", certs.join("server.pem"))
+        .env("SIGIL_TLS_KEY", certs.join("server.key"))
+        .env("SIGIL_CLIENT_CA", certs.join("ca.pem"))
+        .env("RUST_LOG", "error")
+        .env("SIGIL_CONFIG", dir.join("sigil.toml"));
+}
+
+/// Starts sigild on a free port; returns it and the time until it said it listens.
+fn start_daemon(dir: &Path) -> (Daemon, Duration) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let t0 = Instant::now();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sigild"));
+    envs(&mut cmd, dir);
+    let mut child = cmd
+        .env("SIGIL_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let listening = t0.elapsed();
+    assert!(
+        line.contains("listening on https://127.0.0.1:"),
+        "sigild said: {line:?}"
+    );
+    (
+        Daemon {
+            child,
+            _stdout: stdout,
+            url: format!("https://127.0.0.1:{port}"),
+        },
+        listening,
+    )
+}
+
+/// Health SERVING and a real RPC answered, over fresh mTLS connections.
+async fn wait_ready(url: &str) {
+    let ch = connect_as(url, &certs_dir(), "frontend").await.unwrap();
+    let st = tonic_health::pb::health_client::HealthClient::new(ch.clone())
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        st.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    FactorServiceClient::new(ch)
+        .list_factors(pb::ListFactorsRequest {
+            user_id: "crash-nobody".into(),
+        })
+        .await
+        .unwrap();
+}
+
+fn real_step() -> u64 {
+    totp::step_at(now_secs())
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// Runs the real `sigil audit verify --checkpoint`; returns (entries, checkpoints).
+fn audit_verify(url: &str) -> (u64, u64) {
+    let certs = certs_dir();
+    let out = Command::new(env!("CARGO_BIN_EXE_sigil"))
+        .args(["audit", "verify", "--checkpoint", "--server", url])
+        .arg("--ca")
+        .arg(certs.join("ca.pem"))
+        .arg("--cert")
+        .arg(certs.join("admin.pem"))
+        .arg("--key")
+        .arg(certs.join("admin.key"))
+        .env_remove("SIGIL_URL")
+        .env_remove("SIGIL_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("audit log ok"),
+        "sigil audit verify: {text}"
+    );
+    // "audit log ok: N entries, M signed checkpoint(s) verified with key K"
+    let num = |after: &str| -> u64 {
+        text.split(after)
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (num("audit log ok:"), num("entries,"))
+}
+
+/// A user whose enrollment was acknowledged.
+struct User {
+    /// The worker that uses it (one at a time, so its steps stay ordered).
+    owner: usize,
+    seed: Vec<u8>,
+    factor_id: String,
+    /// Highest step ever sent for it, acknowledged or not.
+    last_tried: u64,
+}
+
+/// A TOTP code the server acknowledged (enrollment or approval).
+struct Used {
+    user: String,
+    step: u64,
+    code: String,
+    checked: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Redemption {
+    /// The approval was acknowledged; no redemption was sent: after the
+    /// restart it must redeem.
+    NotSent,
+    /// A redemption was sent, not (yet) acknowledged.
+    Sent,
+    /// Known redeemed: acknowledged, or refused as already redeemed.
+    Redeemed,
+}
+
+struct Approval {
+    token: String,
+    expires_at: i64,
+    state: Redemption,
+}
+
+#[derive(Default)]
+struct Counts {
+    enrollments: u64,
+    approvals: u64,
+    redemptions: u64,
+    /// Expected refusals: the loser of a concurrent double redemption and
+    /// re-redemptions of redeemed approvals.
+    refusals: u64,
+    double_redeems: u64,
+    /// Calls cut off by the kill (not acknowledged).
+    lost: u64,
+}
+
+#[derive(Default)]
+struct Ledger {
+    users: BTreeMap<String, User>,
+    used: Vec<Used>,
+    approvals: HashMap<String, Approval>,
+    /// jti of approvals known redeemed, to re-redeem at random.
+    redeemed: Vec<String>,
+    /// Successful redemptions per jti; more than one is a violation.
+    redeem_oks: HashMap<String, u32>,
+    counts: Counts,
+    /// Answers a live daemon should not have given.
+    unexpected: Vec<String>,
+    /// Broken guarantees.
+    violations: Vec<String>,
+}
+
+impl Ledger {
+    /// Records a successful redemption of `jti`.
+    fn redeem_ok(&mut self, jti: &str) {
+        let n = self.redeem_oks.entry(jti.to_string()).or_insert(0);
+        *n += 1;
+        if *n > 1 {
+            self.violations.push(format!("approval {jti} was redeemed {n} times"));
+        }
+        self.counts.redemptions += 1;
+        self.mark_redeemed(jti);
+    }
+
+    fn mark_redeemed(&mut self, jti: &str) {
+        let a = self.approvals.get_mut(jti).unwrap();
+        if a.state != Redemption::Redeemed {
+            a.state = Redemption::Redeemed;
+            self.redeemed.push(jti.to_string());
+        }
+    }
+}
+
+fn already_redeemed(st: &Status) -> bool {
+    st.code() == Code::FailedPrecondition && st.message().contains("already redeemed")
+}
+
+static NEXT_USER: AtomicU64 = AtomicU64::new(0);
+
+struct Worker {
+    id: usize,
+    f: FactorServiceClient<Channel>,
+    a: ApprovalServiceClient<Channel>,
+    ledger: Arc<Mutex<Ledger>>,
+    rng: Rng,
+}
+
+impl Worker {
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap()
+    }
+
+    /// Enrolls and confirms a TOTP factor for a new user.
+    async fn enroll(&mut self) -> Result<(), Status> {
+        let user = format!("crash-{}", NEXT_USER.fetch_add(1, Ordering::SeqCst));
+        let e = self
+            .f
+            .begin_totp_enrollment(pb::BeginTotpEnrollmentRequest {
+                user_id: user.clone(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let seed = data_encoding::BASE32_NOPAD.decode(e.secret_base32.as_bytes()).unwrap();
+        let step = real_step();
+        let code = totp::code_at_step(&seed, step);
+        self.f
+            .confirm_totp_enrollment(pb::ConfirmTotpEnrollmentRequest {
+                user_id: user.clone(),
+                factor_id: e.factor_id.clone(),
+                code: code.clone(),
+            })
+            .await?;
+        let mut l = self.ledger();
+        l.users.insert(
+            user.clone(),
+            User {
+                owner: self.id,
+                seed,
+                factor_id: e.factor_id,
+                last_tried: step,
+            },
+        );
+        l.used.push(Used {
+            user,
+            step,
+            code,
+            checked: false,
+        });
+        l.counts.enrollments += 1;
+        Ok(())
+    }
+
+    /// One of this worker's users with a fresh step in the window.
+    fn pick_user(&mut self) -> Option<String> {
+        let cur = real_step();
+        let l = self.ledger.lock().unwrap();
+        let free: Vec<&String> = l
+            .users
+            .iter()
+            .filter(|(_, u)| u.owner == self.id && u.last_tried < cur + 1)
+            .map(|(n, _)| n)
+            .collect();
+        if free.is_empty() {
+            return None;
+        }
+        Some(free[self.rng.below(free.len() as u64) as usize].clone())
+    }
+
+    /// Begin + complete an approval with a fresh step of `user`, then
+    /// redeem it (sometimes twice at once).
+    async fn approve(&mut self, user: &str) -> Result<(), Status> {
+        let (seed, factor_id, step) = {
+            let mut l = self.ledger();
+            let u = l.users.get_mut(user).unwrap();
+            let cur = real_step();
+            let step = (u.last_tried + 1).max(cur);
+            if step > cur + 1 {
+                return Ok(());
+            }
+            // Counted as tried before it is sent: a step the dead daemon
+            // may have accepted is never offered again.
+            u.last_tried = step;
+            (u.seed.clone(), u.factor_id.clone(), step)
+        };
+        let intent = withdrawal(user, &format!("wd-{user}-{step}"));
+        let b = self
+            .a
+            .begin_approval(pb::BeginApprovalRequest {
+                intent: Some(intent.clone()),
+                device: None,
+            })
+            .await?
+            .into_inner();
+        let code = totp::code_at_step(&seed, step);
+        let done = self
+            .a
+            .complete_approval(totp_proof(&b.challenge_id, user, &code, &factor_id))
+            .await?
+            .into_inner();
+        let jti = done.jti.clone();
+        // Some approvals are left for after the restart: issued and
+        // acknowledged, they must still be redeemable then (once).
+        let later = self.rng.below(8) == 0;
+        {
+            let mut l = self.ledger();
+            l.used.push(Used {
+                user: user.to_string(),
+                step,
+                code,
+                checked: false,
+            });
+            l.approvals.insert(
+                jti.clone(),
+                Approval {
+                    token: done.approval.clone(),
+                    expires_at: done.expires_at,
+                    state: if later { Redemption::NotSent } else { Redemption::Sent },
+                },
+            );
+            l.counts.approvals += 1;
+        }
+        if later {
+            return Ok(());
+        }
+        let req = pb::RedeemApprovalRequest {
+            approval: done.approval,
+            expected_intent: Some(intent),
+        };
+        if self.rng.below(4) == 0 {
+            // Two redemptions at once: exactly one may succeed.
+            let mut other = self.a.clone();
+            let (r1, r2) = tokio::join!(self.a.redeem_approval(req.clone()), other.redeem_approval(req));
+            let mut l = self.ledger();
+            l.counts.double_redeems += 1;
+            let mut oks = 0;
+            let mut first_err = None;
+            for r in [r1, r2] {
+                match r {
+                    Ok(_) => {
+                        oks += 1;
+                        l.redeem_ok(&jti);
+                    }
+                    Err(st) if already_redeemed(&st) => l.counts.refusals += 1,
+                    Err(st) => first_err = first_err.or(Some(st)),
+                }
+            }
+            if let Some(st) = first_err {
+                return Err(st);
+            }
+            if oks != 1 {
+                l.violations
+                    .push(format!("approval {jti}: {oks} of two concurrent redemptions succeeded"));
+            }
+        } else {
+            self.a.redeem_approval(req).await?;
+            self.ledger().redeem_ok(&jti);
+        }
+        Ok(())
+    }
+
+    /// Redeems an approval already known redeemed: must be refused.
+    async fn redeem_again(&mut self) -> Result<(), Status> {
+        let pick = {
+            let l = self.ledger.lock().unwrap();
+            if l.redeemed.is_empty() {
+                return Ok(());
+            }
+            let jti = l.redeemed[self.rng.below(l.redeemed.len() as u64) as usize].clone();
+            let a = &l.approvals[&jti];
+            (a.expires_at > now_secs() + 5).then(|| (jti, a.token.clone()))
+        };
+        let Some((jti, token)) = pick else { return Ok(()) };
+        let r = self
+            .a
+            .redeem_approval(pb::RedeemApprovalRequest {
+                approval: token,
+                expected_intent: None,
+            })
+            .await;
+        match r {
+            Ok(_) => {
+                self.ledger().redeem_ok(&jti);
+                Ok(())
+            }
+            Err(st) if already_redeemed(&st) => {
+                self.ledger().counts.refusals += 1;
+                Ok(())
+            }
+            Err(st) => Err(st),
+        }
+    }
+}
+
+/// Drives load until `killed` is set; errors after that are the kill's.
+async fn worker(id: usize, url: String, ledger: Arc<Mutex<Ledger>>, killed: Arc<AtomicBool>, seed: u64) {
+    let certs = certs_dir();
+    let connected = async {
+        let f = connect_as(&url, &certs, "frontend").await?;
+        let a = connect_as(&url, &certs, "withdrawal-engine").await?;
+        Ok::<_, sigil::Error>((f, a))
+    }
+    .await;
+    let (f, a) = match connected {
+        Ok(c) => c,
+        Err(e) => {
+            if !killed.load(Ordering::SeqCst) {
+                ledger
+                    .lock()
+                    .unwrap()
+                    .unexpected
+                    .push(format!("worker {id} connect: {e}"));
+            }
+            return;
+        }
+    };
+    let mut w = Worker {
+        id,
+        f: FactorServiceClient::new(f),
+        a: ApprovalServiceClient::new(a),
+        ledger,
+        rng: Rng::new(seed),
+    };
+    while !killed.load(Ordering::SeqCst) {
+        let r = match w.rng.below(8) {
+            0 => w.redeem_again().await,
+            n => match w.pick_user() {
+                Some(u) if n > 2 => w.approve(&u).await,
+                _ => w.enroll().await,
+            },
+        };
+        if let Err(st) = r {
+            let mut l = w.ledger();
+            if killed.load(Ordering::SeqCst) {
+                l.counts.lost += 1;
+                return;
+            }
+            l.unexpected
+                .push(format!("worker {id}: {:?}: {}", st.code(), st.message()));
+        }
+    }
+}
+
+/// Runs `f` over `items` in `WORKERS` concurrent tasks.
+async fn in_parallel<T, F, Fut>(items: Vec<T>, f: F)
+where
+    T: Send + 'static,
+    F: Fn(T) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut chunks: Vec<Vec<T>> = (0..WORKERS).map(|_| Vec::new()).collect();
+    for (i, it) in items.into_iter().enumerate() {
+        chunks[i % WORKERS].push(it);
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for chunk in chunks {
+        let f = f.clone();
+        set.spawn(async move {
+            for it in chunk {
+                f(it).await;
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+}
+
+/// Every acknowledged TOTP step still inside the window is refused again.
+/// Returns (checked, skipped because the clock left the window).
+async fn check_used_steps(url: &str, ledger: &Arc<Mutex<Ledger>>, seed: u64) -> (u64, u64) {
+    let todo: Vec<(String, u64, String)> = {
+        let mut l = ledger.lock().unwrap();
+        l.used
+            .iter_mut()
+            .filter(|u| !u.checked)
+            .map(|u| {
+                u.checked = true;
+                (u.user.clone(), u.step, u.code.clone())
+            })
+            .collect()
+    };
+    let checked = Arc::new(AtomicU64::new(0));
+    let skipped = Arc::new(AtomicU64::new(0));
+    let a = ApprovalServiceClient::new(connect_as(url, &certs_dir(), "withdrawal-engine").await.unwrap());
+    let (c, s) = (checked.clone(), skipped.clone());
+    in_parallel(todo, move |(user, step, code): (String, u64, String)| {
+        let mut a = a.clone();
+        let (checked, skipped) = (c.clone(), s.clone());
+        async move {
+            // Outside the ±1 window the refusal would prove nothing.
+            if step + 1 < real_step() {
+                skipped.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            let b = a
+                .begin_approval(pb::BeginApprovalRequest {
+                    intent: Some(withdrawal(&user, &format!("wd-replay-{user}-{step}"))),
+                    device: None,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let r = a.complete_approval(totp_proof(&b.challenge_id, &user, &code, "")).await;
+            match r {
+                Ok(_) => panic!(
+                    "seed={seed}: user {user}'s acknowledged TOTP step {step} was accepted again after a kill -9 and restart"
+                ),
+                Err(st) if st.code() == Code::PermissionDenied && st.message().contains("not accepted") => {}
+                Err(st) if st.code() == Code::ResourceExhausted && st.message().contains("locked") => {}
+                Err(st) => panic!("seed={seed}: replay of {user}'s step {step}: unexpected {st:?}"),
+            }
+            checked.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+    .await;
+    (checked.load(Ordering::SeqCst), skipped.load(Ordering::SeqCst))
+}
+
+/// Every acknowledged redemption is refused as already redeemed; an
+/// approval issued but not (knowingly) redeemed is redeemed now, once.
+/// Returns (re-checked, redeemed now, skipped as expired).
+async fn check_redemptions(url: &str, ledger: &Arc<Mutex<Ledger>>, seed: u64) -> (u64, u64, u64) {
+    let todo: Vec<(String, String, Redemption, i64)> = {
+        let l = ledger.lock().unwrap();
+        l.approvals
+            .iter()
+            .map(|(jti, a)| (jti.clone(), a.token.clone(), a.state, a.expires_at))
+            .collect()
+    };
+    let counts = Arc::new(Mutex::new((0u64, 0u64, 0u64)));
+    let a = ApprovalServiceClient::new(connect_as(url, &certs_dir(), "withdrawal-engine").await.unwrap());
+    let (ledger2, counts2) = (ledger.clone(), counts.clone());
+    in_parallel(todo, move |(jti, token, state, exp): (String, String, Redemption, i64)| {
+        let mut a = a.clone();
+        let (ledger, counts) = (ledger2.clone(), counts2.clone());
+        async move {
+            if exp <= now_secs() + 5 {
+                counts.lock().unwrap().2 += 1;
+                return;
+            }
+            let r = a
+                .redeem_approval(pb::RedeemApprovalRequest {
+                    approval: token,
+                    expected_intent: None,
+                })
+                .await;
+            match (state, r) {
+                (Redemption::Redeemed, Err(st)) if already_redeemed(&st) => counts.lock().unwrap().0 += 1,
+                (Redemption::Redeemed, Ok(_)) => panic!(
+                    "seed={seed}: approval {jti}, acknowledged as redeemed, was redeemed again after a kill -9 and restart"
+                ),
+                (Redemption::Sent | Redemption::NotSent, Ok(_)) => {
+                    ledger.lock().unwrap().redeem_ok(&jti);
+                    counts.lock().unwrap().1 += 1;
+                }
+                // A redemption cut off by the kill may have been written.
+                (Redemption::Sent, Err(st)) if already_redeemed(&st) => {
+                    let mut l = ledger.lock().unwrap();
+                    l.counts.refusals += 1;
+                    l.mark_redeemed(&jti);
+                }
+                (state, Err(st)) => panic!("seed={seed}: redeeming {jti} ({state:?}) after restart: {st:?}"),
+            }
+        }
+    })
+    .await;
+    let c = *counts.lock().unwrap();
+    c
+}
+
+/// Every acknowledged enrollment is an active factor. Returns how many.
+async fn check_enrollments(url: &str, ledger: &Arc<Mutex<Ledger>>, seed: u64) -> u64 {
+    let todo: Vec<(String, String)> = {
+        let l = ledger.lock().unwrap();
+        l.users.iter().map(|(n, u)| (n.clone(), u.factor_id.clone())).collect()
+    };
+    let n = todo.len() as u64;
+    let f = FactorServiceClient::new(connect_as(url, &certs_dir(), "frontend").await.unwrap());
+    in_parallel(todo, move |(user, factor_id): (String, String)| {
+        let mut f = f.clone();
+        async move {
+            let list = f
+                .list_factors(pb::ListFactorsRequest { user_id: user.clone() })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(
+                list.factors
+                    .iter()
+                    .any(|x| x.factor_id == factor_id && x.state == pb::FactorState::Active as i32),
+                "seed={seed}: user {user}'s acknowledged enrollment {factor_id} is not an active factor after a kill -9 and restart: {:?}",
+                list.factors
+            );
+        }
+    })
+    .await;
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_under_load_loses_nothing_acknowledged() {
+    let seed = match std::env::var("SIGIL_CRASH_SEED") {
+        Ok(s) => s.parse::<u64>().expect("SIGIL_CRASH_SEED must be a number"),
+        Err(_) => SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64,
+    };
+    println!("crash test seed={seed} (replay the kill moments with SIGIL_CRASH_SEED={seed})");
+    let mut rng = Rng::new(seed);
+    let started = Instant::now();
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sigil.toml"),
+        "version = 1\n[protection]\nrequire_whitelisted_address = false\nsecurity_change_lock_seconds = 0\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("tokens")).unwrap();
+    sigil_hsm::write_softhsm_conf(&dir.path().join("softhsm2.conf"), &dir.path().join("tokens")).unwrap();
+    let mut init = Command::new(env!("CARGO_BIN_EXE_sigil"));
+    envs(&mut init, dir.path());
+    let out = init.args(["hsm", "init"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "sigil hsm init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let (mut daemon, _) = start_daemon(dir.path());
+    wait_ready(&daemon.url).await;
+    let (mut audit_entries, mut audit_checkpoints) = (0, 0);
+    let (mut steps_checked, mut steps_skipped) = (0, 0);
+    let (mut redemptions_checked, mut enrollments_checked) = (0, 0);
+    let mut worst_ready = Duration::ZERO;
+
+    for round in 1..=ROUNDS {
+        let killed = Arc::new(AtomicBool::new(false));
+        let kill_after = Duration::from_millis(200 + rng.below(1301));
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|i| {
+                tokio::spawn(worker(
+                    i,
+                    daemon.url.clone(),
+                    ledger.clone(),
+                    killed.clone(),
+                    rng.next() ^ i as u64,
+                ))
+            })
+            .collect();
+        tokio::time::sleep(kill_after).await;
+        // Set first: any error a worker sees from now on may be the kill's.
+        killed.store(true, Ordering::SeqCst);
+        daemon.child.kill().unwrap(); // SIGKILL
+        let status = daemon.child.wait().unwrap();
+        assert!(!status.success(), "sigild was not killed: {status}");
+        for w in workers {
+            tokio::time::timeout(Duration::from_secs(20), w)
+                .await
+                .expect("a load client did not stop after the kill")
+                .unwrap();
+        }
+        {
+            let l = ledger.lock().unwrap();
+            assert!(
+                l.unexpected.is_empty(),
+                "seed={seed}: the live daemon gave unexpected answers: {:#?}",
+                l.unexpected
+            );
+            assert!(l.violations.is_empty(), "seed={seed}: {:#?}", l.violations);
+        }
+
+        // Restart on the same data and token.
+        let t0 = Instant::now();
+        let (d, listening) = start_daemon(dir.path());
+        daemon = d;
+        wait_ready(&daemon.url).await;
+        let ready = t0.elapsed();
+        worst_ready = worst_ready.max(ready);
+        assert!(
+            ready < READY_LIMIT,
+            "seed={seed}: restart {round} took {ready:?} to be ready (listening after {listening:?})"
+        );
+
+        // The clock moves on: TOTP steps first.
+        let (c, s) = check_used_steps(&daemon.url, &ledger, seed).await;
+        steps_checked += c;
+        steps_skipped += s;
+        let (r, now_redeemed, expired) = check_redemptions(&daemon.url, &ledger, seed).await;
+        redemptions_checked += r;
+        let e = check_enrollments(&daemon.url, &ledger, seed).await;
+        enrollments_checked += e;
+        let (entries, cps) = audit_verify(&daemon.url);
+        // What a previous verification saw had survived a restart already:
+        // it must all still be there, checkpoints included.
+        assert!(
+            entries > audit_entries && cps > audit_checkpoints,
+            "seed={seed}: audit log shrank: {entries} entries / {cps} checkpoints after {audit_entries} / {audit_checkpoints}"
+        );
+        (audit_entries, audit_checkpoints) = (entries, cps);
+        {
+            let l = ledger.lock().unwrap();
+            assert!(l.violations.is_empty(), "seed={seed}: {:#?}", l.violations);
+            println!(
+                "round {round}: killed after {kill_after:?}; restart listening in {listening:?}, ready in {ready:?}; \
+                 {} users, {} approvals so far; steps replayed {c} (skipped {s}), redemptions re-refused {r}, \
+                 redeemed after restart {now_redeemed}, expired {expired}, enrollments found {e}; audit ok: {entries} entries, {cps} checkpoints",
+                l.users.len(),
+                l.approvals.len()
+            );
+        }
+    }
+
+    let l = ledger.lock().unwrap();
+    let c = &l.counts;
+    println!(
+        "crash test seed={seed}: {ROUNDS} kill -9 rounds in {:?}, slowest restart ready in {worst_ready:?}; \
+         acknowledged: {} enrollments, {} approvals, {} redemptions ({} double-redemption races); \
+         {} expected refusals (already redeemed), {} calls cut off by kills; \
+         after restarts: {steps_checked} used steps replayed and refused ({steps_skipped} out of window), \
+         {redemptions_checked} redemptions re-refused, {enrollments_checked} enrollments found; \
+         audit log {audit_entries} entries, {audit_checkpoints} checkpoints",
+        started.elapsed(),
+        c.enrollments,
+        c.approvals,
+        c.redemptions,
+        c.double_redeems,
+        c.refusals,
+        c.lost,
+    );
+    // The test must have exercised something.
+    assert!(
+        c.enrollments > 0 && c.approvals > 0 && c.redemptions > 0,
+        "no load was acknowledged"
+    );
+    assert!(
+        steps_checked > 0 && redemptions_checked > 0,
+        "nothing was checked after restarts"
+    );
+    assert!(c.lost > 0, "no call was ever cut off by a kill");
+}
