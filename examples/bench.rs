@@ -469,6 +469,7 @@ fn main() {
     let pin = sigil::signer::read_pin(&cfg.hsm).expect("pin");
     let signer = Signer::open(&cfg, pin).expect("signer");
     let store = Arc::new(SledStore::open_with(&cfg.store.path, cfg.store.tuning()).expect("store"));
+    let sled_store = store.clone();
     let clock = Arc::new(TestClock::new(T0));
     let sigil = Arc::new(Sigil::new(cfg.clone(), store, signer, clock.clone()).expect("sigil"));
 
@@ -753,6 +754,16 @@ fn main() {
     println!(
         "| diag: ceiling for any approval (2 RPCs) on this transport: floor / 2 / raw (8 threads) | {:.3} |",
         floor.per_sec() / 2.0 / raw8.per_sec()
+    );
+    let cp = sled_store.checkpoint_stats();
+    let per = |d: Duration| d.as_secs_f64() * 1000.0 / cp.checkpoints.max(1) as f64;
+    println!(
+        "| diag: store checkpoints during the whole run | {} checkpoints; per checkpoint: writing into sled {:.2} ms, \
+         durability barrier (sled flush + fsync of its files) {:.2} ms, marker file + log removal {:.2} ms |",
+        cp.checkpoints,
+        per(cp.apply),
+        per(cp.barrier),
+        per(cp.marker_and_removal)
     );
     println!("\ntotal bench wall time: {:.1} s", wall.elapsed().as_secs_f64());
 

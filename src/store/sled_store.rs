@@ -84,6 +84,21 @@ impl Default for Tuning {
 /// bound.
 const BACKPRESSURE_FACTOR: usize = 4;
 
+/// What checkpoints have cost so far (see [`SledStore::checkpoint_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CheckpointStats {
+    /// Checkpoints that wrote something into sled.
+    pub checkpoints: u64,
+    /// Time spent writing records into sled (sled's own buffers).
+    pub apply: Duration,
+    /// Time spent in the durability barrier: sled's flush, then an fsync
+    /// of every sled file and directory.
+    pub barrier: Duration,
+    /// Time spent recording the applied position (marker file: write,
+    /// sync, rename, directory sync) and deleting the covered log files.
+    pub marker_and_removal: Duration,
+}
+
 /// sled-backed [`Store`].
 pub struct SledStore {
     inner: Arc<Inner>,
@@ -107,6 +122,8 @@ struct Inner {
     stop: AtomicBool,
     /// One checkpoint at a time (the checkpointer, or a direct call).
     checkpointing: Mutex<()>,
+    /// What checkpoints cost.
+    stats: Mutex<CheckpointStats>,
     /// Counts memtable freezes; commits held back by back-pressure wait on it.
     freezes: Mutex<u64>,
     frozen_cv: Condvar,
@@ -226,6 +243,7 @@ impl SledStore {
             wake_cv: Condvar::new(),
             stop: AtomicBool::new(false),
             checkpointing: Mutex::new(()),
+            stats: Mutex::new(CheckpointStats::default()),
             freezes: Mutex::new(0),
             frozen_cv: Condvar::new(),
         });
@@ -271,6 +289,11 @@ impl SledStore {
         s.inner.base.apply(&tables, lsn)?;
         s.inner.base.barrier()?;
         Ok(s)
+    }
+
+    /// What the checkpoints of this store have cost so far.
+    pub fn checkpoint_stats(&self) -> CheckpointStats {
+        self.inner.stats.lock().map(|s| *s).unwrap_or_default()
     }
 
     /// Writes everything committed so far into sled and flushes it (the
@@ -785,13 +808,22 @@ impl Inner {
         if frozen.iter().all(|m| m.is_empty()) {
             return Ok(());
         }
+        let t0 = std::time::Instant::now();
         self.base.apply(&frozen, lsn)?;
+        let t1 = std::time::Instant::now();
         self.base.barrier()?;
+        let t2 = std::time::Instant::now();
         write_marker(self.disk.as_ref(), &self.path, lsn)?;
         // After a failed attempt the closed file's number is not known here;
         // the next successful checkpoint removes every older file as well.
         if let Some(no) = closed {
             self.wal.remove_through(no)?;
+        }
+        if let Ok(mut st) = self.stats.lock() {
+            st.checkpoints += 1;
+            st.apply += t1 - t0;
+            st.barrier += t2 - t1;
+            st.marker_and_removal += t2.elapsed();
         }
         let mut mem = self.write()?;
         if Arc::ptr_eq(&mem.frozen, &frozen) {
