@@ -13,11 +13,23 @@
 //!
 //! A background checkpointer, about once a second (sooner when the active
 //! memtable grows large): freezes the active memtable while the log moves on
-//! to a new file, writes the frozen entries to sled in one batch per tree,
-//! flushes sled, and only then deletes the older log files and drops the
-//! frozen memtable. Opening the store replays whatever log files remain into
-//! sled first (post-images in order, so replaying a record sled already has
-//! is harmless).
+//! to a new file, writes the frozen entries to sled in one batch per tree
+//! (with the log position they reach, in a tree of the store's own), runs a
+//! **durability barrier** — sled's flush, which on Linux only starts
+//! write-back with `sync_file_range`, then an `fsync` of every sled file
+//! and directory — records that position in the marker
+//! file `sigil-store.json` (written, synced, renamed, directory synced), and
+//! only then deletes the older log files and drops the frozen memtable.
+//! Opening the store replays whatever log files remain into sled first
+//! (post-images in order, so replaying a record sled already has is
+//! harmless), with the same barrier and marker before those files go.
+//!
+//! Opening refuses, before writing anything: a directory holding something
+//! other than a Sigil store; a marker or log of a newer format; a log that
+//! is damaged rather than torn (the exact rule is in the docs of
+//! `src/store/wal.rs`). After opening sled it refuses a sled that holds an
+//! older position than the marker says was made durable (a truncated or
+//! rolled-back sled file), or one the log does not follow on from.
 //!
 //! A failed log write or sync fails the store closed: every later call
 //! returns [`StoreError::Unavailable`] until the service is restarted and the
