@@ -1681,10 +1681,20 @@ mod bad_input {
             .unwrap()
             .set_len(len / 3)
             .unwrap();
-        let wal_before = tree(&dir.path().join("wal"));
+        let before = tree(dir.path());
         let e = refusal(dir.path());
         println!("refused: {e}");
         assert!(e.contains(&dir.path().display().to_string()), "{e}");
-        assert_eq!(tree(&dir.path().join("wal")), wal_before, "the log was touched");
+        // sled's own recovery trims the torn end of its file when it
+        // opens (nothing that was not lost already); Sigil's log and marker
+        // are left exactly as they were, so the data can still be
+        // examined and the log replayed onto a restored sled.
+        let after = tree(dir.path());
+        for (p, b) in &before {
+            let ours = p.starts_with(dir.path().join("wal")) || p.ends_with(MARKER);
+            if ours {
+                assert_eq!(after.get(p), Some(b), "{} changed", p.display());
+            }
+        }
     }
 }
