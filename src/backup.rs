@@ -262,7 +262,11 @@ pub fn restore_with(
         std::fs::read(file).map_err(|e| Error::invalid("backup", format!("cannot read {}: {e}", file.display())))?;
     let (header, mut records) = decode(&bytes)?;
     let mut kept_from: Vec<(Table, &'static str)> = Vec::new();
-    if store_path.exists() {
+    // A live store is one holding a deployment: an empty or new directory
+    // (a replacement volume) knows nothing of the event stream or the keys.
+    let has_entries = std::fs::read_dir(store_path).is_ok_and(|mut d| d.next().is_some());
+    let mut live = false;
+    if has_entries {
         let current = SledStore::open(store_path).map_err(|e| {
             Error::Unavailable(format!(
                 "cannot open the current store (is sigild still running? stop it first): {e}"
@@ -279,7 +283,12 @@ pub fn restore_with(
                     ),
                 ));
             }
+            live = true;
         }
+    }
+    if live {
+        let current = SledStore::open(store_path)
+            .map_err(|e| Error::Unavailable(format!("cannot open the current store: {e}")))?;
         let mut carried: Vec<(Table, Vec<u8>, Option<Versioned>)> = Vec::new();
         for key in [crate::keys::RING_KEY, crate::keys::SECRETS_KEY, crate::keys::REWRAP_KEY] {
             carried.push((Table::Meta, key.to_vec(), current.get(Table::Meta, key)?));
@@ -312,13 +321,14 @@ pub fn restore_with(
             }
         }
     }
-    if !store_path.exists() && opts.events_after.is_none() {
+    if !live && opts.events_after.is_none() {
         return Err(Error::invalid(
             "events_after",
             format!(
-                "there is no live store at {} to continue the event stream from: say the highest event cursor \
-                 your consumers were given (`--events-after N`; 0 if none read past the backup) so that new \
-                 events never reuse a cursor; nothing was restored",
+                "there is no live store at {} to continue the event stream from (the directory is missing, \
+                 empty or holds no deployment): say the highest event cursor your consumers were given \
+                 (`--events-after N`; 0 if none read past the backup) so that new events never reuse a \
+                 cursor; nothing was restored",
                 store_path.display()
             ),
         ));

@@ -387,6 +387,23 @@ impl Config {
         Ok(cfg)
     }
 
+    /// What a client (the operator CLI) needs of a configuration file:
+    /// the file and the environment, without the server's own checks or
+    /// its policy file, which an operator's workstation may not have.
+    pub fn load_client(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::invalid("config", format!("cannot read {}: {e}", path.display())))?;
+        let mut cfg = Config::from_toml(&text)?;
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        if !cfg.client.server.is_empty() && !cfg.client.server.starts_with("https://") {
+            return Err(Error::invalid(
+                "client.server",
+                "must be an https:// URL such as https://sigil.internal:50051 (there is no plaintext port)",
+            ));
+        }
+        Ok(cfg)
+    }
+
     /// Parses TOML text (no environment applied).
     pub fn from_toml(text: &str) -> Result<Config, Error> {
         let cfg: Config = toml::from_str(text).map_err(|e| Error::invalid("config", e.to_string()))?;

@@ -307,7 +307,7 @@ struct Target {
 impl Conn {
     fn resolve(&self, config: Option<&Path>) -> Result<Target, Error> {
         let cfg = match config {
-            Some(p) => Some(Config::load(Some(p))?),
+            Some(p) => Some(Config::load_client(p)?),
             None => None,
         };
         let env_url = std::env::var("SIGIL_URL").ok().filter(|u| !u.is_empty());

@@ -115,19 +115,28 @@ impl Disk for OsDisk {
 /// Used as the barrier after sled's own flush, which on Linux only starts
 /// write-back (`sync_file_range`) and makes neither the drive's cache nor
 /// the files' sizes durable.
+/// Files sled deletes meanwhile (its own threads remove blobs) are skipped.
 pub(crate) fn fsync_tree(dir: &Path, skip: &[&str]) -> io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
+    let gone = |r: io::Result<()>| match r {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    };
+    for entry in entries {
         let entry = entry?;
         let name = entry.file_name();
         if name.to_str().is_some_and(|n| skip.contains(&n)) {
             continue;
         }
-        let ty = entry.file_type()?;
+        let Ok(ty) = entry.file_type() else { continue };
         if ty.is_dir() {
-            fsync_tree(&entry.path(), &[])?;
+            gone(fsync_tree(&entry.path(), &[]))?;
         } else if ty.is_file() {
-            File::open(entry.path())?.sync_all()?;
+            gone(File::open(entry.path()).and_then(|f| f.sync_all()))?;
         }
     }
-    File::open(dir)?.sync_all()
+    gone(File::open(dir).and_then(|d| d.sync_all()))
 }

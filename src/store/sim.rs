@@ -137,6 +137,12 @@ impl SimDisk {
         Ok(())
     }
 
+    /// Plans a power cut after `k` more I/O steps.
+    pub fn cut_in(&self, k: u64) {
+        let mut st = self.st.lock().unwrap();
+        st.cut_after = Some(st.steps + k);
+    }
+
     /// I/O steps taken so far.
     pub fn steps(&self) -> u64 {
         self.st.lock().unwrap().steps
@@ -658,11 +664,25 @@ mod tests {
                 };
                 assert!(disk.is_cut(), "cut {cut} was never reached");
                 let mut rng = Rng(seed ^ (cut << 8) ^ v);
-                let img = disk.crash_image(&mut rng);
-                let img_base = base.crash_image(img.clone(), &mut rng);
+                let mut img = disk.crash_image(&mut rng);
+                let mut img_base = base.crash_image(img.clone(), &mut rng);
+                let second = (v % 2 == 1).then(|| 1 + rng.below(40));
                 let fail = |what: String| -> ! {
-                    panic!("seed {seed}, power cut after I/O step {cut} of {total}, image {v}: {what}")
+                    panic!(
+                        "seed {seed}, power cut after I/O step {cut} of {total}, image {v}, \
+                         second cut during recovery after {second:?} steps: {what}"
+                    )
                 };
+                if let Some(k) = second {
+                    // The power goes again while the store recovers.
+                    img.cut_in(k);
+                    if let Ok(s) = open(&img, &img_base) {
+                        drop(s);
+                    }
+                    let again = img.crash_image(&mut rng);
+                    img_base = img_base.crash_image(again.clone(), &mut rng);
+                    img = again;
+                }
                 let s = open(&img, &img_base).unwrap_or_else(|e| fail(format!("start-up refused: {e}")));
                 let n = check(&s, &o).unwrap_or_else(|e| fail(e));
                 // It goes on: a new batch, a checkpoint, a clean reopen.
@@ -679,6 +699,9 @@ mod tests {
                 images += 1;
             }
         }
-        println!("crash simulator: {total} I/O steps, {images} crash images, all recovered");
+        println!(
+            "crash simulator: {total} I/O steps, {images} crash images (half with a second power cut during \
+             recovery), all recovered"
+        );
     }
 }

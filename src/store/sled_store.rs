@@ -178,7 +178,13 @@ impl SledStore {
         // Everything that can be checked without writing comes first: a
         // store refused for these reasons is left exactly as it was.
         check_dir(disk.as_ref(), path)?;
-        let marker = read_marker(disk.as_ref(), path)?;
+        let mut marker = read_marker(disk.as_ref(), path)?;
+        let fresh = !disk.exists(path) || disk.list(path).map(|n| n.is_empty()).unwrap_or(false);
+        if fresh {
+            // Marked as Sigil's before sled creates anything in it.
+            write_marker(disk.as_ref(), path, 0)?;
+            marker = Some(0);
+        }
         let wal_dir = path.join("wal");
         let replayed = if disk.exists(&wal_dir) {
             Wal::replay(disk.as_ref(), &wal_dir)?
@@ -521,10 +527,14 @@ fn check_dir(disk: &dyn Disk, path: &Path) -> Result<(), StoreError> {
         .map_err(|e| StoreError::Unavailable(format!("cannot read the store directory {}: {e}", path.display())))?;
     let has = |n: &str| names.iter().any(|x| x == n);
     // A store made before the marker existed has sled's files and a log;
-    // a crash while a new store was being created leaves only Sigil's own
-    // names.
-    let own = |n: &String| n == "wal" || n.as_str() == format!("{MARKER}.tmp");
-    if names.iter().all(own) || has(MARKER) || (has("conf") && has("db")) {
+    // a crash while a new store was being created leaves only Sigil's and
+    // sled's own names (sled makes `blobs/`, then `conf`, then `db`).
+    let own = |n: &String| {
+        matches!(n.as_str(), "wal" | "blobs" | "conf" | "db")
+            || n.as_str() == format!("{MARKER}.tmp")
+            || n.starts_with("snap.")
+    };
+    if names.iter().all(own) || has(MARKER) {
         return Ok(());
     }
     Err(StoreError::Corrupt(format!(

@@ -369,11 +369,11 @@ struct Parsed {
     readable_after: bool,
     /// The file holds at least one readable group or record.
     any_readable: bool,
-    len: usize,
 }
 
 /// Parses a version-2 file (header already checked) from `FILE_HEADER` on.
-fn parse_v2(bytes: &[u8]) -> Parsed {
+/// `last_lsn`: the last readable record before this file (0 if none).
+fn parse_v2(bytes: &[u8], last_lsn: u64) -> Parsed {
     let mut records = Vec::new();
     let mut at = FILE_HEADER;
     while at < bytes.len() {
@@ -385,14 +385,18 @@ fn parse_v2(bytes: &[u8]) -> Parsed {
         if bytes[at..].iter().all(|b| *b == 0) {
             break;
         }
-        let readable_after = (at + 1..bytes.len().saturating_sub(GROUP_HEADER - 1))
-            .any(|i| bytes[i..i + 4] == GROUP_MAGIC.to_be_bytes() && group_at(&bytes[i..]).is_some());
+        // Only a group that continues the log counts: stale or forged
+        // group bytes (say, inside a stored value) carry older LSNs.
+        let last = records.last().map_or(last_lsn, |r: &Record| r.lsn);
+        let readable_after = (at + 1..bytes.len().saturating_sub(GROUP_HEADER - 1)).any(|i| {
+            bytes[i..i + 4] == GROUP_MAGIC.to_be_bytes()
+                && group_at(&bytes[i..]).is_some_and(|(g, _)| g.first().is_some_and(|r| r.lsn > last))
+        });
         return Parsed {
             any_readable: !records.is_empty() || readable_after,
             records,
             bad_at: Some(at),
             readable_after,
-            len: bytes.len(),
         };
     }
     Parsed {
@@ -400,7 +404,6 @@ fn parse_v2(bytes: &[u8]) -> Parsed {
         records,
         bad_at: None,
         readable_after: false,
-        len: bytes.len(),
     }
 }
 
@@ -417,14 +420,15 @@ fn parse_v1(bytes: &[u8]) -> Parsed {
         if bytes[at..].iter().all(|b| *b == 0) {
             break;
         }
-        let last = records.last().map(|r| r.lsn).unwrap_or(0);
-        let readable_after = (at + 1..bytes.len()).any(|i| record_at(&bytes[i..]).is_some_and(|(r, _)| r.lsn > last));
+        // Version 1 wrote many records in one unframed write, whose pages
+        // a power cut may keep out of order: a readable record later in
+        // the same file proves nothing. A later file still does.
+        let later = (at + 1..bytes.len()).any(|i| record_at(&bytes[i..]).is_some());
         return Parsed {
-            any_readable: !records.is_empty() || readable_after,
+            any_readable: !records.is_empty() || later,
             records,
             bad_at: Some(at),
-            readable_after,
-            len: bytes.len(),
+            readable_after: false,
         };
     }
     Parsed {
@@ -432,12 +436,11 @@ fn parse_v1(bytes: &[u8]) -> Parsed {
         records,
         bad_at: None,
         readable_after: false,
-        len: bytes.len(),
     }
 }
 
 /// Parses a whole log file of either version.
-fn parse_file(path: &Path, bytes: &[u8]) -> Result<Parsed, StoreError> {
+fn parse_file(path: &Path, bytes: &[u8], last_lsn: u64) -> Result<Parsed, StoreError> {
     if bytes.len() >= FILE_HEADER && &bytes[..8] == FILE_MAGIC {
         let version = u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
         let crc = u32::from_be_bytes([bytes[12], bytes[13], bytes[14], bytes[15]]);
@@ -449,19 +452,21 @@ fn parse_file(path: &Path, bytes: &[u8]) -> Result<Parsed, StoreError> {
                 )));
             }
             if version == FORMAT_VERSION {
-                return Ok(parse_v2(bytes));
+                return Ok(parse_v2(bytes, last_lsn));
             }
         }
-        // A header that does not read: whether a readable group follows
-        // decides between damage and a crash during the file's creation.
-        let readable_after = (1..bytes.len().saturating_sub(GROUP_HEADER - 1))
-            .any(|i| bytes[i..i + 4] == GROUP_MAGIC.to_be_bytes() && group_at(&bytes[i..]).is_some());
+        // A header that does not read: whether a readable group that
+        // continues the log follows decides between damage and a crash
+        // during the file's creation.
+        let readable_after = (1..bytes.len().saturating_sub(GROUP_HEADER - 1)).any(|i| {
+            bytes[i..i + 4] == GROUP_MAGIC.to_be_bytes()
+                && group_at(&bytes[i..]).is_some_and(|(g, _)| g.first().is_some_and(|r| r.lsn > last_lsn))
+        });
         return Ok(Parsed {
             records: Vec::new(),
             bad_at: Some(0),
             readable_after,
             any_readable: readable_after,
-            len: bytes.len(),
         });
     }
     Ok(parse_v1(bytes))
@@ -496,7 +501,7 @@ impl Wal {
         let mut dropped = 0u64;
         for (no, path) in &files {
             let bytes = disk.read(path).map_err(|e| io_err("read", path, e))?;
-            let parsed = parse_file(path, &bytes)?;
+            let parsed = parse_file(path, &bytes, last_lsn.unwrap_or(0))?;
             nos.push(*no);
             if let Some((bad_file, bad_at)) = &cut {
                 if parsed.any_readable {
@@ -527,7 +532,10 @@ impl Wal {
                 if parsed.readable_after {
                     return Err(damaged(path, at, None));
                 }
-                dropped += (parsed.len - at) as u64;
+                // Up to the last non-zero byte: a prepared file's unused
+                // zeros were never data.
+                let end = bytes.iter().rposition(|b| *b != 0).map_or(at, |i| i + 1).max(at);
+                dropped += (end - at) as u64;
                 cut = Some((path.clone(), at));
             }
         }
@@ -601,19 +609,24 @@ impl Wal {
     fn create(disk: &dyn Disk, dir: &Path, no: u64) -> Result<LogFile, StoreError> {
         let p = dir.join(file_name(no));
         let prepared = dir.join(PREPARED);
-        let f = if disk.exists(&prepared) {
+        let made = if disk.exists(&prepared) {
             disk.rename(&prepared, &p).map_err(|e| io_err("rename", &prepared, e))?;
-            disk.open_write(&p).map_err(|e| io_err("open", &p, e))?
+            disk.open_write(&p).map_err(|e| io_err("open", &p, e))
         } else {
             // Never into an existing file's old bytes.
             let f = disk.create(&p, true).map_err(|e| io_err("create", &p, e))?;
             f.write_at(&file_header(), 0)
                 .and_then(|_| f.sync_data())
-                .map_err(|e| io_err("write", &p, e))?;
-            f
+                .map(|_| f)
+                .map_err(|e| io_err("write", &p, e))
         };
-        sync_dir(disk, dir)?;
-        Ok(f)
+        let res = made.and_then(|f| sync_dir(disk, dir).map(|_| f));
+        if res.is_err() {
+            // It holds no record yet: gone, a later attempt can make it
+            // again instead of finding it in the way.
+            let _ = disk.remove(&p);
+        }
+        res
     }
 
     /// Prepares the next log file, if none is ready and the last file
@@ -737,9 +750,11 @@ impl Wal {
             st = self.lock()?;
             st.writing = false;
             match res {
-                Ok(()) => {
+                // Never past a failure recorded meanwhile.
+                Ok(()) if st.failed.is_none() => {
                     st.durable = st.durable.max(target);
                 }
+                Ok(()) => {}
                 Err(e) => {
                     self.record_failure(&mut st, file_no, &e);
                 }
@@ -901,6 +916,14 @@ impl Wal {
                 .wait(st)
                 .map_err(|_| StoreError::Unavailable("write-ahead log lock poisoned".into()))?;
         }
+        // A group written before this one failed: its records are not on
+        // disk, so nothing after them may count as durable.
+        if let Err(e) = Self::fail(&st) {
+            st.rotating = false;
+            self.publish(&st);
+            self.done.notify_all();
+            return Err(e);
+        }
         drop(st);
         let mut buf = r.buf;
         let res = match seal_group(&mut buf) {
@@ -910,10 +933,11 @@ impl Wal {
         let mut st = self.lock()?;
         st.rotating = false;
         let out = match res {
-            Ok(()) => {
+            Ok(()) if st.failed.is_none() => {
                 st.durable = st.durable.max(r.last);
                 Ok(r.closed)
             }
+            Ok(()) => Self::fail(&st).map(|_| r.closed),
             Err(e) => Err(StoreError::Unavailable(self.record_failure(&mut st, r.closed, &e))),
         };
         self.publish(&st);
@@ -1174,6 +1198,113 @@ mod tests {
         let (recs, files) = replay(dir.path()).unwrap();
         assert_eq!(files, vec![1, 2]);
         assert_eq!(recs.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    /// The real file system, except that one chosen write blocks until
+    /// released and then fails (EIO), as a dying disk's would.
+    struct FlakyDisk {
+        fail_next: Arc<std::sync::atomic::AtomicBool>,
+        gate: Arc<(Mutex<bool>, Condvar)>,
+    }
+
+    struct FlakyFile {
+        inner: Arc<dyn DiskFile>,
+        fail_next: Arc<std::sync::atomic::AtomicBool>,
+        gate: Arc<(Mutex<bool>, Condvar)>,
+    }
+
+    impl DiskFile for FlakyFile {
+        fn write_at(&self, buf: &[u8], pos: u64) -> std::io::Result<()> {
+            if self.fail_next.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                let (m, cv) = &*self.gate;
+                let mut open = m.lock().unwrap();
+                while !*open {
+                    open = cv.wait(open).unwrap();
+                }
+                return Err(std::io::Error::other("injected EIO"));
+            }
+            self.inner.write_at(buf, pos)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.inner.sync_data()
+        }
+    }
+
+    impl Disk for FlakyDisk {
+        fn create_dir_all(&self, d: &Path) -> std::io::Result<()> {
+            OsDisk.create_dir_all(d)
+        }
+        fn list(&self, d: &Path) -> std::io::Result<Vec<String>> {
+            OsDisk.list(d)
+        }
+        fn read(&self, p: &Path) -> std::io::Result<Vec<u8>> {
+            OsDisk.read(p)
+        }
+        fn exists(&self, p: &Path) -> bool {
+            OsDisk.exists(p)
+        }
+        fn create(&self, p: &Path, new: bool) -> std::io::Result<Arc<dyn DiskFile>> {
+            Ok(Arc::new(FlakyFile {
+                inner: OsDisk.create(p, new)?,
+                fail_next: self.fail_next.clone(),
+                gate: self.gate.clone(),
+            }))
+        }
+        fn open_write(&self, p: &Path) -> std::io::Result<Arc<dyn DiskFile>> {
+            Ok(Arc::new(FlakyFile {
+                inner: OsDisk.open_write(p)?,
+                fail_next: self.fail_next.clone(),
+                gate: self.gate.clone(),
+            }))
+        }
+        fn rename(&self, a: &Path, b: &Path) -> std::io::Result<()> {
+            OsDisk.rename(a, b)
+        }
+        fn remove(&self, p: &Path) -> std::io::Result<()> {
+            OsDisk.remove(p)
+        }
+        fn sync_dir(&self, d: &Path) -> std::io::Result<()> {
+            OsDisk.sync_dir(d)
+        }
+    }
+
+    /// A group write that fails while a rotation is under way: the
+    /// rotation's own sync of the closed file must not make the failed
+    /// records count as durable, for any waiter.
+    #[test]
+    fn a_failed_group_write_is_never_acknowledged_by_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let fail_next = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let disk = Arc::new(FlakyDisk {
+            fail_next: fail_next.clone(),
+            gate: gate.clone(),
+        });
+        let w = Arc::new(Wal::start(disk, dir.path(), &[], 0, PREPARE_MIN).unwrap());
+        let a = w.append(&ops(1)).unwrap();
+        w.wait_durable(a).unwrap();
+        let b = w.append(&ops(2)).unwrap();
+        fail_next.store(true, std::sync::atomic::Ordering::SeqCst);
+        let leader = {
+            let w = w.clone();
+            std::thread::spawn(move || w.wait_durable(b))
+        };
+        // The leader is stuck in its (failing) write; a rotation begins.
+        while fail_next.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        let next = w.open_next().unwrap();
+        let r = w.begin_rotate(next).unwrap();
+        let (m, cv) = &*gate;
+        *m.lock().unwrap() = true;
+        cv.notify_all();
+        assert!(leader.join().unwrap().is_err(), "the failed write was acknowledged");
+        assert!(w.finish_rotate(r).is_err(), "the rotation went on after a failed write");
+        assert!(
+            w.wait_durable(b).is_err(),
+            "a later waiter saw the failed record as durable"
+        );
+        w.wait_durable(a).unwrap();
     }
 
     #[test]

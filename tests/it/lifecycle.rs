@@ -1288,11 +1288,26 @@ async fn a_restore_without_the_live_store_needs_the_highest_cursor_and_starts_ab
         other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
     }
     assert!(!store.exists(), "a refused restore created the store");
+    // A replacement volume: the directory is there, empty. Nothing in it
+    // knows the stream either.
+    std::fs::create_dir_all(&store).unwrap();
+    match sigil::backup::restore(&file, &store, now) {
+        Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "events_after"),
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read_dir(&store).unwrap().count(),
+        0,
+        "a refused restore wrote into the directory"
+    );
     let opts = sigil::backup::RestoreOptions {
         events_after: Some(last_cursor + 40),
     };
     let (_, previous) = sigil::backup::restore_with(&file, &store, now, &opts).unwrap();
-    assert!(previous.is_none());
+    assert!(
+        previous.is_some_and(|p| p.exists()),
+        "the empty directory is kept aside"
+    );
     s.restart().await;
     let resumed = s.collect_events(last_cursor).await;
     assert_eq!(resumed.len(), 1, "{resumed:?}");
