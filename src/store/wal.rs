@@ -41,10 +41,16 @@
 //! - if no readable group follows it anywhere (later in its file or in a
 //!   later file), it is the torn tail of a crash: it and everything after
 //!   it are dropped, with a warning saying how many bytes;
-//! - if a readable group follows it, that group was written after the bad
-//!   one was synced, so the bad one held acknowledged records: this is
-//!   damage no crash produces, and the store refuses to start, naming the
-//!   file and the byte offset.
+//! - if a readable group follows it whose LSNs continue the log (later in
+//!   its file, or anywhere in a later file), that group was written after
+//!   the bad one was synced, so the bad one held acknowledged records: this
+//!   is damage no crash produces, and the store refuses to start, naming
+//!   the file and the byte offset. (Group bytes with older LSNs, say inside
+//!   a stored value, prove nothing.)
+//!
+//! Version-1 files had no groups: in the last one, anything after the
+//! first unreadable record is a torn tail; a readable record in a later
+//! file still makes it damage.
 //!
 //! Readable groups whose LSNs do not follow on (a gap inside synced data)
 //! and files of a newer format version are refused the same way.
