@@ -75,7 +75,7 @@ impl From<crate::store::StoreError> for Error {
                 Error::FailedPrecondition("the record changed concurrently; nothing was written, retry".into())
             }
             crate::store::StoreError::Unavailable(m) => Error::Unavailable(format!("store unavailable: {m}")),
-            crate::store::StoreError::Corrupt(m) => Error::Internal(format!("store record unreadable: {m}")),
+            crate::store::StoreError::Corrupt(m) => Error::Internal(format!("store data unusable: {m}")),
         }
     }
 }
