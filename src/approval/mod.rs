@@ -537,7 +537,7 @@ impl Sigil {
         let (factor, fversion, amr, evidence) = match proof {
             Proof::Totp { code, factor_id } => {
                 let (factor, fversion) = self.pick_factor(user_id, Kind::Totp, factor_id.as_deref(), &snap)?;
-                let step = self.check_totp(actor, &factor, fversion, &code, now)?;
+                let (step, factor, fversion) = self.check_totp(actor, &factor, fversion, &code, now)?;
                 let mut used = factor.clone();
                 used.totp_last_step = Some(step);
                 (
@@ -566,7 +566,8 @@ impl Sigil {
             Proof::YubikeyHmac { response, factor_id } => {
                 let (factor, fversion) = self.pick_factor(user_id, Kind::YubikeyHmac, factor_id.as_deref(), &snap)?;
                 let challenge = crate::factor::yubikey::hmac_challenge(&nonce, &digest);
-                self.check_yubikey_hmac(actor, &factor, fversion, &challenge, &response, now)?;
+                let (factor, fversion) =
+                    self.check_yubikey_hmac(actor, &factor, fversion, &challenge, &response, now)?;
                 (
                     factor,
                     fversion,
@@ -582,7 +583,7 @@ impl Sigil {
                         f.factor_id
                     )));
                 }
-                let used = self.check_yubikey_otp(actor, &f, fversion, &otp, now)?;
+                let (used, fversion) = self.check_yubikey_otp(actor, &f, fversion, &otp, now)?;
                 (
                     used,
                     fversion,
@@ -591,7 +592,8 @@ impl Sigil {
                 )
             }
         };
-        self.issue(
+        let (factor_user, factor_id) = (factor.user_id.clone(), factor.factor_id.clone());
+        let issued = self.issue(
             actor,
             challenge_id,
             stored.version,
@@ -602,7 +604,13 @@ impl Sigil {
             amr,
             evidence,
             now,
-        )
+        );
+        if let Err(Error::Unavailable(_) | Error::Internal(_)) = &issued {
+            // The proof was right but nothing could be issued (HSM or store
+            // trouble): the attempt counted for it is given back.
+            self.release_attempt(&factor_user, &factor_id, fversion);
+        }
+        issued
     }
 
     /// Signs the approval and commits, in one batch: the challenge consumed,
@@ -900,9 +908,10 @@ impl Sigil {
         Ok((f, v))
     }
 
-    /// Checks a TOTP code against a factor. On failure, durably counts it
-    /// (and locks the factor when the limit is reached) and refuses.
-    /// Returns the step the code matched.
+    /// Checks a TOTP code against a factor, the attempt counted before the
+    /// code is compared ([`Sigil::reserve_attempt`]). Returns the step the
+    /// code matched and the factor as reserved, with its version (the
+    /// success batch resets the count on that version).
     pub(crate) fn check_totp(
         &self,
         actor: &str,
@@ -910,93 +919,140 @@ impl Sigil {
         version: u64,
         code: &str,
         now: i64,
-    ) -> Result<u64, Error> {
+    ) -> Result<(u64, FactorRecord, u64), Error> {
         lockout::check(f.locked_until, now, &format!("factor '{}'", f.factor_id))?;
+        // Decrypted before the attempt is counted: an HSM outage must not
+        // lock users out.
         let seed = self.factor_secret(f)?;
         // After a restore, no step that could have been accepted before it
         // counts: the backup cannot know which were used after it was taken.
         let floor = crate::backup::restore_record(self.store.as_ref())?.map(|r| r.totp_floor_step());
+        let (f, version) = self.reserve_attempt(f, version, now)?;
         let last = match (f.totp_last_step, floor) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
         if let Some(step) = totp::verify(&seed, code, now, last) {
-            return Ok(step);
+            return Ok((step, f, version));
         }
-        Err(self.record_failure(
+        Err(self.refuse_attempt(
             actor,
-            f,
-            version,
+            &f,
             now,
             "TOTP code not accepted (wrong, outside the time window, or already used)",
         ))
     }
 
-    /// Durably counts a failed attempt on a factor (with its audit entry,
-    /// and a lockout event when it locks) and returns the refusal.
-    pub(crate) fn record_failure(&self, actor: &str, f: &FactorRecord, version: u64, now: i64, what: &str) -> Error {
-        // Every failure must be counted, also when attempts race: on a
-        // conflict, re-read the factor and count on the fresh record.
+    /// Counts an attempt on a factor **before** its proof is checked (NIST
+    /// SP 800-63B §5.2.2): refuses if the factor is locked, else raises its
+    /// failure count in a committed conditional write — locking it if this
+    /// is the last attempt allowed — and returns the factor as reserved,
+    /// with its new version. Concurrent attempts are serialised by the
+    /// version condition, so no more than `lockout.max_failures` proofs are
+    /// ever compared per lock window, however many arrive at once. A
+    /// success resets the count in its own batch; a failure is already
+    /// counted ([`Sigil::refuse_attempt`] only records it).
+    pub(crate) fn reserve_attempt(
+        &self,
+        f: &FactorRecord,
+        version: u64,
+        now: i64,
+    ) -> Result<(FactorRecord, u64), Error> {
         let mut current = f.clone();
         let mut version = version;
-        let mut attempt = 0;
-        let (failures, locked_until) = loop {
+        for _ in 0..10_000 {
+            lockout::check(current.locked_until, now, &format!("factor '{}'", current.factor_id))?;
             let (failures, locked_until) = lockout::on_failure(&self.cfg.lockout, current.failures, now);
-            let mut failed = current.clone();
-            failed.failures = failures;
-            failed.locked_until = locked_until.max(current.locked_until);
-            let write = (|| -> Result<(), Error> {
-                let mut batch = Batch::new();
-                batch.update(
-                    Table::Factors,
-                    FactorRecord::key(&f.user_id, &f.factor_id),
-                    version,
-                    failed.encode()?,
-                );
-                AuditEntry::refused(now, actor, &f.user_id, "factor.verify", what)
-                    .with("factor_id", f.factor_id.clone())
-                    .with("failures", failures.to_string())
-                    .append_to(&mut batch)?;
-                if locked_until > now {
-                    let apc = self.snapshot(&f.user_id)?.anti_phishing_code();
-                    Event::new(EventKind::Lockout, &f.user_id, now, apc)
-                        .with("factor_id", f.factor_id.clone())
-                        .with("locked_until", locked_until.to_string())
-                        .append_to(&mut batch)?;
-                }
-                self.commit(&batch)?;
-                Ok(())
-            })();
-            match write {
-                Ok(()) => break (failures, failed.locked_until),
-                Err(Error::FailedPrecondition(_)) if attempt < 20 => {
-                    attempt += 1;
-                    match self.factor(&f.user_id, &f.factor_id) {
-                        Ok((fresh, v)) => {
-                            current = fresh;
-                            version = v;
-                        }
-                        Err(e) => return e,
-                    }
-                }
+            let mut reserved = current.clone();
+            reserved.failures = failures;
+            reserved.locked_until = locked_until.max(current.locked_until);
+            let mut batch = Batch::new();
+            batch.update(
+                Table::Factors,
+                FactorRecord::key(&f.user_id, &f.factor_id),
+                version,
+                reserved.encode()?,
+            );
+            match self.commit(&batch) {
+                Ok(_) => return Ok((reserved, version + 1)),
                 Err(Error::FailedPrecondition(_)) => {
-                    return Error::Unavailable(
-                        "the factor is under heavy concurrent use; the attempt was refused and not checked".into(),
-                    )
+                    let (fresh, v) = self.factor(&f.user_id, &f.factor_id)?;
+                    current = fresh;
+                    version = v;
                 }
-                Err(e) => return e,
+                Err(e) => return Err(e),
             }
+        }
+        Err(Error::Unavailable(
+            "the factor is under heavy concurrent use; the attempt was refused and not checked".into(),
+        ))
+    }
+
+    /// Gives back an attempt counted by [`Sigil::reserve_attempt`] whose
+    /// proof was right but whose approval could not be issued, if the
+    /// factor is still as reserved (`version`). Best effort: if it fails,
+    /// the attempt stays counted, which only errs on the safe side.
+    pub(crate) fn release_attempt(&self, user_id: &str, factor_id: &str, version: u64) {
+        let Ok((mut f, v)) = self.factor(user_id, factor_id) else {
+            return;
         };
-        tracing::warn!(user = %f.user_id, factor = %f.factor_id, failures, "second factor refused");
-        if locked_until > now {
+        if v != version {
+            return;
+        }
+        f.failures = f.failures.saturating_sub(1);
+        f.locked_until = 0;
+        let mut batch = Batch::new();
+        let Ok(bytes) = f.encode() else { return };
+        batch.update(Table::Factors, FactorRecord::key(user_id, factor_id), version, bytes);
+        if let Err(e) = self.commit(&batch) {
+            tracing::warn!(error = %e, user = %user_id, factor = %factor_id, "could not give back an attempt");
+        }
+    }
+
+    /// Records a failed attempt already counted by
+    /// [`Sigil::reserve_attempt`] (its audit entry, and a lockout event
+    /// when it locked the factor) and returns the refusal.
+    pub(crate) fn refuse_attempt(&self, actor: &str, f: &FactorRecord, now: i64, what: &str) -> Error {
+        let write = (|| -> Result<(), Error> {
+            let mut batch = Batch::new();
+            AuditEntry::refused(now, actor, &f.user_id, "factor.verify", what)
+                .with("factor_id", f.factor_id.clone())
+                .with("failures", f.failures.to_string())
+                .append_to(&mut batch)?;
+            if f.locked_until > now {
+                let apc = self.snapshot(&f.user_id)?.anti_phishing_code();
+                Event::new(EventKind::Lockout, &f.user_id, now, apc)
+                    .with("factor_id", f.factor_id.clone())
+                    .with("locked_until", f.locked_until.to_string())
+                    .append_to(&mut batch)?;
+            }
+            self.commit(&batch)?;
+            Ok(())
+        })();
+        if let Err(e) = write {
+            // The attempt itself is counted; only its record is missing.
+            tracing::error!(error = %e, user = %f.user_id, factor = %f.factor_id, "could not record a refused attempt");
+            return e;
+        }
+        tracing::warn!(user = %f.user_id, factor = %f.factor_id, failures = f.failures, "second factor refused");
+        if f.locked_until > now {
             return Error::Locked {
                 what: format!("factor '{}'", f.factor_id),
-                retry_after: u64::try_from(locked_until - now).unwrap_or(1),
+                retry_after: u64::try_from(f.locked_until - now).unwrap_or(1),
             };
         }
         Error::PermissionDenied(format!(
             "{what}; {} attempts left before the factor locks",
-            lockout::attempts_left(&self.cfg.lockout, failures)
+            lockout::attempts_left(&self.cfg.lockout, f.failures)
         ))
+    }
+
+    /// Counts and records one failed attempt on a factor that was not
+    /// reserved first (a malformed proof refused before any comparison).
+    pub(crate) fn record_failure(&self, actor: &str, f: &FactorRecord, version: u64, now: i64, what: &str) -> Error {
+        match self.reserve_attempt(f, version, now) {
+            Ok((reserved, _)) => self.refuse_attempt(actor, &reserved, now, what),
+            Err(e) => e,
+        }
     }
 }

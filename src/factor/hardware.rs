@@ -302,6 +302,20 @@ impl Sigil {
             .clone()
             .ok_or_else(|| Error::Internal("WebAuthn factor without credential".into()))?;
         self.webauthn.may_approve(action, &cred)?;
+        // A malformed response is no attempt at the credential: refused
+        // before anything is counted or written.
+        match self
+            .webauthn
+            .precheck_assertion(state, response_json, std::slice::from_ref(&cred))
+        {
+            Err(AssertionError::Failed(Error::InvalidArgument { reason, .. })) => {
+                return Err(Error::invalid("webauthn.response_json", reason))
+            }
+            Err(AssertionError::Failed(e @ (Error::NotFound(_) | Error::Internal(_)))) => return Err(e),
+            _ => {}
+        }
+        // Counted before the assertion is checked.
+        let (f, v) = self.reserve_attempt(&f, v, now)?;
         match self
             .webauthn
             .finish_assertion(state, response_json, std::slice::from_ref(&cred))
@@ -316,7 +330,7 @@ impl Sigil {
             Err(AssertionError::PossiblyCloned { credential_id }) => {
                 Err(self.mark_cloned(actor, &f, v, now, &credential_id))
             }
-            Err(AssertionError::Failed(Error::PermissionDenied(m))) => Err(self.record_failure(actor, &f, v, now, &m)),
+            Err(AssertionError::Failed(Error::PermissionDenied(m))) => Err(self.refuse_attempt(actor, &f, now, &m)),
             Err(AssertionError::Failed(Error::InvalidArgument { reason, .. })) => {
                 Err(Error::invalid("webauthn.response_json", reason))
             }
@@ -324,12 +338,12 @@ impl Sigil {
         }
     }
 
-    /// Marks a credential as possibly cloned (and counts the failure).
+    /// Marks a credential as possibly cloned (the failure was counted when
+    /// the attempt was reserved; `version` is the reserved one).
     fn mark_cloned(&self, actor: &str, f: &FactorRecord, version: u64, now: i64, credential_id: &str) -> Error {
         let write = (|| -> Result<(), Error> {
             let mut marked = f.clone();
             marked.suspected_cloned = true;
-            marked.failures = marked.failures.saturating_add(1);
             let mut batch = Batch::new();
             batch.update(
                 Table::Factors,
@@ -372,20 +386,21 @@ impl Sigil {
         challenge: &[u8],
         response: &[u8],
         now: i64,
-    ) -> Result<(), Error> {
+    ) -> Result<(FactorRecord, u64), Error> {
         lockout::check(f.locked_until, now, &format!("factor '{}'", f.factor_id))?;
         let secret = self.factor_secret(f)?;
         let key: [u8; 20] = secret
             .as_slice()
             .try_into()
             .map_err(|_| Error::Internal("stored HMAC secret has the wrong length".into()))?;
+        // Counted before the response is compared.
+        let (f, version) = self.reserve_attempt(f, version, now)?;
         if yubikey::verify_hmac_response(&key, challenge, response) {
-            return Ok(());
+            return Ok((f, version));
         }
-        Err(self.record_failure(
+        Err(self.refuse_attempt(
             actor,
-            f,
-            version,
+            &f,
             now,
             "YubiKey HMAC response not accepted (another key, slot or challenge)",
         ))
@@ -432,7 +447,7 @@ impl Sigil {
         version: u64,
         otp: &str,
         now: i64,
-    ) -> Result<FactorRecord, Error> {
+    ) -> Result<(FactorRecord, u64), Error> {
         lockout::check(f.locked_until, now, &format!("factor '{}'", f.factor_id))?;
         let data = f.yubikey.clone().unwrap_or_default();
         // After a restore the stored OTP counters may be older than OTPs the
@@ -454,11 +469,13 @@ impl Sigil {
         key.copy_from_slice(&secret[..16]);
         let mut private_id = [0u8; 6];
         private_id.copy_from_slice(&secret[16..]);
+        // Counted before the OTP is checked.
+        let (f, version) = self.reserve_attempt(f, version, now)?;
         let public_ok = yubikey::split_otp(otp)
             .map(|(p, _)| p == data.public_id)
             .unwrap_or(false);
         if !public_ok {
-            return Err(self.record_failure(actor, f, version, now, "Yubico OTP is from another key"));
+            return Err(self.refuse_attempt(actor, &f, now, "Yubico OTP is from another key"));
         }
         match yubikey::verify_otp(&key, &private_id, data.otp_last, otp) {
             Ok(counters) => {
@@ -466,22 +483,19 @@ impl Sigil {
                 let mut y = data;
                 y.otp_last = Some(counters);
                 used.yubikey = Some(y);
-                Ok(used)
+                Ok((used, version))
             }
-            Err(OtpFailure::Malformed(m)) => {
-                match self.record_failure(actor, f, version, now, "malformed Yubico OTP") {
-                    locked @ Error::Locked { .. } => Err(locked),
-                    _ => Err(Error::invalid("otp", m)),
-                }
-            }
-            Err(OtpFailure::Replayed { .. }) => Err(self.record_failure(
+            Err(OtpFailure::Malformed(m)) => match self.refuse_attempt(actor, &f, now, "malformed Yubico OTP") {
+                locked @ Error::Locked { .. } => Err(locked),
+                _ => Err(Error::invalid("otp", m)),
+            },
+            Err(OtpFailure::Replayed { .. }) => Err(self.refuse_attempt(
                 actor,
-                f,
-                version,
+                &f,
                 now,
                 "Yubico OTP not accepted: replayed or older than the last one accepted",
             )),
-            Err(_) => Err(self.record_failure(actor, f, version, now, "Yubico OTP not accepted")),
+            Err(_) => Err(self.refuse_attempt(actor, &f, now, "Yubico OTP not accepted")),
         }
     }
 
@@ -612,15 +626,14 @@ impl Sigil {
         let now = self.now()?;
         let (f, version) = self.factor(user_id, factor_id)?;
         let snap = self.confirmable(&f, now)?;
-        let confirmed = match (&proof, f.kind) {
+        let (confirmed, version) = match (&proof, f.kind) {
             (YubikeyConfirmation::Hmac(resp), Kind::YubikeyHmac) => {
                 if resp.len() != 20 {
                     return Err(Error::invalid("hmac_response", "must be 20 bytes"));
                 }
                 let challenge = b64url::decode(&f.yubikey.clone().unwrap_or_default().enroll_challenge)
                     .map_err(|_| Error::Internal("enrollment challenge unreadable".into()))?;
-                self.check_yubikey_hmac(actor, &f, version, &challenge, resp, now)?;
-                f.clone()
+                self.check_yubikey_hmac(actor, &f, version, &challenge, resp, now)?
             }
             (YubikeyConfirmation::Otp(otp), Kind::YubikeyOtp) => {
                 yubikey::split_otp(otp)?;

@@ -271,7 +271,7 @@ impl Sigil {
             ));
         }
         let snap = self.confirmable(&f, now)?;
-        let step = self.check_totp(actor, &f, version, code, now)?;
+        let (step, f, version) = self.check_totp(actor, &f, version, code, now)?;
         let mut confirmed = f.clone();
         confirmed.totp_last_step = Some(step);
         let mut batch = Batch::new();

@@ -319,3 +319,78 @@ async fn concurrent_failures_are_all_counted() {
         "every racing failure is counted"
     );
 }
+
+/// Attempts are counted before a code is compared: 200 wrong codes sent at
+/// once on one challenge get exactly `lockout.max_failures` comparisons
+/// (one audited refusal each); every other attempt is refused as locked,
+/// unchecked, and the right code is refused too until the lock ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_concurrent_guesses_get_max_failures_comparisons() {
+    // On the blocking pool, as for a network HSM: hundreds of attempts are
+    // checked at the same time, not a worker's worth.
+    let s = TestServer::start_with(|c| {
+        c.protection.require_whitelisted_address = false;
+        c.protection.security_change_lock_seconds = 0;
+        c.hsm.offload_calls = true;
+        c.hsm.pool_size = 32;
+    })
+    .await;
+    let max = s.cfg.lockout.max_failures as usize;
+    let (fid, seed) = s.enroll_totp("gus").await;
+    let c = begin(&s, &withdrawal("gus", "w1")).await;
+    let good = s.code(&seed, 0);
+    let channel = s.channel("frontend").await;
+    let mut tasks = Vec::new();
+    for i in 0..200u32 {
+        let mut a = sigil::pb::approval_service_client::ApprovalServiceClient::new(channel.clone());
+        let ch = c.challenge_id.clone();
+        // Never the right code of any step in the window.
+        let bad = loop {
+            let n = (good.parse::<u32>().unwrap() + 7 + i * 4_999) % 1_000_000;
+            let code = format!("{n:06}");
+            if code != s.code(&seed, -1) && code != good && code != s.code(&seed, 1) {
+                break code;
+            }
+        };
+        tasks.push(tokio::spawn(async move {
+            a.complete_approval(totp_proof(&ch, "gus", &bad, "")).await
+        }));
+    }
+    let (mut wrong, mut locked) = (0, 0);
+    for t in tasks {
+        let st = t.await.unwrap().expect_err("a wrong code approved");
+        match st.code() {
+            Code::PermissionDenied => wrong += 1,
+            Code::ResourceExhausted => locked += 1,
+            other => panic!("unexpected refusal {other:?}: {}", st.message()),
+        }
+    }
+    // The last comparison's refusal reports the lock it set.
+    assert_eq!(wrong + locked, 200);
+    assert!(wrong <= max, "{wrong} attempts reported as compared, at most {max}");
+    let compared = s
+        .sigil()
+        .audit_entries(0, 100_000)
+        .unwrap()
+        .into_iter()
+        .map(|e| sigil::audit::AuditEntry::decode(&e.value).unwrap())
+        .filter(|e| e.action == "factor.verify" && e.outcome == "refused" && e.details.get("factor_id") == Some(&fid))
+        .count();
+    println!("wrong {wrong}, locked {locked}, compared {compared}");
+    assert_eq!(compared, max, "codes compared (audited refusals)");
+    let list = s
+        .factors("admin")
+        .await
+        .list_factors(pb::ListFactorsRequest { user_id: "gus".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.factors[0].consecutive_failures as usize, max);
+    // Locked: even the right code is refused, unchecked.
+    let mut a = s.approvals("frontend").await;
+    assert_status(
+        a.complete_approval(totp_proof(&c.challenge_id, "gus", &good, "")).await,
+        Code::ResourceExhausted,
+        "locked",
+    );
+}

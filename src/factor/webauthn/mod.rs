@@ -642,19 +642,35 @@ impl Webauthn {
         Ok((to_json(&options)?, to_json(&ceremony)?))
     }
 
-    /// Verifies the browser's `PublicKeyCredential` (assertion) JSON against
-    /// the state: the credential is among `creds` (else `NotFound`) and was
-    /// offered, then challenge, origin, rpId hash, UP, UV per state and
-    /// registration, backup eligibility unchanged, signature, and the
-    /// counter against the stored one (see
-    /// [`AssertionError::PossiblyCloned`]; a credential that always reports
-    /// 0 is accepted).
-    pub fn finish_assertion(
+    /// The checks of [`Webauthn::finish_assertion`] that need no
+    /// signature: the response's shape, its credential and origin. A
+    /// response refused here was not an attempt at the credential (it is
+    /// refused as INVALID_ARGUMENT and not counted).
+    pub fn precheck_assertion(
         &self,
         state_json: &str,
         response_json: &str,
         creds: &[StoredCredential],
-    ) -> Result<Assertion, AssertionError> {
+    ) -> Result<(), AssertionError> {
+        self.parse_assertion(state_json, response_json, creds).map(|_| ())
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn parse_assertion<'c>(
+        &self,
+        state_json: &str,
+        response_json: &str,
+        creds: &'c [StoredCredential],
+    ) -> Result<
+        (
+            AssertionCeremony,
+            PublicKeyCredential,
+            String,
+            &'c StoredCredential,
+            String,
+        ),
+        AssertionError,
+    > {
         let ceremony: AssertionCeremony = read_state(state_json, "assertion")?;
         let rsp: PublicKeyCredential = parse_response(response_json, "assertion")?;
         if rsp.type_ != "public-key" {
@@ -691,6 +707,24 @@ impl Webauthn {
             )
             .into());
         }
+        Ok((ceremony, rsp, credential_id, stored, origin))
+    }
+
+    /// Verifies the browser's `PublicKeyCredential` (assertion) JSON against
+    /// the state: the credential is among `creds` (else `NotFound`) and was
+    /// offered, then challenge, origin, rpId hash, UP, UV per state and
+    /// registration, backup eligibility unchanged, signature, and the
+    /// counter against the stored one (see
+    /// [`AssertionError::PossiblyCloned`]; a credential that always reports
+    /// 0 is accepted).
+    pub fn finish_assertion(
+        &self,
+        state_json: &str,
+        response_json: &str,
+        creds: &[StoredCredential],
+    ) -> Result<Assertion, AssertionError> {
+        let (ceremony, rsp, credential_id, stored, origin) = self.parse_assertion(state_json, response_json, creds)?;
+        let auth_data = &rsp.response.authenticator_data;
         let cred = core_credential(stored)?;
         let ctx = Ctx {
             field: "assertion",
