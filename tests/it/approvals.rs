@@ -523,3 +523,47 @@ async fn expired_challenges_and_approvals_are_purged_and_stay_refused() {
         .await;
     assert_status(r, Code::FailedPrecondition, "not known");
 }
+
+/// Sigil's HSM signatures are issued in low-S form; the other encoding of
+/// the same approval (`s := n - s`, which ECDSA also accepts) is refused
+/// by RedeemApproval, and the approval itself stays redeemable.
+#[tokio::test(flavor = "multi_thread")]
+async fn approvals_are_low_s_and_the_high_s_twin_is_refused_at_redemption() {
+    let s = TestServer::start().await;
+    let (_f, seed) = s.enroll_totp("lowe").await;
+    let mut a = s.approvals("withdrawal-engine").await;
+    let n: [u8; 32] = [
+        0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xBC, 0xE6,
+        0xFA, 0xAD, 0xA7, 0x17, 0x9E, 0x84, 0xF3, 0xB9, 0xCA, 0xC2, 0xFC, 0x63, 0x25, 0x51,
+    ];
+    for i in 0..12 {
+        let token = s.approve(&withdrawal("lowe", &format!("wd-{i}")), &seed).await;
+        s.clock.advance(60);
+        let (rest, sig_b64) = token.rsplit_once('.').unwrap();
+        let sig: [u8; 64] = b64url::decode(sig_b64).unwrap().try_into().unwrap();
+        assert!(sigil_verify::is_low_s(&sig), "approval {i} was issued with a high S");
+        let mut twin = sig;
+        let mut borrow = 0i16;
+        for k in (0..32).rev() {
+            let d = i16::from(n[k]) - i16::from(sig[32 + k]) - borrow;
+            twin[32 + k] = d.rem_euclid(256) as u8;
+            borrow = i16::from(d < 0);
+        }
+        let twin_token = format!("{rest}.{}", b64url::encode(&twin));
+        assert_status(
+            a.redeem_approval(pb::RedeemApprovalRequest {
+                approval: twin_token,
+                expected_intent: None,
+            })
+            .await,
+            Code::InvalidArgument,
+            "high S",
+        );
+        a.redeem_approval(pb::RedeemApprovalRequest {
+            approval: token,
+            expected_intent: None,
+        })
+        .await
+        .expect("the approval itself still redeems");
+    }
+}

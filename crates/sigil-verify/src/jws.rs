@@ -82,9 +82,51 @@ pub fn signing_input(kid: &str, claims: &Claims) -> String {
 
 /// The compact JWS: `signing_input`, a `.`, and unpadded base64url of the
 /// 64-byte ES256 signature `r || s` (each 32 bytes big-endian, RFC 7518
-/// §3.4; not ASN.1 DER).
+/// §3.4; not ASN.1 DER), in its low-S form ([`to_low_s`]): an approval has
+/// exactly one encoding, and [`Verifier::verify`] refuses the other.
 pub fn assemble(signing_input: &str, signature_r_s: &[u8; 64]) -> String {
-    format!("{signing_input}.{}", b64url::encode(signature_r_s))
+    let mut sig = *signature_r_s;
+    to_low_s(&mut sig);
+    format!("{signing_input}.{}", b64url::encode(&sig))
+}
+
+/// The order `n` of the P-256 group, big-endian.
+const P256_N: [u8; 32] = [
+    0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xBC, 0xE6, 0xFA,
+    0xAD, 0xA7, 0x17, 0x9E, 0x84, 0xF3, 0xB9, 0xCA, 0xC2, 0xFC, 0x63, 0x25, 0x51,
+];
+/// `floor(n / 2)`, big-endian: the largest low S.
+const P256_HALF_N: [u8; 32] = [
+    0x7F, 0xFF, 0xFF, 0xFF, 0x80, 0x00, 0x00, 0x00, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xDE, 0x73, 0x7D,
+    0x56, 0xD3, 0x8B, 0xCF, 0x42, 0x79, 0xDC, 0xE5, 0x61, 0x7E, 0x31, 0x92, 0xA8,
+];
+
+/// True when the `s` half of an ES256 signature `r || s` is at most `n/2`
+/// (the low-S form). `(r, s)` and `(r, n - s)` both verify, so an approval
+/// would otherwise have two encodings.
+pub fn is_low_s(signature_r_s: &[u8; 64]) -> bool {
+    // Big-endian byte strings of one length compare as numbers.
+    signature_r_s[32..] <= P256_HALF_N[..]
+}
+
+/// Rewrites a signature `r || s` into its low-S form (`s := n - s` when
+/// `s > n/2`); the signature stays valid for the same message and key.
+pub fn to_low_s(signature_r_s: &mut [u8; 64]) {
+    if is_low_s(signature_r_s) {
+        return;
+    }
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let d = i16::from(P256_N[i]) - i16::from(signature_r_s[32 + i]) - borrow;
+        let (v, b) = if d < 0 { (d + 256, 1) } else { (d, 0) };
+        signature_r_s[32 + i] = v as u8;
+        borrow = b;
+    }
+}
+
+/// `crit` counts as present whatever its value (`"crit": null` too).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 /// The protected header as read from a token. Members other than these are
@@ -96,7 +138,7 @@ struct Header {
     kid: Option<String>,
     #[serde(default)]
     typ: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     crit: Option<serde_json::Value>,
 }
 
@@ -365,6 +407,14 @@ impl Verifier {
         UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &key.point)
             .verify(signed, &signature)
             .map_err(|_| VerifyError::BadSignature)?;
+        // Valid, but only the low-S form is Sigil's: one approval, one token.
+        if <[u8; 64]>::try_from(signature.as_slice()).is_ok_and(|s| !is_low_s(&s)) {
+            return Err(VerifyError::Malformed(
+                "signature has a high S value; Sigil issues only the low-S form, so this is another encoding \
+                 of an approval, refused"
+                    .to_owned(),
+            ));
+        }
 
         let claims: Claims = json_object(&payload)
             .map_err(|e| VerifyError::Malformed(format!("claims do not match the approval schema: {e}")))?;

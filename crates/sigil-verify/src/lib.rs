@@ -225,5 +225,5 @@ pub use cache::{CachingVerifier, KeySource};
 pub use error::VerifyError;
 pub use intent::{amount_decimals, is_canonical_amount, webauthn_challenge, Intent, INTENT_TAG, WEBAUTHN_TAG};
 pub use jwk::{Jwk, JwkSet};
-pub use jws::{assemble, signing_input, Claims, Verifier};
+pub use jws::{assemble, is_low_s, signing_input, to_low_s, Claims, Verifier};
 pub use webauthn::{cose_key_to_sec1, verify_webauthn_evidence, WebauthnEvidence};

@@ -716,3 +716,61 @@ fn errors_are_std_errors_with_actionable_text() {
         assert!(text.len() > 30, "{text}");
     }
 }
+
+/// `(r, s)` and `(r, n - s)` both verify under ECDSA: Sigil issues only the
+/// low-S form, and the other encoding of the same approval is refused with
+/// a reason (after the signature verified, so it is not a forgery).
+#[test]
+fn high_s_signatures_are_refused_and_assemble_issues_low_s() {
+    let sigil = Signer::new();
+    let v = verifier(&sigil);
+    let n: [u8; 32] = [
+        0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xBC, 0xE6,
+        0xFA, 0xAD, 0xA7, 0x17, 0x9E, 0x84, 0xF3, 0xB9, 0xCA, 0xC2, 0xFC, 0x63, 0x25, 0x51,
+    ];
+    let mut high_seen = 0;
+    for i in 0..64 {
+        let mut c = claims();
+        c.jti = format!("jti-{i}");
+        let token = sigil.sign(&c);
+        let (h, p, s) = split(&token);
+        let sig: [u8; 64] = b64url::decode(&s).unwrap().try_into().unwrap();
+        assert!(sigil_verify::is_low_s(&sig), "assemble issued a high-S signature");
+        assert!(v.verify(&token, NOW).is_ok());
+        // The other encoding: s' = n - s.
+        let mut other = sig;
+        let mut borrow = 0i16;
+        for k in (0..32).rev() {
+            let d = i16::from(n[k]) - i16::from(sig[32 + k]) - borrow;
+            other[32 + k] = d.rem_euclid(256) as u8;
+            borrow = i16::from(d < 0);
+        }
+        assert!(!sigil_verify::is_low_s(&other));
+        let mut back = other;
+        sigil_verify::to_low_s(&mut back);
+        assert_eq!(back, sig, "to_low_s maps n - s back to s");
+        match v.verify(&format!("{h}.{p}.{}", b64url::encode(&other)), NOW) {
+            Err(VerifyError::Malformed(m)) => {
+                assert!(m.contains("high S"), "{m}");
+                high_seen += 1;
+            }
+            other => panic!("a high-S encoding was not refused as such: {other:?}"),
+        }
+    }
+    assert_eq!(high_seen, 64);
+}
+
+#[test]
+fn crit_is_refused_whatever_its_value() {
+    let sigil = Signer::new();
+    let v = verifier(&sigil);
+    let kid = sigil.jwk.kid.clone();
+    let payload = serde_json::to_string(&claims()).unwrap();
+    for crit in ["null", "[]", "\"b64\"", "{}", "false"] {
+        let header = format!(r#"{{"alg":"ES256","kid":"{kid}","typ":"sigil-approval+jwt","crit":{crit}}}"#);
+        match v.verify(&sigil.sign_json(&header, &payload), NOW) {
+            Err(VerifyError::Malformed(m)) => assert!(m.contains("crit"), "{crit}: {m}"),
+            other => panic!("\"crit\": {crit} was not refused: {other:?}"),
+        }
+    }
+}
