@@ -40,6 +40,25 @@ pub enum Error {
     Internal(String),
 }
 
+/// Longest piece of caller input echoed in a message, in characters.
+pub const EXCERPT_CHARS: usize = 64;
+
+/// A caller-supplied value as it may be echoed in a message: control
+/// characters escaped, at most [`EXCERPT_CHARS`] characters, with the
+/// whole length said when it was cut. Never echo input without it.
+pub fn excerpt(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(EXCERPT_CHARS)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
+    if s.chars().count() > EXCERPT_CHARS {
+        out.push_str(&format!("… ({} bytes in all)", s.len()));
+    }
+    out
+}
+
 impl Error {
     /// Shorthand for [`Error::InvalidArgument`].
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {

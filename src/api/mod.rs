@@ -19,6 +19,7 @@ use auth::{require, Role};
 pub mod account;
 pub mod admin;
 pub mod auth;
+pub mod codec;
 pub mod convert;
 pub mod events;
 pub mod status;

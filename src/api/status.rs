@@ -6,10 +6,36 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::error::Error;
 
+/// Longest message (and detail) a status carries, in bytes: far above any
+/// message Sigil writes, and a safety net should input ever be echoed
+/// whole (gRPC clients refuse trailers of a few KiB).
+pub const MAX_MESSAGE: usize = 1024;
+
+/// `m` cut to [`MAX_MESSAGE`] bytes at a character boundary.
+fn bounded(mut m: String) -> String {
+    if m.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE - 32;
+        while !m.is_char_boundary(end) {
+            end -= 1;
+        }
+        let total = m.len();
+        m.truncate(end);
+        m.push_str(&format!("… (message cut, {total} bytes)"));
+    }
+    m
+}
+
 /// Maps a domain error to a status with rich details (BadRequest naming the
 /// field, RetryInfo for lockouts).
 pub fn to_status(e: Error) -> Status {
-    let msg = e.to_string();
+    let msg = bounded(e.to_string());
+    let e = match e {
+        Error::InvalidArgument { field, reason } => Error::InvalidArgument {
+            field: bounded(field),
+            reason: bounded(reason),
+        },
+        other => other,
+    };
     match e {
         Error::InvalidArgument { field, reason } => Status::with_error_details(
             Code::InvalidArgument,

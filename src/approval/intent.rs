@@ -127,7 +127,7 @@ pub fn validate(cfg: &Config, intent: &Intent) -> Result<Action, Error> {
                 "intent.action",
                 format!(
                     "unknown action '{}'; expected one of {}",
-                    intent.action.escape_debug(),
+                    crate::error::excerpt(&intent.action),
                     names.join(", ")
                 ),
             )
@@ -171,13 +171,16 @@ pub fn validate(cfg: &Config, intent: &Intent) -> Result<Action, Error> {
                 "intent.amount",
                 format!(
                     "'{}' is not a canonical decimal greater than zero (like 0.5, 12, 1.05; no sign, exponent, leading zeros or trailing zeros)",
-                    intent.amount.escape_debug()
+                    crate::error::excerpt(&intent.amount)
                 ),
             ));
         }
-        let max = cfg
-            .max_decimals(&intent.asset)
-            .ok_or_else(|| Error::invalid("intent.asset", format!("asset '{}' is not configured", intent.asset)))?;
+        let max = cfg.max_decimals(&intent.asset).ok_or_else(|| {
+            Error::invalid(
+                "intent.asset",
+                format!("asset '{}' is not configured", crate::error::excerpt(&intent.asset)),
+            )
+        })?;
         let decimals = amount_decimals(&intent.amount);
         if decimals > max {
             return Err(Error::invalid(

@@ -216,3 +216,121 @@ async fn hsm_session_loss_recovers_and_key_loss_fails_closed() {
     assert_status(r, Code::Unavailable, "HSM");
     assert_eq!(before, content(&s), "nothing consumed when the HSM cannot sign");
 }
+
+/// Sends `body` as the raw protobuf bytes of a call to `path`.
+async fn raw_call(channel: tonic::transport::Channel, path: &'static str, body: Vec<u8>) -> tonic::Status {
+    #[derive(Clone, Default)]
+    struct Raw;
+    struct RawEnc;
+    struct RawDec;
+    impl tonic::codec::Encoder for RawEnc {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn encode(&mut self, item: Vec<u8>, buf: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+            use bytes::BufMut;
+            buf.put_slice(&item);
+            Ok(())
+        }
+    }
+    impl tonic::codec::Decoder for RawDec {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+            use bytes::Buf;
+            Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+        }
+    }
+    impl tonic::codec::Codec for Raw {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = RawEnc;
+        type Decoder = RawDec;
+        fn encoder(&mut self) -> RawEnc {
+            RawEnc
+        }
+        fn decoder(&mut self) -> RawDec {
+            RawDec
+        }
+    }
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    grpc.unary(
+        tonic::Request::new(body),
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        Raw,
+    )
+    .await
+    .expect_err("a malformed body was accepted")
+}
+
+/// A body that is not the message the method takes is the caller's fault:
+/// INVALID_ARGUMENT naming the message, not INTERNAL; nothing is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn undecodable_request_bodies_are_invalid_argument() {
+    let s = TestServer::start().await;
+    s.enroll_totp("rob").await;
+    let before = snapshot(s.sigil());
+    for (path, body, name) in [
+        (
+            "/sigil.v1.ApprovalService/BeginApproval",
+            vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f],
+            "sigil.v1.BeginApprovalRequest",
+        ),
+        (
+            "/sigil.v1.ApprovalService/CompleteApproval",
+            vec![0xff; 7],
+            "sigil.v1.CompleteApprovalRequest",
+        ),
+        (
+            "/sigil.v1.ApprovalService/RedeemApproval",
+            vec![0x0a, 0x05, b'a'],
+            "sigil.v1.RedeemApprovalRequest",
+        ),
+    ] {
+        let st = raw_call(s.channel("withdrawal-engine").await, path, body).await;
+        assert_eq!(st.code(), Code::InvalidArgument, "{path}: {st:?}");
+        assert!(
+            st.message()
+                .contains(&format!("the request is not a valid {name} message")),
+            "{path}: {}",
+            st.message()
+        );
+    }
+    assert_eq!(before, snapshot(s.sigil()), "nothing written");
+}
+
+/// Values are echoed cut short: a 64 KiB action comes back as a short
+/// message that a default client can read, naming the field.
+#[tokio::test(flavor = "multi_thread")]
+async fn echoed_values_are_bounded() {
+    let s = TestServer::start().await;
+    s.enroll_totp("ria").await;
+    let before = snapshot(s.sigil());
+    let mut a = s.approvals("withdrawal-engine").await;
+    let mut intent = withdrawal("ria", "w1");
+    intent.action = "x".repeat(64 * 1024);
+    let st = assert_status(
+        a.begin_approval(pb::BeginApprovalRequest {
+            intent: Some(intent),
+            device: None,
+        })
+        .await,
+        Code::InvalidArgument,
+        "unknown action",
+    );
+    assert!(st.message().len() < 512, "{} bytes of message", st.message().len());
+    assert!(st.message().contains("65536 bytes in all"), "{}", st.message());
+    let mut intent = withdrawal("ria", "w2");
+    intent.amount = format!("1{}", "0".repeat(40_000));
+    let st = assert_status(
+        a.begin_approval(pb::BeginApprovalRequest {
+            intent: Some(intent),
+            device: None,
+        })
+        .await,
+        Code::InvalidArgument,
+        "intent.amount",
+    );
+    assert!(st.message().len() < 512, "{} bytes of message", st.message().len());
+    assert_eq!(before, snapshot(s.sigil()), "nothing written");
+}
