@@ -2,8 +2,10 @@
 //! that demand a hardware factor, device-signal rules and velocity rules.
 //!
 //! Every action type needs an approval: the policy only narrows *which*
-//! factors may give it. An action missing from the file gets the defaults
-//! (any factor kind; withdrawals refuse jailbroken devices).
+//! factors may give it. An action missing from the file gets the defaults:
+//! any factor kind; withdrawals refuse jailbroken devices and, above the
+//! amounts of [`DEFAULT_THRESHOLDS`] (1 BTC, 10 ETH, 20,000 USDT, …), need
+//! a hardware factor.
 //!
 //! ```toml
 //! [actions.withdrawal]
@@ -35,6 +37,40 @@ use crate::factor::Kind;
 pub const ALL_KINDS: [Kind; 4] = [Kind::Totp, Kind::Webauthn, Kind::YubikeyHmac, Kind::YubikeyOtp];
 /// Kinds backed by hardware.
 pub const HARDWARE_KINDS: [Kind; 3] = [Kind::Webauthn, Kind::YubikeyHmac, Kind::YubikeyOtp];
+
+/// The built-in withdrawal thresholds, used when the policy has no
+/// `[actions.withdrawal]` section: above these amounts (each roughly
+/// 20,000 USD when they were chosen; review them for your exchange) only a
+/// hardware factor — a security key or a YubiKey — may approve; TOTP alone
+/// is not enough. One per asset of the built-in asset list.
+pub const DEFAULT_THRESHOLDS: [(&str, &str); 14] = [
+    ("BTC", "1"),
+    ("ETH", "10"),
+    ("BNB", "40"),
+    ("SOL", "150"),
+    ("LTC", "250"),
+    ("BCH", "50"),
+    ("DOGE", "150000"),
+    ("XRP", "20000"),
+    ("TRX", "200000"),
+    ("ADA", "30000"),
+    ("XLM", "100000"),
+    ("DOT", "3000"),
+    ("USDT", "20000"),
+    ("USDC", "20000"),
+];
+
+/// [`DEFAULT_THRESHOLDS`] as policy thresholds.
+pub fn default_thresholds() -> Vec<Threshold> {
+    DEFAULT_THRESHOLDS
+        .iter()
+        .map(|(asset, above)| Threshold {
+            asset: (*asset).to_string(),
+            above: (*above).to_string(),
+            kinds: HARDWARE_KINDS.to_vec(),
+        })
+        .collect()
+}
 
 /// The policy (a TOML file, or the `[policy]` section of the config).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -162,6 +198,11 @@ impl Policy {
     pub fn action(&self, a: Action) -> ActionPolicy {
         self.actions.get(a.name()).cloned().unwrap_or_else(|| ActionPolicy {
             deny_jailbroken: a == Action::Withdrawal,
+            thresholds: if a == Action::Withdrawal {
+                default_thresholds()
+            } else {
+                Vec::new()
+            },
             ..ActionPolicy::default()
         })
     }
@@ -259,6 +300,36 @@ mod tests {
             amount: amount.into(),
             ..Default::default()
         }
+    }
+
+    /// The built-in policy matches the README: above 1 BTC (and the
+    /// like for every built-in asset) TOTP alone is not enough.
+    #[test]
+    fn the_default_policy_needs_hardware_above_a_threshold_for_every_built_in_asset() {
+        let p = Policy::default();
+        let dev = DeviceSignals::default();
+        let u = UserRecord::default();
+        assert!(p
+            .decide(Action::Withdrawal, &wd("1"), &dev, &u, 0)
+            .unwrap()
+            .kinds
+            .contains(&Kind::Totp));
+        let big = p.decide(Action::Withdrawal, &wd("12"), &dev, &u, 0).unwrap().kinds;
+        assert!(!big.contains(&Kind::Totp), "TOTP approves 12 BTC by default: {big:?}");
+        assert_eq!(big, HARDWARE_KINDS.to_vec());
+        let assets = crate::config::AssetsConfig::default();
+        for asset in assets.decimals.keys() {
+            let t = p.action(Action::Withdrawal).thresholds;
+            let mine: Vec<_> = t.iter().filter(|t| &t.asset == asset).collect();
+            assert_eq!(mine.len(), 1, "built-in asset {asset} has no default threshold");
+            assert!(crate::protect::amount::parse(&mine[0].above).is_some(), "{asset}");
+        }
+        // A policy that names withdrawals takes over entirely.
+        let own = Policy::from_toml("[actions.withdrawal]\nkinds = [\"totp\"]\n").unwrap();
+        assert_eq!(
+            own.decide(Action::Withdrawal, &wd("12"), &dev, &u, 0).unwrap().kinds,
+            vec![Kind::Totp]
+        );
     }
 
     #[test]
