@@ -173,7 +173,7 @@ impl pb::factor_service_server::FactorService for FactorApi {
         &self,
         req: Request<pb::BeginYubikeyHmacEnrollmentRequest>,
     ) -> Result<Response<pb::BeginYubikeyEnrollmentResponse>, Status> {
-        let role = require(&req, "BeginYubikeyHmacEnrollment", &[Role::Frontend, Role::Admin])?;
+        let role = require(&req, "BeginYubikeyHmacEnrollment", &[Role::Frontend])?;
         let r = req.into_inner();
         let s = self.sigil.clone();
         let e = blocking(move || {
@@ -195,7 +195,7 @@ impl pb::factor_service_server::FactorService for FactorApi {
         &self,
         req: Request<pb::BeginYubikeyOtpEnrollmentRequest>,
     ) -> Result<Response<pb::BeginYubikeyEnrollmentResponse>, Status> {
-        let role = require(&req, "BeginYubikeyOtpEnrollment", &[Role::Frontend, Role::Admin])?;
+        let role = require(&req, "BeginYubikeyOtpEnrollment", &[Role::Frontend])?;
         let r = req.into_inner();
         let s = self.sigil.clone();
         let e = blocking(move || {
@@ -221,7 +221,7 @@ impl pb::factor_service_server::FactorService for FactorApi {
         &self,
         req: Request<pb::ConfirmYubikeyEnrollmentRequest>,
     ) -> Result<Response<pb::ConfirmYubikeyEnrollmentResponse>, Status> {
-        let role = require(&req, "ConfirmYubikeyEnrollment", &[Role::Frontend, Role::Admin])?;
+        let role = require(&req, "ConfirmYubikeyEnrollment", &[Role::Frontend])?;
         let r = req.into_inner();
         use crate::factor::hardware::YubikeyConfirmation as C;
         use pb::confirm_yubikey_enrollment_request::Proof as P;

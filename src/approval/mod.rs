@@ -255,6 +255,27 @@ impl Sigil {
         if matches!(action, Action::Withdrawal | Action::AddAddress | Action::RemoveAddress) {
             address::validate("intent.destination", &intent.network, &intent.destination)?;
         }
+        // Only approvals that can be used: what the approval would let the
+        // caller do is checked now, before the user is asked.
+        match action {
+            Action::RemoveFactor => {
+                if let Err(Error::NotFound(_)) = self.factor(&intent.user_id, &intent.memo) {
+                    return Err(Error::invalid(
+                        "intent.memo",
+                        format!(
+                            "user '{}' has no factor '{}' to remove",
+                            intent.user_id,
+                            crate::error::excerpt(&intent.memo)
+                        ),
+                    ));
+                }
+            }
+            Action::ChangeAntiPhishingCode => {
+                crate::protect::ops::check_anti_phishing_code("intent.memo", &intent.memo)?;
+            }
+            Action::EnrollFactor => crate::factor::manage::check_enrollment_memo("intent.memo", &intent.memo)?,
+            _ => {}
+        }
         if device.platform.len() > 64 || device.app_attestation.len() > 256 {
             return Err(Error::invalid(
                 "device",

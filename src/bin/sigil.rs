@@ -306,6 +306,13 @@ struct Target {
 
 impl Conn {
     fn resolve(&self, config: Option<&Path>) -> Result<Target, Error> {
+        self.resolve_as(config, None)
+    }
+
+    /// [`Conn::resolve`], with the client certificate of `role` from
+    /// `certs/out/` unless `--cert`/`--key` are given (enrollment is the
+    /// frontend's; an operator's admin certificate may not enroll).
+    fn resolve_as(&self, config: Option<&Path>, role: Option<&str>) -> Result<Target, Error> {
         let cfg = match config {
             Some(p) => Some(Config::load_client(p)?),
             None => None,
@@ -336,12 +343,19 @@ impl Conn {
             ),
         };
         let client = cfg.map(|c| c.client).unwrap_or_default();
+        let (cert, key) = match role {
+            Some(r) => (
+                PathBuf::from(format!("certs/out/{r}.pem")),
+                PathBuf::from(format!("certs/out/{r}.key")),
+            ),
+            None => (client.cert, client.key),
+        };
         Ok(Target {
             url,
             source,
             ca: self.ca.clone().unwrap_or(client.ca),
-            cert: self.cert.clone().unwrap_or(client.cert),
-            key: self.key.clone().unwrap_or(client.key),
+            cert: self.cert.clone().unwrap_or(cert),
+            key: self.key.clone().unwrap_or(key),
         })
     }
 }
@@ -395,7 +409,15 @@ fn status_error(s: tonic::Status) -> Error {
 
 /// Opens the channel of `conn`, saying on stderr which server it is.
 async fn channel(conn: &Conn, config: Option<&Path>) -> Result<tonic::transport::Channel, Error> {
-    let t = conn.resolve(config)?;
+    open(conn.resolve(config)?).await
+}
+
+/// Opens a channel as the frontend (enrollment commands).
+async fn frontend_channel(conn: &Conn, config: Option<&Path>) -> Result<tonic::transport::Channel, Error> {
+    open(conn.resolve_as(config, Some("frontend"))?).await
+}
+
+async fn open(t: Target) -> Result<tonic::transport::Channel, Error> {
     eprintln!("sigil: server {} ({})", t.url, t.source);
     connect(
         &t.url,
@@ -750,7 +772,7 @@ async fn confirm_otp(
     factor_id: &str,
     otp: String,
 ) -> Result<(), Error> {
-    let mut c = pb::factor_service_client::FactorServiceClient::new(channel(conn, config).await?);
+    let mut c = pb::factor_service_client::FactorServiceClient::new(frontend_channel(conn, config).await?);
     c.confirm_yubikey_enrollment(pb::ConfirmYubikeyEnrollmentRequest {
         user_id: user.into(),
         factor_id: factor_id.into(),
@@ -779,7 +801,7 @@ async fn yubikey(cmd: YubikeyCmd, config: Option<&Path>) -> Result<(), Error> {
             nickname,
             step_up,
         } => {
-            let mut c = pb::factor_service_client::FactorServiceClient::new(channel(&conn, config).await?);
+            let mut c = pb::factor_service_client::FactorServiceClient::new(frontend_channel(&conn, config).await?);
             let e = c
                 .begin_yubikey_otp_enrollment(pb::BeginYubikeyOtpEnrollmentRequest {
                     user_id: user.clone(),
@@ -829,7 +851,7 @@ async fn yubikey(cmd: YubikeyCmd, config: Option<&Path>) -> Result<(), Error> {
                 .map_err(|_| Error::Unavailable("random generator failed".into()))?;
             let s2 = secret.clone();
             off_runtime(move || sigil::factor::yubikey::usb::program_hmac_slot(slot, &s2, touch)).await?;
-            let mut c = pb::factor_service_client::FactorServiceClient::new(channel(&conn, config).await?);
+            let mut c = pb::factor_service_client::FactorServiceClient::new(frontend_channel(&conn, config).await?);
             let e = c
                 .begin_yubikey_hmac_enrollment(pb::BeginYubikeyHmacEnrollmentRequest {
                     user_id: user.clone(),
@@ -883,7 +905,7 @@ async fn yubikey(cmd: YubikeyCmd, config: Option<&Path>) -> Result<(), Error> {
             aes_key.copy_from_slice(&material[12..28]);
             let (p, k, pid) = (public_id.clone(), aes_key.clone(), private_id);
             off_runtime(move || sigil::factor::yubikey::usb::program_otp_slot(slot, &p, &pid, &k)).await?;
-            let mut c = pb::factor_service_client::FactorServiceClient::new(channel(&conn, config).await?);
+            let mut c = pb::factor_service_client::FactorServiceClient::new(frontend_channel(&conn, config).await?);
             let e = c
                 .begin_yubikey_otp_enrollment(pb::BeginYubikeyOtpEnrollmentRequest {
                     user_id: user.clone(),

@@ -158,7 +158,7 @@ impl Sigil {
         let now = self.now()?;
         let snap = self.snapshot(user_id)?;
         let mut batch = Batch::new();
-        let stepped_up = self.enrollment_step_up(user_id, step_up, &snap, &mut batch)?;
+        let stepped_up = self.enrollment_step_up(user_id, step_up, Kind::Webauthn, nickname, &snap, &mut batch)?;
         let exclude: Vec<_> = self
             .live_factors(user_id, &snap)?
             .into_iter()
@@ -524,7 +524,7 @@ impl Sigil {
         let now = self.now()?;
         let snap = self.snapshot(user_id)?;
         let mut batch = Batch::new();
-        let stepped_up = self.enrollment_step_up(user_id, step_up, &snap, &mut batch)?;
+        let stepped_up = self.enrollment_step_up(user_id, step_up, Kind::YubikeyHmac, nickname, &snap, &mut batch)?;
         let mut f = self.new_factor(user_id, Kind::YubikeyHmac, nickname, now, &snap)?;
         f.enrolled_with_step_up = stepped_up;
         f.secret = Some(self.signer.wrap(secret, &secret_aad(user_id, &f.factor_id))?);
@@ -589,7 +589,7 @@ impl Sigil {
         let snap = self.snapshot(user_id)?;
         let index = yubikey_index_key(&public_id);
         let mut batch = Batch::new();
-        let stepped_up = self.enrollment_step_up(user_id, step_up, &snap, &mut batch)?;
+        let stepped_up = self.enrollment_step_up(user_id, step_up, Kind::YubikeyOtp, nickname, &snap, &mut batch)?;
         let mut f = self.new_factor(user_id, Kind::YubikeyOtp, nickname, now, &snap)?;
         f.enrolled_with_step_up = stepped_up;
         self.claim_index(index, &f, &format!("YubiKey public id '{public_id}'"), now, &mut batch)?;

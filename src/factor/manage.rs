@@ -44,6 +44,40 @@ pub enum Standing {
     Revoked,
 }
 
+/// The memo of the `enroll_factor` approval that lets a user with an
+/// active factor enroll another: `<kind>:<nickname>` (the kind's name —
+/// `totp`, `webauthn`, `yubikey_hmac`, `yubikey_otp` — and the nickname as
+/// sent, possibly empty). The approval answers that enrollment only.
+pub fn enrollment_memo(kind: Kind, nickname: &str) -> String {
+    format!("{}:{nickname}", kind.name())
+}
+
+/// Checks the memo of an `enroll_factor` intent (at BeginApproval, before
+/// the user is asked): it must name a factor kind and a valid nickname.
+pub(crate) fn check_enrollment_memo(field: &str, memo: &str) -> Result<(), Error> {
+    let (kind, nickname) = memo.split_once(':').ok_or_else(|| {
+        Error::invalid(
+            field,
+            "must name what is enrolled as '<kind>:<nickname>' (kind: totp, webauthn, yubikey_hmac or yubikey_otp)",
+        )
+    })?;
+    if !crate::protect::policy::ALL_KINDS.iter().any(|k| k.name() == kind) {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "'{}' is not a factor kind (totp, webauthn, yubikey_hmac, yubikey_otp)",
+                crate::error::excerpt(kind)
+            ),
+        ));
+    }
+    check_nickname(nickname).map_err(|_| {
+        Error::invalid(
+            field,
+            "the nickname after ':' is at most 64 bytes, no control characters",
+        )
+    })
+}
+
 pub(crate) fn check_nickname(n: &str) -> Result<(), Error> {
     if n.len() > 64 || n.chars().any(char::is_control) {
         return Err(Error::invalid("nickname", "at most 64 bytes, no control characters"));
@@ -53,16 +87,37 @@ pub(crate) fn check_nickname(n: &str) -> Result<(), Error> {
 
 impl Sigil {
     /// Step-up for enrolling a factor: needed once the user has a live
-    /// active factor. Adds the approval's redemption to `batch`.
+    /// active factor. The `enroll_factor` approval must name what is being
+    /// enrolled — memo [`enrollment_memo`]`(kind, nickname)` — and answers
+    /// nothing else. Adds the approval's redemption to `batch`.
     pub(crate) fn enrollment_step_up(
         &self,
         user_id: &str,
         step_up: &str,
+        kind: Kind,
+        nickname: &str,
         snap: &Snapshot,
         batch: &mut Batch,
     ) -> Result<bool, Error> {
         if !self.live_factors(user_id, snap)?.is_empty() {
-            self.step_up(step_up, Action::EnrollFactor, user_id, snap, |_| Ok(()), batch)?;
+            let want = enrollment_memo(kind, nickname);
+            self.step_up(
+                step_up,
+                Action::EnrollFactor,
+                user_id,
+                snap,
+                move |i| {
+                    if i.memo == want {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "the enroll_factor approval names '{}', this enrollment is '{want}'",
+                            crate::error::excerpt(&i.memo)
+                        ))
+                    }
+                },
+                batch,
+            )?;
             return Ok(true);
         }
         Ok(false)
@@ -220,7 +275,7 @@ impl Sigil {
         let now = self.now()?;
         let snap = self.snapshot(user_id)?;
         let mut batch = Batch::new();
-        let stepped_up = self.enrollment_step_up(user_id, step_up, &snap, &mut batch)?;
+        let stepped_up = self.enrollment_step_up(user_id, step_up, Kind::Totp, nickname, &snap, &mut batch)?;
         let mut rec = self.new_factor(user_id, Kind::Totp, nickname, now, &snap)?;
         rec.enrolled_with_step_up = stepped_up;
         let seed = zeroize::Zeroizing::new(self.random(totp::SECRET_LEN)?);

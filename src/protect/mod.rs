@@ -12,6 +12,7 @@ use crate::error::Error;
 use crate::store::{Store, Table};
 
 pub mod address;
+pub mod address_format;
 pub mod amount;
 pub mod ops;
 pub mod policy;

@@ -189,9 +189,7 @@ impl Sigil {
     /// approval whose memo is the new code; starts the security-change lock.
     pub fn set_anti_phishing_code(&self, actor: &str, user_id: &str, code: &str, approval: &str) -> Result<i64, Error> {
         check_id("user_id", user_id)?;
-        if code.is_empty() || code.chars().count() > 32 || code.chars().any(char::is_control) {
-            return Err(Error::invalid("code", "1 to 32 characters, no control characters"));
-        }
+        check_anti_phishing_code("code", code)?;
         let now = self.now()?;
         let snap = self.snapshot(user_id)?;
         let mut batch = Batch::new();
@@ -580,4 +578,14 @@ impl Sigil {
         });
         Ok(items)
     }
+}
+
+/// The rule for an anti-phishing code: 1 to 32 characters, no control
+/// characters. Checked when it is set and, on its approval's memo, at
+/// BeginApproval.
+pub(crate) fn check_anti_phishing_code(field: &str, code: &str) -> Result<(), Error> {
+    if code.is_empty() || code.chars().count() > 32 || code.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "1 to 32 characters, no control characters"));
+    }
+    Ok(())
 }

@@ -216,6 +216,7 @@ async fn revoking_everyone_kills_challenges_and_unredeemed_approvals() {
     let enroll = pb::Intent {
         action: "enroll_factor".into(),
         user_id: "carol".into(),
+        memo: "totp:".into(),
         ..Default::default()
     };
     let unredeemed = s.approve(&enroll, &seed).await;
@@ -806,6 +807,7 @@ async fn a_challenge_opened_before_a_security_change_waits_for_the_lock() {
     let enroll = pb::Intent {
         action: "enroll_factor".into(),
         user_id: "ned".into(),
+        memo: "totp:".into(),
         ..Default::default()
     };
     let tok = s.approve(&enroll, &seed).await;

@@ -188,3 +188,57 @@ async fn health_and_reflection_answer_over_mtls() {
     );
     s.stop().await;
 }
+
+/// Separation of duties: an operator's admin certificate enrolls nothing
+/// for anyone (it could otherwise choose a YubiKey secret for a user whose
+/// factors it just revoked).
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_cannot_enroll_factors() {
+    let s = TestServer::start().await;
+    let f = |role: &'static str| {
+        let s = &s;
+        async move { s.factors(role).await }
+    };
+    let hmac = || pb::BeginYubikeyHmacEnrollmentRequest {
+        user_id: "victim".into(),
+        nickname: "slot 2".into(),
+        secret: vec![7; 20],
+        slot: 2,
+        step_up_approval: String::new(),
+    };
+    let otp = || pb::BeginYubikeyOtpEnrollmentRequest {
+        user_id: "victim".into(),
+        nickname: "k".into(),
+        public_id: "vvcccccccccc".into(),
+        private_id: vec![1; 6],
+        aes_key: vec![2; 16],
+        ..Default::default()
+    };
+    let before = snapshot(s.sigil());
+    for r in [
+        f("admin").await.begin_yubikey_hmac_enrollment(hmac()).await.map(|_| ()),
+        f("admin").await.begin_yubikey_otp_enrollment(otp()).await.map(|_| ()),
+        f("admin")
+            .await
+            .begin_totp_enrollment(pb::BeginTotpEnrollmentRequest {
+                user_id: "victim".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        f("admin")
+            .await
+            .confirm_yubikey_enrollment(pb::ConfirmYubikeyEnrollmentRequest {
+                user_id: "victim".into(),
+                factor_id: "f_x".into(),
+                proof: None,
+            })
+            .await
+            .map(|_| ()),
+    ] {
+        assert_status(r, Code::PermissionDenied, "");
+    }
+    assert_eq!(before, snapshot(s.sigil()), "nothing written");
+    // The frontend, relaying the user, may.
+    f("frontend").await.begin_yubikey_hmac_enrollment(hmac()).await.unwrap();
+}

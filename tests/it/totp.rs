@@ -213,16 +213,33 @@ async fn second_factor_and_removal_need_step_up() {
     let enroll = pb::Intent {
         action: "enroll_factor".into(),
         user_id: "dave".into(),
+        memo: "totp:".into(),
         ..Default::default()
     };
     let tok = s.approve(&enroll, &seed).await;
-    f.begin_totp_enrollment(pb::BeginTotpEnrollmentRequest {
-        user_id: "dave".into(),
-        step_up_approval: tok.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    // An enroll_factor approval names what it enrolls: it answers nothing else.
+    let r = f
+        .begin_totp_enrollment(pb::BeginTotpEnrollmentRequest {
+            user_id: "dave".into(),
+            nickname: "another app".into(),
+            step_up_approval: tok.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert_status(
+        r,
+        Code::PermissionDenied,
+        "names 'totp:', this enrollment is 'totp:another app'",
+    );
+    let pending = f
+        .begin_totp_enrollment(pb::BeginTotpEnrollmentRequest {
+            user_id: "dave".into(),
+            step_up_approval: tok.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     // The step-up approval was redeemed by that call: it cannot be used twice.
     let r = f
         .begin_totp_enrollment(pb::BeginTotpEnrollmentRequest {
@@ -242,10 +259,28 @@ async fn second_factor_and_removal_need_step_up() {
         })
         .await;
     assert_status(r, Code::PermissionDenied, "remove_factor");
+    // An approval to remove a factor the user does not have is refused
+    // before the user is asked.
+    let mut a = s.approvals("frontend").await;
+    assert_status(
+        a.begin_approval(pb::BeginApprovalRequest {
+            intent: Some(pb::Intent {
+                action: "remove_factor".into(),
+                user_id: "dave".into(),
+                memo: "f_someotherfactor".into(),
+                ..Default::default()
+            }),
+            device: None,
+        })
+        .await,
+        Code::InvalidArgument,
+        "has no factor 'f_someotherfactor'",
+    );
+    // One for dave's other (pending) factor does not remove this one.
     let other = pb::Intent {
         action: "remove_factor".into(),
         user_id: "dave".into(),
-        memo: "f_someotherfactor".into(),
+        memo: pending.factor_id.clone(),
         ..Default::default()
     };
     let tok_other = s.approve(&other, &seed).await;

@@ -249,10 +249,13 @@ fn add_address_intent(user: &str) -> pb::Intent {
     }
 }
 
+/// An `enroll_factor` intent for the security key the tests register (no
+/// nickname): its memo names what is enrolled.
 fn enroll_factor_intent(user: &str) -> pb::Intent {
     pb::Intent {
         action: "enroll_factor".into(),
         user_id: user.into(),
+        memo: "webauthn:".into(),
         ..Default::default()
     }
 }

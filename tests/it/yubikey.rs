@@ -203,10 +203,12 @@ async fn verifier(s: &TestServer) -> Verifier {
     Verifier::new(&keys, "sigil", "withdrawal-engine").unwrap()
 }
 
-fn enroll_factor_intent(user: &str) -> pb::Intent {
+/// An `enroll_factor` intent naming what is enrolled (`kind:nickname`).
+fn enroll_factor_intent(user: &str, memo: &str) -> pb::Intent {
     pb::Intent {
         action: "enroll_factor".into(),
         user_id: user.into(),
+        memo: memo.into(),
         ..Default::default()
     }
 }
@@ -392,7 +394,7 @@ async fn hmac_response_from_another_slot_is_refused() {
     let s = TestServer::start().await;
     let (fa, slot_a, _) = enroll_hmac(&s, "carl", 1, "").await;
     // Enrolling a second factor needs an enroll_factor approval, given with slot A.
-    let b = begin(&s, &enroll_factor_intent("carl")).await;
+    let b = begin(&s, &enroll_factor_intent("carl", "yubikey_hmac:slot 2")).await;
     let step_up = complete(
         &s,
         hmac_proof(
@@ -667,7 +669,7 @@ async fn otp_enrollment_from_personalization_csv() {
         hex(&pid2).to_uppercase(),
         hex(&aes2)
     );
-    let step_up = approve_otp_intent(&s, &enroll_factor_intent("ines"), &k1.otp()).await;
+    let step_up = approve_otp_intent(&s, &enroll_factor_intent("ines", "yubikey_otp:backup"), &k1.otp()).await;
     let e2 = f
         .begin_yubikey_otp_enrollment(pb::BeginYubikeyOtpEnrollmentRequest {
             user_id: "ines".into(),
@@ -796,7 +798,7 @@ async fn duplicate_public_id_registration_is_refused() {
         data_encoding::HEXLOWER.encode(&aes)
     );
     let r = s
-        .factors("admin")
+        .factors("frontend")
         .await
         .begin_yubikey_otp_enrollment(pb::BeginYubikeyOtpEnrollmentRequest {
             user_id: "leo".into(),
