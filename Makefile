@@ -41,8 +41,8 @@ test: certs hsm ## The whole test suite
 	$(CARGO) test --workspace --doc
 
 bench: certs hsm ## Benchmarks (release build); results go to stdout, recorded in BENCHMARKS.md
-	$(CARGO) run --release --example bench
-	$(CARGO) run --release --example bench_protect
+	$(CARGO) run --release --features bench --example bench
+	$(CARGO) run --release --features bench --example bench_protect
 
 clean-dev: ## Remove generated certificates, the development token and data (irreversible)
 	rm -rf certs/out hsm/tokens hsm/pin hsm/so-pin hsm/softhsm2.conf data

@@ -207,11 +207,25 @@ impl Signer {
     }
 
     /// Signs with the audit key, inside the HSM.
+    ///
+    /// The approval key signs approvals only: raw signing with it
+    /// (`sign_raw`, the benchmarks' reference) exists only with the cargo
+    /// feature `bench`, so this does not compile in a normal build:
+    ///
+    /// ```compile_fail
+    /// fn raw(s: &sigil::signer::Signer) {
+    ///     let _ = s.sign_raw(b"anything");
+    /// }
+    /// ```
     pub fn sign_audit(&self, message: &[u8]) -> Result<[u8; 64], Error> {
         Ok(self.hsm.sign_es256(&self.audit_label, message)?)
     }
 
-    /// Raw ES256 signature with the active key (benchmarks).
+    /// Raw ES256 signature with the active key over any message: the
+    /// benchmarks' reference. Only with the cargo feature `bench`: a
+    /// release build has no way to sign anything but an approval with the
+    /// approval key.
+    #[cfg(feature = "bench")]
     pub fn sign_raw(&self, message: &[u8]) -> Result<[u8; 64], Error> {
         let keys = self.keys();
         Ok(self.hsm.sign_es256(&keys.active_label, message)?)
