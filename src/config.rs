@@ -111,6 +111,10 @@ pub struct ServerConfig {
     /// CA that issues client certificates (PEM). Clients without a
     /// certificate from it cannot connect.
     pub client_ca: PathBuf,
+    /// Client certificate deny-list (`serial:<hex>` / `spki-sha256:<digest>`
+    /// lines; see `crate::denylist`). None or empty: no deny-list. Re-read
+    /// on SIGHUP. `SIGIL_DENY_LIST`.
+    pub deny_list: Option<PathBuf>,
 }
 
 /// `[hsm]`
@@ -254,6 +258,7 @@ impl Default for ServerConfig {
             cert: "certs/out/server.pem".into(),
             key: "certs/out/server.key".into(),
             client_ca: "certs/out/ca.pem".into(),
+            deny_list: None,
         }
     }
 }
@@ -418,7 +423,7 @@ impl Config {
 
     /// Applies environment overrides: `SIGIL_LISTEN`, `SIGIL_STORE_PATH`,
     /// `SIGIL_HSM_MODULE`, `SIGIL_HSM_TOKEN`, `SIGIL_TLS_CERT`,
-    /// `SIGIL_TLS_KEY`, `SIGIL_CLIENT_CA`.
+    /// `SIGIL_TLS_KEY`, `SIGIL_CLIENT_CA`, `SIGIL_DENY_LIST` (empty: none).
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), Error> {
         if let Some(v) = get("SIGIL_LISTEN") {
             self.server.listen = v
@@ -442,6 +447,9 @@ impl Config {
         }
         if let Some(v) = get("SIGIL_CLIENT_CA") {
             self.server.client_ca = v.into();
+        }
+        if let Some(v) = get("SIGIL_DENY_LIST") {
+            self.server.deny_list = (!v.trim().is_empty()).then(|| v.into());
         }
         Ok(())
     }

@@ -29,6 +29,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod core;
+pub mod denylist;
 pub mod error;
 pub mod events;
 pub mod factor;

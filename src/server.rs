@@ -1,19 +1,29 @@
-//! Serving Sigil: mTLS listener, health, reflection, graceful shutdown.
+//! Serving Sigil: mTLS listener, health, reflection, graceful shutdown,
+//! and the client certificate deny-list guard in front of every service.
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::body::Body;
+use tonic::codegen::{http, Service};
+use tonic::server::NamedService;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::api::account::AccountApi;
 use crate::api::admin::AdminApi;
+use crate::api::auth::{leaf_facts, DenyListChecked, LeafFacts};
 use crate::api::events::EventApi;
 use crate::api::{ApprovalApi, FactorApi};
+use crate::audit::AuditEntry;
 use crate::config::ServerConfig;
 use crate::core::Sigil;
+use crate::denylist::{CertId, DenyListHandle, Match};
 use crate::error::Error;
 use crate::pb;
 
@@ -41,9 +51,16 @@ pub struct Running {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
+    deny_list: Arc<DenyListHandle>,
 }
 
 impl Running {
+    /// The client certificate deny-list this server enforces
+    /// ([`DenyListHandle::reload`] re-reads its file).
+    pub fn deny_list(&self) -> &Arc<DenyListHandle> {
+        &self.deny_list
+    }
+
     /// Waits until the server ends on its own (its shutdown signal fired).
     pub async fn stop_when_done(mut self) -> Result<(), Error> {
         let _keep = self.stop.take();
@@ -68,13 +85,34 @@ impl Running {
     }
 }
 
-/// Starts serving on `listener` until [`Running::stop`] or `signal` fires.
+/// Starts serving on `listener` until [`Running::stop`] or `signal` fires,
+/// enforcing the deny-list `[server] deny_list` names (read now: a
+/// malformed file refuses the start).
 pub async fn start(
     sigil: Arc<Sigil>,
     tls: ServerTlsConfig,
     listener: TcpListener,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, Error> {
+    let deny_list = Arc::new(DenyListHandle::from_config(&sigil.config().server)?);
+    start_with_deny_list(sigil, deny_list, tls, listener, signal).await
+}
+
+/// [`start`] with a deny-list already loaded (`sigild` loads it before
+/// opening the HSM, to fail fast, and reloads it on SIGHUP).
+/// [`Sigil::reload_deny_list`] reaches the same list.
+pub async fn start_with_deny_list(
+    sigil: Arc<Sigil>,
+    deny_list: Arc<DenyListHandle>,
+    tls: ServerTlsConfig,
+    listener: TcpListener,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, Error> {
+    crate::denylist::register(&sigil, deny_list.clone());
+    let guard = Guard {
+        sigil: sigil.clone(),
+        deny_list: deny_list.clone(),
+    };
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Unavailable(format!("listener has no address: {e}")))?;
@@ -118,21 +156,27 @@ pub async fn start(
     let router = Server::builder()
         .tls_config(tls)
         .map_err(|e| Error::Unavailable(format!("TLS configuration refused: {e}")))?
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(pb::factor_service_server::FactorServiceServer::new(FactorApi::new(
-            sigil.clone(),
-        )))
-        .add_service(pb::approval_service_server::ApprovalServiceServer::new(
+        .add_service(guard.wrap(health))
+        .add_service(guard.wrap(reflection))
+        .add_service(
+            guard.wrap(pb::factor_service_server::FactorServiceServer::new(FactorApi::new(
+                sigil.clone(),
+            ))),
+        )
+        .add_service(guard.wrap(pb::approval_service_server::ApprovalServiceServer::new(
             ApprovalApi::new(sigil.clone()),
-        ))
-        .add_service(pb::account_service_server::AccountServiceServer::new(AccountApi::new(
-            sigil.clone(),
         )))
-        .add_service(pb::admin_service_server::AdminServiceServer::new(AdminApi::new(
-            sigil.clone(),
-        )))
-        .add_service(pb::event_service_server::EventServiceServer::new(EventApi::new(sigil)));
+        .add_service(
+            guard.wrap(pb::account_service_server::AccountServiceServer::new(AccountApi::new(
+                sigil.clone(),
+            ))),
+        )
+        .add_service(
+            guard.wrap(pb::admin_service_server::AdminServiceServer::new(AdminApi::new(
+                sigil.clone(),
+            ))),
+        )
+        .add_service(guard.wrap(pb::event_service_server::EventServiceServer::new(EventApi::new(sigil))));
     // serve_with_incoming ignores Server::tcp_nodelay: set TCP_NODELAY on each
     // accepted socket here, or small responses wait for the client's delayed
     // ACK (~40 ms per CompleteApproval).
@@ -142,7 +186,121 @@ pub async fn start(
         addr,
         stop: Some(stop_tx),
         task,
+        deny_list,
     })
+}
+
+/// The deny-list guard, wrapped around every service (health and
+/// reflection too): each call's client leaf is matched against the list in
+/// force when the call arrives. A denied call is answered
+/// `UNAUTHENTICATED` here, with one `auth.denied` audit entry, and never
+/// reaches the service; an admitted call carries [`DenyListChecked`], which
+/// the role check requires.
+#[derive(Clone)]
+struct Guard {
+    sigil: Arc<Sigil>,
+    deny_list: Arc<DenyListHandle>,
+}
+
+impl Guard {
+    fn wrap<S>(&self, inner: S) -> Guarded<S> {
+        Guarded {
+            inner,
+            guard: self.clone(),
+        }
+    }
+
+    /// The refusal of a denied caller, after its audit entry is written
+    /// (best effort: the refusal stands if the store cannot take it).
+    async fn refuse(self, facts: Arc<LeafFacts>, id: CertId, matched: Match, rpc: String) -> http::Response<Body> {
+        let serial = id.serial();
+        let role = facts.role.map(|r| r.name()).unwrap_or("none");
+        tracing::warn!(serial = %serial, role, rpc = %rpc, matched = matched.name(), "refused a client certificate on the deny-list");
+        let message = format!("client certificate {serial} is on the deny-list; ask an operator for a new certificate");
+        let sigil = self.sigil;
+        let reason = message.clone();
+        let audited = tokio::task::spawn_blocking(move || {
+            let at = sigil.now().unwrap_or_default();
+            let actor = if role == "none" { "unknown" } else { role };
+            let entry = AuditEntry::refused(at, actor, "", "auth.denied", &reason)
+                .with("serial", serial)
+                .with("spki_sha256", id.spki_sha256_hex())
+                .with("role", role)
+                .with("matched", matched.name())
+                .with("rpc", crate::error::excerpt(&rpc));
+            sigil.audit_refusal(entry, crate::store::Batch::default());
+        })
+        .await;
+        if let Err(e) = audited {
+            tracing::error!(error = %e, "could not audit a deny-list refusal");
+        }
+        tonic::Status::unauthenticated(message).into_http()
+    }
+}
+
+/// A service behind the [`Guard`].
+#[derive(Clone)]
+struct Guarded<S> {
+    inner: S,
+    guard: Guard,
+}
+
+impl<S: NamedService> NamedService for Guarded<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type Refusal = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+
+/// The answer of a [`Guarded`] service: the service's own, or the refusal.
+enum GuardedFuture<F> {
+    Admitted(F),
+    Refused(Refusal),
+}
+
+impl<F> Future for GuardedFuture<F>
+where
+    F: Future<Output = Result<http::Response<Body>, Infallible>> + Unpin,
+{
+    type Output = Result<http::Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            GuardedFuture::Admitted(f) => Pin::new(f).poll(cx),
+            GuardedFuture::Refused(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<S> Service<http::Request<Body>> for Guarded<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + Unpin + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = GuardedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+        if let Some(facts) = leaf_facts(req.extensions()) {
+            if let Some(id) = facts.id.clone() {
+                if let Some(matched) = self.guard.deny_list.current().matches(&id) {
+                    let rpc = req.uri().path().to_string();
+                    drop(req);
+                    let refusal = self.guard.clone().refuse(facts, id, matched, rpc);
+                    return GuardedFuture::Refused(Box::pin(async move { Ok(refusal.await) }));
+                }
+            }
+        }
+        req.extensions_mut().insert(DenyListChecked);
+        // The clone that was made ready serves this call (tower's rule).
+        let fresh = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, fresh);
+        GuardedFuture::Admitted(ready.call(req))
+    }
 }
 
 /// The background sweep ("sweeper"): address holds ending, audit

@@ -4,12 +4,17 @@
 //! CA. Here the role is read from the leaf's URI SAN
 //! `spiffe://sigil/role/<role>`; a certificate with no such SAN, or with
 //! more than one role, has no role and can call nothing but health and
-//! reflection.
+//! reflection. Before any of this, the server's deny-list guard has refused
+//! a leaf on the client certificate deny-list (`crate::denylist`).
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
 
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Request, Status};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::denylist::CertId;
 
 /// URI SAN prefix carrying the role.
 pub const ROLE_URI_PREFIX: &str = "spiffe://sigil/role/";
@@ -49,6 +54,10 @@ impl Role {
 /// The role in a DER certificate, if it names exactly one.
 pub fn role_of_der(der: &[u8]) -> Option<Role> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
+    role_of_cert(&cert)
+}
+
+fn role_of_cert(cert: &X509Certificate<'_>) -> Option<Role> {
     let san = cert.subject_alternative_name().ok()??;
     let mut roles = san.value.general_names.iter().filter_map(|n| match n {
         GeneralName::URI(u) => u.strip_prefix(ROLE_URI_PREFIX),
@@ -61,37 +70,83 @@ pub fn role_of_der(der: &[u8]) -> Option<Role> {
     Role::parse(first)
 }
 
-/// Distinct certificates remembered by [`cached_role_of_der`]; past this
-/// the memo starts again (callers are a handful of services).
-const ROLE_MEMO_MAX: usize = 256;
+/// What Sigil reads from a caller's leaf certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafFacts {
+    /// The role it carries, if exactly one.
+    pub role: Option<Role>,
+    /// Serial and key digest, for the deny-list; None if it does not parse.
+    pub id: Option<CertId>,
+}
 
-/// [`role_of_der`], remembered per certificate: a caller sends the same
-/// certificate on every call of a connection, and parsing it costs more
-/// than the rest of the role check. Keyed by the exact DER bytes, so a
-/// different certificate is always parsed.
-fn cached_role_of_der(der: &[u8]) -> Option<Role> {
-    static MEMO: std::sync::OnceLock<std::sync::RwLock<HashMap<Vec<u8>, Option<Role>>>> = std::sync::OnceLock::new();
+impl LeafFacts {
+    /// Reads a DER certificate.
+    pub fn of_der(der: &[u8]) -> LeafFacts {
+        match X509Certificate::from_der(der) {
+            Ok((_, cert)) => LeafFacts {
+                role: role_of_cert(&cert),
+                id: Some(CertId::of(&cert)),
+            },
+            Err(_) => LeafFacts { role: None, id: None },
+        }
+    }
+}
+
+/// Distinct certificates remembered by [`cached_facts`]; past this the
+/// memo starts again (callers are a handful of services).
+const FACTS_MEMO_MAX: usize = 256;
+
+/// [`LeafFacts::of_der`], remembered per certificate: a caller sends the
+/// same certificate on every call of a connection, and parsing it costs
+/// more than the rest of the role check. Keyed by the exact DER bytes, so a
+/// different certificate is always parsed. Only facts of the certificate
+/// are remembered, never a decision: the deny-list is matched against them
+/// on every call, with the list in force at that moment.
+fn cached_facts(der: &[u8]) -> Arc<LeafFacts> {
+    type Memo = RwLock<HashMap<Vec<u8>, Arc<LeafFacts>>>;
+    static MEMO: OnceLock<Memo> = OnceLock::new();
     let memo = MEMO.get_or_init(Default::default);
     if let Ok(m) = memo.read() {
-        if let Some(r) = m.get(der) {
-            return *r;
+        if let Some(f) = m.get(der) {
+            return f.clone();
         }
     }
-    let role = role_of_der(der);
+    let facts = Arc::new(LeafFacts::of_der(der));
     if let Ok(mut m) = memo.write() {
-        if m.len() >= ROLE_MEMO_MAX {
+        if m.len() >= FACTS_MEMO_MAX {
             m.clear();
         }
-        m.insert(der.to_vec(), role);
+        m.insert(der.to_vec(), facts.clone());
     }
-    role
+    facts
 }
+
+/// The facts of the caller's leaf certificate (the first one the client
+/// presented), from a request's extensions. The role check and the
+/// server's deny-list guard both read the leaf through this.
+pub fn leaf_facts(ext: &tonic::Extensions) -> Option<Arc<LeafFacts>> {
+    let certs = ext.get::<TlsConnectInfo<TcpConnectInfo>>()?.peer_certs()?;
+    certs.first().map(|c| cached_facts(c.as_ref()))
+}
+
+/// Put into a request's extensions by the server's deny-list guard once
+/// the caller's certificate was checked against the list in force.
+/// [`require`] refuses a call with a client certificate that lacks it, so a
+/// service mounted without the guard fails closed instead of skipping the
+/// deny-list.
+#[derive(Debug, Clone, Copy)]
+pub struct DenyListChecked;
 
 /// Refuses the call unless the caller's certificate carries one of `allowed`.
 pub fn require<T>(req: &Request<T>, rpc: &str, allowed: &[Role]) -> Result<Role, Status> {
-    let role = req
-        .peer_certs()
-        .and_then(|certs| certs.first().and_then(|c| cached_role_of_der(c.as_ref())));
+    let facts = leaf_facts(req.extensions());
+    if facts.is_some() && req.extensions().get::<DenyListChecked>().is_none() {
+        tracing::error!(rpc, "a call reached the role check without the deny-list guard");
+        return Err(Status::internal(format!(
+            "{rpc} was refused: the client certificate deny-list was not checked for this call (server misconfigured)"
+        )));
+    }
+    let role = facts.and_then(|f| f.role);
     if let Some(r) = role.filter(|r| allowed.contains(r)) {
         return Ok(r);
     }

@@ -5,7 +5,9 @@
 //! ```
 //! Reads the configuration (file, then `SIGIL_*` environment, then flags),
 //! opens the HSM token and the store, and serves gRPC over mutual TLS until
-//! SIGTERM or SIGINT, then drains in-flight calls and exits.
+//! SIGTERM or SIGINT, then drains in-flight calls and exits. SIGHUP re-reads
+//! the client certificate deny-list (`[server] deny_list`); a malformed file
+//! is logged and the previous list stays in force.
 /// mimalloc: many small, short-lived allocations on several threads at once
 /// (gRPC, records, PKCS#11 buffers) are cheaper than with the system allocator.
 #[global_allocator]
@@ -19,6 +21,7 @@ use std::sync::Arc;
 use clap::Parser;
 use sigil::clock::SystemClock;
 use sigil::config::Config;
+use sigil::denylist::DenyListHandle;
 use sigil::signer::{read_pin, Signer};
 use sigil::store::SledStore;
 use sigil::{server, Error, Sigil};
@@ -58,6 +61,15 @@ async fn run(args: Args) -> Result<(), Error> {
     if let Some(l) = args.listen {
         cfg.server.listen = l;
     }
+    // Before the HSM and the store: a malformed deny-list fails fast.
+    let deny_list = Arc::new(DenyListHandle::from_config(&cfg.server)?);
+    if let Some(p) = deny_list.path() {
+        tracing::info!(path = %p.display(), entries = deny_list.current().len(), "client certificate deny-list loaded");
+    }
+    // Installed before serving, so a SIGHUP never ends the process.
+    #[cfg(unix)]
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| Error::Unavailable(format!("cannot install the SIGHUP handler: {e}")))?;
     let pin = read_pin(&cfg.hsm)?;
     let c = cfg.clone();
     let signer = tokio::task::spawn_blocking(move || Signer::open(&c, pin))
@@ -74,11 +86,34 @@ async fn run(args: Args) -> Result<(), Error> {
         .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", cfg.server.listen)))?;
     let kid = signer.active_kid().to_string();
     let sigil = Arc::new(Sigil::new(cfg.clone(), store, signer, Arc::new(SystemClock))?);
-    let running = server::start(sigil, tls, listener, server::termination()).await?;
+    let running = server::start_with_deny_list(sigil, deny_list.clone(), tls, listener, server::termination()).await?;
+    #[cfg(unix)]
+    tokio::spawn(reload_on_hangup(hangups, deny_list));
     println!(
         "sigild listening on https://{} (mTLS only; client roles from certificates), store {}, approval key kid {kid}",
         running.addr,
         cfg.store.path.display()
     );
     running.stop_when_done().await
+}
+
+/// Re-reads the deny-list on every SIGHUP; a refused file keeps the old list.
+#[cfg(unix)]
+async fn reload_on_hangup(mut hangups: tokio::signal::unix::Signal, deny_list: Arc<DenyListHandle>) {
+    while hangups.recv().await.is_some() {
+        let Some(path) = deny_list.path().map(|p| p.display().to_string()) else {
+            tracing::info!("SIGHUP: no [server] deny_list is configured; nothing to reload");
+            continue;
+        };
+        let d = deny_list.clone();
+        match tokio::task::spawn_blocking(move || d.reload()).await {
+            Ok(Ok(entries)) => tracing::info!(path, entries, "SIGHUP: client certificate deny-list reloaded"),
+            Ok(Err(e)) => tracing::error!(
+                error = %e,
+                entries = deny_list.current().len(),
+                "SIGHUP: deny-list reload refused; the previous list stays in force"
+            ),
+            Err(e) => tracing::error!(error = %e, "SIGHUP: deny-list reload failed; the previous list stays in force"),
+        }
+    }
 }

@@ -7,6 +7,7 @@ mod bad_input;
 mod binary;
 mod cli;
 mod crash;
+mod denylist;
 mod harness;
 mod lifecycle;
 mod protections;
