@@ -40,6 +40,9 @@ pub struct Config {
     pub webauthn: crate::factor::webauthn::WebauthnPolicy,
     /// How the operator CLI reaches this deployment (sigild ignores it).
     pub client: ClientConfig,
+    /// `[networks]`: network name → address format (`bitcoin`, `evm`,
+    /// `xrpl_classic`, `tron`, `solana`). A network not listed is refused.
+    pub networks: BTreeMap<String, crate::protect::address_format::AddressFormat>,
 }
 
 /// `[client]`: how the operator CLI (`sigil … --config FILE`) reaches the
@@ -221,15 +224,39 @@ pub struct LockoutConfig {
     pub max_seconds: u64,
 }
 
-/// `[assets]`
+/// `[assets]`: the assets Sigil approves, exactly as written (tickers are
+/// case-sensitive; nothing is case-folded or defaulted: an asset or network
+/// not listed here is `INVALID_ARGUMENT`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AssetsConfig {
-    /// Maximum decimals per asset ticker.
+    /// Maximum decimals per asset ticker (the amount rule).
     pub decimals: BTreeMap<String, usize>,
-    /// Maximum decimals for assets not listed; absent means unlisted assets
-    /// are refused.
+    /// The networks each asset may be withdrawn on (names of `[networks]`).
+    pub networks: BTreeMap<String, Vec<String>>,
+    /// No longer supported (unlisted assets were given these decimals);
+    /// refused at start with a message saying so.
     pub default_decimals: Option<usize>,
+}
+
+/// The built-in networks and their address formats (`[networks]`).
+pub fn default_networks() -> BTreeMap<String, crate::protect::address_format::AddressFormat> {
+    use crate::protect::address_format::AddressFormat as F;
+    [
+        ("bitcoin", F::Bitcoin),
+        ("ethereum", F::Evm),
+        ("arbitrum", F::Evm),
+        ("optimism", F::Evm),
+        ("base", F::Evm),
+        ("polygon", F::Evm),
+        ("bsc", F::Evm),
+        ("xrpl", F::XrplClassic),
+        ("tron", F::Tron),
+        ("solana", F::Solana),
+    ]
+    .into_iter()
+    .map(|(n, f)| (n.to_string(), f))
+    .collect()
 }
 
 impl Default for Config {
@@ -247,6 +274,7 @@ impl Default for Config {
             policy: crate::protect::policy::Policy::default(),
             webauthn: crate::factor::webauthn::WebauthnPolicy::default(),
             client: ClientConfig::default(),
+            networks: default_networks(),
         }
     }
 }
@@ -328,28 +356,27 @@ impl Default for LockoutConfig {
 
 impl Default for AssetsConfig {
     fn default() -> Self {
-        let decimals = [
-            ("BTC", 8),
-            ("LTC", 8),
-            ("DOGE", 8),
-            ("BCH", 8),
-            ("ETH", 18),
-            ("BNB", 18),
-            ("USDT", 6),
-            ("USDC", 6),
-            ("XRP", 6),
-            ("TRX", 6),
-            ("ADA", 6),
-            ("SOL", 9),
-            ("XLM", 7),
-            ("DOT", 10),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        let assets: [(&str, usize, &[&str]); 8] = [
+            ("BTC", 8, &["bitcoin"]),
+            ("ETH", 18, &["ethereum", "arbitrum", "optimism", "base"]),
+            ("BNB", 18, &["bsc"]),
+            ("USDT", 6, &["ethereum", "tron", "solana", "bsc", "polygon", "arbitrum"]),
+            (
+                "USDC",
+                6,
+                &["ethereum", "solana", "base", "arbitrum", "polygon", "optimism"],
+            ),
+            ("XRP", 6, &["xrpl"]),
+            ("TRX", 6, &["tron"]),
+            ("SOL", 9, &["solana"]),
+        ];
         Self {
-            decimals,
-            default_decimals: Some(18),
+            decimals: assets.iter().map(|(a, d, _)| (a.to_string(), *d)).collect(),
+            networks: assets
+                .iter()
+                .map(|(a, _, n)| (a.to_string(), n.iter().map(|x| x.to_string()).collect()))
+                .collect(),
+            default_decimals: None,
         }
     }
 }
@@ -468,6 +495,45 @@ impl Config {
         if !(0..=300).contains(&self.approval.leeway_seconds) {
             return Err(Error::invalid("approval.leeway_seconds", "must be between 0 and 300"));
         }
+        if self.assets.default_decimals.is_some() {
+            return Err(Error::invalid(
+                "assets.default_decimals",
+                "is no longer supported: list every asset in [assets] decimals and its networks in [assets] networks; \
+                 anything not listed is refused",
+            ));
+        }
+        for (asset, d) in &self.assets.decimals {
+            if *d > 30 {
+                return Err(Error::invalid(format!("assets.decimals.{asset}"), "at most 30"));
+            }
+            let nets = self
+                .assets
+                .networks
+                .get(asset)
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| {
+                    Error::invalid(
+                        format!("assets.networks.{asset}"),
+                        "every asset needs the networks it may be withdrawn on",
+                    )
+                })?;
+            for n in nets {
+                if !self.networks.contains_key(n) {
+                    return Err(Error::invalid(
+                        format!("assets.networks.{asset}"),
+                        format!("network '{n}' is not in [networks] (name → address format)"),
+                    ));
+                }
+            }
+        }
+        for asset in self.assets.networks.keys() {
+            if !self.assets.decimals.contains_key(asset) {
+                return Err(Error::invalid(
+                    format!("assets.networks.{asset}"),
+                    "the asset has no [assets] decimals entry",
+                ));
+            }
+        }
         if !self.client.server.is_empty() && !self.client.server.starts_with("https://") {
             return Err(Error::invalid(
                 "client.server",
@@ -532,11 +598,53 @@ impl Config {
     /// Maximum decimals allowed for `asset`, or None when the asset is not
     /// accepted.
     pub fn max_decimals(&self, asset: &str) -> Option<usize> {
-        self.assets
-            .decimals
+        self.assets.decimals.get(asset).copied()
+    }
+
+    /// Checks that `asset` is configured and may move on `network`, both
+    /// exactly as written. Errors name `<prefix>asset` or `<prefix>network`.
+    pub fn check_asset_network(&self, prefix: &str, asset: &str, network: &str) -> Result<(), Error> {
+        let list = |names: Vec<&String>| names.into_iter().map(String::as_str).collect::<Vec<_>>().join(", ");
+        let Some(nets) = self
+            .assets
+            .networks
             .get(asset)
-            .copied()
-            .or(self.assets.default_decimals)
+            .filter(|_| self.assets.decimals.contains_key(asset))
+        else {
+            return Err(Error::invalid(
+                format!("{prefix}asset"),
+                format!(
+                    "asset '{}' is not configured (tickers are exact, case-sensitive); configured: {}",
+                    crate::error::excerpt(asset),
+                    list(self.assets.decimals.keys().collect())
+                ),
+            ));
+        };
+        if !self.networks.contains_key(network) {
+            return Err(Error::invalid(
+                format!("{prefix}network"),
+                format!(
+                    "network '{}' is not configured; configured: {}",
+                    crate::error::excerpt(network),
+                    list(self.networks.keys().collect())
+                ),
+            ));
+        }
+        if !nets.iter().any(|n| n == network) {
+            return Err(Error::invalid(
+                format!("{prefix}network"),
+                format!(
+                    "{asset} is not withdrawn on '{network}'; it is configured on: {}",
+                    list(nets.iter().collect())
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The address format of a configured network.
+    pub fn network_format(&self, network: &str) -> Option<crate::protect::address_format::AddressFormat> {
+        self.networks.get(network).copied()
     }
 }
 

@@ -165,6 +165,9 @@ pub fn validate(cfg: &Config, intent: &Intent) -> Result<Action, Error> {
     if !intent.network.is_empty() {
         check_symbol("intent.network", &intent.network)?;
     }
+    if matches!(action, Action::Withdrawal | Action::AddAddress | Action::RemoveAddress) {
+        cfg.check_asset_network("intent.", &intent.asset, &intent.network)?;
+    }
     if action == Action::Withdrawal {
         if !is_canonical_amount(&intent.amount) {
             return Err(Error::invalid(
@@ -220,6 +223,74 @@ mod tests {
     #[test]
     fn accepts_good_withdrawal() {
         assert_eq!(validate(&Config::default(), &withdrawal()).unwrap(), Action::Withdrawal);
+    }
+
+    /// Assets and networks are exact and configured: never case-folded,
+    /// never defaulted.
+    #[test]
+    fn assets_and_networks_are_exact_and_configured() {
+        let cfg = Config::default();
+        type Mutate = Box<dyn Fn(&mut Intent)>;
+        let cases: Vec<(Mutate, &str, &str)> = vec![
+            (
+                Box::new(|i| i.asset = "btc".into()),
+                "intent.asset",
+                "'btc' is not configured",
+            ),
+            (
+                Box::new(|i| i.asset = "PEPE".into()),
+                "intent.asset",
+                "'PEPE' is not configured",
+            ),
+            (
+                Box::new(|i| i.network = "Bitcoin".into()),
+                "intent.network",
+                "'Bitcoin' is not configured",
+            ),
+            (
+                Box::new(|i| i.network = "monero".into()),
+                "intent.network",
+                "'monero' is not configured",
+            ),
+            (
+                Box::new(|i| i.network = "eos".into()),
+                "intent.network",
+                "'eos' is not configured",
+            ),
+            (
+                Box::new(|i| i.network = "ethereum".into()),
+                "intent.network",
+                "BTC is not withdrawn on 'ethereum'",
+            ),
+        ];
+        for (mutate, field, needle) in cases {
+            let mut i = withdrawal();
+            mutate(&mut i);
+            match validate(&cfg, &i).unwrap_err() {
+                Error::InvalidArgument { field: f, reason } => {
+                    assert_eq!(f, field);
+                    assert!(reason.contains(needle), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // An asset without decimals gets no default: the amount rule needs them.
+        let mut cfg = Config::default();
+        cfg.assets.decimals.remove("BTC");
+        assert_eq!(field_of(validate(&cfg, &withdrawal()).unwrap_err()), "intent.asset");
+        // A configuration that still names default_decimals is refused.
+        let mut cfg = Config::default();
+        cfg.assets.default_decimals = Some(18);
+        assert!(cfg.validate().unwrap_err().to_string().contains("no longer supported"));
+        // Every asset needs networks that exist.
+        let mut cfg = Config::default();
+        cfg.assets.networks.insert("BTC".into(), vec!["lightning".into()]);
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("'lightning' is not in [networks]"));
+        assert!(Config::default().validate().is_ok());
     }
 
     #[test]

@@ -253,7 +253,10 @@ impl Sigil {
     pub fn begin_approval(&self, actor: &str, intent: Intent, device: DeviceSignals) -> Result<Begun, Error> {
         let action = intent::validate(&self.cfg, &intent)?;
         if matches!(action, Action::Withdrawal | Action::AddAddress | Action::RemoveAddress) {
-            address::validate("intent.destination", &intent.network, &intent.destination)?;
+            address::validate(&self.cfg, "intent.destination", &intent.network, &intent.destination)?;
+        }
+        if action == Action::Withdrawal {
+            address::validate_memo(&self.cfg, "intent.memo", &intent.network, &intent.memo)?;
         }
         // Only approvals that can be used: what the approval would let the
         // caller do is checked now, before the user is asked.

@@ -65,7 +65,8 @@ impl Sigil {
         check_id("network", network)?;
         check_id("address", addr)?;
         label_ok(label)?;
-        address::validate("address", network, addr)?;
+        self.cfg.check_asset_network("", asset, network)?;
+        address::validate(&self.cfg, "address", network, addr)?;
         let now = self.now()?;
         let snap = self.snapshot(user_id)?;
         let mut batch = Batch::new();
