@@ -205,7 +205,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     match approvals
         .redeem_approval(pb::RedeemApprovalRequest {
             approval: done.approval,
-            expected_intent: None,
+            expected_intent: Some(record.into()),
         })
         .await
     {

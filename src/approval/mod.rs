@@ -224,19 +224,28 @@ pub fn verify_error(e: VerifyError) -> Error {
 }
 
 /// What a withdrawal to `network`/`destination` needs from the whitelist.
-fn whitelist_check(s: &Sigil, user_id: &str, network: &str, destination: &str, now: i64) -> Result<(), Error> {
+/// Checks the destination is on the user's whitelist and past its hold.
+/// Returns the address record's key and version (None when the whitelist
+/// is not required), for a batch to condition on.
+fn whitelist_check(
+    s: &Sigil,
+    user_id: &str,
+    network: &str,
+    destination: &str,
+    now: i64,
+) -> Result<Option<(Vec<u8>, u64)>, Error> {
     if !s.cfg.protection.require_whitelisted_address {
-        return Ok(());
+        return Ok(None);
     }
-    let rec = s
-        .store
-        .get(Table::Addresses, &address::key(user_id, network, destination))?;
+    let key = address::key(user_id, network, destination);
+    let rec = s.store.get(Table::Addresses, &key)?;
     let Some(rec) = rec else {
         return Err(Error::FailedPrecondition(format!(
             "destination {destination} ({network}) is not on the user's withdrawal whitelist; add it first (an add_address approval, then a hold of {} s)",
             s.cfg.protection.address_hold_seconds
         )));
     };
+    let version = rec.version;
     let rec: address::AddressRecord = from_json("address", &rec.value)?;
     if now < rec.usable_at {
         return Err(Error::FailedPrecondition(format!(
@@ -244,7 +253,7 @@ fn whitelist_check(s: &Sigil, user_id: &str, network: &str, destination: &str, n
             rec.usable_at
         )));
     }
-    Ok(())
+    Ok(Some((key, version)))
 }
 
 impl Sigil {
@@ -713,6 +722,12 @@ impl Sigil {
                 amount: ch.intent.amount.clone(),
             });
             self.put_user(&mut batch, &ch.user_id, snap, &user)?;
+            // Conditioned on the destination's whitelist record: removing
+            // the address while the user approves kills this approval.
+            let i = &ch.intent;
+            if let Some((key, version)) = whitelist_check(self, &ch.user_id, &i.network, &i.destination, now)? {
+                batch.check(Table::Addresses, key, version);
+            }
         } else {
             batch.check(Table::Users, ch.user_id.as_bytes(), snap.user_version);
         }
@@ -762,6 +777,13 @@ impl Sigil {
             None => verifier.verify(token, now),
         }
         .map_err(verify_error)?;
+        if claims.act == Action::Withdrawal.name() && expected.is_none() {
+            return Err(Error::invalid(
+                "expected_intent",
+                "is required to redeem a withdrawal approval: send the engine's own record of the withdrawal, \
+                 which must equal the approved intent field for field",
+            ));
+        }
         let mut batch = Batch::new();
         let snap = self.snapshot(&claims.sub)?;
         if let Err(e) = self.add_redeem(&claims, &snap, now, &mut batch) {
@@ -829,6 +851,16 @@ impl Sigil {
             }
         }
         snap.check_not_suspended(now, "redemption")?;
+        if claims.act == Action::Withdrawal.name() {
+            // What the engine is about to do must still be allowed: the
+            // destination still whitelisted and past its hold (and the
+            // redemption conditioned on that record, so a removal racing
+            // it wins or loses as a whole).
+            let i = &claims.intent;
+            if let Some((key, version)) = whitelist_check(self, &claims.sub, &i.network, &i.destination, now)? {
+                batch.check(Table::Addresses, key, version);
+            }
+        }
         rec.redeemed_at = Some(now);
         batch.update(Table::Approvals, claims.jti.as_bytes(), stored.version, to_json(&rec)?);
         self.check_snapshot(batch, &claims.sub, snap);

@@ -98,8 +98,8 @@ async fn full_flow_issue_verify_redeem_once() {
     assert_eq!(claims.intent.unwrap(), intent);
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
+            expected_intent: expected_of(&done.approval),
             approval: done.approval,
-            expected_intent: None,
         })
         .await;
     assert_status(r, Code::FailedPrecondition, "already redeemed");
@@ -144,8 +144,8 @@ async fn offloaded_hsm_calls_approve_and_refuse_the_same() {
     let mut a = s.approvals("withdrawal-engine").await;
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
+            expected_intent: expected_of(&done.approval),
             approval: done.approval,
-            expected_intent: None,
         })
         .await;
     assert_status(r, Code::FailedPrecondition, "already redeemed");
@@ -217,8 +217,8 @@ async fn any_changed_intent_field_is_refused() {
     assert_eq!(v.verify(&forged, now).unwrap_err(), VerifyError::BadSignature);
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
+            expected_intent: expected_of(&forged),
             approval: forged,
-            expected_intent: None,
         })
         .await;
     assert_status(r, Code::PermissionDenied, "signature");
@@ -242,8 +242,8 @@ async fn expired_approval_and_expired_challenge_are_refused() {
     s.clock.advance(120 - 30 + 5 + 1); // past exp + Sigil's 5 s leeway
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
+            expected_intent: expected_of(&token),
             approval: token,
-            expected_intent: None,
         })
         .await;
     assert_status(r, Code::FailedPrecondition, "expired");
@@ -329,8 +329,8 @@ async fn foreign_keys_and_weak_algorithms_are_refused() {
     for forged in [own_kid, stolen_kid, none, hs] {
         let r = a
             .redeem_approval(pb::RedeemApprovalRequest {
+                expected_intent: expected_of(&forged),
                 approval: forged,
-                expected_intent: None,
             })
             .await;
         assert_status(r, Code::PermissionDenied, "approval refused");
@@ -388,8 +388,8 @@ async fn state_survives_restart_and_store_holds_no_seed() {
         .unwrap()
         .into_inner();
     a.redeem_approval(pb::RedeemApprovalRequest {
+        expected_intent: expected_of(&done.approval),
         approval: done.approval.clone(),
-        expected_intent: None,
     })
     .await
     .unwrap();
@@ -426,14 +426,14 @@ async fn state_survives_restart_and_store_holds_no_seed() {
     // The redeemed approval stays redeemed; the unredeemed one still redeems once.
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
+            expected_intent: expected_of(&done.approval),
             approval: done.approval,
-            expected_intent: None,
         })
         .await;
     assert_status(r, Code::FailedPrecondition, "already redeemed");
     a.redeem_approval(pb::RedeemApprovalRequest {
+        expected_intent: expected_of(&unredeemed),
         approval: unredeemed,
-        expected_intent: None,
     })
     .await
     .unwrap();
@@ -509,16 +509,16 @@ async fn expired_challenges_and_approvals_are_purged_and_stay_refused() {
     // A purged approval is refused (expired), and so it would be with a clock set back.
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
+            expected_intent: expected_of(&token),
             approval: token.clone(),
-            expected_intent: None,
         })
         .await;
     assert_status(r, Code::FailedPrecondition, "expired");
     s.clock.advance(-2 * 86_400 - 3_000);
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
+            expected_intent: expected_of(&token),
             approval: token,
-            expected_intent: None,
         })
         .await;
     assert_status(r, Code::FailedPrecondition, "not known");
@@ -552,16 +552,16 @@ async fn approvals_are_low_s_and_the_high_s_twin_is_refused_at_redemption() {
         let twin_token = format!("{rest}.{}", b64url::encode(&twin));
         assert_status(
             a.redeem_approval(pb::RedeemApprovalRequest {
+                expected_intent: expected_of(&twin_token),
                 approval: twin_token,
-                expected_intent: None,
             })
             .await,
             Code::InvalidArgument,
             "high S",
         );
         a.redeem_approval(pb::RedeemApprovalRequest {
+            expected_intent: expected_of(&token),
             approval: token,
-            expected_intent: None,
         })
         .await
         .expect("the approval itself still redeems");

@@ -137,8 +137,8 @@ async fn bad_proofs_and_unknown_things() {
     );
     assert_status(
         e.redeem_approval(pb::RedeemApprovalRequest {
+            expected_intent: expected_of("not-a-jws"),
             approval: "not-a-jws".into(),
-            expected_intent: None,
         })
         .await,
         Code::InvalidArgument,

@@ -199,8 +199,8 @@ async fn sigild_binary_full_flow_and_restart() {
     assert_status(r, Code::PermissionDenied, "not accepted");
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
+            expected_intent: expected_of(&done.approval),
             approval: done.approval,
-            expected_intent: None,
         })
         .await;
     assert_status(r, Code::FailedPrecondition, "already redeemed");

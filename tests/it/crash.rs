@@ -444,8 +444,8 @@ impl Worker {
         let r = self
             .a
             .redeem_approval(pb::RedeemApprovalRequest {
+                expected_intent: expected_of(&token),
                 approval: token,
-                expected_intent: None,
             })
             .await;
         match r {
@@ -611,8 +611,8 @@ async fn check_redemptions(url: &str, ledger: &Arc<Mutex<Ledger>>, seed: u64) ->
             }
             let r = a
                 .redeem_approval(pb::RedeemApprovalRequest {
+                    expected_intent: expected_of(&token),
                     approval: token,
-                    expected_intent: None,
                 })
                 .await;
             match (state, r) {

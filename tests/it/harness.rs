@@ -400,3 +400,13 @@ pub fn assert_status<T: std::fmt::Debug>(
     );
     st
 }
+
+/// What an engine sends as `expected_intent` with a redemption: its own
+/// record of the withdrawal, here read from the token's claims (without
+/// verifying them: Sigil does). None for anything that is not a JWS.
+pub fn expected_of(token: impl AsRef<str>) -> Option<pb::Intent> {
+    let payload = token.as_ref().split('.').nth(1)?;
+    let bytes = sigil_verify::b64url::decode(payload).ok()?;
+    let claims: sigil_verify::Claims = serde_json::from_slice(&bytes).ok()?;
+    Some(claims.intent.into())
+}

@@ -123,8 +123,8 @@ async fn issue(
 
 async fn redeem(a: &mut Approvals, token: &str) -> Result<pb::RedeemApprovalResponse, tonic::Status> {
     a.redeem_approval(pb::RedeemApprovalRequest {
+        expected_intent: expected_of(&token),
         approval: token.into(),
-        expected_intent: None,
     })
     .await
     .map(|r| r.into_inner())

@@ -268,15 +268,15 @@ async fn revoking_everyone_kills_challenges_and_unredeemed_approvals() {
     assert_status(r, Code::FailedPrecondition, "revoked");
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
+            expected_intent: expected_of(&unredeemed),
             approval: unredeemed,
-            expected_intent: None,
         })
         .await;
     assert_status(r, Code::FailedPrecondition, "revoked");
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
+            expected_intent: expected_of(&dan_tok),
             approval: dan_tok,
-            expected_intent: None,
         })
         .await;
     assert_status(r, Code::FailedPrecondition, "revoked");
@@ -332,16 +332,16 @@ async fn revoking_listed_users_leaves_others_alone() {
     let mut a = s.approvals("withdrawal-engine").await;
     assert_status(
         a.redeem_approval(pb::RedeemApprovalRequest {
+            expected_intent: expected_of(&tok_e),
             approval: tok_e,
-            expected_intent: None,
         })
         .await,
         Code::FailedPrecondition,
         "revoked",
     );
     a.redeem_approval(pb::RedeemApprovalRequest {
+        expected_intent: expected_of(&tok_f),
         approval: tok_f,
-        expected_intent: None,
     })
     .await
     .unwrap();
@@ -396,8 +396,8 @@ async fn suspension_blocks_approvals_and_redemptions_until_lifted_or_expired() {
     );
     assert_status(
         a.redeem_approval(pb::RedeemApprovalRequest {
+            expected_intent: expected_of(&tok),
             approval: tok.clone(),
-            expected_intent: None,
         })
         .await,
         Code::FailedPrecondition,
@@ -410,8 +410,8 @@ async fn suspension_blocks_approvals_and_redemptions_until_lifted_or_expired() {
     .await
     .unwrap();
     a.redeem_approval(pb::RedeemApprovalRequest {
+        expected_intent: expected_of(&tok),
         approval: tok,
-        expected_intent: None,
     })
     .await
     .unwrap();
@@ -834,4 +834,76 @@ async fn a_challenge_opened_before_a_security_change_waits_for_the_lock() {
         .complete_approval(totp_proof(&ch, "ned", &s.code(&seed2, 0), &e.factor_id))
         .await;
     assert_status(r, Code::FailedPrecondition, "locked until");
+}
+
+/// Redemption checks what the engine is about to do: the engine must send
+/// its own record of the withdrawal, and an approval whose destination was
+/// removed from the whitelist after it was issued is refused, unredeemed.
+#[tokio::test(flavor = "multi_thread")]
+async fn redemption_needs_the_engines_record_and_a_still_whitelisted_destination() {
+    let s = TestServer::start_strict().await;
+    let (_f, seed) = s.enroll_totp("rhea").await;
+    s.whitelist("rhea", &seed, "bitcoin", ADDR).await;
+    s.clock.advance(DAY + 60);
+    let mut a = s.approvals("withdrawal-engine").await;
+    let tok = s.approve(&withdrawal("rhea", "w1"), &seed).await;
+    // Each approval needs a fresh TOTP step; the approval lives 120 s.
+    s.clock.advance(30);
+    let payload = sigil_verify::b64url::decode(tok.split('.').nth(1).unwrap()).unwrap();
+    let jti = serde_json::from_slice::<sigil_verify::Claims>(&payload).unwrap().jti;
+    let record = |s: &TestServer| {
+        snapshot(s.sigil())
+            .into_iter()
+            .filter(|(t, k, _, _)| t == "approvals" && k == jti.as_bytes())
+            .collect::<Vec<_>>()
+    };
+    let heads = |s: &TestServer| {
+        (
+            s.sigil().store().log_head(sigil::store::Table::Audit).unwrap().0,
+            record(s),
+        )
+    };
+    let before = heads(&s);
+    assert_status(
+        a.redeem_approval(pb::RedeemApprovalRequest {
+            approval: tok.clone(),
+            expected_intent: None,
+        })
+        .await,
+        Code::InvalidArgument,
+        "expected_intent",
+    );
+    assert_eq!(before, heads(&s), "a refused redemption writes nothing");
+
+    // The address is removed (with the user's approval) before the engine redeems.
+    let rm = pb::Intent {
+        action: "remove_address".into(),
+        user_id: "rhea".into(),
+        asset: "BTC".into(),
+        network: "bitcoin".into(),
+        destination: ADDR.into(),
+        ..Default::default()
+    };
+    let rm_tok = s.approve(&rm, &seed).await;
+    s.account("frontend")
+        .await
+        .remove_address(pb::RemoveAddressRequest {
+            user_id: "rhea".into(),
+            network: "bitcoin".into(),
+            address: ADDR.into(),
+            approval: rm_tok,
+        })
+        .await
+        .unwrap();
+    assert_status(
+        a.redeem_approval(pb::RedeemApprovalRequest {
+            expected_intent: expected_of(&tok),
+            approval: tok.clone(),
+        })
+        .await,
+        Code::FailedPrecondition,
+        "not on the user's withdrawal whitelist",
+    );
+    // Nothing was redeemed by the refusals.
+    assert_eq!(before.1, record(&s), "the approval stays unredeemed");
 }

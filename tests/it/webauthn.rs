@@ -716,8 +716,8 @@ async fn evidence_with_one_byte_changed_is_refused_by_the_verifier() {
     let mut a = s.approvals("withdrawal-engine").await;
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
+            expected_intent: expected_of(&forged),
             approval: forged,
-            expected_intent: None,
         })
         .await;
     assert_status(r, Code::PermissionDenied, "signature");
@@ -790,8 +790,8 @@ async fn assertion_for_another_intent_is_refused_and_the_approval_cannot_be_alte
     let mut a = s.approvals("withdrawal-engine").await;
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
+            expected_intent: expected_of(&forged),
             approval: forged,
-            expected_intent: None,
         })
         .await;
     assert_status(r, Code::PermissionDenied, "signature");
@@ -1416,8 +1416,8 @@ async fn second_registration_needs_an_enroll_factor_approval() {
     s.approvals("withdrawal-engine")
         .await
         .redeem_approval(pb::RedeemApprovalRequest {
+            expected_intent: expected_of(&wd.approval),
             approval: wd.approval,
-            expected_intent: None,
         })
         .await
         .unwrap();
