@@ -83,6 +83,70 @@ fn amr_of(a: &crate::factor::webauthn::Assertion) -> Vec<String> {
 
 impl Sigil {
     /// The factor an index entry points to, if it belongs to `user_id`.
+    /// The user's factor holding an indexed credential id. An id that is
+    /// not the user's is counted against the user ([`Sigil::count_unknown_id`])
+    /// when `count` names the caller, and refused while that count is locked.
+    fn indexed_factor_counted(
+        &self,
+        actor: &str,
+        user_id: &str,
+        index_key: &[u8],
+        what: &str,
+        now: i64,
+    ) -> Result<(FactorRecord, u64), Error> {
+        match self.indexed_factor(user_id, index_key, what) {
+            Err(Error::NotFound(m)) => Err(self.count_unknown_id(actor, user_id, now, m)),
+            other => other,
+        }
+    }
+
+    /// Counts an attempt that named a credential id (or YubiKey public id)
+    /// the user does not have, like a factor's failure: after
+    /// `lockout.max_failures` such attempts they are refused, unchecked,
+    /// for a growing time. Returns the refusal.
+    pub(crate) fn count_unknown_id(&self, actor: &str, user_id: &str, now: i64, why: String) -> Error {
+        for _ in 0..1000 {
+            let snap = match self.snapshot(user_id) {
+                Ok(s) => s,
+                Err(e) => return e,
+            };
+            let what = format!("attempts with unknown credential ids for user '{user_id}'");
+            if let Err(locked) = lockout::check(snap.user.unknown_id_locked_until, now, &what) {
+                return locked;
+            }
+            let (failures, locked_until) = lockout::on_failure(&self.cfg.lockout, snap.user.unknown_id_failures, now);
+            let mut user = snap.user.clone();
+            user.unknown_id_failures = failures;
+            user.unknown_id_locked_until = locked_until;
+            let write = (|| -> Result<(), Error> {
+                let mut batch = Batch::new();
+                self.put_user(&mut batch, user_id, &snap, &user)?;
+                AuditEntry::refused(now, actor, user_id, "factor.unknown_id", &why)
+                    .with("failures", failures.to_string())
+                    .append_to(&mut batch)?;
+                self.commit(&batch)?;
+                Ok(())
+            })();
+            match write {
+                Ok(()) if locked_until > now => {
+                    return Error::Locked {
+                        what,
+                        retry_after: u64::try_from(locked_until - now).unwrap_or(1),
+                    }
+                }
+                Ok(()) => {
+                    return Error::NotFound(format!(
+                        "{why}; {} more such attempts before they are refused for a while",
+                        lockout::attempts_left(&self.cfg.lockout, failures)
+                    ))
+                }
+                Err(Error::FailedPrecondition(_)) => continue,
+                Err(e) => return e,
+            }
+        }
+        Error::Unavailable("the user record is under heavy concurrent use; the attempt was refused".into())
+    }
+
     fn indexed_factor(&self, user_id: &str, index_key: &[u8], what: &str) -> Result<(FactorRecord, u64), Error> {
         let not_found = || Error::NotFound(format!("{what} is not registered to user '{user_id}'"));
         let v = self.store.get(Table::Credentials, index_key)?.ok_or_else(not_found)?;
@@ -285,7 +349,13 @@ impl Sigil {
         now: i64,
     ) -> Result<(FactorRecord, u64, Vec<String>, WebauthnEvidence), Error> {
         let cred_id = response_credential_id(response_json)?;
-        let (f, v) = self.indexed_factor(user_id, &webauthn_index_key(&cred_id), &format!("credential {cred_id}"))?;
+        let (f, v) = self.indexed_factor_counted(
+            actor,
+            user_id,
+            &webauthn_index_key(&cred_id),
+            &format!("credential {}", crate::error::excerpt(&cred_id)),
+            now,
+        )?;
         if !f.is_active() || !f.is_live(snap.epochs()) {
             return Err(Error::FailedPrecondition(format!(
                 "credential {cred_id} was revoked; enroll again"
@@ -417,10 +487,12 @@ impl Sigil {
         now: i64,
     ) -> Result<(FactorRecord, u64), Error> {
         match yubikey::split_otp(otp) {
-            Ok((public_id, _)) => self.indexed_factor(
+            Ok((public_id, _)) => self.indexed_factor_counted(
+                actor,
                 user_id,
                 &yubikey_index_key(&public_id),
                 &format!("YubiKey public id '{public_id}'"),
+                now,
             ),
             Err(e) => {
                 // Counted against the user's only OTP factor; never while it is

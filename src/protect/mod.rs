@@ -96,6 +96,13 @@ pub struct UserRecord {
     pub recent: Vec<RecentWithdrawal>,
     /// Last time factors of this user were revoked.
     pub revoked_at: Option<i64>,
+    /// Attempts naming a WebAuthn credential id or YubiKey public id that
+    /// is not the user's (rate limited like a factor's failures).
+    #[serde(default)]
+    pub unknown_id_failures: u32,
+    /// Such attempts are refused, unchecked, until this time.
+    #[serde(default)]
+    pub unknown_id_locked_until: i64,
 }
 
 /// The epochs something was created under.

@@ -384,6 +384,19 @@ pub fn snapshot(s: &Sigil) -> Vec<(String, Vec<u8>, u64, Vec<u8>)> {
     out
 }
 
+/// [`snapshot`] without what a refused attempt may write: the user's
+/// attempt counters (table `users`) and the audit log.
+pub fn snapshot_but_attempts(s: &Sigil) -> Vec<(String, Vec<u8>, u64, Vec<u8>)> {
+    but_attempts(snapshot(s))
+}
+
+/// A [`snapshot`] without the records a refused attempt may write.
+pub fn but_attempts(snap: Vec<(String, Vec<u8>, u64, Vec<u8>)>) -> Vec<(String, Vec<u8>, u64, Vec<u8>)> {
+    snap.into_iter()
+        .filter(|(t, k, _, _)| t != "users" && t != "audit" && !(t == "meta" && k == b"loghead/audit"))
+        .collect()
+}
+
 /// Asserts a status code and that the message mentions `needle`.
 #[track_caller]
 pub fn assert_status<T: std::fmt::Debug>(

@@ -123,7 +123,7 @@ async fn issue(
 
 async fn redeem(a: &mut Approvals, token: &str) -> Result<pb::RedeemApprovalResponse, tonic::Status> {
     a.redeem_approval(pb::RedeemApprovalRequest {
-        expected_intent: expected_of(&token),
+        expected_intent: expected_of(token),
         approval: token.into(),
     })
     .await

@@ -1194,7 +1194,8 @@ async fn credential_id_is_registered_to_one_user_only() {
         v["publicKey"]["allowCredentials"] = serde_json::json!([{"type": "public-key", "id": fa.credential_id}])
     })
     .unwrap();
-    let before = snapshot(s.sigil());
+    // Only the attempt is counted (against bob), nothing else is written.
+    let before = snapshot_but_attempts(s.sigil());
     let st = assert_status(
         complete(&s, &bg.challenge_id, bob, &by_a).await,
         Code::NotFound,
@@ -1205,7 +1206,7 @@ async fn credential_id_is_registered_to_one_user_only() {
         "does not reveal the owner: {}",
         st.message()
     );
-    assert_eq!(before, snapshot(s.sigil()), "nothing written");
+    assert_eq!(before, snapshot_but_attempts(s.sigil()), "nothing written");
     assert_eq!(factor(&s, bob, &fb.factor_id).await.consecutive_failures, 0);
     // control: B's own key
     let r = get(&mut token_b, ORIGIN, &bg.webauthn_request_options_json, |_| {}).unwrap();
@@ -1656,7 +1657,13 @@ async fn malformed_assertions_are_invalid_argument_and_write_nothing() {
         "challenge_id",
     );
     assert_eq!(bad_request_field(&st), "challenge_id");
-    assert_eq!(before, snapshot(s.sigil()), "nothing written");
+    // The unknown credential id was counted against the user; nothing else
+    // was written.
+    assert_eq!(
+        but_attempts(before.clone()),
+        snapshot_but_attempts(s.sigil()),
+        "nothing written"
+    );
     assert_eq!(factor(&s, user, &f.factor_id).await.consecutive_failures, 0);
 
     // control: the untouched assertion still answers the challenge
@@ -1741,4 +1748,48 @@ async fn synced_passkey_is_not_offered_for_withdrawals() {
         })
         .await;
     assert_status(r, Code::FailedPrecondition, "");
+}
+
+/// Attempts naming a credential id the user does not have are rate limited
+/// per user like a factor's failures: after `lockout.max_failures` of them
+/// they are refused, unchecked, as locked; the user's own key still works.
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_credential_ids_are_rate_limited_per_user() {
+    let s = TestServer::start().await;
+    let user = "wa-una";
+    let (mut token, _) = soft_token(true);
+    let (f, _) = register(&s, user, &mut token).await;
+    let max = s.cfg.lockout.max_failures;
+    let bg = begin(&s, &withdrawal(user, "wd-1")).await;
+    let good = get(&mut token, ORIGIN, &bg.webauthn_request_options_json, |_| {}).unwrap();
+    for i in 0..(max + 3) {
+        let unknown = b64url::encode(&[i as u8 + 1; 16]);
+        let r = edit_json(&good, &[], |v| {
+            v["id"] = unknown.clone().into();
+            v["rawId"] = unknown.clone().into();
+        });
+        let st = complete(&s, &bg.challenge_id, user, &r)
+            .await
+            .expect_err("an unknown credential approved");
+        if i + 1 < max {
+            assert_eq!(st.code(), Code::NotFound, "attempt {i}: {st:?}");
+            assert!(st.message().contains("more such attempts"), "{}", st.message());
+        } else {
+            assert_eq!(st.code(), Code::ResourceExhausted, "attempt {i}: {st:?}");
+            assert!(st.message().contains("unknown credential ids"), "{}", st.message());
+        }
+    }
+    // Counted: max audited refusals, the rest refused unchecked.
+    let counted = s
+        .sigil()
+        .audit_entries(0, 100_000)
+        .unwrap()
+        .into_iter()
+        .map(|e| sigil::audit::AuditEntry::decode(&e.value).unwrap())
+        .filter(|e| e.action == "factor.unknown_id" && e.user_id == user)
+        .count();
+    assert_eq!(counted, max as usize);
+    // The user's own key is not locked out by someone else's probing.
+    complete(&s, &bg.challenge_id, user, &good).await.unwrap();
+    assert_eq!(factor(&s, user, &f.factor_id).await.consecutive_failures, 0);
 }

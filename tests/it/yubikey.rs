@@ -600,9 +600,11 @@ async fn otp_of_unknown_or_other_users_key_is_not_found() {
         Code::NotFound,
         "ccccccccccdb",
     );
+    // (Each such attempt is counted against gail: the count left differs.)
+    let head = |m: &str| m.split(';').next().unwrap_or_default().to_string();
     assert_eq!(
-        other.message().replace("ccccccccccdb", "ID"),
-        unknown.message().replace("ccccccccccdc", "ID"),
+        head(other.message()).replace("ccccccccccdb", "ID"),
+        head(unknown.message()).replace("ccccccccccdc", "ID"),
         "another user's key looks exactly like an unknown key"
     );
     assert!(!other.message().contains("hugo"), "{}", other.message());
