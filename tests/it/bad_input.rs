@@ -334,3 +334,82 @@ async fn echoed_values_are_bounded() {
     assert!(st.message().len() < 512, "{} bytes of message", st.message().len());
     assert_eq!(before, snapshot(s.sigil()), "nothing written");
 }
+
+/// Only approvals that can be used: what the approval would let the caller
+/// do is checked at BeginApproval, before the user is asked; nothing is
+/// written for a refusal.
+#[tokio::test(flavor = "multi_thread")]
+async fn approvals_that_could_never_be_used_are_refused_at_begin() {
+    let s = TestServer::start().await;
+    s.enroll_totp("una").await;
+    let mut a = s.approvals("frontend").await;
+    let before = snapshot(s.sigil());
+    let intent = |action: &str, memo: &str| pb::Intent {
+        action: action.into(),
+        user_id: "una".into(),
+        memo: memo.into(),
+        ..Default::default()
+    };
+    for (i, field, needle) in [
+        (
+            intent("remove_factor", "f_nosuchfactor"),
+            "intent.memo",
+            "has no factor",
+        ),
+        (
+            intent("change_anti_phishing_code", ""),
+            "intent.memo",
+            "1 to 32 characters",
+        ),
+        (
+            intent("change_anti_phishing_code", &"x".repeat(33)),
+            "intent.memo",
+            "1 to 32 characters",
+        ),
+        (
+            intent("change_anti_phishing_code", "a\u{7}b"),
+            "intent.memo",
+            "control characters",
+        ),
+        (intent("enroll_factor", ""), "intent.memo", "<kind>:<nickname>"),
+        (intent("enroll_factor", "sms:phone"), "intent.memo", "not a factor kind"),
+        (
+            pb::Intent {
+                action: "add_address".into(),
+                user_id: "una".into(),
+                asset: "XRP".into(),
+                network: "xrpl".into(),
+                destination: "rNotAnXrplAddress".into(),
+                ..Default::default()
+            },
+            "intent.destination",
+            "",
+        ),
+        (
+            pb::Intent {
+                action: "add_address".into(),
+                user_id: "una".into(),
+                asset: "BTC".into(),
+                network: "monero".into(),
+                destination:
+                    "4AdUndXHHZ6cfufTMvppY6JwXNouMBzSkbLYfpAV5Usx3skxNgYeYTRj5UzqtReoS44qo9mtmXCqY45DJ852K5Jv2684Rge"
+                        .into(),
+                ..Default::default()
+            },
+            "intent.network",
+            "not configured",
+        ),
+    ] {
+        let st = assert_status(
+            a.begin_approval(pb::BeginApprovalRequest {
+                intent: Some(i),
+                device: None,
+            })
+            .await,
+            Code::InvalidArgument,
+            needle,
+        );
+        assert!(st.message().starts_with(field), "{}", st.message());
+    }
+    assert_eq!(before, snapshot(s.sigil()), "nothing written");
+}
