@@ -526,6 +526,27 @@ impl Config {
                 }
             }
         }
+        // A policy rule for an asset that is not configured (or spelled
+        // otherwise) would silently never apply.
+        let mut rule_assets: Vec<(String, &str)> = self
+            .policy
+            .velocity
+            .iter()
+            .map(|v| ("policy.velocity".to_string(), v.asset.as_str()))
+            .collect();
+        for (name, a) in &self.policy.actions {
+            for t in &a.thresholds {
+                rule_assets.push((format!("policy.actions.{name}.thresholds"), t.asset.as_str()));
+            }
+        }
+        for (field, asset) in rule_assets {
+            if !self.assets.decimals.contains_key(asset) {
+                return Err(Error::invalid(
+                    field,
+                    format!("asset '{asset}' is not in [assets] (tickers are exact); the rule would never apply"),
+                ));
+            }
+        }
         for asset in self.assets.networks.keys() {
             if !self.assets.decimals.contains_key(asset) {
                 return Err(Error::invalid(

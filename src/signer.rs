@@ -222,9 +222,10 @@ impl Signer {
     }
 
     /// Raw ES256 signature with the active key over any message: the
-    /// benchmarks' reference. Only with the cargo feature `bench`: a
-    /// release build has no way to sign anything but an approval with the
-    /// approval key.
+    /// benchmarks' reference. Only with the cargo feature `bench`: the
+    /// signer's API signs nothing but approvals with the approval key in a
+    /// normal build (the PKCS#11 handle, [`Signer::hsm`], stays reachable
+    /// for key management inside the crate and its tests).
     #[cfg(feature = "bench")]
     pub fn sign_raw(&self, message: &[u8]) -> Result<[u8; 64], Error> {
         let keys = self.keys();

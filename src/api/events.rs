@@ -35,11 +35,26 @@ impl pb::event_service_server::EventService for EventApi {
         req: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         require(&req, "WatchEvents", &[Role::Frontend, Role::Admin])?;
+        // The deny-list is checked when the call starts; a stream also
+        // stops as soon as a reload lists its certificate.
+        let cert = crate::api::auth::leaf_facts(req.extensions()).and_then(|f| f.id.clone());
         let mut cursor = req.into_inner().after_cursor;
         let sigil = self.sigil.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             loop {
+                let denied = match (&cert, sigil.deny_list()) {
+                    (Some(id), Some(list)) => list.current().matches(id).is_some(),
+                    _ => false,
+                };
+                if denied {
+                    let _ = tx
+                        .send(Err(Status::unauthenticated(
+                            "this client certificate was put on the deny-list; the stream is closed",
+                        )))
+                        .await;
+                    return;
+                }
                 if sigil.is_closing() {
                     let _ = tx
                         .send(Err(Status::unavailable(format!(

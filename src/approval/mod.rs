@@ -638,9 +638,10 @@ impl Sigil {
             evidence,
             now,
         );
-        if let Err(Error::Unavailable(_) | Error::Internal(_)) = &issued {
-            // The proof was right but nothing could be issued (HSM or store
-            // trouble): the attempt counted for it is given back.
+        if issued.is_err() {
+            // The proof was right but nothing was issued (HSM or store
+            // trouble, or a concurrent change): the attempt counted for it
+            // is given back, so a right answer never counts as a failure.
             self.release_attempt(&factor_user, &factor_id, fversion);
         }
         issued
@@ -713,8 +714,13 @@ impl Sigil {
             )
             .insert(Table::Approvals, jti.as_bytes(), to_json(&record)?);
         self.check_global(&mut batch, snap);
+        // A verified factor ends the count of attempts with unknown
+        // credential ids, as it ends its own.
+        let mut user = snap.user.clone();
+        let reset_unknown = user.unknown_id_failures != 0 || user.unknown_id_locked_until != 0;
+        user.unknown_id_failures = 0;
+        user.unknown_id_locked_until = 0;
         if ch.intent.action == Action::Withdrawal.name() {
-            let mut user = snap.user.clone();
             user.recent.retain(|r| r.at > now - 86_400);
             user.recent.push(RecentWithdrawal {
                 at: now,
@@ -728,6 +734,8 @@ impl Sigil {
             if let Some((key, version)) = whitelist_check(self, &ch.user_id, &i.network, &i.destination, now)? {
                 batch.check(Table::Addresses, key, version);
             }
+        } else if reset_unknown {
+            self.put_user(&mut batch, &ch.user_id, snap, &user)?;
         } else {
             batch.check(Table::Users, ch.user_id.as_bytes(), snap.user_version);
         }

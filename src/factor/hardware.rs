@@ -384,8 +384,13 @@ impl Sigil {
             Err(AssertionError::Failed(e @ (Error::NotFound(_) | Error::Internal(_)))) => return Err(e),
             _ => {}
         }
-        // Counted before the assertion is checked.
+        // Counted before the assertion is checked; the stored counter it is
+        // checked against comes from the reserved record (fresh).
         let (f, v) = self.reserve_attempt(&f, v, now)?;
+        let cred = f
+            .webauthn
+            .clone()
+            .ok_or_else(|| Error::Internal("WebAuthn factor without credential".into()))?;
         match self
             .webauthn
             .finish_assertion(state, response_json, std::slice::from_ref(&cred))
@@ -521,7 +526,6 @@ impl Sigil {
         now: i64,
     ) -> Result<(FactorRecord, u64), Error> {
         lockout::check(f.locked_until, now, &format!("factor '{}'", f.factor_id))?;
-        let data = f.yubikey.clone().unwrap_or_default();
         // After a restore the stored OTP counters may be older than OTPs the
         // key produced since the backup, so they cannot rule out a replay:
         // an OTP factor active before the restore must be enrolled again.
@@ -541,8 +545,12 @@ impl Sigil {
         key.copy_from_slice(&secret[..16]);
         let mut private_id = [0u8; 6];
         private_id.copy_from_slice(&secret[16..]);
-        // Counted before the OTP is checked.
+        // Counted before the OTP is checked. The counters it is checked
+        // against come from the reserved record: a concurrent success may
+        // have moved them since `f` was read (a replay must not slip
+        // between the two).
         let (f, version) = self.reserve_attempt(f, version, now)?;
+        let data = f.yubikey.clone().unwrap_or_default();
         let public_ok = yubikey::split_otp(otp)
             .map(|(p, _)| p == data.public_id)
             .unwrap_or(false);

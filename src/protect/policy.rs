@@ -43,19 +43,13 @@ pub const HARDWARE_KINDS: [Kind; 3] = [Kind::Webauthn, Kind::YubikeyHmac, Kind::
 /// 20,000 USD when they were chosen; review them for your exchange) only a
 /// hardware factor — a security key or a YubiKey — may approve; TOTP alone
 /// is not enough. One per asset of the built-in asset list.
-pub const DEFAULT_THRESHOLDS: [(&str, &str); 14] = [
+pub const DEFAULT_THRESHOLDS: [(&str, &str); 8] = [
     ("BTC", "1"),
     ("ETH", "10"),
     ("BNB", "40"),
     ("SOL", "150"),
-    ("LTC", "250"),
-    ("BCH", "50"),
-    ("DOGE", "150000"),
     ("XRP", "20000"),
     ("TRX", "200000"),
-    ("ADA", "30000"),
-    ("XLM", "100000"),
-    ("DOT", "3000"),
     ("USDT", "20000"),
     ("USDC", "20000"),
 ];

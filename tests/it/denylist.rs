@@ -492,3 +492,38 @@ async fn sigild_reloads_the_deny_list_on_sighup() {
     list_factors(&ch).await.expect("removed from the list");
     drop(d);
 }
+
+/// A stream opened before its certificate was listed does not outlive the
+/// reload: WatchEvents ends with UNAUTHENTICATED within a few seconds.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_event_stream_is_closed_when_its_certificate_is_listed() {
+    let (s, _dir, path) = server_with_list("").await;
+    let mut ev = pb::event_service_client::EventServiceClient::new(s.channel("frontend").await);
+    let mut stream = ev
+        .watch_events(pb::WatchEventsRequest { after_cursor: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    s.enroll_totp("streamed").await;
+    let first = tokio::time::timeout(std::time::Duration::from_secs(5), stream.message())
+        .await
+        .expect("an event arrives")
+        .unwrap();
+    assert!(first.is_some());
+    std::fs::write(&path, format!("serial:{}\n", serial_of("frontend"))).unwrap();
+    s.sigil().reload_deny_list().unwrap();
+    let end = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(st) => return Some(st),
+            }
+        }
+    })
+    .await
+    .expect("the stream was not closed after the reload");
+    let st = end.expect("the stream ended without saying why");
+    assert_eq!(st.code(), tonic::Code::Unauthenticated, "{st:?}");
+    assert!(st.message().contains("deny-list"), "{}", st.message());
+}

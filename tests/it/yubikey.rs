@@ -1128,3 +1128,34 @@ async fn malformed_otp_while_locked_does_not_extend_the_lock() {
         (locked.consecutive_failures, locked.locked_until)
     );
 }
+
+/// One Yubico OTP, sent to two open challenges at once, approves at most
+/// one of them, however the two attempts interleave (each is checked
+/// against the counters of the record its attempt was counted on).
+#[tokio::test(flavor = "multi_thread")]
+async fn one_otp_sent_to_two_challenges_at_once_approves_at_most_one() {
+    let s = TestServer::start_with(|c| {
+        c.protection.require_whitelisted_address = false;
+        c.protection.security_change_lock_seconds = 0;
+        c.hsm.offload_calls = true;
+        c.hsm.pool_size = 16;
+    })
+    .await;
+    let (mut key, pid, aes) = otp_key("ccccccccccgh");
+    enroll_otp(&s, "race", &mut key, &pid, &aes).await;
+    let mut issued = 0;
+    for round in 0..15 {
+        let otp = key.otp();
+        let b1 = begin(&s, &withdrawal("race", &format!("wd-{round}-a"))).await;
+        let b2 = begin(&s, &withdrawal("race", &format!("wd-{round}-b"))).await;
+        let (r1, r2) = tokio::join!(
+            complete(&s, otp_proof(&b1.challenge_id, "race", &otp)),
+            complete(&s, otp_proof(&b2.challenge_id, "race", &otp)),
+        );
+        let ok = [r1.is_ok(), r2.is_ok()].into_iter().filter(|x| *x).count();
+        assert!(ok <= 1, "round {round}: one OTP approved two withdrawals");
+        issued += ok;
+        s.clock.advance(1);
+    }
+    assert!(issued >= 1, "no OTP was ever accepted");
+}
