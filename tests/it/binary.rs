@@ -1,9 +1,7 @@
 //! The real binaries: `sigil hsm init` creates a token in a temp dir,
 //! `sigild` serves over mTLS, stops cleanly on SIGTERM and, restarted,
 //! still has every factor, used step and redeemed approval.
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sigil::client::connect_as;
@@ -13,62 +11,8 @@ use sigil::pb::approval_service_client::ApprovalServiceClient;
 use sigil::pb::factor_service_client::FactorServiceClient;
 use tonic::Code;
 
+use crate::daemon::*;
 use crate::harness::*;
-
-struct Daemon {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // A failing test must not leave a daemon behind.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn envs(cmd: &mut Command, dir: &Path) {
-    let certs = certs_dir();
-    cmd.current_dir(dir)
-        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
-        .env("SIGIL_HSM_PIN", "bin-test-pin-1")
-        .env("SIGIL_HSM_SO_PIN", "bin-test-so-pin-1")
-        .env("SIGIL_STORE_PATH", dir.join("data/sled"))
-        .env("SIGIL_TLS_CERT", certs.join("server.pem"))
-        .env("SIGIL_TLS_KEY", certs.join("server.key"))
-        .env("SIGIL_CLIENT_CA", certs.join("ca.pem"))
-        .env("RUST_LOG", "warn")
-        .env("SIGIL_CONFIG", dir.join("sigil.toml"));
-}
-
-fn start_daemon(dir: &Path) -> Daemon {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sigild"));
-    envs(&mut cmd, dir);
-    let mut child = cmd
-        .env("SIGIL_LISTEN", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(
-        line.contains("listening on https://127.0.0.1:"),
-        "sigild said: {line:?}"
-    );
-    Daemon {
-        child,
-        url: format!("https://127.0.0.1:{port}"),
-    }
-}
 
 fn sigterm(d: Daemon) {
     let mut d = d;
@@ -119,23 +63,14 @@ async fn sigild_binary_full_flow_and_restart() {
     )
     .unwrap();
     std::fs::create_dir_all(dir.path().join("tokens")).unwrap();
-    sigil_hsm::write_softhsm_conf(&dir.path().join("softhsm2.conf"), &dir.path().join("tokens")).unwrap();
-    let mut init = Command::new(env!("CARGO_BIN_EXE_sigil"));
-    envs(&mut init, dir.path());
-    let out = init.args(["hsm", "init"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "sigil hsm init: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let text = init_token(dir.path());
     assert!(
         text.contains("created token") && text.contains("approval key") && text.contains("secrets key"),
         "{text}"
     );
-    assert!(!text.contains("bin-test-pin-1"), "the PIN is never printed");
+    assert!(!text.contains("it-daemon-pin-1"), "the PIN is never printed");
 
-    let d = start_daemon(dir.path());
+    let d = start_daemon(dir.path(), "warn");
     let (mut f, mut a) = clients(&d.url).await;
     let e = f
         .begin_totp_enrollment(pb::BeginTotpEnrollmentRequest {
@@ -178,7 +113,7 @@ async fn sigild_binary_full_flow_and_restart() {
     drop((f, a));
     sigterm(d);
 
-    let d = start_daemon(dir.path());
+    let d = start_daemon(dir.path(), "warn");
     let (mut f, mut a) = clients(&d.url).await;
     let list = f
         .list_factors(pb::ListFactorsRequest { user_id: "zoe".into() })

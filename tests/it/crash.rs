@@ -9,9 +9,7 @@
 //!
 //! The kill moments come from a seed; `SIGIL_CRASH_SEED=N` replays one.
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,6 +22,7 @@ use sigil::pb::factor_service_client::FactorServiceClient;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::daemon::*;
 use crate::harness::*;
 
 /// SIGKILLs (each followed by a restart on the same data).
@@ -49,68 +48,6 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-}
-
-struct Daemon {
-    child: Child,
-    _stdout: BufReader<ChildStdout>,
-    url: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // A failing test must not leave a daemon behind.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn envs(cmd: &mut Command, dir: &Path) {
-    let certs = certs_dir();
-    cmd.current_dir(dir)
-        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
-        .env("SIGIL_HSM_PIN", "crash-test-pin-1")
-        .env("SIGIL_HSM_SO_PIN", "crash-test-so-pin-1")
-        .env("SIGIL_STORE_PATH", dir.join("data/sled"))
-        .env("SIGIL_TLS_CERT", certs.join("server.pem"))
-        .env("SIGIL_TLS_KEY", certs.join("server.key"))
-        .env("SIGIL_CLIENT_CA", certs.join("ca.pem"))
-        .env("RUST_LOG", "error")
-        .env("SIGIL_CONFIG", dir.join("sigil.toml"));
-}
-
-/// Starts sigild on a free port; returns it and the time until it said it listens.
-fn start_daemon(dir: &Path) -> (Daemon, Duration) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let t0 = Instant::now();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sigild"));
-    envs(&mut cmd, dir);
-    let mut child = cmd
-        .env("SIGIL_LISTEN", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let listening = t0.elapsed();
-    assert!(
-        line.contains("listening on https://127.0.0.1:"),
-        "sigild said: {line:?}"
-    );
-    (
-        Daemon {
-            child,
-            _stdout: stdout,
-            url: format!("https://127.0.0.1:{port}"),
-        },
-        listening,
-    )
 }
 
 /// Health SERVING and a real RPC answered, over fresh mTLS connections.
@@ -685,18 +622,10 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     )
     .unwrap();
     std::fs::create_dir_all(dir.path().join("tokens")).unwrap();
-    sigil_hsm::write_softhsm_conf(&dir.path().join("softhsm2.conf"), &dir.path().join("tokens")).unwrap();
-    let mut init = Command::new(env!("CARGO_BIN_EXE_sigil"));
-    envs(&mut init, dir.path());
-    let out = init.args(["hsm", "init"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "sigil hsm init: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    init_token(dir.path());
 
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let (mut daemon, _) = start_daemon(dir.path());
+    let mut daemon = start_daemon(dir.path(), "error");
     wait_ready(&daemon.url).await;
     let (mut audit_entries, mut audit_checkpoints) = (0, 0);
     let (mut steps_checked, mut steps_skipped) = (0, 0);
@@ -741,7 +670,8 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
 
         // Restart on the same data and token.
         let t0 = Instant::now();
-        let (d, listening) = start_daemon(dir.path());
+        let d = start_daemon(dir.path(), "error");
+        let listening = d.listening;
         daemon = d;
         wait_ready(&daemon.url).await;
         let ready = t0.elapsed();

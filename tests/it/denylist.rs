@@ -5,11 +5,8 @@
 //!
 //! Serials and SPKI digests are computed with `openssl`, independently of
 //! Sigil's own certificate parsing.
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::Command;
 
 use sigil::audit::AuditEntry;
 use sigil::client::connect_as;
@@ -18,6 +15,7 @@ use sigil::pb::approval_service_client::ApprovalServiceClient;
 use sigil::pb::factor_service_client::FactorServiceClient;
 use tonic::Code;
 
+use crate::daemon::*;
 use crate::harness::*;
 
 /// `openssl x509 -noout -serial` of a role's certificate: uppercase hex.
@@ -312,124 +310,6 @@ async fn malformed_file_is_refused_naming_file_and_line_and_the_old_list_stays()
 
 // ---- the real binary and SIGHUP ----
 
-struct Daemon {
-    child: Child,
-    url: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Daemon {
-    /// Waits for a log line containing every one of `needles`.
-    fn wait_for_log(&self, needles: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(l) = self
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| needles.iter().all(|n| l.contains(n)))
-            {
-                return l.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sigild never logged {needles:?}; log: {:#?}",
-                self.log.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn hangup(&self) {
-        let st = Command::new("kill")
-            .arg("-HUP")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-}
-
-/// Log lines without terminal colours.
-fn plain(line: &str) -> String {
-    let mut out = String::new();
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn daemon_env(cmd: &mut Command, dir: &Path) {
-    let certs = certs_dir();
-    cmd.current_dir(dir)
-        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
-        .env("SIGIL_HSM_PIN", "deny-test-pin-1")
-        .env("SIGIL_HSM_SO_PIN", "deny-test-so-pin-1")
-        .env("SIGIL_STORE_PATH", dir.join("data/sled"))
-        .env("SIGIL_TLS_CERT", certs.join("server.pem"))
-        .env("SIGIL_TLS_KEY", certs.join("server.key"))
-        .env("SIGIL_CLIENT_CA", certs.join("ca.pem"))
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env("SIGIL_CONFIG", dir.join("sigil.toml"))
-        .env_remove("SIGIL_DENY_LIST");
-}
-
-fn start_daemon(dir: &Path) -> Daemon {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sigild"));
-    daemon_env(&mut cmd, dir);
-    let mut child = cmd
-        .env("SIGIL_LISTEN", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let sink = log.clone();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("sigild: {line}");
-            sink.lock().unwrap().push(plain(&line));
-        }
-    });
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(
-        line.contains("listening on https://127.0.0.1:"),
-        "sigild said: {line:?}"
-    );
-    Daemon {
-        child,
-        url: format!("https://127.0.0.1:{port}"),
-        log,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sigild_reloads_the_deny_list_on_sighup() {
     let dir = tempfile::tempdir().unwrap();
@@ -439,21 +319,13 @@ async fn sigild_reloads_the_deny_list_on_sighup() {
     )
     .unwrap();
     std::fs::create_dir_all(dir.path().join("tokens")).unwrap();
-    sigil_hsm::write_softhsm_conf(&dir.path().join("softhsm2.conf"), &dir.path().join("tokens")).unwrap();
-    let mut init = Command::new(env!("CARGO_BIN_EXE_sigil"));
-    daemon_env(&mut init, dir.path());
-    let out = init.args(["hsm", "init"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "sigil hsm init: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    init_token(dir.path());
     let deny = dir.path().join("deny.txt");
 
     // A malformed list: sigild does not start, and says where.
     std::fs::write(&deny, "# leaked\nserial:0g\n").unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sigild"));
-    daemon_env(&mut cmd, dir.path());
+    daemon_env(&mut cmd, dir.path(), "info");
     let out = cmd.output().unwrap();
     assert!(!out.status.success(), "sigild started with a malformed deny-list");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -464,14 +336,14 @@ async fn sigild_reloads_the_deny_list_on_sighup() {
 
     // Empty list: the frontend gets through.
     std::fs::write(&deny, "").unwrap();
-    let d = start_daemon(dir.path());
+    let d = start_daemon(dir.path(), "info");
     d.wait_for_log(&["deny-list loaded", "entries=0"]);
     let ch = connect_as(&d.url, &certs_dir(), "frontend").await.unwrap();
     list_factors(&ch).await.expect("the list is empty");
 
     // Listed, SIGHUP: refused on the same connection.
     std::fs::write(&deny, format!("serial:{}\n", serial_of("frontend"))).unwrap();
-    d.hangup();
+    d.signal("HUP");
     d.wait_for_log(&["deny-list reloaded", "entries=1"]);
     assert_denied(list_factors(&ch).await, "frontend");
     let admin = connect_as(&d.url, &certs_dir(), "admin").await.unwrap();
@@ -480,14 +352,14 @@ async fn sigild_reloads_the_deny_list_on_sighup() {
     // A malformed file on SIGHUP: logged with file and line, old list kept,
     // the daemon keeps serving.
     std::fs::write(&deny, "serial:01\nspki-sha256:???\n").unwrap();
-    d.hangup();
+    d.signal("HUP");
     let l = d.wait_for_log(&["reload refused"]);
     assert!(l.contains("deny.txt, line 2"), "{l}");
     assert_denied(list_factors(&ch).await, "frontend");
 
     // Removed, SIGHUP: back in.
     std::fs::write(&deny, "# INC-1 closed\n").unwrap();
-    d.hangup();
+    d.signal("HUP");
     d.wait_for_log(&["deny-list reloaded", "entries=0"]);
     list_factors(&ch).await.expect("removed from the list");
     drop(d);

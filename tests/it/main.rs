@@ -7,6 +7,7 @@ mod bad_input;
 mod binary;
 mod cli;
 mod crash;
+mod daemon;
 mod denylist;
 mod harness;
 mod lifecycle;
