@@ -191,6 +191,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .redeem_approval(pb::RedeemApprovalRequest {
             approval: done.approval.clone(),
             expected_intent: Some(record.clone().into()),
+            idempotency_key: String::new(),
         })
         .await?;
     println!("redeemed {}: moving funds now", claims.jti);
@@ -206,6 +207,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .redeem_approval(pb::RedeemApprovalRequest {
             approval: done.approval,
             expected_intent: Some(record.into()),
+            idempotency_key: String::new(),
         })
         .await
     {

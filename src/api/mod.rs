@@ -342,12 +342,14 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         let r = req.into_inner();
         let expected = r.expected_intent.map(sigil_verify::Intent::from);
         let s = self.sigil.clone();
-        let claims = approval_call(&self.sigil, move || {
-            s.redeem_approval(role.name(), &r.approval, expected.as_ref())
+        let done = approval_call(&self.sigil, move || {
+            s.redeem_approval_keyed(role.name(), &r.approval, expected.as_ref(), &r.idempotency_key)
         })
         .await?;
         Ok(Response::new(pb::RedeemApprovalResponse {
-            claims: Some(claims.into()),
+            claims: Some(done.claims.into()),
+            replayed: done.replayed,
+            redeemed_at: done.redeemed_at,
         }))
     }
 

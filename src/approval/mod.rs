@@ -87,9 +87,23 @@ pub struct ApprovalRecord {
     pub exp: i64,
     /// Set once redeemed.
     pub redeemed_at: Option<i64>,
+    /// The idempotency key of the redemption, if the engine gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redeemed_key: Option<String>,
     /// Revocation epochs when issued; a revocation kills the approval.
     #[serde(default)]
     pub epochs: crate::protect::Epochs,
+}
+
+/// A successful redemption.
+#[derive(Debug, Clone)]
+pub struct Redeemed {
+    /// The verified claims.
+    pub claims: Claims,
+    /// This call repeated an earlier redemption with the same key.
+    pub replayed: bool,
+    /// When the approval was redeemed.
+    pub redeemed_at: i64,
 }
 
 /// A proof answering a challenge.
@@ -696,6 +710,7 @@ impl Sigil {
             iat: now,
             exp,
             redeemed_at: None,
+            redeemed_key: None,
             epochs: snap.epochs(),
         };
         let mut batch = Batch::new();
@@ -772,8 +787,27 @@ impl Sigil {
 
     /// Verifies an approval and marks it redeemed, exactly once.
     pub fn redeem_approval(&self, actor: &str, token: &str, expected: Option<&Intent>) -> Result<Claims, Error> {
+        self.redeem_approval_keyed(actor, token, expected, "").map(|r| r.claims)
+    }
+
+    /// [`Sigil::redeem_approval`] with the engine's idempotency key: a
+    /// retry with the same approval and key after a lost reply gets the
+    /// original success back, marked as a replay.
+    pub fn redeem_approval_keyed(
+        &self,
+        actor: &str,
+        token: &str,
+        expected: Option<&Intent>,
+        key: &str,
+    ) -> Result<Redeemed, Error> {
         if token.is_empty() {
             return Err(Error::invalid("approval", "is required"));
+        }
+        if key.len() > 128 || key.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "idempotency_key",
+                "at most 128 bytes, no control characters",
+            ));
         }
         if token.len() > 64 * 1024 {
             return Err(Error::invalid("approval", "is larger than 64 KiB"));
@@ -792,9 +826,25 @@ impl Sigil {
                  which must equal the approved intent field for field",
             ));
         }
+        // The engine's own retry of a redemption whose reply it lost.
+        if !key.is_empty() {
+            if let Some(stored) = self.store.get(Table::Approvals, claims.jti.as_bytes())? {
+                let rec: ApprovalRecord = from_json("approval", &stored.value)?;
+                if let (Some(at), Some(k)) = (rec.redeemed_at, rec.redeemed_key.as_deref()) {
+                    if k == key && rec.intent_sha256 == claims.intent_sha256 {
+                        tracing::info!(user = %claims.sub, jti = %claims.jti, "redemption retried with its key: replayed");
+                        return Ok(Redeemed {
+                            claims,
+                            replayed: true,
+                            redeemed_at: at,
+                        });
+                    }
+                }
+            }
+        }
         let mut batch = Batch::new();
         let snap = self.snapshot(&claims.sub)?;
-        if let Err(e) = self.add_redeem(&claims, &snap, now, &mut batch) {
+        if let Err(e) = self.add_redeem_keyed(&claims, &snap, now, key, &mut batch) {
             self.audit_refusal(
                 AuditEntry::refused(now, actor, &claims.sub, "approval.redeem", &e.to_string())
                     .with("jti", claims.jti.clone()),
@@ -819,12 +869,28 @@ impl Sigil {
             other => other,
         })?;
         tracing::info!(user = %claims.sub, act = %claims.act, jti = %claims.jti, "approval redeemed");
-        Ok(claims)
+        Ok(Redeemed {
+            claims,
+            replayed: false,
+            redeemed_at: now,
+        })
     }
 
     /// Adds the write that redeems `claims.jti` to `batch`, after checking
     /// it is issued, not yet redeemed, not revoked and not suspended.
     fn add_redeem(&self, claims: &Claims, snap: &Snapshot, now: i64, batch: &mut Batch) -> Result<(), Error> {
+        self.add_redeem_keyed(claims, snap, now, "", batch)
+    }
+
+    /// [`Sigil::add_redeem`], recording the redemption's idempotency key.
+    fn add_redeem_keyed(
+        &self,
+        claims: &Claims,
+        snap: &Snapshot,
+        now: i64,
+        key: &str,
+        batch: &mut Batch,
+    ) -> Result<(), Error> {
         let stored = self
             .store
             .get(Table::Approvals, claims.jti.as_bytes())?
@@ -870,6 +936,7 @@ impl Sigil {
             }
         }
         rec.redeemed_at = Some(now);
+        rec.redeemed_key = (!key.is_empty()).then(|| key.to_string());
         batch.update(Table::Approvals, claims.jti.as_bytes(), stored.version, to_json(&rec)?);
         self.check_snapshot(batch, &claims.sub, snap);
         Ok(())

@@ -89,6 +89,7 @@ async fn full_flow_issue_verify_redeem_once() {
         .redeem_approval(pb::RedeemApprovalRequest {
             approval: done.approval.clone(),
             expected_intent: Some(intent.clone()),
+            idempotency_key: String::new(),
         })
         .await
         .unwrap()
@@ -99,6 +100,7 @@ async fn full_flow_issue_verify_redeem_once() {
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
             expected_intent: expected_of(&done.approval),
+            idempotency_key: String::new(),
             approval: done.approval,
         })
         .await;
@@ -136,6 +138,7 @@ async fn offloaded_hsm_calls_approve_and_refuse_the_same() {
     a.redeem_approval(pb::RedeemApprovalRequest {
         approval: done.approval.clone(),
         expected_intent: Some(intent.clone()),
+        idempotency_key: String::new(),
     })
     .await
     .unwrap();
@@ -145,6 +148,7 @@ async fn offloaded_hsm_calls_approve_and_refuse_the_same() {
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
             expected_intent: expected_of(&done.approval),
+            idempotency_key: String::new(),
             approval: done.approval,
         })
         .await;
@@ -199,6 +203,7 @@ async fn any_changed_intent_field_is_refused() {
             .redeem_approval(pb::RedeemApprovalRequest {
                 approval: token.clone(),
                 expected_intent: Some(changed),
+                idempotency_key: String::new(),
             })
             .await;
         assert_status(r, Code::FailedPrecondition, name);
@@ -218,6 +223,7 @@ async fn any_changed_intent_field_is_refused() {
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
             expected_intent: expected_of(&forged),
+            idempotency_key: String::new(),
             approval: forged,
         })
         .await;
@@ -226,6 +232,7 @@ async fn any_changed_intent_field_is_refused() {
     a.redeem_approval(pb::RedeemApprovalRequest {
         approval: token,
         expected_intent: Some(intent),
+        idempotency_key: String::new(),
     })
     .await
     .unwrap();
@@ -243,6 +250,7 @@ async fn expired_approval_and_expired_challenge_are_refused() {
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
             expected_intent: expected_of(&token),
+            idempotency_key: String::new(),
             approval: token,
         })
         .await;
@@ -330,6 +338,7 @@ async fn foreign_keys_and_weak_algorithms_are_refused() {
         let r = a
             .redeem_approval(pb::RedeemApprovalRequest {
                 expected_intent: expected_of(&forged),
+                idempotency_key: String::new(),
                 approval: forged,
             })
             .await;
@@ -338,6 +347,7 @@ async fn foreign_keys_and_weak_algorithms_are_refused() {
     a.redeem_approval(pb::RedeemApprovalRequest {
         approval: token,
         expected_intent: Some(intent),
+        idempotency_key: String::new(),
     })
     .await
     .unwrap();
@@ -389,6 +399,7 @@ async fn state_survives_restart_and_store_holds_no_seed() {
         .into_inner();
     a.redeem_approval(pb::RedeemApprovalRequest {
         expected_intent: expected_of(&done.approval),
+        idempotency_key: String::new(),
         approval: done.approval.clone(),
     })
     .await
@@ -427,12 +438,14 @@ async fn state_survives_restart_and_store_holds_no_seed() {
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
             expected_intent: expected_of(&done.approval),
+            idempotency_key: String::new(),
             approval: done.approval,
         })
         .await;
     assert_status(r, Code::FailedPrecondition, "already redeemed");
     a.redeem_approval(pb::RedeemApprovalRequest {
         expected_intent: expected_of(&unredeemed),
+        idempotency_key: String::new(),
         approval: unredeemed,
     })
     .await
@@ -510,6 +523,7 @@ async fn expired_challenges_and_approvals_are_purged_and_stay_refused() {
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
             expected_intent: expected_of(&token),
+            idempotency_key: String::new(),
             approval: token.clone(),
         })
         .await;
@@ -518,6 +532,7 @@ async fn expired_challenges_and_approvals_are_purged_and_stay_refused() {
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
             expected_intent: expected_of(&token),
+            idempotency_key: String::new(),
             approval: token,
         })
         .await;
@@ -553,6 +568,7 @@ async fn approvals_are_low_s_and_the_high_s_twin_is_refused_at_redemption() {
         assert_status(
             a.redeem_approval(pb::RedeemApprovalRequest {
                 expected_intent: expected_of(&twin_token),
+                idempotency_key: String::new(),
                 approval: twin_token,
             })
             .await,
@@ -561,9 +577,56 @@ async fn approvals_are_low_s_and_the_high_s_twin_is_refused_at_redemption() {
         );
         a.redeem_approval(pb::RedeemApprovalRequest {
             expected_intent: expected_of(&token),
+            idempotency_key: String::new(),
             approval: token,
         })
         .await
         .expect("the approval itself still redeems");
     }
+}
+
+/// A lost reply: the engine's retry with the same approval and its own
+/// idempotency key gets the original success back, marked as a replay;
+/// any other redemption of it is refused as already redeemed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_with_the_same_idempotency_key_replays_the_original_success() {
+    let s = TestServer::start().await;
+    let (_f, seed) = s.enroll_totp("ida").await;
+    let tok = s.approve(&withdrawal("ida", "wd-77"), &seed).await;
+    let mut a = s.approvals("withdrawal-engine").await;
+    let redeem = |key: &str| pb::RedeemApprovalRequest {
+        approval: tok.clone(),
+        expected_intent: expected_of(&tok),
+        idempotency_key: key.into(),
+    };
+    let first = a.redeem_approval(redeem("engine-wd-77")).await.unwrap().into_inner();
+    assert!(!first.replayed);
+    let heads = |s: &TestServer| {
+        (
+            s.sigil().store().log_head(sigil::store::Table::Audit).unwrap().0,
+            s.sigil().store().log_head(sigil::store::Table::Events).unwrap().0,
+        )
+    };
+    let before = heads(&s);
+    s.clock.advance(5);
+    let again = a.redeem_approval(redeem("engine-wd-77")).await.unwrap().into_inner();
+    assert!(again.replayed, "the retry is marked as a replay");
+    assert_eq!(
+        again.redeemed_at, first.redeemed_at,
+        "the original redemption, not a new one"
+    );
+    assert_eq!(again.claims, first.claims);
+    assert_eq!(before, heads(&s), "a replay writes nothing");
+    for other in ["engine-wd-78", ""] {
+        assert_status(
+            a.redeem_approval(redeem(other)).await,
+            Code::FailedPrecondition,
+            "already redeemed",
+        );
+    }
+    assert_status(
+        a.redeem_approval(redeem(&"k".repeat(129))).await,
+        Code::InvalidArgument,
+        "idempotency_key",
+    );
 }

@@ -138,6 +138,7 @@ async fn bad_proofs_and_unknown_things() {
     assert_status(
         e.redeem_approval(pb::RedeemApprovalRequest {
             expected_intent: expected_of("not-a-jws"),
+            idempotency_key: String::new(),
             approval: "not-a-jws".into(),
         })
         .await,

@@ -107,6 +107,7 @@ async fn sigild_binary_full_flow_and_restart() {
     a.redeem_approval(pb::RedeemApprovalRequest {
         approval: done.approval.clone(),
         expected_intent: Some(intent),
+        idempotency_key: String::new(),
     })
     .await
     .unwrap();
@@ -135,6 +136,7 @@ async fn sigild_binary_full_flow_and_restart() {
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
             expected_intent: expected_of(&done.approval),
+            idempotency_key: String::new(),
             approval: done.approval,
         })
         .await;

@@ -333,6 +333,7 @@ impl Worker {
         let req = pb::RedeemApprovalRequest {
             approval: done.approval,
             expected_intent: Some(intent),
+            idempotency_key: String::new(),
         };
         if self.rng.below(4) == 0 {
             // Two redemptions at once: exactly one may succeed.
@@ -382,6 +383,7 @@ impl Worker {
             .a
             .redeem_approval(pb::RedeemApprovalRequest {
                 expected_intent: expected_of(&token),
+                idempotency_key: String::new(),
                 approval: token,
             })
             .await;
@@ -549,6 +551,7 @@ async fn check_redemptions(url: &str, ledger: &Arc<Mutex<Ledger>>, seed: u64) ->
             let r = a
                 .redeem_approval(pb::RedeemApprovalRequest {
                     expected_intent: expected_of(&token),
+                    idempotency_key: String::new(),
                     approval: token,
                 })
                 .await;

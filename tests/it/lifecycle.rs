@@ -124,6 +124,7 @@ async fn issue(
 async fn redeem(a: &mut Approvals, token: &str) -> Result<pb::RedeemApprovalResponse, tonic::Status> {
     a.redeem_approval(pb::RedeemApprovalRequest {
         expected_intent: expected_of(token),
+        idempotency_key: String::new(),
         approval: token.into(),
     })
     .await

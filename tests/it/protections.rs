@@ -269,6 +269,7 @@ async fn revoking_everyone_kills_challenges_and_unredeemed_approvals() {
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
             expected_intent: expected_of(&unredeemed),
+            idempotency_key: String::new(),
             approval: unredeemed,
         })
         .await;
@@ -276,6 +277,7 @@ async fn revoking_everyone_kills_challenges_and_unredeemed_approvals() {
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
             expected_intent: expected_of(&dan_tok),
+            idempotency_key: String::new(),
             approval: dan_tok,
         })
         .await;
@@ -333,6 +335,7 @@ async fn revoking_listed_users_leaves_others_alone() {
     assert_status(
         a.redeem_approval(pb::RedeemApprovalRequest {
             expected_intent: expected_of(&tok_e),
+            idempotency_key: String::new(),
             approval: tok_e,
         })
         .await,
@@ -341,6 +344,7 @@ async fn revoking_listed_users_leaves_others_alone() {
     );
     a.redeem_approval(pb::RedeemApprovalRequest {
         expected_intent: expected_of(&tok_f),
+        idempotency_key: String::new(),
         approval: tok_f,
     })
     .await
@@ -397,6 +401,7 @@ async fn suspension_blocks_approvals_and_redemptions_until_lifted_or_expired() {
     assert_status(
         a.redeem_approval(pb::RedeemApprovalRequest {
             expected_intent: expected_of(&tok),
+            idempotency_key: String::new(),
             approval: tok.clone(),
         })
         .await,
@@ -411,6 +416,7 @@ async fn suspension_blocks_approvals_and_redemptions_until_lifted_or_expired() {
     .unwrap();
     a.redeem_approval(pb::RedeemApprovalRequest {
         expected_intent: expected_of(&tok),
+        idempotency_key: String::new(),
         approval: tok,
     })
     .await
@@ -868,6 +874,7 @@ async fn redemption_needs_the_engines_record_and_a_still_whitelisted_destination
         a.redeem_approval(pb::RedeemApprovalRequest {
             approval: tok.clone(),
             expected_intent: None,
+            idempotency_key: String::new(),
         })
         .await,
         Code::InvalidArgument,
@@ -898,6 +905,7 @@ async fn redemption_needs_the_engines_record_and_a_still_whitelisted_destination
     assert_status(
         a.redeem_approval(pb::RedeemApprovalRequest {
             expected_intent: expected_of(&tok),
+            idempotency_key: String::new(),
             approval: tok.clone(),
         })
         .await,

@@ -620,6 +620,7 @@ async fn registration_and_withdrawal_approval_happy_path() {
         .redeem_approval(pb::RedeemApprovalRequest {
             approval: done.approval,
             expected_intent: Some(intent),
+            idempotency_key: String::new(),
         })
         .await
         .unwrap();
@@ -717,6 +718,7 @@ async fn evidence_with_one_byte_changed_is_refused_by_the_verifier() {
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
             expected_intent: expected_of(&forged),
+            idempotency_key: String::new(),
             approval: forged,
         })
         .await;
@@ -724,6 +726,7 @@ async fn evidence_with_one_byte_changed_is_refused_by_the_verifier() {
     a.redeem_approval(pb::RedeemApprovalRequest {
         approval: done.approval,
         expected_intent: Some(intent),
+        idempotency_key: String::new(),
     })
     .await
     .unwrap();
@@ -791,6 +794,7 @@ async fn assertion_for_another_intent_is_refused_and_the_approval_cannot_be_alte
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
             expected_intent: expected_of(&forged),
+            idempotency_key: String::new(),
             approval: forged,
         })
         .await;
@@ -799,12 +803,14 @@ async fn assertion_for_another_intent_is_refused_and_the_approval_cannot_be_alte
         .redeem_approval(pb::RedeemApprovalRequest {
             approval: done.approval.clone(),
             expected_intent: Some(big.clone()),
+            idempotency_key: String::new(),
         })
         .await;
     assert_status(r, Code::FailedPrecondition, "withdrawal_id");
     a.redeem_approval(pb::RedeemApprovalRequest {
         approval: done.approval,
         expected_intent: Some(small),
+        idempotency_key: String::new(),
     })
     .await
     .unwrap();
@@ -1418,6 +1424,7 @@ async fn second_registration_needs_an_enroll_factor_approval() {
         .await
         .redeem_approval(pb::RedeemApprovalRequest {
             expected_intent: expected_of(&wd.approval),
+            idempotency_key: String::new(),
             approval: wd.approval,
         })
         .await

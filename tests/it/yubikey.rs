@@ -337,6 +337,7 @@ async fn hmac_enroll_confirm_and_approve_once() {
         .redeem_approval(pb::RedeemApprovalRequest {
             approval: done.approval,
             expected_intent: Some(intent),
+            idempotency_key: String::new(),
         })
         .await
         .unwrap();
