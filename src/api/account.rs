@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::auth::{require, Role};
+use super::auth::require;
 use super::blocking;
 use crate::core::Sigil;
 use crate::pb;
@@ -27,7 +27,7 @@ impl pb::account_service_server::AccountService for AccountApi {
         &self,
         req: Request<pb::AddAddressRequest>,
     ) -> Result<Response<pb::AddAddressResponse>, Status> {
-        let role = require(&req, "AddAddress", &[Role::Frontend])?;
+        let role = require(&req, "AccountService/AddAddress")?;
         let r = req.into_inner();
         let s = self.sigil.clone();
         let a = blocking(move || {
@@ -51,7 +51,7 @@ impl pb::account_service_server::AccountService for AccountApi {
         &self,
         req: Request<pb::ListAddressesRequest>,
     ) -> Result<Response<pb::ListAddressesResponse>, Status> {
-        require(&req, "ListAddresses", &[Role::Frontend, Role::Admin])?;
+        require(&req, "AccountService/ListAddresses")?;
         let r = req.into_inner();
         let s = self.sigil.clone();
         let list = blocking(move || s.list_addresses(&r.user_id)).await?;
@@ -64,7 +64,7 @@ impl pb::account_service_server::AccountService for AccountApi {
         &self,
         req: Request<pb::RemoveAddressRequest>,
     ) -> Result<Response<pb::RemoveAddressResponse>, Status> {
-        let role = require(&req, "RemoveAddress", &[Role::Frontend])?;
+        let role = require(&req, "AccountService/RemoveAddress")?;
         let r = req.into_inner();
         let s = self.sigil.clone();
         blocking(move || s.remove_address(role.name(), &r.user_id, &r.network, &r.address, &r.approval)).await?;
@@ -75,7 +75,7 @@ impl pb::account_service_server::AccountService for AccountApi {
         &self,
         req: Request<pb::SetAntiPhishingCodeRequest>,
     ) -> Result<Response<pb::SetAntiPhishingCodeResponse>, Status> {
-        let role = require(&req, "SetAntiPhishingCode", &[Role::Frontend])?;
+        let role = require(&req, "AccountService/SetAntiPhishingCode")?;
         let r = req.into_inner();
         let s = self.sigil.clone();
         let set_at = blocking(move || s.set_anti_phishing_code(role.name(), &r.user_id, &r.code, &r.approval)).await?;
@@ -86,7 +86,7 @@ impl pb::account_service_server::AccountService for AccountApi {
         &self,
         req: Request<pb::GetAccountProtectionStatusRequest>,
     ) -> Result<Response<pb::GetAccountProtectionStatusResponse>, Status> {
-        require(&req, "GetAccountProtectionStatus", &[Role::Frontend, Role::Admin])?;
+        require(&req, "AccountService/GetAccountProtectionStatus")?;
         let r = req.into_inner();
         let s = self.sigil.clone();
         let items = blocking(move || {

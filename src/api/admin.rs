@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::auth::{require, Role};
+use super::auth::require;
 use super::{blocking, status};
 use crate::audit::AuditEntry;
 use crate::core::Sigil;
@@ -47,7 +47,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         req: Request<pb::RotateApprovalKeyRequest>,
     ) -> Result<Response<pb::RotateApprovalKeyResponse>, Status> {
-        let role = require(&req, "RotateApprovalKey", &[Role::Admin])?;
+        let role = require(&req, "AdminService/RotateApprovalKey")?;
         let now = req.into_inner().now;
         let s = self.sigil.clone();
         let k = blocking(move || s.rotate_approval_key(role.name(), now)).await?;
@@ -60,7 +60,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         req: Request<pb::ListApprovalKeysRequest>,
     ) -> Result<Response<pb::ListApprovalKeysResponse>, Status> {
-        require(&req, "ListApprovalKeys", &[Role::Admin])?;
+        require(&req, "AdminService/ListApprovalKeys")?;
         let s = self.sigil.clone();
         let (ring, _) = blocking(move || s.key_ring()).await?;
         Ok(Response::new(pb::ListApprovalKeysResponse {
@@ -72,7 +72,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         req: Request<pb::RotateSecretsKeyRequest>,
     ) -> Result<Response<Self::RotateSecretsKeyStream>, Status> {
-        let role = require(&req, "RotateSecretsKey", &[Role::Admin])?;
+        let role = require(&req, "AdminService/RotateSecretsKey")?;
         let batch = match req.into_inner().batch_size {
             0 => 500,
             n => n as usize,
@@ -99,7 +99,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
     }
 
     async fn backup(&self, req: Request<pb::BackupRequest>) -> Result<Response<Self::BackupStream>, Status> {
-        require(&req, "Backup", &[Role::Admin])?;
+        require(&req, "AdminService/Backup")?;
         let s = self.sigil.clone();
         let bytes = blocking(move || {
             let mut out = Vec::new();
@@ -117,7 +117,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         req: Request<pb::RevokeFactorsRequest>,
     ) -> Result<Response<pb::RevokeFactorsResponse>, Status> {
-        let role = require(&req, "RevokeFactors", &[Role::Admin])?;
+        let role = require(&req, "AdminService/RevokeFactors")?;
         let r = req.into_inner();
         let sc = scope(r.all, r.user_ids)?;
         let s = self.sigil.clone();
@@ -131,7 +131,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         req: Request<pb::SuspendApprovalsRequest>,
     ) -> Result<Response<pb::SuspendApprovalsResponse>, Status> {
-        let role = require(&req, "SuspendApprovals", &[Role::Admin])?;
+        let role = require(&req, "AdminService/SuspendApprovals")?;
         let r = req.into_inner();
         let sc = scope(r.all, r.user_ids)?;
         let s = self.sigil.clone();
@@ -143,7 +143,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         req: Request<pb::ResumeApprovalsRequest>,
     ) -> Result<Response<pb::ResumeApprovalsResponse>, Status> {
-        let role = require(&req, "ResumeApprovals", &[Role::Admin])?;
+        let role = require(&req, "AdminService/ResumeApprovals")?;
         let r = req.into_inner();
         let sc = scope(r.all, r.user_ids)?;
         let s = self.sigil.clone();
@@ -152,7 +152,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
     }
 
     async fn read_audit(&self, req: Request<pb::ReadAuditRequest>) -> Result<Response<pb::ReadAuditResponse>, Status> {
-        require(&req, "ReadAudit", &[Role::Admin])?;
+        require(&req, "AdminService/ReadAudit")?;
         let r = req.into_inner();
         let limit = match r.limit {
             0 => 1000,
@@ -205,7 +205,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         req: Request<pb::GetAuditCheckpointsRequest>,
     ) -> Result<Response<pb::GetAuditCheckpointsResponse>, Status> {
-        require(&req, "GetAuditCheckpoints", &[Role::Admin])?;
+        require(&req, "AdminService/GetAuditCheckpoints")?;
         let s = self.sigil.clone();
         let cps = blocking(move || s.checkpoints()).await?;
         let key = serde_json::to_string(self.sigil.signer().audit_jwk())
@@ -220,7 +220,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         req: Request<pb::CheckpointAuditRequest>,
     ) -> Result<Response<pb::CheckpointAuditResponse>, Status> {
-        require(&req, "CheckpointAudit", &[Role::Admin])?;
+        require(&req, "AdminService/CheckpointAudit")?;
         let s = self.sigil.clone();
         let c = blocking(move || s.checkpoint_audit()).await?;
         Ok(Response::new(pb::CheckpointAuditResponse {

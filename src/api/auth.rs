@@ -138,7 +138,17 @@ pub fn leaf_facts(ext: &tonic::Extensions) -> Option<Arc<LeafFacts>> {
 pub struct DenyListChecked;
 
 /// Refuses the call unless the caller's certificate carries one of `allowed`.
-pub fn require<T>(req: &Request<T>, rpc: &str, allowed: &[Role]) -> Result<Role, Status> {
+/// `rpc` is `Service/Method`; its roles come from the one role table
+/// ([`super::roles::RPC_ROLES`]). An RPC missing from the table is refused
+/// (fail closed).
+pub fn require<T>(req: &Request<T>, rpc: &str) -> Result<Role, Status> {
+    let Some(allowed) = super::roles::allowed(rpc) else {
+        tracing::error!(rpc, "an RPC has no entry in the role table");
+        return Err(Status::internal(format!(
+            "{rpc} was refused: it has no entry in the role table (server misconfigured)"
+        )));
+    };
+    let rpc = rpc.rsplit('/').next().unwrap_or(rpc);
     let facts = leaf_facts(req.extensions());
     if facts.is_some() && req.extensions().get::<DenyListChecked>().is_none() {
         tracing::error!(rpc, "a call reached the role check without the deny-list guard");

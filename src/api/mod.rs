@@ -14,7 +14,7 @@ use crate::approval::Proof;
 use crate::core::Sigil;
 use crate::error::Error;
 use crate::pb;
-use auth::{require, Role};
+use auth::require;
 
 pub mod account;
 pub mod admin;
@@ -22,6 +22,7 @@ pub mod auth;
 pub mod codec;
 pub mod convert;
 pub mod events;
+pub mod roles;
 pub mod status;
 
 pub(crate) async fn blocking<T, F>(f: F) -> Result<T, Status>
@@ -80,7 +81,7 @@ impl pb::factor_service_server::FactorService for FactorApi {
         &self,
         req: Request<pb::BeginTotpEnrollmentRequest>,
     ) -> Result<Response<pb::BeginTotpEnrollmentResponse>, Status> {
-        let role = require(&req, "BeginTotpEnrollment", &[Role::Frontend])?;
+        let role = require(&req, "FactorService/BeginTotpEnrollment")?;
         let r = req.into_inner();
         let s = self.sigil.clone();
         let e = blocking(move || {
@@ -108,7 +109,7 @@ impl pb::factor_service_server::FactorService for FactorApi {
         &self,
         req: Request<pb::ConfirmTotpEnrollmentRequest>,
     ) -> Result<Response<pb::ConfirmTotpEnrollmentResponse>, Status> {
-        let role = require(&req, "ConfirmTotpEnrollment", &[Role::Frontend])?;
+        let role = require(&req, "FactorService/ConfirmTotpEnrollment")?;
         let r = req.into_inner();
         let s = self.sigil.clone();
         let f = blocking(move || s.confirm_totp_enrollment(role.name(), &r.user_id, &r.factor_id, &r.code)).await?;
@@ -121,7 +122,7 @@ impl pb::factor_service_server::FactorService for FactorApi {
         &self,
         req: Request<pb::ListFactorsRequest>,
     ) -> Result<Response<pb::ListFactorsResponse>, Status> {
-        require(&req, "ListFactors", &[Role::Frontend, Role::Admin])?;
+        require(&req, "FactorService/ListFactors")?;
         let r = req.into_inner();
         let s = self.sigil.clone();
         let list = blocking(move || s.list_factors(&r.user_id)).await?;
@@ -134,7 +135,7 @@ impl pb::factor_service_server::FactorService for FactorApi {
         &self,
         req: Request<pb::BeginWebauthnRegistrationRequest>,
     ) -> Result<Response<pb::BeginWebauthnRegistrationResponse>, Status> {
-        let role = require(&req, "BeginWebauthnRegistration", &[Role::Frontend])?;
+        let role = require(&req, "FactorService/BeginWebauthnRegistration")?;
         let r = req.into_inner();
         let s = self.sigil.clone();
         let (ceremony_id, options_json, expires_at) = blocking(move || {
@@ -158,7 +159,7 @@ impl pb::factor_service_server::FactorService for FactorApi {
         &self,
         req: Request<pb::FinishWebauthnRegistrationRequest>,
     ) -> Result<Response<pb::FinishWebauthnRegistrationResponse>, Status> {
-        let role = require(&req, "FinishWebauthnRegistration", &[Role::Frontend])?;
+        let role = require(&req, "FactorService/FinishWebauthnRegistration")?;
         let r = req.into_inner();
         let s = self.sigil.clone();
         let f =
@@ -173,7 +174,7 @@ impl pb::factor_service_server::FactorService for FactorApi {
         &self,
         req: Request<pb::BeginYubikeyHmacEnrollmentRequest>,
     ) -> Result<Response<pb::BeginYubikeyEnrollmentResponse>, Status> {
-        let role = require(&req, "BeginYubikeyHmacEnrollment", &[Role::Frontend])?;
+        let role = require(&req, "FactorService/BeginYubikeyHmacEnrollment")?;
         let r = req.into_inner();
         let s = self.sigil.clone();
         let e = blocking(move || {
@@ -195,7 +196,7 @@ impl pb::factor_service_server::FactorService for FactorApi {
         &self,
         req: Request<pb::BeginYubikeyOtpEnrollmentRequest>,
     ) -> Result<Response<pb::BeginYubikeyEnrollmentResponse>, Status> {
-        let role = require(&req, "BeginYubikeyOtpEnrollment", &[Role::Frontend])?;
+        let role = require(&req, "FactorService/BeginYubikeyOtpEnrollment")?;
         let r = req.into_inner();
         let s = self.sigil.clone();
         let e = blocking(move || {
@@ -221,7 +222,7 @@ impl pb::factor_service_server::FactorService for FactorApi {
         &self,
         req: Request<pb::ConfirmYubikeyEnrollmentRequest>,
     ) -> Result<Response<pb::ConfirmYubikeyEnrollmentResponse>, Status> {
-        let role = require(&req, "ConfirmYubikeyEnrollment", &[Role::Frontend])?;
+        let role = require(&req, "FactorService/ConfirmYubikeyEnrollment")?;
         let r = req.into_inner();
         use crate::factor::hardware::YubikeyConfirmation as C;
         use pb::confirm_yubikey_enrollment_request::Proof as P;
@@ -246,7 +247,7 @@ impl pb::factor_service_server::FactorService for FactorApi {
         &self,
         req: Request<pb::RemoveFactorRequest>,
     ) -> Result<Response<pb::RemoveFactorResponse>, Status> {
-        let role = require(&req, "RemoveFactor", &[Role::Frontend])?;
+        let role = require(&req, "FactorService/RemoveFactor")?;
         let r = req.into_inner();
         let s = self.sigil.clone();
         blocking(move || s.remove_factor(role.name(), &r.user_id, &r.factor_id, &r.step_up_approval)).await?;
@@ -273,7 +274,7 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         &self,
         req: Request<pb::BeginApprovalRequest>,
     ) -> Result<Response<pb::BeginApprovalResponse>, Status> {
-        let role = require(&req, "BeginApproval", &[Role::WithdrawalEngine, Role::Frontend])?;
+        let role = require(&req, "ApprovalService/BeginApproval")?;
         let r = req.into_inner();
         let intent: sigil_verify::Intent = r
             .intent
@@ -298,7 +299,7 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         &self,
         req: Request<pb::CompleteApprovalRequest>,
     ) -> Result<Response<pb::CompleteApprovalResponse>, Status> {
-        let role = require(&req, "CompleteApproval", &[Role::WithdrawalEngine, Role::Frontend])?;
+        let role = require(&req, "ApprovalService/CompleteApproval")?;
         let r = req.into_inner();
         use pb::complete_approval_request::Proof as P;
         let proof = match r.proof {
@@ -338,7 +339,7 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         &self,
         req: Request<pb::RedeemApprovalRequest>,
     ) -> Result<Response<pb::RedeemApprovalResponse>, Status> {
-        let role = require(&req, "RedeemApproval", &[Role::WithdrawalEngine])?;
+        let role = require(&req, "ApprovalService/RedeemApproval")?;
         let r = req.into_inner();
         let expected = r.expected_intent.map(sigil_verify::Intent::from);
         let s = self.sigil.clone();
@@ -357,11 +358,7 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         &self,
         req: Request<pb::GetApprovalKeysRequest>,
     ) -> Result<Response<pb::GetApprovalKeysResponse>, Status> {
-        require(
-            &req,
-            "GetApprovalKeys",
-            &[Role::WithdrawalEngine, Role::Frontend, Role::Admin],
-        )?;
+        require(&req, "ApprovalService/GetApprovalKeys")?;
         let jwks_json = serde_json::to_string(&self.sigil.signer().jwks())
             .map_err(|e| status::to_status(Error::Internal(format!("cannot encode key set: {e}"))))?;
         let s = self.sigil.clone();
