@@ -45,7 +45,7 @@ use crate::core::{Sigil, DEPLOYMENT_KEY};
 use crate::error::Error;
 use crate::events::{Event, EventKind};
 use crate::factor::totp;
-use crate::store::{log_head_key, Batch, SledStore, Store, Table, Versioned};
+use crate::store::{decode_log_head, log_head_key, Batch, LogHead, SledStore, Store, Table, Versioned};
 
 /// Magic bytes at the start of a backup.
 pub const MAGIC: &[u8; 8] = b"SIGILBK1";
@@ -145,21 +145,18 @@ pub fn encode(header: &Header, records: &[(Table, Vec<u8>, Versioned)]) -> Resul
 /// The records of a store, as a backup carries them.
 pub type Records = Vec<(Table, Vec<u8>, Versioned)>;
 
-/// The sequence number of `log`'s last entry in a backup's records.
-fn backup_log_head(records: &Records, log: Table) -> Result<u64, Error> {
+/// Where `log`'s head record sits in a backup's records, and what it says
+/// (record version, last sequence number, chain hash).
+fn backup_log_head(records: &Records, log: Table) -> Result<(Option<usize>, LogHead), Error> {
     let key = log_head_key(log);
-    match records.iter().find(|(t, k, _)| *t == Table::Meta && *k == key) {
-        None => Ok(0),
-        Some((_, _, v)) if v.value.len() == 40 => {
-            let mut seq = [0u8; 8];
-            seq.copy_from_slice(&v.value[..8]);
-            Ok(u64::from_be_bytes(seq))
-        }
-        Some(_) => Err(Error::invalid(
+    let pos = records.iter().position(|(t, k, _)| *t == Table::Meta && *k == key);
+    let head = decode_log_head(pos.map(|i| &records[i].2)).map_err(|_| {
+        Error::invalid(
             "backup",
             format!("the {} log head is malformed; nothing was restored", log.name()),
-        )),
-    }
+        )
+    })?;
+    Ok((pos, head))
 }
 
 /// Decodes and checks a whole backup.
@@ -265,13 +262,17 @@ pub fn restore_with(
     // A live store is one holding a deployment: an empty or new directory
     // (a replacement volume) knows nothing of the event stream or the keys.
     let has_entries = std::fs::read_dir(store_path).is_ok_and(|mut d| d.next().is_some());
-    let mut live = false;
-    if has_entries {
-        let current = SledStore::open(store_path).map_err(|e| {
+    let current = if has_entries {
+        Some(SledStore::open(store_path).map_err(|e| {
             Error::Unavailable(format!(
                 "cannot open the current store (is sigild still running? stop it first): {e}"
             ))
-        })?;
+        })?)
+    } else {
+        None
+    };
+    let mut live = false;
+    if let Some(current) = &current {
         if let Some(v) = current.get(Table::Meta, DEPLOYMENT_KEY)? {
             let id = String::from_utf8_lossy(&v.value).to_string();
             if id != header.deployment_id {
@@ -286,16 +287,15 @@ pub fn restore_with(
             live = true;
         }
     }
-    if live {
-        let current = SledStore::open(store_path)
-            .map_err(|e| Error::Unavailable(format!("cannot open the current store: {e}")))?;
+    if let Some(current) = current.as_ref().filter(|_| live) {
         let mut carried: Vec<(Table, Vec<u8>, Option<Versioned>)> = Vec::new();
         for key in [crate::keys::RING_KEY, crate::keys::SECRETS_KEY, crate::keys::REWRAP_KEY] {
             carried.push((Table::Meta, key.to_vec(), current.get(Table::Meta, key)?));
         }
         for log in [Table::Events, Table::Audit] {
             let (live_head, _) = current.log_head(log)?;
-            if live_head < backup_log_head(&records, log)? {
+            let (_, (_, backup_head, _)) = backup_log_head(&records, log)?;
+            if live_head < backup_head {
                 kept_from.push((log, "backup"));
                 continue;
             }
@@ -321,6 +321,7 @@ pub fn restore_with(
             }
         }
     }
+    drop(current);
     if !live && opts.events_after.is_none() {
         return Err(Error::invalid(
             "events_after",
@@ -334,22 +335,7 @@ pub fn restore_with(
         ));
     }
     if let Some(floor) = opts.events_after {
-        let key = log_head_key(Table::Events);
-        let pos = records.iter().position(|(t, k, _)| *t == Table::Meta && *k == key);
-        let (version, seq, hash) = match pos.map(|i| &records[i].2) {
-            Some(v) if v.value.len() == 40 => {
-                let mut seq = [0u8; 8];
-                seq.copy_from_slice(&v.value[..8]);
-                (v.version, u64::from_be_bytes(seq), v.value[8..].to_vec())
-            }
-            Some(_) => {
-                return Err(Error::invalid(
-                    "backup",
-                    "the events log head is malformed; nothing was restored",
-                ))
-            }
-            None => (0, 0, vec![0u8; 32]),
-        };
+        let (pos, (version, seq, hash)) = backup_log_head(&records, Table::Events)?;
         if floor > seq {
             // The stream jumps: no entry between the old head and the
             // floor exists, and readers skip the gap.
@@ -360,7 +346,7 @@ pub fn restore_with(
             }
             records.push((
                 Table::Meta,
-                key,
+                log_head_key(Table::Events),
                 Versioned {
                     version: version + 1,
                     value,

@@ -275,6 +275,26 @@ pub fn log_head_key(log: Table) -> Vec<u8> {
     format!("loghead/{}", log.name()).into_bytes()
 }
 
+/// A log head: its record version, the last sequence number and the
+/// chain hash.
+pub type LogHead = (u64, u64, [u8; 32]);
+
+/// A log head record (`seq u64 BE | hash`, stored under [`log_head_key`]);
+/// zeros for a log with no entry yet.
+pub fn decode_log_head(raw: Option<&Versioned>) -> Result<LogHead, StoreError> {
+    match raw {
+        None => Ok((0, 0, [0u8; 32])),
+        Some(v) if v.value.len() == 40 => {
+            let mut seq = [0u8; 8];
+            seq.copy_from_slice(&v.value[..8]);
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(&v.value[8..]);
+            Ok((v.version, u64::from_be_bytes(seq), hash))
+        }
+        Some(_) => Err(StoreError::Corrupt("log head has the wrong length".into())),
+    }
+}
+
 /// What a store operation can fail with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {

@@ -52,8 +52,8 @@ use std::time::Duration;
 use super::disk::{Disk, OsDisk};
 use super::wal::{PostImage, Wal};
 use super::{
-    chain_hash, log_head_key, Batch, Durability, DurableWait, Expect, LogEntry, Op, Store, StoreError, Table, Ticket,
-    Versioned,
+    chain_hash, decode_log_head, log_head_key, Batch, Durability, DurableWait, Expect, LogEntry, Op, Store, StoreError,
+    Table, Ticket, Versioned,
 };
 
 /// Recent writes of one table: key → stored bytes, or `None` for deleted.
@@ -630,20 +630,6 @@ fn version_of(raw: &Option<Vec<u8>>) -> Result<Option<u64>, StoreError> {
     }
 }
 
-fn decode_head(raw: Option<Versioned>) -> Result<(u64, u64, [u8; 32]), StoreError> {
-    match raw {
-        None => Ok((0, 0, [0u8; 32])),
-        Some(v) if v.value.len() == 40 => {
-            let mut seq = [0u8; 8];
-            seq.copy_from_slice(&v.value[..8]);
-            let mut hash = [0u8; 32];
-            hash.copy_from_slice(&v.value[8..]);
-            Ok((v.version, u64::from_be_bytes(seq), hash))
-        }
-        Some(_) => Err(StoreError::Corrupt("log head has the wrong length".into())),
-    }
-}
-
 /// Writes memtables into sled, one batch per tree.
 fn write_to_sled(trees: &[sled::Tree], tables: &Tables) -> Result<(), StoreError> {
     for (i, mt) in tables.iter().enumerate() {
@@ -947,7 +933,7 @@ impl Store for SledStore {
         };
         self.inner.wal.wait_durable(visible)?;
         let head = raw.map(|r| decode(&r)).transpose()?;
-        let (_, seq, hash) = decode_head(head)?;
+        let (_, seq, hash) = decode_log_head(head.as_ref())?;
         Ok((seq, hash))
     }
 
@@ -1039,7 +1025,7 @@ impl SledStore {
                         let head = current(&staged, &mem, Table::Meta, &head_key)?
                             .map(|r| decode(&r))
                             .transpose()?;
-                        let (hv, seq, prev) = decode_head(head)?;
+                        let (hv, seq, prev) = decode_log_head(head.as_ref())?;
                         let seq = seq + 1;
                         let hash = chain_hash(&prev, seq, value);
                         let mut entry = hash.to_vec();
