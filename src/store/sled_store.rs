@@ -193,17 +193,15 @@ impl SledStore {
         };
         let base = open_base()?;
         let applied = base.applied_lsn()?;
-        if let (Some(m), a) = (marker, applied) {
-            if a.unwrap_or(0) < m {
-                return Err(StoreError::Corrupt(format!(
-                    "the sled files in {} hold writes only up to log position {} but the store's last \
-                     checkpoint made {m} durable: they were truncated, replaced or rolled back. Refusing to \
-                     start on missing data (the write-ahead log was left as it is); restore the store from a backup \
-                     (`sigil restore`)",
-                    path.display(),
-                    a.unwrap_or(0)
-                )));
-            }
+        if let Some(m) = marker.filter(|m| applied.unwrap_or(0) < *m) {
+            return Err(StoreError::Corrupt(format!(
+                "the sled files in {} hold writes only up to log position {} but the store's last \
+                 checkpoint made {m} durable: they were truncated, replaced or rolled back. Refusing to \
+                 start on missing data (the write-ahead log was left as it is); restore the store from a backup \
+                 (`sigil restore`)",
+                path.display(),
+                applied.unwrap_or(0)
+            )));
         }
         disk.create_dir_all(&wal_dir)
             .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", wal_dir.display())))?;
@@ -225,7 +223,8 @@ impl SledStore {
             .unwrap_or(0)
             .max(applied.unwrap_or(0))
             .max(marker.unwrap_or(0));
-        if !records.is_empty() {
+        let records_replayed = !records.is_empty();
+        if records_replayed {
             let mut tables = empty_tables();
             for r in records {
                 for (t, k, v) in r.ops {
@@ -241,8 +240,11 @@ impl SledStore {
                 "replayed the write-ahead log left by the previous run into the store"
             );
         }
-        // Recorded before the log files covering it go.
-        write_marker(disk.as_ref(), path, last_lsn)?;
+        // Recorded before the log files covering it go (unless the marker
+        // already says so and no record was replayed).
+        if records_replayed || marker != Some(last_lsn) {
+            write_marker(disk.as_ref(), path, last_lsn)?;
+        }
         let wal = Wal::start(disk.clone(), &wal_dir, &files, last_lsn, prepare_min)?;
         let inner = Arc::new(Inner {
             base,
@@ -413,6 +415,8 @@ const STORE_TREE: &str = "__sigil_store";
 const APPLIED_KEY: &[u8] = b"applied_lsn";
 /// Name of the marker file that makes a directory a Sigil store.
 pub const MARKER: &str = "sigil-store.json";
+/// The marker while it is being written.
+const MARKER_TMP: &str = "sigil-store.json.tmp";
 /// The store layout this code writes.
 const STORE_FORMAT: u32 = 1;
 
@@ -529,11 +533,8 @@ fn check_dir(disk: &dyn Disk, path: &Path) -> Result<(), StoreError> {
     // A store made before the marker existed has sled's files and a log;
     // a crash while a new store was being created leaves only Sigil's and
     // sled's own names (sled makes `blobs/`, then `conf`, then `db`).
-    let own = |n: &String| {
-        matches!(n.as_str(), "wal" | "blobs" | "conf" | "db")
-            || n.as_str() == format!("{MARKER}.tmp")
-            || n.starts_with("snap.")
-    };
+    let own =
+        |n: &String| matches!(n.as_str(), "wal" | "blobs" | "conf" | "db") || n == MARKER_TMP || n.starts_with("snap.");
     if names.iter().all(own) || has(MARKER) {
         return Ok(());
     }
@@ -576,7 +577,7 @@ fn read_marker(disk: &dyn Disk, path: &Path) -> Result<Option<u64>, StoreError> 
 /// holds the log up to `lsn`.
 fn write_marker(disk: &dyn Disk, path: &Path, lsn: u64) -> Result<(), StoreError> {
     let p = path.join(MARKER);
-    let tmp = path.join(format!("{MARKER}.tmp"));
+    let tmp = path.join(MARKER_TMP);
     let bytes = serde_json::to_vec(&Marker {
         format: STORE_FORMAT,
         applied_lsn: lsn,
@@ -1567,21 +1568,8 @@ mod tests {
 mod bad_input {
     #![allow(clippy::unwrap_used, clippy::panic)]
     use super::super::disk::OsDisk;
+    use super::super::wal::list;
     use super::*;
-
-    fn list(disk: &dyn Disk, dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
-        let mut v: Vec<(u64, PathBuf)> = disk
-            .list(dir)?
-            .into_iter()
-            .filter_map(|n| {
-                n.strip_suffix(".wal")
-                    .and_then(|s| s.parse().ok())
-                    .map(|no| (no, dir.join(&n)))
-            })
-            .collect();
-        v.sort();
-        Ok(v)
-    }
 
     /// Every file under `dir` with its bytes.
     fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {

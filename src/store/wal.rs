@@ -221,7 +221,7 @@ fn file_header() -> [u8; FILE_HEADER] {
 }
 
 /// The numbered log files in `dir`, oldest first.
-fn list(disk: &dyn Disk, dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+pub(crate) fn list(disk: &dyn Disk, dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
     let mut out = Vec::new();
     for name in disk.list(dir).map_err(|e| io_err("read", dir, e))? {
         let Some(stem) = name.strip_suffix(".wal") else {
