@@ -377,6 +377,16 @@ struct Parsed {
     any_readable: bool,
 }
 
+/// Whether a readable group starts anywhere from `from` on whose first LSN
+/// is after `last`. Only a group that continues the log counts: stale or
+/// forged group bytes (say, inside a stored value) carry older LSNs.
+fn continuing_group_after(bytes: &[u8], from: usize, last: u64) -> bool {
+    (from..bytes.len().saturating_sub(GROUP_HEADER - 1)).any(|i| {
+        bytes[i..i + 4] == GROUP_MAGIC.to_be_bytes()
+            && group_at(&bytes[i..]).is_some_and(|(g, _)| g.first().is_some_and(|r| r.lsn > last))
+    })
+}
+
 /// Parses a version-2 file (header already checked) from `FILE_HEADER` on.
 /// `last_lsn`: the last readable record before this file (0 if none).
 fn parse_v2(bytes: &[u8], last_lsn: u64) -> Parsed {
@@ -391,13 +401,8 @@ fn parse_v2(bytes: &[u8], last_lsn: u64) -> Parsed {
         if bytes[at..].iter().all(|b| *b == 0) {
             break;
         }
-        // Only a group that continues the log counts: stale or forged
-        // group bytes (say, inside a stored value) carry older LSNs.
         let last = records.last().map_or(last_lsn, |r: &Record| r.lsn);
-        let readable_after = (at + 1..bytes.len().saturating_sub(GROUP_HEADER - 1)).any(|i| {
-            bytes[i..i + 4] == GROUP_MAGIC.to_be_bytes()
-                && group_at(&bytes[i..]).is_some_and(|(g, _)| g.first().is_some_and(|r| r.lsn > last))
-        });
+        let readable_after = continuing_group_after(bytes, at + 1, last);
         return Parsed {
             any_readable: !records.is_empty() || readable_after,
             records,
@@ -453,7 +458,8 @@ fn parse_file(path: &Path, bytes: &[u8], last_lsn: u64) -> Result<Parsed, StoreE
         if CRC.checksum(&bytes[..12]) == crc {
             if version > FORMAT_VERSION {
                 return Err(StoreError::Corrupt(format!(
-                    "write-ahead log file {} is format version {version}, newer than this Sigil reads                      ({FORMAT_VERSION}); start the newer Sigil that wrote it (nothing was changed)",
+                    "write-ahead log file {} is format version {version}, newer than this Sigil reads \
+                     ({FORMAT_VERSION}); start the newer Sigil that wrote it (nothing was changed)",
                     path.display()
                 )));
             }
@@ -464,10 +470,7 @@ fn parse_file(path: &Path, bytes: &[u8], last_lsn: u64) -> Result<Parsed, StoreE
         // A header that does not read: whether a readable group that
         // continues the log follows decides between damage and a crash
         // during the file's creation.
-        let readable_after = (1..bytes.len().saturating_sub(GROUP_HEADER - 1)).any(|i| {
-            bytes[i..i + 4] == GROUP_MAGIC.to_be_bytes()
-                && group_at(&bytes[i..]).is_some_and(|(g, _)| g.first().is_some_and(|r| r.lsn > last_lsn))
-        });
+        let readable_after = continuing_group_after(bytes, 1, last_lsn);
         return Ok(Parsed {
             records: Vec::new(),
             bad_at: Some(0),
