@@ -527,6 +527,9 @@ impl Sigil {
         // the whitelist and the velocity rules may have changed since the
         // challenge was opened (other approvals completed, a factor added,
         // an address removed).
+        // The destination's whitelist record, for the issuing batch to
+        // condition on (None: not a withdrawal, or no whitelist required).
+        let mut address = None;
         if ch.intent.action == Action::Withdrawal.name() {
             if now < snap.user.security_locked_until {
                 return Err(refused(Error::FailedPrecondition(format!(
@@ -534,7 +537,8 @@ impl Sigil {
                     snap.user.security_locked_until, snap.user.security_lock_reason
                 ))));
             }
-            whitelist_check(self, user_id, &ch.intent.network, &ch.intent.destination, now).map_err(refused)?;
+            address =
+                whitelist_check(self, user_id, &ch.intent.network, &ch.intent.destination, now).map_err(refused)?;
         }
         if let Some(action) = Action::parse(&ch.intent.action) {
             let decision = self
@@ -650,6 +654,7 @@ impl Sigil {
             fversion,
             amr,
             evidence,
+            address,
             now,
         );
         if issued.is_err() {
@@ -663,7 +668,9 @@ impl Sigil {
 
     /// Signs the approval and commits, in one batch: the challenge consumed,
     /// the factor's new state, the approval, the user's velocity record, the
-    /// event and the audit entry.
+    /// event and the audit entry, conditioned on the destination's whitelist
+    /// record (`address`: its key and version) so that removing the address
+    /// while the user approves kills the approval.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn issue(
         &self,
@@ -676,6 +683,7 @@ impl Sigil {
         factor_version: u64,
         amr: Vec<String>,
         webauthn: Option<sigil_verify::WebauthnEvidence>,
+        address: Option<(Vec<u8>, u64)>,
         now: i64,
     ) -> Result<Issued, Error> {
         let jti = self.new_id("")?;
@@ -743,16 +751,13 @@ impl Sigil {
                 amount: ch.intent.amount.clone(),
             });
             self.put_user(&mut batch, &ch.user_id, snap, &user)?;
-            // Conditioned on the destination's whitelist record: removing
-            // the address while the user approves kills this approval.
-            let i = &ch.intent;
-            if let Some((key, version)) = whitelist_check(self, &ch.user_id, &i.network, &i.destination, now)? {
-                batch.check(Table::Addresses, key, version);
-            }
         } else if reset_unknown {
             self.put_user(&mut batch, &ch.user_id, snap, &user)?;
         } else {
             batch.check(Table::Users, ch.user_id.as_bytes(), snap.user_version);
+        }
+        if let Some((key, version)) = address {
+            batch.check(Table::Addresses, key, version);
         }
         Event::new(EventKind::ApprovalIssued, &ch.user_id, now, snap.anti_phishing_code())
             .with("jti", jti.clone())
