@@ -62,6 +62,19 @@ pub struct ClientConfig {
     pub key: PathBuf,
 }
 
+impl ClientConfig {
+    /// Checks the section: a server URL, if given, is https.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !self.server.is_empty() && !self.server.starts_with("https://") {
+            return Err(Error::invalid(
+                "client.server",
+                "must be an https:// URL such as https://sigil.internal:50051 (there is no plaintext port)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
@@ -427,12 +440,7 @@ impl Config {
             .map_err(|e| Error::invalid("config", format!("cannot read {}: {e}", path.display())))?;
         let mut cfg = Config::from_toml(&text)?;
         cfg.apply_env(|k| std::env::var(k).ok())?;
-        if !cfg.client.server.is_empty() && !cfg.client.server.starts_with("https://") {
-            return Err(Error::invalid(
-                "client.server",
-                "must be an https:// URL such as https://sigil.internal:50051 (there is no plaintext port)",
-            ));
-        }
+        cfg.client.validate()?;
         Ok(cfg)
     }
 
@@ -555,12 +563,7 @@ impl Config {
                 ));
             }
         }
-        if !self.client.server.is_empty() && !self.client.server.starts_with("https://") {
-            return Err(Error::invalid(
-                "client.server",
-                "must be an https:// URL such as https://sigil.internal:50051 (there is no plaintext port)",
-            ));
-        }
+        self.client.validate()?;
         if self.lockout.max_failures == 0 {
             return Err(Error::invalid("lockout.max_failures", "must be at least 1"));
         }
