@@ -555,6 +555,25 @@ impl Config {
                 ));
             }
         }
+        // The built-in policy gives every built-in asset a hardware-factor
+        // threshold; an asset added to [assets] needs a policy that gives
+        // it one, or TOTP alone would approve any amount of it.
+        if !self.policy.actions.contains_key("withdrawal") {
+            for asset in self.assets.decimals.keys() {
+                if !crate::protect::policy::DEFAULT_THRESHOLDS
+                    .iter()
+                    .any(|(a, _)| a == asset)
+                {
+                    return Err(Error::invalid(
+                        "policy.actions.withdrawal",
+                        format!(
+                            "asset '{asset}' has no built-in hardware-factor threshold: add a \
+                             [policy.actions.withdrawal] section with a threshold for it"
+                        ),
+                    ));
+                }
+            }
+        }
         for asset in self.assets.networks.keys() {
             if !self.assets.decimals.contains_key(asset) {
                 return Err(Error::invalid(

@@ -318,6 +318,18 @@ mod tests {
             assert_eq!(mine.len(), 1, "built-in asset {asset} has no default threshold");
             assert!(crate::protect::amount::parse(&mine[0].above).is_some(), "{asset}");
         }
+        // An asset added to [assets] has no built-in threshold: refused at
+        // start unless a policy names withdrawals (and so its thresholds).
+        let mut cfg = crate::config::Config::default();
+        cfg.assets.decimals.insert("PEPE".into(), 18);
+        cfg.assets.networks.insert("PEPE".into(), vec!["ethereum".into()]);
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("'PEPE' has no built-in hardware-factor threshold"), "{e}");
+        cfg.policy = Policy::from_toml(
+            "[actions.withdrawal]\nkinds = [\"totp\", \"webauthn\"]\n[[actions.withdrawal.thresholds]]\nasset = \"PEPE\"\nabove = \"1000000\"\nkinds = [\"webauthn\"]\n",
+        )
+        .unwrap();
+        assert!(cfg.validate().is_ok());
         // A policy that names withdrawals takes over entirely.
         let own = Policy::from_toml("[actions.withdrawal]\nkinds = [\"totp\"]\n").unwrap();
         assert_eq!(
