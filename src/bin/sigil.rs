@@ -322,19 +322,14 @@ impl Conn {
             (Some(u), _, _) => (u.clone(), "--server".to_string()),
             (None, Some(c), env) => {
                 let u = c.client_url();
+                let file = config.map(|p| p.display().to_string()).unwrap_or_default();
                 if let Some(e) = env.filter(|e| *e != u) {
                     return Err(Error::invalid(
                         "server",
-                        format!(
-                            "SIGIL_URL names {e} but {} names {u}; pass --server to say which one",
-                            config.map(|p| p.display().to_string()).unwrap_or_default()
-                        ),
+                        format!("SIGIL_URL names {e} but {file} names {u}; pass --server to say which one"),
                     ));
                 }
-                (
-                    u,
-                    format!("from {}", config.map(|p| p.display().to_string()).unwrap_or_default()),
-                )
+                (u, format!("from {file}"))
             }
             (None, None, Some(e)) => (e, "from SIGIL_URL".to_string()),
             (None, None, None) => (
@@ -488,11 +483,11 @@ async fn run(cli: Cli) -> Result<(), Error> {
             reason,
             yes,
         } => {
+            let target = conn.resolve(config)?;
             if all {
-                let url = conn.resolve(config)?.url;
-                confirm("revoke every factor of every user", &url, yes)?;
+                confirm("revoke every factor of every user", &target.url, yes)?;
             }
-            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn, config).await?);
+            let mut c = pb::admin_service_client::AdminServiceClient::new(open(target).await?);
             let r = c
                 .revoke_factors(pb::RevokeFactorsRequest {
                     all,
@@ -635,11 +630,11 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Cmd::Keys {
             cmd: KeysCmd::Rotate { conn, now, yes },
         } => {
+            let target = conn.resolve(config)?;
             if now {
-                let url = conn.resolve(config)?.url;
-                confirm("rotate the approval key with immediate activation", &url, yes)?;
+                confirm("rotate the approval key with immediate activation", &target.url, yes)?;
             }
-            let mut c = pb::admin_service_client::AdminServiceClient::new(channel(&conn, config).await?);
+            let mut c = pb::admin_service_client::AdminServiceClient::new(open(target).await?);
             let k = c
                 .rotate_approval_key(pb::RotateApprovalKeyRequest { now })
                 .await
