@@ -1171,11 +1171,8 @@ impl Sigil {
             return e;
         }
         tracing::warn!(user = %f.user_id, factor = %f.factor_id, failures = f.failures, "second factor refused");
-        if f.locked_until > now {
-            return Error::Locked {
-                what: format!("factor '{}'", f.factor_id),
-                retry_after: u64::try_from(f.locked_until - now).unwrap_or(1),
-            };
+        if let Err(locked) = lockout::check(f.locked_until, now, &format!("factor '{}'", f.factor_id)) {
+            return locked;
         }
         Error::PermissionDenied(format!(
             "{what}; {} attempts left before the factor locks",

@@ -85,7 +85,7 @@ impl Sigil {
     /// The factor an index entry points to, if it belongs to `user_id`.
     /// The user's factor holding an indexed credential id. An id that is
     /// not the user's is counted against the user ([`Sigil::count_unknown_id`])
-    /// when `count` names the caller, and refused while that count is locked.
+    /// and refused, unchecked, while that count is locked.
     fn indexed_factor_counted(
         &self,
         actor: &str,
@@ -128,17 +128,14 @@ impl Sigil {
                 Ok(())
             })();
             match write {
-                Ok(()) if locked_until > now => {
-                    return Error::Locked {
-                        what,
-                        retry_after: u64::try_from(locked_until - now).unwrap_or(1),
-                    }
-                }
                 Ok(()) => {
+                    if let Err(locked) = lockout::check(locked_until, now, &what) {
+                        return locked;
+                    }
                     return Error::NotFound(format!(
                         "{why}; {} more such attempts before they are refused for a while",
                         lockout::attempts_left(&self.cfg.lockout, failures)
-                    ))
+                    ));
                 }
                 Err(Error::FailedPrecondition(_)) => continue,
                 Err(e) => return e,
