@@ -2,7 +2,7 @@
 //! `sigild` serves over mTLS, stops cleanly on SIGTERM and, restarted,
 //! still has every factor, used step and redeemed approval.
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sigil::client::connect_as;
 use sigil::factor::totp;
@@ -48,22 +48,10 @@ async fn clients(
     (FactorServiceClient::new(f), ApprovalServiceClient::new(e))
 }
 
-fn real_step() -> u64 {
-    totp::step_at(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sigild_binary_full_flow_and_restart() {
     let dir = tempfile::tempdir().unwrap();
-    // This test is about the binaries and persistence: withdrawals without
-    // the whitelist and the security-change lock (tested elsewhere).
-    std::fs::write(
-        dir.path().join("sigil.toml"),
-        "version = 1\n[protection]\nrequire_whitelisted_address = false\nsecurity_change_lock_seconds = 0\n",
-    )
-    .unwrap();
-    std::fs::create_dir_all(dir.path().join("tokens")).unwrap();
-    let text = init_token(dir.path());
+    let text = prepare(dir.path(), PROTECTIONS_OFF);
     assert!(
         text.contains("created token") && text.contains("approval key") && text.contains("secrets key"),
         "{text}"

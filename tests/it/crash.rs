@@ -70,14 +70,6 @@ async fn wait_ready(url: &str) {
         .unwrap();
 }
 
-fn real_step() -> u64 {
-    totp::step_at(now_secs())
-}
-
-fn now_secs() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
-}
-
 /// Runs the real `sigil audit verify --checkpoint`; returns (entries, checkpoints).
 fn audit_verify(url: &str) -> (u64, u64) {
     let certs = certs_dir();
@@ -619,13 +611,7 @@ async fn kill_9_under_load_loses_nothing_acknowledged() {
     let started = Instant::now();
 
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("sigil.toml"),
-        "version = 1\n[protection]\nrequire_whitelisted_address = false\nsecurity_change_lock_seconds = 0\n",
-    )
-    .unwrap();
-    std::fs::create_dir_all(dir.path().join("tokens")).unwrap();
-    init_token(dir.path());
+    prepare(dir.path(), PROTECTIONS_OFF);
 
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut daemon = start_daemon(dir.path(), "error");

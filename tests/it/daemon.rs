@@ -80,9 +80,36 @@ pub fn daemon_env(cmd: &mut Command, dir: &Path, rust_log: &str) {
         .env_remove("SIGIL_DENY_LIST");
 }
 
-/// Writes the SoftHSM config of `dir` and runs the real `sigil hsm init`;
-/// returns what it printed.
+/// A configuration for tests of the binaries themselves and of
+/// persistence: withdrawals without the whitelist and the security-change
+/// lock (tested elsewhere).
+pub const PROTECTIONS_OFF: &str =
+    "version = 1\n[protection]\nrequire_whitelisted_address = false\nsecurity_change_lock_seconds = 0\n";
+
+/// Prepares `dir` for the binaries: writes `sigil.toml` with `toml`, then
+/// makes the token with [`init_token`]; returns what that printed.
+pub fn prepare(dir: &Path, toml: &str) -> String {
+    std::fs::write(dir.join("sigil.toml"), toml).unwrap();
+    init_token(dir)
+}
+
+/// The current TOTP step by the real clock (the binaries run on it).
+pub fn real_step() -> u64 {
+    sigil::factor::totp::step_at(now_secs())
+}
+
+/// Unix seconds by the real clock.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Writes the SoftHSM config of `dir` (tokens in `dir/tokens`) and runs the
+/// real `sigil hsm init`; returns what it printed.
 pub fn init_token(dir: &Path) -> String {
+    std::fs::create_dir_all(dir.join("tokens")).unwrap();
     sigil_hsm::write_softhsm_conf(&dir.join("softhsm2.conf"), &dir.join("tokens")).unwrap();
     let mut init = Command::new(env!("CARGO_BIN_EXE_sigil"));
     daemon_env(&mut init, dir, "warn");

@@ -313,13 +313,7 @@ async fn malformed_file_is_refused_naming_file_and_line_and_the_old_list_stays()
 #[tokio::test(flavor = "multi_thread")]
 async fn sigild_reloads_the_deny_list_on_sighup() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("sigil.toml"),
-        "version = 1\n[server]\ndeny_list = \"deny.txt\"\n",
-    )
-    .unwrap();
-    std::fs::create_dir_all(dir.path().join("tokens")).unwrap();
-    init_token(dir.path());
+    prepare(dir.path(), "version = 1\n[server]\ndeny_list = \"deny.txt\"\n");
     let deny = dir.path().join("deny.txt");
 
     // A malformed list: sigild does not start, and says where.
