@@ -26,6 +26,8 @@ pub struct Sigil {
     events: tokio::sync::Notify,
     closing: std::sync::atomic::AtomicBool,
     pub(crate) webauthn: crate::factor::webauthn::Webauthn,
+    /// The deny-list of the server serving this Sigil, once one started.
+    pub(crate) deny_list: std::sync::RwLock<Option<Arc<crate::denylist::DenyListHandle>>>,
 }
 
 impl Sigil {
@@ -53,6 +55,7 @@ impl Sigil {
             events: tokio::sync::Notify::new(),
             closing: std::sync::atomic::AtomicBool::new(false),
             webauthn,
+            deny_list: std::sync::RwLock::new(None),
         }
     }
 

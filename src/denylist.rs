@@ -23,7 +23,7 @@
 //! caches a decision (see `server` and `api::auth`).
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, RwLock};
 
 use data_encoding::{BASE64URL_NOPAD, HEXLOWER_PERMISSIVE};
 use x509_parser::prelude::X509Certificate;
@@ -283,26 +283,17 @@ impl DenyListHandle {
     }
 }
 
-/// The deny-list of each served Sigil (see [`Sigil::deny_list`]).
-static SERVED: Mutex<Vec<(Weak<Sigil>, Arc<DenyListHandle>)>> = Mutex::new(Vec::new());
-
-/// Records that `handle` guards the server(s) of `sigil` (called when a
-/// server starts; the latest start wins).
-pub(crate) fn register(sigil: &Arc<Sigil>, handle: Arc<DenyListHandle>) {
-    let mut served = SERVED.lock().unwrap_or_else(|p| p.into_inner());
-    served.retain(|(w, _)| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(sigil)));
-    served.push((Arc::downgrade(sigil), handle));
-}
-
 impl Sigil {
+    /// Records that `handle` guards the server(s) of this Sigil (called
+    /// when a server starts; the latest start wins).
+    pub(crate) fn set_deny_list(&self, handle: Arc<DenyListHandle>) {
+        *self.deny_list.write().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+    }
+
     /// The deny-list guarding the server that serves this Sigil, once one
     /// was started ([`crate::server::start`]).
     pub fn deny_list(&self) -> Option<Arc<DenyListHandle>> {
-        let served = SERVED.lock().unwrap_or_else(|p| p.into_inner());
-        served
-            .iter()
-            .find(|(w, _)| std::ptr::eq(w.as_ptr(), self) && w.strong_count() > 0)
-            .map(|(_, h)| h.clone())
+        self.deny_list.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Re-reads the deny-list file of this Sigil's server (what SIGHUP does

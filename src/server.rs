@@ -108,7 +108,7 @@ pub async fn start_with_deny_list(
     listener: TcpListener,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, Error> {
-    crate::denylist::register(&sigil, deny_list.clone());
+    sigil.set_deny_list(deny_list.clone());
     let guard = Guard {
         sigil: sigil.clone(),
         deny_list: deny_list.clone(),
