@@ -601,7 +601,7 @@ fn main() {
             let res = sigil
                 .begin_approval("withdrawal-engine", i, DeviceSignals::default())
                 .and_then(|b| {
-                    sigil.complete_approval(
+                    sigil.approvals().complete_approval(
                         "withdrawal-engine",
                         &b.challenge_id,
                         &u.id,

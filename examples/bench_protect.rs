@@ -297,11 +297,11 @@ fn revoke_bench(root: &Path, users: usize, label: &str) -> (Duration, u64, Durat
     let sigil = Sigil::new(cfg, store.clone(), signer, Arc::new(TestClock::new(T0 + 10))).unwrap();
     let before = store.ops.load(Ordering::SeqCst);
     let t = Instant::now();
-    sigil.revoke_factors("admin", Scope::All, "benchmark").unwrap();
+    sigil.ops().revoke_factors("admin", Scope::All, "benchmark").unwrap();
     let elapsed = t.elapsed();
     let writes = store.ops.load(Ordering::SeqCst) - before;
     let last = format!("user-{:07}", users - 1);
-    let listed = sigil.list_factors(&last).unwrap();
+    let listed = sigil.enroll().list_factors(&last).unwrap();
     assert!(
         listed
             .iter()
@@ -356,7 +356,7 @@ fn rewrap_and_backup_bench(root: &Path, users: usize) {
     }
     let raw = n as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let r = sigil.rewrap_secrets("admin", 1000, |_| true).unwrap();
+    let r = sigil.keys().rewrap_secrets("admin", 1000, |_| true).unwrap();
     let rw = t.elapsed().as_secs_f64();
     assert!(r.done && r.moved as usize == users, "{r:?}");
     let mut out = Vec::new();

@@ -98,6 +98,10 @@ pub struct Checkpoint {
     pub signature: String,
 }
 
+impl crate::store::codec::Record for Checkpoint {
+    const NAME: &'static str = "checkpoint";
+}
+
 /// The bytes a checkpoint signs.
 pub fn checkpoint_message(seq: u64, hash: &[u8; 32], at: i64) -> Vec<u8> {
     let mut m = b"sigil-audit-checkpoint-v1".to_vec();

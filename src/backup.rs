@@ -41,19 +41,17 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditEntry;
-use crate::core::{Sigil, DEPLOYMENT_KEY};
 use crate::error::Error;
 use crate::events::{Event, EventKind};
-use crate::factor::totp;
+use crate::kernel::Kernel;
+use crate::store::codec;
+use crate::store::meta;
 use crate::store::{decode_log_head, log_head_key, Batch, LogHead, SledStore, Store, Table, Versioned};
 
 /// Magic bytes at the start of a backup.
 pub const MAGIC: &[u8; 8] = b"SIGILBK1";
 /// The format version this Sigil writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
-/// Meta key of the restore record.
-pub const RESTORE_KEY: &[u8] = b"restore";
-
 /// A backup's header.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
@@ -65,47 +63,20 @@ pub struct Header {
     pub records: u64,
 }
 
-/// The restore epoch kept in the restored store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RestoreRecord {
-    /// When the restore happened: approvals issued and challenges opened at
-    /// or before it are refused, and so is every TOTP step up to
-    /// [`RestoreRecord::totp_floor_step`].
-    pub restored_at: i64,
-    /// When the backup was taken.
-    pub backup_taken_at: i64,
-}
-
-impl RestoreRecord {
-    /// The newest TOTP time step that could have been accepted before the
-    /// restore: a code is accepted up to [`totp::WINDOW`] steps ahead of
-    /// the verifier's clock, so a code used at the restore moment may
-    /// belong to `step_at(restored_at) + WINDOW`. Every step up to and
-    /// including this one is refused after the restore.
-    pub fn totp_floor_step(&self) -> u64 {
-        totp::step_at(self.restored_at).saturating_add(totp::WINDOW)
-    }
-}
+pub use crate::store::meta::{restore_record, RestoreRecord};
 
 fn table_index(t: Table) -> u8 {
     Table::ALL.iter().position(|x| *x == t).unwrap_or(0) as u8
 }
 
-/// The restore record of a store, if it was restored.
-pub fn restore_record(store: &dyn Store) -> Result<Option<RestoreRecord>, Error> {
-    match store.get(Table::Meta, RESTORE_KEY)? {
-        Some(v) => Ok(Some(crate::protect::decode(&v.value, "restore")?)),
-        None => Ok(None),
-    }
-}
-
-impl Sigil {
-    /// Writes a consistent backup to `out`. Returns its header and size.
-    pub fn backup(&self, out: &mut dyn Write) -> Result<(Header, u64), Error> {
-        let records = self.store.snapshot()?;
+/// Writes a consistent backup of `k`'s store to `out`. Returns its header
+/// and size.
+pub fn backup(k: &Kernel, out: &mut dyn Write) -> Result<(Header, u64), Error> {
+    {
+        let records = k.store.snapshot()?;
         let header = Header {
-            deployment_id: self.deployment_id()?,
-            taken_at: self.now()?,
+            deployment_id: k.deployment_id()?,
+            taken_at: k.now()?,
             records: records.len() as u64,
         };
         let bytes = encode(&header, &records)?;
@@ -273,7 +244,7 @@ pub fn restore_with(
     };
     let mut live = false;
     if let Some(current) = &current {
-        if let Some(v) = current.get(Table::Meta, DEPLOYMENT_KEY)? {
+        if let Some(v) = current.get(Table::Meta, meta::DEPLOYMENT)? {
             let id = String::from_utf8_lossy(&v.value).to_string();
             if id != header.deployment_id {
                 return Err(Error::invalid(
@@ -289,7 +260,7 @@ pub fn restore_with(
     }
     if let Some(current) = current.as_ref().filter(|_| live) {
         let mut carried: Vec<(Table, Vec<u8>, Option<Versioned>)> = Vec::new();
-        for key in [crate::keys::RING_KEY, crate::keys::SECRETS_KEY, crate::keys::REWRAP_KEY] {
+        for key in [meta::KEY_RING, meta::SECRETS_KEY, meta::SECRETS_REWRAP] {
             carried.push((Table::Meta, key.to_vec(), current.get(Table::Meta, key)?));
         }
         for log in [Table::Events, Table::Audit] {
@@ -368,9 +339,9 @@ pub fn restore_with(
             backup_taken_at: header.taken_at,
         };
         let mut batch = Batch::new();
-        match store.get(Table::Meta, RESTORE_KEY)? {
-            Some(v) => batch.update(Table::Meta, RESTORE_KEY, v.version, crate::protect::encode(&rec)?),
-            None => batch.insert(Table::Meta, RESTORE_KEY, crate::protect::encode(&rec)?),
+        match store.get(Table::Meta, meta::RESTORE)? {
+            Some(v) => batch.update(Table::Meta, meta::RESTORE, v.version, codec::encode(&rec)?),
+            None => batch.insert(Table::Meta, meta::RESTORE, codec::encode(&rec)?),
         };
         Event::new(EventKind::Restored, "", now, None)
             .with("backup_taken_at", header.taken_at.to_string())

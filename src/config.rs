@@ -12,6 +12,14 @@ use serde::Deserialize;
 
 use crate::error::Error;
 
+pub use crate::approval::ApprovalConfig;
+pub use crate::factor::lockout::LockoutConfig;
+pub use crate::factor::totp::TotpConfig;
+pub use crate::protect::assets::{default_networks, Assets, AssetsConfig};
+pub use crate::protect::ProtectionConfig;
+pub use crate::signer::HsmSection;
+pub use crate::store::StoreConfig;
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -43,6 +51,30 @@ pub struct Config {
     /// `[networks]`: network name → address format (`bitcoin`, `evm`,
     /// `xrpl_classic`, `tron`, `solana`). A network not listed is refused.
     pub networks: BTreeMap<String, crate::protect::address_format::AddressFormat>,
+}
+
+impl From<&Config> for crate::signer::SignerSettings {
+    fn from(cfg: &Config) -> Self {
+        crate::signer::SignerSettings {
+            hsm: cfg.hsm.clone(),
+            issuer: cfg.approval.issuer.clone(),
+            audience: cfg.approval.audience.clone(),
+            leeway_seconds: cfg.approval.leeway_seconds,
+        }
+    }
+}
+
+impl crate::denylist::DenyListHandle {
+    /// Loads the list `[server] deny_list` names.
+    pub fn from_config(cfg: &ServerConfig) -> Result<crate::denylist::DenyListHandle, Error> {
+        crate::denylist::DenyListHandle::open(cfg.deny_list.as_deref())
+    }
+}
+
+impl From<&mut Config> for crate::signer::SignerSettings {
+    fn from(cfg: &mut Config) -> Self {
+        crate::signer::SignerSettings::from(&*cfg)
+    }
 }
 
 /// `[client]`: how the operator CLI (`sigil … --config FILE`) reaches the
@@ -86,34 +118,6 @@ impl Default for ClientConfig {
     }
 }
 
-/// `[protection]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProtectionConfig {
-    /// A new whitelisted address is usable only after this hold, seconds.
-    pub address_hold_seconds: i64,
-    /// Withdrawals are locked this long after a factor or anti-phishing change, seconds.
-    pub security_change_lock_seconds: i64,
-    /// Withdrawals only to whitelisted, usable addresses.
-    pub require_whitelisted_address: bool,
-    /// Policy file (TOML); replaces the inline `[policy]` section.
-    pub policy_file: Option<PathBuf>,
-    /// Seconds between background sweeps (address holds ending, audit checkpoints).
-    pub sweep_interval_seconds: u64,
-}
-
-impl Default for ProtectionConfig {
-    fn default() -> Self {
-        Self {
-            address_hold_seconds: 86_400,
-            security_change_lock_seconds: 86_400,
-            require_whitelisted_address: true,
-            policy_file: None,
-            sweep_interval_seconds: 30,
-        }
-    }
-}
-
 /// `[server]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -131,145 +135,6 @@ pub struct ServerConfig {
     /// lines; see `crate::denylist`). None or empty: no deny-list. Re-read
     /// on SIGHUP. `SIGIL_DENY_LIST`.
     pub deny_list: Option<PathBuf>,
-}
-
-/// `[hsm]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HsmSection {
-    /// PKCS#11 module. Empty: SoftHSM2 from its usual Debian locations.
-    pub module: PathBuf,
-    /// Label of the token holding Sigil's keys.
-    pub token_label: String,
-    /// Environment variable holding the user PIN (checked first).
-    pub pin_env: String,
-    /// File holding the user PIN (used when the variable is unset).
-    pub pin_file: PathBuf,
-    /// Label of the EC P-256 key that signs approvals.
-    pub approval_key_label: String,
-    /// Label of the AES-256 key that encrypts factor secrets.
-    pub secrets_key_label: String,
-    /// Label of the EC P-256 key that signs audit checkpoints.
-    pub audit_key_label: String,
-    /// Number of PKCS#11 sessions kept open.
-    pub pool_size: usize,
-    /// Where approval RPCs (Begin, Complete, Redeem) make their HSM calls.
-    /// `false` (default; SoftHSM and other in-process modules, whose calls
-    /// are CPU work): on the async workers, with the wait for the store's
-    /// sync made asynchronously. `true` (an HSM reached over the network,
-    /// whose calls wait on I/O): on the blocking thread pool. On the
-    /// workers, a call that finds all `pool_size` sessions busy waits for
-    /// one, which with an in-process module lasts about one HSM operation.
-    pub offload_calls: bool,
-}
-
-/// `[store]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    /// Directory of the sled store.
-    pub path: PathBuf,
-    /// Recent commits are written from the write-ahead log into sled at
-    /// least this often (milliseconds)...
-    pub checkpoint_interval_ms: u64,
-    /// ... or as soon as this many keys were written since the last time ...
-    pub checkpoint_keys: usize,
-    /// ... or this many MiB of keys and values.
-    pub checkpoint_mib: usize,
-    /// When checkpoints fail or fall far behind, how long a commit waits
-    /// for one (milliseconds) before it is refused (`UNAVAILABLE`).
-    pub backpressure_wait_ms: u64,
-}
-
-impl StoreConfig {
-    /// The store's checkpoint tuning from this section.
-    pub fn tuning(&self) -> crate::store::sled_store::Tuning {
-        crate::store::sled_store::Tuning {
-            checkpoint_interval: std::time::Duration::from_millis(self.checkpoint_interval_ms),
-            checkpoint_keys: self.checkpoint_keys,
-            checkpoint_bytes: self.checkpoint_mib << 20,
-            backpressure_wait: std::time::Duration::from_millis(self.backpressure_wait_ms),
-        }
-    }
-}
-
-/// `[approval]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ApprovalConfig {
-    /// `iss` claim of approvals.
-    pub issuer: String,
-    /// `aud` claim of approvals.
-    pub audience: String,
-    /// Lifetime of an approval (`exp - iat`), seconds.
-    pub ttl_seconds: i64,
-    /// Lifetime of a challenge, seconds.
-    pub challenge_ttl_seconds: i64,
-    /// Clock leeway when Sigil itself verifies approvals, seconds.
-    pub leeway_seconds: i64,
-    /// A rotated-in key is published this long before it signs, seconds.
-    pub key_prepublish_seconds: i64,
-    /// Destroy retired approval keys in the HSM (else keep them, unpublished).
-    pub destroy_retired_keys: bool,
-    /// Cache lifetime hint for the published key set, seconds.
-    pub jwks_cache_seconds: i64,
-}
-
-/// `[totp]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TotpConfig {
-    /// Issuer shown in authenticator apps.
-    pub issuer: String,
-    /// A pending enrollment must be confirmed within this many seconds.
-    pub enrollment_ttl_seconds: i64,
-}
-
-/// `[lockout]`
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LockoutConfig {
-    /// Consecutive failures before a factor locks.
-    pub max_failures: u32,
-    /// First lock duration, seconds; doubles with every further failure.
-    pub base_seconds: u64,
-    /// Longest lock, seconds.
-    pub max_seconds: u64,
-}
-
-/// `[assets]`: the assets Sigil approves, exactly as written (tickers are
-/// case-sensitive; nothing is case-folded or defaulted: an asset or network
-/// not listed here is `INVALID_ARGUMENT`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AssetsConfig {
-    /// Maximum decimals per asset ticker (the amount rule).
-    pub decimals: BTreeMap<String, usize>,
-    /// The networks each asset may be withdrawn on (names of `[networks]`).
-    pub networks: BTreeMap<String, Vec<String>>,
-    /// No longer supported (unlisted assets were given these decimals);
-    /// refused at start with a message saying so.
-    pub default_decimals: Option<usize>,
-}
-
-/// The built-in networks and their address formats (`[networks]`).
-pub fn default_networks() -> BTreeMap<String, crate::protect::address_format::AddressFormat> {
-    use crate::protect::address_format::AddressFormat as F;
-    [
-        ("bitcoin", F::Bitcoin),
-        ("ethereum", F::Evm),
-        ("arbitrum", F::Evm),
-        ("optimism", F::Evm),
-        ("base", F::Evm),
-        ("polygon", F::Evm),
-        ("bsc", F::Evm),
-        ("xrpl", F::XrplClassic),
-        ("tron", F::Tron),
-        ("solana", F::Solana),
-    ]
-    .into_iter()
-    .map(|(n, f)| (n.to_string(), f))
-    .collect()
 }
 
 impl Default for Config {
@@ -300,96 +165,6 @@ impl Default for ServerConfig {
             key: "certs/out/server.key".into(),
             client_ca: "certs/out/ca.pem".into(),
             deny_list: None,
-        }
-    }
-}
-
-impl Default for HsmSection {
-    fn default() -> Self {
-        Self {
-            module: PathBuf::new(),
-            token_label: "sigil".into(),
-            pin_env: "SIGIL_HSM_PIN".into(),
-            pin_file: "hsm/pin".into(),
-            approval_key_label: "sigil-approval-1".into(),
-            secrets_key_label: "sigil-secrets-1".into(),
-            audit_key_label: "sigil-audit-1".into(),
-            pool_size: 4,
-            offload_calls: false,
-        }
-    }
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        let t = crate::store::sled_store::Tuning::default();
-        Self {
-            path: "data/sled".into(),
-            checkpoint_interval_ms: t.checkpoint_interval.as_millis() as u64,
-            checkpoint_keys: t.checkpoint_keys,
-            checkpoint_mib: t.checkpoint_bytes >> 20,
-            backpressure_wait_ms: t.backpressure_wait.as_millis() as u64,
-        }
-    }
-}
-
-impl Default for ApprovalConfig {
-    fn default() -> Self {
-        Self {
-            issuer: "sigil".into(),
-            audience: "withdrawal-engine".into(),
-            ttl_seconds: 120,
-            challenge_ttl_seconds: 300,
-            leeway_seconds: 5,
-            key_prepublish_seconds: 600,
-            destroy_retired_keys: false,
-            jwks_cache_seconds: 300,
-        }
-    }
-}
-
-impl Default for TotpConfig {
-    fn default() -> Self {
-        Self {
-            issuer: "Sigil".into(),
-            enrollment_ttl_seconds: 600,
-        }
-    }
-}
-
-impl Default for LockoutConfig {
-    fn default() -> Self {
-        Self {
-            max_failures: 5,
-            base_seconds: 30,
-            max_seconds: 3600,
-        }
-    }
-}
-
-impl Default for AssetsConfig {
-    fn default() -> Self {
-        let assets: [(&str, usize, &[&str]); 8] = [
-            ("BTC", 8, &["bitcoin"]),
-            ("ETH", 18, &["ethereum", "arbitrum", "optimism", "base"]),
-            ("BNB", 18, &["bsc"]),
-            ("USDT", 6, &["ethereum", "tron", "solana", "bsc", "polygon", "arbitrum"]),
-            (
-                "USDC",
-                6,
-                &["ethereum", "solana", "base", "arbitrum", "polygon", "optimism"],
-            ),
-            ("XRP", 6, &["xrpl"]),
-            ("TRX", 6, &["tron"]),
-            ("SOL", 9, &["solana"]),
-        ];
-        Self {
-            decimals: assets.iter().map(|(a, d, _)| (a.to_string(), *d)).collect(),
-            networks: assets
-                .iter()
-                .map(|(a, _, n)| (a.to_string(), n.iter().map(|x| x.to_string()).collect()))
-                .collect(),
-            default_decimals: None,
         }
     }
 }
@@ -626,6 +401,30 @@ impl Config {
         Ok(())
     }
 
+    /// The asset rules: `[assets]` with `[networks]`.
+    pub fn asset_rules(&self) -> Assets {
+        Assets {
+            config: self.assets.clone(),
+            networks: self.networks.clone(),
+        }
+    }
+
+    /// Maximum decimals allowed for `asset`, or None when the asset is not
+    /// accepted.
+    pub fn max_decimals(&self, asset: &str) -> Option<usize> {
+        self.assets.decimals.get(asset).copied()
+    }
+
+    /// See [`Assets::check_asset_network`].
+    pub fn check_asset_network(&self, prefix: &str, asset: &str, network: &str) -> Result<(), Error> {
+        self.asset_rules().check_asset_network(prefix, asset, network)
+    }
+
+    /// The address format of a configured network.
+    pub fn network_format(&self, network: &str) -> Option<crate::protect::address_format::AddressFormat> {
+        self.networks.get(network).copied()
+    }
+
     /// A configuration for tests: store and TLS paths under `dir`.
     pub fn for_test(dir: &Path) -> Config {
         let mut c = Config::default();
@@ -636,58 +435,6 @@ impl Config {
         c.store.path = dir.join("sled");
         c.hsm.pin_file = dir.join("pin");
         c
-    }
-
-    /// Maximum decimals allowed for `asset`, or None when the asset is not
-    /// accepted.
-    pub fn max_decimals(&self, asset: &str) -> Option<usize> {
-        self.assets.decimals.get(asset).copied()
-    }
-
-    /// Checks that `asset` is configured and may move on `network`, both
-    /// exactly as written. Errors name `<prefix>asset` or `<prefix>network`.
-    pub fn check_asset_network(&self, prefix: &str, asset: &str, network: &str) -> Result<(), Error> {
-        let list = |names: Vec<&String>| names.into_iter().map(String::as_str).collect::<Vec<_>>().join(", ");
-        let Some(nets) = self
-            .assets
-            .networks
-            .get(asset)
-            .filter(|_| self.assets.decimals.contains_key(asset))
-        else {
-            return Err(Error::invalid(
-                format!("{prefix}asset"),
-                format!(
-                    "asset '{}' is not configured (tickers are exact, case-sensitive); configured: {}",
-                    crate::error::excerpt(asset),
-                    list(self.assets.decimals.keys().collect())
-                ),
-            ));
-        };
-        if !self.networks.contains_key(network) {
-            return Err(Error::invalid(
-                format!("{prefix}network"),
-                format!(
-                    "network '{}' is not configured; configured: {}",
-                    crate::error::excerpt(network),
-                    list(self.networks.keys().collect())
-                ),
-            ));
-        }
-        if !nets.iter().any(|n| n == network) {
-            return Err(Error::invalid(
-                format!("{prefix}network"),
-                format!(
-                    "{asset} is not withdrawn on '{network}'; it is configured on: {}",
-                    list(nets.iter().collect())
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// The address format of a configured network.
-    pub fn network_format(&self, network: &str) -> Option<crate::protect::address_format::AddressFormat> {
-        self.networks.get(network).copied()
     }
 }
 

@@ -28,8 +28,6 @@ use std::sync::{Arc, RwLock};
 use data_encoding::{BASE64URL_NOPAD, HEXLOWER_PERMISSIVE};
 use x509_parser::prelude::X509Certificate;
 
-use crate::config::ServerConfig;
-use crate::core::Sigil;
 use crate::error::{excerpt, Error};
 
 /// Longest serial number a conforming certificate has, in hex digits
@@ -254,11 +252,6 @@ impl DenyListHandle {
         })
     }
 
-    /// Loads the list `[server] deny_list` names.
-    pub fn from_config(cfg: &ServerConfig) -> Result<DenyListHandle, Error> {
-        DenyListHandle::open(cfg.deny_list.as_deref())
-    }
-
     /// The file, if one is configured.
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
@@ -280,30 +273,6 @@ impl DenyListHandle {
         let n = list.len();
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(list);
         Ok(n)
-    }
-}
-
-impl Sigil {
-    /// Records that `handle` guards the server(s) of this Sigil (called
-    /// when a server starts; the latest start wins).
-    pub(crate) fn set_deny_list(&self, handle: Arc<DenyListHandle>) {
-        *self.deny_list.write().unwrap_or_else(|p| p.into_inner()) = Some(handle);
-    }
-
-    /// The deny-list guarding the server that serves this Sigil, once one
-    /// was started ([`crate::server::start`]).
-    pub fn deny_list(&self) -> Option<Arc<DenyListHandle>> {
-        self.deny_list.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Re-reads the deny-list file of this Sigil's server (what SIGHUP does
-    /// in `sigild`); returns the number of entries now in force. A
-    /// malformed or unreadable file is refused, naming file and line, and
-    /// the previous list stays in force.
-    pub fn reload_deny_list(&self) -> Result<usize, Error> {
-        self.deny_list()
-            .ok_or_else(|| Error::FailedPrecondition("no server is running for this Sigil; nothing to reload".into()))?
-            .reload()
     }
 }
 

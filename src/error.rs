@@ -1,9 +1,29 @@
 //! The domain's one error type.
 //!
-//! Every refusal Sigil makes is one of these variants. They are mapped to
-//! gRPC statuses in exactly one place, `api::status`. Messages are written
-//! for the person reading them and never carry a secret.
+//! Every refusal Sigil makes is one of these variants, and every refusal of
+//! state carries a machine-readable [`Reason`] (shared with the verifier
+//! crate). They are mapped to gRPC statuses — code, `ErrorInfo`,
+//! `RetryInfo`, `BadRequest` — in exactly one place, `api::status`.
+//! Messages are written for the person reading them and never carry a
+//! secret.
 use std::fmt;
+
+pub use crate::model::{excerpt, FieldError, EXCERPT_CHARS};
+pub use sigil_verify::Reason;
+
+/// A refusal of the current state: why (machine-readable), what to do
+/// (for a person), and when trying again may succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The stable reason (`ErrorInfo.reason`).
+    pub reason: Reason,
+    /// The message for a person.
+    pub message: String,
+    /// When retrying may succeed (Unix seconds), where waiting helps.
+    pub retry_at: Option<i64>,
+    /// Further `ErrorInfo` metadata (e.g. `field`, `attempts_left`).
+    pub metadata: Vec<(&'static str, String)>,
+}
 
 /// Everything that can go wrong in a Sigil operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,14 +36,16 @@ pub enum Error {
         /// What is wrong with it and what is expected.
         reason: String,
     },
+    /// Several request fields are malformed; every one is listed.
+    BadRequest(Vec<FieldError>),
     /// The named thing (challenge, factor, approval) does not exist.
     NotFound(String),
     /// The request is well formed but the current state refuses it
-    /// (expired, already used, no active factor, ...).
-    FailedPrecondition(String),
-    /// The caller may not do this (wrong role, another user's challenge,
-    /// an approval whose signature does not verify).
-    PermissionDenied(String),
+    /// (expired, already used, suspended, on hold, ...): `FAILED_PRECONDITION`.
+    FailedPrecondition(Refusal),
+    /// The caller may not do this (wrong role, a wrong proof, another
+    /// user's challenge, an approval that does not verify): `PERMISSION_DENIED`.
+    PermissionDenied(Refusal),
     /// Too many failed attempts: the factor is locked for `retry_after`
     /// more seconds.
     Locked {
@@ -32,31 +54,14 @@ pub enum Error {
         /// Seconds until the next attempt is allowed.
         retry_after: u64,
     },
+    /// A record changed while the operation ran; nothing was written.
+    Conflict(String),
     /// A dependency Sigil needs to approve safely (HSM, store, clock) is not
     /// available. Sigil fails closed.
     Unavailable(String),
     /// A stored record cannot be read or a conditional write keeps
     /// conflicting. Nothing was approved.
     Internal(String),
-}
-
-/// Longest piece of caller input echoed in a message, in characters.
-pub const EXCERPT_CHARS: usize = 64;
-
-/// A caller-supplied value as it may be echoed in a message: control
-/// characters escaped, at most [`EXCERPT_CHARS`] characters, with the
-/// whole length said when it was cut. Never echo input without it.
-pub fn excerpt(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .take(EXCERPT_CHARS)
-        .collect::<String>()
-        .escape_debug()
-        .to_string();
-    if s.chars().count() > EXCERPT_CHARS {
-        out.push_str(&format!("… ({} bytes in all)", s.len()));
-    }
-    out
 }
 
 impl Error {
@@ -67,17 +72,101 @@ impl Error {
             reason: reason.into(),
         }
     }
+
+    /// Every violation in `v` at once (one becomes [`Error::InvalidArgument`]);
+    /// `Ok` when there is none.
+    pub fn check_all(mut v: Vec<FieldError>) -> Result<(), Error> {
+        match v.len() {
+            0 => Ok(()),
+            1 => {
+                let f = v.remove(0);
+                Err(Error::invalid(f.field, f.reason))
+            }
+            _ => Err(Error::BadRequest(v)),
+        }
+    }
+
+    /// A refusal of the current state ([`Error::FailedPrecondition`]).
+    pub fn refused(reason: Reason, message: impl Into<String>) -> Self {
+        Error::FailedPrecondition(Refusal {
+            reason,
+            message: message.into(),
+            retry_at: None,
+            metadata: Vec::new(),
+        })
+    }
+
+    /// A refusal of the caller ([`Error::PermissionDenied`]).
+    pub fn denied(reason: Reason, message: impl Into<String>) -> Self {
+        Error::PermissionDenied(Refusal {
+            reason,
+            message: message.into(),
+            retry_at: None,
+            metadata: Vec::new(),
+        })
+    }
+
+    /// The refusal with the time at which retrying may succeed.
+    pub fn retry_at(mut self, at: i64) -> Self {
+        if let Error::FailedPrecondition(r) | Error::PermissionDenied(r) = &mut self {
+            r.retry_at = Some(at);
+        }
+        self
+    }
+
+    /// The refusal with one more `ErrorInfo` metadata entry.
+    pub fn with_meta(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        if let Error::FailedPrecondition(r) | Error::PermissionDenied(r) = &mut self {
+            r.metadata.push((key, value.into()));
+        }
+        self
+    }
+
+    /// The machine-readable reason of this error.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Error::InvalidArgument { .. } | Error::BadRequest(_) => Reason::InvalidArgument,
+            Error::NotFound(_) => Reason::NotFound,
+            Error::FailedPrecondition(r) | Error::PermissionDenied(r) => r.reason,
+            Error::Locked { .. } => Reason::FactorLocked,
+            Error::Conflict(_) => Reason::ConcurrentChange,
+            Error::Unavailable(_) => Reason::Unavailable,
+            Error::Internal(_) => Reason::Internal,
+        }
+    }
+
+    /// The same error with its message replaced (reason, code and retry
+    /// time kept), for refusals that a caller words better.
+    pub fn reworded(self, message: impl Into<String>) -> Self {
+        let message = message.into();
+        match self {
+            Error::FailedPrecondition(r) => Error::FailedPrecondition(Refusal { message, ..r }),
+            Error::PermissionDenied(r) => Error::PermissionDenied(Refusal { message, ..r }),
+            Error::Conflict(_) => Error::Conflict(message),
+            other => other,
+        }
+    }
+}
+
+impl From<FieldError> for Error {
+    fn from(f: FieldError) -> Self {
+        Error::InvalidArgument {
+            field: f.field,
+            reason: f.reason,
+        }
+    }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::InvalidArgument { field, reason } => write!(f, "{field}: {reason}"),
-            Error::NotFound(m)
-            | Error::FailedPrecondition(m)
-            | Error::PermissionDenied(m)
-            | Error::Unavailable(m)
-            | Error::Internal(m) => f.write_str(m),
+            Error::BadRequest(v) => {
+                let parts: Vec<String> = v.iter().map(|e| format!("{}: {}", e.field, e.reason)).collect();
+                f.write_str(&parts.join("; "))
+            }
+            Error::FailedPrecondition(r) | Error::PermissionDenied(r) => f.write_str(&r.message),
+            Error::NotFound(m) | Error::Conflict(m) | Error::Unavailable(m) | Error::Internal(m) => f.write_str(m),
             Error::Locked { what, retry_after } => {
                 write!(f, "{what} is locked after repeated failures; retry in {retry_after} s")
             }
@@ -87,24 +176,40 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-impl From<crate::store::StoreError> for Error {
-    fn from(e: crate::store::StoreError) -> Self {
-        match e {
-            crate::store::StoreError::Conflict => {
-                Error::FailedPrecondition("the record changed concurrently; nothing was written, retry".into())
-            }
-            crate::store::StoreError::Unavailable(m) => Error::Unavailable(format!("store unavailable: {m}")),
-            crate::store::StoreError::Corrupt(m) => Error::Internal(format!("store data unusable: {m}")),
-        }
-    }
-}
-
 impl From<sigil_hsm::HsmError> for Error {
     fn from(e: sigil_hsm::HsmError) -> Self {
         use sigil_hsm::HsmError as H;
         match e {
             H::Crypto(m) => Error::Internal(format!("HSM refused a cryptographic operation: {m}")),
             other => Error::Unavailable(format!("HSM unavailable, nothing was approved: {other}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_violations_are_kept_together() {
+        assert!(Error::check_all(vec![]).is_ok());
+        let one = Error::check_all(vec![FieldError::new("a", "x")]).unwrap_err();
+        assert_eq!(one, Error::invalid("a", "x"));
+        let two = Error::check_all(vec![FieldError::new("a", "x"), FieldError::new("b", "y")]).unwrap_err();
+        assert_eq!(two.to_string(), "a: x; b: y");
+        assert_eq!(two.reason(), Reason::InvalidArgument);
+    }
+
+    #[test]
+    fn refusals_keep_reason_and_retry_time_when_reworded() {
+        let e = Error::refused(Reason::AddressOnHold, "on hold")
+            .retry_at(42)
+            .reworded("later");
+        assert_eq!(e.reason(), Reason::AddressOnHold);
+        assert_eq!(e.to_string(), "later");
+        match e {
+            Error::FailedPrecondition(r) => assert_eq!(r.retry_at, Some(42)),
+            other => panic!("{other:?}"),
         }
     }
 }

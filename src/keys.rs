@@ -15,14 +15,40 @@
 //! in the audit log.
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
+use crate::approval::ApprovalConfig;
 use crate::audit::AuditEntry;
-use crate::core::Sigil;
-use crate::error::Error;
+use crate::error::{Error, Reason};
+use crate::factor::Factors;
+use crate::kernel::Kernel;
+use crate::signer::HsmSection;
 use crate::signer::{PublishedKey, APPROVAL_KEY_PREFIX};
+use crate::store::{codec, meta};
 use crate::store::{Batch, Table};
 
-/// Meta key of the key ring.
-pub const RING_KEY: &[u8] = b"approval-keys";
+/// The configuration sections key management uses.
+#[derive(Debug, Clone, Default)]
+pub struct KeysConfig {
+    /// Pre-publication, lifetimes (when a retiring key's approvals expire).
+    pub approval: ApprovalConfig,
+    /// Key labels.
+    pub hsm: HsmSection,
+}
+
+/// Approval-key rotation and the secrets key.
+pub struct Keys {
+    pub(crate) k: Arc<Kernel>,
+    pub(crate) factors: Arc<Factors>,
+    pub(crate) cfg: KeysConfig,
+}
+
+impl Keys {
+    /// Key management over the factor service (for re-wrapping secrets).
+    pub fn new(k: Arc<Kernel>, factors: Arc<Factors>, cfg: KeysConfig) -> Keys {
+        Keys { k, factors, cfg }
+    }
+}
 
 /// Life-cycle state of an approval key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +102,10 @@ pub struct KeyRing {
     pub keys: Vec<KeyEntry>,
 }
 
+impl crate::store::codec::Record for KeyRing {
+    const NAME: &'static str = "key ring";
+}
+
 impl KeyRing {
     fn published(&self) -> Vec<PublishedKey> {
         self.keys
@@ -89,14 +119,42 @@ impl KeyRing {
     }
 }
 
-impl Sigil {
+/// An unfinished re-wrap: secrets move from `from` to `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Rewrap {
+    v: u32,
+    from: String,
+    to: String,
+    started_at: i64,
+}
+
+impl crate::store::codec::Record for Rewrap {
+    const NAME: &'static str = "rewrap";
+}
+
+/// Progress of a re-wrap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewrapProgress {
+    /// Key the secrets leave.
+    pub from: String,
+    /// Key they move to.
+    pub to: String,
+    /// Records moved so far in this run.
+    pub moved: u64,
+    /// Records still under `from`.
+    pub remaining: u64,
+    /// Every record moved and the old key destroyed.
+    pub done: bool,
+}
+
+impl Keys {
     /// The stored key ring and its version; without one, the configured
     /// key as the only, active key (version 0).
     pub fn key_ring(&self) -> Result<(KeyRing, u64), Error> {
-        if let Some(v) = self.store.get(Table::Meta, RING_KEY)? {
-            return Ok((crate::protect::decode(&v.value, "key ring")?, v.version));
+        if let Some(v) = self.k.store.get(Table::Meta, meta::KEY_RING)? {
+            return Ok((codec::decode(&v.value)?, v.version));
         }
-        let keys = self.signer.keys();
+        let keys = self.k.signer.keys();
         if keys.active_label.is_empty() {
             return Err(Error::Unavailable(format!(
                 "approval key '{}' is not on token '{}' and no key ring is stored: run `make hsm` (or `sigil hsm init`)",
@@ -120,11 +178,11 @@ impl Sigil {
     }
 
     fn put_ring(&self, batch: &mut Batch, ring: &KeyRing, version: u64) -> Result<(), Error> {
-        let bytes = crate::protect::encode(ring)?;
+        let bytes = codec::encode(ring)?;
         if version == 0 {
-            batch.insert(Table::Meta, RING_KEY, bytes);
+            batch.insert(Table::Meta, meta::KEY_RING, bytes);
         } else {
-            batch.update(Table::Meta, RING_KEY, version, bytes);
+            batch.update(Table::Meta, meta::KEY_RING, version, bytes);
         }
         Ok(())
     }
@@ -133,26 +191,26 @@ impl Sigil {
     /// replicas follow the same ring).
     pub fn sync_keys(&self) -> Result<(), Error> {
         let (ring, _) = self.key_ring()?;
-        self.signer.publish(&ring.published())
+        self.k.signer.publish(&ring.published())
     }
 
     /// Starts a rotation: a new non-extractable key in the HSM, published at
     /// once as `next`, active after the pre-publication delay (at once with
     /// `immediately`). Refused while another rotation is pending.
     pub fn rotate_approval_key(&self, actor: &str, immediately: bool) -> Result<KeyEntry, Error> {
-        let now = self.now()?;
+        let now = self.k.now()?;
         let (mut ring, version) = self.key_ring()?;
         if let Some(n) = ring.keys.iter().find(|k| k.state == KeyState::Next) {
-            return Err(Error::FailedPrecondition(format!(
+            return Err(Error::refused(Reason::RotationPending, format!(
                 "a rotation is already pending: key {} becomes active at {}; wait for it (or rotate with --now after it)",
                 n.kid, n.activate_at
             )));
         }
         let label = format!(
             "{APPROVAL_KEY_PREFIX}-{now}-{}",
-            sigil_verify::b64url::encode(&self.random(4)?)
+            sigil_verify::b64url::encode(&self.k.random(4)?)
         );
-        let pk = self.signer.hsm().generate_ec_key(&label)?;
+        let pk = self.k.signer.hsm().generate_ec_key(&label)?;
         let kid = sigil_verify::Jwk::from_p256_point(&pk.x, &pk.y).kid;
         let delay = if immediately {
             0
@@ -175,12 +233,12 @@ impl Sigil {
             .with("kid", entry.kid.clone())
             .with("activate_at", entry.activate_at.to_string())
             .append_to(&mut batch)?;
-        if let Err(e) = self.commit(&batch) {
+        if let Err(e) = self.k.commit(&batch) {
             // Nothing refers to the new key: take it off the token again.
-            let _ = self.signer.hsm().destroy_key(&entry.label);
+            let _ = self.k.signer.hsm().destroy_key(&entry.label);
             return Err(match e {
-                Error::FailedPrecondition(_) => {
-                    Error::FailedPrecondition("the key ring changed concurrently (another rotation?); retry".into())
+                Error::Conflict(_) => {
+                    Error::Conflict("the key ring changed concurrently (another rotation?); retry".into())
                 }
                 other => other,
             });
@@ -197,7 +255,7 @@ impl Sigil {
     /// active key → `retiring` until every approval it signed has expired),
     /// `retiring` → `retired` (destroyed in the HSM if configured).
     pub fn advance_keys(&self) -> Result<bool, Error> {
-        let now = self.now()?;
+        let now = self.k.now()?;
         let (mut ring, version) = self.key_ring()?;
         let mut changes: Vec<(String, &'static str)> = Vec::new();
         let mut destroy = Vec::new();
@@ -238,14 +296,14 @@ impl Sigil {
                 .with("state", *state)
                 .append_to(&mut batch)?;
         }
-        match self.commit(&batch) {
+        match self.k.commit(&batch) {
             Ok(_) => {}
-            Err(Error::FailedPrecondition(_)) => return Ok(false), // another replica did it
+            Err(Error::Conflict(_)) => return Ok(false), // another replica did it
             Err(e) => return Err(e),
         }
         self.sync_keys()?;
         for label in destroy {
-            if let Err(e) = self.signer.hsm().destroy_key(&label) {
+            if let Err(e) = self.k.signer.hsm().destroy_key(&label) {
                 tracing::warn!(error = %e, label, "could not destroy a retired approval key");
             }
         }
@@ -256,49 +314,20 @@ impl Sigil {
     }
 }
 
-/// Meta key of the label of the AES key that encrypts new secrets.
-pub const SECRETS_KEY: &[u8] = b"secrets-key";
-/// Meta key of an unfinished re-wrap.
-pub const REWRAP_KEY: &[u8] = b"secrets-rewrap";
-
-/// An unfinished re-wrap: secrets move from `from` to `to`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Rewrap {
-    v: u32,
-    from: String,
-    to: String,
-    started_at: i64,
-}
-
-/// Progress of a re-wrap.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RewrapProgress {
-    /// Key the secrets leave.
-    pub from: String,
-    /// Key they move to.
-    pub to: String,
-    /// Records moved so far in this run.
-    pub moved: u64,
-    /// Records still under `from`.
-    pub remaining: u64,
-    /// Every record moved and the old key destroyed.
-    pub done: bool,
-}
-
-impl Sigil {
+impl Keys {
     /// Applies the stored secrets-key label (after a re-wrap, new secrets
     /// use the new key, also after a restart).
     pub fn sync_secrets_key(&self) -> Result<(), Error> {
-        if let Some(r) = self.store.get(Table::Meta, REWRAP_KEY)? {
-            let r: Rewrap = crate::protect::decode(&r.value, "rewrap")?;
-            return self.signer.set_secrets_label(&r.to);
+        if let Some(r) = self.k.store.get(Table::Meta, meta::SECRETS_REWRAP)? {
+            let r: Rewrap = codec::decode(&r.value)?;
+            return self.k.signer.set_secrets_label(&r.to);
         }
-        if let Some(v) = self.store.get(Table::Meta, SECRETS_KEY)? {
+        if let Some(v) = self.k.store.get(Table::Meta, meta::SECRETS_KEY)? {
             let label =
                 String::from_utf8(v.value).map_err(|_| Error::Internal("secrets key label unreadable".into()))?;
-            return self.signer.set_secrets_label(&label);
+            return self.k.signer.set_secrets_label(&label);
         }
-        self.signer.set_secrets_label(&self.cfg.hsm.secrets_key_label)
+        self.k.signer.set_secrets_label(&self.cfg.hsm.secrets_key_label)
     }
 
     /// Re-wraps every factor secret under a new HSM AES key, in batches of
@@ -316,16 +345,20 @@ impl Sigil {
         mut progress: impl FnMut(&RewrapProgress) -> bool,
     ) -> Result<RewrapProgress, Error> {
         let batch_size = batch_size.clamp(1, 10_000);
-        let now = self.now()?;
-        let state = match self.store.get(Table::Meta, REWRAP_KEY)? {
-            Some(v) => crate::protect::decode::<Rewrap>(&v.value, "rewrap")?,
+        let now = self.k.now()?;
+        let state = match self.k.store.get(Table::Meta, meta::SECRETS_REWRAP)? {
+            Some(v) => codec::decode::<Rewrap>(&v.value)?,
             None => {
-                let from = self.signer.secrets_label();
-                let to = format!("sigil-secrets-{now}-{}", sigil_verify::b64url::encode(&self.random(4)?));
+                let from = self.k.signer.secrets_label();
+                let to = format!(
+                    "sigil-secrets-{now}-{}",
+                    sigil_verify::b64url::encode(&self.k.random(4)?)
+                );
                 // The HSM must work before anything is written: make the new key
                 // and move one secret through it (in memory only).
-                self.signer.hsm().generate_aes_key(&to)?;
+                self.k.signer.hsm().generate_aes_key(&to)?;
                 let probe = self
+                    .k
                     .store
                     .scan_prefix(Table::Factors, b"")?
                     .into_iter()
@@ -334,8 +367,8 @@ impl Sigil {
                         f.secret.as_ref().is_some_and(|w| w.key_label == from).then_some(f)
                     });
                 if let Some(f) = probe {
-                    if let Err(e) = self.rewrapped(&f, &to) {
-                        let _ = self.signer.hsm().destroy_key(&to);
+                    if let Err(e) = self.factors.rewrapped(&f, &to) {
+                        let _ = self.k.signer.hsm().destroy_key(&to);
                         return Err(e);
                     }
                 }
@@ -346,19 +379,19 @@ impl Sigil {
                     started_at: now,
                 };
                 let mut batch = Batch::new();
-                batch.insert(Table::Meta, REWRAP_KEY, crate::protect::encode(&st)?);
+                batch.insert(Table::Meta, meta::SECRETS_REWRAP, codec::encode(&st)?);
                 AuditEntry::ok(now, actor, "", "keys.rewrap.start")
                     .with("from", st.from.clone())
                     .with("to", st.to.clone())
                     .append_to(&mut batch)?;
-                if let Err(e) = self.commit(&batch) {
-                    let _ = self.signer.hsm().destroy_key(&st.to);
+                if let Err(e) = self.k.commit(&batch) {
+                    let _ = self.k.signer.hsm().destroy_key(&st.to);
                     return Err(e);
                 }
                 st
             }
         };
-        self.signer.set_secrets_label(&state.to)?;
+        self.k.signer.set_secrets_label(&state.to)?;
         let mut report = RewrapProgress {
             from: state.from.clone(),
             to: state.to.clone(),
@@ -368,6 +401,7 @@ impl Sigil {
         };
         loop {
             let pending: Vec<(Vec<u8>, crate::factor::FactorRecord, u64)> = self
+                .k
                 .store
                 .scan_prefix(Table::Factors, b"")?
                 .into_iter()
@@ -385,16 +419,16 @@ impl Sigil {
             for chunk in pending.chunks(batch_size) {
                 let mut batch = Batch::new();
                 for (k, f, version) in chunk {
-                    let moved = self.rewrapped(f, &state.to)?;
+                    let moved = self.factors.rewrapped(f, &state.to)?;
                     batch.update(Table::Factors, k.clone(), *version, moved.encode()?);
                 }
                 let n = batch.ops.len() as u64;
-                match self.commit(&batch) {
+                match self.k.commit(&batch) {
                     Ok(_) => {
                         report.moved += n;
                         report.remaining = report.remaining.saturating_sub(n);
                     }
-                    Err(Error::FailedPrecondition(_)) => {}
+                    Err(Error::Conflict(_)) => {}
                     Err(e) => return Err(e),
                 }
                 if !progress(&report) {
@@ -405,37 +439,38 @@ impl Sigil {
         // Every record moved: the new key is the secrets key; the old one goes.
         let mut batch = Batch::new();
         let stored = self
+            .k
             .store
-            .get(Table::Meta, REWRAP_KEY)?
+            .get(Table::Meta, meta::SECRETS_REWRAP)?
             .ok_or_else(|| Error::Internal("re-wrap state vanished".into()))?;
-        batch.delete(Table::Meta, REWRAP_KEY, stored.version);
-        match self.store.get(Table::Meta, SECRETS_KEY)? {
-            Some(v) => batch.update(Table::Meta, SECRETS_KEY, v.version, state.to.clone().into_bytes()),
-            None => batch.insert(Table::Meta, SECRETS_KEY, state.to.clone().into_bytes()),
+        batch.delete(Table::Meta, meta::SECRETS_REWRAP, stored.version);
+        match self.k.store.get(Table::Meta, meta::SECRETS_KEY)? {
+            Some(v) => batch.update(Table::Meta, meta::SECRETS_KEY, v.version, state.to.clone().into_bytes()),
+            None => batch.insert(Table::Meta, meta::SECRETS_KEY, state.to.clone().into_bytes()),
         };
-        AuditEntry::ok(self.now()?, actor, "", "keys.rewrap.done")
+        AuditEntry::ok(self.k.now()?, actor, "", "keys.rewrap.done")
             .with("from", state.from.clone())
             .with("to", state.to.clone())
             .append_to(&mut batch)?;
-        self.commit(&batch)?;
+        self.k.commit(&batch)?;
         // A secret wrapped under the old key by an enrollment that read the
         // label just before the switch may have landed after the last scan:
         // move any such straggler before the old key goes.
-        for (k, v) in self.store.scan_prefix(Table::Factors, b"")? {
+        for (k, v) in self.k.store.scan_prefix(Table::Factors, b"")? {
             let Ok(f) = crate::factor::FactorRecord::decode(&v) else {
                 continue;
             };
             if f.secret.as_ref().is_none_or(|w| w.key_label != state.from) {
                 continue;
             }
-            let moved = self.rewrapped(&f, &state.to)?;
+            let moved = self.factors.rewrapped(&f, &state.to)?;
             let mut b = Batch::new();
             b.update(Table::Factors, k, v.version, moved.encode()?);
-            self.commit(&b)?;
+            self.k.commit(&b)?;
             report.moved += 1;
         }
-        if self.signer.hsm().key_exists(&state.from)? {
-            self.signer.hsm().destroy_key(&state.from)?;
+        if self.k.signer.hsm().key_exists(&state.from)? {
+            self.k.signer.hsm().destroy_key(&state.from)?;
         }
         report.done = true;
         progress(&report);

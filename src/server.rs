@@ -220,7 +220,7 @@ impl Guard {
         let sigil = self.sigil;
         let reason = message.clone();
         let audited = tokio::task::spawn_blocking(move || {
-            let at = sigil.now().unwrap_or_default();
+            let at = sigil.clock_now().unwrap_or_default();
             let actor = if role == "none" { "unknown" } else { role };
             let entry = AuditEntry::refused(at, actor, "", "auth.denied", &reason)
                 .with("serial", serial)
@@ -228,13 +228,13 @@ impl Guard {
                 .with("role", role)
                 .with("matched", matched.name())
                 .with("rpc", crate::error::excerpt(&rpc));
-            sigil.audit_refusal(entry, crate::store::Batch::default());
+            sigil.kernel().audit_refusal(entry, crate::store::Batch::default());
         })
         .await;
         if let Err(e) = audited {
             tracing::error!(error = %e, "could not audit a deny-list refusal");
         }
-        tonic::Status::unauthenticated(message).into_http()
+        crate::api::status::certificate_denied(message).into_http()
     }
 }
 

@@ -11,9 +11,40 @@ use sigil_hsm::{Hsm, HsmConfig};
 use sigil_verify::{Claims, Jwk, JwkSet, Verifier};
 use zeroize::Zeroizing;
 
-use crate::config::{Config, HsmSection};
+use serde::{Deserialize, Serialize};
+
 use crate::error::Error;
-use crate::factor::WrappedSecret;
+
+/// What the signer needs from the configuration: `[hsm]`, and the issuer,
+/// audience and leeway of approvals.
+#[derive(Debug, Clone)]
+pub struct SignerSettings {
+    /// `[hsm]`.
+    pub hsm: HsmSection,
+    /// `iss` of approvals.
+    pub issuer: String,
+    /// `aud` of approvals.
+    pub audience: String,
+    /// Clock leeway when Sigil verifies approvals, seconds.
+    pub leeway_seconds: i64,
+}
+
+/// A secret encrypted by an HSM key. Names the key that wrapped it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrappedSecret {
+    /// Label of the HSM AES key.
+    pub key_label: String,
+    /// base64url of IV || ciphertext || tag.
+    pub blob: String,
+}
+
+impl std::fmt::Debug for WrappedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WrappedSecret")
+            .field("key_label", &self.key_label)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Prefix of the labels of approval-signing keys on the token.
 pub const APPROVAL_KEY_PREFIX: &str = "sigil-approval";
@@ -81,7 +112,8 @@ pub fn read_pin(cfg: &HsmSection) -> Result<SecretString, Error> {
 
 impl Signer {
     /// Opens the token and loads the public halves of every approval key.
-    pub fn open(cfg: &Config, pin: SecretString) -> Result<Signer, Error> {
+    pub fn open(cfg: impl Into<SignerSettings>, pin: SecretString) -> Result<Signer, Error> {
+        let cfg: SignerSettings = cfg.into();
         let hsm = Hsm::open(&HsmConfig {
             module: module_path(&cfg.hsm),
             token_label: cfg.hsm.token_label.clone(),
@@ -92,10 +124,11 @@ impl Signer {
     }
 
     /// Builds the signer over an opened HSM.
-    pub fn with_hsm(cfg: &Config, hsm: Hsm) -> Result<Signer, Error> {
+    pub fn with_hsm(cfg: impl Into<SignerSettings>, hsm: Hsm) -> Result<Signer, Error> {
+        let cfg: SignerSettings = cfg.into();
         // The configured key is the first approval key. Once rotations have
         // happened the stored key ring says which keys are in force (and the
-        // first one may be retired and destroyed): see `Sigil::sync_keys`.
+        // first one may be retired and destroyed): see `Keys::sync_keys`.
         let active_label = cfg.hsm.approval_key_label.clone();
         let configured_present = hsm.key_exists(&active_label)?;
         let audit_label = cfg.hsm.audit_key_label.clone();
@@ -115,14 +148,14 @@ impl Signer {
                     &JwkSet {
                         keys: vec![audit_jwk.clone()],
                     },
-                    &cfg.approval.issuer,
-                    &cfg.approval.audience,
+                    &cfg.issuer,
+                    &cfg.audience,
                 )
                 .map_err(|e| Error::Internal(e.to_string()))?,
             })),
-            issuer: cfg.approval.issuer.clone(),
-            audience: cfg.approval.audience.clone(),
-            leeway: cfg.approval.leeway_seconds,
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.clone(),
+            leeway: cfg.leeway_seconds,
             secrets_label: std::sync::RwLock::new(cfg.hsm.secrets_key_label.clone()),
             audit_label,
             audit_jwk,
@@ -284,7 +317,12 @@ impl Signer {
 /// Creates what a fresh token needs: the token itself (if absent) and the
 /// approval and secrets keys (if absent). Idempotent. Returns a line per
 /// thing created, for the operator.
-pub fn init_token(cfg: &Config, so_pin: &SecretString, pin: &SecretString) -> Result<Vec<String>, Error> {
+pub fn init_token(
+    cfg: impl Into<SignerSettings>,
+    so_pin: &SecretString,
+    pin: &SecretString,
+) -> Result<Vec<String>, Error> {
+    let cfg: SignerSettings = cfg.into();
     let module = module_path(&cfg.hsm);
     let mut done = Vec::new();
     if !Hsm::token_exists(&module, &cfg.hsm.token_label)? {
@@ -324,3 +362,49 @@ pub fn init_token(cfg: &Config, so_pin: &SecretString, pin: &SecretString) -> Re
 
 /// Zeroizing byte buffer alias used for decrypted secrets.
 pub type SecretBytes = Zeroizing<Vec<u8>>;
+
+/// `[hsm]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HsmSection {
+    /// PKCS#11 module. Empty: SoftHSM2 from its usual Debian locations.
+    pub module: PathBuf,
+    /// Label of the token holding Sigil's keys.
+    pub token_label: String,
+    /// Environment variable holding the user PIN (checked first).
+    pub pin_env: String,
+    /// File holding the user PIN (used when the variable is unset).
+    pub pin_file: PathBuf,
+    /// Label of the EC P-256 key that signs approvals.
+    pub approval_key_label: String,
+    /// Label of the AES-256 key that encrypts factor secrets.
+    pub secrets_key_label: String,
+    /// Label of the EC P-256 key that signs audit checkpoints.
+    pub audit_key_label: String,
+    /// Number of PKCS#11 sessions kept open.
+    pub pool_size: usize,
+    /// Where approval RPCs (Begin, Complete, Redeem) make their HSM calls.
+    /// `false` (default; SoftHSM and other in-process modules, whose calls
+    /// are CPU work): on the async workers, with the wait for the store's
+    /// sync made asynchronously. `true` (an HSM reached over the network,
+    /// whose calls wait on I/O): on the blocking thread pool. On the
+    /// workers, a call that finds all `pool_size` sessions busy waits for
+    /// one, which with an in-process module lasts about one HSM operation.
+    pub offload_calls: bool,
+}
+
+impl Default for HsmSection {
+    fn default() -> Self {
+        Self {
+            module: PathBuf::new(),
+            token_label: "sigil".into(),
+            pin_env: "SIGIL_HSM_PIN".into(),
+            pin_file: "hsm/pin".into(),
+            approval_key_label: "sigil-approval-1".into(),
+            secrets_key_label: "sigil-secrets-1".into(),
+            audit_key_label: "sigil-audit-1".into(),
+            pool_size: 4,
+            offload_calls: false,
+        }
+    }
+}

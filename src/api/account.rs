@@ -31,7 +31,7 @@ impl pb::account_service_server::AccountService for AccountApi {
         let r = req.into_inner();
         let s = self.sigil.clone();
         let a = blocking(move || {
-            s.add_address(
+            s.ops().add_address(
                 role.name(),
                 &r.user_id,
                 &r.asset,
@@ -54,7 +54,7 @@ impl pb::account_service_server::AccountService for AccountApi {
         require(&req, "AccountService/ListAddresses")?;
         let r = req.into_inner();
         let s = self.sigil.clone();
-        let list = blocking(move || s.list_addresses(&r.user_id)).await?;
+        let list = blocking(move || s.ops().list_addresses(&r.user_id)).await?;
         Ok(Response::new(pb::ListAddressesResponse {
             addresses: list.into_iter().map(Into::into).collect(),
         }))
@@ -67,7 +67,11 @@ impl pb::account_service_server::AccountService for AccountApi {
         let role = require(&req, "AccountService/RemoveAddress")?;
         let r = req.into_inner();
         let s = self.sigil.clone();
-        blocking(move || s.remove_address(role.name(), &r.user_id, &r.network, &r.address, &r.approval)).await?;
+        blocking(move || {
+            s.ops()
+                .remove_address(role.name(), &r.user_id, &r.network, &r.address, &r.approval)
+        })
+        .await?;
         Ok(Response::new(pb::RemoveAddressResponse {}))
     }
 
@@ -78,7 +82,11 @@ impl pb::account_service_server::AccountService for AccountApi {
         let role = require(&req, "AccountService/SetAntiPhishingCode")?;
         let r = req.into_inner();
         let s = self.sigil.clone();
-        let set_at = blocking(move || s.set_anti_phishing_code(role.name(), &r.user_id, &r.code, &r.approval)).await?;
+        let set_at = blocking(move || {
+            s.ops()
+                .set_anti_phishing_code(role.name(), &r.user_id, &r.code, &r.approval)
+        })
+        .await?;
         Ok(Response::new(pb::SetAntiPhishingCodeResponse { set_at }))
     }
 
@@ -91,7 +99,7 @@ impl pb::account_service_server::AccountService for AccountApi {
         let s = self.sigil.clone();
         let items = blocking(move || {
             let as_of = if r.as_of == 0 { s.clock_now()? } else { r.as_of };
-            s.protection_status(&r.user_id, as_of)
+            s.ops().protection_status(&r.user_id, as_of)
         })
         .await?;
         Ok(Response::new(pb::GetAccountProtectionStatusResponse {

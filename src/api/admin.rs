@@ -8,8 +8,8 @@ use super::{blocking, status};
 use crate::audit::AuditEntry;
 use crate::core::Sigil;
 use crate::error::Error;
+use crate::ops::Scope;
 use crate::pb;
-use crate::protect::ops::Scope;
 
 /// `sigil.v1.AdminService`.
 #[derive(Clone)]
@@ -50,7 +50,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         let role = require(&req, "AdminService/RotateApprovalKey")?;
         let now = req.into_inner().now;
         let s = self.sigil.clone();
-        let k = blocking(move || s.rotate_approval_key(role.name(), now)).await?;
+        let k = blocking(move || s.keys().rotate_approval_key(role.name(), now)).await?;
         Ok(Response::new(pb::RotateApprovalKeyResponse {
             key: Some(super::convert::key_info(k)),
         }))
@@ -62,7 +62,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::ListApprovalKeysResponse>, Status> {
         require(&req, "AdminService/ListApprovalKeys")?;
         let s = self.sigil.clone();
-        let (ring, _) = blocking(move || s.key_ring()).await?;
+        let (ring, _) = blocking(move || s.keys().key_ring()).await?;
         Ok(Response::new(pb::ListApprovalKeysResponse {
             keys: ring.keys.into_iter().map(super::convert::key_info).collect(),
         }))
@@ -91,7 +91,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
                 }));
                 true
             };
-            if let Err(e) = s.rewrap_secrets(role.name(), batch, send) {
+            if let Err(e) = s.keys().rewrap_secrets(role.name(), batch, send) {
                 let _ = tx.blocking_send(Err(status::to_status(e)));
             }
         });
@@ -121,7 +121,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         let r = req.into_inner();
         let sc = scope(r.all, r.user_ids)?;
         let s = self.sigil.clone();
-        let n = blocking(move || s.revoke_factors(role.name(), sc, &r.reason)).await?;
+        let n = blocking(move || s.ops().revoke_factors(role.name(), sc, &r.reason)).await?;
         Ok(Response::new(pb::RevokeFactorsResponse {
             users: n.map(|n| n as i64).unwrap_or(-1),
         }))
@@ -135,7 +135,11 @@ impl pb::admin_service_server::AdminService for AdminApi {
         let r = req.into_inner();
         let sc = scope(r.all, r.user_ids)?;
         let s = self.sigil.clone();
-        blocking(move || s.suspend(role.name(), sc, &r.reason, (r.until != 0).then_some(r.until))).await?;
+        blocking(move || {
+            s.ops()
+                .suspend(role.name(), sc, &r.reason, (r.until != 0).then_some(r.until))
+        })
+        .await?;
         Ok(Response::new(pb::SuspendApprovalsResponse {}))
     }
 
@@ -147,7 +151,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         let r = req.into_inner();
         let sc = scope(r.all, r.user_ids)?;
         let s = self.sigil.clone();
-        blocking(move || s.resume(role.name(), sc)).await?;
+        blocking(move || s.ops().resume(role.name(), sc)).await?;
         Ok(Response::new(pb::ResumeApprovalsResponse {}))
     }
 
@@ -165,7 +169,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
             let mut out = Vec::new();
             let mut after = r.after_seq;
             loop {
-                let page = s.audit_entries(after, 1000)?;
+                let page = s.ops().audit_entries(after, 1000)?;
                 let Some(last) = page.last() else { break };
                 after = last.seq;
                 for e in page {
@@ -207,7 +211,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::GetAuditCheckpointsResponse>, Status> {
         require(&req, "AdminService/GetAuditCheckpoints")?;
         let s = self.sigil.clone();
-        let cps = blocking(move || s.checkpoints()).await?;
+        let cps = blocking(move || s.ops().checkpoints()).await?;
         let key = serde_json::to_string(self.sigil.signer().audit_jwk())
             .map_err(|e| status::to_status(Error::Internal(e.to_string())))?;
         Ok(Response::new(pb::GetAuditCheckpointsResponse {
@@ -222,7 +226,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::CheckpointAuditResponse>, Status> {
         require(&req, "AdminService/CheckpointAudit")?;
         let s = self.sigil.clone();
-        let c = blocking(move || s.checkpoint_audit()).await?;
+        let c = blocking(move || s.ops().checkpoint_audit()).await?;
         Ok(Response::new(pb::CheckpointAuditResponse {
             checkpoint: c.map(Into::into),
         }))

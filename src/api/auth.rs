@@ -14,7 +14,9 @@ use tonic::{Request, Status};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use super::status::to_status;
 use crate::denylist::CertId;
+use crate::error::{Error, Reason};
 
 /// URI SAN prefix carrying the role.
 pub const ROLE_URI_PREFIX: &str = "spiffe://sigil/role/";
@@ -144,17 +146,17 @@ pub struct DenyListChecked;
 pub fn require<T>(req: &Request<T>, rpc: &str) -> Result<Role, Status> {
     let Some(allowed) = super::roles::allowed(rpc) else {
         tracing::error!(rpc, "an RPC has no entry in the role table");
-        return Err(Status::internal(format!(
+        return Err(to_status(Error::Internal(format!(
             "{rpc} was refused: it has no entry in the role table (server misconfigured)"
-        )));
+        ))));
     };
     let rpc = rpc.rsplit('/').next().unwrap_or(rpc);
     let facts = leaf_facts(req.extensions());
     if facts.is_some() && req.extensions().get::<DenyListChecked>().is_none() {
         tracing::error!(rpc, "a call reached the role check without the deny-list guard");
-        return Err(Status::internal(format!(
+        return Err(to_status(Error::Internal(format!(
             "{rpc} was refused: the client certificate deny-list was not checked for this call (server misconfigured)"
-        )));
+        ))));
     }
     let role = facts.and_then(|f| f.role);
     if let Some(r) = role.filter(|r| allowed.contains(r)) {
@@ -162,14 +164,16 @@ pub fn require<T>(req: &Request<T>, rpc: &str) -> Result<Role, Status> {
     }
     let names: Vec<&str> = allowed.iter().map(|r| r.name()).collect();
     match role {
-        Some(r) => Err(Status::permission_denied(format!(
-            "role '{}' may not call {rpc}; allowed: {}",
-            r.name(),
-            names.join(", ")
+        Some(r) => Err(to_status(Error::denied(
+            Reason::RoleNotAllowed,
+            format!("role '{}' may not call {rpc}; allowed: {}", r.name(), names.join(", ")),
         ))),
-        None => Err(Status::permission_denied(format!(
-            "client certificate carries no Sigil role ({ROLE_URI_PREFIX}<role>); {rpc} needs one of: {}",
-            names.join(", ")
+        None => Err(to_status(Error::denied(
+            Reason::RoleNotAllowed,
+            format!(
+                "client certificate carries no Sigil role ({ROLE_URI_PREFIX}<role>); {rpc} needs one of: {}",
+                names.join(", ")
+            ),
         ))),
     }
 }

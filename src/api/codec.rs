@@ -67,7 +67,10 @@ impl<U: Message + Default> Decoder for SigilDecoder<U> {
             };
             // prost's description names the field path, never the bytes.
             let why = crate::error::excerpt(&e.to_string());
-            Status::invalid_argument(format!("the {what} is not a valid {name} message ({why})"))
+            super::status::to_status(crate::error::Error::invalid(
+                what,
+                format!("the {what} is not a valid {name} message ({why})"),
+            ))
         })
     }
 

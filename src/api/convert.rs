@@ -57,9 +57,9 @@ impl From<Kind> for pb::FactorKind {
 }
 
 /// A listed factor, revoked ones marked.
-pub fn factor((f, standing): (FactorRecord, crate::factor::manage::Standing)) -> pb::Factor {
+pub fn factor((f, standing): (FactorRecord, crate::enroll::Standing)) -> pb::Factor {
     let mut p = pb::Factor::from(f);
-    if standing == crate::factor::manage::Standing::Revoked {
+    if standing == crate::enroll::Standing::Revoked {
         p.state = pb::FactorState::Revoked as i32;
     }
     p
@@ -165,8 +165,8 @@ pub fn key_info(k: crate::keys::KeyEntry) -> pb::ApprovalKeyInfo {
     }
 }
 
-impl From<crate::factor::hardware::YubikeyEnrollment> for pb::BeginYubikeyEnrollmentResponse {
-    fn from(e: crate::factor::hardware::YubikeyEnrollment) -> Self {
+impl From<crate::enroll::YubikeyEnrollment> for pb::BeginYubikeyEnrollmentResponse {
+    fn from(e: crate::enroll::YubikeyEnrollment) -> Self {
         pb::BeginYubikeyEnrollmentResponse {
             factor_id: e.factor_id,
             challenge: e.challenge,

@@ -49,7 +49,7 @@ impl pb::event_service_server::EventService for EventApi {
                 };
                 if denied {
                     let _ = tx
-                        .send(Err(Status::unauthenticated(
+                        .send(Err(super::status::certificate_denied(
                             "this client certificate was put on the deny-list; the stream is closed",
                         )))
                         .await;
@@ -57,8 +57,8 @@ impl pb::event_service_server::EventService for EventApi {
                 }
                 if sigil.is_closing() {
                     let _ = tx
-                        .send(Err(Status::unavailable(format!(
-                            "server shutting down; reconnect and resume after cursor {cursor}"
+                        .send(Err(super::status::to_status(crate::error::Error::Unavailable(
+                            format!("server shutting down; reconnect and resume after cursor {cursor}"),
                         ))))
                         .await;
                     return;
@@ -66,7 +66,7 @@ impl pb::event_service_server::EventService for EventApi {
                 // Register interest before reading, so no append is missed.
                 let notified = sigil.event_signal().notified();
                 let s = sigil.clone();
-                let page = blocking(move || s.events_after(cursor, 256)).await;
+                let page = blocking(move || s.ops().events_after(cursor, 256)).await;
                 match page {
                     Ok(events) if !events.is_empty() => {
                         for (seq, e) in events {

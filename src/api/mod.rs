@@ -32,7 +32,11 @@ where
 {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|_| Status::internal("request worker stopped unexpectedly; nothing was approved"))?
+        .map_err(|_| {
+            status::to_status(Error::Internal(
+                "request worker stopped unexpectedly; nothing was approved".into(),
+            ))
+        })?
         .map_err(status::to_status)
 }
 
@@ -56,9 +60,9 @@ where
     }
     match out {
         Ok(r) => r.map_err(status::to_status),
-        Err(_) => Err(Status::internal(
-            "request worker stopped unexpectedly; nothing was approved",
-        )),
+        Err(_) => Err(status::to_status(Error::Internal(
+            "request worker stopped unexpectedly; nothing was approved".into(),
+        ))),
     }
 }
 
@@ -85,7 +89,7 @@ impl pb::factor_service_server::FactorService for FactorApi {
         let r = req.into_inner();
         let s = self.sigil.clone();
         let e = blocking(move || {
-            s.begin_totp_enrollment(
+            s.enroll().begin_totp_enrollment(
                 role.name(),
                 &r.user_id,
                 &r.nickname,
@@ -112,7 +116,11 @@ impl pb::factor_service_server::FactorService for FactorApi {
         let role = require(&req, "FactorService/ConfirmTotpEnrollment")?;
         let r = req.into_inner();
         let s = self.sigil.clone();
-        let f = blocking(move || s.confirm_totp_enrollment(role.name(), &r.user_id, &r.factor_id, &r.code)).await?;
+        let f = blocking(move || {
+            s.enroll()
+                .confirm_totp_enrollment(role.name(), &r.user_id, &r.factor_id, &r.code)
+        })
+        .await?;
         Ok(Response::new(pb::ConfirmTotpEnrollmentResponse {
             factor: Some(f.into()),
         }))
@@ -125,7 +133,7 @@ impl pb::factor_service_server::FactorService for FactorApi {
         require(&req, "FactorService/ListFactors")?;
         let r = req.into_inner();
         let s = self.sigil.clone();
-        let list = blocking(move || s.list_factors(&r.user_id)).await?;
+        let list = blocking(move || s.enroll().list_factors(&r.user_id)).await?;
         Ok(Response::new(pb::ListFactorsResponse {
             factors: list.into_iter().map(convert::factor).collect(),
         }))
@@ -139,7 +147,7 @@ impl pb::factor_service_server::FactorService for FactorApi {
         let r = req.into_inner();
         let s = self.sigil.clone();
         let (ceremony_id, options_json, expires_at) = blocking(move || {
-            s.begin_webauthn_registration(
+            s.enroll().begin_webauthn_registration(
                 role.name(),
                 &r.user_id,
                 &r.nickname,
@@ -162,9 +170,11 @@ impl pb::factor_service_server::FactorService for FactorApi {
         let role = require(&req, "FactorService/FinishWebauthnRegistration")?;
         let r = req.into_inner();
         let s = self.sigil.clone();
-        let f =
-            blocking(move || s.finish_webauthn_registration(role.name(), &r.user_id, &r.ceremony_id, &r.response_json))
-                .await?;
+        let f = blocking(move || {
+            s.enroll()
+                .finish_webauthn_registration(role.name(), &r.user_id, &r.ceremony_id, &r.response_json)
+        })
+        .await?;
         Ok(Response::new(pb::FinishWebauthnRegistrationResponse {
             factor: Some(f.into()),
         }))
@@ -179,7 +189,7 @@ impl pb::factor_service_server::FactorService for FactorApi {
         let s = self.sigil.clone();
         let e = blocking(move || {
             let secret = zeroize::Zeroizing::new(r.secret);
-            s.begin_yubikey_hmac_enrollment(
+            s.enroll().begin_yubikey_hmac_enrollment(
                 role.name(),
                 &r.user_id,
                 &r.nickname,
@@ -203,7 +213,7 @@ impl pb::factor_service_server::FactorService for FactorApi {
             let key = zeroize::Zeroizing::new(r.aes_key);
             let private_id = zeroize::Zeroizing::new(r.private_id);
             let csv = zeroize::Zeroizing::new(r.personalization_csv);
-            s.begin_yubikey_otp_enrollment(
+            s.enroll().begin_yubikey_otp_enrollment(
                 role.name(),
                 &r.user_id,
                 &r.nickname,
@@ -224,7 +234,7 @@ impl pb::factor_service_server::FactorService for FactorApi {
     ) -> Result<Response<pb::ConfirmYubikeyEnrollmentResponse>, Status> {
         let role = require(&req, "FactorService/ConfirmYubikeyEnrollment")?;
         let r = req.into_inner();
-        use crate::factor::hardware::YubikeyConfirmation as C;
+        use crate::enroll::YubikeyConfirmation as C;
         use pb::confirm_yubikey_enrollment_request::Proof as P;
         let proof = match r.proof {
             Some(P::HmacResponse(b)) => C::Hmac(b),
@@ -237,7 +247,11 @@ impl pb::factor_service_server::FactorService for FactorApi {
             }
         };
         let s = self.sigil.clone();
-        let f = blocking(move || s.confirm_yubikey_enrollment(role.name(), &r.user_id, &r.factor_id, proof)).await?;
+        let f = blocking(move || {
+            s.enroll()
+                .confirm_yubikey_enrollment(role.name(), &r.user_id, &r.factor_id, proof)
+        })
+        .await?;
         Ok(Response::new(pb::ConfirmYubikeyEnrollmentResponse {
             factor: Some(f.into()),
         }))
@@ -250,7 +264,11 @@ impl pb::factor_service_server::FactorService for FactorApi {
         let role = require(&req, "FactorService/RemoveFactor")?;
         let r = req.into_inner();
         let s = self.sigil.clone();
-        blocking(move || s.remove_factor(role.name(), &r.user_id, &r.factor_id, &r.step_up_approval)).await?;
+        blocking(move || {
+            s.enroll()
+                .remove_factor(role.name(), &r.user_id, &r.factor_id, &r.step_up_approval)
+        })
+        .await?;
         Ok(Response::new(pb::RemoveFactorResponse {}))
     }
 }
@@ -282,7 +300,10 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
             .into();
         let device = r.device.unwrap_or_default().into();
         let s = self.sigil.clone();
-        let b = approval_call(&self.sigil, move || s.begin_approval(role.name(), intent, device)).await?;
+        let b = approval_call(&self.sigil, move || {
+            s.approvals().begin_approval(role.name(), intent, device)
+        })
+        .await?;
         Ok(Response::new(pb::BeginApprovalResponse {
             challenge_id: b.challenge_id,
             intent_sha256: b.intent_sha256.to_vec(),
@@ -324,7 +345,8 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         };
         let s = self.sigil.clone();
         let i = approval_call(&self.sigil, move || {
-            s.complete_approval(role.name(), &r.challenge_id, &r.user_id, proof)
+            s.approvals()
+                .complete_approval(role.name(), &r.challenge_id, &r.user_id, proof)
         })
         .await?;
         Ok(Response::new(pb::CompleteApprovalResponse {
@@ -344,7 +366,8 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         let expected = r.expected_intent.map(sigil_verify::Intent::from);
         let s = self.sigil.clone();
         let done = approval_call(&self.sigil, move || {
-            s.redeem_approval_keyed(role.name(), &r.approval, expected.as_ref(), &r.idempotency_key)
+            s.approvals()
+                .redeem_approval_keyed(role.name(), &r.approval, expected.as_ref(), &r.idempotency_key)
         })
         .await?;
         Ok(Response::new(pb::RedeemApprovalResponse {
@@ -362,7 +385,7 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         let jwks_json = serde_json::to_string(&self.sigil.signer().jwks())
             .map_err(|e| status::to_status(Error::Internal(format!("cannot encode key set: {e}"))))?;
         let s = self.sigil.clone();
-        let (ring, _) = blocking(move || s.key_ring()).await?;
+        let (ring, _) = blocking(move || s.keys().key_ring()).await?;
         Ok(Response::new(pb::GetApprovalKeysResponse {
             jwks_json,
             cache_max_age_seconds: self.sigil.config().approval.jwks_cache_seconds,

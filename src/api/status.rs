@@ -1,10 +1,17 @@
 //! The one place domain errors become gRPC statuses.
+//!
+//! Every status Sigil returns carries a `google.rpc.ErrorInfo` with the
+//! error's [`Reason`] (domain `sigil.v1`), and where it helps:
+//! `google.rpc.BadRequest` naming every malformed field, and
+//! `google.rpc.RetryInfo` with the `ErrorInfo` metadata `retry_at` when
+//! waiting helps (lockouts, holds, time-limited locks and suspensions).
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use crate::error::Error;
+use crate::error::{Error, Reason};
 
 /// Longest message (and detail) a status carries, in bytes: far above any
 /// message Sigil writes, and a safety net should input ever be echoed
@@ -25,38 +32,133 @@ fn bounded(mut m: String) -> String {
     m
 }
 
-/// Maps a domain error to a status with rich details (BadRequest naming the
-/// field, RetryInfo for lockouts).
-pub fn to_status(e: Error) -> Status {
-    let msg = bounded(e.to_string());
-    let e = match e {
-        Error::InvalidArgument { field, reason } => Error::InvalidArgument {
-            field: bounded(field),
-            reason: bounded(reason),
-        },
-        other => other,
-    };
+/// The gRPC code of an error.
+pub fn code_of(e: &Error) -> Code {
     match e {
-        Error::InvalidArgument { field, reason } => Status::with_error_details(
-            Code::InvalidArgument,
-            msg,
-            ErrorDetails::with_bad_request_violation(field, reason),
-        ),
-        Error::NotFound(_) => Status::not_found(msg),
-        Error::FailedPrecondition(_) => Status::failed_precondition(msg),
-        Error::PermissionDenied(_) => Status::permission_denied(msg),
-        Error::Locked { retry_after, .. } => Status::with_error_details(
-            Code::ResourceExhausted,
-            msg,
-            ErrorDetails::with_retry_info(Some(Duration::from_secs(retry_after))),
-        ),
+        Error::InvalidArgument { .. } | Error::BadRequest(_) => Code::InvalidArgument,
+        Error::NotFound(_) => Code::NotFound,
+        Error::FailedPrecondition(_) | Error::Conflict(_) => Code::FailedPrecondition,
+        Error::PermissionDenied(_) => Code::PermissionDenied,
+        Error::Locked { .. } => Code::ResourceExhausted,
+        Error::Unavailable(_) => Code::Unavailable,
+        Error::Internal(_) => Code::Internal,
+    }
+}
+
+/// Seconds from `now` until `at`, at least one.
+fn wait_until(at: i64, now: i64) -> Duration {
+    Duration::from_secs(at.saturating_sub(now).max(1) as u64)
+}
+
+/// Maps a domain error to a status with its details. `now` is the
+/// service's clock (for RetryInfo delays derived from `retry_at`).
+pub fn to_status_at(e: Error, now: i64) -> Status {
+    let msg = bounded(e.to_string());
+    let code = code_of(&e);
+    let reason: Reason = e.reason();
+    let mut details = ErrorDetails::new();
+    let mut metadata: HashMap<String, String> = HashMap::new();
+    match &e {
+        Error::InvalidArgument { field, reason } => {
+            details.add_bad_request_violation(bounded(field.clone()), bounded(reason.clone()));
+        }
+        Error::BadRequest(v) => {
+            let violations: Vec<FieldViolation> = v
+                .iter()
+                .map(|f| FieldViolation::new(bounded(f.field.clone()), bounded(f.reason.clone())))
+                .collect();
+            details.set_bad_request(violations);
+        }
+        Error::FailedPrecondition(r) | Error::PermissionDenied(r) => {
+            for (k, v) in &r.metadata {
+                metadata.insert((*k).to_string(), bounded(v.clone()));
+            }
+            if let Some(at) = r.retry_at {
+                metadata.insert("retry_at".into(), at.to_string());
+                details.set_retry_info(Some(wait_until(at, now)));
+            }
+        }
+        Error::Locked { retry_after, .. } => {
+            metadata.insert("retry_at".into(), (now + *retry_after as i64).to_string());
+            details.set_retry_info(Some(Duration::from_secs(*retry_after)));
+        }
         Error::Unavailable(_) => {
             tracing::error!(error = %msg, "refusing: dependency unavailable");
-            Status::unavailable(msg)
         }
         Error::Internal(_) => {
             tracing::error!(error = %msg, "internal error");
-            Status::internal(msg)
         }
+        Error::NotFound(_) | Error::Conflict(_) => {}
+    }
+    details.set_error_info(reason.as_str(), sigil_verify::reason::DOMAIN, metadata);
+    Status::with_error_details(code, msg, details)
+}
+
+/// The refusal of a client certificate on the deny-list
+/// (`UNAUTHENTICATED`, reason `CERTIFICATE_DENIED`).
+pub fn certificate_denied(message: impl Into<String>) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(
+        Reason::CertificateDenied.as_str(),
+        sigil_verify::reason::DOMAIN,
+        HashMap::new(),
+    );
+    Status::with_error_details(Code::Unauthenticated, bounded(message.into()), details)
+}
+
+/// [`to_status_at`] at the current system time.
+pub fn to_status(e: Error) -> Status {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    to_status_at(e, now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::FieldError;
+
+    #[test]
+    fn every_status_names_its_reason_and_retry_time() {
+        let st = to_status_at(Error::refused(Reason::AddressOnHold, "on hold").retry_at(1_000), 900);
+        assert_eq!(st.code(), Code::FailedPrecondition);
+        let d = st.get_error_details();
+        let info = d.error_info().unwrap();
+        assert_eq!(info.reason, "ADDRESS_ON_HOLD");
+        assert_eq!(info.domain, "sigil.v1");
+        assert_eq!(info.metadata.get("retry_at").map(String::as_str), Some("1000"));
+        assert_eq!(d.retry_info().unwrap().retry_delay, Some(Duration::from_secs(100)));
+
+        let st = to_status_at(
+            Error::Locked {
+                what: "factor 'f'".into(),
+                retry_after: 60,
+            },
+            10,
+        );
+        assert_eq!(st.code(), Code::ResourceExhausted);
+        assert_eq!(st.get_error_details().error_info().unwrap().reason, "FACTOR_LOCKED");
+
+        let st = to_status_at(Error::Conflict("changed".into()), 0);
+        assert_eq!(st.get_error_details().error_info().unwrap().reason, "CONCURRENT_CHANGE");
+    }
+
+    #[test]
+    fn several_bad_fields_are_all_listed() {
+        let e = Error::check_all(vec![FieldError::new("a", "x"), FieldError::new("b", "y")]).unwrap_err();
+        let st = to_status_at(e, 0);
+        assert_eq!(st.code(), Code::InvalidArgument);
+        let d = st.get_error_details();
+        let fields: Vec<String> = d
+            .bad_request()
+            .unwrap()
+            .field_violations
+            .iter()
+            .map(|v| v.field.clone())
+            .collect();
+        assert_eq!(fields, ["a", "b"]);
+        assert_eq!(d.error_info().unwrap().reason, "INVALID_ARGUMENT");
     }
 }

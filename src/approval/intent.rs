@@ -5,30 +5,9 @@
 //! an intent is acceptable before anything is stored or signed.
 use sigil_verify::{amount_decimals, is_canonical_amount, Intent};
 
-use crate::config::Config;
 use crate::error::Error;
-
-/// Longest id, address or memo accepted, in bytes.
-pub const MAX_FIELD: usize = 256;
-
-/// Action types. Each needs an approval.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Move funds to an address.
-    Withdrawal,
-    /// Add an address to the withdrawal whitelist.
-    AddAddress,
-    /// Remove an address from the whitelist.
-    RemoveAddress,
-    /// Enroll another factor (step-up once one exists).
-    EnrollFactor,
-    /// Remove a factor.
-    RemoveFactor,
-    /// Change the anti-phishing code.
-    ChangeAntiPhishingCode,
-    /// Create an API key.
-    CreateApiKey,
-}
+use crate::model::{check_id, check_symbol, check_text, excerpt, Action};
+use crate::protect::assets::Assets;
 
 /// Whether an action carries a field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,86 +17,22 @@ enum Rule {
     Forbidden,
 }
 
-impl Action {
-    /// Every action.
-    pub const ALL: [Action; 7] = [
-        Action::Withdrawal,
-        Action::AddAddress,
-        Action::RemoveAddress,
-        Action::EnrollFactor,
-        Action::RemoveFactor,
-        Action::ChangeAntiPhishingCode,
-        Action::CreateApiKey,
-    ];
-
-    /// The lower-case name used in intents and the `act` claim.
-    pub fn name(self) -> &'static str {
-        match self {
-            Action::Withdrawal => "withdrawal",
-            Action::AddAddress => "add_address",
-            Action::RemoveAddress => "remove_address",
-            Action::EnrollFactor => "enroll_factor",
-            Action::RemoveFactor => "remove_factor",
-            Action::ChangeAntiPhishingCode => "change_anti_phishing_code",
-            Action::CreateApiKey => "create_api_key",
+/// Rules for (withdrawal_id, asset, network, amount, destination, memo).
+fn rules(action: Action) -> [Rule; 6] {
+    use Rule::*;
+    match action {
+        Action::Withdrawal => [Required, Required, Required, Required, Required, Optional],
+        Action::AddAddress | Action::RemoveAddress => [Forbidden, Required, Required, Forbidden, Required, Optional],
+        Action::RemoveFactor => [Forbidden, Forbidden, Forbidden, Forbidden, Forbidden, Required],
+        Action::EnrollFactor | Action::ChangeAntiPhishingCode | Action::CreateApiKey => {
+            [Forbidden, Forbidden, Forbidden, Forbidden, Forbidden, Optional]
         }
     }
-
-    /// Parses a name (exact, lower case).
-    pub fn parse(s: &str) -> Option<Action> {
-        Action::ALL.into_iter().find(|a| a.name() == s)
-    }
-
-    /// Rules for (withdrawal_id, asset, network, amount, destination, memo).
-    fn rules(self) -> [Rule; 6] {
-        use Rule::*;
-        match self {
-            Action::Withdrawal => [Required, Required, Required, Required, Required, Optional],
-            Action::AddAddress | Action::RemoveAddress => {
-                [Forbidden, Required, Required, Forbidden, Required, Optional]
-            }
-            Action::RemoveFactor => [Forbidden, Forbidden, Forbidden, Forbidden, Forbidden, Required],
-            Action::EnrollFactor | Action::ChangeAntiPhishingCode | Action::CreateApiKey => {
-                [Forbidden, Forbidden, Forbidden, Forbidden, Forbidden, Optional]
-            }
-        }
-    }
-}
-
-/// Checks a user id (also used outside intents).
-pub fn check_id(field: &str, value: &str) -> Result<(), Error> {
-    if value.is_empty() {
-        return Err(Error::invalid(field, "is required"));
-    }
-    check_text(field, value)
-}
-
-fn check_text(field: &str, value: &str) -> Result<(), Error> {
-    if value.len() > MAX_FIELD {
-        return Err(Error::invalid(
-            field,
-            format!("is {} bytes; at most {MAX_FIELD} are allowed", value.len()),
-        ));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(Error::invalid(field, "contains control characters"));
-    }
-    Ok(())
-}
-
-fn check_symbol(field: &str, value: &str) -> Result<(), Error> {
-    if value.len() > 32 || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
-        return Err(Error::invalid(
-            field,
-            "must be 1..32 ASCII letters, digits, '.', '_' or '-'",
-        ));
-    }
-    Ok(())
 }
 
 /// Validates an intent and returns its action. Errors name the field as
 /// `intent.<field>`.
-pub fn validate(cfg: &Config, intent: &Intent) -> Result<Action, Error> {
+pub fn validate(cfg: &Assets, intent: &Intent) -> Result<Action, Error> {
     let action = Action::parse(&intent.action).ok_or_else(|| {
         let names: Vec<&str> = Action::ALL.iter().map(|a| a.name()).collect();
         if intent.action.is_empty() {
@@ -127,7 +42,7 @@ pub fn validate(cfg: &Config, intent: &Intent) -> Result<Action, Error> {
                 "intent.action",
                 format!(
                     "unknown action '{}'; expected one of {}",
-                    crate::error::excerpt(&intent.action),
+                    excerpt(&intent.action),
                     names.join(", ")
                 ),
             )
@@ -142,7 +57,7 @@ pub fn validate(cfg: &Config, intent: &Intent) -> Result<Action, Error> {
         ("intent.destination", &intent.destination),
         ("intent.memo", &intent.memo),
     ];
-    for ((field, value), rule) in fields.into_iter().zip(action.rules()) {
+    for ((field, value), rule) in fields.into_iter().zip(rules(action)) {
         match rule {
             Rule::Required if value.is_empty() => {
                 return Err(Error::invalid(
@@ -174,14 +89,14 @@ pub fn validate(cfg: &Config, intent: &Intent) -> Result<Action, Error> {
                 "intent.amount",
                 format!(
                     "'{}' is not a canonical decimal greater than zero (like 0.5, 12, 1.05; no sign, exponent, leading zeros or trailing zeros)",
-                    crate::error::excerpt(&intent.amount)
+                    excerpt(&intent.amount)
                 ),
             ));
         }
         let max = cfg.max_decimals(&intent.asset).ok_or_else(|| {
             Error::invalid(
                 "intent.asset",
-                format!("asset '{}' is not configured", crate::error::excerpt(&intent.asset)),
+                format!("asset '{}' is not configured", excerpt(&intent.asset)),
             )
         })?;
         let decimals = amount_decimals(&intent.amount);
@@ -199,6 +114,7 @@ pub fn validate(cfg: &Config, intent: &Intent) -> Result<Action, Error> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::config::Config;
 
     fn withdrawal() -> Intent {
         Intent {
@@ -222,14 +138,17 @@ mod tests {
 
     #[test]
     fn accepts_good_withdrawal() {
-        assert_eq!(validate(&Config::default(), &withdrawal()).unwrap(), Action::Withdrawal);
+        assert_eq!(
+            validate(&Config::default().asset_rules(), &withdrawal()).unwrap(),
+            Action::Withdrawal
+        );
     }
 
     /// Assets and networks are exact and configured: never case-folded,
     /// never defaulted.
     #[test]
     fn assets_and_networks_are_exact_and_configured() {
-        let cfg = Config::default();
+        let cfg = Config::default().asset_rules();
         type Mutate = Box<dyn Fn(&mut Intent)>;
         let cases: Vec<(Mutate, &str, &str)> = vec![
             (
@@ -277,7 +196,10 @@ mod tests {
         // An asset without decimals gets no default: the amount rule needs them.
         let mut cfg = Config::default();
         cfg.assets.decimals.remove("BTC");
-        assert_eq!(field_of(validate(&cfg, &withdrawal()).unwrap_err()), "intent.asset");
+        assert_eq!(
+            field_of(validate(&cfg.asset_rules(), &withdrawal()).unwrap_err()),
+            "intent.asset"
+        );
         // A configuration that still names default_decimals is refused.
         let mut cfg = Config::default();
         cfg.assets.default_decimals = Some(18);
@@ -295,7 +217,7 @@ mod tests {
 
     #[test]
     fn names_the_bad_field() {
-        let cfg = Config::default();
+        let cfg = Config::default().asset_rules();
         type Mutate = Box<dyn Fn(&mut Intent)>;
         let cases: Vec<(Mutate, &str)> = vec![
             (Box::new(|i| i.action = "withdraw".into()), "intent.action"),

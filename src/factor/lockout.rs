@@ -18,8 +18,9 @@
 //!
 //! While locked, attempts are refused without being checked (so a locked
 //! factor gives an attacker no oracle) and do not extend the lock.
-use crate::config::LockoutConfig;
+
 use crate::error::Error;
+use serde::Deserialize;
 
 /// Refuses if the factor is locked at `now`.
 pub fn check(locked_until: i64, now: i64, what: &str) -> Result<(), Error> {
@@ -48,6 +49,28 @@ pub fn on_failure(cfg: &LockoutConfig, failures: u32, now: i64) -> (u32, i64) {
 /// Attempts left before the factor locks.
 pub fn attempts_left(cfg: &LockoutConfig, failures: u32) -> u32 {
     cfg.max_failures.saturating_sub(failures)
+}
+
+/// `[lockout]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockoutConfig {
+    /// Consecutive failures before a factor locks.
+    pub max_failures: u32,
+    /// First lock duration, seconds; doubles with every further failure.
+    pub base_seconds: u64,
+    /// Longest lock, seconds.
+    pub max_seconds: u64,
+}
+
+impl Default for LockoutConfig {
+    fn default() -> Self {
+        Self {
+            max_failures: 5,
+            base_seconds: 30,
+            max_seconds: 3600,
+        }
+    }
 }
 
 #[cfg(test)]

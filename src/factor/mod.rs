@@ -1,67 +1,35 @@
-//! Second factors: stored records and the factor kinds.
+//! Second factors: stored records, the factor kinds, and the service that
+//! checks proofs against them ([`Factors`]).
 //!
-//! One module per kind ([`totp`]); shared lockout rules in [`lockout`].
+//! One module per kind ([`totp`], [`webauthn`], [`yubikey`]); shared
+//! lockout rules in [`lockout`]; attempt counting in `attempts`; checks of
+//! hardware proofs against the credential index in `hardware`. Enrolling
+//! and removing factors needs step-up approvals and lives above, in
+//! [`crate::enroll`].
 //! Enrollment is a small state machine: a factor is created `Pending` and
 //! becomes `Active` only after a first successful proof. Only active factors
 //! answer challenges.
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::store::codec::{self, Record};
 use crate::store::{Table, Versioned};
 
-pub mod hardware;
+mod attempts;
+mod hardware;
 pub mod lockout;
-pub mod manage;
+mod service;
 pub mod totp;
 pub mod webauthn;
 pub mod yubikey;
 
+pub use crate::model::Kind;
+pub use crate::signer::WrappedSecret;
+pub(crate) use service::secret_aad;
+pub use service::{Factors, FactorsConfig};
+
 /// Current version of [`FactorRecord`].
 pub const FACTOR_RECORD_VERSION: u32 = 1;
-
-/// Kinds of factor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    /// RFC 6238 TOTP.
-    Totp,
-    /// WebAuthn / FIDO2.
-    Webauthn,
-    /// YubiKey HMAC-SHA1 challenge-response.
-    YubikeyHmac,
-    /// Yubico OTP.
-    YubikeyOtp,
-}
-
-impl Kind {
-    /// The snake_case name used in policy files.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Totp => "totp",
-            Kind::Webauthn => "webauthn",
-            Kind::YubikeyHmac => "yubikey_hmac",
-            Kind::YubikeyOtp => "yubikey_otp",
-        }
-    }
-
-    /// Nickname used when the user gives none.
-    pub fn default_nickname(self) -> &'static str {
-        match self {
-            Kind::Totp => "authenticator",
-            Kind::Webauthn => "security key",
-            Kind::YubikeyHmac | Kind::YubikeyOtp => "YubiKey",
-        }
-    }
-
-    /// RFC 8176 authentication method references for a proof of this kind.
-    pub fn amr(self) -> &'static [&'static str] {
-        match self {
-            Kind::Totp => &["otp"],
-            Kind::Webauthn => &["hwk", "user"],
-            Kind::YubikeyHmac | Kind::YubikeyOtp => &["hwk", "otp"],
-        }
-    }
-}
 
 /// Enrollment state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,23 +39,6 @@ pub enum State {
     Pending,
     /// Confirmed; answers challenges.
     Active,
-}
-
-/// A secret encrypted by an HSM key. Names the key that wrapped it.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WrappedSecret {
-    /// Label of the HSM AES key.
-    pub key_label: String,
-    /// base64url of IV || ciphertext || tag.
-    pub blob: String,
-}
-
-impl std::fmt::Debug for WrappedSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WrappedSecret")
-            .field("key_label", &self.key_label)
-            .finish_non_exhaustive()
-    }
 }
 
 /// A stored factor (table `factors`, key `user_id 0x00 factor_id`).
@@ -121,7 +72,7 @@ pub struct FactorRecord {
     pub totp_last_step: Option<u64>,
     /// Revocation epochs at creation; a factor from an older epoch is revoked.
     #[serde(default)]
-    pub epochs: crate::protect::Epochs,
+    pub epochs: crate::model::Epochs,
     /// Set when the authenticator's counter went backwards.
     #[serde(default)]
     pub suspected_cloned: bool,
@@ -159,6 +110,14 @@ pub fn yubikey_index_key(public_id: &str) -> Vec<u8> {
     format!("yubikey-otp/{public_id}").into_bytes()
 }
 
+impl Record for FactorRecord {
+    const NAME: &'static str = "factor";
+    const VERSION: u32 = FACTOR_RECORD_VERSION;
+    fn format_version(&self) -> u32 {
+        self.v
+    }
+}
+
 impl FactorRecord {
     /// Store key of a factor.
     pub fn key(user_id: &str, factor_id: &str) -> Vec<u8> {
@@ -169,20 +128,12 @@ impl FactorRecord {
 
     /// Decodes a stored record.
     pub fn decode(v: &Versioned) -> Result<Self, Error> {
-        let rec: FactorRecord =
-            serde_json::from_slice(&v.value).map_err(|e| Error::Internal(format!("factor record unreadable: {e}")))?;
-        if rec.v != FACTOR_RECORD_VERSION {
-            return Err(Error::Internal(format!(
-                "factor record version {} is not supported",
-                rec.v
-            )));
-        }
-        Ok(rec)
+        codec::decode(&v.value)
     }
 
     /// Encodes for storage.
     pub fn encode(&self) -> Result<Vec<u8>, Error> {
-        serde_json::to_vec(self).map_err(|e| Error::Internal(format!("cannot encode factor: {e}")))
+        codec::encode(self)
     }
 
     /// True when this factor is confirmed (it may still be revoked: see
@@ -192,7 +143,7 @@ impl FactorRecord {
     }
 
     /// True unless revoked by an epoch newer than the factor.
-    pub fn is_live(&self, current: crate::protect::Epochs) -> bool {
+    pub fn is_live(&self, current: crate::model::Epochs) -> bool {
         self.epochs == current
     }
 }
@@ -206,3 +157,44 @@ pub fn user_prefix(user_id: &str) -> Vec<u8> {
 
 /// The table factors live in.
 pub const TABLE: Table = Table::Factors;
+
+/// The memo of the `enroll_factor` approval that lets a user with an
+/// active factor enroll another: `<kind>:<nickname>` (the kind's name —
+/// `totp`, `webauthn`, `yubikey_hmac`, `yubikey_otp` — and the nickname as
+/// sent, possibly empty). The approval answers that enrollment only.
+pub fn enrollment_memo(kind: Kind, nickname: &str) -> String {
+    format!("{}:{nickname}", kind.name())
+}
+
+/// Checks the memo of an `enroll_factor` intent (at BeginApproval, before
+/// the user is asked): it must name a factor kind and a valid nickname.
+pub(crate) fn check_enrollment_memo(field: &str, memo: &str) -> Result<(), Error> {
+    let (kind, nickname) = memo.split_once(':').ok_or_else(|| {
+        Error::invalid(
+            field,
+            "must name what is enrolled as '<kind>:<nickname>' (kind: totp, webauthn, yubikey_hmac or yubikey_otp)",
+        )
+    })?;
+    if !crate::protect::policy::ALL_KINDS.iter().any(|k| k.name() == kind) {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "'{}' is not a factor kind (totp, webauthn, yubikey_hmac, yubikey_otp)",
+                crate::error::excerpt(kind)
+            ),
+        ));
+    }
+    check_nickname(nickname).map_err(|_| {
+        Error::invalid(
+            field,
+            "the nickname after ':' is at most 64 bytes, no control characters",
+        )
+    })
+}
+
+pub(crate) fn check_nickname(n: &str) -> Result<(), Error> {
+    if n.len() > 64 || n.chars().any(char::is_control) {
+        return Err(Error::invalid("nickname", "at most 64 bytes, no control characters"));
+    }
+    Ok(())
+}

@@ -7,6 +7,7 @@
 //! several steps in the window show the same digits, the newest is taken,
 //! so the same six digits cannot be replayed in a later step.
 use ring::hmac;
+use serde::Deserialize;
 
 /// Seconds per time step.
 pub const PERIOD: i64 = 30;
@@ -108,6 +109,36 @@ pub fn qr_svg(uri: &str) -> Result<Vec<u8>, crate::error::Error> {
         .quiet_zone(true)
         .build();
     Ok(svg.into_bytes())
+}
+
+/// `[totp]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TotpConfig {
+    /// Issuer shown in authenticator apps.
+    pub issuer: String,
+    /// A pending enrollment must be confirmed within this many seconds.
+    pub enrollment_ttl_seconds: i64,
+}
+
+impl Default for TotpConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "Sigil".into(),
+            enrollment_ttl_seconds: 600,
+        }
+    }
+}
+
+impl crate::store::meta::RestoreRecord {
+    /// The newest TOTP time step that could have been accepted before the
+    /// restore: a code is accepted up to [`WINDOW`] steps ahead of the
+    /// verifier's clock, so a code used at the restore moment may belong
+    /// to `step_at(restored_at) + WINDOW`. Every step up to and including
+    /// this one is refused after the restore.
+    pub fn totp_floor_step(&self) -> u64 {
+        step_at(self.restored_at).saturating_add(WINDOW)
+    }
 }
 
 #[cfg(test)]

@@ -32,6 +32,10 @@ pub struct AddressRecord {
     pub usable_announced: bool,
 }
 
+impl crate::store::codec::Record for AddressRecord {
+    const NAME: &'static str = "address";
+}
+
 /// Store key of an address.
 pub fn key(user_id: &str, network: &str, address: &str) -> Vec<u8> {
     let mut k = user_prefix(user_id);
@@ -51,7 +55,7 @@ pub fn user_prefix(user_id: &str) -> Vec<u8> {
 /// Checks `address` for a configured `network` by its address format
 /// (see [`crate::protect::address_format`]). `field` names the request
 /// field; a network that is not configured is refused.
-pub fn validate(cfg: &crate::config::Config, field: &str, network: &str, address: &str) -> Result<(), Error> {
+pub fn validate(cfg: &super::assets::Assets, field: &str, network: &str, address: &str) -> Result<(), Error> {
     let format = cfg.network_format(network).ok_or_else(|| {
         Error::invalid(
             field,
@@ -63,7 +67,7 @@ pub fn validate(cfg: &crate::config::Config, field: &str, network: &str, address
 
 /// Checks a withdrawal's memo for `network` (an XRP Ledger destination tag
 /// is a decimal u32). `field` names the request field.
-pub fn validate_memo(cfg: &crate::config::Config, field: &str, network: &str, memo: &str) -> Result<(), Error> {
+pub fn validate_memo(cfg: &super::assets::Assets, field: &str, network: &str, memo: &str) -> Result<(), Error> {
     match cfg.network_format(network) {
         Some(f) => f.validate_memo(memo).map_err(|why| Error::invalid(field, why)),
         None => Ok(()),
@@ -78,7 +82,7 @@ mod tests {
 
     #[test]
     fn addresses_are_checked_by_the_format_of_their_configured_network() {
-        let cfg = Config::default();
+        let cfg = Config::default().asset_rules();
         assert!(validate(&cfg, "a", "bitcoin", "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq").is_ok());
         assert!(validate(&cfg, "a", "ethereum", "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed").is_ok());
         assert!(validate(&cfg, "a", "ethereum", "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD").is_err());

@@ -8,17 +8,18 @@
 //! epochs are not the current ones is dead. Revoking everyone is one write.
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
-use crate::store::{Store, Table};
+use crate::error::{Error, Reason};
+use crate::store::codec::{self, Record};
+use crate::store::{meta, Batch, Op, Store, Table};
 
 pub mod address;
 pub mod address_format;
 pub mod amount;
-pub mod ops;
+pub mod assets;
 pub mod policy;
 
-/// Key of the global record in [`Table::Meta`].
-pub const GLOBAL_KEY: &[u8] = b"global";
+pub use crate::model::Epochs;
+use std::path::PathBuf;
 
 /// A suspension of approvals and redemptions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,15 +106,6 @@ pub struct UserRecord {
     pub unknown_id_locked_until: i64,
 }
 
-/// The epochs something was created under.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Epochs {
-    /// Global epoch.
-    pub global: u64,
-    /// User epoch.
-    pub user: u64,
-}
-
 /// Protection state read for one decision, with the versions needed to make
 /// the decision's write conditional on it.
 #[derive(Debug, Clone)]
@@ -131,12 +123,12 @@ pub struct Snapshot {
 impl Snapshot {
     /// Reads the global and the user's records.
     pub fn load(store: &dyn Store, user_id: &str) -> Result<Snapshot, Error> {
-        let (global, global_version) = match store.get(Table::Meta, GLOBAL_KEY)? {
-            Some(v) => (decode(&v.value, "global")?, v.version),
+        let (global, global_version) = match store.get(Table::Meta, meta::GLOBAL)? {
+            Some(v) => (codec::decode(&v.value)?, v.version),
             None => (GlobalRecord::default(), 0),
         };
         let (user, user_version) = match store.get(Table::Users, user_id.as_bytes())? {
-            Some(v) => (decode(&v.value, "user")?, v.version),
+            Some(v) => (codec::decode(&v.value)?, v.version),
             None => (UserRecord::default(), 0),
         };
         Ok(Snapshot {
@@ -158,20 +150,26 @@ impl Snapshot {
     /// Refuses while approvals are suspended globally or for this user.
     pub fn check_not_suspended(&self, now: i64, what: &str) -> Result<(), Error> {
         if let Some(s) = self.global.suspension.as_ref().filter(|s| s.active(now)) {
-            return Err(Error::FailedPrecondition(format!(
-                "{what} refused: all approvals are suspended ({}; by {}{})",
-                s.reason,
-                s.by,
-                s.until.map(|u| format!("; until {u}")).unwrap_or_default()
-            )));
+            return Err(suspended(
+                format!(
+                    "{what} refused: all approvals are suspended ({}; by {}{})",
+                    s.reason,
+                    s.by,
+                    s.until.map(|u| format!("; until {u}")).unwrap_or_default()
+                ),
+                s.until,
+            ));
         }
         if let Some(s) = self.user.suspension.as_ref().filter(|s| s.active(now)) {
-            return Err(Error::FailedPrecondition(format!(
-                "{what} refused: approvals for this user are suspended ({}; by {}{})",
-                s.reason,
-                s.by,
-                s.until.map(|u| format!("; until {u}")).unwrap_or_default()
-            )));
+            return Err(suspended(
+                format!(
+                    "{what} refused: approvals for this user are suspended ({}; by {}{})",
+                    s.reason,
+                    s.by,
+                    s.until.map(|u| format!("; until {u}")).unwrap_or_default()
+                ),
+                s.until,
+            ));
         }
         Ok(())
     }
@@ -182,12 +180,99 @@ impl Snapshot {
     }
 }
 
-/// Decodes a JSON record.
-pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8], what: &str) -> Result<T, Error> {
-    serde_json::from_slice(b).map_err(|e| Error::Internal(format!("{what} record unreadable: {e}")))
+/// The rule for an anti-phishing code: 1 to 32 characters, no control
+/// characters. Checked when it is set and, on its approval's memo, at
+/// BeginApproval.
+pub(crate) fn check_anti_phishing_code(field: &str, code: &str) -> Result<(), Error> {
+    if code.is_empty() || code.chars().count() > 32 || code.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "1 to 32 characters, no control characters"));
+    }
+    Ok(())
 }
 
-/// Encodes a JSON record.
-pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, Error> {
-    serde_json::to_vec(v).map_err(|e| Error::Internal(format!("cannot encode record: {e}")))
+/// A [`Reason::Suspended`] refusal, with its end when it has one.
+fn suspended(message: String, until: Option<i64>) -> Error {
+    let e = Error::refused(Reason::Suspended, message);
+    match until {
+        Some(u) => e.retry_at(u),
+        None => e,
+    }
+}
+
+impl Record for GlobalRecord {
+    const NAME: &'static str = "global";
+    fn format_version(&self) -> u32 {
+        self.v.max(1)
+    }
+}
+
+impl Record for UserRecord {
+    const NAME: &'static str = "user";
+    fn format_version(&self) -> u32 {
+        self.v.max(1)
+    }
+}
+
+/// Protection state of a user.
+pub fn snapshot(store: &dyn Store, user_id: &str) -> Result<Snapshot, Error> {
+    Snapshot::load(store, user_id)
+}
+
+/// Adds the write of a user's new protection record to `batch`,
+/// conditional on the version read in `snap`.
+pub fn put_user(batch: &mut Batch, user_id: &str, snap: &Snapshot, rec: &UserRecord) -> Result<(), Error> {
+    let mut rec = rec.clone();
+    rec.v = 1;
+    let bytes = codec::encode(&rec)?;
+    // This write is conditional on the same version: it subsumes a
+    // check of the record added earlier to the batch (e.g. by a step-up).
+    let key = user_id.as_bytes();
+    batch.ops.retain(
+        |op| !matches!(op, Op::Check { table: Table::Users, key: k, version } if k.as_slice() == key && *version == snap.user_version),
+    );
+    if snap.user_version == 0 {
+        batch.insert(Table::Users, user_id.as_bytes(), bytes);
+    } else {
+        batch.update(Table::Users, user_id.as_bytes(), snap.user_version, bytes);
+    }
+    Ok(())
+}
+
+/// Adds a check that the global record is unchanged since `snap`.
+pub fn check_global(batch: &mut Batch, snap: &Snapshot) {
+    batch.check(Table::Meta, meta::GLOBAL, snap.global_version);
+}
+
+/// Adds checks that the global and the user's records are unchanged since `snap`.
+pub fn check_snapshot(batch: &mut Batch, user_id: &str, snap: &Snapshot) {
+    check_global(batch, snap);
+    batch.check(Table::Users, user_id.as_bytes(), snap.user_version);
+}
+
+/// `[protection]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProtectionConfig {
+    /// A new whitelisted address is usable only after this hold, seconds.
+    pub address_hold_seconds: i64,
+    /// Withdrawals are locked this long after a factor or anti-phishing change, seconds.
+    pub security_change_lock_seconds: i64,
+    /// Withdrawals only to whitelisted, usable addresses.
+    pub require_whitelisted_address: bool,
+    /// Policy file (TOML); replaces the inline `[policy]` section.
+    pub policy_file: Option<PathBuf>,
+    /// Seconds between background sweeps (address holds ending, audit checkpoints).
+    pub sweep_interval_seconds: u64,
+}
+
+impl Default for ProtectionConfig {
+    fn default() -> Self {
+        Self {
+            address_hold_seconds: 86_400,
+            security_change_lock_seconds: 86_400,
+            require_whitelisted_address: true,
+            policy_file: None,
+            sweep_interval_seconds: 30,
+        }
+    }
 }

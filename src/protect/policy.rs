@@ -29,9 +29,8 @@ use sigil_verify::Intent;
 
 use super::amount;
 use super::{RecentWithdrawal, UserRecord};
-use crate::approval::{Action, DeviceSignals};
-use crate::error::Error;
-use crate::factor::Kind;
+use crate::error::{Error, Reason};
+use crate::model::{Action, DeviceSignals, Kind};
 
 /// All factor kinds.
 pub const ALL_KINDS: [Kind; 4] = [Kind::Totp, Kind::Webauthn, Kind::YubikeyHmac, Kind::YubikeyOtp];
@@ -213,17 +212,23 @@ impl Policy {
     ) -> Result<Decision, Error> {
         let rules = self.action(action);
         if rules.deny_jailbroken && device.jailbroken {
-            return Err(Error::FailedPrecondition(format!(
-                "the device reports it is jailbroken or rooted; policy refuses '{}' from it",
-                action.name()
-            )));
+            return Err(Error::refused(
+                Reason::PolicyRefused,
+                format!(
+                    "the device reports it is jailbroken or rooted; policy refuses '{}' from it",
+                    action.name()
+                ),
+            ));
         }
         if rules.require_app_attestation && device.app_attestation != "pass" {
-            return Err(Error::FailedPrecondition(format!(
-                "policy requires a passing app attestation for '{}' (got '{}')",
-                action.name(),
-                device.app_attestation
-            )));
+            return Err(Error::refused(
+                Reason::PolicyRefused,
+                format!(
+                    "policy requires a passing app attestation for '{}' (got '{}')",
+                    action.name(),
+                    device.app_attestation
+                ),
+            ));
         }
         let mut kinds = rules.kinds.clone();
         let mut suspend = None;

@@ -17,13 +17,60 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub mod codec;
 mod disk;
+pub mod meta;
+/// `[store]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Directory of the sled store.
+    pub path: PathBuf,
+    /// Recent commits are written from the write-ahead log into sled at
+    /// least this often (milliseconds)...
+    pub checkpoint_interval_ms: u64,
+    /// ... or as soon as this many keys were written since the last time ...
+    pub checkpoint_keys: usize,
+    /// ... or this many MiB of keys and values.
+    pub checkpoint_mib: usize,
+    /// When checkpoints fail or fall far behind, how long a commit waits
+    /// for one (milliseconds) before it is refused (`UNAVAILABLE`).
+    pub backpressure_wait_ms: u64,
+}
+
+impl StoreConfig {
+    /// The store's checkpoint tuning from this section.
+    pub fn tuning(&self) -> crate::store::sled_store::Tuning {
+        crate::store::sled_store::Tuning {
+            checkpoint_interval: std::time::Duration::from_millis(self.checkpoint_interval_ms),
+            checkpoint_keys: self.checkpoint_keys,
+            checkpoint_bytes: self.checkpoint_mib << 20,
+            backpressure_wait: std::time::Duration::from_millis(self.backpressure_wait_ms),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        let t = crate::store::sled_store::Tuning::default();
+        Self {
+            path: "data/sled".into(),
+            checkpoint_interval_ms: t.checkpoint_interval.as_millis() as u64,
+            checkpoint_keys: t.checkpoint_keys,
+            checkpoint_mib: t.checkpoint_bytes >> 20,
+            backpressure_wait_ms: t.backpressure_wait.as_millis() as u64,
+        }
+    }
+}
+
 #[cfg(test)]
 mod sim;
 pub mod sled_store;
 mod wal;
 
+use serde::Deserialize;
 pub use sled_store::SledStore;
+use std::path::PathBuf;
 
 /// The tables Sigil stores records in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -317,6 +364,19 @@ impl fmt::Display for StoreError {
 }
 
 impl std::error::Error for StoreError {}
+
+impl From<StoreError> for crate::error::Error {
+    fn from(e: StoreError) -> Self {
+        use crate::error::Error;
+        match e {
+            StoreError::Conflict => {
+                Error::Conflict("the record changed concurrently; nothing was written, retry".into())
+            }
+            StoreError::Unavailable(m) => Error::Unavailable(format!("store unavailable: {m}")),
+            StoreError::Corrupt(m) => Error::Internal(format!("store data unusable: {m}")),
+        }
+    }
+}
 
 /// Waits for a backend's commits to become durable (see [`Ticket`]).
 pub trait DurableWait: Send + Sync {

@@ -514,9 +514,9 @@ async fn expired_challenges_and_approvals_are_purged_and_stay_refused() {
     assert_eq!(store.len(sigil::store::Table::Approvals).unwrap(), 1);
     // Still kept within the grace periods.
     s.clock.advance(3_000);
-    assert_eq!(s.sigil().purge_expired().unwrap(), 0);
+    assert_eq!(s.sigil().ops().purge_expired().unwrap(), 0);
     s.clock.advance(2 * 86_400);
-    assert_eq!(s.sigil().purge_expired().unwrap(), 3);
+    assert_eq!(s.sigil().ops().purge_expired().unwrap(), 3);
     assert_eq!(store.len(sigil::store::Table::Challenges).unwrap(), 0);
     assert_eq!(store.len(sigil::store::Table::Approvals).unwrap(), 0);
     // A purged approval is refused (expired), and so it would be with a clock set back.

@@ -87,6 +87,7 @@ async fn server_with_list(text: &str) -> (TestServer, tempfile::TempDir, PathBuf
 
 fn audit(s: &TestServer) -> Vec<AuditEntry> {
     s.sigil()
+        .ops()
         .audit_entries(0, 100_000)
         .unwrap()
         .into_iter()

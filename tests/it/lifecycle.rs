@@ -907,11 +907,12 @@ async fn rewrap_killed_half_way_resumes_with_the_same_key_and_completes() {
     let sg = s.sigil().clone();
     let mut calls = 0;
     let first = tokio::task::spawn_blocking(move || {
-        sg.rewrap_secrets("admin", 5, |_| {
-            calls += 1;
-            false
-        })
-        .map(|r| (r, calls))
+        sg.keys()
+            .rewrap_secrets("admin", 5, |_| {
+                calls += 1;
+                false
+            })
+            .map(|r| (r, calls))
     })
     .await
     .unwrap()
@@ -1005,7 +1006,7 @@ async fn rewrap_with_the_hsm_key_unreachable_is_unavailable_and_writes_nothing()
     let before = snapshot(s.sigil());
 
     let sg = s.sigil().clone();
-    let r = tokio::task::spawn_blocking(move || sg.rewrap_secrets("admin", 5, |_| true))
+    let r = tokio::task::spawn_blocking(move || sg.keys().rewrap_secrets("admin", 5, |_| true))
         .await
         .unwrap();
     match r {
@@ -1209,7 +1210,7 @@ async fn event_cursors_and_audit_history_survive_a_restore() {
         redeem(&mut a, &r.approval).await.unwrap();
         s.clock.advance(30);
     }
-    s.sigil().checkpoint_audit().unwrap().unwrap();
+    s.sigil().ops().checkpoint_audit().unwrap().unwrap();
     let seen = s.collect_events(0).await;
     let last_cursor = seen.last().unwrap().cursor;
     assert!(seen.iter().any(|e| e.kind == "approval_redeemed"));
@@ -1260,7 +1261,7 @@ async fn event_cursors_and_audit_history_survive_a_restore() {
         Some("live store")
     );
     assert!(restore_entry.details.contains_key("previous_store"));
-    let report = s.sigil().verify_audit().unwrap();
+    let report = s.sigil().ops().verify_audit().unwrap();
     assert!(report.ok(), "{report:?}");
     assert!(report.checkpoints >= 1);
 }
@@ -1314,7 +1315,7 @@ async fn a_restore_without_the_live_store_needs_the_highest_cursor_and_starts_ab
     assert_eq!(resumed.len(), 1, "{resumed:?}");
     assert_eq!(resumed[0].kind, "restored");
     assert_eq!(resumed[0].cursor, last_cursor + 41);
-    assert!(s.sigil().verify_audit().unwrap().ok());
+    assert!(s.sigil().ops().verify_audit().unwrap().ok());
 }
 
 #[tokio::test(flavor = "multi_thread")]

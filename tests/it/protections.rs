@@ -659,7 +659,7 @@ async fn audit_chain_verifies_and_a_flipped_byte_is_named() {
     s.approve(&withdrawal("kim", "w1"), &seed).await;
     let mut a = s.approvals("withdrawal-engine").await;
     let _ = a.begin_approval(wd("nobody", "w1")).await; // a refusal is audited too
-    s.sigil().checkpoint_audit().unwrap().unwrap();
+    s.sigil().ops().checkpoint_audit().unwrap().unwrap();
     let run = |args: &[&str]| {
         let d = certs_dir();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_sigil"))
@@ -684,9 +684,9 @@ async fn audit_chain_verifies_and_a_flipped_byte_is_named() {
         text.contains("audit log ok") && text.contains("1 signed checkpoint"),
         "{text}"
     );
-    let report = s.sigil().verify_audit().unwrap();
+    let report = s.sigil().ops().verify_audit().unwrap();
     assert!(report.ok());
-    let entries = s.sigil().audit_entries(0, 100).unwrap();
+    let entries = s.sigil().ops().audit_entries(0, 100).unwrap();
     assert!(entries.len() >= 4);
     let refused: Vec<_> = entries
         .iter()
@@ -710,7 +710,7 @@ async fn audit_chain_verifies_and_a_flipped_byte_is_named() {
     let mut b = sigil::store::Batch::new();
     b.update(sigil::store::Table::Audit, key.to_vec(), stored.version, value);
     s.sigil().store().commit(&b).unwrap();
-    let report = s.sigil().verify_audit().unwrap();
+    let report = s.sigil().ops().verify_audit().unwrap();
     assert_eq!(report.first_broken.as_ref().map(|b| b.0), Some(3), "{report:?}");
     let (ok, text) = run(&["audit", "verify"]);
     assert!(!ok);

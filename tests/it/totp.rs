@@ -405,6 +405,7 @@ async fn two_hundred_concurrent_guesses_get_max_failures_comparisons() {
     assert!(wrong <= max, "{wrong} attempts reported as compared, at most {max}");
     let compared = s
         .sigil()
+        .ops()
         .audit_entries(0, 100_000)
         .unwrap()
         .into_iter()

@@ -1789,6 +1789,7 @@ async fn unknown_credential_ids_are_rate_limited_per_user() {
     // Counted: max audited refusals, the rest refused unchecked.
     let counted = s
         .sigil()
+        .ops()
         .audit_entries(0, 100_000)
         .unwrap()
         .into_iter()

@@ -102,6 +102,28 @@ impl fmt::Display for VerifyError {
     }
 }
 
+impl VerifyError {
+    /// The machine-readable reason Sigil gives for the same refusal (see
+    /// [`Reason`](crate::Reason)).
+    pub fn reason(&self) -> crate::Reason {
+        use crate::Reason as R;
+        match self {
+            VerifyError::Expired => R::ApprovalExpired,
+            VerifyError::NotYetValid => R::ApprovalNotYetValid,
+            VerifyError::IntentMismatch { .. } => R::IntentMismatch,
+            VerifyError::Malformed(_)
+            | VerifyError::UnsupportedAlgorithm(_)
+            | VerifyError::UnknownKey(_)
+            | VerifyError::RetiredKey(_)
+            | VerifyError::BadSignature
+            | VerifyError::WrongIssuer
+            | VerifyError::WrongAudience
+            | VerifyError::DigestMismatch
+            | VerifyError::BadEvidence(_) => R::ApprovalInvalid,
+        }
+    }
+}
+
 impl std::error::Error for VerifyError {}
 
 /// `s` cut to at most `max` characters (then ending in `…`).

@@ -219,6 +219,7 @@ mod error;
 mod intent;
 mod jwk;
 mod jws;
+pub mod reason;
 mod webauthn;
 
 pub use cache::{CachingVerifier, KeySource};
@@ -226,4 +227,5 @@ pub use error::VerifyError;
 pub use intent::{amount_decimals, is_canonical_amount, webauthn_challenge, Intent, INTENT_TAG, WEBAUTHN_TAG};
 pub use jwk::{Jwk, JwkSet};
 pub use jws::{assemble, is_low_s, signing_input, to_low_s, Claims, Verifier};
+pub use reason::Reason;
 pub use webauthn::{cose_key_to_sec1, verify_webauthn_evidence, WebauthnEvidence};

@@ -47,7 +47,7 @@ use webauthn_rs_core::proto::{
 };
 use webauthn_rs_core::WebauthnCore;
 
-use crate::error::Error;
+use crate::error::{Error, Reason};
 
 mod cbor;
 #[cfg(test)]
@@ -226,7 +226,7 @@ impl From<AssertionError> for Error {
     fn from(e: AssertionError) -> Self {
         match e {
             AssertionError::Failed(e) => e,
-            AssertionError::PossiblyCloned { credential_id } => Error::PermissionDenied(format!(
+            AssertionError::PossiblyCloned { credential_id } => Error::denied(Reason::FactorSuspectedCloned, format!(
                 "WebAuthn credential {credential_id} may be cloned: its signature counter did not increase; it must be reviewed or re-enrolled"
             )),
         }
@@ -439,7 +439,7 @@ impl Webauthn {
     /// passkey may not approve a withdrawal unless the policy allows it.
     pub fn may_approve(&self, action: &str, cred: &StoredCredential) -> Result<(), Error> {
         if action == WITHDRAWAL && cred.backup_eligible && !self.policy.synced_passkeys_may_withdraw {
-            return Err(Error::PermissionDenied(format!(
+            return Err(Error::denied(Reason::FactorNotAllowed, format!(
                 "WebAuthn credential {} is a synced passkey (backup eligible); only a device-bound security key may approve withdrawals",
                 cred.credential_id
             )));
@@ -529,9 +529,10 @@ impl Webauthn {
         }
         let credential_id = b64url::encode(&facts.credential_id);
         if ceremony.excluded.contains(&credential_id) {
-            return Err(Error::PermissionDenied(format!(
-                "WebAuthn credential {credential_id} is already registered for this user"
-            )));
+            return Err(Error::denied(
+                Reason::AlreadyEnrolled,
+                format!("WebAuthn credential {credential_id} is already registered for this user"),
+            ));
         }
         let aaguid = Uuid::from_bytes(facts.aaguid);
         let ctx = Ctx {
@@ -557,10 +558,13 @@ impl Webauthn {
                 _ => None,
             };
             if !chained || attested != Some(aaguid) || !self.policy.aaguid_allow_list.contains(&aaguid) {
-                return Err(Error::PermissionDenied(format!(
+                return Err(Error::denied(
+                    Reason::AuthenticatorNotAllowed,
+                    format!(
                     "authenticator AAGUID {aaguid} ({} attestation) is not attested by an allowed authenticator model",
                     facts.fmt
-                )));
+                ),
+                ));
             }
         }
 
@@ -598,8 +602,9 @@ impl Webauthn {
         uv_required: bool,
     ) -> Result<(String, String), Error> {
         if creds.is_empty() {
-            return Err(Error::FailedPrecondition(
-                "no WebAuthn credential to ask for an assertion".into(),
+            return Err(Error::refused(
+                Reason::NoUsableFactor,
+                "no WebAuthn credential to ask for an assertion",
             ));
         }
         let mut credentials = Vec::with_capacity(creds.len());
@@ -689,9 +694,10 @@ impl Webauthn {
             ))
         })?;
         if !ceremony.allowed.contains(&credential_id) {
-            return Err(Error::PermissionDenied(format!(
-                "WebAuthn credential {credential_id} was not offered in this ceremony"
-            ))
+            return Err(Error::denied(
+                Reason::FactorRejected,
+                format!("WebAuthn credential {credential_id} was not offered in this ceremony"),
+            )
             .into());
         }
         let origin = client_origin(&rsp.response.client_data_json, "assertion")?;
@@ -743,8 +749,9 @@ impl Webauthn {
         let user_verified = flag_byte & flags::UV != 0;
         if ceremony.uv_required && !(user_verified && result.user_verified()) {
             // webauthn-rs-core enforced this already (policy Required).
-            return Err(Error::PermissionDenied(
-                "user verification (PIN or biometric) is required but the authenticator did not verify the user".into(),
+            return Err(Error::denied(
+                Reason::FactorRejected,
+                "user verification (PIN or biometric) is required but the authenticator did not verify the user",
             )
             .into());
         }
@@ -766,7 +773,7 @@ impl Webauthn {
     fn refusal(&self, e: WebauthnError, ctx: &Ctx<'_>) -> Error {
         use WebauthnError as W;
         let field = ctx.field;
-        let denied = |m: String| Error::PermissionDenied(m);
+        let denied = |m: String| Error::denied(Reason::FactorRejected, m);
         match e {
             W::ParseBase64Failure(_)
             | W::ParseCBORFailure(_)
@@ -1091,8 +1098,9 @@ fn sec1_public_key(cred: &Credential) -> Result<Vec<u8>, Error> {
             out.extend_from_slice(&k.y);
             Ok(out)
         }
-        _ => Err(Error::PermissionDenied(
-            "the credential is not an ES256 (ECDSA P-256) key, the only kind Sigil accepts".into(),
+        _ => Err(Error::denied(
+            Reason::AuthenticatorNotAllowed,
+            "the credential is not an ES256 (ECDSA P-256) key, the only kind Sigil accepts",
         )),
     }
 }

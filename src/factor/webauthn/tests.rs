@@ -125,14 +125,14 @@ fn assertion_response<A: AuthenticatorBackend>(
 
 fn denied<T: std::fmt::Debug>(r: Result<T, Error>) -> String {
     match r {
-        Err(Error::PermissionDenied(m)) => m,
+        Err(Error::PermissionDenied(r)) => r.message,
         other => panic!("expected PermissionDenied, got {other:?}"),
     }
 }
 
 fn assertion_denied(r: Result<Assertion, AssertionError>) -> String {
     match r {
-        Err(AssertionError::Failed(Error::PermissionDenied(m))) => m,
+        Err(AssertionError::Failed(Error::PermissionDenied(r))) => r.message,
         other => panic!("expected PermissionDenied, got {other:?}"),
     }
 }

@@ -35,7 +35,7 @@ use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use super::modhex;
-use crate::error::Error;
+use crate::error::{Error, Reason};
 
 /// Characters in an OTP Sigil accepts: public id plus token.
 pub const OTP_LEN: usize = PUBLIC_ID_LEN + TOKEN_LEN;
@@ -219,9 +219,10 @@ impl From<OtpFailure> for Error {
     fn from(f: OtpFailure) -> Self {
         match f {
             OtpFailure::Malformed(m) => Error::invalid("otp", m),
-            _ => {
-                Error::PermissionDenied("YubiKey OTP not accepted (not from the enrolled key, or already used)".into())
-            }
+            _ => Error::denied(
+                Reason::FactorRejected,
+                "YubiKey OTP not accepted (not from the enrolled key, or already used)",
+            ),
         }
     }
 }

@@ -52,7 +52,7 @@ use zeroize::Zeroize;
 use super::hmac::{expected_response, hmac_challenge, MAX_VARIABLE_CHALLENGE, RESPONSE_LEN, SECRET_LEN};
 use super::modhex;
 use super::otp::PUBLIC_ID_LEN;
-use crate::error::Error;
+use crate::error::{Error, Reason};
 
 /// Yubico's USB vendor id.
 pub const YUBICO_VENDOR_ID: u16 = 0x1050;
@@ -195,7 +195,7 @@ pub fn program_hmac_slot(slot: u8, secret: &[u8; SECRET_LEN], require_touch: boo
     let challenge = hmac_challenge(&nonce, &[0u8; 32]);
     let got = challenge_response(slot, &challenge)?;
     if got != expected_response(secret, &challenge) {
-        return Err(Error::FailedPrecondition(format!(
+        return Err(Error::refused(Reason::FactorState, format!(
             "YubiKey slot {slot} does not answer with the new secret: the write was refused (is the slot protected by an access code?) or the key was swapped"
         )));
     }

@@ -1,91 +1,18 @@
-//! Enrollment, listing and removal of factors.
-//!
-//! Adding (confirming) or removing a factor starts the security-change lock:
-//! withdrawals are refused for `protection.security_change_lock_seconds`.
+//! TOTP enrollment, confirmation, listing and removal of factors.
 use data_encoding::BASE32_NOPAD;
 
-use crate::approval::{intent::check_id, Action};
+use super::{Enrollment, Standing, TotpEnrollment};
 use crate::audit::AuditEntry;
-use crate::core::{secret_aad, Sigil};
-use crate::error::Error;
+use crate::error::{Error, Reason};
 use crate::events::{Event, EventKind};
-use crate::factor::{totp, FactorRecord, Kind, State, FACTOR_RECORD_VERSION};
-use crate::protect::Snapshot;
+use crate::factor::{
+    check_nickname, enrollment_memo, secret_aad, totp, FactorRecord, Kind, State, FACTOR_RECORD_VERSION,
+};
+use crate::model::{check_id, Action};
+use crate::protect::{self, Snapshot};
 use crate::store::{Batch, Table};
 
-/// What a TOTP enrollment hands back to the user, once.
-pub struct TotpEnrollment {
-    /// The pending factor's id.
-    pub factor_id: String,
-    /// Base32 secret (no padding).
-    pub secret_base32: String,
-    /// otpauth URI.
-    pub otpauth_uri: String,
-    /// QR code of the URI (SVG).
-    pub qr_svg: Vec<u8>,
-    /// Confirm before this time.
-    pub confirm_before: i64,
-}
-
-impl std::fmt::Debug for TotpEnrollment {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TotpEnrollment")
-            .field("factor_id", &self.factor_id)
-            .finish_non_exhaustive()
-    }
-}
-
-/// How a listed factor stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Standing {
-    /// Usable (or pending confirmation).
-    Current,
-    /// Revoked by an admin; the user must enroll again.
-    Revoked,
-}
-
-/// The memo of the `enroll_factor` approval that lets a user with an
-/// active factor enroll another: `<kind>:<nickname>` (the kind's name —
-/// `totp`, `webauthn`, `yubikey_hmac`, `yubikey_otp` — and the nickname as
-/// sent, possibly empty). The approval answers that enrollment only.
-pub fn enrollment_memo(kind: Kind, nickname: &str) -> String {
-    format!("{}:{nickname}", kind.name())
-}
-
-/// Checks the memo of an `enroll_factor` intent (at BeginApproval, before
-/// the user is asked): it must name a factor kind and a valid nickname.
-pub(crate) fn check_enrollment_memo(field: &str, memo: &str) -> Result<(), Error> {
-    let (kind, nickname) = memo.split_once(':').ok_or_else(|| {
-        Error::invalid(
-            field,
-            "must name what is enrolled as '<kind>:<nickname>' (kind: totp, webauthn, yubikey_hmac or yubikey_otp)",
-        )
-    })?;
-    if !crate::protect::policy::ALL_KINDS.iter().any(|k| k.name() == kind) {
-        return Err(Error::invalid(
-            field,
-            format!(
-                "'{}' is not a factor kind (totp, webauthn, yubikey_hmac, yubikey_otp)",
-                crate::error::excerpt(kind)
-            ),
-        ));
-    }
-    check_nickname(nickname).map_err(|_| {
-        Error::invalid(
-            field,
-            "the nickname after ':' is at most 64 bytes, no control characters",
-        )
-    })
-}
-
-pub(crate) fn check_nickname(n: &str) -> Result<(), Error> {
-    if n.len() > 64 || n.chars().any(char::is_control) {
-        return Err(Error::invalid("nickname", "at most 64 bytes, no control characters"));
-    }
-    Ok(())
-}
-
-impl Sigil {
+impl Enrollment {
     /// Step-up for enrolling a factor: needed once the user has a live
     /// active factor. The `enroll_factor` approval must name what is being
     /// enrolled — memo [`enrollment_memo`]`(kind, nickname)` — and answers
@@ -99,9 +26,9 @@ impl Sigil {
         snap: &Snapshot,
         batch: &mut Batch,
     ) -> Result<bool, Error> {
-        if !self.live_factors(user_id, snap)?.is_empty() {
+        if !self.factors.live_factors(user_id, snap)?.is_empty() {
             let want = enrollment_memo(kind, nickname);
-            self.step_up(
+            self.approvals.step_up(
                 step_up,
                 Action::EnrollFactor,
                 user_id,
@@ -129,19 +56,26 @@ impl Sigil {
     pub(crate) fn confirmable(&self, f: &FactorRecord, now: i64) -> Result<Snapshot, Error> {
         let id = &f.factor_id;
         if f.state != State::Pending {
-            return Err(Error::FailedPrecondition(format!("factor '{id}' is already active")));
+            return Err(Error::refused(
+                Reason::FactorState,
+                format!("factor '{id}' is already active"),
+            ));
         }
-        let snap = self.snapshot(&f.user_id)?;
+        let snap = protect::snapshot(self.k.store.as_ref(), &f.user_id)?;
         if !f.is_live(snap.epochs()) {
-            return Err(Error::FailedPrecondition(format!(
-                "enrollment of factor '{id}' was revoked; enroll again"
-            )));
+            return Err(Error::refused(
+                Reason::FactorRevoked,
+                format!("enrollment of factor '{id}' was revoked; enroll again"),
+            ));
         }
         if now >= f.confirm_before {
-            return Err(Error::FailedPrecondition(format!(
-                "enrollment of factor '{id}' expired at {}; remove it and enroll again",
-                f.confirm_before
-            )));
+            return Err(Error::refused(
+                Reason::EnrollmentExpired,
+                format!(
+                    "enrollment of factor '{id}' expired at {}; remove it and enroll again",
+                    f.confirm_before
+                ),
+            ));
         }
         self.check_enrollment_still_allowed(f, &snap)?;
         Ok(snap)
@@ -155,12 +89,13 @@ impl Sigil {
             return Ok(());
         }
         let others = self
+            .factors
             .live_factors(&f.user_id, snap)?
             .into_iter()
             .filter(|(o, _)| o.factor_id != f.factor_id)
             .count();
         if others > 0 {
-            return Err(Error::PermissionDenied(format!(
+            return Err(Error::denied(Reason::StepUpRequired, format!(
                 "the user activated another factor since enrollment of '{}' began; remove it and enroll again with an enroll_factor approval",
                 f.factor_id
             )));
@@ -179,7 +114,7 @@ impl Sigil {
     ) -> Result<FactorRecord, Error> {
         Ok(FactorRecord {
             v: FACTOR_RECORD_VERSION,
-            factor_id: self.new_id("f_")?,
+            factor_id: self.k.new_id("f_")?,
             user_id: user_id.to_string(),
             kind,
             state: State::Pending,
@@ -225,7 +160,7 @@ impl Sigil {
             None => batch.insert(Table::Factors, key, active.encode()?),
         };
         self.lock_after_change(batch, &f.user_id, snap, now, "factor added")?;
-        self.check_global(batch, snap);
+        protect::check_global(batch, snap);
         Event::new(EventKind::FactorEnrolled, &f.user_id, now, snap.anti_phishing_code())
             .with("factor_id", f.factor_id.clone())
             .with("kind", f.kind.name())
@@ -250,7 +185,7 @@ impl Sigil {
             .security_locked_until
             .max(now + self.cfg.protection.security_change_lock_seconds);
         user.security_lock_reason = reason.to_string();
-        self.put_user(batch, user_id, snap, &user)
+        protect::put_user(batch, user_id, snap, &user)
     }
 
     /// Starts a TOTP enrollment: a pending factor with a fresh encrypted
@@ -272,14 +207,14 @@ impl Sigil {
                 "at most 256 bytes, no control characters",
             ));
         }
-        let now = self.now()?;
-        let snap = self.snapshot(user_id)?;
+        let now = self.k.now()?;
+        let snap = protect::snapshot(self.k.store.as_ref(), user_id)?;
         let mut batch = Batch::new();
         let stepped_up = self.enrollment_step_up(user_id, step_up, Kind::Totp, nickname, &snap, &mut batch)?;
         let mut rec = self.new_factor(user_id, Kind::Totp, nickname, now, &snap)?;
         rec.enrolled_with_step_up = stepped_up;
-        let seed = zeroize::Zeroizing::new(self.random(totp::SECRET_LEN)?);
-        rec.secret = Some(self.signer.wrap(&seed, &secret_aad(user_id, &rec.factor_id))?);
+        let seed = zeroize::Zeroizing::new(self.k.random(totp::SECRET_LEN)?);
+        rec.secret = Some(self.k.signer.wrap(&seed, &secret_aad(user_id, &rec.factor_id))?);
         let secret_base32 = BASE32_NOPAD.encode(&seed);
         let account = if account_name.is_empty() { user_id } else { account_name };
         let otpauth_uri = totp::otpauth_uri(&self.cfg.totp.issuer, account, &secret_base32);
@@ -293,7 +228,7 @@ impl Sigil {
             .with("factor_id", rec.factor_id.clone())
             .with("kind", "totp")
             .append_to(&mut batch)?;
-        self.commit(&batch)?;
+        self.k.commit(&batch)?;
         tracing::info!(user = %user_id, factor = %rec.factor_id, "TOTP enrollment started");
         Ok(TotpEnrollment {
             factor_id: rec.factor_id,
@@ -317,8 +252,8 @@ impl Sigil {
         if !totp::well_formed(code) {
             return Err(Error::invalid("code", "must be exactly 6 digits"));
         }
-        let now = self.now()?;
-        let (f, version) = self.factor(user_id, factor_id)?;
+        let now = self.k.now()?;
+        let (f, version) = self.factors.factor(user_id, factor_id)?;
         if f.kind != Kind::Totp {
             return Err(Error::invalid(
                 "factor_id",
@@ -326,14 +261,14 @@ impl Sigil {
             ));
         }
         let snap = self.confirmable(&f, now)?;
-        let (step, f, version) = self.check_totp(actor, &f, version, code, now)?;
+        let (step, f, version) = self.factors.check_totp(actor, &f, version, code, now)?;
         let mut confirmed = f.clone();
         confirmed.totp_last_step = Some(step);
         let mut batch = Batch::new();
         self.activate(actor, &confirmed, Some(version), &snap, now, &mut batch)?;
-        self.commit(&batch)?;
+        self.k.commit(&batch)?;
         tracing::info!(user = %user_id, factor = %factor_id, "TOTP factor activated");
-        let (f, _) = self.factor(user_id, factor_id)?;
+        let (f, _) = self.factors.factor(user_id, factor_id)?;
         Ok(f)
     }
 
@@ -341,9 +276,10 @@ impl Sigil {
     /// ones not yet expired.
     pub fn list_factors(&self, user_id: &str) -> Result<Vec<(FactorRecord, Standing)>, Error> {
         check_id("user_id", user_id)?;
-        let now = self.now()?;
-        let snap = self.snapshot(user_id)?;
+        let now = self.k.now()?;
+        let snap = protect::snapshot(self.k.store.as_ref(), user_id)?;
         Ok(self
+            .factors
             .factors_of(user_id)?
             .into_iter()
             .map(|(f, _)| f)
@@ -365,13 +301,13 @@ impl Sigil {
     pub fn remove_factor(&self, actor: &str, user_id: &str, factor_id: &str, step_up: &str) -> Result<(), Error> {
         check_id("user_id", user_id)?;
         check_id("factor_id", factor_id)?;
-        let (f, version) = self.factor(user_id, factor_id)?;
-        let now = self.now()?;
-        let snap = self.snapshot(user_id)?;
+        let (f, version) = self.factors.factor(user_id, factor_id)?;
+        let now = self.k.now()?;
+        let snap = protect::snapshot(self.k.store.as_ref(), user_id)?;
         let mut batch = Batch::new();
         if f.is_active() && f.is_live(snap.epochs()) {
             let id = factor_id.to_string();
-            self.step_up(
+            self.approvals.step_up(
                 step_up,
                 Action::RemoveFactor,
                 user_id,
@@ -394,7 +330,7 @@ impl Sigil {
             _ => None,
         };
         if let Some(k) = index {
-            if let Some(v) = self.store.get(Table::Credentials, &k)? {
+            if let Some(v) = self.k.store.get(Table::Credentials, &k)? {
                 if v.value == format!("{user_id}\0{factor_id}").into_bytes() {
                     batch.delete(Table::Credentials, k, v.version);
                 }
@@ -407,7 +343,7 @@ impl Sigil {
         AuditEntry::ok(now, actor, user_id, "factor.remove")
             .with("factor_id", factor_id)
             .append_to(&mut batch)?;
-        self.commit(&batch)?;
+        self.k.commit(&batch)?;
         tracing::info!(user = %user_id, factor = %factor_id, "factor removed");
         Ok(())
     }

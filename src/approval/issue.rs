@@ -1,0 +1,133 @@
+use sigil_verify::{b64url, Claims};
+
+use super::*;
+use crate::audit::AuditEntry;
+use crate::events::{Event, EventKind};
+use crate::protect::{self, RecentWithdrawal, Snapshot};
+use crate::store::Batch;
+
+impl Approvals {
+    /// Signs the approval and commits, in one batch: the challenge consumed,
+    /// the factor's new state, the approval, the user's velocity record, the
+    /// event and the audit entry, conditioned on the destination's whitelist
+    /// record (`address`: its key and version) so that removing the address
+    /// while the user approves kills the approval.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn issue(
+        &self,
+        actor: &str,
+        challenge_id: &str,
+        challenge_version: u64,
+        ch: &ChallengeRecord,
+        snap: &Snapshot,
+        mut factor: FactorRecord,
+        factor_version: u64,
+        amr: Vec<String>,
+        webauthn: Option<sigil_verify::WebauthnEvidence>,
+        address: Option<(Vec<u8>, u64)>,
+        now: i64,
+    ) -> Result<Issued, Error> {
+        let jti = self.k.new_id("")?;
+        let exp = now + self.cfg.approval.ttl_seconds;
+        let claims = Claims {
+            iss: self.cfg.approval.issuer.clone(),
+            aud: self.cfg.approval.audience.clone(),
+            sub: ch.user_id.clone(),
+            jti: jti.clone(),
+            iat: now,
+            exp,
+            nbf: None,
+            act: ch.intent.action.clone(),
+            intent_sha256: b64url::encode(&ch.intent.digest()),
+            intent: ch.intent.clone(),
+            amr: amr.clone(),
+            webauthn,
+        };
+        let (token, kid) = self.k.signer.sign(&claims)?;
+
+        let mut consumed = ch.clone();
+        consumed.consumed_at = Some(now);
+        factor.failures = 0;
+        factor.locked_until = 0;
+        factor.last_used_at = now;
+        let record = ApprovalRecord {
+            v: RECORD_VERSION,
+            user_id: ch.user_id.clone(),
+            act: claims.act.clone(),
+            intent_sha256: claims.intent_sha256.clone(),
+            kid,
+            iat: now,
+            exp,
+            redeemed_at: None,
+            redeemed_key: None,
+            epochs: snap.epochs(),
+        };
+        let mut batch = Batch::new();
+        batch
+            .update(
+                Table::Challenges,
+                challenge_id.as_bytes(),
+                challenge_version,
+                codec::encode(&consumed)?,
+            )
+            .update(
+                Table::Factors,
+                FactorRecord::key(&ch.user_id, &factor.factor_id),
+                factor_version,
+                factor.encode()?,
+            )
+            .insert(Table::Approvals, jti.as_bytes(), codec::encode(&record)?);
+        protect::check_global(&mut batch, snap);
+        // A verified factor ends the count of attempts with unknown
+        // credential ids, as it ends its own.
+        let mut user = snap.user.clone();
+        let reset_unknown = user.unknown_id_failures != 0 || user.unknown_id_locked_until != 0;
+        user.unknown_id_failures = 0;
+        user.unknown_id_locked_until = 0;
+        if ch.intent.action == Action::Withdrawal.name() {
+            user.recent.retain(|r| r.at > now - 86_400);
+            user.recent.push(RecentWithdrawal {
+                at: now,
+                asset: ch.intent.asset.clone(),
+                amount: ch.intent.amount.clone(),
+            });
+            protect::put_user(&mut batch, &ch.user_id, snap, &user)?;
+        } else if reset_unknown {
+            protect::put_user(&mut batch, &ch.user_id, snap, &user)?;
+        } else {
+            batch.check(Table::Users, ch.user_id.as_bytes(), snap.user_version);
+        }
+        if let Some((key, version)) = address {
+            batch.check(Table::Addresses, key, version);
+        }
+        Event::new(EventKind::ApprovalIssued, &ch.user_id, now, snap.anti_phishing_code())
+            .with("jti", jti.clone())
+            .with("act", claims.act.clone())
+            .with("asset", ch.intent.asset.clone())
+            .with("amount", ch.intent.amount.clone())
+            .with("destination", ch.intent.destination.clone())
+            .append_to(&mut batch)?;
+        AuditEntry::ok(now, actor, &ch.user_id, "approval.issue")
+            .with("challenge_id", challenge_id)
+            .with("jti", jti.clone())
+            .with("act", claims.act.clone())
+            .with("intent_sha256", claims.intent_sha256.clone())
+            .with("factor_id", factor.factor_id.clone())
+            .with("amr", amr.join(" "))
+            .with("kid", record.kid.clone())
+            .append_to(&mut batch)?;
+        self.k.commit(&batch).map_err(|e| match e {
+            Error::Conflict(_) => Error::Conflict(format!(
+                "challenge '{challenge_id}', its factor or the user's protection state changed while answering (answered twice, revoked or suspended?); nothing was issued"
+            )),
+            other => other,
+        })?;
+        tracing::info!(user = %ch.user_id, act = %claims.act, jti = %jti, "approval issued");
+        Ok(Issued {
+            token,
+            jti,
+            expires_at: exp,
+            amr,
+        })
+    }
+}

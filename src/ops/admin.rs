@@ -1,0 +1,304 @@
+use sigil_verify::b64url;
+
+use super::*;
+use crate::audit::{self, AuditEntry, Checkpoint};
+use crate::events::{Event, EventKind};
+use crate::model::check_id;
+use crate::protect::address::AddressRecord;
+use crate::protect::{self, GlobalRecord, Suspension};
+use crate::store::{codec, meta, Batch, LogEntry, Table};
+
+impl Ops {
+    /// Revokes every factor of every user (one write, whatever the number
+    /// of users) or of the listed users. Outstanding challenges and
+    /// unredeemed approvals die with them. Returns the users affected
+    /// (None for all).
+    pub fn revoke_factors(&self, actor: &str, scope: Scope, reason: &str) -> Result<Option<usize>, Error> {
+        if reason.trim().is_empty() || reason.len() > 512 {
+            return Err(Error::invalid("reason", "is required (at most 512 bytes)"));
+        }
+        let now = self.k.now()?;
+        let mut batch = Batch::new();
+        let count = match &scope {
+            Scope::All => {
+                let (mut g, version) = self.global()?;
+                g.epoch += 1;
+                g.revoked_at = Some(now);
+                self.put_global(&mut batch, &g, version)?;
+                Event::new(EventKind::FactorRevoked, "", now, None)
+                    .with("scope", "all")
+                    .with("reason", reason)
+                    .append_to(&mut batch)?;
+                AuditEntry::ok(now, actor, "", "admin.revoke_all")
+                    .with("reason", reason)
+                    .with("epoch", g.epoch.to_string())
+                    .append_to(&mut batch)?;
+                None
+            }
+            Scope::Users(users) => {
+                if users.is_empty() || users.len() > MAX_REVOKE_USERS {
+                    return Err(Error::invalid(
+                        "user_ids",
+                        format!("name 1 to {MAX_REVOKE_USERS} users, or all"),
+                    ));
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                for u in users {
+                    check_id("user_ids", u)?;
+                    if !seen.insert(u.as_str()) {
+                        continue;
+                    }
+                    let snap = protect::snapshot(self.k.store.as_ref(), u)?;
+                    let mut user = snap.user.clone();
+                    user.epoch += 1;
+                    user.revoked_at = Some(now);
+                    protect::put_user(&mut batch, u, &snap, &user)?;
+                    Event::new(EventKind::FactorRevoked, u, now, snap.anti_phishing_code())
+                        .with("reason", reason)
+                        .append_to(&mut batch)?;
+                    AuditEntry::ok(now, actor, u, "admin.revoke")
+                        .with("reason", reason)
+                        .append_to(&mut batch)?;
+                }
+                Some(seen.len())
+            }
+        };
+        self.k.commit(&batch)?;
+        tracing::warn!(?count, reason, "factors revoked");
+        Ok(count)
+    }
+
+    /// Suspends approvals and redemptions globally or for users.
+    pub fn suspend(&self, actor: &str, scope: Scope, reason: &str, until: Option<i64>) -> Result<(), Error> {
+        if reason.trim().is_empty() || reason.len() > 512 {
+            return Err(Error::invalid("reason", "is required (at most 512 bytes)"));
+        }
+        let now = self.k.now()?;
+        if until.is_some_and(|u| u <= now) {
+            return Err(Error::invalid(
+                "until",
+                "must be in the future (or 0 for until resumed)",
+            ));
+        }
+        let s = Suspension {
+            reason: reason.into(),
+            by: actor.into(),
+            since: now,
+            until,
+        };
+        self.set_suspension(actor, scope, Some(s), now)
+    }
+
+    /// Lifts a suspension.
+    pub fn resume(&self, actor: &str, scope: Scope) -> Result<(), Error> {
+        let now = self.k.now()?;
+        self.set_suspension(actor, scope, None, now)
+    }
+
+    fn set_suspension(&self, actor: &str, scope: Scope, s: Option<Suspension>, now: i64) -> Result<(), Error> {
+        let mut batch = Batch::new();
+        let what = if s.is_some() { "admin.suspend" } else { "admin.resume" };
+        let reason = s.as_ref().map(|s| s.reason.clone()).unwrap_or_default();
+        match scope {
+            Scope::All => {
+                let (mut g, version) = self.global()?;
+                g.suspension = s.clone();
+                self.put_global(&mut batch, &g, version)?;
+                Event::new(EventKind::SuspensionChanged, "", now, None)
+                    .with("scope", "all")
+                    .with("suspended", s.is_some().to_string())
+                    .with("reason", reason.clone())
+                    .append_to(&mut batch)?;
+                AuditEntry::ok(now, actor, "", what)
+                    .with("scope", "all")
+                    .with("reason", reason)
+                    .append_to(&mut batch)?;
+            }
+            Scope::Users(users) => {
+                if users.is_empty() || users.len() > MAX_REVOKE_USERS {
+                    return Err(Error::invalid(
+                        "user_ids",
+                        format!("name 1 to {MAX_REVOKE_USERS} users, or all"),
+                    ));
+                }
+                for u in &users {
+                    check_id("user_ids", u)?;
+                    let snap = protect::snapshot(self.k.store.as_ref(), u)?;
+                    let mut user = snap.user.clone();
+                    user.suspension = s.clone();
+                    protect::put_user(&mut batch, u, &snap, &user)?;
+                    Event::new(EventKind::SuspensionChanged, u, now, snap.anti_phishing_code())
+                        .with("suspended", s.is_some().to_string())
+                        .with("reason", reason.clone())
+                        .append_to(&mut batch)?;
+                    AuditEntry::ok(now, actor, u, what)
+                        .with("reason", reason.clone())
+                        .append_to(&mut batch)?;
+                }
+            }
+        }
+        self.k.commit(&batch)?;
+        Ok(())
+    }
+
+    fn global(&self) -> Result<(GlobalRecord, u64), Error> {
+        Ok(match self.k.store.get(Table::Meta, meta::GLOBAL)? {
+            Some(v) => (codec::decode(&v.value)?, v.version),
+            None => (GlobalRecord::default(), 0),
+        })
+    }
+
+    fn put_global(&self, batch: &mut Batch, g: &GlobalRecord, version: u64) -> Result<(), Error> {
+        let mut g = g.clone();
+        g.v = 1;
+        if version == 0 {
+            batch.insert(Table::Meta, meta::GLOBAL, codec::encode(&g)?);
+        } else {
+            batch.update(Table::Meta, meta::GLOBAL, version, codec::encode(&g)?);
+        }
+        Ok(())
+    }
+
+    /// Deletes records that can no longer matter: challenges an hour past
+    /// their expiry, registration ceremonies past theirs, and approvals a day
+    /// past theirs (an expired approval is refused on its `exp`; an unknown
+    /// `jti` is refused too). Returns how many were deleted.
+    pub fn purge_expired(&self) -> Result<usize, Error> {
+        #[derive(serde::Deserialize)]
+        struct Expiry {
+            #[serde(default)]
+            expires_at: i64,
+            #[serde(default)]
+            exp: i64,
+        }
+        let now = self.k.now()?;
+        let mut deleted = 0;
+        for (table, grace) in [
+            (Table::Challenges, 3_600),
+            (Table::Ceremonies, 0),
+            (Table::Approvals, 86_400),
+        ] {
+            let mut batch = Batch::new();
+            for (k, v) in self.k.store.scan_prefix(table, b"")? {
+                let Ok(e) = serde_json::from_slice::<Expiry>(&v.value) else {
+                    continue;
+                };
+                let until = e.expires_at.max(e.exp);
+                if until > 0 && until + grace < now {
+                    batch.delete(table, k, v.version);
+                }
+                if batch.ops.len() >= 1_000 {
+                    deleted += self.commit_purge(&batch)?;
+                    batch = Batch::new();
+                }
+            }
+            deleted += self.commit_purge(&batch)?;
+        }
+        Ok(deleted)
+    }
+
+    fn commit_purge(&self, batch: &Batch) -> Result<usize, Error> {
+        match self.k.commit(batch) {
+            Ok(_) => Ok(batch.ops.len()),
+            Err(Error::Conflict(_)) => Ok(0), // touched meanwhile; next sweep
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Purges expired records and announces addresses whose hold ended
+    /// (part of [`crate::Sigil::sweep`]). Returns the number of addresses
+    /// announced.
+    pub fn sweep(&self) -> Result<usize, Error> {
+        let now = self.k.now()?;
+        self.purge_expired()?;
+        let mut announced = 0;
+        for (key, v) in self.k.store.scan_prefix(Table::Addresses, b"")? {
+            let mut rec: AddressRecord = codec::decode(&v.value)?;
+            if rec.usable_announced || now < rec.usable_at {
+                continue;
+            }
+            rec.usable_announced = true;
+            let snap = protect::snapshot(self.k.store.as_ref(), &rec.user_id)?;
+            let mut batch = Batch::new();
+            batch.update(Table::Addresses, key, v.version, codec::encode(&rec)?);
+            Event::new(EventKind::AddressUsable, &rec.user_id, now, snap.anti_phishing_code())
+                .with("network", rec.network.clone())
+                .with("address", rec.address.clone())
+                .append_to(&mut batch)?;
+            match self.k.commit(&batch) {
+                Ok(_) => announced += 1,
+                Err(Error::Conflict(_)) => {} // changed meanwhile; next sweep
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(announced)
+    }
+
+    /// Signs a checkpoint of the audit log's head if it moved since the
+    /// last one. Returns the checkpoint (new or latest).
+    pub fn checkpoint_audit(&self) -> Result<Option<Checkpoint>, Error> {
+        let (seq, hash) = self.k.store.log_head(Table::Audit)?;
+        if seq == 0 {
+            return Ok(None);
+        }
+        if let Some(last) = self.checkpoints()?.pop() {
+            if last.seq >= seq {
+                return Ok(Some(last));
+            }
+        }
+        let at = self.k.now()?;
+        let sig = self.k.signer.sign_audit(&audit::checkpoint_message(seq, &hash, at))?;
+        let c = Checkpoint {
+            v: 1,
+            seq,
+            hash: b64url::encode(&hash),
+            at,
+            kid: self.k.signer.audit_jwk().kid.clone(),
+            signature: b64url::encode(&sig),
+        };
+        let mut batch = Batch::new();
+        batch.insert(Table::Checkpoints, seq.to_be_bytes().to_vec(), codec::encode(&c)?);
+        match self.k.commit(&batch) {
+            Ok(_) | Err(Error::Conflict(_)) => Ok(Some(c)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every audit checkpoint, oldest first.
+    pub fn checkpoints(&self) -> Result<Vec<Checkpoint>, Error> {
+        self.k
+            .store
+            .scan_prefix(Table::Checkpoints, b"")?
+            .into_iter()
+            .map(|(_, v)| codec::decode(&v.value))
+            .collect()
+    }
+
+    /// Raw audit log entries after `after` (for export and verification).
+    pub fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<LogEntry>, Error> {
+        Ok(self.k.store.read_log(Table::Audit, after, limit)?)
+    }
+
+    /// Verifies the whole audit log and its checkpoints.
+    pub fn verify_audit(&self) -> Result<audit::Report, Error> {
+        let mut entries = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self.k.store.read_log(Table::Audit, after, 10_000)?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            entries.extend(page);
+        }
+        Ok(audit::verify(&entries, &self.checkpoints()?, self.k.signer.audit_jwk()))
+    }
+
+    /// Events after `after`, at most `limit`.
+    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Event)>, Error> {
+        self.k
+            .store
+            .read_log(Table::Events, after, limit)?
+            .into_iter()
+            .map(|e| Ok((e.seq, Event::decode(&e.value)?)))
+            .collect()
+    }
+}
