@@ -119,7 +119,7 @@ impl Enrollment {
             )));
         }
         if !c.stepped_up && !self.factors.live_factors(user_id, &snap)?.is_empty() {
-            return Err(consume_and(Error::denied(Reason::StepUpRequired, 
+            return Err(consume_and(Error::denied(Reason::StepUpRequired,
                 "the user enrolled another factor since this registration began; begin again with an enroll_factor approval",
             )));
         }
