@@ -1,5 +1,5 @@
 //! Strict base64url without padding (RFC 4648 §5, as used by JWS, JWK and
-//! WebAuthn).
+//! WebAuthn), on the `base64` crate's URL-safe engine.
 //!
 //! [`encode`] never emits `=`. [`decode`] accepts exactly the strings that
 //! [`encode`] can produce and nothing else: it refuses padding, any byte
@@ -10,7 +10,19 @@
 
 use std::fmt;
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine as _;
+
+/// URL-safe alphabet, no padding on encode, padding refused on decode, and
+/// non-zero trailing bits refused: the canonical form and only it.
+const STRICT: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone)
+        .with_decode_allow_trailing_bits(false),
+);
 
 /// Why a string is not canonical unpadded base64url.
 #[non_exhaustive]
@@ -64,44 +76,7 @@ impl std::error::Error for DecodeError {}
 /// assert_eq!(sigil_verify::b64url::encode(b"\xfb\xff"), "-_8");
 /// ```
 pub fn encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    let sym = |v: u32| char::from(ALPHABET[(v & 0x3f) as usize]);
-    let mut chunks = data.chunks_exact(3);
-    for c in &mut chunks {
-        let n = (u32::from(c[0]) << 16) | (u32::from(c[1]) << 8) | u32::from(c[2]);
-        out.push(sym(n >> 18));
-        out.push(sym(n >> 12));
-        out.push(sym(n >> 6));
-        out.push(sym(n));
-    }
-    match *chunks.remainder() {
-        [a] => {
-            let n = u32::from(a) << 16;
-            out.push(sym(n >> 18));
-            out.push(sym(n >> 12));
-        }
-        [a, b] => {
-            let n = (u32::from(a) << 16) | (u32::from(b) << 8);
-            out.push(sym(n >> 18));
-            out.push(sym(n >> 12));
-            out.push(sym(n >> 6));
-        }
-        _ => {}
-    }
-    out
-}
-
-fn value(index: usize, byte: u8) -> Result<u32, DecodeError> {
-    let v = match byte {
-        b'A'..=b'Z' => byte - b'A',
-        b'a'..=b'z' => byte - b'a' + 26,
-        b'0'..=b'9' => byte - b'0' + 52,
-        b'-' => 62,
-        b'_' => 63,
-        b'=' => return Err(DecodeError::Padding { index }),
-        _ => return Err(DecodeError::InvalidByte { index, byte }),
-    };
-    Ok(u32::from(v))
+    STRICT.encode(data)
 }
 
 /// Decodes canonical unpadded base64url.
@@ -116,41 +91,36 @@ fn value(index: usize, byte: u8) -> Result<u32, DecodeError> {
 /// assert!(b64url::decode("-_9").is_err()); // non-zero trailing bits
 /// ```
 pub fn decode(input: &str) -> Result<Vec<u8>, DecodeError> {
-    let bytes = input.as_bytes();
-    // Report the first bad byte before complaining about the length: it is
-    // the more useful message (e.g. padded input).
-    for (index, &byte) in bytes.iter().enumerate() {
-        value(index, byte)?;
-    }
-    if bytes.len() % 4 == 1 {
-        return Err(DecodeError::InvalidLength(bytes.len()));
-    }
-    let mut out = Vec::with_capacity(bytes.len() / 4 * 3 + 2);
-    for (chunk_no, chunk) in bytes.chunks(4).enumerate() {
-        let base = chunk_no * 4;
-        let mut n: u32 = 0;
-        for (i, &b) in chunk.iter().enumerate() {
-            n |= value(base + i, b)? << (18 - 6 * i);
+    STRICT.decode(input).map_err(|e| match e {
+        base64::DecodeError::InvalidLength(_) => DecodeError::InvalidLength(input.len()),
+        base64::DecodeError::InvalidLastSymbol(..) => DecodeError::NonCanonical,
+        // The engine reports `=` as an invalid byte or as invalid padding
+        // depending on where it stands, and a stray byte at the end of a
+        // `len % 4 == 1` input before any earlier one: report the first
+        // byte outside the alphabet, `=` as padding, wherever it is.
+        base64::DecodeError::InvalidByte(index, byte) => first_outside_alphabet(input).unwrap_or(if byte == b'=' {
+            DecodeError::Padding { index }
+        } else {
+            DecodeError::InvalidByte { index, byte }
+        }),
+        base64::DecodeError::InvalidPadding => {
+            first_outside_alphabet(input).unwrap_or(DecodeError::Padding { index: input.len() })
         }
-        match chunk.len() {
-            4 => out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]),
-            3 => {
-                if n & 0xff != 0 {
-                    return Err(DecodeError::NonCanonical);
-                }
-                out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8]);
-            }
-            2 => {
-                if n & 0xffff != 0 {
-                    return Err(DecodeError::NonCanonical);
-                }
-                out.push((n >> 16) as u8);
-            }
-            // len % 4 == 1 was refused above; an empty chunk cannot occur.
-            _ => return Err(DecodeError::InvalidLength(bytes.len())),
-        }
-    }
-    Ok(out)
+    })
+}
+
+/// The first byte of `input` outside `A–Z a–z 0–9 - _`, as an error.
+fn first_outside_alphabet(input: &str) -> Option<DecodeError> {
+    let (index, &byte) = input
+        .as_bytes()
+        .iter()
+        .enumerate()
+        .find(|&(_, &b)| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))?;
+    Some(if byte == b'=' {
+        DecodeError::Padding { index }
+    } else {
+        DecodeError::InvalidByte { index, byte }
+    })
 }
 
 #[cfg(test)]
@@ -237,7 +207,8 @@ mod tests {
     fn every_string_decodes_to_its_own_encoding() {
         // Exhaustive over all 2- and 3-character strings: whatever decodes
         // must re-encode to itself (uniqueness of the accepted encoding).
-        let alpha: Vec<char> = ALPHABET.iter().map(|&b| char::from(b)).collect();
+        let alpha: Vec<char> = alphabet::URL_SAFE.as_str().chars().collect();
+        assert_eq!(alpha.len(), 64);
         for &a in &alpha {
             for &b in &alpha {
                 let s2: String = [a, b].iter().collect();
@@ -252,6 +223,66 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn rejects_padding_wherever_it_stands() {
+        // The engine calls a misplaced `=` an invalid byte and a trailing one
+        // invalid padding; both are `Padding` at the first `=`.
+        for raw in [&b""[..], b"f", b"fo", b"foo", b"foob", b"fooba", b"foobar"] {
+            let enc = encode(raw);
+            for at in 0..=enc.len() {
+                for pad in ["=", "==", "==="] {
+                    let s = format!("{}{pad}{}", &enc[..at], &enc[at..]);
+                    assert_eq!(decode(&s), Err(DecodeError::Padding { index: at }), "{s:?}");
+                }
+            }
+        }
+        assert_eq!(decode("Zm9v="), Err(DecodeError::Padding { index: 4 }));
+        assert_eq!(decode("Zg==Zg=="), Err(DecodeError::Padding { index: 2 }));
+    }
+
+    #[test]
+    fn rejects_whitespace_anywhere() {
+        for ws in [" ", "\t", "\n", "\r\n"] {
+            for s in [
+                format!("{ws}Zm9v"),
+                format!("Zm{ws}9v"),
+                format!("Zm9v{ws}"),
+                format!("Zg{ws}"),
+            ] {
+                let index = s.find(ws).unwrap();
+                let byte = ws.as_bytes()[0];
+                assert_eq!(decode(&s), Err(DecodeError::InvalidByte { index, byte }), "{s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn alphabet_is_exactly_the_url_safe_one() {
+        let alpha = alphabet::URL_SAFE.as_str().as_bytes();
+        for byte in 0..=127u8 {
+            let s = format!("AAA{}", char::from(byte));
+            match decode(&s) {
+                Ok(_) => assert!(alpha.contains(&byte), "{byte:#x}"),
+                Err(DecodeError::Padding { index: 3 }) => assert_eq!(byte, b'='),
+                Err(DecodeError::InvalidByte { index: 3, byte: b }) => {
+                    assert_eq!(b, byte);
+                    assert!(!alpha.contains(&byte), "{byte:#x}");
+                }
+                Err(e) => panic!("{byte:#x}: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn reports_the_first_offending_byte() {
+        // The engine looks at the last byte of a `len % 4 == 1` input first;
+        // the first bad byte is the one reported, before any length error.
+        assert_eq!(decode("Z.9v\n"), Err(DecodeError::InvalidByte { index: 1, byte: b'.' }));
+        assert_eq!(decode("Z=9v\n"), Err(DecodeError::Padding { index: 1 }));
+        assert_eq!(decode("Zm9v+"), Err(DecodeError::InvalidByte { index: 4, byte: b'+' }));
+        assert_eq!(decode("Zm+vY"), Err(DecodeError::InvalidByte { index: 2, byte: b'+' }));
     }
 
     #[test]

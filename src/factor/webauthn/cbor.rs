@@ -1,15 +1,22 @@
-//! Just enough CBOR (RFC 8949) to read the facts Sigil records from a
-//! WebAuthn `attestationObject` before webauthn-rs-core verifies it: the
-//! attestation format, the AAGUID and the credential id in the
-//! authenticator data.
+//! The facts Sigil records from a WebAuthn `attestationObject` before
+//! webauthn-rs-core verifies it: the attestation format, the AAGUID and the
+//! credential id in the authenticator data.
 //!
-//! webauthn-rs-core parses the same bytes again and is the authority on
-//! their validity; this reader exists because its parsed attestation object
-//! keeps these fields private, and so that a malformed object gets a precise
-//! message (`InvalidArgument`) instead of a generic one.
+//! The CBOR (RFC 8949) is read with `serde_cbor_2`, the crate webauthn-rs-core
+//! parses the same bytes with; it refuses truncated items, trailing bytes,
+//! invalid UTF-8 and nesting deeper than its fixed recursion limit (128
+//! levels), and the object is at most [`MAX_RESPONSE_BYTES`](super::MAX_RESPONSE_BYTES)
+//! of JSON to begin with. Indefinite-length items, which authenticators do
+//! not send, are read as webauthn-rs-core reads them. The authenticator data
+//! inside is a fixed binary layout, not CBOR, and is sliced here with checked
+//! bounds.
+//!
+//! webauthn-rs-core is the authority on the object's validity; this reader
+//! exists because its parsed attestation object keeps these fields private,
+//! and so that a malformed object gets a precise message (`InvalidArgument`)
+//! instead of a generic one.
 
-/// Longest nesting accepted (authenticators nest two or three levels).
-const MAX_DEPTH: usize = 16;
+use serde_cbor_2::Value;
 
 /// The facts read from an attestation object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,176 +46,63 @@ pub(super) mod flags {
 /// rpIdHash (32) + flags (1) + signCount (4).
 pub(super) const AUTH_DATA_MIN: usize = 37;
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn remaining(&self) -> usize {
-        self.buf.len().saturating_sub(self.pos)
-    }
-
-    fn take(&mut self, n: u64) -> Result<&'a [u8], String> {
-        let n = usize::try_from(n).map_err(|_| "CBOR length too large".to_owned())?;
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&end| end <= self.buf.len())
-            .ok_or_else(|| format!("truncated CBOR at byte {}", self.buf.len()))?;
-        let out = self.buf.get(self.pos..end).ok_or_else(|| "truncated CBOR".to_owned())?;
-        self.pos = end;
-        Ok(out)
-    }
-
-    /// (major type, argument) of the next data item head.
-    fn head(&mut self) -> Result<(u8, u64), String> {
-        let at = self.pos;
-        let initial = *self.take(1)?.first().ok_or_else(|| "truncated CBOR".to_owned())?;
-        let major = initial >> 5;
-        let size = match initial & 0x1f {
-            info @ 0..=23 => return Ok((major, u64::from(info))),
-            24 => 1,
-            25 => 2,
-            26 => 4,
-            27 => 8,
-            _ => {
-                return Err(format!(
-                    "indefinite-length or reserved CBOR item at byte {at}; authenticators use definite lengths"
-                ))
-            }
-        };
-        let mut arg = 0u64;
-        for &b in self.take(size)? {
-            arg = (arg << 8) | u64::from(b);
-        }
-        Ok((major, arg))
-    }
-
-    /// A count of items that cannot possibly fit in what is left is refused
-    /// before looping over it.
-    fn count(&self, n: u64, per_item: u64) -> Result<u64, String> {
-        let left = u64::try_from(self.remaining()).unwrap_or(u64::MAX);
-        if n.saturating_mul(per_item) > left {
-            return Err(format!("truncated CBOR: {n} items announced, {left} bytes left"));
-        }
-        Ok(n)
-    }
-
-    fn skip(&mut self, depth: usize) -> Result<(), String> {
-        if depth > MAX_DEPTH {
-            return Err("CBOR nested too deeply".to_owned());
-        }
-        let (major, arg) = self.head()?;
-        match major {
-            0 | 1 | 7 => Ok(()),
-            2 | 3 => self.take(arg).map(|_| ()),
-            4 => {
-                for _ in 0..self.count(arg, 1)? {
-                    self.skip(depth + 1)?;
-                }
-                Ok(())
-            }
-            5 => {
-                for _ in 0..self.count(arg, 2)? {
-                    self.skip(depth + 1)?;
-                    self.skip(depth + 1)?;
-                }
-                Ok(())
-            }
-            // 6: a tag, followed by one item.
-            _ => self.skip(depth + 1),
-        }
-    }
-
-    /// The next item if it is a text string, else skips it.
-    fn text_or_skip(&mut self, depth: usize) -> Result<Option<&'a str>, String> {
-        let save = self.pos;
-        let (major, arg) = self.head()?;
-        if major == 3 {
-            let bytes = self.take(arg)?;
-            return std::str::from_utf8(bytes)
-                .map(Some)
-                .map_err(|_| "invalid UTF-8 in a CBOR text string".to_owned());
-        }
-        self.pos = save;
-        self.skip(depth)?;
-        Ok(None)
-    }
-
-    /// The next item if it is a byte string, else skips it.
-    fn bytes_or_skip(&mut self, depth: usize) -> Result<Option<&'a [u8]>, String> {
-        let save = self.pos;
-        let (major, arg) = self.head()?;
-        if major == 2 {
-            return self.take(arg).map(Some);
-        }
-        self.pos = save;
-        self.skip(depth)?;
-        Ok(None)
-    }
-}
-
 /// Reads `fmt` and `authData` from an attestation object, then the AAGUID
 /// and credential id from `authData`.
 pub(super) fn registration(attestation_object: &[u8]) -> Result<Registration, String> {
-    let mut r = Reader {
-        buf: attestation_object,
-        pos: 0,
-    };
-    let (major, pairs) = r.head()?;
-    if major != 5 {
-        return Err("not a CBOR map".to_owned());
-    }
-    let mut fmt = None;
-    let mut auth_data = None;
-    for _ in 0..r.count(pairs, 2)? {
-        match r.text_or_skip(1)? {
-            Some("fmt") => fmt = r.text_or_skip(1)?,
-            Some("authData") => auth_data = r.bytes_or_skip(1)?,
-            _ => r.skip(1)?,
+    let object: Value = serde_cbor_2::from_slice(attestation_object).map_err(|e| {
+        if e.is_eof() {
+            format!("truncated CBOR at byte {}", e.offset())
+        } else {
+            format!("malformed CBOR: {e}")
         }
-    }
-    if r.pos != attestation_object.len() {
-        return Err(format!(
-            "{} trailing bytes after the CBOR map",
-            attestation_object.len() - r.pos
-        ));
-    }
-    let fmt = fmt.ok_or_else(|| "no text member \"fmt\"".to_owned())?;
-    let auth_data = auth_data.ok_or_else(|| "no byte-string member \"authData\"".to_owned())?;
-    let (aaguid, credential_id) = attested_credential(auth_data)?;
+    })?;
+    let Value::Map(mut members) = object else {
+        return Err("not a CBOR map".to_owned());
+    };
+    let Some(Value::Text(fmt)) = members.remove(&Value::Text("fmt".to_owned())) else {
+        return Err("no text member \"fmt\"".to_owned());
+    };
+    let Some(Value::Bytes(auth_data)) = members.remove(&Value::Text("authData".to_owned())) else {
+        return Err("no byte-string member \"authData\"".to_owned());
+    };
+    let (aaguid, credential_id) = attested_credential(&auth_data)?;
     Ok(Registration {
-        fmt: fmt.to_owned(),
+        fmt,
         aaguid,
         credential_id,
     })
 }
 
-/// AAGUID and credential id of registration authenticator data.
+/// AAGUID and credential id of registration authenticator data:
+/// rpIdHash (32), flags (1), signCount (4), then the attested credential
+/// data: AAGUID (16), credentialIdLength (2, big-endian), credentialId,
+/// credentialPublicKey (COSE, left to webauthn-rs-core).
 fn attested_credential(auth_data: &[u8]) -> Result<([u8; 16], Vec<u8>), String> {
-    let flags = *auth_data
-        .get(32)
-        .ok_or_else(|| format!("authData is {} bytes, too short", auth_data.len()))?;
+    let too_short = || {
+        format!(
+            "authData is {} bytes, at least {AUTH_DATA_MIN} are required",
+            auth_data.len()
+        )
+    };
+    let (head, rest) = auth_data.split_at_checked(AUTH_DATA_MIN).ok_or_else(too_short)?;
+    let flags = *head.get(32).ok_or_else(too_short)?;
     if flags & flags::AT == 0 {
         return Err("authData carries no attested credential data (AT flag clear)".to_owned());
     }
-    let aaguid: [u8; 16] = auth_data
-        .get(AUTH_DATA_MIN..AUTH_DATA_MIN + 16)
-        .and_then(|s| s.try_into().ok())
+    let (aaguid, rest) = rest
+        .split_first_chunk::<16>()
         .ok_or_else(|| "authData is truncated inside the AAGUID".to_owned())?;
-    let len_at = AUTH_DATA_MIN + 16;
-    let len = auth_data
-        .get(len_at..len_at + 2)
-        .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    let (len, rest) = rest
+        .split_first_chunk::<2>()
         .ok_or_else(|| "authData is truncated before the credential id length".to_owned())?;
-    let id = auth_data
-        .get(len_at + 2..len_at + 2 + len)
-        .ok_or_else(|| "authData is truncated inside the credential id".to_owned())?;
-    if id.is_empty() {
-        return Err("authData has an empty credential id".to_owned());
+    let len = usize::from(u16::from_be_bytes(*len));
+    if len == 0 {
+        return Err("authData announces an empty credential id".to_owned());
     }
-    Ok((aaguid, id.to_vec()))
+    let id = rest
+        .get(..len)
+        .ok_or_else(|| "authData is truncated inside the credential id".to_owned())?;
+    Ok((*aaguid, id.to_vec()))
 }
 
 #[cfg(test)]
@@ -245,6 +139,10 @@ mod tests {
         v
     }
 
+    fn refused(bytes: &[u8]) -> String {
+        registration(bytes).expect_err("accepted")
+    }
+
     #[test]
     fn reads_fmt_aaguid_and_id() {
         // attStmt {"alg": -7, "x5c": [h'0102'], "sig": h'00'}
@@ -266,25 +164,87 @@ mod tests {
         let good = object("none", &[0xa0], &auth_data());
         assert!(registration(&good).is_ok());
         for n in 0..good.len() {
-            assert!(registration(&good[..n]).is_err(), "{n}");
+            let m = refused(&good[..n]);
+            assert!(m.starts_with("truncated CBOR"), "{n}: {m}");
         }
         let mut long = good.clone();
         long.push(0);
-        assert!(registration(&long).is_err());
+        let m = refused(&long);
+        assert!(m.contains("trailing data"), "{m}");
     }
 
     #[test]
-    fn refuses_missing_at_flag_and_odd_shapes() {
-        let mut a = auth_data();
+    fn refuses_odd_shapes() {
+        assert_eq!(refused(&[0x80]), "not a CBOR map"); // an array
+        assert_eq!(refused(&text("fmt")), "not a CBOR map");
+        // an empty (indefinite-length) map
+        assert_eq!(refused(&[0xbf, 0xff]), "no text member \"fmt\"");
+        // a map announcing 2^32 pairs
+        let m = refused(&[0xba, 0xff, 0xff, 0xff, 0xff]);
+        assert!(m.starts_with("truncated CBOR"), "{m}");
+        // a byte string announcing 2^64 - 1 bytes
+        let m = refused(&object(
+            "none",
+            &[0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            &auth_data(),
+        ));
+        assert!(m.starts_with("truncated CBOR"), "{m}");
+        // invalid UTF-8 in a text string
+        let mut bad_utf8 = vec![0xa1];
+        bad_utf8.extend(text("fmt"));
+        bad_utf8.extend_from_slice(&[0x62, 0xff, 0xfe]);
+        let m = refused(&bad_utf8);
+        assert!(m.starts_with("malformed CBOR"), "{m}");
+        // nesting: serde_cbor_2 bounds it at 128 levels
+        let nested = |depth: usize| {
+            let mut v = vec![0x81; depth];
+            v.push(0x00);
+            object("none", &v, &auth_data())
+        };
+        assert!(registration(&nested(40)).is_ok());
+        let m = refused(&nested(200));
+        assert!(m.contains("recursion limit"), "{m}");
+    }
+
+    #[test]
+    fn refuses_missing_or_mistyped_members() {
+        // {"fmt": "none", "authData": ...} without fmt, or with the wrong types
+        let mut no_fmt = vec![0xa1];
+        no_fmt.extend(text("authData"));
+        no_fmt.extend_from_slice(&[0x41, 0]);
+        assert_eq!(refused(&no_fmt), "no text member \"fmt\"");
+        let mut no_auth = vec![0xa1];
+        no_auth.extend(text("fmt"));
+        no_auth.extend(text("none"));
+        assert_eq!(refused(&no_auth), "no byte-string member \"authData\"");
+        let mut auth_as_text = vec![0xa2];
+        auth_as_text.extend(text("fmt"));
+        auth_as_text.extend(text("none"));
+        auth_as_text.extend(text("authData"));
+        auth_as_text.extend(text("abc"));
+        assert_eq!(refused(&auth_as_text), "no byte-string member \"authData\"");
+        let mut fmt_as_bytes = vec![0xa2];
+        fmt_as_bytes.extend(text("fmt"));
+        fmt_as_bytes.extend_from_slice(&[0x41, 0]);
+        fmt_as_bytes.extend(text("authData"));
+        fmt_as_bytes.extend_from_slice(&[0x41, 0]);
+        assert_eq!(refused(&fmt_as_bytes), "no text member \"fmt\"");
+    }
+
+    #[test]
+    fn refuses_bad_authenticator_data() {
+        let with = |auth: &[u8]| refused(&object("none", &[0xa0], auth));
+        let good = auth_data();
+        assert_eq!(with(&good[..36]), "authData is 36 bytes, at least 37 are required");
+        assert_eq!(with(&[]), "authData is 0 bytes, at least 37 are required");
+        let mut a = good.clone();
         a[32] = flags::UP;
-        assert!(registration(&object("none", &[0xa0], &a)).is_err());
-        assert!(registration(&[0x80]).is_err()); // an array
-        assert!(registration(&[0xbf, 0xff]).is_err()); // indefinite map
-                                                       // a map announcing 2^32 pairs
-        assert!(registration(&[0xba, 0xff, 0xff, 0xff, 0xff]).is_err());
-        // deep nesting inside attStmt
-        let mut deep = vec![0x81; 40];
-        deep.push(0x00);
-        assert!(registration(&object("none", &deep, &auth_data())).is_err());
+        assert!(with(&a).contains("AT flag clear"));
+        assert!(with(&good[..40]).contains("inside the AAGUID"));
+        assert!(with(&good[..54]).contains("before the credential id length"));
+        assert!(with(&good[..56]).contains("inside the credential id"));
+        let mut a = good.clone();
+        a[53..55].copy_from_slice(&[0, 0]);
+        assert_eq!(with(&a), "authData announces an empty credential id");
     }
 }

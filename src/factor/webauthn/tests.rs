@@ -602,6 +602,45 @@ fn always_zero_counter_is_accepted() {
     ));
 }
 
+/// The CBOR reader on real attestation objects: SoftToken's `packed` with
+/// an x5c chain, SoftPasskey's `packed` self attestation and
+/// ZeroCounterKey's `none`; each then registers with webauthn-rs-core.
+#[test]
+fn cbor_reads_real_attestation_objects() {
+    fn read<A: AuthenticatorBackend>(rp: &Webauthn, a: &mut A) -> (cbor::Registration, Vec<u8>) {
+        let (state, response) = registration_response(rp, a, ORIGIN);
+        let reg: RegisterPublicKeyCredential = serde_json::from_str(&response).unwrap();
+        let facts = cbor::registration(&reg.response.attestation_object).unwrap();
+        assert_eq!(facts.credential_id, reg.raw_id);
+        // webauthn-rs-core's own reading of the same object agrees.
+        let core = rp.finish_registration(&state, &response).unwrap().credential;
+        assert_eq!(core["cred_id"], b64url::encode(&facts.credential_id));
+        assert_eq!(core["attestation_format"], facts.fmt.as_str());
+        (facts, reg.response.attestation_object)
+    }
+    let rp = rp();
+    let (mut token, _) = soft_token(false);
+    let (facts, object) = read(&rp, &mut token);
+    assert_eq!(facts.fmt, "packed");
+    assert_eq!(facts.aaguid, *SOFTTOKEN_AAGUID.as_bytes());
+    let value: serde_cbor_2::Value = serde_cbor_2::from_slice(&object).unwrap();
+    let serde_cbor_2::Value::Map(members) = value else {
+        panic!("not a map")
+    };
+    let Some(serde_cbor_2::Value::Map(att_stmt)) = members.get(&serde_cbor_2::Value::Text("attStmt".into())) else {
+        panic!("no attStmt")
+    };
+    assert!(att_stmt.contains_key(&serde_cbor_2::Value::Text("x5c".into())));
+
+    let (facts, _) = read(&rp, &mut SoftPasskey::new(false));
+    assert_eq!(facts.fmt, "packed");
+    assert_eq!(facts.aaguid, [0; 16]);
+
+    let (facts, _) = read(&rp, &mut ZeroCounterKey::new([9; 16]));
+    assert_eq!(facts.fmt, "none");
+    assert_eq!(facts.aaguid, [9; 16]);
+}
+
 #[test]
 fn aaguid_allow_list() {
     let dir = tempfile::tempdir().unwrap();
