@@ -1,5 +1,5 @@
 //! The intent, its digest, canonical amounts and the WebAuthn challenge
-//! (DESIGN.md "Intent digest", "WebAuthn challenge").
+//! (docs/design.md "Intent digest", "WebAuthn challenge").
 
 use ring::digest::{digest, Context, SHA256};
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,6 @@
-//! The independent test vectors of DESIGN.md (tests/vectors/intent-v1.json,
-//! a verbatim copy of shared/vectors/intent-v1.json).
+//! The independent test vectors of the approval contract (docs/design.md
+//! "Test vectors"): tests/vectors/intent-v1.json, kept byte for byte as the
+//! independent implementation computed it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
