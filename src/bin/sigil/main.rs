@@ -23,11 +23,14 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use secrecy::SecretString;
-use sigil::client::{connect, ClientTls};
 use sigil::config::Config;
 use sigil::{pb, Error};
+
+mod conn;
+
+use conn::{confirm, Conn};
 
 #[derive(Parser)]
 #[command(name = "sigil", version, about = "Sigil operator CLI")]
@@ -271,115 +274,6 @@ enum HsmCmd {
     },
 }
 
-/// Where a client command connects. Each value is taken from, in order:
-/// its flag; the `--config` file (`[client]`, the URL defaulting to
-/// `https://` + `[server] listen`); `SIGIL_URL` for the URL; the
-/// development defaults of `make certs`. A `SIGIL_URL` that names another
-/// server than the `--config` file is refused as ambiguous.
-#[derive(Args)]
-struct Conn {
-    /// Server URL (default: from --config, else SIGIL_URL, else https://127.0.0.1:50051).
-    #[arg(long)]
-    server: Option<String>,
-    /// CA certificate that issued the server's certificate (default: from
-    /// --config, else certs/out/ca.pem).
-    #[arg(long)]
-    ca: Option<PathBuf>,
-    /// Client certificate; its URI SAN carries the role (default: from
-    /// --config, else certs/out/admin.pem).
-    #[arg(long)]
-    cert: Option<PathBuf>,
-    /// Client private key (default: from --config, else certs/out/admin.key).
-    #[arg(long)]
-    key: Option<PathBuf>,
-}
-
-/// A resolved connection target.
-struct Target {
-    url: String,
-    /// Where the URL came from, for the operator.
-    source: String,
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-impl Conn {
-    fn resolve(&self, config: Option<&Path>) -> Result<Target, Error> {
-        self.resolve_as(config, None)
-    }
-
-    /// [`Conn::resolve`], with the client certificate of `role` from
-    /// `certs/out/` unless `--cert`/`--key` are given (enrollment is the
-    /// frontend's; an operator's admin certificate may not enroll).
-    fn resolve_as(&self, config: Option<&Path>, role: Option<&str>) -> Result<Target, Error> {
-        let cfg = match config {
-            Some(p) => Some(Config::load_client(p)?),
-            None => None,
-        };
-        let env_url = std::env::var("SIGIL_URL").ok().filter(|u| !u.is_empty());
-        let (url, source) = match (&self.server, &cfg, env_url) {
-            (Some(u), _, _) => (u.clone(), "--server".to_string()),
-            (None, Some(c), env) => {
-                let u = c.client_url();
-                let file = config.map(|p| p.display().to_string()).unwrap_or_default();
-                if let Some(e) = env.filter(|e| *e != u) {
-                    return Err(Error::invalid(
-                        "server",
-                        format!("SIGIL_URL names {e} but {file} names {u}; pass --server to say which one"),
-                    ));
-                }
-                (u, format!("from {file}"))
-            }
-            (None, None, Some(e)) => (e, "from SIGIL_URL".to_string()),
-            (None, None, None) => (
-                "https://127.0.0.1:50051".to_string(),
-                "the development default; pass --config or --server".to_string(),
-            ),
-        };
-        let client = cfg.map(|c| c.client).unwrap_or_default();
-        let (cert, key) = match role {
-            Some(r) => (
-                PathBuf::from(format!("certs/out/{r}.pem")),
-                PathBuf::from(format!("certs/out/{r}.key")),
-            ),
-            None => (client.cert, client.key),
-        };
-        Ok(Target {
-            url,
-            source,
-            ca: self.ca.clone().unwrap_or(client.ca),
-            cert: self.cert.clone().unwrap_or(cert),
-            key: self.key.clone().unwrap_or(key),
-        })
-    }
-}
-
-/// Asks for confirmation of a destructive action on `target`: `--yes`, or
-/// typing the target's name at a terminal. Refuses otherwise.
-fn confirm(action: &str, target: &str, yes: bool) -> Result<(), Error> {
-    eprintln!("sigil: about to {action} on {target}");
-    if yes {
-        return Ok(());
-    }
-    use std::io::IsTerminal;
-    if !std::io::stdin().is_terminal() {
-        return Err(Error::invalid(
-            "yes",
-            format!("refusing to {action} on {target} without confirmation: add --yes"),
-        ));
-    }
-    eprint!("type {target} to confirm: ");
-    let mut line = String::new();
-    std::io::stdin()
-        .read_line(&mut line)
-        .map_err(|e| Error::invalid("yes", format!("cannot read the confirmation: {e}")))?;
-    if line.trim() != target {
-        return Err(Error::invalid("yes", "confirmation did not match; nothing was done"));
-    }
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     match run(Cli::parse()).await {
@@ -404,25 +298,12 @@ fn status_error(s: tonic::Status) -> Error {
 
 /// Opens the channel of `conn`, saying on stderr which server it is.
 async fn channel(conn: &Conn, config: Option<&Path>) -> Result<tonic::transport::Channel, Error> {
-    open(conn.resolve(config)?).await
+    conn.resolve(config)?.open().await
 }
 
 /// Opens a channel as the frontend (enrollment commands).
 async fn frontend_channel(conn: &Conn, config: Option<&Path>) -> Result<tonic::transport::Channel, Error> {
-    open(conn.resolve_as(config, Some("frontend"))?).await
-}
-
-async fn open(t: Target) -> Result<tonic::transport::Channel, Error> {
-    eprintln!("sigil: server {} ({})", t.url, t.source);
-    connect(
-        &t.url,
-        &ClientTls {
-            ca: &t.ca,
-            cert: &t.cert,
-            key: &t.key,
-        },
-    )
-    .await
+    conn.resolve_as(config, Some("frontend"))?.open().await
 }
 
 async fn run(cli: Cli) -> Result<(), Error> {
@@ -487,7 +368,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             if all {
                 confirm("revoke every factor of every user", &target.url, yes)?;
             }
-            let mut c = pb::admin_service_client::AdminServiceClient::new(open(target).await?);
+            let mut c = pb::admin_service_client::AdminServiceClient::new(target.open().await?);
             let r = c
                 .revoke_factors(pb::RevokeFactorsRequest {
                     all,
@@ -634,7 +515,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             if now {
                 confirm("rotate the approval key with immediate activation", &target.url, yes)?;
             }
-            let mut c = pb::admin_service_client::AdminServiceClient::new(open(target).await?);
+            let mut c = pb::admin_service_client::AdminServiceClient::new(target.open().await?);
             let k = c
                 .rotate_approval_key(pb::RotateApprovalKeyRequest { now })
                 .await
