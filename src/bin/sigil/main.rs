@@ -1,0 +1,140 @@
+//! `sigil`: the operator CLI.
+//!
+//! ```text
+//! sigil hsm init                 create the token (if absent) and Sigil's keys (if absent)
+//! sigil jwks                     print the published approval keys (JWK Set)
+//! sigil health                   ask the server's grpc.health.v1 service
+//! sigil revoke --all|--user U --reason R [--yes]   revoke factors (admin)
+//! sigil suspend --all|--user U --reason R [--until T]
+//! sigil resume --all|--user U
+//! sigil keys list|rotate [--now --yes]|rotate-secrets
+//! sigil backup --out FILE        write a backup of the running service's store
+//! sigil restore FILE [--yes]     restore a backup into the configured store (sigild stopped)
+//! sigil audit verify [--checkpoint]  recompute the audit chain and check its signed checkpoints
+//! sigil audit read [--user U]    print audit entries
+//! sigil totp-code --secret B32   print the current TOTP code of a secret (development)
+//! ```
+//! Client commands connect with mTLS to the server of `--config FILE`
+//! (`[client]`, or `https://` + `[server] listen`), unless `--server`,
+//! `--ca`, `--cert`, `--key` say otherwise; without a config, `SIGIL_URL`
+//! or the development defaults of `make certs`. Each names the server it
+//! acts on (stderr). `revoke --all`, `keys rotate --now` and `restore`
+//! ask for the server's (or store's) name to be typed, or `--yes`.
+//!
+//! One module per command group; [`conn`] resolves where client commands
+//! connect, and [`rpc`] holds the typed calls they make.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sigil::Error;
+
+mod audit;
+mod backup;
+mod conn;
+mod hsm;
+mod keys;
+mod revoke;
+mod rpc;
+mod server;
+mod totp;
+mod yubikey;
+
+/// The command line.
+#[derive(Parser)]
+#[command(name = "sigil", version, about = "Sigil operator CLI")]
+struct Cli {
+    /// Configuration file (TOML), as given to sigild.
+    #[arg(long, global = true, env = "SIGIL_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// The commands, by group.
+#[derive(Subcommand)]
+enum Cmd {
+    /// HSM token management.
+    Hsm {
+        #[command(subcommand)]
+        cmd: hsm::HsmCmd,
+    },
+    /// Print the published approval keys (JWK Set JSON).
+    Jwks(conn::Conn),
+    /// Check the server's health service.
+    Health(conn::Conn),
+    /// Revoke every factor of every user (--all) or of the named users.
+    Revoke(revoke::Revoke),
+    /// Suspend approvals and redemptions (--all or --user), optionally until a time.
+    Suspend(revoke::Suspend),
+    /// Lift a suspension.
+    Resume(revoke::Resume),
+    /// Provision and use YubiKeys (OTP applet: HMAC-SHA1 challenge-response, Yubico OTP).
+    Yubikey {
+        #[command(subcommand)]
+        cmd: yubikey::YubikeyCmd,
+    },
+    /// Approval keys and the secrets key.
+    Keys {
+        #[command(subcommand)]
+        cmd: keys::KeysCmd,
+    },
+    /// Write a consistent backup of the running service's store to a file.
+    Backup(backup::Backup),
+    /// Restore a backup into the configured store (stop sigild first). The
+    /// current store is kept beside it; approvals issued and TOTP steps used
+    /// before the restore are refused afterwards.
+    Restore(backup::Restore),
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: audit::AuditCmd,
+    },
+    /// Print the current 6-digit code of a base32 TOTP secret (development aid).
+    TotpCode(totp::TotpCode),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sigil: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the command in the module of its group.
+async fn run(cli: Cli) -> Result<(), Error> {
+    let config = cli.config.as_deref();
+    match cli.cmd {
+        Cmd::Hsm { cmd } => hsm::run(cmd, config).await,
+        Cmd::Jwks(conn) => server::jwks(&conn, config).await,
+        Cmd::Health(conn) => server::health(&conn, config).await,
+        Cmd::Revoke(args) => revoke::revoke(args, config).await,
+        Cmd::Suspend(args) => revoke::suspend(args, config).await,
+        Cmd::Resume(args) => revoke::resume(args, config).await,
+        Cmd::Yubikey { cmd } => yubikey::run(cmd, config).await,
+        Cmd::Keys { cmd } => keys::run(cmd, config).await,
+        Cmd::Backup(args) => backup::backup(args, config).await,
+        Cmd::Restore(args) => backup::restore(args, config),
+        Cmd::Audit { cmd } => audit::run(cmd, config).await,
+        Cmd::TotpCode(args) => totp::code(args),
+    }
+}
+
+/// Runs blocking work (HSM set-up, USB transfers) off the async runtime.
+async fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+}
+
+/// The current time, Unix seconds.
+fn unix_now() -> Result<i64, Error> {
+    Ok(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| Error::Unavailable("clock before 1970".into()))?
+        .as_secs() as i64)
+}
