@@ -6,7 +6,7 @@ use sigil::pb;
 use sigil_verify::{b64url, Claims, Jwk, JwkSet, Verifier, VerifyError};
 use tonic::Code;
 
-use crate::harness::*;
+use crate::support::harness::*;
 
 async fn jwks(s: &TestServer) -> JwkSet {
     let mut a = s.approvals("withdrawal-engine").await;

@@ -3,7 +3,7 @@ use sigil::pb;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::harness::*;
+use crate::support::harness::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_intents_are_invalid_argument_naming_the_field_and_write_nothing() {

@@ -11,8 +11,8 @@ use sigil::pb::approval_service_client::ApprovalServiceClient;
 use sigil::pb::factor_service_client::FactorServiceClient;
 use tonic::Code;
 
-use crate::daemon::*;
-use crate::harness::*;
+use crate::support::daemon::*;
+use crate::support::harness::*;
 
 fn sigterm(d: Daemon) {
     let mut d = d;

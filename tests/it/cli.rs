@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use sigil::pb;
 use tonic::Code;
 
-use crate::harness::*;
+use crate::support::harness::*;
 
 /// A config file naming the test server the way an operator's would.
 fn config_file(s: &TestServer, dir: &Path, client_section: &str) -> PathBuf {

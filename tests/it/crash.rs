@@ -22,8 +22,8 @@ use sigil::pb::factor_service_client::FactorServiceClient;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::daemon::*;
-use crate::harness::*;
+use crate::support::daemon::*;
+use crate::support::harness::*;
 
 /// SIGKILLs (each followed by a restart on the same data).
 const ROUNDS: usize = 8;

@@ -15,8 +15,8 @@ use sigil::pb::approval_service_client::ApprovalServiceClient;
 use sigil::pb::factor_service_client::FactorServiceClient;
 use tonic::Code;
 
-use crate::daemon::*;
-use crate::harness::*;
+use crate::support::daemon::*;
+use crate::support::harness::*;
 
 /// `openssl x509 -noout -serial` of a role's certificate: uppercase hex.
 fn serial_of(role: &str) -> String {

@@ -21,7 +21,7 @@ use sigil_verify::{b64url, CachingVerifier, Claims, Jwk, JwkSet, KeySource, Veri
 use tonic::transport::Channel;
 use tonic::Code;
 
-use crate::harness::*;
+use crate::support::harness::*;
 
 type Approvals = ApprovalServiceClient<Channel>;
 

@@ -3,7 +3,7 @@
 use sigil::pb;
 use tonic::Code;
 
-use crate::harness::*;
+use crate::support::harness::*;
 
 const DAY: i64 = 86_400;
 const ADDR: &str = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq";

@@ -6,7 +6,7 @@ use sigil::pb::approval_service_client::ApprovalServiceClient;
 use sigil::pb::factor_service_client::FactorServiceClient;
 use tonic::Code;
 
-use crate::harness::*;
+use crate::support::harness::*;
 
 /// Calls every RPC once as `role`; returns (rpc, was it refused with PERMISSION_DENIED).
 async fn call_all(s: &TestServer, role: &str) -> Vec<(&'static str, bool)> {

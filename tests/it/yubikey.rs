@@ -14,7 +14,7 @@ use sigil_verify::{b64url, JwkSet, Verifier};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::harness::*;
+use crate::support::harness::*;
 
 // ---------------------------------------------------------------------------
 // Helpers

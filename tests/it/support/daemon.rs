@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::harness::*;
+use crate::support::harness::*;
 
 /// A running `sigild`; killed when dropped, so a failing test leaves none.
 pub struct Daemon {
