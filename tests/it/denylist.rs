@@ -14,6 +14,7 @@ use sigil::pb::factor_service_client::FactorServiceClient;
 
 use crate::support::daemon::*;
 use crate::support::denylist::*;
+use crate::support::files::*;
 use crate::support::harness::*;
 
 #[tokio::test(flavor = "multi_thread")]

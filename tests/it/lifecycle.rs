@@ -18,8 +18,10 @@ use sigil::store::Table;
 use sigil_verify::{b64url, CachingVerifier, Jwk, JwkSet, Verifier, VerifyError};
 use tonic::Code;
 
+use crate::support::files::*;
 use crate::support::harness::*;
 use crate::support::lifecycle::*;
+use crate::support::tokens::*;
 
 // ---------------------------------------------------------------------------
 // Approval-key rotation

@@ -15,6 +15,7 @@ use webauthn_authenticator_rs::softpasskey::SoftPasskey;
 use webauthn_authenticator_rs::softtoken::{SoftToken, AAGUID as SOFTTOKEN_AAGUID};
 
 use crate::support::harness::*;
+use crate::support::tokens::*;
 use crate::support::webauthn::*;
 
 // ---------------------------------------------------------------------------
@@ -211,7 +212,9 @@ async fn evidence_with_one_byte_changed_is_refused_by_the_verifier() {
     assert!(verify_webauthn_evidence(&ev, &domain_intent(&other).digest(), &key, None).is_err());
     assert!(verify_webauthn_evidence(&ev, &digest, &key, Some("https://evil.localhost:8443/")).is_err());
     let (mut token2, _) = soft_token(true);
-    let enroll = approve_with(&s, &enroll_factor_intent(user), &mut token).await.unwrap();
+    let enroll = approve_with(&s, &enroll_factor_intent(user, "webauthn:"), &mut token)
+        .await
+        .unwrap();
     let (f2, _) = register_with(&s, user, &mut token2, &enroll.approval).await;
     assert!(verify_webauthn_evidence(&ev, &digest, &sec1_of(&f2), None).is_err());
 
@@ -685,7 +688,7 @@ async fn credential_id_is_registered_to_one_user_only() {
     approve_with(&s, &withdrawal(alice, "wd-1"), &mut key_a).await.unwrap();
 
     // 3. the same user, the same credential again (after step-up)
-    let enroll = approve_with(&s, &enroll_factor_intent(alice), &mut key_a)
+    let enroll = approve_with(&s, &enroll_factor_intent(alice, "webauthn:"), &mut key_a)
         .await
         .unwrap();
     let b3 = begin_registration(&s, alice, &enroll.approval).await.unwrap();
@@ -733,7 +736,7 @@ async fn credential_id_is_registered_to_one_user_only() {
     // 5. Only a live factor holds an id: once A removed the factor, B can
     //    register X (with B's key), and X then means B's key only: A's key
     //    signing as X over B's challenge does not verify.
-    let mut remove = enroll_factor_intent(alice);
+    let mut remove = enroll_factor_intent(alice, "webauthn:");
     remove.action = "remove_factor".into();
     remove.memo = fa.factor_id.clone();
     let removal = approve_with(&s, &remove, &mut key_a).await.unwrap();
@@ -747,7 +750,7 @@ async fn credential_id_is_registered_to_one_user_only() {
         .await
         .unwrap();
     assert!(factors(&s, alice).await.is_empty());
-    let step_up = approve_with(&s, &enroll_factor_intent(bob), &mut token_b)
+    let step_up = approve_with(&s, &enroll_factor_intent(bob, "webauthn:"), &mut token_b)
         .await
         .unwrap();
     let mut key_b2 = RingKey::new();
@@ -921,7 +924,7 @@ async fn second_registration_needs_an_enroll_factor_approval() {
     // another user's enroll_factor approval
     let (mut other_token, _) = soft_token(true);
     register(&s, "wa-other", &mut other_token).await;
-    let others = approve_with(&s, &enroll_factor_intent("wa-other"), &mut other_token)
+    let others = approve_with(&s, &enroll_factor_intent("wa-other", "webauthn:"), &mut other_token)
         .await
         .unwrap();
     let before = snapshot(s.sigil());
@@ -942,7 +945,7 @@ async fn second_registration_needs_an_enroll_factor_approval() {
         .await
         .unwrap();
 
-    let enroll = approve_with(&s, &enroll_factor_intent(user), &mut token1)
+    let enroll = approve_with(&s, &enroll_factor_intent(user, "webauthn:"), &mut token1)
         .await
         .unwrap();
     let b = begin_registration(&s, user, &enroll.approval).await.unwrap();
@@ -987,7 +990,7 @@ async fn second_registration_needs_an_enroll_factor_approval() {
         Code::PermissionDenied,
         "enroll_factor",
     );
-    let step_up = s.approve(&enroll_factor_intent("wa-totp"), &seed).await;
+    let step_up = s.approve(&enroll_factor_intent("wa-totp", "webauthn:"), &seed).await;
     let (mut token3, _) = soft_token(true);
     let (f3, _) = register_with(&s, "wa-totp", &mut token3, &step_up).await;
     assert_eq!(f3.kind, pb::FactorKind::Webauthn as i32);
@@ -1239,7 +1242,9 @@ async fn synced_passkey_is_not_offered_for_withdrawals() {
     passkey.synced = true;
     let (mut token, _) = soft_token(true);
     let (device_bound, _) = register(&s, user, &mut token).await;
-    let enroll = approve_with(&s, &enroll_factor_intent(user), &mut token).await.unwrap();
+    let enroll = approve_with(&s, &enroll_factor_intent(user, "webauthn:"), &mut token)
+        .await
+        .unwrap();
     let (synced, _) = register_with(&s, user, &mut passkey, &enroll.approval).await;
     assert!(synced.backup_eligible);
 

@@ -13,7 +13,9 @@ use sigil_verify::b64url;
 use tonic::Code;
 use tonic_types::StatusExt;
 
+use crate::support::files::*;
 use crate::support::harness::*;
+use crate::support::tokens::*;
 use crate::support::yubikey::*;
 
 const AMR: [&str; 2] = ["hwk", "otp"];
@@ -89,7 +91,7 @@ async fn hmac_enroll_confirm_and_approve_once() {
         .await
         .unwrap();
     assert_eq!(done.amr, AMR);
-    let claims = claims_of(&done.approval);
+    let claims = claims_json(&done.approval);
     assert_eq!(claims["amr"], serde_json::json!(AMR));
     assert_eq!(claims["sub"], "alice");
     assert_eq!(claims["intent_sha256"], b64url::encode(&b.intent_sha256));
@@ -150,12 +152,12 @@ async fn hmac_response_for_another_challenge_is_refused_and_counted() {
     let done = complete(&s, hmac_proof(&b2.challenge_id, "bob", &r2, ""))
         .await
         .unwrap();
-    assert_eq!(claims_of(&done.approval)["intent"]["withdrawal_id"], "wd-2");
+    assert_eq!(claims_json(&done.approval)["intent"]["withdrawal_id"], "wd-2");
     assert_eq!(failures(&s, "bob", &fid).await, 0);
     let done = complete(&s, hmac_proof(&b1.challenge_id, "bob", &r1, ""))
         .await
         .unwrap();
-    assert_eq!(claims_of(&done.approval)["intent"]["withdrawal_id"], "wd-1");
+    assert_eq!(claims_json(&done.approval)["intent"]["withdrawal_id"], "wd-1");
 }
 
 /// HMAC-SHA1 (slots emulated by `SoftHmacSlot`; no USB YubiKey in CI): a
@@ -197,7 +199,7 @@ async fn hmac_response_from_another_slot_is_refused() {
         Code::InvalidArgument,
         "several",
     );
-    assert_eq!(bad_field(&st), "yubikey_hmac.factor_id");
+    assert_eq!(bad_request_field(&st), "yubikey_hmac.factor_id");
 
     let r = complete(&s, hmac_proof(&b.challenge_id, "carl", &from_b, &fa)).await;
     assert_status(r, Code::PermissionDenied, "not accepted");
@@ -253,7 +255,7 @@ async fn otp_enroll_approve_replay_older_and_power_cycle() {
     let newer = key.otp();
     let done = complete(&s, otp_proof(&b.challenge_id, "dana", &newer)).await.unwrap();
     assert_eq!(done.amr, AMR);
-    assert_eq!(claims_of(&done.approval)["amr"], serde_json::json!(AMR));
+    assert_eq!(claims_json(&done.approval)["amr"], serde_json::json!(AMR));
     verifier(&s)
         .await
         .verify_for(&done.approval, &domain_intent(&intent), s.clock.now_secs())
@@ -306,7 +308,11 @@ async fn otp_malformed_is_invalid_argument_and_counted() {
     for (i, (bad, why)) in cases.iter().enumerate() {
         let st = assert_status(approve_otp(&s, "emma", "wd-1", bad).await, Code::InvalidArgument, why);
         assert!(st.message().contains("otp"), "{:?} should name otp", st.message());
-        assert!(bad_field(&st).ends_with("otp"), "field {:?}", bad_field(&st));
+        assert!(
+            bad_request_field(&st).ends_with("otp"),
+            "field {:?}",
+            bad_request_field(&st)
+        );
         assert_eq!(
             failures(&s, "emma", &fid).await,
             i as u32 + 1,
@@ -481,7 +487,7 @@ async fn otp_enrollment_from_personalization_csv() {
             Code::InvalidArgument,
             why,
         );
-        assert_eq!(bad_field(&st), "csv");
+        assert_eq!(bad_request_field(&st), "csv");
     }
 }
 
@@ -608,7 +614,7 @@ async fn yubikey_bad_input_is_invalid_argument_naming_the_field() {
             Code::InvalidArgument,
             field,
         );
-        assert_eq!(bad_field(&st), field);
+        assert_eq!(bad_request_field(&st), field);
     }
     let cases: [(&str, Vec<u8>, Vec<u8>, &str); 5] = [
         ("cccccccccc", vec![1; 6], vec![2; 16], "public_id"),
@@ -623,7 +629,7 @@ async fn yubikey_bad_input_is_invalid_argument_naming_the_field() {
             Code::InvalidArgument,
             field,
         );
-        assert_eq!(bad_field(&st), field);
+        assert_eq!(bad_request_field(&st), field);
     }
     assert_eq!(before, snapshot(s.sigil()), "refused enrollments write nothing");
 
@@ -637,13 +643,13 @@ async fn yubikey_bad_input_is_invalid_argument_naming_the_field() {
         Code::InvalidArgument,
         "hmac_response",
     );
-    assert_eq!(bad_field(&st), "hmac_response");
+    assert_eq!(bad_request_field(&st), "hmac_response");
     let st = assert_status(
         confirm(&s, "mona", &fid, ConfirmProof::Otp("c".repeat(44))).await,
         Code::InvalidArgument,
         "proof",
     );
-    assert_eq!(bad_field(&st), "proof");
+    assert_eq!(bad_request_field(&st), "proof");
     assert_eq!(failures(&s, "mona", &fid).await, 0);
     confirm(&s, "mona", &fid, ConfirmProof::HmacResponse(good.to_vec()))
         .await
@@ -661,7 +667,7 @@ async fn yubikey_bad_input_is_invalid_argument_naming_the_field() {
             Code::InvalidArgument,
             "20-byte",
         );
-        assert_eq!(bad_field(&st), "yubikey_hmac.response");
+        assert_eq!(bad_request_field(&st), "yubikey_hmac.response");
     }
     assert_eq!(before, snapshot(s.sigil()), "malformed responses write nothing");
     // An OTP proof from a user without an OTP factor.

@@ -3,9 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use sigil::pb;
-
 use crate::support::harness::*;
+use crate::support::tokens::*;
 
 /// A config file naming the test server the way an operator's would.
 pub fn config_file(s: &TestServer, dir: &Path, client_section: &str) -> PathBuf {
@@ -39,17 +38,9 @@ pub fn sigil(args: &[&str], env: &[(&str, &str)]) -> (Output, String) {
     (out, text)
 }
 
+/// The kids of every approval key, sorted.
 pub async fn kids(s: &TestServer) -> Vec<String> {
-    let mut adm = s.admin().await;
-    let mut v: Vec<String> = adm
-        .list_approval_keys(pb::ListApprovalKeysRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .keys
-        .into_iter()
-        .map(|k| k.kid)
-        .collect();
+    let mut v: Vec<String> = list_keys(s).await.into_iter().map(|k| k.kid).collect();
     v.sort();
     v
 }

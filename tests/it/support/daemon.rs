@@ -188,14 +188,10 @@ pub fn plain(line: &str) -> String {
     out
 }
 
+/// SIGTERM, then waits (up to 20 s) for a clean exit.
 pub fn sigterm(d: Daemon) {
     let mut d = d;
-    let st = Command::new("kill")
-        .arg("-TERM")
-        .arg(d.child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    d.signal("TERM");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(status) = d.child.try_wait().unwrap() {
@@ -210,6 +206,7 @@ pub fn sigterm(d: Daemon) {
     }
 }
 
+/// A frontend's factor client and an engine's approval client of `url`.
 pub async fn clients(
     url: &str,
 ) -> (

@@ -49,10 +49,6 @@ pub fn spki_sha256_of(role: &str) -> Vec<u8> {
     d
 }
 
-pub fn hex(b: &[u8]) -> String {
-    data_encoding::HEXLOWER.encode(b)
-}
-
 /// The refusal message for `role`'s certificate.
 pub fn denied_message(role: &str) -> String {
     format!(

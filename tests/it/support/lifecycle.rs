@@ -1,8 +1,7 @@
 //! Helpers of the key life cycle tests: a server without background
-//! sweeps, approval keys and their rotation, audit entries, backups,
-//! store records, and the load loop that approves and redeems while keys
-//! rotate.
-use std::collections::HashMap;
+//! sweeps, approvals issued and redeemed, audit entries, the wrapping keys
+//! of factor secrets, backups, and the load loop that approves and redeems
+//! while keys rotate. The key set itself is in `tokens`.
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,21 +9,17 @@ use std::time::Duration;
 
 use sigil::factor::{totp, FactorRecord};
 use sigil::pb;
-use sigil::pb::approval_service_client::ApprovalServiceClient;
-use sigil::store::{SledStore, Store, Table};
-use sigil_verify::{b64url, CachingVerifier, Claims, JwkSet, KeySource};
-use tonic::transport::Channel;
+use sigil::store::Table;
+use sigil_verify::{CachingVerifier, JwkSet, KeySource};
 
 use crate::support::harness::*;
-
-pub type Approvals = ApprovalServiceClient<Channel>;
+use crate::support::tokens::*;
 
 /// A server whose background sweep never runs during a test: the test
 /// applies key transitions itself (`sweep`), and snapshots stay comparable.
 pub async fn start_quiet() -> TestServer {
     TestServer::start_with(|c| {
-        c.protection.require_whitelisted_address = false;
-        c.protection.security_change_lock_seconds = 0;
+        relaxed(c);
         c.protection.sweep_interval_seconds = 3600;
     })
     .await
@@ -34,63 +29,6 @@ pub async fn start_quiet() -> TestServer {
 pub async fn sweep(s: &TestServer) {
     let sg = s.sigil().clone();
     tokio::task::spawn_blocking(move || sg.sweep()).await.unwrap().unwrap();
-}
-
-pub async fn get_keys(a: &mut Approvals) -> pb::GetApprovalKeysResponse {
-    a.get_approval_keys(pb::GetApprovalKeysRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-pub async fn published(s: &TestServer) -> pb::GetApprovalKeysResponse {
-    get_keys(&mut s.approvals("withdrawal-engine").await).await
-}
-
-pub fn jwks_of(r: &pb::GetApprovalKeysResponse) -> JwkSet {
-    serde_json::from_str(&r.jwks_json).unwrap()
-}
-
-/// kid → JWK `status` of a published set.
-pub fn statuses(set: &JwkSet) -> HashMap<String, String> {
-    set.keys
-        .iter()
-        .map(|k| (k.kid.clone(), k.status.clone().unwrap_or_default()))
-        .collect()
-}
-
-pub async fn list_keys(s: &TestServer) -> Vec<pb::ApprovalKeyInfo> {
-    s.admin()
-        .await
-        .list_approval_keys(pb::ListApprovalKeysRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .keys
-}
-
-pub fn key<'a>(keys: &'a [pb::ApprovalKeyInfo], kid: &str) -> &'a pb::ApprovalKeyInfo {
-    keys.iter()
-        .find(|k| k.kid == kid)
-        .unwrap_or_else(|| panic!("key {kid} not listed in {keys:?}"))
-}
-
-pub async fn rotate(s: &TestServer, now: bool) -> Result<pb::ApprovalKeyInfo, tonic::Status> {
-    s.admin()
-        .await
-        .rotate_approval_key(pb::RotateApprovalKeyRequest { now })
-        .await
-        .map(|r| r.into_inner().key.unwrap())
-}
-
-pub fn header_kid(token: &str) -> String {
-    let h: serde_json::Value =
-        serde_json::from_slice(&b64url::decode(token.split('.').next().unwrap()).unwrap()).unwrap();
-    h["kid"].as_str().unwrap().to_string()
-}
-
-pub fn claims_of(token: &str) -> Claims {
-    serde_json::from_slice(&b64url::decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap()
 }
 
 /// Begin + complete a withdrawal approval with the TOTP code of the step
@@ -198,35 +136,6 @@ pub async fn backup_to(s: &TestServer, file: &Path) -> Vec<u8> {
     }
     std::fs::write(file, &bytes).unwrap();
     bytes
-}
-
-/// Every record of a (closed) store, as of now.
-pub fn store_records(path: &Path) -> Vec<(Table, Vec<u8>, u64, Vec<u8>)> {
-    let st = SledStore::open(path).unwrap();
-    st.snapshot()
-        .unwrap()
-        .into_iter()
-        .map(|(t, k, v)| (t, k, v.version, v.value))
-        .collect()
-}
-
-/// The seed in the encodings a careless writer would use.
-pub fn seed_needles(seed: &[u8]) -> Vec<Vec<u8>> {
-    let b32 = data_encoding::BASE32_NOPAD.encode(seed);
-    vec![
-        seed.to_vec(),
-        b32.clone().into_bytes(),
-        b32.to_lowercase().into_bytes(),
-        data_encoding::BASE32.encode(seed).into_bytes(),
-        data_encoding::HEXLOWER.encode(seed).into_bytes(),
-        data_encoding::HEXUPPER.encode(seed).into_bytes(),
-        data_encoding::BASE64.encode(seed).into_bytes(),
-        data_encoding::BASE64URL_NOPAD.encode(seed).into_bytes(),
-    ]
-}
-
-pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Phases of the rotation, as the load loop sees them.

@@ -7,11 +7,9 @@ use std::collections::BTreeMap;
 
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
-use sigil::config::Config;
 use sigil::pb;
-use sigil_verify::{b64url, Claims, Jwk, JwkSet, Verifier, WebauthnEvidence};
+use sigil_verify::{b64url, Jwk, WebauthnEvidence};
 use tonic::Status;
-use tonic_types::StatusExt;
 use webauthn_authenticator_rs::error::WebauthnCError;
 use webauthn_authenticator_rs::prelude::{
     CreationChallengeResponse, RequestChallengeResponse, Url, WebauthnAuthenticator,
@@ -45,12 +43,6 @@ pub const AT: u8 = 0x40;
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// The protections of [`TestServer::start`], for `start_with*` tweaks.
-pub fn relaxed(c: &mut Config) {
-    c.protection.require_whitelisted_address = false;
-    c.protection.security_change_lock_seconds = 0;
-}
 
 pub fn jv(json: &str) -> serde_json::Value {
     serde_json::from_str(json).unwrap()
@@ -172,24 +164,6 @@ pub async fn approve_with<A: AuthenticatorBackend>(
     complete(s, &b.challenge_id, &intent.user_id, &r).await
 }
 
-pub async fn factors(s: &TestServer, user: &str) -> Vec<pb::Factor> {
-    s.factors("frontend")
-        .await
-        .list_factors(pb::ListFactorsRequest { user_id: user.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .factors
-}
-
-pub async fn factor(s: &TestServer, user: &str, factor_id: &str) -> pb::Factor {
-    factors(s, user)
-        .await
-        .into_iter()
-        .find(|f| f.factor_id == factor_id)
-        .expect("factor listed")
-}
-
 /// The credential key from ListFactors' `public_key_jwk`, as the SEC1 point
 /// `0x04 || x || y` that `verify_webauthn_evidence` takes.
 pub fn sec1_of(f: &pb::Factor) -> Vec<u8> {
@@ -202,53 +176,14 @@ pub fn sec1_of(f: &pb::Factor) -> Vec<u8> {
     out
 }
 
-pub async fn verifier(s: &TestServer) -> Verifier {
-    let r = s
-        .approvals("withdrawal-engine")
-        .await
-        .get_approval_keys(pb::GetApprovalKeysRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let keys: JwkSet = serde_json::from_str(&r.jwks_json).unwrap();
-    Verifier::new(&keys, "sigil", "withdrawal-engine").unwrap()
-}
-
-pub fn claims_of(token: &str) -> Claims {
-    let part = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&b64url::decode(part).unwrap()).unwrap()
-}
-
-/// The token with its payload replaced (the signature kept).
-pub fn with_claims(token: &str, c: &Claims) -> String {
-    let parts: Vec<&str> = token.split('.').collect();
-    format!(
-        "{}.{}.{}",
-        parts[0],
-        b64url::encode(&serde_json::to_vec(c).unwrap()),
-        parts[2]
-    )
-}
-
 pub fn add_address_intent(user: &str) -> pb::Intent {
     pb::Intent {
         action: "add_address".into(),
         user_id: user.into(),
         asset: "BTC".into(),
         network: "bitcoin".into(),
-        destination: "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq".into(),
+        destination: ADDR.into(),
         memo: "cold wallet".into(),
-        ..Default::default()
-    }
-}
-
-/// An `enroll_factor` intent for the security key the tests register (no
-/// nickname): its memo names what is enrolled.
-pub fn enroll_factor_intent(user: &str) -> pb::Intent {
-    pb::Intent {
-        action: "enroll_factor".into(),
-        user_id: user.into(),
-        memo: "webauthn:".into(),
         ..Default::default()
     }
 }
@@ -327,12 +262,6 @@ pub fn evidence_field<'a>(e: &'a mut WebauthnEvidence, name: &str) -> &'a mut St
         "nonce" => &mut e.nonce,
         other => panic!("no evidence field {other}"),
     }
-}
-
-/// The field a BadRequest detail names.
-pub fn bad_request_field(st: &Status) -> String {
-    let br = st.get_details_bad_request().expect("a BadRequest detail");
-    br.field_violations[0].field.clone()
 }
 
 // ---------------------------------------------------------------------------

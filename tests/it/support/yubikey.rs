@@ -4,8 +4,6 @@ use sigil::factor::yubikey::{SoftHmacSlot, SoftYubiKey};
 use sigil::pb;
 use sigil::pb::complete_approval_request::Proof;
 use sigil::pb::confirm_yubikey_enrollment_request::Proof as ConfirmProof;
-use sigil_verify::{b64url, JwkSet, Verifier};
-use tonic_types::StatusExt;
 
 use crate::support::harness::*;
 
@@ -163,49 +161,8 @@ pub async fn approve_otp(
     complete(s, otp_proof(&b.challenge_id, user, otp)).await
 }
 
-/// The factor as ListFactors shows it.
-pub async fn factor(s: &TestServer, user: &str, factor_id: &str) -> pb::Factor {
-    s.factors("admin")
-        .await
-        .list_factors(pb::ListFactorsRequest { user_id: user.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .factors
-        .into_iter()
-        .find(|f| f.factor_id == factor_id)
-        .unwrap_or_else(|| panic!("factor {factor_id} of {user} not listed"))
-}
-
 pub async fn failures(s: &TestServer, user: &str, factor_id: &str) -> u32 {
     factor(s, user, factor_id).await.consecutive_failures
-}
-
-pub fn claims_of(token: &str) -> serde_json::Value {
-    let part = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&b64url::decode(part).unwrap()).unwrap()
-}
-
-pub async fn verifier(s: &TestServer) -> Verifier {
-    let r = s
-        .approvals("withdrawal-engine")
-        .await
-        .get_approval_keys(pb::GetApprovalKeysRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let keys: JwkSet = serde_json::from_str(&r.jwks_json).unwrap();
-    Verifier::new(&keys, "sigil", "withdrawal-engine").unwrap()
-}
-
-/// An `enroll_factor` intent naming what is enrolled (`kind:nickname`).
-pub fn enroll_factor_intent(user: &str, memo: &str) -> pb::Intent {
-    pb::Intent {
-        action: "enroll_factor".into(),
-        user_id: user.into(),
-        memo: memo.into(),
-        ..Default::default()
-    }
 }
 
 /// Another modhex character in the encrypted part: still a well-formed OTP,
@@ -214,28 +171,6 @@ pub fn alter_ciphertext(otp: &str) -> String {
     let mut b = otp.as_bytes().to_vec();
     b[20] = if b[20] == b'c' { b'b' } else { b'c' };
     String::from_utf8(b).unwrap()
-}
-
-/// The BadRequest field of an INVALID_ARGUMENT status.
-pub fn bad_field(st: &tonic::Status) -> String {
-    st.get_details_bad_request()
-        .expect("BadRequest detail")
-        .field_violations[0]
-        .field
-        .clone()
-}
-
-pub fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 pub async fn approve_otp_intent(s: &TestServer, intent: &pb::Intent, otp: &str) -> String {
