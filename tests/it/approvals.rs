@@ -3,25 +3,12 @@
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use sigil::pb;
-use sigil_verify::{b64url, Claims, Jwk, JwkSet, Verifier, VerifyError};
+use sigil_verify::{b64url, Jwk, Verifier, VerifyError};
 use tonic::Code;
 
-use crate::harness::*;
-
-async fn jwks(s: &TestServer) -> JwkSet {
-    let mut a = s.approvals("withdrawal-engine").await;
-    let r = a
-        .get_approval_keys(pb::GetApprovalKeysRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    serde_json::from_str(&r.jwks_json).unwrap()
-}
-
-fn claims_of(token: &str) -> Claims {
-    let part = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&b64url::decode(part).unwrap()).unwrap()
-}
+use crate::support::files::*;
+use crate::support::harness::*;
+use crate::support::tokens::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn full_flow_issue_verify_redeem_once() {
@@ -271,23 +258,6 @@ async fn expired_approval_and_expired_challenge_are_refused() {
     assert_status(r, Code::FailedPrecondition, "expired");
 }
 
-fn sign_with(key: &EcdsaKeyPair, kid: &str, claims: &Claims) -> String {
-    let input = sigil_verify::signing_input(kid, claims);
-    let sig = key.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
-    let mut rs = [0u8; 64];
-    rs.copy_from_slice(sig.as_ref());
-    sigil_verify::assemble(&input, &rs)
-}
-
-fn forged_token(header: &str, claims: &Claims, sig: &[u8]) -> String {
-    format!(
-        "{}.{}.{}",
-        b64url::encode(header.as_bytes()),
-        b64url::encode(&serde_json::to_vec(claims).unwrap()),
-        b64url::encode(sig)
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn foreign_keys_and_weak_algorithms_are_refused() {
     let s = TestServer::start().await;
@@ -478,23 +448,6 @@ async fn state_survives_restart_and_store_holds_no_seed() {
         }
     }
     assert!(files > 0 && bytes > 0, "the store has files to search");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
-fn hex(b: &[u8]) -> String {
-    data_encoding::HEXLOWER.encode(b)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -3,7 +3,8 @@ use sigil::pb;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::harness::*;
+use crate::support::calls::*;
+use crate::support::harness::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_intents_are_invalid_argument_naming_the_field_and_write_nothing() {
@@ -216,52 +217,6 @@ async fn hsm_session_loss_recovers_and_key_loss_fails_closed() {
         .await;
     assert_status(r, Code::Unavailable, "HSM");
     assert_eq!(before, content(&s), "nothing consumed when the HSM cannot sign");
-}
-
-/// Sends `body` as the raw protobuf bytes of a call to `path`.
-async fn raw_call(channel: tonic::transport::Channel, path: &'static str, body: Vec<u8>) -> tonic::Status {
-    #[derive(Clone, Default)]
-    struct Raw;
-    struct RawEnc;
-    struct RawDec;
-    impl tonic::codec::Encoder for RawEnc {
-        type Item = Vec<u8>;
-        type Error = tonic::Status;
-        fn encode(&mut self, item: Vec<u8>, buf: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
-            use bytes::BufMut;
-            buf.put_slice(&item);
-            Ok(())
-        }
-    }
-    impl tonic::codec::Decoder for RawDec {
-        type Item = Vec<u8>;
-        type Error = tonic::Status;
-        fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-            use bytes::Buf;
-            Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
-        }
-    }
-    impl tonic::codec::Codec for Raw {
-        type Encode = Vec<u8>;
-        type Decode = Vec<u8>;
-        type Encoder = RawEnc;
-        type Decoder = RawDec;
-        fn encoder(&mut self) -> RawEnc {
-            RawEnc
-        }
-        fn decoder(&mut self) -> RawDec {
-            RawDec
-        }
-    }
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
-    grpc.unary(
-        tonic::Request::new(body),
-        tonic::codegen::http::uri::PathAndQuery::from_static(path),
-        Raw,
-    )
-    .await
-    .expect_err("a malformed body was accepted")
 }
 
 /// A body that is not the message the method takes is the caller's fault:

@@ -1,52 +1,12 @@
 //! The real binaries: `sigil hsm init` creates a token in a temp dir,
 //! `sigild` serves over mTLS, stops cleanly on SIGTERM and, restarted,
 //! still has every factor, used step and redeemed approval.
-use std::process::Command;
-use std::time::Duration;
-
-use sigil::client::connect_as;
 use sigil::factor::totp;
 use sigil::pb;
-use sigil::pb::approval_service_client::ApprovalServiceClient;
-use sigil::pb::factor_service_client::FactorServiceClient;
 use tonic::Code;
 
-use crate::daemon::*;
-use crate::harness::*;
-
-fn sigterm(d: Daemon) {
-    let mut d = d;
-    let st = Command::new("kill")
-        .arg("-TERM")
-        .arg(d.child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(status) = d.child.try_wait().unwrap() {
-            assert!(status.success(), "sigild exited with {status} after SIGTERM");
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "sigild did not stop after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-async fn clients(
-    url: &str,
-) -> (
-    FactorServiceClient<tonic::transport::Channel>,
-    ApprovalServiceClient<tonic::transport::Channel>,
-) {
-    let d = certs_dir();
-    let f = connect_as(url, &d, "frontend").await.unwrap();
-    let e = connect_as(url, &d, "withdrawal-engine").await.unwrap();
-    (FactorServiceClient::new(f), ApprovalServiceClient::new(e))
-}
+use crate::support::daemon::*;
+use crate::support::harness::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigild_binary_full_flow_and_restart() {

@@ -1,60 +1,11 @@
 //! The operator CLI against a real server: it acts on the server its
 //! `--config` names (not a default address), says which server that is,
 //! and refuses destructive commands without confirmation.
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
 use sigil::pb;
 use tonic::Code;
 
-use crate::harness::*;
-
-/// A config file naming the test server the way an operator's would.
-fn config_file(s: &TestServer, dir: &Path, client_section: &str) -> PathBuf {
-    let certs = certs_dir();
-    let port = s.url.rsplit(':').next().unwrap();
-    let text = format!(
-        "version = 1\n[server]\nlisten = \"0.0.0.0:{port}\"\n[store]\npath = {store:?}\n[client]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n{client_section}",
-        store = s.cfg.store.path.display().to_string(),
-        ca = certs.join("ca.pem").display().to_string(),
-        cert = certs.join("admin.pem").display().to_string(),
-        key = certs.join("admin.key").display().to_string(),
-    );
-    let path = dir.join(format!("sigil-{}.toml", text.len()));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// Runs the CLI with no inherited server or config settings, stdin closed.
-fn sigil(args: &[&str], env: &[(&str, &str)]) -> (Output, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sigil"));
-    c.args(args)
-        .env_remove("SIGIL_URL")
-        .env_remove("SIGIL_CONFIG")
-        .env_remove("SIGIL_LISTEN")
-        .stdin(std::process::Stdio::null());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let out = c.output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out, text)
-}
-
-async fn kids(s: &TestServer) -> Vec<String> {
-    let mut adm = s.admin().await;
-    let mut v: Vec<String> = adm
-        .list_approval_keys(pb::ListApprovalKeysRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .keys
-        .into_iter()
-        .map(|k| k.kid)
-        .collect();
-    v.sort();
-    v
-}
+use crate::support::cli::*;
+use crate::support::harness::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn client_commands_use_the_server_of_the_config_file() {

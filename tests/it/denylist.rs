@@ -5,118 +5,17 @@
 //!
 //! Serials and SPKI digests are computed with `openssl`, independently of
 //! Sigil's own certificate parsing.
-use std::path::PathBuf;
 use std::process::Command;
 
-use sigil::audit::AuditEntry;
 use sigil::client::connect_as;
 use sigil::pb;
 use sigil::pb::approval_service_client::ApprovalServiceClient;
 use sigil::pb::factor_service_client::FactorServiceClient;
-use tonic::Code;
 
-use crate::daemon::*;
-use crate::harness::*;
-
-/// `openssl x509 -noout -serial` of a role's certificate: uppercase hex.
-fn serial_of(role: &str) -> String {
-    let out = Command::new("openssl")
-        .args(["x509", "-noout", "-serial", "-in"])
-        .arg(certs_dir().join(format!("{role}.pem")))
-        .output()
-        .expect("run openssl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).unwrap();
-    text.trim().strip_prefix("serial=").expect("serial=...").to_string()
-}
-
-/// The serial as Sigil shows it: uppercase hex without leading zeros.
-fn shown(serial: &str) -> String {
-    serial.trim_start_matches('0').to_string()
-}
-
-/// SHA-256 of a role's certificate's SubjectPublicKeyInfo DER, by openssl.
-fn spki_sha256_of(role: &str) -> Vec<u8> {
-    let pem = certs_dir().join(format!("{role}.pem"));
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(
-            "set -o pipefail; openssl x509 -noout -pubkey -in \"$1\" | openssl pkey -pubin -outform DER \
-             | openssl dgst -sha256 -hex",
-        )
-        .arg("bash")
-        .arg(&pem)
-        .output()
-        .expect("run openssl");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).unwrap();
-    let hex = text.split_whitespace().last().expect("digest");
-    let d = data_encoding::HEXLOWER_PERMISSIVE.decode(hex.as_bytes()).unwrap();
-    assert_eq!(d.len(), 32);
-    d
-}
-
-fn hex(b: &[u8]) -> String {
-    data_encoding::HEXLOWER.encode(b)
-}
-
-/// The refusal message for `role`'s certificate.
-fn denied_message(role: &str) -> String {
-    format!(
-        "client certificate {} is on the deny-list; ask an operator for a new certificate",
-        shown(&serial_of(role))
-    )
-}
-
-#[track_caller]
-fn assert_denied<T: std::fmt::Debug>(r: Result<T, tonic::Status>, role: &str) {
-    let st = r.expect_err("a certificate on the deny-list must be refused");
-    assert_eq!(st.code(), Code::Unauthenticated, "{st:?}");
-    assert_eq!(st.message(), denied_message(role));
-}
-
-/// A server whose `[server] deny_list` is a file holding `text`.
-async fn server_with_list(text: &str) -> (TestServer, tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("deny.txt");
-    std::fs::write(&path, text).unwrap();
-    let p = path.clone();
-    let s = TestServer::start_with(move |c| c.server.deny_list = Some(p)).await;
-    (s, dir, path)
-}
-
-fn audit(s: &TestServer) -> Vec<AuditEntry> {
-    s.sigil()
-        .ops()
-        .audit_entries(0, 100_000)
-        .unwrap()
-        .into_iter()
-        .map(|e| AuditEntry::decode(&e.value).unwrap())
-        .collect()
-}
-
-fn denied_entries(s: &TestServer) -> Vec<AuditEntry> {
-    audit(s).into_iter().filter(|e| e.action == "auth.denied").collect()
-}
-
-async fn list_factors(ch: &tonic::transport::Channel) -> Result<pb::ListFactorsResponse, tonic::Status> {
-    FactorServiceClient::new(ch.clone())
-        .list_factors(pb::ListFactorsRequest { user_id: "ann".into() })
-        .await
-        .map(|r| r.into_inner())
-}
-
-/// Asserts that the admin and the withdrawal engine still get through.
-async fn others_still_work(s: &TestServer) {
-    list_factors(&s.channel("admin").await)
-        .await
-        .expect("admin is not on the list");
-    s.approvals("withdrawal-engine")
-        .await
-        .get_approval_keys(pb::GetApprovalKeysRequest {})
-        .await
-        .expect("the withdrawal engine is not on the list");
-}
+use crate::support::daemon::*;
+use crate::support::denylist::*;
+use crate::support::files::*;
+use crate::support::harness::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn listed_serial_refuses_every_frontend_rpc_with_one_audit_entry_each() {

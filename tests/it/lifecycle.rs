@@ -6,330 +6,26 @@
 //! with its restore epoch, and the refusals of bad backups and of a re-wrap
 //! without its HSM key.
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sigil::error::Error;
-use sigil::factor::{totp, FactorRecord};
+use sigil::factor::totp;
 use sigil::pb;
 use sigil::pb::admin_service_client::AdminServiceClient;
-use sigil::pb::approval_service_client::ApprovalServiceClient;
-use sigil::store::{SledStore, Store, Table};
-use sigil_verify::{b64url, CachingVerifier, Claims, Jwk, JwkSet, KeySource, Verifier, VerifyError};
-use tonic::transport::Channel;
+use sigil::store::Table;
+use sigil_verify::{b64url, CachingVerifier, Jwk, JwkSet, Verifier, VerifyError};
 use tonic::Code;
 
-use crate::harness::*;
-
-type Approvals = ApprovalServiceClient<Channel>;
-
-/// A server whose background sweep never runs during a test: the test
-/// applies key transitions itself (`sweep`), and snapshots stay comparable.
-async fn start_quiet() -> TestServer {
-    TestServer::start_with(|c| {
-        c.protection.require_whitelisted_address = false;
-        c.protection.security_change_lock_seconds = 0;
-        c.protection.sweep_interval_seconds = 3600;
-    })
-    .await
-}
-
-/// Runs the sweep (due key transitions) on a blocking thread.
-async fn sweep(s: &TestServer) {
-    let sg = s.sigil().clone();
-    tokio::task::spawn_blocking(move || sg.sweep()).await.unwrap().unwrap();
-}
-
-async fn get_keys(a: &mut Approvals) -> pb::GetApprovalKeysResponse {
-    a.get_approval_keys(pb::GetApprovalKeysRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn published(s: &TestServer) -> pb::GetApprovalKeysResponse {
-    get_keys(&mut s.approvals("withdrawal-engine").await).await
-}
-
-fn jwks_of(r: &pb::GetApprovalKeysResponse) -> JwkSet {
-    serde_json::from_str(&r.jwks_json).unwrap()
-}
-
-/// kid → JWK `status` of a published set.
-fn statuses(set: &JwkSet) -> HashMap<String, String> {
-    set.keys
-        .iter()
-        .map(|k| (k.kid.clone(), k.status.clone().unwrap_or_default()))
-        .collect()
-}
-
-async fn list_keys(s: &TestServer) -> Vec<pb::ApprovalKeyInfo> {
-    s.admin()
-        .await
-        .list_approval_keys(pb::ListApprovalKeysRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .keys
-}
-
-fn key<'a>(keys: &'a [pb::ApprovalKeyInfo], kid: &str) -> &'a pb::ApprovalKeyInfo {
-    keys.iter()
-        .find(|k| k.kid == kid)
-        .unwrap_or_else(|| panic!("key {kid} not listed in {keys:?}"))
-}
-
-async fn rotate(s: &TestServer, now: bool) -> Result<pb::ApprovalKeyInfo, tonic::Status> {
-    s.admin()
-        .await
-        .rotate_approval_key(pb::RotateApprovalKeyRequest { now })
-        .await
-        .map(|r| r.into_inner().key.unwrap())
-}
-
-fn header_kid(token: &str) -> String {
-    let h: serde_json::Value =
-        serde_json::from_slice(&b64url::decode(token.split('.').next().unwrap()).unwrap()).unwrap();
-    h["kid"].as_str().unwrap().to_string()
-}
-
-fn claims_of(token: &str) -> Claims {
-    serde_json::from_slice(&b64url::decode(token.split('.').nth(1).unwrap()).unwrap()).unwrap()
-}
-
-/// Begin + complete a withdrawal approval with the TOTP code of the step
-/// `now` falls in. The clock is not moved.
-async fn issue(
-    a: &mut Approvals,
-    user: &str,
-    wid: &str,
-    seed: &[u8],
-    now: i64,
-) -> Result<pb::CompleteApprovalResponse, tonic::Status> {
-    let b = a
-        .begin_approval(pb::BeginApprovalRequest {
-            intent: Some(withdrawal(user, wid)),
-            device: None,
-        })
-        .await?
-        .into_inner();
-    let code = totp::code_at_step(seed, totp::step_at(now));
-    Ok(a.complete_approval(totp_proof(&b.challenge_id, user, &code, ""))
-        .await?
-        .into_inner())
-}
-
-async fn redeem(a: &mut Approvals, token: &str) -> Result<pb::RedeemApprovalResponse, tonic::Status> {
-    a.redeem_approval(pb::RedeemApprovalRequest {
-        expected_intent: expected_of(token),
-        idempotency_key: String::new(),
-        approval: token.into(),
-    })
-    .await
-    .map(|r| r.into_inner())
-}
-
-/// Every audit entry.
-async fn audit(s: &TestServer) -> Vec<pb::AuditRecord> {
-    let mut adm = s.admin().await;
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let r = adm
-            .read_audit(pb::ReadAuditRequest {
-                after_seq: after,
-                limit: 10_000,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if r.entries.is_empty() {
-            return out;
-        }
-        after = r.next_after_seq;
-        out.extend(r.entries);
-    }
-}
-
-fn has_entry(entries: &[pb::AuditRecord], action: &str, details: &[(&str, &str)]) -> bool {
-    entries.iter().any(|e| {
-        e.action == action
-            && e.outcome == "ok"
-            && details
-                .iter()
-                .all(|(k, v)| e.details.get(*k).map(String::as_str) == Some(*v))
-    })
-}
-
-/// The wrapping key label of every factor record: (user, factor, label).
-fn factor_labels(s: &TestServer) -> Vec<(String, String, String)> {
-    s.sigil()
-        .store()
-        .scan_prefix(Table::Factors, b"")
-        .unwrap()
-        .iter()
-        .map(|(_, v)| {
-            let f = FactorRecord::decode(v).unwrap();
-            let label = f.secret.as_ref().expect("a TOTP factor has a secret").key_label.clone();
-            (f.user_id, f.factor_id, label)
-        })
-        .collect()
-}
-
-/// Every user of `users` approves once at the current step, and the
-/// approval redeems; then the clock moves to the next step.
-async fn all_approve(s: &TestServer, users: &[(String, Vec<u8>)], tag: &str) {
-    let mut a = s.approvals("withdrawal-engine").await;
-    let now = s.clock.now_secs();
-    for (u, seed) in users {
-        let r = issue(&mut a, u, &format!("wd-{tag}"), seed, now)
-            .await
-            .unwrap_or_else(|e| panic!("{u} cannot approve ({tag}): {e:?}"));
-        redeem(&mut a, &r.approval)
-            .await
-            .unwrap_or_else(|e| panic!("{u}'s approval does not redeem ({tag}): {e:?}"));
-    }
-    s.clock.advance(30);
-}
-
-/// Takes a backup through the gRPC Backup stream into `file`.
-async fn backup_to(s: &TestServer, file: &Path) -> Vec<u8> {
-    let mut stream = s.admin().await.backup(pb::BackupRequest {}).await.unwrap().into_inner();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.message().await.unwrap() {
-        bytes.extend_from_slice(&chunk.data);
-    }
-    std::fs::write(file, &bytes).unwrap();
-    bytes
-}
-
-/// Every record of a (closed) store, as of now.
-fn store_records(path: &Path) -> Vec<(Table, Vec<u8>, u64, Vec<u8>)> {
-    let st = SledStore::open(path).unwrap();
-    st.snapshot()
-        .unwrap()
-        .into_iter()
-        .map(|(t, k, v)| (t, k, v.version, v.value))
-        .collect()
-}
-
-/// The seed in the encodings a careless writer would use.
-fn seed_needles(seed: &[u8]) -> Vec<Vec<u8>> {
-    let b32 = data_encoding::BASE32_NOPAD.encode(seed);
-    vec![
-        seed.to_vec(),
-        b32.clone().into_bytes(),
-        b32.to_lowercase().into_bytes(),
-        data_encoding::BASE32.encode(seed).into_bytes(),
-        data_encoding::HEXLOWER.encode(seed).into_bytes(),
-        data_encoding::HEXUPPER.encode(seed).into_bytes(),
-        data_encoding::BASE64.encode(seed).into_bytes(),
-        data_encoding::BASE64URL_NOPAD.encode(seed).into_bytes(),
-    ]
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
+use crate::support::files::*;
+use crate::support::harness::*;
+use crate::support::lifecycle::*;
+use crate::support::tokens::*;
 
 // ---------------------------------------------------------------------------
 // Approval-key rotation
 // ---------------------------------------------------------------------------
-
-/// Phases of the rotation, as the load loop sees them.
-const BEFORE: u8 = 0;
-const NEXT_PUBLISHED: u8 = 1;
-const ACTIVATING: u8 = 2;
-const ACTIVE: u8 = 3;
-const RETIRED: u8 = 4;
-
-/// One approval of the load loop: the phase when it was begun and when it
-/// was issued, and the kid that signed it.
-struct Issued {
-    phase_before: u8,
-    phase_after: u8,
-    kid: String,
-}
-
-/// An approval waiting for the engine.
-struct Pending {
-    n: u64,
-    step: u64,
-    user: String,
-    wid: String,
-    token: String,
-}
-
-/// The engine's side: fetch Sigil's key set (into the set the caching
-/// verifier's source reads), verify each approval offline against the
-/// engine's own intent, redeem it.
-async fn engine<S: KeySource + 'static>(
-    a: &mut Approvals,
-    shared: &Mutex<JwkSet>,
-    verifier: &Arc<CachingVerifier<S>>,
-    load: &Load,
-    due: Vec<Pending>,
-    now: i64,
-) {
-    match a.get_approval_keys(pb::GetApprovalKeysRequest {}).await {
-        Ok(r) => *shared.lock().unwrap() = jwks_of(&r.into_inner()),
-        Err(e) => load.fail(format!("GetApprovalKeys: {e:?}")),
-    }
-    for p in due {
-        let kid = header_kid(&p.token);
-        let intent = domain_intent(&withdrawal(&p.user, &p.wid));
-        let (v, tok) = (verifier.clone(), p.token.clone());
-        let checked = tokio::task::spawn_blocking(move || v.verify_for(&tok, &intent, now))
-            .await
-            .unwrap();
-        if let Err(e) = checked {
-            load.fail(format!("offline verification of approval {} (kid {kid}): {e}", p.n));
-        }
-        if let Err(e) = redeem(a, &p.token).await {
-            load.fail(format!("redemption of approval {} (kid {kid}): {e:?}", p.n));
-        }
-    }
-}
-
-#[derive(Default)]
-struct Load {
-    phase: AtomicU8,
-    stop: AtomicBool,
-    done: AtomicUsize,
-    /// The TOTP step at which every user had approved already (the loop
-    /// waits for the clock).
-    idle_at: AtomicU64,
-    failures: Mutex<Vec<String>>,
-    issued: Mutex<Vec<Issued>>,
-}
-
-impl Load {
-    fn fail(&self, what: String) {
-        self.failures.lock().unwrap().push(what);
-    }
-
-    /// Waits until `n` more approvals went through the whole loop, or every
-    /// user has approved at the current step. Either way no approval begun
-    /// before the last clock move is still in flight, so the clock may move
-    /// again without pushing a TOTP code out of its window.
-    async fn settle(&self, clock: &sigil::clock::TestClock, n: usize) {
-        let target = self.done.load(Ordering::SeqCst) + n;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while self.done.load(Ordering::SeqCst) < target
-            && self.idle_at.load(Ordering::SeqCst) != totp::step_at(clock.now_secs())
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the load loop stalled; failures so far: {:?}",
-                self.failures.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rotation_under_load_has_no_verification_or_redemption_failures() {
@@ -683,30 +379,6 @@ async fn retired_keys_are_destroyed_when_configured() {
     sweep(&s).await;
     assert_eq!(key(&list_keys(&s).await, &old.kid).state, "retired");
     assert!(!hsm.key_exists(&old.label).unwrap());
-}
-
-/// A key source that asks the server (GetApprovalKeys over mTLS) on every
-/// fetch, from a synchronous closure, and counts the fetches.
-fn server_source(a: Approvals, fetches: Arc<AtomicU64>) -> impl Fn() -> Result<JwkSet, String> + Send + Sync + 'static {
-    type Reply = std::sync::mpsc::Sender<Result<JwkSet, String>>;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Reply>();
-    tokio::spawn(async move {
-        let mut a = a;
-        while let Some(reply) = rx.recv().await {
-            let r = a
-                .get_approval_keys(pb::GetApprovalKeysRequest {})
-                .await
-                .map_err(|e| format!("GetApprovalKeys failed: {e}"))
-                .and_then(|r| serde_json::from_str(&r.into_inner().jwks_json).map_err(|e| e.to_string()));
-            let _ = reply.send(r);
-        }
-    });
-    move || {
-        fetches.fetch_add(1, Ordering::SeqCst);
-        let (rtx, rrx) = std::sync::mpsc::channel();
-        tx.send(rtx).map_err(|e| e.to_string())?;
-        rrx.recv_timeout(Duration::from_secs(5)).map_err(|e| e.to_string())?
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1496,29 +1168,6 @@ async fn rotate_now_answers_the_key_as_active() {
     let new = rotate(&s, true).await.unwrap();
     assert_eq!(key(&list_keys(&s).await, &new.kid).state, "active");
     assert_eq!(new.state, "active");
-}
-
-async fn approve_otp(
-    s: &TestServer,
-    otp: String,
-    wid: &str,
-) -> Result<tonic::Response<pb::CompleteApprovalResponse>, tonic::Status> {
-    let mut a = s.approvals("withdrawal-engine").await;
-    let b = a
-        .begin_approval(pb::BeginApprovalRequest {
-            intent: Some(withdrawal("yuri", wid)),
-            device: None,
-        })
-        .await?
-        .into_inner();
-    a.complete_approval(pb::CompleteApprovalRequest {
-        challenge_id: b.challenge_id,
-        user_id: "yuri".into(),
-        proof: Some(pb::complete_approval_request::Proof::YubikeyOtp(pb::YubikeyOtpProof {
-            otp,
-        })),
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]

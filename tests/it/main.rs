@@ -1,5 +1,6 @@
 //! Integration tests: real sigild code over real mTLS, real SoftHSM tokens,
-//! real sled stores. See `harness.rs`.
+//! real sled stores. See `support/harness.rs`; the helpers of every test
+//! file are in `support/`, the files here hold tests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod approvals;
@@ -7,12 +8,11 @@ mod bad_input;
 mod binary;
 mod cli;
 mod crash;
-mod daemon;
 mod denylist;
-mod harness;
 mod lifecycle;
 mod protections;
 mod roles;
+mod support;
 mod totp;
 mod webauthn;
 mod yubikey;

@@ -3,10 +3,9 @@
 use sigil::pb;
 use tonic::Code;
 
-use crate::harness::*;
+use crate::support::harness::*;
 
 const DAY: i64 = 86_400;
-const ADDR: &str = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq";
 
 fn wd(user: &str, wid: &str) -> pb::BeginApprovalRequest {
     pb::BeginApprovalRequest {

@@ -3,72 +3,10 @@
 use sigil::client::{connect, ClientTls};
 use sigil::pb;
 use sigil::pb::approval_service_client::ApprovalServiceClient;
-use sigil::pb::factor_service_client::FactorServiceClient;
 use tonic::Code;
 
-use crate::harness::*;
-
-/// Calls every RPC once as `role`; returns (rpc, was it refused with PERMISSION_DENIED).
-async fn call_all(s: &TestServer, role: &str) -> Vec<(&'static str, bool)> {
-    let ch = s.channel(role).await;
-    let mut f = FactorServiceClient::new(ch.clone());
-    let mut a = ApprovalServiceClient::new(ch);
-    let denied = |r: Result<(), tonic::Status>| matches!(r, Err(ref st) if st.code() == Code::PermissionDenied && st.message().contains("may not call") || st.message().contains("no Sigil role"));
-    let mut out = Vec::new();
-    out.push((
-        "BeginTotpEnrollment",
-        denied(
-            f.begin_totp_enrollment(pb::BeginTotpEnrollmentRequest::default())
-                .await
-                .map(|_| ()),
-        ),
-    ));
-    out.push((
-        "ConfirmTotpEnrollment",
-        denied(
-            f.confirm_totp_enrollment(pb::ConfirmTotpEnrollmentRequest::default())
-                .await
-                .map(|_| ()),
-        ),
-    ));
-    out.push((
-        "ListFactors",
-        denied(f.list_factors(pb::ListFactorsRequest::default()).await.map(|_| ())),
-    ));
-    out.push((
-        "RemoveFactor",
-        denied(f.remove_factor(pb::RemoveFactorRequest::default()).await.map(|_| ())),
-    ));
-    out.push((
-        "BeginApproval",
-        denied(a.begin_approval(pb::BeginApprovalRequest::default()).await.map(|_| ())),
-    ));
-    out.push((
-        "CompleteApproval",
-        denied(
-            a.complete_approval(pb::CompleteApprovalRequest::default())
-                .await
-                .map(|_| ()),
-        ),
-    ));
-    out.push((
-        "RedeemApproval",
-        denied(
-            a.redeem_approval(pb::RedeemApprovalRequest::default())
-                .await
-                .map(|_| ()),
-        ),
-    ));
-    out.push((
-        "GetApprovalKeys",
-        denied(
-            a.get_approval_keys(pb::GetApprovalKeysRequest::default())
-                .await
-                .map(|_| ()),
-        ),
-    ));
-    out
-}
+use crate::support::calls::*;
+use crate::support::harness::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_rpc_admits_exactly_its_roles() {

@@ -5,7 +5,7 @@ use sigil::pb;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::harness::*;
+use crate::support::harness::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn enrollment_needs_a_correct_first_code_and_returns_uri_and_qr() {

@@ -8,240 +8,15 @@
 //! counters (usage counter bumped per power-up, session counter per OTP).
 use sigil::factor::yubikey::{SoftHmacSlot, SoftYubiKey};
 use sigil::pb;
-use sigil::pb::complete_approval_request::Proof;
 use sigil::pb::confirm_yubikey_enrollment_request::Proof as ConfirmProof;
-use sigil_verify::{b64url, JwkSet, Verifier};
+use sigil_verify::b64url;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::harness::*;
-
-// ---------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------
-
-fn random<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).unwrap();
-    b
-}
-
-/// An emulated Yubico OTP key with fresh random credentials:
-/// (key, private id, AES key).
-fn otp_key(public_id: &str) -> (SoftYubiKey, [u8; 6], [u8; 16]) {
-    let private_id = random::<6>();
-    let aes_key = random::<16>();
-    let key = SoftYubiKey::new(public_id, private_id, aes_key).unwrap();
-    (key, private_id, aes_key)
-}
-
-/// Begins an HMAC-SHA1 enrollment with `secret`; returns (factor id, challenge).
-async fn begin_hmac(s: &TestServer, user: &str, secret: &[u8], slot: u32, step_up: &str) -> (String, Vec<u8>) {
-    let e = s
-        .factors("frontend")
-        .await
-        .begin_yubikey_hmac_enrollment(pb::BeginYubikeyHmacEnrollmentRequest {
-            user_id: user.into(),
-            nickname: format!("slot {slot}"),
-            secret: secret.to_vec(),
-            slot,
-            step_up_approval: step_up.into(),
-        })
-        .await
-        .expect("begin HMAC enrollment")
-        .into_inner();
-    (e.factor_id, e.challenge)
-}
-
-async fn confirm(
-    s: &TestServer,
-    user: &str,
-    factor_id: &str,
-    proof: ConfirmProof,
-) -> Result<pb::Factor, tonic::Status> {
-    s.factors("frontend")
-        .await
-        .confirm_yubikey_enrollment(pb::ConfirmYubikeyEnrollmentRequest {
-            user_id: user.into(),
-            factor_id: factor_id.into(),
-            proof: Some(proof),
-        })
-        .await
-        .map(|r| r.into_inner().factor.expect("factor"))
-}
-
-/// Programs an emulated HMAC slot with a fresh secret, enrolls and confirms
-/// it; returns (factor id, slot, secret).
-async fn enroll_hmac(s: &TestServer, user: &str, slot_no: u32, step_up: &str) -> (String, SoftHmacSlot, [u8; 20]) {
-    let secret = random::<20>();
-    let slot = SoftHmacSlot::new(secret);
-    let (fid, challenge) = begin_hmac(s, user, &secret, slot_no, step_up).await;
-    let f = confirm(
-        s,
-        user,
-        &fid,
-        ConfirmProof::HmacResponse(slot.respond(&challenge).unwrap().to_vec()),
-    )
-    .await
-    .expect("confirm HMAC enrollment");
-    assert_eq!(f.state, pb::FactorState::Active as i32);
-    (fid, slot, secret)
-}
-
-async fn begin_otp(
-    s: &TestServer,
-    user: &str,
-    public_id: &str,
-    private_id: &[u8],
-    aes_key: &[u8],
-    step_up: &str,
-) -> Result<pb::BeginYubikeyEnrollmentResponse, tonic::Status> {
-    s.factors("frontend")
-        .await
-        .begin_yubikey_otp_enrollment(pb::BeginYubikeyOtpEnrollmentRequest {
-            user_id: user.into(),
-            nickname: "keychain".into(),
-            public_id: public_id.into(),
-            private_id: private_id.to_vec(),
-            aes_key: aes_key.to_vec(),
-            personalization_csv: String::new(),
-            step_up_approval: step_up.into(),
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-/// Enrolls an emulated Yubico OTP key and confirms it with its first OTP;
-/// returns the factor id.
-async fn enroll_otp(s: &TestServer, user: &str, key: &mut SoftYubiKey, private_id: &[u8], aes_key: &[u8]) -> String {
-    let e = begin_otp(s, user, key.public_id(), private_id, aes_key, "")
-        .await
-        .expect("begin OTP enrollment");
-    assert!(e.challenge.is_empty(), "an OTP enrollment has no challenge");
-    let f = confirm(s, user, &e.factor_id, ConfirmProof::Otp(key.otp()))
-        .await
-        .expect("confirm OTP enrollment");
-    assert_eq!(f.state, pb::FactorState::Active as i32);
-    assert_eq!(f.kind, pb::FactorKind::YubikeyOtp as i32);
-    assert_eq!(f.yubikey_public_id, key.public_id());
-    e.factor_id
-}
-
-fn hmac_proof(challenge_id: &str, user: &str, response: &[u8], factor_id: &str) -> pb::CompleteApprovalRequest {
-    pb::CompleteApprovalRequest {
-        challenge_id: challenge_id.into(),
-        user_id: user.into(),
-        proof: Some(Proof::YubikeyHmac(pb::YubikeyHmacProof {
-            response: response.to_vec(),
-            factor_id: factor_id.into(),
-        })),
-    }
-}
-
-fn otp_proof(challenge_id: &str, user: &str, otp: &str) -> pb::CompleteApprovalRequest {
-    pb::CompleteApprovalRequest {
-        challenge_id: challenge_id.into(),
-        user_id: user.into(),
-        proof: Some(Proof::YubikeyOtp(pb::YubikeyOtpProof { otp: otp.into() })),
-    }
-}
-
-async fn complete(
-    s: &TestServer,
-    req: pb::CompleteApprovalRequest,
-) -> Result<pb::CompleteApprovalResponse, tonic::Status> {
-    s.approvals("withdrawal-engine")
-        .await
-        .complete_approval(req)
-        .await
-        .map(|r| r.into_inner())
-}
-
-/// Begin + complete a withdrawal approval with a Yubico OTP.
-async fn approve_otp(
-    s: &TestServer,
-    user: &str,
-    wid: &str,
-    otp: &str,
-) -> Result<pb::CompleteApprovalResponse, tonic::Status> {
-    let b = begin(s, &withdrawal(user, wid)).await;
-    complete(s, otp_proof(&b.challenge_id, user, otp)).await
-}
-
-/// The factor as ListFactors shows it.
-async fn factor(s: &TestServer, user: &str, factor_id: &str) -> pb::Factor {
-    s.factors("admin")
-        .await
-        .list_factors(pb::ListFactorsRequest { user_id: user.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .factors
-        .into_iter()
-        .find(|f| f.factor_id == factor_id)
-        .unwrap_or_else(|| panic!("factor {factor_id} of {user} not listed"))
-}
-
-async fn failures(s: &TestServer, user: &str, factor_id: &str) -> u32 {
-    factor(s, user, factor_id).await.consecutive_failures
-}
-
-fn claims_of(token: &str) -> serde_json::Value {
-    let part = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&b64url::decode(part).unwrap()).unwrap()
-}
-
-async fn verifier(s: &TestServer) -> Verifier {
-    let r = s
-        .approvals("withdrawal-engine")
-        .await
-        .get_approval_keys(pb::GetApprovalKeysRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let keys: JwkSet = serde_json::from_str(&r.jwks_json).unwrap();
-    Verifier::new(&keys, "sigil", "withdrawal-engine").unwrap()
-}
-
-/// An `enroll_factor` intent naming what is enrolled (`kind:nickname`).
-fn enroll_factor_intent(user: &str, memo: &str) -> pb::Intent {
-    pb::Intent {
-        action: "enroll_factor".into(),
-        user_id: user.into(),
-        memo: memo.into(),
-        ..Default::default()
-    }
-}
-
-/// Another modhex character in the encrypted part: still a well-formed OTP,
-/// but no longer the ciphertext the key produced.
-fn alter_ciphertext(otp: &str) -> String {
-    let mut b = otp.as_bytes().to_vec();
-    b[20] = if b[20] == b'c' { b'b' } else { b'c' };
-    String::from_utf8(b).unwrap()
-}
-
-/// The BadRequest field of an INVALID_ARGUMENT status.
-fn bad_field(st: &tonic::Status) -> String {
-    st.get_details_bad_request()
-        .expect("BadRequest detail")
-        .field_violations[0]
-        .field
-        .clone()
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
+use crate::support::files::*;
+use crate::support::harness::*;
+use crate::support::tokens::*;
+use crate::support::yubikey::*;
 
 const AMR: [&str; 2] = ["hwk", "otp"];
 
@@ -316,7 +91,7 @@ async fn hmac_enroll_confirm_and_approve_once() {
         .await
         .unwrap();
     assert_eq!(done.amr, AMR);
-    let claims = claims_of(&done.approval);
+    let claims = claims_json(&done.approval);
     assert_eq!(claims["amr"], serde_json::json!(AMR));
     assert_eq!(claims["sub"], "alice");
     assert_eq!(claims["intent_sha256"], b64url::encode(&b.intent_sha256));
@@ -377,12 +152,12 @@ async fn hmac_response_for_another_challenge_is_refused_and_counted() {
     let done = complete(&s, hmac_proof(&b2.challenge_id, "bob", &r2, ""))
         .await
         .unwrap();
-    assert_eq!(claims_of(&done.approval)["intent"]["withdrawal_id"], "wd-2");
+    assert_eq!(claims_json(&done.approval)["intent"]["withdrawal_id"], "wd-2");
     assert_eq!(failures(&s, "bob", &fid).await, 0);
     let done = complete(&s, hmac_proof(&b1.challenge_id, "bob", &r1, ""))
         .await
         .unwrap();
-    assert_eq!(claims_of(&done.approval)["intent"]["withdrawal_id"], "wd-1");
+    assert_eq!(claims_json(&done.approval)["intent"]["withdrawal_id"], "wd-1");
 }
 
 /// HMAC-SHA1 (slots emulated by `SoftHmacSlot`; no USB YubiKey in CI): a
@@ -424,7 +199,7 @@ async fn hmac_response_from_another_slot_is_refused() {
         Code::InvalidArgument,
         "several",
     );
-    assert_eq!(bad_field(&st), "yubikey_hmac.factor_id");
+    assert_eq!(bad_request_field(&st), "yubikey_hmac.factor_id");
 
     let r = complete(&s, hmac_proof(&b.challenge_id, "carl", &from_b, &fa)).await;
     assert_status(r, Code::PermissionDenied, "not accepted");
@@ -480,7 +255,7 @@ async fn otp_enroll_approve_replay_older_and_power_cycle() {
     let newer = key.otp();
     let done = complete(&s, otp_proof(&b.challenge_id, "dana", &newer)).await.unwrap();
     assert_eq!(done.amr, AMR);
-    assert_eq!(claims_of(&done.approval)["amr"], serde_json::json!(AMR));
+    assert_eq!(claims_json(&done.approval)["amr"], serde_json::json!(AMR));
     verifier(&s)
         .await
         .verify_for(&done.approval, &domain_intent(&intent), s.clock.now_secs())
@@ -533,7 +308,11 @@ async fn otp_malformed_is_invalid_argument_and_counted() {
     for (i, (bad, why)) in cases.iter().enumerate() {
         let st = assert_status(approve_otp(&s, "emma", "wd-1", bad).await, Code::InvalidArgument, why);
         assert!(st.message().contains("otp"), "{:?} should name otp", st.message());
-        assert!(bad_field(&st).ends_with("otp"), "field {:?}", bad_field(&st));
+        assert!(
+            bad_request_field(&st).ends_with("otp"),
+            "field {:?}",
+            bad_request_field(&st)
+        );
         assert_eq!(
             failures(&s, "emma", &fid).await,
             i as u32 + 1,
@@ -708,16 +487,8 @@ async fn otp_enrollment_from_personalization_csv() {
             Code::InvalidArgument,
             why,
         );
-        assert_eq!(bad_field(&st), "csv");
+        assert_eq!(bad_request_field(&st), "csv");
     }
-}
-
-async fn approve_otp_intent(s: &TestServer, intent: &pb::Intent, otp: &str) -> String {
-    let b = begin(s, intent).await;
-    complete(s, otp_proof(&b.challenge_id, &intent.user_id, otp))
-        .await
-        .expect("approve with OTP")
-        .approval
 }
 
 /// Yubico OTP (key emulated by `SoftYubiKey`; no USB YubiKey in CI): the
@@ -843,7 +614,7 @@ async fn yubikey_bad_input_is_invalid_argument_naming_the_field() {
             Code::InvalidArgument,
             field,
         );
-        assert_eq!(bad_field(&st), field);
+        assert_eq!(bad_request_field(&st), field);
     }
     let cases: [(&str, Vec<u8>, Vec<u8>, &str); 5] = [
         ("cccccccccc", vec![1; 6], vec![2; 16], "public_id"),
@@ -858,7 +629,7 @@ async fn yubikey_bad_input_is_invalid_argument_naming_the_field() {
             Code::InvalidArgument,
             field,
         );
-        assert_eq!(bad_field(&st), field);
+        assert_eq!(bad_request_field(&st), field);
     }
     assert_eq!(before, snapshot(s.sigil()), "refused enrollments write nothing");
 
@@ -872,13 +643,13 @@ async fn yubikey_bad_input_is_invalid_argument_naming_the_field() {
         Code::InvalidArgument,
         "hmac_response",
     );
-    assert_eq!(bad_field(&st), "hmac_response");
+    assert_eq!(bad_request_field(&st), "hmac_response");
     let st = assert_status(
         confirm(&s, "mona", &fid, ConfirmProof::Otp("c".repeat(44))).await,
         Code::InvalidArgument,
         "proof",
     );
-    assert_eq!(bad_field(&st), "proof");
+    assert_eq!(bad_request_field(&st), "proof");
     assert_eq!(failures(&s, "mona", &fid).await, 0);
     confirm(&s, "mona", &fid, ConfirmProof::HmacResponse(good.to_vec()))
         .await
@@ -896,7 +667,7 @@ async fn yubikey_bad_input_is_invalid_argument_naming_the_field() {
             Code::InvalidArgument,
             "20-byte",
         );
-        assert_eq!(bad_field(&st), "yubikey_hmac.response");
+        assert_eq!(bad_request_field(&st), "yubikey_hmac.response");
     }
     assert_eq!(before, snapshot(s.sigil()), "malformed responses write nothing");
     // An OTP proof from a user without an OTP factor.

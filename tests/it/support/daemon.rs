@@ -7,7 +7,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::harness::*;
+use sigil::client::connect_as;
+use sigil::pb;
+use sigil::pb::approval_service_client::ApprovalServiceClient;
+use sigil::pb::factor_service_client::FactorServiceClient;
+
+use crate::support::harness::*;
 
 /// A running `sigild`; killed when dropped, so a failing test leaves none.
 pub struct Daemon {
@@ -181,4 +186,90 @@ pub fn plain(line: &str) -> String {
         }
     }
     out
+}
+
+/// SIGTERM, then waits (up to 20 s) for a clean exit.
+pub fn sigterm(d: Daemon) {
+    let mut d = d;
+    d.signal("TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = d.child.try_wait().unwrap() {
+            assert!(status.success(), "sigild exited with {status} after SIGTERM");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sigild did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A frontend's factor client and an engine's approval client of `url`.
+pub async fn clients(
+    url: &str,
+) -> (
+    FactorServiceClient<tonic::transport::Channel>,
+    ApprovalServiceClient<tonic::transport::Channel>,
+) {
+    let d = certs_dir();
+    let f = connect_as(url, &d, "frontend").await.unwrap();
+    let e = connect_as(url, &d, "withdrawal-engine").await.unwrap();
+    (FactorServiceClient::new(f), ApprovalServiceClient::new(e))
+}
+
+/// Health SERVING and a real RPC answered, over fresh mTLS connections.
+pub async fn wait_ready(url: &str) {
+    let ch = connect_as(url, &certs_dir(), "frontend").await.unwrap();
+    let st = tonic_health::pb::health_client::HealthClient::new(ch.clone())
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        st.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    FactorServiceClient::new(ch)
+        .list_factors(pb::ListFactorsRequest {
+            user_id: "crash-nobody".into(),
+        })
+        .await
+        .unwrap();
+}
+
+/// Runs the real `sigil audit verify --checkpoint`; returns (entries, checkpoints).
+pub fn audit_verify(url: &str) -> (u64, u64) {
+    let certs = certs_dir();
+    let out = Command::new(env!("CARGO_BIN_EXE_sigil"))
+        .args(["audit", "verify", "--checkpoint", "--server", url])
+        .arg("--ca")
+        .arg(certs.join("ca.pem"))
+        .arg("--cert")
+        .arg(certs.join("admin.pem"))
+        .arg("--key")
+        .arg(certs.join("admin.key"))
+        .env_remove("SIGIL_URL")
+        .env_remove("SIGIL_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("audit log ok"),
+        "sigil audit verify: {text}"
+    );
+    // "audit log ok: N entries, M signed checkpoint(s) verified with key K"
+    let num = |after: &str| -> u64 {
+        text.split(after)
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    (num("audit log ok:"), num("entries,"))
 }

@@ -18,6 +18,7 @@ use sigil::store::SledStore;
 use sigil::Sigil;
 use tempfile::TempDir;
 use tonic::transport::Channel;
+use tonic_types::StatusExt;
 
 /// Test clock start: 2027-01-15T08:00:00Z.
 pub const T0: i64 = 1_800_000_000;
@@ -102,6 +103,13 @@ pub fn new_token(cfg: &mut Config) {
         .expect("create test token");
 }
 
+/// The protections of [`TestServer::start`] (no whitelist, no
+/// security-change lock), for `start_with*` tweaks.
+pub fn relaxed(c: &mut Config) {
+    c.protection.require_whitelisted_address = false;
+    c.protection.security_change_lock_seconds = 0;
+}
+
 /// A running in-process server.
 pub struct TestServer {
     pub _dir: TempDir,
@@ -118,11 +126,7 @@ impl TestServer {
     /// A server whose withdrawal protections (whitelist, security-change
     /// lock) are off, for tests of the approval mechanics themselves.
     pub async fn start() -> TestServer {
-        Self::start_with(|c| {
-            c.protection.require_whitelisted_address = false;
-            c.protection.security_change_lock_seconds = 0;
-        })
-        .await
+        Self::start_with(relaxed).await
     }
 
     /// A server with the product's default protections.
@@ -356,6 +360,9 @@ pub fn totp_proof(challenge_id: &str, user: &str, code: &str, factor_id: &str) -
     }
 }
 
+/// The Bitcoin address the tests withdraw to and whitelist.
+pub const ADDR: &str = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq";
+
 pub fn withdrawal(user: &str, wid: &str) -> pb::Intent {
     pb::Intent {
         action: "withdrawal".into(),
@@ -364,8 +371,19 @@ pub fn withdrawal(user: &str, wid: &str) -> pb::Intent {
         asset: "BTC".into(),
         network: "bitcoin".into(),
         amount: "0.5".into(),
-        destination: "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq".into(),
+        destination: ADDR.into(),
         memo: String::new(),
+    }
+}
+
+/// An `enroll_factor` intent naming what is enrolled (`kind:nickname`;
+/// `webauthn:` for a security key without a nickname).
+pub fn enroll_factor_intent(user: &str, memo: &str) -> pb::Intent {
+    pb::Intent {
+        action: "enroll_factor".into(),
+        user_id: user.into(),
+        memo: memo.into(),
+        ..Default::default()
     }
 }
 
@@ -422,4 +440,30 @@ pub fn expected_of(token: impl AsRef<str>) -> Option<pb::Intent> {
     let bytes = sigil_verify::b64url::decode(payload).ok()?;
     let claims: sigil_verify::Claims = serde_json::from_slice(&bytes).ok()?;
     Some(claims.intent.into())
+}
+
+/// The factors of `user` as ListFactors shows them.
+pub async fn factors(s: &TestServer, user: &str) -> Vec<pb::Factor> {
+    s.factors("frontend")
+        .await
+        .list_factors(pb::ListFactorsRequest { user_id: user.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .factors
+}
+
+/// The factor as ListFactors shows it.
+pub async fn factor(s: &TestServer, user: &str, factor_id: &str) -> pb::Factor {
+    factors(s, user)
+        .await
+        .into_iter()
+        .find(|f| f.factor_id == factor_id)
+        .unwrap_or_else(|| panic!("factor {factor_id} of {user} not listed"))
+}
+
+/// The field a BadRequest detail names.
+pub fn bad_request_field(st: &tonic::Status) -> String {
+    let br = st.get_details_bad_request().expect("a BadRequest detail");
+    br.field_violations[0].field.clone()
 }
