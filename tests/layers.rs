@@ -2,6 +2,8 @@
 //! `#[cfg(test)]` modules and comments) may only name a module of a lower
 //! layer, or its own module. This keeps the module graph free of circles;
 //! the layers are described in the crate docs (`src/lib.rs`, "Layout").
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
