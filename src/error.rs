@@ -21,6 +21,9 @@ pub struct Refusal {
     pub message: String,
     /// When retrying may succeed (Unix seconds), where waiting helps.
     pub retry_at: Option<i64>,
+    /// The service clock when the refusal was made (for the RetryInfo
+    /// delay, `retry_at - now`).
+    pub now: i64,
     /// Further `ErrorInfo` metadata (e.g. `field`, `attempts_left`).
     pub metadata: Vec<(&'static str, String)>,
 }
@@ -53,6 +56,8 @@ pub enum Error {
         what: String,
         /// Seconds until the next attempt is allowed.
         retry_after: u64,
+        /// When the lock ends (Unix seconds, service clock).
+        until: i64,
     },
     /// A record changed while the operation ran; nothing was written.
     Conflict(String),
@@ -92,6 +97,7 @@ impl Error {
             reason,
             message: message.into(),
             retry_at: None,
+            now: 0,
             metadata: Vec::new(),
         })
     }
@@ -102,14 +108,17 @@ impl Error {
             reason,
             message: message.into(),
             retry_at: None,
+            now: 0,
             metadata: Vec::new(),
         })
     }
 
-    /// The refusal with the time at which retrying may succeed.
-    pub fn retry_at(mut self, at: i64) -> Self {
+    /// The refusal with the time at which retrying may succeed, decided
+    /// at `now` (both by the service clock).
+    pub fn retry_at(mut self, at: i64, now: i64) -> Self {
         if let Error::FailedPrecondition(r) | Error::PermissionDenied(r) = &mut self {
             r.retry_at = Some(at);
+            r.now = now;
         }
         self
     }
@@ -167,7 +176,7 @@ impl fmt::Display for Error {
             }
             Error::FailedPrecondition(r) | Error::PermissionDenied(r) => f.write_str(&r.message),
             Error::NotFound(m) | Error::Conflict(m) | Error::Unavailable(m) | Error::Internal(m) => f.write_str(m),
-            Error::Locked { what, retry_after } => {
+            Error::Locked { what, retry_after, .. } => {
                 write!(f, "{what} is locked after repeated failures; retry in {retry_after} s")
             }
         }
@@ -203,7 +212,7 @@ mod tests {
     #[test]
     fn refusals_keep_reason_and_retry_time_when_reworded() {
         let e = Error::refused(Reason::AddressOnHold, "on hold")
-            .retry_at(42)
+            .retry_at(42, 40)
             .reworded("later");
         assert_eq!(e.reason(), Reason::AddressOnHold);
         assert_eq!(e.to_string(), "later");

@@ -50,9 +50,8 @@ fn wait_until(at: i64, now: i64) -> Duration {
     Duration::from_secs(at.saturating_sub(now).max(1) as u64)
 }
 
-/// Maps a domain error to a status with its details. `now` is the
-/// service's clock (for RetryInfo delays derived from `retry_at`).
-pub fn to_status_at(e: Error, now: i64) -> Status {
+/// Maps a domain error to a status with its details.
+pub fn to_status(e: Error) -> Status {
     let msg = bounded(e.to_string());
     let code = code_of(&e);
     let reason: Reason = e.reason();
@@ -75,11 +74,11 @@ pub fn to_status_at(e: Error, now: i64) -> Status {
             }
             if let Some(at) = r.retry_at {
                 metadata.insert("retry_at".into(), at.to_string());
-                details.set_retry_info(Some(wait_until(at, now)));
+                details.set_retry_info(Some(wait_until(at, r.now)));
             }
         }
-        Error::Locked { retry_after, .. } => {
-            metadata.insert("retry_at".into(), (now + *retry_after as i64).to_string());
+        Error::Locked { retry_after, until, .. } => {
+            metadata.insert("retry_at".into(), until.to_string());
             details.set_retry_info(Some(Duration::from_secs(*retry_after)));
         }
         Error::Unavailable(_) => {
@@ -106,15 +105,6 @@ pub fn certificate_denied(message: impl Into<String>) -> Status {
     Status::with_error_details(Code::Unauthenticated, bounded(message.into()), details)
 }
 
-/// [`to_status_at`] at the current system time.
-pub fn to_status(e: Error) -> Status {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    to_status_at(e, now)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,7 +112,7 @@ mod tests {
 
     #[test]
     fn every_status_names_its_reason_and_retry_time() {
-        let st = to_status_at(Error::refused(Reason::AddressOnHold, "on hold").retry_at(1_000), 900);
+        let st = to_status(Error::refused(Reason::AddressOnHold, "on hold").retry_at(1_000, 900));
         assert_eq!(st.code(), Code::FailedPrecondition);
         let d = st.get_error_details();
         let info = d.error_info().unwrap();
@@ -131,24 +121,28 @@ mod tests {
         assert_eq!(info.metadata.get("retry_at").map(String::as_str), Some("1000"));
         assert_eq!(d.retry_info().unwrap().retry_delay, Some(Duration::from_secs(100)));
 
-        let st = to_status_at(
-            Error::Locked {
-                what: "factor 'f'".into(),
-                retry_after: 60,
-            },
-            10,
-        );
+        let st = to_status(Error::Locked {
+            what: "factor 'f'".into(),
+            retry_after: 60,
+            until: 70,
+        });
         assert_eq!(st.code(), Code::ResourceExhausted);
-        assert_eq!(st.get_error_details().error_info().unwrap().reason, "FACTOR_LOCKED");
+        let d = st.get_error_details();
+        assert_eq!(d.error_info().unwrap().reason, "FACTOR_LOCKED");
+        assert_eq!(
+            d.error_info().unwrap().metadata.get("retry_at").map(String::as_str),
+            Some("70")
+        );
+        assert_eq!(d.retry_info().unwrap().retry_delay, Some(Duration::from_secs(60)));
 
-        let st = to_status_at(Error::Conflict("changed".into()), 0);
+        let st = to_status(Error::Conflict("changed".into()));
         assert_eq!(st.get_error_details().error_info().unwrap().reason, "CONCURRENT_CHANGE");
     }
 
     #[test]
     fn several_bad_fields_are_all_listed() {
         let e = Error::check_all(vec![FieldError::new("a", "x"), FieldError::new("b", "y")]).unwrap_err();
-        let st = to_status_at(e, 0);
+        let st = to_status(e);
         assert_eq!(st.code(), Code::InvalidArgument);
         let d = st.get_error_details();
         let fields: Vec<String> = d
@@ -160,5 +154,30 @@ mod tests {
             .collect();
         assert_eq!(fields, ["a", "b"]);
         assert_eq!(d.error_info().unwrap().reason, "INVALID_ARGUMENT");
+    }
+
+    /// `proto/` documents every reason, and names no reason that does
+    /// not exist, in its table and in each RPC's `Reasons:` line.
+    #[test]
+    fn the_proto_documents_every_reason() {
+        let proto = include_str!("../../proto/sigil/v1/sigil.proto");
+        for r in Reason::ALL {
+            let row = format!("//   {} ", r.as_str());
+            assert!(proto.contains(&row), "proto error table lacks {}", r.as_str());
+        }
+        let mut listed = 0;
+        let mut text = proto;
+        while let Some(i) = text.find("// Reasons: ") {
+            let rest = &text[i + "// Reasons: ".len()..];
+            let end = rest.find('.').unwrap();
+            for name in rest[..end].split(|c: char| !(c.is_ascii_uppercase() || c == '_')) {
+                if name.len() > 3 && name.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+                    assert!(Reason::parse(name).is_some(), "proto names unknown reason {name}");
+                    listed += 1;
+                }
+            }
+            text = &rest[end..];
+        }
+        assert!(listed > 50, "only {listed} reasons listed per RPC");
     }
 }

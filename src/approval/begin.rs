@@ -80,7 +80,8 @@ impl Approvals {
                             "withdrawals are locked until {} after a security change ({})",
                             snap.user.security_locked_until, snap.user.security_lock_reason
                         ),
-                    ));
+                    )
+                    .retry_at(snap.user.security_locked_until, now));
                 }
                 self.whitelist_check(&user_id, &intent.network, &intent.destination, now)?;
             }

@@ -78,13 +78,16 @@ impl Approvals {
         let mut address = None;
         if ch.intent.action == Action::Withdrawal.name() {
             if now < snap.user.security_locked_until {
-                return Err(refused(Error::refused(
-                    Reason::SecurityChangeLock,
-                    format!(
-                        "withdrawals are locked until {} after a security change ({})",
-                        snap.user.security_locked_until, snap.user.security_lock_reason
-                    ),
-                )));
+                return Err(refused(
+                    Error::refused(
+                        Reason::SecurityChangeLock,
+                        format!(
+                            "withdrawals are locked until {} after a security change ({})",
+                            snap.user.security_locked_until, snap.user.security_lock_reason
+                        ),
+                    )
+                    .retry_at(snap.user.security_locked_until, now),
+                ));
             }
             address = self
                 .whitelist_check(user_id, &ch.intent.network, &ch.intent.destination, now)

@@ -6,7 +6,7 @@
 use sigil_verify::{amount_decimals, is_canonical_amount, Intent};
 
 use crate::error::Error;
-use crate::model::{check_id, check_symbol, check_text, excerpt, Action};
+use crate::model::{check_id, check_symbol, check_text, excerpt, Action, FieldError};
 use crate::protect::assets::Assets;
 
 /// Whether an action carries a field.
@@ -48,7 +48,11 @@ pub fn validate(cfg: &Assets, intent: &Intent) -> Result<Action, Error> {
             )
         }
     })?;
-    check_id("intent.user_id", &intent.user_id)?;
+    // Every malformed field is reported at once (one violation per field).
+    let mut errors: Vec<FieldError> = Vec::new();
+    if let Err(e) = check_id("intent.user_id", &intent.user_id) {
+        errors.push(e);
+    }
     let fields = [
         ("intent.withdrawal_id", &intent.withdrawal_id),
         ("intent.asset", &intent.asset),
@@ -58,55 +62,67 @@ pub fn validate(cfg: &Assets, intent: &Intent) -> Result<Action, Error> {
         ("intent.memo", &intent.memo),
     ];
     for ((field, value), rule) in fields.into_iter().zip(rules(action)) {
-        match rule {
-            Rule::Required if value.is_empty() => {
-                return Err(Error::invalid(
-                    field,
-                    format!("is required for action {}", action.name()),
-                ));
-            }
-            Rule::Forbidden if !value.is_empty() => {
-                return Err(Error::invalid(
-                    field,
-                    format!("must be empty for action {}", action.name()),
-                ));
-            }
-            _ => check_text(field, value)?,
+        let checked = match rule {
+            Rule::Required if value.is_empty() => Err(FieldError::new(
+                field,
+                format!("is required for action {}", action.name()),
+            )),
+            Rule::Forbidden if !value.is_empty() => Err(FieldError::new(
+                field,
+                format!("must be empty for action {}", action.name()),
+            )),
+            _ => check_text(field, value),
+        };
+        if let Err(e) = checked {
+            errors.push(e);
         }
     }
-    if !intent.asset.is_empty() {
-        check_symbol("intent.asset", &intent.asset)?;
+    let failed = |errors: &[FieldError], field: &str| errors.iter().any(|e| e.field == field);
+    if !intent.asset.is_empty() && !failed(&errors, "intent.asset") {
+        if let Err(e) = check_symbol("intent.asset", &intent.asset) {
+            errors.push(e);
+        }
     }
-    if !intent.network.is_empty() {
-        check_symbol("intent.network", &intent.network)?;
+    if !intent.network.is_empty() && !failed(&errors, "intent.network") {
+        if let Err(e) = check_symbol("intent.network", &intent.network) {
+            errors.push(e);
+        }
     }
-    if matches!(action, Action::Withdrawal | Action::AddAddress | Action::RemoveAddress) {
-        cfg.check_asset_network("intent.", &intent.asset, &intent.network)?;
+    if matches!(action, Action::Withdrawal | Action::AddAddress | Action::RemoveAddress)
+        && !failed(&errors, "intent.asset")
+        && !failed(&errors, "intent.network")
+    {
+        if let Err(Error::InvalidArgument { field, reason }) =
+            cfg.check_asset_network("intent.", &intent.asset, &intent.network)
+        {
+            errors.push(FieldError { field, reason });
+        }
     }
-    if action == Action::Withdrawal {
+    if action == Action::Withdrawal && !failed(&errors, "intent.amount") {
         if !is_canonical_amount(&intent.amount) {
-            return Err(Error::invalid(
+            errors.push(FieldError::new(
                 "intent.amount",
                 format!(
                     "'{}' is not a canonical decimal greater than zero (like 0.5, 12, 1.05; no sign, exponent, leading zeros or trailing zeros)",
                     excerpt(&intent.amount)
                 ),
             ));
-        }
-        let max = cfg.max_decimals(&intent.asset).ok_or_else(|| {
-            Error::invalid(
+        } else if let Some(max) = cfg.max_decimals(&intent.asset) {
+            let decimals = amount_decimals(&intent.amount);
+            if decimals > max {
+                errors.push(FieldError::new(
+                    "intent.amount",
+                    format!("has {decimals} decimals; {} allows at most {max}", intent.asset),
+                ));
+            }
+        } else if !failed(&errors, "intent.asset") {
+            errors.push(FieldError::new(
                 "intent.asset",
                 format!("asset '{}' is not configured", excerpt(&intent.asset)),
-            )
-        })?;
-        let decimals = amount_decimals(&intent.amount);
-        if decimals > max {
-            return Err(Error::invalid(
-                "intent.amount",
-                format!("has {decimals} decimals; {} allows at most {max}", intent.asset),
             ));
         }
     }
+    Error::check_all(errors)?;
     Ok(action)
 }
 
@@ -133,6 +149,22 @@ mod tests {
         match e {
             Error::InvalidArgument { field, .. } => field,
             other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    /// Several malformed fields are reported together, each once.
+    #[test]
+    fn reports_every_bad_field_at_once() {
+        let mut i = withdrawal();
+        i.user_id = String::new();
+        i.amount = "1.50".into();
+        i.memo = "a\nb".into();
+        match validate(&Config::default().asset_rules(), &i).unwrap_err() {
+            Error::BadRequest(v) => {
+                let fields: Vec<&str> = v.iter().map(|e| e.field.as_str()).collect();
+                assert_eq!(fields, ["intent.user_id", "intent.memo", "intent.amount"]);
+            }
+            other => panic!("{other:?}"),
         }
     }
 
@@ -239,7 +271,13 @@ mod tests {
         }
         let mut i = withdrawal();
         i.action = "add_address".into();
-        assert_eq!(field_of(validate(&cfg, &i).unwrap_err()), "intent.withdrawal_id");
+        match validate(&cfg, &i).unwrap_err() {
+            Error::BadRequest(v) => {
+                let fields: Vec<&str> = v.iter().map(|e| e.field.as_str()).collect();
+                assert_eq!(fields, ["intent.withdrawal_id", "intent.amount"]);
+            }
+            other => panic!("{other:?}"),
+        }
         // 256 bytes is fine.
         let mut i = withdrawal();
         i.withdrawal_id = "w".repeat(256);

@@ -296,7 +296,7 @@ impl Approvals {
                     rec.usable_at
                 ),
             )
-            .retry_at(rec.usable_at));
+            .retry_at(rec.usable_at, now));
         }
         Ok(Some((key, version)))
     }

@@ -198,13 +198,12 @@ impl Factors {
         if let Err(locked) = lockout::check(f.locked_until, now, &format!("factor '{}'", f.factor_id)) {
             return locked;
         }
+        let left = lockout::attempts_left(&self.cfg.lockout, f.failures);
         Error::denied(
             Reason::FactorRejected,
-            format!(
-                "{what}; {} attempts left before the factor locks",
-                lockout::attempts_left(&self.cfg.lockout, f.failures)
-            ),
+            format!("{what}; {left} attempts left before the factor locks"),
         )
+        .with_meta("attempts_left", left.to_string())
     }
 
     /// Counts and records one failed attempt on a factor that was not

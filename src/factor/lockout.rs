@@ -29,6 +29,7 @@ pub fn check(locked_until: i64, now: i64, what: &str) -> Result<(), Error> {
         return Err(Error::Locked {
             what: what.to_string(),
             retry_after,
+            until: locked_until,
         });
     }
     Ok(())

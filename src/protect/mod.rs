@@ -158,6 +158,7 @@ impl Snapshot {
                     s.until.map(|u| format!("; until {u}")).unwrap_or_default()
                 ),
                 s.until,
+                now,
             ));
         }
         if let Some(s) = self.user.suspension.as_ref().filter(|s| s.active(now)) {
@@ -169,6 +170,7 @@ impl Snapshot {
                     s.until.map(|u| format!("; until {u}")).unwrap_or_default()
                 ),
                 s.until,
+                now,
             ));
         }
         Ok(())
@@ -191,10 +193,10 @@ pub(crate) fn check_anti_phishing_code(field: &str, code: &str) -> Result<(), Er
 }
 
 /// A [`Reason::Suspended`] refusal, with its end when it has one.
-fn suspended(message: String, until: Option<i64>) -> Error {
+fn suspended(message: String, until: Option<i64>, now: i64) -> Error {
     let e = Error::refused(Reason::Suspended, message);
     match until {
-        Some(u) => e.retry_at(u),
+        Some(u) => e.retry_at(u, now),
         None => e,
     }
 }

@@ -11,6 +11,7 @@ mod crash;
 mod denylist;
 mod lifecycle;
 mod protections;
+mod reasons;
 mod roles;
 mod support;
 mod totp;

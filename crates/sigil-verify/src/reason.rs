@@ -132,8 +132,6 @@ reasons! {
     /// A policy rule refuses this request (device signals, app attestation,
     /// amount or velocity rule).
     PolicyRefused = "POLICY_REFUSED",
-    /// The anti-phishing code was changed too recently (`retry_at`).
-    TooSoon = "TOO_SOON",
 
     /// An approval-key rotation is already pending (`retry_at` when the
     /// next key becomes active).

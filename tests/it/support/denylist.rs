@@ -76,7 +76,8 @@ pub async fn server_with_list(text: &str) -> (TestServer, tempfile::TempDir, Pat
 
 pub fn audit(s: &TestServer) -> Vec<AuditEntry> {
     s.sigil()
-        .ops().audit_entries(0, 100_000)
+        .ops()
+        .audit_entries(0, 100_000)
         .unwrap()
         .into_iter()
         .map(|e| AuditEntry::decode(&e.value).unwrap())
