@@ -182,12 +182,14 @@ fn enroll(sigil: &Sigil, clock: &TestClock, first: usize, n: usize) -> Vec<User>
                         }
                         let id = format!("bench-user-{:06}", first + i);
                         let e = sigil
+                            .enroll()
                             .begin_totp_enrollment("frontend", &id, "", "", "")
                             .expect("begin TOTP enrollment");
                         let seed = data_encoding::BASE32_NOPAD
                             .decode(e.secret_base32.as_bytes())
                             .expect("base32 seed");
                         sigil
+                            .enroll()
                             .confirm_totp_enrollment("frontend", &id, &e.factor_id, &totp::code_at_step(&seed, step))
                             .expect("confirm TOTP enrollment");
                         mine.push((i, User { id, seed }));
@@ -599,6 +601,7 @@ fn main() {
             let u = users.get(k)?;
             let i: sigil_verify::Intent = intent(&u.id, &format!("wd-{tag}-{k:06}")).into();
             let res = sigil
+                .approvals()
                 .begin_approval("withdrawal-engine", i, DeviceSignals::default())
                 .and_then(|b| {
                     sigil.approvals().complete_approval(

@@ -34,11 +34,11 @@ use secrecy::SecretString;
 use sigil::client::connect_as;
 use sigil::clock::TestClock;
 use sigil::config::Config;
-use sigil::factor::{FactorRecord, Kind, State};
+use sigil::factor::{FactorRecord, Material, State};
+use sigil::ops::Scope;
 use sigil::pb;
 use sigil::pb::approval_service_client::ApprovalServiceClient;
 use sigil::pb::factor_service_client::FactorServiceClient;
-use sigil::protect::ops::Scope;
 use sigil::signer::Signer;
 use sigil::store::{Batch, LogEntry, SledStore, Store, StoreError, Table, Versioned};
 use sigil::{server, Sigil};
@@ -91,14 +91,12 @@ impl Store for Counting {
 fn active_totp(
     user: &str,
     factor_id: String,
-    secret: Option<sigil::factor::WrappedSecret>,
+    secret: sigil::factor::WrappedSecret,
     last_step: Option<u64>,
 ) -> FactorRecord {
     FactorRecord {
-        v: 1,
         factor_id,
         user_id: user.to_string(),
-        kind: Kind::Totp,
         state: State::Active,
         nickname: "authenticator".into(),
         created_at: T0,
@@ -106,13 +104,10 @@ fn active_totp(
         last_used_at: 0,
         failures: 0,
         locked_until: 0,
-        secret,
-        totp_last_step: last_step,
         epochs: Default::default(),
         suspected_cloned: false,
-        webauthn: None,
-        yubikey: None,
         enrolled_with_step_up: false,
+        material: Material::Totp { secret, last_step },
     }
 }
 
@@ -281,7 +276,12 @@ fn revoke_bench(root: &Path, users: usize, label: &str) -> (Duration, u64, Durat
     let mut batch = Batch::new();
     for u in 0..users {
         let user = format!("user-{u:07}");
-        let f = active_totp(&user, format!("f_{u:07}"), None, None);
+        // Fillers never verified: their secret is never unwrapped.
+        let filler = sigil::factor::WrappedSecret {
+            key_label: "unused".into(),
+            blob: String::new(),
+        };
+        let f = active_totp(&user, format!("f_{u:07}"), filler, None);
         batch.insert(
             Table::Factors,
             FactorRecord::key(&user, &f.factor_id),
@@ -303,9 +303,7 @@ fn revoke_bench(root: &Path, users: usize, label: &str) -> (Duration, u64, Durat
     let last = format!("user-{:07}", users - 1);
     let listed = sigil.enroll().list_factors(&last).unwrap();
     assert!(
-        listed
-            .iter()
-            .all(|(_, s)| *s == sigil::factor::manage::Standing::Revoked),
+        listed.iter().all(|(_, s)| *s == sigil::enroll::Standing::Revoked),
         "last user's factor revoked"
     );
     (elapsed, writes, load)
@@ -331,7 +329,7 @@ fn rewrap_and_backup_bench(root: &Path, users: usize) {
             a
         };
         let secret = sigil.signer().wrap_with(&label, &[7u8; 20], &aad).unwrap();
-        let f = active_totp(&user, factor_id.clone(), Some(secret), Some(1));
+        let f = active_totp(&user, factor_id.clone(), secret, Some(1));
         batch.insert(
             Table::Factors,
             FactorRecord::key(&user, &factor_id),

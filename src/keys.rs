@@ -364,7 +364,7 @@ impl Keys {
                     .into_iter()
                     .find_map(|(_, v)| {
                         let f = crate::factor::FactorRecord::decode(&v).ok()?;
-                        f.secret.as_ref().is_some_and(|w| w.key_label == from).then_some(f)
+                        f.secret().is_some_and(|w| w.key_label == from).then_some(f)
                     });
                 if let Some(f) = probe {
                     if let Err(e) = self.factors.rewrapped(&f, &to) {
@@ -407,7 +407,7 @@ impl Keys {
                 .into_iter()
                 .filter_map(|(k, v)| {
                     let f = crate::factor::FactorRecord::decode(&v).ok()?;
-                    (f.secret.as_ref()?.key_label == state.from).then_some((k, f, v.version))
+                    (f.secret()?.key_label == state.from).then_some((k, f, v.version))
                 })
                 .collect();
             report.remaining = pending.len() as u64;
@@ -460,7 +460,7 @@ impl Keys {
             let Ok(f) = crate::factor::FactorRecord::decode(&v) else {
                 continue;
             };
-            if f.secret.as_ref().is_none_or(|w| w.key_label != state.from) {
+            if f.secret().is_none_or(|w| w.key_label != state.from) {
                 continue;
             }
             let moved = self.factors.rewrapped(&f, &state.to)?;

@@ -93,7 +93,7 @@ impl From<crate::audit::Checkpoint> for pb::AuditCheckpoint {
 
 impl From<FactorRecord> for pb::Factor {
     fn from(f: FactorRecord) -> Self {
-        let (credential_id, public_key_jwk, aaguid, backup_eligible) = match &f.webauthn {
+        let (credential_id, public_key_jwk, aaguid, backup_eligible) = match f.credential() {
             Some(c) => {
                 let jwk = sigil_verify::b64url::decode(&c.public_key_sec1)
                     .ok()
@@ -113,10 +113,12 @@ impl From<FactorRecord> for pb::Factor {
             }
             None => (String::new(), String::new(), String::new(), false),
         };
+        let kind = pb::FactorKind::from(f.kind()) as i32;
+        let yubikey_public_id = f.yubikey().map(|y| y.public_id.clone()).unwrap_or_default();
         pb::Factor {
             factor_id: f.factor_id,
             user_id: f.user_id,
-            kind: pb::FactorKind::from(f.kind) as i32,
+            kind,
             state: match f.state {
                 State::Pending => pb::FactorState::Pending,
                 State::Active => pb::FactorState::Active,
@@ -131,7 +133,7 @@ impl From<FactorRecord> for pb::Factor {
             public_key_jwk,
             aaguid,
             backup_eligible,
-            yubikey_public_id: f.yubikey.map(|y| y.public_id).unwrap_or_default(),
+            yubikey_public_id,
         }
     }
 }

@@ -96,14 +96,14 @@ impl Approvals {
             // passkeys approve withdrawals only if policy allows.
             let synced = live
                 .iter()
-                .any(|(f, _)| f.webauthn.as_ref().is_some_and(|c| c.backup_eligible));
+                .any(|(f, _)| f.credential().is_some_and(|c| c.backup_eligible));
             let cloned = live.iter().any(|(f, _)| f.suspected_cloned);
             let factors: Vec<FactorRecord> = live
                 .into_iter()
                 .map(|(f, _)| f)
-                .filter(|f| decision.kinds.contains(&f.kind))
+                .filter(|f| decision.kinds.contains(&f.kind()))
                 .filter(|f| !f.suspected_cloned)
-                .filter(|f| match &f.webauthn {
+                .filter(|f| match f.credential() {
                     Some(c) => self.factors.webauthn.may_approve(action.name(), c).is_ok(),
                     None => true,
                 })
@@ -159,7 +159,7 @@ impl Approvals {
         let digest = intent.digest();
         let nonce = self.k.random(16)?;
         let creds: Vec<crate::factor::webauthn::StoredCredential> =
-            factors.iter().filter_map(|f| f.webauthn.clone()).collect();
+            factors.iter().filter_map(|f| f.credential().cloned()).collect();
         let (webauthn_options, webauthn_state) = if creds.is_empty() {
             (None, None)
         } else {
@@ -173,7 +173,7 @@ impl Approvals {
         };
         let yubikey_hmac_challenge = factors
             .iter()
-            .any(|f| f.kind == Kind::YubikeyHmac)
+            .any(|f| f.kind() == Kind::YubikeyHmac)
             .then(|| crate::factor::yubikey::hmac_challenge(&nonce, &digest));
         let rec = ChallengeRecord {
             v: RECORD_VERSION,

@@ -154,7 +154,7 @@ impl Approvals {
                     .pick_factor(user_id, Kind::Totp, factor_id.as_deref(), &snap)?;
                 let (step, factor, fversion) = self.factors.check_totp(actor, &factor, fversion, &code, now)?;
                 let mut used = factor.clone();
-                used.totp_last_step = Some(step);
+                used.set_totp_last_step(step);
                 (
                     used,
                     fversion,

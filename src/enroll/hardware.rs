@@ -5,7 +5,8 @@ use super::{user_handle, Ceremony, Enrollment, YubikeyConfirmation, YubikeyEnrol
 use crate::audit::AuditEntry;
 use crate::error::{Error, Reason};
 use crate::factor::{
-    check_nickname, secret_aad, webauthn_index_key, yubikey, yubikey_index_key, FactorRecord, Kind, YubikeyData,
+    check_nickname, secret_aad, webauthn_index_key, yubikey, yubikey_index_key, FactorRecord, Kind, Material,
+    YubikeyData,
 };
 use crate::model::check_id;
 use crate::protect::{self};
@@ -37,7 +38,7 @@ impl Enrollment {
             .factors
             .live_factors(user_id, &snap)?
             .into_iter()
-            .filter_map(|(f, _)| f.webauthn)
+            .filter_map(|(f, _)| f.credential().cloned())
             .collect();
         let display = if display_name.is_empty() { user_id } else { display_name };
         let (options, state) =
@@ -130,8 +131,8 @@ impl Enrollment {
         };
         let index = webauthn_index_key(&cred.credential_id);
         let what = format!("credential {}", cred.credential_id);
-        let mut f = self.new_factor(user_id, Kind::Webauthn, &c.nickname, now, &snap)?;
-        f.webauthn = Some(cred);
+        let factor_id = self.k.new_id("f_")?;
+        let f = self.new_factor(user_id, factor_id, Material::Webauthn(cred), &c.nickname, now, &snap);
         let mut batch = Batch::new();
         batch.delete(Table::Ceremonies, ceremony_id.as_bytes(), stored.version);
         if let Err(e) = self.factors.claim_index(index, &f, &what, now, &mut batch) {
@@ -174,15 +175,23 @@ impl Enrollment {
         let snap = protect::snapshot(self.k.store.as_ref(), user_id)?;
         let mut batch = Batch::new();
         let stepped_up = self.enrollment_step_up(user_id, step_up, Kind::YubikeyHmac, nickname, &snap, &mut batch)?;
-        let mut f = self.new_factor(user_id, Kind::YubikeyHmac, nickname, now, &snap)?;
-        f.enrolled_with_step_up = stepped_up;
-        f.secret = Some(self.k.signer.wrap(secret, &secret_aad(user_id, &f.factor_id))?);
+        let factor_id = self.k.new_id("f_")?;
+        let secret = self.k.signer.wrap(secret, &secret_aad(user_id, &factor_id))?;
         let challenge = self.k.random(32)?;
-        f.yubikey = Some(YubikeyData {
+        let data = YubikeyData {
             slot,
             enroll_challenge: b64url::encode(&challenge),
             ..Default::default()
-        });
+        };
+        let mut f = self.new_factor(
+            user_id,
+            factor_id,
+            Material::YubikeyHmac { secret, data },
+            nickname,
+            now,
+            &snap,
+        );
+        f.enrolled_with_step_up = stepped_up;
         batch.insert(Table::Factors, FactorRecord::key(user_id, &f.factor_id), f.encode()?);
         AuditEntry::ok(now, actor, user_id, "factor.enroll.begin")
             .with("kind", "yubikey_hmac")
@@ -239,16 +248,24 @@ impl Enrollment {
         let index = yubikey_index_key(&public_id);
         let mut batch = Batch::new();
         let stepped_up = self.enrollment_step_up(user_id, step_up, Kind::YubikeyOtp, nickname, &snap, &mut batch)?;
-        let mut f = self.new_factor(user_id, Kind::YubikeyOtp, nickname, now, &snap)?;
+        let factor_id = self.k.new_id("f_")?;
+        let secret = self.k.signer.wrap(&material, &secret_aad(user_id, &factor_id))?;
+        zeroize::Zeroize::zeroize(&mut *material);
+        let data = YubikeyData {
+            public_id: public_id.clone(),
+            ..Default::default()
+        };
+        let mut f = self.new_factor(
+            user_id,
+            factor_id,
+            Material::YubikeyOtp { secret, data },
+            nickname,
+            now,
+            &snap,
+        );
         f.enrolled_with_step_up = stepped_up;
         self.factors
             .claim_index(index, &f, &format!("YubiKey public id '{public_id}'"), now, &mut batch)?;
-        f.secret = Some(self.k.signer.wrap(&material, &secret_aad(user_id, &f.factor_id))?);
-        zeroize::Zeroize::zeroize(&mut *material);
-        f.yubikey = Some(YubikeyData {
-            public_id: public_id.clone(),
-            ..Default::default()
-        });
         batch.insert(Table::Factors, FactorRecord::key(user_id, &f.factor_id), f.encode()?);
         AuditEntry::ok(now, actor, user_id, "factor.enroll.begin")
             .with("kind", "yubikey_otp")
@@ -276,12 +293,12 @@ impl Enrollment {
         let now = self.k.now()?;
         let (f, version) = self.factors.factor(user_id, factor_id)?;
         let snap = self.confirmable(&f, now)?;
-        let (confirmed, version) = match (&proof, f.kind) {
+        let (confirmed, version) = match (&proof, f.kind()) {
             (YubikeyConfirmation::Hmac(resp), Kind::YubikeyHmac) => {
                 if resp.len() != 20 {
                     return Err(Error::invalid("hmac_response", "must be 20 bytes"));
                 }
-                let challenge = b64url::decode(&f.yubikey.clone().unwrap_or_default().enroll_challenge)
+                let challenge = b64url::decode(f.yubikey().map(|y| y.enroll_challenge.as_str()).unwrap_or_default())
                     .map_err(|_| Error::Internal("enrollment challenge unreadable".into()))?;
                 self.factors
                     .check_yubikey_hmac(actor, &f, version, &challenge, resp, now)?
@@ -295,7 +312,7 @@ impl Enrollment {
                     "proof",
                     format!(
                         "factor '{factor_id}' is a {} factor; send the matching proof",
-                        f.kind.name()
+                        f.kind().name()
                     ),
                 ))
             }

@@ -5,9 +5,7 @@ use super::{Enrollment, Standing, TotpEnrollment};
 use crate::audit::AuditEntry;
 use crate::error::{Error, Reason};
 use crate::events::{Event, EventKind};
-use crate::factor::{
-    check_nickname, enrollment_memo, secret_aad, totp, FactorRecord, Kind, State, FACTOR_RECORD_VERSION,
-};
+use crate::factor::{check_nickname, enrollment_memo, secret_aad, totp, FactorRecord, Kind, Material, State};
 use crate::model::{check_id, Action};
 use crate::protect::{self, Snapshot};
 use crate::store::{Batch, Table};
@@ -103,20 +101,21 @@ impl Enrollment {
         Ok(())
     }
 
-    /// A new factor record, pending, under the current epochs.
+    /// A new factor record, pending, under the current epochs. Its id is
+    /// made first (`self.k.new_id("f_")`): a secret is wrapped bound to it.
     pub(crate) fn new_factor(
         &self,
         user_id: &str,
-        kind: Kind,
+        factor_id: String,
+        material: Material,
         nickname: &str,
         now: i64,
         snap: &Snapshot,
-    ) -> Result<FactorRecord, Error> {
-        Ok(FactorRecord {
-            v: FACTOR_RECORD_VERSION,
-            factor_id: self.k.new_id("f_")?,
+    ) -> FactorRecord {
+        let kind = material.kind();
+        FactorRecord {
+            factor_id,
             user_id: user_id.to_string(),
-            kind,
             state: State::Pending,
             nickname: if nickname.is_empty() {
                 kind.default_nickname().into()
@@ -128,14 +127,11 @@ impl Enrollment {
             last_used_at: 0,
             failures: 0,
             locked_until: 0,
-            secret: None,
-            totp_last_step: None,
             epochs: snap.epochs(),
             suspected_cloned: false,
-            webauthn: None,
-            yubikey: None,
             enrolled_with_step_up: false,
-        })
+            material,
+        }
     }
 
     /// Adds to `batch` what activating `f` implies: the factor written
@@ -163,11 +159,11 @@ impl Enrollment {
         protect::check_global(batch, snap);
         Event::new(EventKind::FactorEnrolled, &f.user_id, now, snap.anti_phishing_code())
             .with("factor_id", f.factor_id.clone())
-            .with("kind", f.kind.name())
+            .with("kind", f.kind().name())
             .append_to(batch)?;
         AuditEntry::ok(now, actor, &f.user_id, "factor.enroll")
             .with("factor_id", f.factor_id.clone())
-            .with("kind", f.kind.name())
+            .with("kind", f.kind().name())
             .append_to(batch)
     }
 
@@ -211,10 +207,15 @@ impl Enrollment {
         let snap = protect::snapshot(self.k.store.as_ref(), user_id)?;
         let mut batch = Batch::new();
         let stepped_up = self.enrollment_step_up(user_id, step_up, Kind::Totp, nickname, &snap, &mut batch)?;
-        let mut rec = self.new_factor(user_id, Kind::Totp, nickname, now, &snap)?;
-        rec.enrolled_with_step_up = stepped_up;
+        let factor_id = self.k.new_id("f_")?;
         let seed = zeroize::Zeroizing::new(self.k.random(totp::SECRET_LEN)?);
-        rec.secret = Some(self.k.signer.wrap(&seed, &secret_aad(user_id, &rec.factor_id))?);
+        let secret = self.k.signer.wrap(&seed, &secret_aad(user_id, &factor_id))?;
+        let material = Material::Totp {
+            secret,
+            last_step: None,
+        };
+        let mut rec = self.new_factor(user_id, factor_id, material, nickname, now, &snap);
+        rec.enrolled_with_step_up = stepped_up;
         let secret_base32 = BASE32_NOPAD.encode(&seed);
         let account = if account_name.is_empty() { user_id } else { account_name };
         let otpauth_uri = totp::otpauth_uri(&self.cfg.totp.issuer, account, &secret_base32);
@@ -254,7 +255,7 @@ impl Enrollment {
         }
         let now = self.k.now()?;
         let (f, version) = self.factors.factor(user_id, factor_id)?;
-        if f.kind != Kind::Totp {
+        if f.kind() != Kind::Totp {
             return Err(Error::invalid(
                 "factor_id",
                 format!("factor '{factor_id}' is not a TOTP factor"),
@@ -263,7 +264,7 @@ impl Enrollment {
         let snap = self.confirmable(&f, now)?;
         let (step, f, version) = self.factors.check_totp(actor, &f, version, code, now)?;
         let mut confirmed = f.clone();
-        confirmed.totp_last_step = Some(step);
+        confirmed.set_totp_last_step(step);
         let mut batch = Batch::new();
         self.activate(actor, &confirmed, Some(version), &snap, now, &mut batch)?;
         self.k.commit(&batch)?;
@@ -324,10 +325,10 @@ impl Enrollment {
             self.lock_after_change(&mut batch, user_id, &snap, now, "factor removed")?;
         }
         batch.delete(Table::Factors, FactorRecord::key(user_id, factor_id), version);
-        let index = match (&f.webauthn, &f.yubikey) {
-            (Some(c), _) => Some(crate::factor::webauthn_index_key(&c.credential_id)),
-            (None, Some(y)) if !y.public_id.is_empty() => Some(crate::factor::yubikey_index_key(&y.public_id)),
-            _ => None,
+        let index = match &f.material {
+            Material::Webauthn(c) => Some(crate::factor::webauthn_index_key(&c.credential_id)),
+            Material::YubikeyOtp { data, .. } => Some(crate::factor::yubikey_index_key(&data.public_id)),
+            Material::Totp { .. } | Material::YubikeyHmac { .. } => None,
         };
         if let Some(k) = index {
             if let Some(v) = self.k.store.get(Table::Credentials, &k)? {
@@ -338,7 +339,7 @@ impl Enrollment {
         }
         Event::new(EventKind::FactorRemoved, user_id, now, snap.anti_phishing_code())
             .with("factor_id", factor_id)
-            .with("kind", f.kind.name())
+            .with("kind", f.kind().name())
             .append_to(&mut batch)?;
         AuditEntry::ok(now, actor, user_id, "factor.remove")
             .with("factor_id", factor_id)

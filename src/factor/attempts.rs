@@ -25,7 +25,7 @@ impl Factors {
                 let mut of_kind: Vec<(FactorRecord, u64)> = self
                     .live_factors(user_id, snap)?
                     .into_iter()
-                    .filter(|(f, _)| f.kind == kind)
+                    .filter(|(f, _)| f.kind() == kind)
                     .collect();
                 match of_kind.len() {
                     0 => {
@@ -47,7 +47,7 @@ impl Factors {
                 }
             }
         };
-        if f.kind != kind {
+        if f.kind() != kind {
             return Err(Error::invalid(
                 field,
                 format!("factor '{}' is not a {} factor", f.factor_id, kind.name()),
@@ -88,7 +88,7 @@ impl Factors {
         // counts: the backup cannot know which were used after it was taken.
         let floor = meta::restore_record(self.k.store.as_ref())?.map(|r| r.totp_floor_step());
         let (f, version) = self.reserve_attempt(f, version, now)?;
-        let last = match (f.totp_last_step, floor) {
+        let last = match (f.totp_last_step(), floor) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };

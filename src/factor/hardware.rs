@@ -190,8 +190,8 @@ impl Factors {
         }
         lockout::check(f.locked_until, now, &format!("factor '{}'", f.factor_id))?;
         let cred = f
-            .webauthn
-            .clone()
+            .credential()
+            .cloned()
             .ok_or_else(|| Error::Internal("WebAuthn factor without credential".into()))?;
         self.webauthn.may_approve(action, &cred)?;
         // A malformed response is no attempt at the credential: refused
@@ -210,8 +210,8 @@ impl Factors {
         // checked against comes from the reserved record (fresh).
         let (f, v) = self.reserve_attempt(&f, v, now)?;
         let cred = f
-            .webauthn
-            .clone()
+            .credential()
+            .cloned()
             .ok_or_else(|| Error::Internal("WebAuthn factor without credential".into()))?;
         match self
             .webauthn
@@ -219,7 +219,7 @@ impl Factors {
         {
             Ok(a) => {
                 let mut used = f.clone();
-                if let Some(c) = used.webauthn.as_mut() {
+                if let Some(c) = used.credential_mut() {
                     c.counter = a.counter;
                 }
                 Ok((used, v, amr_of(&a), a.evidence(nonce)))
@@ -374,7 +374,7 @@ impl Factors {
         // have moved them since `f` was read (a replay must not slip
         // between the two).
         let (f, version) = self.reserve_attempt(f, version, now)?;
-        let data = f.yubikey.clone().unwrap_or_default();
+        let data = f.yubikey().cloned().unwrap_or_default();
         let public_ok = yubikey::split_otp(otp)
             .map(|(p, _)| p == data.public_id)
             .unwrap_or(false);
@@ -384,9 +384,9 @@ impl Factors {
         match yubikey::verify_otp(&key, &private_id, data.otp_last, otp) {
             Ok(counters) => {
                 let mut used = f.clone();
-                let mut y = data;
-                y.otp_last = Some(counters);
-                used.yubikey = Some(y);
+                if let Some(y) = used.yubikey_mut() {
+                    y.otp_last = Some(counters);
+                }
                 Ok((used, version))
             }
             Err(OtpFailure::Malformed(m)) => match self.refuse_attempt(actor, &f, now, "malformed Yubico OTP") {

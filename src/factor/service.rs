@@ -44,8 +44,7 @@ impl Factors {
     /// A factor's secret, decrypted in the HSM with the key that wrapped it.
     pub(crate) fn factor_secret(&self, f: &FactorRecord) -> Result<crate::signer::SecretBytes, Error> {
         let wrapped = f
-            .secret
-            .as_ref()
+            .secret()
             .ok_or_else(|| Error::Internal(format!("factor '{}' has no stored secret", f.factor_id)))?;
         self.k
             .signer
@@ -56,11 +55,19 @@ impl Factors {
     pub(crate) fn rewrapped(&self, f: &FactorRecord, to: &str) -> Result<FactorRecord, Error> {
         let plain = self.factor_secret(f)?;
         let mut moved = f.clone();
-        moved.secret = Some(
-            self.k
-                .signer
-                .wrap_with(to, &plain, &secret_aad(&f.user_id, &f.factor_id))?,
-        );
+        let wrapped = self
+            .k
+            .signer
+            .wrap_with(to, &plain, &secret_aad(&f.user_id, &f.factor_id))?;
+        match moved.secret_mut() {
+            Some(s) => *s = wrapped,
+            None => {
+                return Err(Error::Internal(format!(
+                    "factor '{}' has no stored secret",
+                    f.factor_id
+                )))
+            }
+        }
         Ok(moved)
     }
 

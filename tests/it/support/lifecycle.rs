@@ -105,7 +105,7 @@ pub fn factor_labels(s: &TestServer) -> Vec<(String, String, String)> {
         .iter()
         .map(|(_, v)| {
             let f = FactorRecord::decode(v).unwrap();
-            let label = f.secret.as_ref().expect("a TOTP factor has a secret").key_label.clone();
+            let label = f.secret().expect("a TOTP factor has a secret").key_label.clone();
             (f.user_id, f.factor_id, label)
         })
         .collect()
