@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use sigil_verify::{b64url, Jwk};
 
 use crate::error::Error;
+use crate::store::codec;
 use crate::store::{chain_hash, Batch, LogEntry, Table};
 
 /// One audited decision.
@@ -37,6 +38,10 @@ pub struct AuditEntry {
     pub reason: String,
     /// Details (ids, digests, device signals). Never secrets.
     pub details: BTreeMap<String, String>,
+}
+
+impl crate::store::codec::Record for AuditEntry {
+    const NAME: &'static str = "audit entry";
 }
 
 impl AuditEntry {
@@ -70,14 +75,14 @@ impl AuditEntry {
 
     /// Adds the entry to a batch.
     pub fn append_to(&self, batch: &mut Batch) -> Result<(), Error> {
-        let bytes = serde_json::to_vec(self).map_err(|e| Error::Internal(format!("cannot encode audit entry: {e}")))?;
+        let bytes = codec::encode(self)?;
         batch.append(Table::Audit, bytes);
         Ok(())
     }
 
     /// Decodes a stored entry.
     pub fn decode(b: &[u8]) -> Result<AuditEntry, Error> {
-        serde_json::from_slice(b).map_err(|e| Error::Internal(format!("audit entry unreadable: {e}")))
+        codec::decode(b)
     }
 }
 

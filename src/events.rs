@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::store::codec;
 use crate::store::{Batch, Table};
 
 /// Kinds of events.
@@ -72,6 +73,10 @@ pub struct Event {
     pub details: BTreeMap<String, String>,
 }
 
+impl crate::store::codec::Record for Event {
+    const NAME: &'static str = "event";
+}
+
 impl Event {
     /// A new event.
     pub fn new(kind: EventKind, user_id: &str, at: i64, anti_phishing_code: Option<String>) -> Event {
@@ -93,13 +98,13 @@ impl Event {
 
     /// Adds the event to a batch.
     pub fn append_to(&self, batch: &mut Batch) -> Result<(), Error> {
-        let bytes = serde_json::to_vec(self).map_err(|e| Error::Internal(format!("cannot encode event: {e}")))?;
+        let bytes = codec::encode(self)?;
         batch.append(Table::Events, bytes);
         Ok(())
     }
 
     /// Decodes a stored event.
     pub fn decode(b: &[u8]) -> Result<Event, Error> {
-        serde_json::from_slice(b).map_err(|e| Error::Internal(format!("event unreadable: {e}")))
+        codec::decode(b)
     }
 }

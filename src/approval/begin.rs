@@ -63,6 +63,8 @@ impl Approvals {
                 .with("device.jailbroken", device.jailbroken.to_string())
                 .with("device.platform", device.platform.clone())
         };
+        // The suspension a velocity rule decided, if one fired.
+        let mut fired: Option<String> = None;
         let decided = (|| -> Result<(Vec<Kind>, Vec<FactorRecord>), Error> {
             snap.check_not_suspended(now, "approval")?;
             let live = self.factors.live_factors(&user_id, &snap)?;
@@ -87,6 +89,7 @@ impl Approvals {
             }
             let decision = self.cfg.policy.decide(action, &intent, &device, &snap.user, now)?;
             if let Some(why) = decision.suspend {
+                fired = Some(why.clone());
                 return Err(Error::refused(
                     Reason::Suspended,
                     format!("approvals for this user are now suspended: {why}"),
@@ -133,19 +136,17 @@ impl Approvals {
             Err(e) => {
                 let mut extra = Batch::new();
                 // A velocity rule that fired suspends the user; a compromised device is recorded.
-                if let Ok(d) = self.cfg.policy.decide(action, &intent, &device, &snap.user, now) {
-                    if let Some(why) = d.suspend {
-                        user.suspension = Some(crate::protect::Suspension {
-                            reason: why.clone(),
-                            by: "velocity rule".into(),
-                            since: now,
-                            until: None,
-                        });
-                        Event::new(EventKind::SuspensionChanged, &user_id, now, snap.anti_phishing_code())
-                            .with("suspended", "true")
-                            .with("reason", why)
-                            .append_to(&mut extra)?;
-                    }
+                if let Some(why) = fired {
+                    user.suspension = Some(crate::protect::Suspension {
+                        reason: why.clone(),
+                        by: "velocity rule".into(),
+                        since: now,
+                        until: None,
+                    });
+                    Event::new(EventKind::SuspensionChanged, &user_id, now, snap.anti_phishing_code())
+                        .with("suspended", "true")
+                        .with("reason", why)
+                        .append_to(&mut extra)?;
                 }
                 if user != snap.user {
                     protect::put_user(&mut extra, &user_id, &snap, &user)?;
