@@ -201,10 +201,14 @@ impl Keys {
         let now = self.k.now()?;
         let (mut ring, version) = self.key_ring()?;
         if let Some(n) = ring.keys.iter().find(|k| k.state == KeyState::Next) {
-            return Err(Error::refused(Reason::RotationPending, format!(
-                "a rotation is already pending: key {} becomes active at {}; wait for it (or rotate with --now after it)",
-                n.kid, n.activate_at
-            )));
+            return Err(Error::refused(
+                Reason::RotationPending,
+                format!(
+                    "a rotation is already pending: key {} becomes active at {}; wait for it (or rotate with --now after it)",
+                    n.kid, n.activate_at
+                ),
+            )
+            .retry_at(n.activate_at, now));
         }
         let label = format!(
             "{APPROVAL_KEY_PREFIX}-{now}-{}",
@@ -362,10 +366,10 @@ impl Keys {
                     .store
                     .scan_prefix(Table::Factors, b"")?
                     .into_iter()
-                    .find_map(|(_, v)| {
-                        let f = crate::factor::FactorRecord::decode(&v).ok()?;
-                        f.secret().is_some_and(|w| w.key_label == from).then_some(f)
-                    });
+                    .map(|(_, v)| crate::factor::FactorRecord::decode(&v))
+                    .collect::<Result<Vec<_>, Error>>()?
+                    .into_iter()
+                    .find(|f| f.secret().is_some_and(|w| w.key_label == from));
                 if let Some(f) = probe {
                     if let Err(e) = self.factors.rewrapped(&f, &to) {
                         let _ = self.k.signer.hsm().destroy_key(&to);
@@ -405,10 +409,10 @@ impl Keys {
                 .store
                 .scan_prefix(Table::Factors, b"")?
                 .into_iter()
-                .filter_map(|(k, v)| {
-                    let f = crate::factor::FactorRecord::decode(&v).ok()?;
-                    (f.secret()?.key_label == state.from).then_some((k, f, v.version))
-                })
+                .map(|(k, v)| Ok((k, crate::factor::FactorRecord::decode(&v)?, v.version)))
+                .collect::<Result<Vec<_>, Error>>()?
+                .into_iter()
+                .filter(|(_, f, _)| f.secret().is_some_and(|w| w.key_label == state.from))
                 .collect();
             report.remaining = pending.len() as u64;
             if pending.is_empty() {
@@ -457,9 +461,9 @@ impl Keys {
         // label just before the switch may have landed after the last scan:
         // move any such straggler before the old key goes.
         for (k, v) in self.k.store.scan_prefix(Table::Factors, b"")? {
-            let Ok(f) = crate::factor::FactorRecord::decode(&v) else {
-                continue;
-            };
+            // Unreadable records stop the re-wrap: the old key must not go
+            // while a secret it wraps might remain.
+            let f = crate::factor::FactorRecord::decode(&v)?;
             if f.secret().is_none_or(|w| w.key_label != state.from) {
                 continue;
             }

@@ -135,7 +135,21 @@ impl Approvals {
             Ok(v) => v,
             Err(e) => {
                 let mut extra = Batch::new();
-                // A velocity rule that fired suspends the user; a compromised device is recorded.
+                // A velocity rule that fired suspends the user, also when an
+                // earlier check (a lock, the whitelist, no usable factor)
+                // refused first: the alert must not depend on which check
+                // ran first. A user already suspended keeps that suspension.
+                // A compromised device is recorded.
+                let fired = match fired {
+                    Some(why) => Some(why),
+                    None if snap.check_not_suspended(now, "approval").is_ok() => self
+                        .cfg
+                        .policy
+                        .decide(action, &intent, &device, &snap.user, now)
+                        .ok()
+                        .and_then(|d| d.suspend),
+                    None => None,
+                };
                 if let Some(why) = fired {
                     user.suspension = Some(crate::protect::Suspension {
                         reason: why.clone(),

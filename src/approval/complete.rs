@@ -198,10 +198,16 @@ impl Approvals {
             }
             Proof::YubikeyOtp { otp } => {
                 let (f, fversion) = self.factors.otp_factor(actor, user_id, &otp, &snap, now)?;
-                if !f.is_active() || !f.is_live(snap.epochs()) {
+                if !f.is_live(snap.epochs()) {
+                    return Err(Error::refused(
+                        Reason::FactorRevoked,
+                        format!("YubiKey factor '{}' was revoked; enroll again", f.factor_id),
+                    ));
+                }
+                if !f.is_active() {
                     return Err(Error::refused(
                         Reason::FactorState,
-                        format!("YubiKey factor '{}' is not active (pending or revoked)", f.factor_id),
+                        format!("YubiKey factor '{}' is not active yet (pending)", f.factor_id),
                     ));
                 }
                 let (used, fversion) = self.factors.check_yubikey_otp(actor, &f, fversion, &otp, now)?;

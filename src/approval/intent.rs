@@ -92,10 +92,10 @@ pub fn validate(cfg: &Assets, intent: &Intent) -> Result<Action, Error> {
         && !failed(&errors, "intent.asset")
         && !failed(&errors, "intent.network")
     {
-        if let Err(Error::InvalidArgument { field, reason }) =
-            cfg.check_asset_network("intent.", &intent.asset, &intent.network)
-        {
-            errors.push(FieldError { field, reason });
+        match cfg.check_asset_network("intent.", &intent.asset, &intent.network) {
+            Ok(()) => {}
+            Err(Error::InvalidArgument { field, reason }) => errors.push(FieldError { field, reason }),
+            Err(other) => return Err(other),
         }
     }
     if action == Action::Withdrawal && !failed(&errors, "intent.amount") {

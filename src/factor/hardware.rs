@@ -177,10 +177,16 @@ impl Factors {
             &format!("credential {}", crate::error::excerpt(&cred_id)),
             now,
         )?;
-        if !f.is_active() || !f.is_live(snap.epochs()) {
+        if !f.is_live(snap.epochs()) {
             return Err(Error::refused(
                 Reason::FactorRevoked,
                 format!("credential {cred_id} was revoked; enroll again"),
+            ));
+        }
+        if !f.is_active() {
+            return Err(Error::refused(
+                Reason::FactorState,
+                format!("credential {cred_id} is not active yet (pending)"),
             ));
         }
         if f.suspected_cloned {

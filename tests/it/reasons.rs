@@ -250,3 +250,53 @@ fn the_verifier_crate_knows_every_reason_the_server_sends() {
     }
     assert_eq!(sigil_verify::VerifyError::Expired.reason().as_str(), "APPROVAL_EXPIRED");
 }
+
+/// A velocity rule that suspends fires even when an earlier check (here
+/// the security-change lock after enrolment) refuses the withdrawal first:
+/// the user is suspended and told, whichever check ran first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_velocity_suspension_fires_behind_an_earlier_refusal() {
+    let s = TestServer::start_with(|c| {
+        c.protection.require_whitelisted_address = false;
+        c.policy = sigil::protect::policy::Policy::from_toml(
+            r#"
+            [actions.withdrawal]
+            kinds = ["totp"]
+            [[velocity]]
+            asset = "BTC"
+            max_amount_24h = "1"
+            on_exceed = "suspend"
+            "#,
+        )
+        .unwrap();
+    })
+    .await;
+    s.enroll_totp("vic").await; // starts the security-change lock
+    let cursor = s.collect_events(0).await.last().map(|e| e.cursor).unwrap_or(0);
+    let mut big = withdrawal("vic", "wd-1");
+    big.amount = "5".into();
+    let mut a = s.approvals("withdrawal-engine").await;
+    let st = a
+        .begin_approval(pb::BeginApprovalRequest {
+            intent: Some(big),
+            device: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&st).0, "SECURITY_CHANGE_LOCK", "{st:?}");
+    let events = s.collect_events(cursor).await;
+    assert!(
+        events.iter().any(|e| e.kind == "suspension_changed"),
+        "no suspension event: {events:?}"
+    );
+    // The suspension is in force: even a small withdrawal after the lock is refused.
+    s.clock.advance(2 * 86_400);
+    let st = a
+        .begin_approval(pb::BeginApprovalRequest {
+            intent: Some(withdrawal("vic", "wd-2")),
+            device: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason_of(&st).0, "SUSPENDED", "{st:?}");
+}
