@@ -51,7 +51,7 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, Error> + Send + 'static,
 {
-    if sigil.config().hsm.offload_calls {
+    if sigil.config().hsm.offload_calls || sigil.store().blocks_caller() {
         return blocking(f).await;
     }
     let (out, ticket) = crate::store::collect_durability(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));

@@ -23,7 +23,6 @@ use sigil::clock::SystemClock;
 use sigil::config::Config;
 use sigil::denylist::DenyListHandle;
 use sigil::signer::{read_pin, Signer};
-use sigil::store::SledStore;
 use sigil::{server, Error, Sigil};
 
 #[derive(Parser)]
@@ -75,24 +74,28 @@ async fn run(args: Args) -> Result<(), Error> {
     let signer = tokio::task::spawn_blocking(move || Signer::open(&c, pin))
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
-    if let Some(parent) = cfg.store.path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", parent.display())))?;
-    }
-    let store = Arc::new(SledStore::open_with(&cfg.store.path, cfg.store.tuning())?);
+    let store_cfg = cfg.store.clone();
+    let store = tokio::task::spawn_blocking(move || store_cfg.open())
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
     let tls = server::tls_config(&cfg.server)?;
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
         .map_err(|e| Error::Unavailable(format!("cannot listen on {}: {e}", cfg.server.listen)))?;
     let kid = signer.active_kid().to_string();
-    let sigil = Arc::new(Sigil::new(cfg.clone(), store, signer, Arc::new(SystemClock))?);
+    let c = cfg.clone();
+    let sigil = Arc::new(
+        tokio::task::spawn_blocking(move || Sigil::new(c, store, signer, Arc::new(SystemClock)))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??,
+    );
     let running = server::start_with_deny_list(sigil, deny_list.clone(), tls, listener, server::termination()).await?;
     #[cfg(unix)]
     tokio::spawn(reload_on_hangup(hangups, deny_list));
     println!(
         "sigild listening on https://{} (mTLS only; client roles from certificates), store {}, approval key kid {kid}",
         running.addr,
-        cfg.store.path.display()
+        cfg.store.describe()
     );
     running.stop_when_done().await
 }

@@ -24,8 +24,19 @@ pub mod meta;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
+    /// `sled` (the default: embedded, one node) or `postgres` (several
+    /// replicas on one database).
+    pub backend: Backend,
     /// Directory of the sled store.
     pub path: PathBuf,
+    /// postgres: the environment variable holding the connection string
+    /// (libpq `key=value` or a `postgresql://` URL). Never logged.
+    pub dsn_env: String,
+    /// postgres: a file holding the connection string instead (read at
+    /// start-up; takes precedence over `dsn_env`). Never logged.
+    pub dsn_file: Option<PathBuf>,
+    /// postgres: database connections per replica.
+    pub pool_size: u32,
     /// Recent commits are written from the write-ahead log into sled at
     /// least this often (milliseconds)...
     pub checkpoint_interval_ms: u64,
@@ -38,7 +49,71 @@ pub struct StoreConfig {
     pub backpressure_wait_ms: u64,
 }
 
+/// The storage backend (`[store] backend`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// The embedded store (sled with Sigil's write-ahead log).
+    #[default]
+    Sled,
+    /// PostgreSQL, shared by every replica.
+    Postgres,
+}
+
 impl StoreConfig {
+    /// The PostgreSQL connection string, from `dsn_file` or `dsn_env`.
+    /// Errors name where it was looked for, never its content.
+    pub fn dsn(&self) -> Result<String, StoreError> {
+        if let Some(p) = &self.dsn_file {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| StoreError::Unavailable(format!("cannot read store.dsn_file {}: {e}", p.display())))?;
+            let dsn = text.trim().to_string();
+            if dsn.is_empty() {
+                return Err(StoreError::Unavailable(format!(
+                    "store.dsn_file {} is empty",
+                    p.display()
+                )));
+            }
+            return Ok(dsn);
+        }
+        match std::env::var(&self.dsn_env) {
+            Ok(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
+            _ => Err(StoreError::Unavailable(format!(
+                "store.backend is postgres but no connection string was given: set {} (store.dsn_env) or store.dsn_file",
+                self.dsn_env
+            ))),
+        }
+    }
+
+    /// Opens the configured store. Blocking (call it off the async
+    /// workers).
+    pub fn open(&self) -> Result<Arc<dyn Store>, StoreError> {
+        match self.backend {
+            Backend::Sled => {
+                if let Some(parent) = self.path.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", parent.display())))?;
+                }
+                Ok(Arc::new(SledStore::open_with(&self.path, self.tuning())?))
+            }
+            Backend::Postgres => Ok(Arc::new(pg_store::PgStore::open(&self.dsn()?, self.pool_size)?)),
+        }
+    }
+
+    /// Where the store is, for the start-up line (never the DSN).
+    pub fn describe(&self) -> String {
+        match self.backend {
+            Backend::Sled => format!("sled at {}", self.path.display()),
+            Backend::Postgres => format!(
+                "PostgreSQL (connection string from {})",
+                match &self.dsn_file {
+                    Some(p) => p.display().to_string(),
+                    None => format!("${}", self.dsn_env),
+                }
+            ),
+        }
+    }
+
     /// The store's checkpoint tuning from this section.
     pub fn tuning(&self) -> crate::store::sled_store::Tuning {
         crate::store::sled_store::Tuning {
@@ -54,7 +129,11 @@ impl Default for StoreConfig {
     fn default() -> Self {
         let t = crate::store::sled_store::Tuning::default();
         Self {
+            backend: Backend::Sled,
             path: "data/sled".into(),
+            dsn_env: "SIGIL_PG_DSN".into(),
+            dsn_file: None,
+            pool_size: 16,
             checkpoint_interval_ms: t.checkpoint_interval.as_millis() as u64,
             checkpoint_keys: t.checkpoint_keys,
             checkpoint_mib: t.checkpoint_bytes >> 20,
@@ -63,6 +142,7 @@ impl Default for StoreConfig {
     }
 }
 
+pub mod pg_store;
 #[cfg(test)]
 mod sim;
 pub mod sled_store;
@@ -521,4 +601,10 @@ pub trait Store: Send + Sync {
     /// in it (writers wait while it is taken). Log entries come as
     /// `hash || entry` with version 1, as stored.
     fn snapshot(&self) -> Result<Vec<(Table, Vec<u8>, Versioned)>, StoreError>;
+    /// True when calls block their thread on network I/O (a database
+    /// client): they must then run on blocking threads, never on the async
+    /// workers.
+    fn blocks_caller(&self) -> bool {
+        false
+    }
 }

@@ -1,0 +1,486 @@
+//! One storage conformance suite, run against every backend: the embedded
+//! store (sled) and PostgreSQL. Each test states a property the service's
+//! one-time guarantees rest on; a backend that breaks one fails here.
+//!
+//! PostgreSQL tests use the server named by `SIGIL_TEST_PG_DSN` (`make
+//! test` starts a throwaway cluster and sets it), each in a database of
+//! its own. Without it they are skipped with a note, unless
+//! `SIGIL_REQUIRE_PG=1` (set by `make test`), which makes a missing server
+//! a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use sigil::store::pg_store::{PgStore, SCHEMA_VERSION};
+use sigil::store::{chain_hash, log_head_key, Batch, LogEntry, SledStore, Store, StoreError, Table};
+
+/// A fresh, empty store and a second handle on the same data (for
+/// PostgreSQL a second connection pool, as a second replica would have;
+/// the embedded store has one handle per process).
+struct Fixture {
+    name: &'static str,
+    a: Arc<dyn Store>,
+    b: Arc<dyn Store>,
+    pg_dsn: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn sled() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let s: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("store")).unwrap());
+    Fixture {
+        name: "sled",
+        a: s.clone(),
+        b: s,
+        pg_dsn: None,
+        _dir: Some(dir),
+    }
+}
+
+static NEXT_DB: AtomicUsize = AtomicUsize::new(0);
+
+/// A new empty database on the test server, and its DSN.
+fn pg_database() -> Option<String> {
+    let Ok(admin) = std::env::var("SIGIL_TEST_PG_DSN") else {
+        if std::env::var("SIGIL_REQUIRE_PG").is_ok_and(|v| v == "1") {
+            panic!("SIGIL_REQUIRE_PG=1 but SIGIL_TEST_PG_DSN is not set: the PostgreSQL tests cannot run");
+        }
+        eprintln!("note: SIGIL_TEST_PG_DSN not set; PostgreSQL conformance skipped (make test sets it)");
+        return None;
+    };
+    let name = format!(
+        "sigil_t_{}_{}",
+        std::process::id(),
+        NEXT_DB.fetch_add(1, Ordering::SeqCst)
+    );
+    let mut c = postgres::Client::connect(&admin, postgres::NoTls).expect("connect to the test server");
+    c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    Some(format!("{admin} dbname={name}"))
+}
+
+fn pg() -> Option<Fixture> {
+    let dsn = pg_database()?;
+    let a: Arc<dyn Store> = Arc::new(PgStore::open(&dsn, 8).unwrap());
+    let b: Arc<dyn Store> = Arc::new(PgStore::open(&dsn, 8).unwrap());
+    Some(Fixture {
+        name: "postgres",
+        a,
+        b,
+        pg_dsn: Some(dsn),
+        _dir: None,
+    })
+}
+
+/// Runs `test` against every backend available.
+fn each_backend(test: impl Fn(&Fixture)) {
+    let mut ran = Vec::new();
+    for f in [Some(sled()), pg()].into_iter().flatten() {
+        test(&f);
+        ran.push(f.name);
+    }
+    assert!(ran.contains(&"sled"));
+}
+
+fn get(s: &dyn Store, t: Table, k: &[u8]) -> Option<(u64, Vec<u8>)> {
+    s.get(t, k).unwrap().map(|v| (v.version, v.value))
+}
+
+/// Checks a whole log: sequence numbers 1..=n without a gap, each hash
+/// chained on the one before; returns the values.
+fn verify_chain(s: &dyn Store, log: Table) -> Vec<Vec<u8>> {
+    let mut prev = [0u8; 32];
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page: Vec<LogEntry> = s.read_log(log, after, 97).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        for e in page {
+            assert_eq!(e.seq, after + 1, "gap in {log:?} after {after}");
+            assert_eq!(e.hash, chain_hash(&prev, e.seq, &e.value), "broken chain at {}", e.seq);
+            prev = e.hash;
+            after = e.seq;
+            out.push(e.value);
+        }
+    }
+    assert_eq!(s.log_head(log).unwrap(), (after, prev), "head disagrees with the log");
+    out
+}
+
+#[test]
+fn conditional_batches_are_all_or_nothing() {
+    each_backend(|f| {
+        let s = f.a.as_ref();
+        let mut b = Batch::new();
+        b.insert(Table::Challenges, b"c1", b"one".to_vec());
+        b.insert(Table::Approvals, b"a1", b"x".to_vec());
+        s.commit(&b).unwrap();
+        assert_eq!(
+            get(s, Table::Challenges, b"c1"),
+            Some((1, b"one".to_vec())),
+            "{}",
+            f.name
+        );
+        // A batch whose last condition fails writes nothing of its first ops.
+        let mut b = Batch::new();
+        b.update(Table::Challenges, b"c1", 1, b"two".to_vec());
+        b.insert(Table::Users, b"u1", b"u".to_vec());
+        b.insert(Table::Approvals, b"a1", b"again".to_vec());
+        assert!(matches!(s.commit(&b), Err(StoreError::Conflict)), "{}", f.name);
+        assert_eq!(get(s, Table::Challenges, b"c1"), Some((1, b"one".to_vec())));
+        assert_eq!(get(s, Table::Users, b"u1"), None);
+        // The same update on the right version goes through and bumps it.
+        let mut b = Batch::new();
+        b.update(Table::Challenges, b"c1", 1, b"two".to_vec());
+        s.commit(&b).unwrap();
+        assert_eq!(get(s, Table::Challenges, b"c1"), Some((2, b"two".to_vec())));
+        // A stale version is refused.
+        let mut b = Batch::new();
+        b.update(Table::Challenges, b"c1", 1, b"three".to_vec());
+        assert!(matches!(s.commit(&b), Err(StoreError::Conflict)));
+    });
+}
+
+#[test]
+fn checks_and_deletes_are_conditional() {
+    each_backend(|f| {
+        let s = f.a.as_ref();
+        let mut b = Batch::new();
+        b.insert(Table::Meta, b"global", b"g".to_vec());
+        s.commit(&b).unwrap();
+        // A check of the version read lets the batch through...
+        let mut b = Batch::new();
+        b.check(Table::Meta, b"global", 1);
+        b.check(Table::Users, b"nobody", 0);
+        b.insert(Table::Approvals, b"a", b"1".to_vec());
+        s.commit(&b).unwrap();
+        // ...a check of a changed record, or of one that appeared, refuses it.
+        let mut b = Batch::new();
+        b.update(Table::Meta, b"global", 1, b"g2".to_vec());
+        s.commit(&b).unwrap();
+        for (t, k, v) in [(Table::Meta, &b"global"[..], 1), (Table::Approvals, &b"a"[..], 0)] {
+            let mut b = Batch::new();
+            b.check(t, k, v);
+            b.insert(Table::Approvals, b"b", b"2".to_vec());
+            assert!(matches!(s.commit(&b), Err(StoreError::Conflict)), "{}", f.name);
+            assert_eq!(get(s, Table::Approvals, b"b"), None);
+        }
+        // Delete only at the version read.
+        let mut b = Batch::new();
+        b.delete(Table::Meta, b"global", 1);
+        assert!(matches!(s.commit(&b), Err(StoreError::Conflict)));
+        let mut b = Batch::new();
+        b.delete(Table::Meta, b"global", 2);
+        s.commit(&b).unwrap();
+        assert_eq!(get(s, Table::Meta, b"global"), None);
+        assert_eq!(s.len(Table::Approvals).unwrap(), 1);
+    });
+}
+
+#[test]
+fn prefix_scans_are_ordered_and_bounded() {
+    each_backend(|f| {
+        let s = f.a.as_ref();
+        let mut b = Batch::new();
+        for k in [
+            &b"alice\0f2"[..],
+            b"alice\0f1",
+            b"alicf",
+            b"alic",
+            b"bob\0f1",
+            &[0x61, 0xff],
+            &[0x61, 0xff, 0x01],
+            &[0x62],
+        ] {
+            b.insert(Table::Factors, k, k.to_vec());
+        }
+        s.commit(&b).unwrap();
+        let keys = |p: &[u8]| -> Vec<Vec<u8>> {
+            s.scan_prefix(Table::Factors, p)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        assert_eq!(
+            keys(b"alice\0"),
+            vec![b"alice\0f1".to_vec(), b"alice\0f2".to_vec()],
+            "{}",
+            f.name
+        );
+        assert_eq!(keys(&[0x61, 0xff]), vec![vec![0x61, 0xff], vec![0x61, 0xff, 0x01]]);
+        assert_eq!(keys(b"").len(), 8);
+        assert!(keys(b"carol").is_empty());
+    });
+}
+
+#[test]
+fn logs_are_gapless_chained_and_paged() {
+    each_backend(|f| {
+        let s = f.a.as_ref();
+        for i in 0..30u32 {
+            let mut b = Batch::new();
+            b.append(Table::Audit, format!("entry {i}").into_bytes());
+            if i % 3 == 0 {
+                b.append(Table::Audit, format!("entry {i}b").into_bytes());
+                b.append(Table::Events, format!("event {i}").into_bytes());
+            }
+            let seqs = s.commit(&b).unwrap();
+            assert_eq!(seqs.len(), b.ops.len(), "{}", f.name);
+        }
+        assert_eq!(verify_chain(s, Table::Audit).len(), 40);
+        assert_eq!(verify_chain(s, Table::Events).len(), 10);
+        // A refused batch appends nothing.
+        let mut b = Batch::new();
+        b.append(Table::Audit, b"lost".to_vec());
+        b.check(Table::Users, b"x", 7);
+        assert!(matches!(s.commit(&b), Err(StoreError::Conflict)));
+        assert_eq!(s.log_head(Table::Audit).unwrap().0, 40);
+        let page = s.read_log(Table::Audit, 38, 10).unwrap();
+        assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [39, 40]);
+    });
+}
+
+/// Two replicas appending to the audit log at once make one chain: every
+/// entry once, sequence numbers without a gap, every hash on the one before.
+#[test]
+fn replicas_appending_at_once_make_one_chain() {
+    each_backend(|f| {
+        let threads: Vec<_> = (0..6)
+            .map(|t| {
+                let s = if t % 2 == 0 { f.a.clone() } else { f.b.clone() };
+                thread::spawn(move || {
+                    for i in 0..40 {
+                        let mut b = Batch::new();
+                        b.append(Table::Audit, format!("{t}-{i}").into_bytes());
+                        b.insert(Table::Approvals, format!("{t}-{i}").into_bytes(), vec![1]);
+                        s.commit(&b).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let values = verify_chain(f.a.as_ref(), Table::Audit);
+        assert_eq!(values.len(), 240, "{}", f.name);
+        assert_eq!(values.iter().collect::<BTreeSet<_>>().len(), 240);
+        assert_eq!(verify_chain(f.b.as_ref(), Table::Audit).len(), 240);
+    });
+}
+
+/// Conditional updates racing from two replicas lose nothing: every
+/// success is one increment, every loser sees a conflict and nothing of
+/// its write.
+#[test]
+fn racing_conditional_updates_lose_nothing() {
+    each_backend(|f| {
+        let mut b = Batch::new();
+        b.insert(Table::Users, b"counter", 0u64.to_be_bytes().to_vec());
+        f.a.commit(&b).unwrap();
+        let wins = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..6)
+            .map(|t| {
+                let s = if t % 2 == 0 { f.a.clone() } else { f.b.clone() };
+                let wins = wins.clone();
+                thread::spawn(move || {
+                    for _ in 0..60 {
+                        let v = s.get(Table::Users, b"counter").unwrap().unwrap();
+                        let n = u64::from_be_bytes(v.value.as_slice().try_into().unwrap());
+                        let mut b = Batch::new();
+                        b.update(Table::Users, b"counter", v.version, (n + 1).to_be_bytes().to_vec());
+                        match s.commit(&b) {
+                            Ok(_) => {
+                                wins.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(StoreError::Conflict) => {}
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let v = f.a.get(Table::Users, b"counter").unwrap().unwrap();
+        let n = u64::from_be_bytes(v.value.as_slice().try_into().unwrap());
+        let wins = wins.load(Ordering::SeqCst) as u64;
+        assert!(wins > 0, "{}", f.name);
+        assert_eq!(n, wins, "{}: {wins} successful increments, counter says {n}", f.name);
+        assert_eq!(v.version, wins + 1);
+    });
+}
+
+/// A reader following the event log while two replicas append never sees
+/// a gap: each read continues exactly after the last entry it saw, and no
+/// entry below its cursor ever appears later (the outbox gap).
+#[test]
+fn a_reader_following_the_log_never_skips_an_entry() {
+    each_backend(|f| {
+        let writers: Vec<_> = (0..4)
+            .map(|t| {
+                let s = if t % 2 == 0 { f.a.clone() } else { f.b.clone() };
+                thread::spawn(move || {
+                    for i in 0..50 {
+                        let mut b = Batch::new();
+                        b.append(Table::Events, format!("{t}-{i}").into_bytes());
+                        s.commit(&b).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let reader = {
+            let s = f.b.clone();
+            thread::spawn(move || {
+                let mut cursor = 0;
+                let mut seen = Vec::new();
+                while cursor < 200 {
+                    for e in s.read_log(Table::Events, cursor, 1000).unwrap() {
+                        assert_eq!(e.seq, cursor + 1, "skipped from {cursor} to {}", e.seq);
+                        cursor = e.seq;
+                        seen.push(e.value);
+                    }
+                }
+                seen
+            })
+        };
+        for w in writers {
+            w.join().unwrap();
+        }
+        let seen = reader.join().unwrap();
+        assert_eq!(seen.len(), 200, "{}", f.name);
+        assert_eq!(seen, verify_chain(f.a.as_ref(), Table::Events));
+    });
+}
+
+/// Snapshots (what a backup holds) are one instant: taken while replicas
+/// write, each log's head in the snapshot matches its entries.
+#[test]
+fn snapshots_are_one_instant_under_writes() {
+    each_backend(|f| {
+        let stop = Arc::new(AtomicUsize::new(0));
+        let writer = {
+            let s = f.b.clone();
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut i = 0u32;
+                while stop.load(Ordering::SeqCst) == 0 {
+                    let mut b = Batch::new();
+                    b.append(Table::Audit, i.to_be_bytes().to_vec());
+                    b.insert(Table::Approvals, i.to_be_bytes().to_vec(), vec![0]);
+                    s.commit(&b).unwrap();
+                    i += 1;
+                }
+            })
+        };
+        for _ in 0..5 {
+            thread::sleep(Duration::from_millis(20));
+            let snap = f.a.snapshot().unwrap();
+            let entries = snap.iter().filter(|(t, _, _)| *t == Table::Audit).count() as u64;
+            let approvals = snap.iter().filter(|(t, _, _)| *t == Table::Approvals).count() as u64;
+            let head = snap
+                .iter()
+                .find(|(t, k, _)| *t == Table::Meta && *k == log_head_key(Table::Audit))
+                .map(|(_, _, v)| sigil::store::decode_log_head(Some(v)).unwrap().1)
+                .unwrap_or(0);
+            assert_eq!(
+                entries, head,
+                "{}: snapshot holds {entries} entries, head says {head}",
+                f.name
+            );
+            assert_eq!(approvals, entries, "{}: a batch is half in the snapshot", f.name);
+        }
+        stop.store(1, Ordering::SeqCst);
+        writer.join().unwrap();
+    });
+}
+
+/// PostgreSQL: a transaction that holds a log's head (a slow writer) makes
+/// other appends wait; they are not numbered around it, and nothing
+/// appears to a reader until it ends.
+#[test]
+fn postgres_a_slow_transaction_delays_appends_instead_of_leaving_a_gap() {
+    let Some(f) = pg() else { return };
+    let dsn = f.pg_dsn.clone().unwrap();
+    let mut b = Batch::new();
+    b.append(Table::Events, b"first".to_vec());
+    f.a.commit(&b).unwrap();
+    let mut slow = postgres::Client::connect(&dsn, postgres::NoTls).unwrap();
+    let mut tx = slow.transaction().unwrap();
+    let head_key = log_head_key(Table::Events);
+    let meta = Table::ALL.iter().position(|t| *t == Table::Meta).unwrap() as i16;
+    tx.query(
+        "SELECT version FROM sigil_records WHERE tbl = $1 AND key = $2 FOR UPDATE",
+        &[&meta, &head_key],
+    )
+    .unwrap();
+    let appender = {
+        let s = f.b.clone();
+        thread::spawn(move || {
+            let mut b = Batch::new();
+            b.append(Table::Events, b"second".to_vec());
+            s.commit(&b).unwrap()
+        })
+    };
+    thread::sleep(Duration::from_millis(400));
+    assert!(
+        !appender.is_finished(),
+        "the append did not wait for the slow transaction"
+    );
+    assert_eq!(
+        f.a.read_log(Table::Events, 1, 10).unwrap().len(),
+        0,
+        "an entry appeared past the held head"
+    );
+    tx.rollback().unwrap();
+    assert_eq!(appender.join().unwrap(), vec![2]);
+    assert_eq!(
+        verify_chain(f.a.as_ref(), Table::Events),
+        vec![b"first".to_vec(), b"second".to_vec()]
+    );
+}
+
+/// PostgreSQL: a database written by a newer schema is refused at start-up
+/// and left as it is; a bad or unreachable server is `Unavailable` and the
+/// message never holds the connection string's password.
+#[test]
+fn postgres_refuses_newer_schemas_and_bad_servers_without_leaking_the_dsn() {
+    let Some(dsn) = pg_database() else { return };
+    let store = PgStore::open(&dsn, 2).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    drop(store);
+    let mut c = postgres::Client::connect(&dsn, postgres::NoTls).unwrap();
+    c.execute(
+        "INSERT INTO sigil_schema_migrations (version, name) VALUES (99, 'future')",
+        &[],
+    )
+    .unwrap();
+    let e = PgStore::open(&dsn, 2).unwrap_err().to_string();
+    assert!(e.contains("schema version 99"), "{e}");
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM sigil_schema_migrations", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2, "nothing was written");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for bad in [
+        format!("host=127.0.0.1 port={closed} user=sigil password=hunter2-secret dbname=x connect_timeout=2"),
+        "postgresql://sigil:hunter2-secret@127.0.0.1:notaport/x".to_string(),
+        "this is not a dsn password=hunter2-secret".to_string(),
+    ] {
+        let e = PgStore::open(&bad, 1).unwrap_err();
+        assert!(matches!(e, StoreError::Unavailable(_)), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "the password leaked: {e}");
+    }
+}
