@@ -76,6 +76,18 @@ fn pool_err(e: r2d2::Error) -> StoreError {
     StoreError::Unavailable(format!("no database connection: {e}"))
 }
 
+/// Runs `f`, which blocks on the database client, so that it may be
+/// called from anywhere: on a multi-threaded tokio worker it runs in
+/// `block_in_place` (the client drives its own runtime, which may not be
+/// started from inside another's worker); elsewhere (plain threads,
+/// blocking threads) it runs as it is.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// True for the errors after which the whole transaction is tried again.
 fn retryable(e: &postgres::Error) -> bool {
     matches!(
@@ -136,6 +148,10 @@ impl PgStore {
     /// newer than this build. Connection failures are `Unavailable`; the
     /// message never contains the DSN.
     pub fn open(dsn: &str, pool_size: u32) -> Result<PgStore, StoreError> {
+        blocking(|| PgStore::open_blocking(dsn, pool_size))
+    }
+
+    fn open_blocking(dsn: &str, pool_size: u32) -> Result<PgStore, StoreError> {
         let config: postgres::Config = dsn.parse().map_err(|_| {
             StoreError::Unavailable(
                 "the PostgreSQL connection string is not valid (libpq key=value or postgresql:// URL)".into(),
@@ -154,6 +170,10 @@ impl PgStore {
 
     /// The schema version recorded in the database (0: none yet).
     pub fn schema_version(&self) -> Result<i32, StoreError> {
+        blocking(|| self.schema_version_blocking())
+    }
+
+    fn schema_version_blocking(&self) -> Result<i32, StoreError> {
         let mut c = self.pool.get().map_err(pool_err)?;
         let exists: bool = c
             .query_one("SELECT to_regclass('sigil_schema_migrations') IS NOT NULL", &[])
@@ -180,7 +200,7 @@ impl PgStore {
         )
         .map_err(db)?;
         drop(c);
-        let current = self.schema_version()?;
+        let current = self.schema_version_blocking()?;
         if current > SCHEMA_VERSION {
             return Err(StoreError::Corrupt(format!(
                 "the database has schema version {current}; this build knows up to {SCHEMA_VERSION}: upgrade Sigil (nothing was written)"
@@ -312,96 +332,104 @@ impl PgStore {
 
 impl Store for PgStore {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Versioned>, StoreError> {
-        let mut c = self.pool.get().map_err(pool_err)?;
-        let row = c
-            .query_opt(
-                "SELECT version, value FROM sigil_records WHERE tbl = $1 AND key = $2",
-                &[&tbl(table), &key],
-            )
-            .map_err(db)?;
-        Ok(row.map(|r| Versioned {
-            version: r.get::<_, i64>(0) as u64,
-            value: r.get(1),
-        }))
+        blocking(|| {
+            let mut c = self.pool.get().map_err(pool_err)?;
+            let row = c
+                .query_opt(
+                    "SELECT version, value FROM sigil_records WHERE tbl = $1 AND key = $2",
+                    &[&tbl(table), &key],
+                )
+                .map_err(db)?;
+            Ok(row.map(|r| Versioned {
+                version: r.get::<_, i64>(0) as u64,
+                value: r.get(1),
+            }))
+        })
     }
 
     fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Versioned)>, StoreError> {
-        let mut c = self.pool.get().map_err(pool_err)?;
-        let rows = match prefix_end(prefix) {
-            Some(end) => c.query(
-                "SELECT key, version, value FROM sigil_records WHERE tbl = $1 AND key >= $2 AND key < $3 ORDER BY key",
-                &[&tbl(table), &prefix, &end],
-            ),
-            None => c.query(
-                "SELECT key, version, value FROM sigil_records WHERE tbl = $1 AND key >= $2 ORDER BY key",
-                &[&tbl(table), &prefix],
-            ),
-        }
-        .map_err(db)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| {
-                (
-                    r.get(0),
-                    Versioned {
-                        version: r.get::<_, i64>(1) as u64,
-                        value: r.get(2),
-                    },
-                )
-            })
-            .collect())
+        blocking(|| {
+            let mut c = self.pool.get().map_err(pool_err)?;
+            let rows = match prefix_end(prefix) {
+                Some(end) => c.query(
+                    "SELECT key, version, value FROM sigil_records WHERE tbl = $1 AND key >= $2 AND key < $3 ORDER BY key",
+                    &[&tbl(table), &prefix, &end],
+                ),
+                None => c.query(
+                    "SELECT key, version, value FROM sigil_records WHERE tbl = $1 AND key >= $2 ORDER BY key",
+                    &[&tbl(table), &prefix],
+                ),
+            }
+            .map_err(db)?;
+            Ok(rows
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.get(0),
+                        Versioned {
+                            version: r.get::<_, i64>(1) as u64,
+                            value: r.get(2),
+                        },
+                    )
+                })
+                .collect())
+        })
     }
 
     fn commit(&self, batch: &Batch) -> Result<Vec<u64>, StoreError> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        for attempt in 0..MAX_RETRIES {
-            match self.try_commit(batch) {
-                Ok(seqs) => return Ok(seqs),
-                Err(Attempt::Conflict) => return Err(StoreError::Conflict),
-                Err(Attempt::Failed(e)) => return Err(e),
-                Err(Attempt::Retry) => {
-                    // Back off a little, growing, so competing replicas spread out.
-                    std::thread::sleep(Duration::from_micros(200 * (attempt as u64 + 1).min(50)));
+        blocking(|| {
+            if batch.is_empty() {
+                return Ok(Vec::new());
+            }
+            for attempt in 0..MAX_RETRIES {
+                match self.try_commit(batch) {
+                    Ok(seqs) => return Ok(seqs),
+                    Err(Attempt::Conflict) => return Err(StoreError::Conflict),
+                    Err(Attempt::Failed(e)) => return Err(e),
+                    Err(Attempt::Retry) => {
+                        // Back off a little, growing, so competing replicas spread out.
+                        std::thread::sleep(Duration::from_micros(200 * (attempt as u64 + 1).min(50)));
+                    }
                 }
             }
-        }
-        Err(StoreError::Unavailable(
-            "the database kept refusing the transaction under contention; nothing was written".into(),
-        ))
+            Err(StoreError::Unavailable(
+                "the database kept refusing the transaction under contention; nothing was written".into(),
+            ))
+        })
     }
 
     fn read_log(&self, log: Table, after: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
-        let mut c = self.pool.get().map_err(pool_err)?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = c
-            .query(
-                "SELECT key, value FROM sigil_records WHERE tbl = $1 AND key > $2 ORDER BY key LIMIT $3",
-                &[&tbl(log), &after.to_be_bytes().to_vec(), &limit],
-            )
-            .map_err(db)?;
-        rows.into_iter()
-            .map(|r| {
-                let key: Vec<u8> = r.get(0);
-                let value: Vec<u8> = r.get(1);
-                let seq: [u8; 8] = key
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("log key is not a sequence number".into()))?;
-                if value.len() < 32 {
-                    return Err(StoreError::Corrupt("log entry shorter than its hash".into()));
-                }
-                let (h, v) = value.split_at(32);
-                let mut hash = [0u8; 32];
-                hash.copy_from_slice(h);
-                Ok(LogEntry {
-                    seq: u64::from_be_bytes(seq),
-                    hash,
-                    value: v.to_vec(),
+        blocking(|| {
+            let mut c = self.pool.get().map_err(pool_err)?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = c
+                .query(
+                    "SELECT key, value FROM sigil_records WHERE tbl = $1 AND key > $2 ORDER BY key LIMIT $3",
+                    &[&tbl(log), &after.to_be_bytes().to_vec(), &limit],
+                )
+                .map_err(db)?;
+            rows.into_iter()
+                .map(|r| {
+                    let key: Vec<u8> = r.get(0);
+                    let value: Vec<u8> = r.get(1);
+                    let seq: [u8; 8] = key
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("log key is not a sequence number".into()))?;
+                    if value.len() < 32 {
+                        return Err(StoreError::Corrupt("log entry shorter than its hash".into()));
+                    }
+                    let (h, v) = value.split_at(32);
+                    let mut hash = [0u8; 32];
+                    hash.copy_from_slice(h);
+                    Ok(LogEntry {
+                        seq: u64::from_be_bytes(seq),
+                        hash,
+                        value: v.to_vec(),
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 
     fn log_head(&self, log: Table) -> Result<(u64, [u8; 32]), StoreError> {
@@ -411,47 +439,51 @@ impl Store for PgStore {
     }
 
     fn len(&self, table: Table) -> Result<usize, StoreError> {
-        let mut c = self.pool.get().map_err(pool_err)?;
-        let n: i64 = c
-            .query_one("SELECT count(*) FROM sigil_records WHERE tbl = $1", &[&tbl(table)])
-            .map_err(db)?
-            .get(0);
-        Ok(n as usize)
+        blocking(|| {
+            let mut c = self.pool.get().map_err(pool_err)?;
+            let n: i64 = c
+                .query_one("SELECT count(*) FROM sigil_records WHERE tbl = $1", &[&tbl(table)])
+                .map_err(db)?
+                .get(0);
+            Ok(n as usize)
+        })
     }
 
     fn snapshot(&self) -> Result<Vec<(Table, Vec<u8>, Versioned)>, StoreError> {
-        let mut c = self.pool.get().map_err(pool_err)?;
-        // One consistent view: a repeatable-read, read-only transaction.
-        let mut tx = c
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .map_err(db)?;
-        let rows = tx
-            .query(
-                "SELECT tbl, key, version, value FROM sigil_records ORDER BY tbl, key",
-                &[],
-            )
-            .map_err(db)?;
-        tx.commit().map_err(db)?;
-        rows.into_iter()
-            .map(|r| {
-                let t: i16 = r.get(0);
-                let table = usize::try_from(t)
-                    .ok()
-                    .and_then(|i| Table::ALL.get(i).copied())
-                    .ok_or_else(|| StoreError::Corrupt(format!("unknown table number {t}")))?;
-                Ok((
-                    table,
-                    r.get(1),
-                    Versioned {
-                        version: r.get::<_, i64>(2) as u64,
-                        value: r.get(3),
-                    },
-                ))
-            })
-            .collect()
+        blocking(|| {
+            let mut c = self.pool.get().map_err(pool_err)?;
+            // One consistent view: a repeatable-read, read-only transaction.
+            let mut tx = c
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .map_err(db)?;
+            let rows = tx
+                .query(
+                    "SELECT tbl, key, version, value FROM sigil_records ORDER BY tbl, key",
+                    &[],
+                )
+                .map_err(db)?;
+            tx.commit().map_err(db)?;
+            rows.into_iter()
+                .map(|r| {
+                    let t: i16 = r.get(0);
+                    let table = usize::try_from(t)
+                        .ok()
+                        .and_then(|i| Table::ALL.get(i).copied())
+                        .ok_or_else(|| StoreError::Corrupt(format!("unknown table number {t}")))?;
+                    Ok((
+                        table,
+                        r.get(1),
+                        Versioned {
+                            version: r.get::<_, i64>(2) as u64,
+                            value: r.get(3),
+                        },
+                    ))
+                })
+                .collect()
+        })
     }
 
     fn blocks_caller(&self) -> bool {

@@ -12,6 +12,7 @@ mod denylist;
 mod lifecycle;
 mod protections;
 mod reasons;
+mod replicas;
 mod roles;
 mod support;
 mod totp;

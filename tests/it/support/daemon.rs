@@ -129,6 +129,11 @@ pub fn init_token(dir: &Path) -> String {
 
 /// Starts `sigild` on a free port and waits for its "listening on" line.
 pub fn start_daemon(dir: &Path, rust_log: &str) -> Daemon {
+    start_daemon_with(dir, rust_log, &[])
+}
+
+/// [`start_daemon`] with more environment variables for this process only.
+pub fn start_daemon_with(dir: &Path, rust_log: &str, env: &[(&str, &str)]) -> Daemon {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -137,6 +142,7 @@ pub fn start_daemon(dir: &Path, rust_log: &str) -> Daemon {
     let t0 = Instant::now();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sigild"));
     daemon_env(&mut cmd, dir, rust_log);
+    cmd.envs(env.iter().copied());
     let mut child = cmd
         .env("SIGIL_LISTEN", format!("127.0.0.1:{port}"))
         .stdout(Stdio::piped())
