@@ -4,15 +4,19 @@ SHELL := /bin/bash
 
 export SOFTHSM2_CONF := $(CURDIR)/hsm/softhsm2.conf
 CARGO ?= cargo
-DEBIAN_PACKAGES := softhsm2 opensc protobuf-compiler libusb-1.0-0-dev pkg-config openssl ca-certificates build-essential
+DEBIAN_PACKAGES := softhsm2 opensc protobuf-compiler libusb-1.0-0-dev pkg-config openssl ca-certificates build-essential postgresql postgresql-client python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Throwaway PostgreSQL clusters (scripts/pg-cluster.sh): one for `make test`, one for `make pg`
+PG_CLUSTER := bash scripts/pg-cluster.sh
+PG_TEST_DIR := $(CURDIR)/target/pg
+PG_DEV_DIR := $(CURDIR)/target/pg-dev
 
-.PHONY: help deps certs hsm build run test bench clean-dev
+.PHONY: help deps certs hsm build run test pg pg-stop bench clean-dev
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-deps: ## Install missing Debian packages (SoftHSM2, protoc, libusb, ...)
+deps: ## Install missing Debian packages (SoftHSM2, protoc, libusb, PostgreSQL, ...)
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
@@ -36,9 +40,24 @@ run: certs hsm ## Start sigild on 127.0.0.1:50051 (sled in data/, SoftHSM)
 	@mkdir -p data
 	./target/debug/sigild --config sigil.dev.toml
 
-test: certs hsm ## The whole test suite
-	$(CARGO) test --workspace --all-targets
+# The cluster is stopped and removed when the recipe's shell exits, whether
+# the tests pass or fail; the recipe's status is the tests'.
+test: certs hsm ## The whole test suite (with a throwaway PostgreSQL cluster in target/pg)
+	@set -euo pipefail; \
+	trap '$(PG_CLUSTER) stop "$(PG_TEST_DIR)"' EXIT; \
+	$(PG_CLUSTER) start "$(PG_TEST_DIR)" >/dev/null; \
+	export SIGIL_TEST_PG_DSN="$$(cat "$(PG_TEST_DIR)/dsn")" SIGIL_REQUIRE_PG=1; \
+	echo "PostgreSQL for the tests: $$SIGIL_TEST_PG_DSN"; \
+	$(CARGO) test --workspace --all-targets; \
 	$(CARGO) test --workspace --doc
+
+pg: deps ## Start a PostgreSQL cluster for development (target/pg-dev) and print its DSN
+	@dsn=$$($(PG_CLUSTER) start "$(PG_DEV_DIR)"); \
+	echo "SIGIL_TEST_PG_DSN='$$dsn'"; \
+	echo "stop it with: make pg-stop"
+
+pg-stop: ## Stop the development PostgreSQL cluster and remove target/pg-dev
+	@$(PG_CLUSTER) stop "$(PG_DEV_DIR)"
 
 bench: certs hsm ## Benchmarks (release build); results go to stdout, recorded in BENCHMARKS.md
 	$(CARGO) run --release --features bench --example bench
