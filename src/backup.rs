@@ -219,31 +219,27 @@ pub struct RestoreOptions {
     pub events_after: Option<u64>,
 }
 
-/// [`restore`] with options.
-pub fn restore_with(
-    file: &Path,
-    store_path: &Path,
-    now: i64,
+/// What a restore writes: the backup's records with the live store's logs,
+/// key ring and secrets key carried over, and what came from where.
+struct Plan {
+    records: Records,
+    kept_from: Vec<(Table, &'static str)>,
+}
+
+/// Decides what a restore writes, from the backup and the live store (if
+/// one holds this deployment). Refuses a backup of another deployment, and
+/// a restore without a live store unless `opts.events_after` says where the
+/// event stream stood.
+fn plan(
+    header: &Header,
+    mut records: Records,
+    current: Option<&dyn Store>,
+    where_: &str,
     opts: &RestoreOptions,
-) -> Result<(Header, Option<PathBuf>), Error> {
-    let bytes =
-        std::fs::read(file).map_err(|e| Error::invalid("backup", format!("cannot read {}: {e}", file.display())))?;
-    let (header, mut records) = decode(&bytes)?;
+) -> Result<Plan, Error> {
     let mut kept_from: Vec<(Table, &'static str)> = Vec::new();
-    // A live store is one holding a deployment: an empty or new directory
-    // (a replacement volume) knows nothing of the event stream or the keys.
-    let has_entries = std::fs::read_dir(store_path).is_ok_and(|mut d| d.next().is_some());
-    let current = if has_entries {
-        Some(SledStore::open(store_path).map_err(|e| {
-            Error::Unavailable(format!(
-                "cannot open the current store (is sigild still running? stop it first): {e}"
-            ))
-        })?)
-    } else {
-        None
-    };
     let mut live = false;
-    if let Some(current) = &current {
+    if let Some(current) = current {
         if let Some(v) = current.get(Table::Meta, meta::DEPLOYMENT)? {
             let id = String::from_utf8_lossy(&v.value).to_string();
             if id != header.deployment_id {
@@ -258,7 +254,7 @@ pub fn restore_with(
             live = true;
         }
     }
-    if let Some(current) = current.as_ref().filter(|_| live) {
+    if let Some(current) = current.filter(|_| live) {
         let mut carried: Vec<(Table, Vec<u8>, Option<Versioned>)> = Vec::new();
         for key in [meta::KEY_RING, meta::SECRETS_KEY, meta::SECRETS_REWRAP] {
             carried.push((Table::Meta, key.to_vec(), current.get(Table::Meta, key)?));
@@ -292,16 +288,14 @@ pub fn restore_with(
             }
         }
     }
-    drop(current);
     if !live && opts.events_after.is_none() {
         return Err(Error::invalid(
             "events_after",
             format!(
-                "there is no live store at {} to continue the event stream from (the directory is missing, \
+                "there is no live store at {where_} to continue the event stream from (it is missing, \
                  empty or holds no deployment): say the highest event cursor your consumers were given \
                  (`--events-after N`; 0 if none read past the backup) so that new events never reuse a \
-                 cursor; nothing was restored",
-                store_path.display()
+                 cursor; nothing was restored"
             ),
         ));
     }
@@ -326,6 +320,88 @@ pub fn restore_with(
             kept_from.push((Table::Events, "cursor floor"));
         }
     }
+    Ok(Plan { records, kept_from })
+}
+
+/// The writes that mark a restored store: the restore record (the restore
+/// epoch), the `restored` event and the `store.restore` audit entry.
+/// `restore_version` is the version of a restore record already among the
+/// restored records, if any.
+fn restore_batch(
+    header: &Header,
+    plan: &Plan,
+    now: i64,
+    opts: &RestoreOptions,
+    previous: Option<String>,
+) -> Result<Batch, Error> {
+    let rec = RestoreRecord {
+        restored_at: now,
+        backup_taken_at: header.taken_at,
+    };
+    let restore_version = plan
+        .records
+        .iter()
+        .find(|(t, k, _)| *t == Table::Meta && k.as_slice() == meta::RESTORE)
+        .map(|(_, _, v)| v.version);
+    let mut batch = Batch::new();
+    match restore_version {
+        Some(v) => batch.update(Table::Meta, meta::RESTORE, v, codec::encode(&rec)?),
+        None => batch.insert(Table::Meta, meta::RESTORE, codec::encode(&rec)?),
+    };
+    Event::new(EventKind::Restored, "", now, None)
+        .with("backup_taken_at", header.taken_at.to_string())
+        .with(
+            "note",
+            "approvals issued and challenges opened before the restore are refused, and so are TOTP codes of any time step up to one after the restore moment's",
+        )
+        .with("totp_floor_step", rec.totp_floor_step().to_string())
+        .append_to(&mut batch)?;
+    let mut entry = AuditEntry::ok(now, "operator", "", "store.restore")
+        .with("backup_taken_at", header.taken_at.to_string())
+        .with("records", header.records.to_string());
+    for (log, from) in &plan.kept_from {
+        entry = entry.with(&format!("{}_log_from", log.name()), *from);
+    }
+    if let Some(n) = opts.events_after {
+        entry = entry.with("events_after", n.to_string());
+    }
+    if let Some(p) = previous {
+        entry = entry.with("previous_store", p);
+    }
+    entry.append_to(&mut batch)?;
+    Ok(batch)
+}
+
+/// [`restore`] with options.
+pub fn restore_with(
+    file: &Path,
+    store_path: &Path,
+    now: i64,
+    opts: &RestoreOptions,
+) -> Result<(Header, Option<PathBuf>), Error> {
+    let bytes =
+        std::fs::read(file).map_err(|e| Error::invalid("backup", format!("cannot read {}: {e}", file.display())))?;
+    let (header, records) = decode(&bytes)?;
+    // A live store is one holding a deployment: an empty or new directory
+    // (a replacement volume) knows nothing of the event stream or the keys.
+    let has_entries = std::fs::read_dir(store_path).is_ok_and(|mut d| d.next().is_some());
+    let current = if has_entries {
+        Some(SledStore::open(store_path).map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot open the current store (is sigild still running? stop it first): {e}"
+            ))
+        })?)
+    } else {
+        None
+    };
+    let plan = plan(
+        &header,
+        records,
+        current.as_ref().map(|c| c as &dyn Store),
+        &store_path.display().to_string(),
+        opts,
+    )?;
+    drop(current);
     let tmp = store_path.with_extension(format!("restore-{now}"));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp)
@@ -333,37 +409,9 @@ pub fn restore_with(
     }
     let keep = store_path.with_extension(format!("pre-restore-{now}"));
     let built = (|| -> Result<(), Error> {
-        let store = SledStore::create_from(&tmp, &records)?;
-        let rec = RestoreRecord {
-            restored_at: now,
-            backup_taken_at: header.taken_at,
-        };
-        let mut batch = Batch::new();
-        match store.get(Table::Meta, meta::RESTORE)? {
-            Some(v) => batch.update(Table::Meta, meta::RESTORE, v.version, codec::encode(&rec)?),
-            None => batch.insert(Table::Meta, meta::RESTORE, codec::encode(&rec)?),
-        };
-        Event::new(EventKind::Restored, "", now, None)
-            .with("backup_taken_at", header.taken_at.to_string())
-            .with(
-                "note",
-                "approvals issued and challenges opened before the restore are refused, and so are TOTP codes of any time step up to one after the restore moment's",
-            )
-            .with("totp_floor_step", rec.totp_floor_step().to_string())
-            .append_to(&mut batch)?;
-        let mut entry = AuditEntry::ok(now, "operator", "", "store.restore")
-            .with("backup_taken_at", header.taken_at.to_string())
-            .with("records", header.records.to_string());
-        for (log, from) in &kept_from {
-            entry = entry.with(&format!("{}_log_from", log.name()), *from);
-        }
-        if let Some(n) = opts.events_after {
-            entry = entry.with("events_after", n.to_string());
-        }
-        if store_path.exists() {
-            entry = entry.with("previous_store", keep.display().to_string());
-        }
-        entry.append_to(&mut batch)?;
+        let store = SledStore::create_from(&tmp, &plan.records)?;
+        let previous = store_path.exists().then(|| keep.display().to_string());
+        let batch = restore_batch(&header, &plan, now, opts, previous)?;
         store.commit(&batch)?;
         Ok(())
     })();
@@ -381,4 +429,25 @@ pub fn restore_with(
     std::fs::rename(&tmp, store_path)
         .map_err(|e| Error::Unavailable(format!("cannot move the restored store in place: {e}")))?;
     Ok((header, previous))
+}
+
+/// Restores a backup into a PostgreSQL store, with every replica stopped:
+/// the same rules as [`restore_with`] (same file format, the live logs
+/// kept, the restore epoch written), in one transaction that keeps the
+/// previous records in a table of their own. Returns the header and that
+/// table's name.
+pub fn restore_postgres(
+    file: &Path,
+    store: &crate::store::pg_store::PgStore,
+    now: i64,
+    opts: &RestoreOptions,
+) -> Result<(Header, String), Error> {
+    let bytes =
+        std::fs::read(file).map_err(|e| Error::invalid("backup", format!("cannot read {}: {e}", file.display())))?;
+    let (header, records) = decode(&bytes)?;
+    let plan = plan(&header, records, Some(store), "the PostgreSQL database", opts)?;
+    let kept = format!("sigil_records_pre_restore_{}", now.max(0));
+    let batch = restore_batch(&header, &plan, now, opts, Some(format!("table {kept}")))?;
+    let kept = store.replace_all(&plan.records, &batch, now)?;
+    Ok((header, kept))
 }

@@ -397,6 +397,46 @@ pub fn chain_hash(prev: &[u8; 32], seq: u64, value: &[u8]) -> [u8; 32] {
     out
 }
 
+/// Walks a whole log and checks it: sequence numbers from 1 without a gap,
+/// every hash chained on the one before, and the head record agreeing with
+/// the last entry. Returns the number of entries and the last hash.
+pub fn verify_log(store: &dyn Store, log: Table) -> Result<(u64, [u8; 32]), StoreError> {
+    let mut prev = [0u8; 32];
+    let mut after = 0u64;
+    loop {
+        let page = store.read_log(log, after, 10_000)?;
+        if page.is_empty() {
+            break;
+        }
+        for e in page {
+            if e.seq != after + 1 {
+                return Err(StoreError::Corrupt(format!(
+                    "{} log: entry {} follows {after}",
+                    log.name(),
+                    e.seq
+                )));
+            }
+            if e.hash != chain_hash(&prev, e.seq, &e.value) {
+                return Err(StoreError::Corrupt(format!(
+                    "{} log: entry {} breaks the chain",
+                    log.name(),
+                    e.seq
+                )));
+            }
+            prev = e.hash;
+            after = e.seq;
+        }
+    }
+    let (seq, hash) = store.log_head(log)?;
+    if (seq, hash) != (after, prev) && !(after == 0 && seq > 0) {
+        return Err(StoreError::Corrupt(format!(
+            "{} log: its head says {seq}, the entries end at {after}",
+            log.name()
+        )));
+    }
+    Ok((after, prev))
+}
+
 /// Meta key of a log's head record.
 pub fn log_head_key(log: Table) -> Vec<u8> {
     format!("loghead/{}", log.name()).into_bytes()

@@ -53,7 +53,18 @@ type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 
 /// A store in a PostgreSQL database.
 pub struct PgStore {
-    pool: Pool,
+    /// Some until the store is dropped (see its `Drop`).
+    pool: Option<Pool>,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // Closing a client blocks on its own runtime: the connections go
+        // away off any async worker this store is dropped on.
+        if let Some(pool) = self.pool.take() {
+            blocking(move || drop(pool));
+        }
+    }
 }
 
 impl std::fmt::Debug for PgStore {
@@ -160,12 +171,19 @@ impl PgStore {
         let manager = PostgresConnectionManager::new(config, NoTls);
         let pool = r2d2::Pool::builder()
             .max_size(pool_size.max(1))
+            .min_idle(Some(1))
             .connection_timeout(Duration::from_secs(5))
             .build(manager)
             .map_err(pool_err)?;
-        let store = PgStore { pool };
+        let store = PgStore { pool: Some(pool) };
         store.migrate()?;
         Ok(store)
+    }
+
+    fn pool(&self) -> Result<&Pool, StoreError> {
+        self.pool
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("the database store was closed".into()))
     }
 
     /// The schema version recorded in the database (0: none yet).
@@ -174,7 +192,7 @@ impl PgStore {
     }
 
     fn schema_version_blocking(&self) -> Result<i32, StoreError> {
-        let mut c = self.pool.get().map_err(pool_err)?;
+        let mut c = self.pool()?.get().map_err(pool_err)?;
         let exists: bool = c
             .query_one("SELECT to_regclass('sigil_schema_migrations') IS NOT NULL", &[])
             .map_err(db)?
@@ -190,7 +208,7 @@ impl PgStore {
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
-        let mut c = self.pool.get().map_err(pool_err)?;
+        let mut c = self.pool()?.get().map_err(pool_err)?;
         c.batch_execute(
             "CREATE TABLE IF NOT EXISTS sigil_schema_migrations (
                 version INTEGER PRIMARY KEY,
@@ -207,7 +225,7 @@ impl PgStore {
             )));
         }
         for (version, name, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v > current) {
-            let mut c = self.pool.get().map_err(pool_err)?;
+            let mut c = self.pool()?.get().map_err(pool_err)?;
             let mut tx = c.transaction().map_err(db)?;
             tx.batch_execute(sql).map_err(db)?;
             // Two replicas starting together: the second finds it recorded.
@@ -227,11 +245,88 @@ impl PgStore {
 
     /// One try at `batch` in a serializable transaction.
     fn try_commit(&self, batch: &Batch) -> Result<Vec<u64>, Attempt> {
-        let mut c = self.pool.get().map_err(pool_err)?;
+        let mut c = self.pool()?.get().map_err(pool_err)?;
         let mut tx = c
             .build_transaction()
             .isolation_level(IsolationLevel::Serializable)
             .start()?;
+        let seqs = apply(&mut tx, batch)?;
+        tx.commit()?;
+        Ok(seqs)
+    }
+
+    /// Loads `records` — a snapshot or a backup, versions kept — into a
+    /// database that holds no record yet, in one transaction. Refuses a
+    /// database that holds any record (nothing is written then).
+    pub fn load_into_empty(&self, records: &[(Table, Vec<u8>, Versioned)]) -> Result<(), StoreError> {
+        blocking(|| {
+            let mut c = self.pool()?.get().map_err(pool_err)?;
+            let mut tx = c
+                .build_transaction()
+                .isolation_level(IsolationLevel::Serializable)
+                .start()
+                .map_err(db)?;
+            let n: i64 = tx
+                .query_one("SELECT count(*) FROM sigil_records", &[])
+                .map_err(db)?
+                .get(0);
+            if n != 0 {
+                return Err(StoreError::Conflict);
+            }
+            insert_all(&mut tx, records)?;
+            tx.commit().map_err(db)
+        })
+    }
+
+    /// Replaces every record with `records` (versions kept) and applies
+    /// `then` on top, in one transaction: a restore. The previous records
+    /// stay in table `sigil_records_pre_restore_<suffix>`. Returns that
+    /// table's name.
+    pub fn replace_all(
+        &self,
+        records: &[(Table, Vec<u8>, Versioned)],
+        then: &Batch,
+        suffix: i64,
+    ) -> Result<String, StoreError> {
+        blocking(|| {
+            let kept = format!("sigil_records_pre_restore_{}", suffix.max(0));
+            let mut c = self.pool()?.get().map_err(pool_err)?;
+            let mut tx = c
+                .build_transaction()
+                .isolation_level(IsolationLevel::Serializable)
+                .start()
+                .map_err(db)?;
+            tx.batch_execute(&format!("ALTER TABLE sigil_records RENAME TO {kept}"))
+                .map_err(db)?;
+            tx.batch_execute(MIGRATIONS[0].2).map_err(db)?;
+            insert_all(&mut tx, records)?;
+            match apply(&mut tx, then) {
+                Ok(_) => {}
+                Err(Attempt::Failed(e)) => return Err(e),
+                Err(Attempt::Conflict) | Err(Attempt::Retry) => return Err(StoreError::Conflict),
+            }
+            tx.commit().map_err(db)?;
+            Ok(kept)
+        })
+    }
+}
+
+/// Inserts records with their versions.
+fn insert_all(tx: &mut postgres::Transaction<'_>, records: &[(Table, Vec<u8>, Versioned)]) -> Result<(), StoreError> {
+    let stmt = tx
+        .prepare("INSERT INTO sigil_records (tbl, key, version, value) VALUES ($1, $2, $3, $4)")
+        .map_err(db)?;
+    for (t, k, v) in records {
+        tx.execute(&stmt, &[&tbl(*t), k, &version_i64(v.version)?, &v.value])
+            .map_err(db)?;
+    }
+    Ok(())
+}
+
+/// Applies a batch's operations inside `tx`, checking every condition by
+/// row count; returns the sequence numbers of its appends.
+fn apply(tx: &mut postgres::Transaction<'_>, batch: &Batch) -> Result<Vec<u64>, Attempt> {
+    {
         let mut seqs = Vec::new();
         for op in &batch.ops {
             match op {
@@ -325,7 +420,6 @@ impl PgStore {
                 }
             }
         }
-        tx.commit()?;
         Ok(seqs)
     }
 }
@@ -333,7 +427,7 @@ impl PgStore {
 impl Store for PgStore {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Versioned>, StoreError> {
         blocking(|| {
-            let mut c = self.pool.get().map_err(pool_err)?;
+            let mut c = self.pool()?.get().map_err(pool_err)?;
             let row = c
                 .query_opt(
                     "SELECT version, value FROM sigil_records WHERE tbl = $1 AND key = $2",
@@ -349,7 +443,7 @@ impl Store for PgStore {
 
     fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Versioned)>, StoreError> {
         blocking(|| {
-            let mut c = self.pool.get().map_err(pool_err)?;
+            let mut c = self.pool()?.get().map_err(pool_err)?;
             let rows = match prefix_end(prefix) {
                 Some(end) => c.query(
                     "SELECT key, version, value FROM sigil_records WHERE tbl = $1 AND key >= $2 AND key < $3 ORDER BY key",
@@ -400,7 +494,7 @@ impl Store for PgStore {
 
     fn read_log(&self, log: Table, after: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
         blocking(|| {
-            let mut c = self.pool.get().map_err(pool_err)?;
+            let mut c = self.pool()?.get().map_err(pool_err)?;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let rows = c
                 .query(
@@ -440,7 +534,7 @@ impl Store for PgStore {
 
     fn len(&self, table: Table) -> Result<usize, StoreError> {
         blocking(|| {
-            let mut c = self.pool.get().map_err(pool_err)?;
+            let mut c = self.pool()?.get().map_err(pool_err)?;
             let n: i64 = c
                 .query_one("SELECT count(*) FROM sigil_records WHERE tbl = $1", &[&tbl(table)])
                 .map_err(db)?
@@ -451,7 +545,7 @@ impl Store for PgStore {
 
     fn snapshot(&self) -> Result<Vec<(Table, Vec<u8>, Versioned)>, StoreError> {
         blocking(|| {
-            let mut c = self.pool.get().map_err(pool_err)?;
+            let mut c = self.pool()?.get().map_err(pool_err)?;
             // One consistent view: a repeatable-read, read-only transaction.
             let mut tx = c
                 .build_transaction()

@@ -63,6 +63,9 @@ pub fn restore(args: Restore, config: Option<&Path>) -> Result<(), Error> {
         yes,
     } = args;
     let cfg = Config::load(config)?;
+    if cfg.store.backend == sigil::store::Backend::Postgres {
+        return restore_postgres(&cfg, &file, events_after, yes);
+    }
     let store = cfg.store.path.display().to_string();
     confirm(
         &format!("replace the store with the backup {}", file.display()),
@@ -81,5 +84,26 @@ pub fn restore(args: Restore, config: Option<&Path>) -> Result<(), Error> {
     if let Some(p) = previous {
         println!("the previous store is kept at {}", p.display());
     }
+    Ok(())
+}
+
+/// `sigil restore` into the PostgreSQL database of the configuration
+/// (every replica stopped): one transaction; the previous records stay in
+/// a table of their own.
+fn restore_postgres(cfg: &Config, file: &Path, events_after: Option<u64>, yes: bool) -> Result<(), Error> {
+    confirm(
+        &format!("replace the PostgreSQL store with the backup {}", file.display()),
+        &cfg.store.describe(),
+        yes,
+    )?;
+    let store = sigil::store::pg_store::PgStore::open(&cfg.store.dsn()?, 2)?;
+    let now = unix_now()?;
+    let opts = sigil::backup::RestoreOptions { events_after };
+    let (h, kept) = sigil::backup::restore_postgres(file, &store, now, &opts)?;
+    println!(
+        "restored {} records taken at {} into PostgreSQL; approvals issued and challenges opened before now, and TOTP codes up to the next time step, are refused",
+        h.records, h.taken_at
+    );
+    println!("the previous records are kept in table {kept}");
     Ok(())
 }

@@ -34,6 +34,7 @@ mod backup;
 mod conn;
 mod hsm;
 mod keys;
+mod migrate;
 mod revoke;
 mod rpc;
 mod server;
@@ -85,6 +86,9 @@ enum Cmd {
     /// current store is kept beside it; approvals issued and TOTP steps used
     /// before the restore are refused afterwards.
     Restore(backup::Restore),
+    /// Copy the embedded store into an empty PostgreSQL database (stop
+    /// sigild first): `--from sled:PATH --to postgres`.
+    Migrate(migrate::Migrate),
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -119,6 +123,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Cmd::Keys { cmd } => keys::run(cmd, config).await,
         Cmd::Backup(args) => backup::backup(args, config).await,
         Cmd::Restore(args) => backup::restore(args, config),
+        Cmd::Migrate(args) => migrate::migrate(args, config),
         Cmd::Audit { cmd } => audit::run(cmd, config).await,
         Cmd::TotpCode(args) => totp::code(args),
     }

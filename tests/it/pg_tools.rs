@@ -1,0 +1,188 @@
+//! The operator tools on PostgreSQL, through the real binaries: `sigil
+//! migrate` from the embedded store, and backup and restore (the restore
+//! epoch holds).
+use std::path::Path;
+use std::process::{Command, Output};
+
+use sigil::client::connect_as;
+use sigil::pb;
+use sigil::pb::admin_service_client::AdminServiceClient;
+use tonic_types::StatusExt;
+
+use crate::support::daemon::*;
+use crate::support::harness::*;
+
+/// A new database on the test server, or None (test skipped).
+fn pg_database() -> Option<String> {
+    let Ok(admin) = std::env::var("SIGIL_TEST_PG_DSN") else {
+        assert!(
+            std::env::var("SIGIL_REQUIRE_PG").map_or(true, |v| v != "1"),
+            "SIGIL_REQUIRE_PG=1 but SIGIL_TEST_PG_DSN is not set"
+        );
+        eprintln!("note: SIGIL_TEST_PG_DSN not set; PostgreSQL tool tests skipped");
+        return None;
+    };
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let name = format!(
+        "sigil_m_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    tokio::task::block_in_place(|| {
+        let mut c = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
+        c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    });
+    Some(format!("{admin} dbname={name}"))
+}
+
+const BASE: &str = "version = 1\n[protection]\nrequire_whitelisted_address = false\nsecurity_change_lock_seconds = 0\n";
+
+fn toml(postgres: bool) -> String {
+    if postgres {
+        format!("{BASE}[store]\nbackend = \"postgres\"\n")
+    } else {
+        BASE.to_string()
+    }
+}
+
+/// Runs the real `sigil` in `dir`'s environment with the database `dsn`.
+fn cli(dir: &Path, dsn: &str, args: &[&str]) -> (Output, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sigil"));
+    daemon_env(&mut cmd, dir, "warn");
+    let out = cmd.env("SIGIL_PG_DSN", dsn).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out, text)
+}
+
+/// Enrolls `user` (confirmed with the previous step) and approves a
+/// withdrawal with the current step's code; returns the approval.
+async fn enroll_and_approve(url: &str, user: &str, wid: &str) -> (String, Vec<u8>, u64) {
+    let (mut f, mut e) = clients(url).await;
+    let en = f
+        .begin_totp_enrollment(pb::BeginTotpEnrollmentRequest {
+            user_id: user.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let seed = data_encoding::BASE32_NOPAD.decode(en.secret_base32.as_bytes()).unwrap();
+    let step = real_step();
+    f.confirm_totp_enrollment(pb::ConfirmTotpEnrollmentRequest {
+        user_id: user.into(),
+        factor_id: en.factor_id,
+        code: sigil::factor::totp::code_at_step(&seed, step - 1),
+    })
+    .await
+    .unwrap();
+    let token = approve(&mut e, user, wid, &seed, step).await;
+    (token, seed, step)
+}
+
+async fn approve(
+    e: &mut sigil::pb::approval_service_client::ApprovalServiceClient<tonic::transport::Channel>,
+    user: &str,
+    wid: &str,
+    seed: &[u8],
+    step: u64,
+) -> String {
+    let ch = e
+        .begin_approval(pb::BeginApprovalRequest {
+            intent: Some(withdrawal(user, wid)),
+            device: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .challenge_id;
+    e.complete_approval(totp_proof(
+        &ch,
+        user,
+        &sigil::factor::totp::code_at_step(seed, step),
+        "",
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+    .approval
+}
+
+fn redeem(token: &str, key: &str) -> pb::RedeemApprovalRequest {
+    pb::RedeemApprovalRequest {
+        approval: token.into(),
+        expected_intent: expected_of(token),
+        idempotency_key: key.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migrate_copies_the_embedded_store_into_postgres_and_refuses_a_used_target() {
+    let Some(dsn) = pg_database() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    prepare(dir.path(), &toml(false));
+    let d = start_daemon(dir.path(), "warn");
+    wait_ready(&d.url).await;
+    let (token, _, _) = enroll_and_approve(&d.url, "mia", "wd-1").await;
+    let (entries_before, _) = audit_verify(&d.url);
+    sigterm(d);
+
+    let sled = dir.path().join("data/sled");
+    let from = format!("sled:{}", sled.display());
+    let (out, text) = cli(dir.path(), &dsn, &["migrate", "--from", &from, "--to", "postgres"]);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("one unbroken chain"), "{text}");
+    // A second run finds the target in use and writes nothing.
+    let (out, text) = cli(dir.path(), &dsn, &["migrate", "--from", &from, "--to", "postgres"]);
+    assert!(!out.status.success());
+    assert!(text.contains("already holds Sigil records"), "{text}");
+    // Bad arguments are refused plainly.
+    let (out, text) = cli(dir.path(), &dsn, &["migrate", "--from", "mysql:x", "--to", "postgres"]);
+    assert!(!out.status.success() && text.contains("sled:PATH"), "{text}");
+
+    // sigild on PostgreSQL carries on where the embedded store stopped.
+    std::fs::write(dir.path().join("sigil.toml"), toml(true)).unwrap();
+    let d = start_daemon_with(dir.path(), "warn", &[("SIGIL_PG_DSN", dsn.as_str())]);
+    wait_ready(&d.url).await;
+    let (_, mut e) = clients(&d.url).await;
+    e.redeem_approval(redeem(&token, "engine-1"))
+        .await
+        .expect("redeem after migration");
+    let (entries_after, _) = audit_verify(&d.url);
+    assert!(entries_after > entries_before, "{entries_after} <= {entries_before}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backup_and_restore_on_postgres_keep_the_restore_epoch() {
+    let Some(dsn) = pg_database() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    prepare(dir.path(), &toml(true));
+    let env = [("SIGIL_PG_DSN", dsn.as_str())];
+    let d = start_daemon_with(dir.path(), "warn", &env);
+    wait_ready(&d.url).await;
+    let (before, _, _) = enroll_and_approve(&d.url, "bea", "wd-1").await;
+    let mut admin = AdminServiceClient::new(connect_as(&d.url, &certs_dir(), "admin").await.unwrap());
+    let mut stream = admin.backup(pb::BackupRequest {}).await.unwrap().into_inner();
+    let mut data = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        data.extend_from_slice(&chunk.data);
+    }
+    let file = dir.path().join("sigil.backup");
+    std::fs::write(&file, &data).unwrap();
+    sigterm(d);
+
+    let (out, text) = cli(dir.path(), &dsn, &["restore", file.to_str().unwrap(), "--yes"]);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("previous records are kept in table sigil_records_pre_restore_"),
+        "{text}"
+    );
+
+    let d = start_daemon_with(dir.path(), "warn", &env);
+    wait_ready(&d.url).await;
+    let (_, mut e) = clients(&d.url).await;
+    // Issued before the restore: refused, whatever the backup says.
+    let st = e.redeem_approval(redeem(&before, "engine-1")).await.unwrap_err();
+    let info = st.get_error_details().error_info().unwrap().reason.clone();
+    assert_eq!(info, "SUPERSEDED", "{st:?}");
+    audit_verify(&d.url);
+}
