@@ -40,16 +40,38 @@ impl Kernel {
             events: tokio::sync::Notify::new(),
             closing: AtomicBool::new(false),
         };
-        if k.store.get(Table::Meta, meta::DEPLOYMENT)?.is_none() {
-            let mut b = Batch::new();
-            b.insert(
-                Table::Meta,
-                meta::DEPLOYMENT,
-                sigil_verify::b64url::encode(&k.random(16)?).into_bytes(),
-            );
-            match k.store.commit(&b) {
-                Ok(_) | Err(crate::store::StoreError::Conflict) => {}
-                Err(e) => return Err(e.into()),
+        // The store and the HSM must belong to one deployment: a store is
+        // bound to the audit key of the HSM it was created with, and a
+        // store of another deployment is refused before anything is written.
+        let kid = k.signer.audit_jwk().kid.clone();
+        let deployment = k.store.get(Table::Meta, meta::DEPLOYMENT)?;
+        match k.store.get(Table::Meta, meta::AUDIT_KEY_ID)? {
+            Some(v) if v.value != kid.as_bytes() => {
+                return Err(Error::invalid(
+                    "store",
+                    format!(
+                        "the store belongs to another deployment: it was created with an HSM whose audit key is {}, \
+                         this HSM's is {kid}; check [store] (path or connection string) and [hsm] (nothing was written)",
+                        String::from_utf8_lossy(&v.value)
+                    ),
+                ));
+            }
+            Some(_) => {}
+            None => {
+                let mut b = Batch::new();
+                if deployment.is_none() {
+                    b.insert(
+                        Table::Meta,
+                        meta::DEPLOYMENT,
+                        sigil_verify::b64url::encode(&k.random(16)?).into_bytes(),
+                    );
+                }
+                // Stores made before the binding get it on their first start.
+                b.insert(Table::Meta, meta::AUDIT_KEY_ID, kid.into_bytes());
+                match k.store.commit(&b) {
+                    Ok(_) | Err(crate::store::StoreError::Conflict) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         Ok(k)

@@ -21,10 +21,14 @@ pub const SECRETS_KEY: &[u8] = b"secrets-key";
 pub const SECRETS_REWRAP: &[u8] = b"secrets-rewrap";
 /// The restore record, once the store was restored from a backup.
 pub const RESTORE: &[u8] = b"restore";
+/// The key id (RFC 7638 thumbprint) of the audit checkpoint key of the HSM
+/// this deployment was created with: a store opened with another
+/// deployment's HSM is refused.
+pub const AUDIT_KEY_ID: &[u8] = b"audit-key-id";
 
 /// Every meta key that names one record (log heads are per log:
 /// [`super::log_head_key`]).
-pub const ALL: [&[u8]; 6] = [DEPLOYMENT, GLOBAL, KEY_RING, SECRETS_KEY, SECRETS_REWRAP, RESTORE];
+pub const ALL: [&[u8]; 7] = [DEPLOYMENT, GLOBAL, KEY_RING, SECRETS_KEY, SECRETS_REWRAP, RESTORE, AUDIT_KEY_ID];
 
 /// The restore epoch kept in a restored store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

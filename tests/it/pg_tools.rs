@@ -186,3 +186,56 @@ async fn backup_and_restore_on_postgres_keep_the_restore_epoch() {
     assert_eq!(info, "SUPERSEDED", "{st:?}");
     audit_verify(&d.url);
 }
+
+/// Start-up refuses, with a clear message and writing nothing, a database
+/// of another deployment (created with another HSM), a connection string
+/// that is not one, and a server that does not answer; the password in the
+/// connection string never appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn start_up_refuses_another_deployments_database_and_bad_connection_strings() {
+    let Some(dsn) = pg_database() else { return };
+    let first = tempfile::tempdir().unwrap();
+    prepare(first.path(), &toml(true));
+    let d = start_daemon_with(first.path(), "warn", &[("SIGIL_PG_DSN", dsn.as_str())]);
+    wait_ready(&d.url).await;
+    sigterm(d);
+    let count = || -> i64 {
+        tokio::task::block_in_place(|| {
+            let mut c = postgres::Client::connect(&dsn, postgres::NoTls).unwrap();
+            c.query_one("SELECT (count(*) + coalesce(sum(version), 0))::bigint FROM sigil_records", &[])
+                .unwrap()
+                .get(0)
+        })
+    };
+    let before = count();
+
+    // Another deployment: its own token (another audit key), same database.
+    let other = tempfile::tempdir().unwrap();
+    prepare(other.path(), &toml(true));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for (env_dsn, needle) in [
+        (dsn.clone(), "belongs to another deployment"),
+        (
+            "not a connection string password=hunter2-secret".to_string(),
+            "connection string is not valid",
+        ),
+        (
+            format!("host=127.0.0.1 port={closed} user=sigil password=hunter2-secret connect_timeout=2"),
+            "no database connection",
+        ),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sigild"));
+        daemon_env(&mut cmd, other.path(), "warn");
+        let out = cmd.env("SIGIL_PG_DSN", &env_dsn).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "sigild started: {text}");
+        assert!(text.contains(needle), "expected '{needle}': {text}");
+        assert!(!text.contains("hunter2"), "the password leaked: {text}");
+        assert!(!text.contains("panicked"), "{text}");
+    }
+    assert_eq!(count(), before, "a refused start-up wrote to the database");
+}
