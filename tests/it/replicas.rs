@@ -268,3 +268,46 @@ async fn a_key_rotated_on_one_replica_is_published_by_the_other() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A revocation on one replica kills, on the other, the approvals and
+/// factors issued before it (revocation epochs live in the shared store).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revocation_on_one_replica_holds_on_the_other() {
+    let Some(p) = pair("").await else { return };
+    let (seed, step) = enroll(&p.a.url, "ria").await;
+    let ch = begin(&p.b.url, "ria", "wd-1").await;
+    let token = engine(&p.b.url)
+        .await
+        .complete_approval(totp_proof(&ch, "ria", &code(&seed, step), ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .approval;
+    AdminServiceClient::new(connect_as(&p.a.url, &certs_dir(), "admin").await.unwrap())
+        .revoke_factors(pb::RevokeFactorsRequest {
+            all: false,
+            user_ids: vec!["ria".into()],
+            reason: "lost phone".into(),
+        })
+        .await
+        .unwrap();
+    let st = engine(&p.b.url)
+        .await
+        .redeem_approval(pb::RedeemApprovalRequest {
+            approval: token.clone(),
+            expected_intent: expected_of(&token),
+            idempotency_key: "k".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&st), "APPROVAL_REVOKED", "{st:?}");
+    let st = engine(&p.b.url)
+        .await
+        .begin_approval(pb::BeginApprovalRequest {
+            intent: Some(withdrawal("ria", "wd-2")),
+            device: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&st), "NO_USABLE_FACTOR", "{st:?}");
+}
