@@ -326,102 +326,100 @@ fn insert_all(tx: &mut postgres::Transaction<'_>, records: &[(Table, Vec<u8>, Ve
 /// Applies a batch's operations inside `tx`, checking every condition by
 /// row count; returns the sequence numbers of its appends.
 fn apply(tx: &mut postgres::Transaction<'_>, batch: &Batch) -> Result<Vec<u64>, Attempt> {
-    {
-        let mut seqs = Vec::new();
-        for op in &batch.ops {
-            match op {
-                Op::Put {
-                    table,
-                    key,
-                    value,
-                    expect: Expect::Absent,
-                } => {
-                    let n = tx.execute(
-                        "INSERT INTO sigil_records (tbl, key, version, value) VALUES ($1, $2, 1, $3) ON CONFLICT DO NOTHING",
-                        &[&tbl(*table), key, value],
-                    )?;
-                    if n != 1 {
-                        return Err(Attempt::Conflict);
-                    }
-                }
-                Op::Put {
-                    table,
-                    key,
-                    value,
-                    expect: Expect::Version(v),
-                } => {
-                    let n = tx.execute(
-                        "UPDATE sigil_records SET value = $3, version = version + 1 WHERE tbl = $1 AND key = $2 AND version = $4",
-                        &[&tbl(*table), key, value, &version_i64(*v)?],
-                    )?;
-                    if n != 1 {
-                        return Err(Attempt::Conflict);
-                    }
-                }
-                Op::Check { table, key, version } => {
-                    let row = tx.query_opt(
-                        "SELECT version FROM sigil_records WHERE tbl = $1 AND key = $2",
-                        &[&tbl(*table), key],
-                    )?;
-                    let found = row.map(|r| r.get::<_, i64>(0)).unwrap_or(0);
-                    if found != version_i64(*version)? {
-                        return Err(Attempt::Conflict);
-                    }
-                }
-                Op::Delete { table, key, version } => {
-                    let n = tx.execute(
-                        "DELETE FROM sigil_records WHERE tbl = $1 AND key = $2 AND version = $3",
-                        &[&tbl(*table), key, &version_i64(*version)?],
-                    )?;
-                    if n != 1 {
-                        return Err(Attempt::Conflict);
-                    }
-                }
-                Op::Append { log, value } => {
-                    let head_key = log_head_key(*log);
-                    let row = tx.query_opt(
-                        "SELECT version, value FROM sigil_records WHERE tbl = $1 AND key = $2",
-                        &[&tbl(Table::Meta), &head_key],
-                    )?;
-                    let head = row.map(|r| Versioned {
-                        version: r.get::<_, i64>(0) as u64,
-                        value: r.get(1),
-                    });
-                    let (head_version, seq, prev) = decode_log_head(head.as_ref())?;
-                    let seq = seq + 1;
-                    let hash = chain_hash(&prev, seq, value);
-                    let mut stored = hash.to_vec();
-                    stored.extend_from_slice(value);
-                    let n = tx.execute(
-                        "INSERT INTO sigil_records (tbl, key, version, value) VALUES ($1, $2, 1, $3) ON CONFLICT DO NOTHING",
-                        &[&tbl(*log), &seq.to_be_bytes().to_vec(), &stored],
-                    )?;
-                    if n != 1 {
-                        // Another replica took this sequence number first.
-                        return Err(Attempt::Retry);
-                    }
-                    let mut new_head = seq.to_be_bytes().to_vec();
-                    new_head.extend_from_slice(&hash);
-                    let n = if head_version == 0 {
-                        tx.execute(
-                            "INSERT INTO sigil_records (tbl, key, version, value) VALUES ($1, $2, 1, $3) ON CONFLICT DO NOTHING",
-                            &[&tbl(Table::Meta), &head_key, &new_head],
-                        )?
-                    } else {
-                        tx.execute(
-                            "UPDATE sigil_records SET value = $3, version = version + 1 WHERE tbl = $1 AND key = $2 AND version = $4",
-                            &[&tbl(Table::Meta), &head_key, &new_head, &version_i64(head_version)?],
-                        )?
-                    };
-                    if n != 1 {
-                        return Err(Attempt::Retry);
-                    }
-                    seqs.push(seq);
+    let mut seqs = Vec::new();
+    for op in &batch.ops {
+        match op {
+            Op::Put {
+                table,
+                key,
+                value,
+                expect: Expect::Absent,
+            } => {
+                let n = tx.execute(
+                    "INSERT INTO sigil_records (tbl, key, version, value) VALUES ($1, $2, 1, $3) ON CONFLICT DO NOTHING",
+                    &[&tbl(*table), key, value],
+                )?;
+                if n != 1 {
+                    return Err(Attempt::Conflict);
                 }
             }
+            Op::Put {
+                table,
+                key,
+                value,
+                expect: Expect::Version(v),
+            } => {
+                let n = tx.execute(
+                    "UPDATE sigil_records SET value = $3, version = version + 1 WHERE tbl = $1 AND key = $2 AND version = $4",
+                    &[&tbl(*table), key, value, &version_i64(*v)?],
+                )?;
+                if n != 1 {
+                    return Err(Attempt::Conflict);
+                }
+            }
+            Op::Check { table, key, version } => {
+                let row = tx.query_opt(
+                    "SELECT version FROM sigil_records WHERE tbl = $1 AND key = $2",
+                    &[&tbl(*table), key],
+                )?;
+                let found = row.map(|r| r.get::<_, i64>(0)).unwrap_or(0);
+                if found != version_i64(*version)? {
+                    return Err(Attempt::Conflict);
+                }
+            }
+            Op::Delete { table, key, version } => {
+                let n = tx.execute(
+                    "DELETE FROM sigil_records WHERE tbl = $1 AND key = $2 AND version = $3",
+                    &[&tbl(*table), key, &version_i64(*version)?],
+                )?;
+                if n != 1 {
+                    return Err(Attempt::Conflict);
+                }
+            }
+            Op::Append { log, value } => {
+                let head_key = log_head_key(*log);
+                let row = tx.query_opt(
+                    "SELECT version, value FROM sigil_records WHERE tbl = $1 AND key = $2",
+                    &[&tbl(Table::Meta), &head_key],
+                )?;
+                let head = row.map(|r| Versioned {
+                    version: r.get::<_, i64>(0) as u64,
+                    value: r.get(1),
+                });
+                let (head_version, seq, prev) = decode_log_head(head.as_ref())?;
+                let seq = seq + 1;
+                let hash = chain_hash(&prev, seq, value);
+                let mut stored = hash.to_vec();
+                stored.extend_from_slice(value);
+                let n = tx.execute(
+                    "INSERT INTO sigil_records (tbl, key, version, value) VALUES ($1, $2, 1, $3) ON CONFLICT DO NOTHING",
+                    &[&tbl(*log), &seq.to_be_bytes().to_vec(), &stored],
+                )?;
+                if n != 1 {
+                    // Another replica took this sequence number first.
+                    return Err(Attempt::Retry);
+                }
+                let mut new_head = seq.to_be_bytes().to_vec();
+                new_head.extend_from_slice(&hash);
+                let n = if head_version == 0 {
+                    tx.execute(
+                        "INSERT INTO sigil_records (tbl, key, version, value) VALUES ($1, $2, 1, $3) ON CONFLICT DO NOTHING",
+                        &[&tbl(Table::Meta), &head_key, &new_head],
+                    )?
+                } else {
+                    tx.execute(
+                        "UPDATE sigil_records SET value = $3, version = version + 1 WHERE tbl = $1 AND key = $2 AND version = $4",
+                        &[&tbl(Table::Meta), &head_key, &new_head, &version_i64(head_version)?],
+                    )?
+                };
+                if n != 1 {
+                    return Err(Attempt::Retry);
+                }
+                seqs.push(seq);
+            }
         }
-        Ok(seqs)
     }
+    Ok(seqs)
 }
 
 impl Store for PgStore {
