@@ -10,6 +10,7 @@ mod cli;
 mod crash;
 mod denylist;
 mod lifecycle;
+mod pg_outage;
 mod protections;
 mod reasons;
 mod replicas;
