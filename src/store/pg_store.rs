@@ -74,12 +74,17 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-/// A database error as a store error, without the connection string.
+/// A database error as a store error, without the connection string: the
+/// server's own reason and SQLSTATE when it gave one.
 fn db(e: postgres::Error) -> StoreError {
-    if e.code().is_some() {
-        StoreError::Unavailable(format!("database refused a statement: {e}"))
-    } else {
-        StoreError::Unavailable(format!("database unreachable: {e}"))
+    match e.as_db_error() {
+        Some(d) => StoreError::Unavailable(format!(
+            "database refused a statement: {} (SQLSTATE {})",
+            d.message(),
+            d.code().code()
+        )),
+        None if e.is_closed() => StoreError::Unavailable("database connection closed (is the server down?)".into()),
+        None => StoreError::Unavailable(format!("database unreachable: {e}")),
     }
 }
 
