@@ -484,3 +484,88 @@ fn postgres_refuses_newer_schemas_and_bad_servers_without_leaking_the_dsn() {
         assert!(!e.to_string().contains("hunter2"), "the password leaked: {e}");
     }
 }
+
+/// A restore, on either backend: the backup's records come back, the
+/// restore record (the restore epoch) is written, and the live store's
+/// event and audit logs go on where they were — one chain each, new
+/// entries numbered above every cursor already handed out.
+#[test]
+fn a_restore_writes_the_epoch_and_keeps_the_logs_going() {
+    use sigil::backup::{self, Header, RestoreOptions};
+    use sigil::store::meta;
+
+    fn fill(s: &dyn Store) {
+        let mut b = Batch::new();
+        b.insert(Table::Meta, meta::DEPLOYMENT, b"dep-1".to_vec());
+        b.insert(Table::Approvals, b"jti-1", b"issued".to_vec());
+        b.append(Table::Events, b"e1".to_vec());
+        b.append(Table::Audit, b"a1".to_vec());
+        s.commit(&b).unwrap();
+    }
+    fn backup_of(s: &dyn Store, dir: &std::path::Path) -> std::path::PathBuf {
+        let records = s.snapshot().unwrap();
+        let header = Header {
+            deployment_id: "dep-1".into(),
+            taken_at: 1_000,
+            records: records.len() as u64,
+        };
+        let file = dir.join("backup");
+        std::fs::write(&file, backup::encode(&header, &records).unwrap()).unwrap();
+        file
+    }
+    fn after_backup(s: &dyn Store) {
+        let mut b = Batch::new();
+        b.insert(Table::Approvals, b"jti-2", b"after the backup".to_vec());
+        for _ in 0..3 {
+            b.append(Table::Events, b"later".to_vec());
+        }
+        s.commit(&b).unwrap();
+    }
+    fn check(s: &dyn Store, name: &str) {
+        let r = meta::restore_record(s).unwrap().expect("restore record");
+        assert_eq!((r.restored_at, r.backup_taken_at), (2_000, 1_000), "{name}");
+        assert!(s.get(Table::Approvals, b"jti-1").unwrap().is_some(), "{name}");
+        assert!(
+            s.get(Table::Approvals, b"jti-2").unwrap().is_none(),
+            "{name}: a record after the backup came back"
+        );
+        // The live event stream went to 4; the restore's own event is 5.
+        let (events, _) = sigil::store::verify_log(s, Table::Events).unwrap();
+        assert_eq!(events, 5, "{name}");
+        let (audit, _) = sigil::store::verify_log(s, Table::Audit).unwrap();
+        assert_eq!(audit, 2, "{name}");
+    }
+
+    // sled
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    {
+        let s = SledStore::open(&path).unwrap();
+        fill(&s);
+        let _ = backup_of(&s, dir.path());
+        after_backup(&s);
+    }
+    backup::restore_with(&dir.path().join("backup"), &path, 2_000, &RestoreOptions::default()).unwrap();
+    check(&SledStore::open(&path).unwrap(), "sled");
+
+    // PostgreSQL
+    if let Some(dsn) = pg_database() {
+        let s = PgStore::open(&dsn, 2).unwrap();
+        fill(&s);
+        let file = backup_of(&s, dir.path());
+        after_backup(&s);
+        backup::restore_postgres(&file, &s, 2_000, &RestoreOptions::default()).unwrap();
+        check(&s, "postgres");
+        // A backup of another deployment is refused and changes nothing.
+        let records = s.snapshot().unwrap();
+        let other = Header {
+            deployment_id: "dep-2".into(),
+            taken_at: 1_500,
+            records: records.len() as u64,
+        };
+        std::fs::write(&file, backup::encode(&other, &records).unwrap()).unwrap();
+        let e = backup::restore_postgres(&file, &s, 3_000, &RestoreOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("another deployment"), "{e}");
+        check(&s, "postgres, after a refused restore");
+    }
+}
