@@ -12,15 +12,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sigil::client::connect_as;
 use sigil::pb;
 use sigil::pb::approval_service_client::ApprovalServiceClient;
-use sigil::pb::factor_service_client::FactorServiceClient;
 use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::support::daemon::*;
 use crate::support::harness::*;
+use crate::support::pg::{code, engine};
 
 /// Stops and removes the cluster in its directory with the script, also
 /// when the test fails.
@@ -168,10 +167,6 @@ impl PrivatePg {
     }
 }
 
-fn code(seed: &[u8], step: u64) -> String {
-    sigil::factor::totp::code_at_step(seed, step)
-}
-
 /// A user with a confirmed TOTP factor; `step` and `step + 1` are unused.
 struct User {
     name: String,
@@ -182,42 +177,12 @@ struct User {
 /// Enrolls TOTP for `user`, confirmed with the previous step's code (a
 /// step boundary between reading the clock and confirming: tried again).
 async fn enroll(url: &str, user: &str) -> User {
-    let mut f = FactorServiceClient::new(connect_as(url, &certs_dir(), "frontend").await.unwrap());
-    let e = f
-        .begin_totp_enrollment(pb::BeginTotpEnrollmentRequest {
-            user_id: user.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let seed = data_encoding::BASE32_NOPAD.decode(e.secret_base32.as_bytes()).unwrap();
-    for _ in 0..3 {
-        let step = real_step();
-        let r = f
-            .confirm_totp_enrollment(pb::ConfirmTotpEnrollmentRequest {
-                user_id: user.into(),
-                factor_id: e.factor_id.clone(),
-                code: code(&seed, step - 1),
-            })
-            .await;
-        match r {
-            Ok(_) => {
-                return User {
-                    name: user.into(),
-                    seed,
-                    step,
-                }
-            }
-            Err(st) if real_step() != step => eprintln!("{user}: confirmation across a step boundary ({st:?}); again"),
-            Err(st) => panic!("{user}: confirmation refused: {st:?}"),
-        }
+    let (seed, step) = crate::support::pg::enroll(url, user).await;
+    User {
+        name: user.into(),
+        seed,
+        step,
     }
-    panic!("{user}: never confirmed");
-}
-
-async fn engine(url: &str) -> ApprovalServiceClient<Channel> {
-    ApprovalServiceClient::new(connect_as(url, &certs_dir(), "withdrawal-engine").await.unwrap())
 }
 
 /// One request of the load: when it was sent and answered, and how.

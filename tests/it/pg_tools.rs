@@ -11,29 +11,7 @@ use tonic_types::StatusExt;
 
 use crate::support::daemon::*;
 use crate::support::harness::*;
-
-/// A new database on the test server, or None (test skipped).
-fn pg_database() -> Option<String> {
-    let Ok(admin) = std::env::var("SIGIL_TEST_PG_DSN") else {
-        assert!(
-            std::env::var("SIGIL_REQUIRE_PG").map_or(true, |v| v != "1"),
-            "SIGIL_REQUIRE_PG=1 but SIGIL_TEST_PG_DSN is not set"
-        );
-        eprintln!("note: SIGIL_TEST_PG_DSN not set; PostgreSQL tool tests skipped");
-        return None;
-    };
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let name = format!(
-        "sigil_m_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-    );
-    tokio::task::block_in_place(|| {
-        let mut c = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
-        c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
-    });
-    Some(format!("{admin} dbname={name}"))
-}
+use crate::support::pg;
 
 const BASE: &str = "version = 1\n[protection]\nrequire_whitelisted_address = false\nsecurity_change_lock_seconds = 0\n";
 
@@ -57,24 +35,8 @@ fn cli(dir: &Path, dsn: &str, args: &[&str]) -> (Output, String) {
 /// Enrolls `user` (confirmed with the previous step) and approves a
 /// withdrawal with the current step's code; returns the approval.
 async fn enroll_and_approve(url: &str, user: &str, wid: &str) -> (String, Vec<u8>, u64) {
-    let (mut f, mut e) = clients(url).await;
-    let en = f
-        .begin_totp_enrollment(pb::BeginTotpEnrollmentRequest {
-            user_id: user.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let seed = data_encoding::BASE32_NOPAD.decode(en.secret_base32.as_bytes()).unwrap();
-    let step = real_step();
-    f.confirm_totp_enrollment(pb::ConfirmTotpEnrollmentRequest {
-        user_id: user.into(),
-        factor_id: en.factor_id,
-        code: sigil::factor::totp::code_at_step(&seed, step - 1),
-    })
-    .await
-    .unwrap();
+    let (seed, step) = pg::enroll(url, user).await;
+    let (_, mut e) = clients(url).await;
     let token = approve(&mut e, user, wid, &seed, step).await;
     (token, seed, step)
 }
@@ -117,7 +79,7 @@ fn redeem(token: &str, key: &str) -> pb::RedeemApprovalRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn migrate_copies_the_embedded_store_into_postgres_and_refuses_a_used_target() {
-    let Some(dsn) = pg_database() else { return };
+    let Some(dsn) = pg::pg_database("sigil_m") else { return };
     let dir = tempfile::tempdir().unwrap();
     prepare(dir.path(), &toml(false));
     let d = start_daemon(dir.path(), "warn");
@@ -153,7 +115,7 @@ async fn migrate_copies_the_embedded_store_into_postgres_and_refuses_a_used_targ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn backup_and_restore_on_postgres_keep_the_restore_epoch() {
-    let Some(dsn) = pg_database() else { return };
+    let Some(dsn) = pg::pg_database("sigil_m") else { return };
     let dir = tempfile::tempdir().unwrap();
     prepare(dir.path(), &toml(true));
     let env = [("SIGIL_PG_DSN", dsn.as_str())];
@@ -193,7 +155,7 @@ async fn backup_and_restore_on_postgres_keep_the_restore_epoch() {
 /// connection string never appears.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn start_up_refuses_another_deployments_database_and_bad_connection_strings() {
-    let Some(dsn) = pg_database() else { return };
+    let Some(dsn) = pg::pg_database("sigil_m") else { return };
     let first = tempfile::tempdir().unwrap();
     prepare(first.path(), &toml(true));
     let d = start_daemon_with(first.path(), "warn", &[("SIGIL_PG_DSN", dsn.as_str())]);
@@ -202,9 +164,12 @@ async fn start_up_refuses_another_deployments_database_and_bad_connection_string
     let count = || -> i64 {
         tokio::task::block_in_place(|| {
             let mut c = postgres::Client::connect(&dsn, postgres::NoTls).unwrap();
-            c.query_one("SELECT (count(*) + coalesce(sum(version), 0))::bigint FROM sigil_records", &[])
-                .unwrap()
-                .get(0)
+            c.query_one(
+                "SELECT (count(*) + coalesce(sum(version), 0))::bigint FROM sigil_records",
+                &[],
+            )
+            .unwrap()
+            .get(0)
         })
     };
     let before = count();

@@ -9,37 +9,10 @@ use std::time::Duration;
 use sigil::client::connect_as;
 use sigil::pb;
 use sigil::pb::admin_service_client::AdminServiceClient;
-use sigil::pb::approval_service_client::ApprovalServiceClient;
-use sigil::pb::factor_service_client::FactorServiceClient;
-use tonic::transport::Channel;
-use tonic_types::StatusExt;
 
 use crate::support::daemon::*;
 use crate::support::harness::*;
-
-/// A new database on the test server, or None (test skipped).
-fn pg_database() -> Option<String> {
-    let Ok(admin) = std::env::var("SIGIL_TEST_PG_DSN") else {
-        assert!(
-            std::env::var("SIGIL_REQUIRE_PG").map_or(true, |v| v != "1"),
-            "SIGIL_REQUIRE_PG=1 but SIGIL_TEST_PG_DSN is not set"
-        );
-        eprintln!("note: SIGIL_TEST_PG_DSN not set; replica tests skipped (make test sets it)");
-        return None;
-    };
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let name = format!(
-        "sigil_r_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-    );
-    // The database client blocks: off the async workers.
-    tokio::task::block_in_place(|| {
-        let mut c = postgres::Client::connect(&admin, postgres::NoTls).expect("connect to the test server");
-        c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
-    });
-    Some(format!("{admin} dbname={name}"))
-}
+use crate::support::pg::*;
 
 /// Two replicas over one database and one token.
 struct Pair {
@@ -49,11 +22,9 @@ struct Pair {
 }
 
 async fn pair(extra_toml: &str) -> Option<Pair> {
-    let dsn = pg_database()?;
+    let dsn = pg_database("sigil_r")?;
     let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        "version = 1\n[protection]\nrequire_whitelisted_address = false\nsecurity_change_lock_seconds = 0\nsweep_interval_seconds = 1\n[store]\nbackend = \"postgres\"\n{extra_toml}"
-    );
+    let toml = format!("{PG_TOML}{extra_toml}");
     prepare(dir.path(), &toml);
     let env = [("SIGIL_PG_DSN", dsn.as_str())];
     let a = start_daemon_with(dir.path(), "warn", &env);
@@ -61,42 +32,6 @@ async fn pair(extra_toml: &str) -> Option<Pair> {
     wait_ready(&a.url).await;
     wait_ready(&b.url).await;
     Some(Pair { _dir: dir, a, b })
-}
-
-async fn engine(url: &str) -> ApprovalServiceClient<Channel> {
-    ApprovalServiceClient::new(connect_as(url, &certs_dir(), "withdrawal-engine").await.unwrap())
-}
-
-async fn frontend(url: &str) -> FactorServiceClient<Channel> {
-    FactorServiceClient::new(connect_as(url, &certs_dir(), "frontend").await.unwrap())
-}
-
-fn code(seed: &[u8], step: u64) -> String {
-    sigil::factor::totp::code_at_step(seed, step)
-}
-
-/// Enrolls TOTP for `user` on `url`, confirmed with the previous step's
-/// code (inside the ±1 window), so the current and next steps are free.
-async fn enroll(url: &str, user: &str) -> (Vec<u8>, u64) {
-    let mut f = frontend(url).await;
-    let e = f
-        .begin_totp_enrollment(pb::BeginTotpEnrollmentRequest {
-            user_id: user.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let seed = data_encoding::BASE32_NOPAD.decode(e.secret_base32.as_bytes()).unwrap();
-    let step = real_step();
-    f.confirm_totp_enrollment(pb::ConfirmTotpEnrollmentRequest {
-        user_id: user.into(),
-        factor_id: e.factor_id,
-        code: code(&seed, step - 1),
-    })
-    .await
-    .unwrap();
-    (seed, step)
 }
 
 async fn begin(url: &str, user: &str, wid: &str) -> String {
@@ -110,13 +45,6 @@ async fn begin(url: &str, user: &str, wid: &str) -> String {
         .unwrap()
         .into_inner()
         .challenge_id
-}
-
-fn reason(st: &tonic::Status) -> String {
-    st.get_error_details()
-        .error_info()
-        .map(|i| i.reason.clone())
-        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
