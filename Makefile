@@ -6,10 +6,11 @@ export SOFTHSM2_CONF := $(CURDIR)/hsm/softhsm2.conf
 CARGO ?= cargo
 DEBIAN_PACKAGES := softhsm2 opensc protobuf-compiler libusb-1.0-0-dev pkg-config openssl ca-certificates build-essential postgresql postgresql-client python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Throwaway PostgreSQL clusters (scripts/pg-cluster.sh): one for `make test`, one for `make pg`
+# Throwaway PostgreSQL clusters (scripts/pg-cluster.sh): for `make test`, `make pg` and `make bench`
 PG_CLUSTER := bash scripts/pg-cluster.sh
 PG_TEST_DIR := $(CURDIR)/target/pg
 PG_DEV_DIR := $(CURDIR)/target/pg-dev
+PG_BENCH_DIR := $(CURDIR)/target/pg-bench
 
 .PHONY: help deps certs hsm build run test pg pg-stop bench clean-dev
 
@@ -59,8 +60,15 @@ pg: deps ## Start a PostgreSQL cluster for development (target/pg-dev) and print
 pg-stop: ## Stop the development PostgreSQL cluster and remove target/pg-dev
 	@$(PG_CLUSTER) stop "$(PG_DEV_DIR)"
 
-bench: certs hsm ## Benchmarks (release build); results go to stdout, recorded in BENCHMARKS.md
-	$(CARGO) run --release --features bench --example bench
+# The bench's PostgreSQL rows run on a throwaway cluster in target/pg-bench,
+# stopped and removed when the recipe's shell exits, whatever the outcome.
+bench: certs hsm ## Benchmarks (release build, sled and a throwaway PostgreSQL in target/pg-bench); recorded in BENCHMARKS.md
+	@set -euo pipefail; \
+	trap '$(PG_CLUSTER) stop "$(PG_BENCH_DIR)"' EXIT; \
+	$(PG_CLUSTER) start "$(PG_BENCH_DIR)" >/dev/null; \
+	export SIGIL_BENCH_PG_DSN="$$(cat "$(PG_BENCH_DIR)/dsn")"; \
+	echo "PostgreSQL for the bench: $$SIGIL_BENCH_PG_DSN"; \
+	$(CARGO) run --release --features bench --example bench; \
 	$(CARGO) run --release --features bench --example bench_protect
 
 clean-dev: ## Remove generated certificates, the development token and data (irreversible)

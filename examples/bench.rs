@@ -26,6 +26,16 @@
 //!    8 clients (half of it over the raw rate bounds any approval path on
 //!    this transport).
 //!
+//! 5. With `SIGIL_BENCH_PG_DSN` set (`make bench` sets it to a throwaway
+//!    cluster), after everything above: the same end-to-end load on the
+//!    PostgreSQL store, first on one replica (a second in-process Sigil and
+//!    server, with its own signer on the same token, over a new database),
+//!    then on two replicas sharing a new database (clients split over
+//!    both), each with its ratio to the raw 8-thread rate, the store calls,
+//!    SQL statements and round trips per approval (counted by a wrapper
+//!    around the store), and transactions per approval from
+//!    `pg_stat_database`.
+//!
 //! Every measurement also reports the process's CPU time per operation
 //! (`/proc/self/stat`, all threads: server, clients, sled's IO threads) and
 //! the bytes written to the store's disk (the block device's counters), to
@@ -48,7 +58,8 @@
 //!
 //! Knobs (environment): `SIGIL_BENCH_USERS` (default 3000),
 //! `SIGIL_BENCH_POOL` (HSM session pool size, default 8),
-//! `SIGIL_BENCH_RAW_SECS` (default 3).
+//! `SIGIL_BENCH_RAW_SECS` (default 3), `SIGIL_BENCH_PG_DSN` (a PostgreSQL
+//! server to create the databases on; unset: no PostgreSQL rows).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 /// mimalloc: many small, short-lived allocations on several threads at once
@@ -58,7 +69,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,7 +83,8 @@ use sigil::pb;
 use sigil::pb::approval_service_client::ApprovalServiceClient;
 use sigil::server;
 use sigil::signer::Signer;
-use sigil::store::{Batch, SledStore, Table};
+use sigil::store::pg_store::PgStore;
+use sigil::store::{Batch, LogEntry, Op, SledStore, Store, StoreError, Table, Ticket, Versioned};
 use sigil::Sigil;
 use tonic::transport::Channel;
 
@@ -84,6 +96,10 @@ const NEXT_STEP: i64 = 60;
 const CLIENTS: usize = 8;
 /// Threads enrolling users during setup.
 const ENROLL_THREADS: usize = 16;
+/// Threads enrolling users on PostgreSQL: every enrollment appends to the
+/// audit log, whose head row all of them update, so 16 writers at once
+/// exhaust the store's serialization retries.
+const PG_ENROLL_THREADS: usize = 4;
 /// Approvals per client before the timed window (separate users).
 const WARMUP_PER_CLIENT: usize = 8;
 /// Length of the diagnostic measurements.
@@ -168,10 +184,15 @@ fn intent(user: &str, wid: &str) -> pb::Intent {
 /// Enrolls users `first..first+n` with TOTP through the Sigil API, on
 /// `ENROLL_THREADS` threads, at the clock's current time.
 fn enroll(sigil: &Sigil, clock: &TestClock, first: usize, n: usize) -> Vec<User> {
+    enroll_on(sigil, clock, first, n, ENROLL_THREADS)
+}
+
+/// [`enroll`] on `threads` threads.
+fn enroll_on(sigil: &Sigil, clock: &TestClock, first: usize, n: usize, threads: usize) -> Vec<User> {
     let next = AtomicUsize::new(0);
     let step = totp::step_at(clock.now_secs());
     let mut all: Vec<(usize, User)> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..ENROLL_THREADS)
+        let hs: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| {
                     let mut mine = Vec::new();
@@ -429,6 +450,363 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[idx].as_secs_f64() * 1000.0
 }
 
+// --- The PostgreSQL phase (`SIGIL_BENCH_PG_DSN`).
+
+/// Counts what a [`PgStore`] is asked, and the SQL statements and client
+/// round trips that makes (from `pg_store.rs`: every call checks out a
+/// pooled connection, which r2d2 tests with an empty query; every
+/// parameterised statement is prepared, then executed: two round trips; a
+/// batch is `START TRANSACTION ISOLATION LEVEL SERIALIZABLE`, its
+/// statements, `COMMIT`, and an append is three statements). Retries
+/// after a serialization failure are not seen here (`pg_stat_database`'s
+/// rollbacks show them).
+struct CountedPg {
+    inner: PgStore,
+    reads: AtomicU64,
+    commits: AtomicU64,
+    statements: AtomicU64,
+    round_trips: AtomicU64,
+}
+
+/// A snapshot of [`CountedPg`]'s counters.
+#[derive(Clone, Copy, Default)]
+struct PgCalls {
+    reads: u64,
+    commits: u64,
+    statements: u64,
+    round_trips: u64,
+}
+
+impl PgCalls {
+    fn since(self, before: PgCalls) -> PgCalls {
+        PgCalls {
+            reads: self.reads - before.reads,
+            commits: self.commits - before.commits,
+            statements: self.statements - before.statements,
+            round_trips: self.round_trips - before.round_trips,
+        }
+    }
+    fn add(self, o: PgCalls) -> PgCalls {
+        PgCalls {
+            reads: self.reads + o.reads,
+            commits: self.commits + o.commits,
+            statements: self.statements + o.statements,
+            round_trips: self.round_trips + o.round_trips,
+        }
+    }
+}
+
+impl CountedPg {
+    fn read(&self) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.statements.fetch_add(1, Ordering::Relaxed);
+        // Checkout test, prepare, execute.
+        self.round_trips.fetch_add(3, Ordering::Relaxed);
+    }
+    fn commit_of(&self, batch: &Batch) {
+        if batch.is_empty() {
+            return;
+        }
+        let ops: u64 = batch
+            .ops
+            .iter()
+            .map(|op| if matches!(op, Op::Append { .. }) { 3 } else { 1 })
+            .sum();
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.statements.fetch_add(ops + 2, Ordering::Relaxed);
+        // Checkout test, START TRANSACTION, prepare + execute each, COMMIT.
+        self.round_trips.fetch_add(3 + 2 * ops, Ordering::Relaxed);
+    }
+    fn calls(&self) -> PgCalls {
+        PgCalls {
+            reads: self.reads.load(Ordering::Relaxed),
+            commits: self.commits.load(Ordering::Relaxed),
+            statements: self.statements.load(Ordering::Relaxed),
+            round_trips: self.round_trips.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Store for CountedPg {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Versioned>, StoreError> {
+        self.read();
+        self.inner.get(table, key)
+    }
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Versioned)>, StoreError> {
+        self.read();
+        self.inner.scan_prefix(table, prefix)
+    }
+    fn commit(&self, batch: &Batch) -> Result<Vec<u64>, StoreError> {
+        self.commit_of(batch);
+        self.inner.commit(batch)
+    }
+    fn commit_pending(&self, batch: &Batch) -> Result<(Vec<u64>, Ticket), StoreError> {
+        self.commit_of(batch);
+        self.inner.commit_pending(batch)
+    }
+    fn read_log(&self, log: Table, after: u64, limit: usize) -> Result<Vec<LogEntry>, StoreError> {
+        self.read();
+        self.inner.read_log(log, after, limit)
+    }
+    fn log_head(&self, log: Table) -> Result<(u64, [u8; 32]), StoreError> {
+        self.read();
+        self.inner.log_head(log)
+    }
+    fn len(&self, table: Table) -> Result<usize, StoreError> {
+        self.read();
+        self.inner.len(table)
+    }
+    fn snapshot(&self) -> Result<Vec<(Table, Vec<u8>, Versioned)>, StoreError> {
+        self.read();
+        self.inner.snapshot()
+    }
+    fn blocks_caller(&self) -> bool {
+        self.inner.blocks_caller()
+    }
+}
+
+/// Runs `f` (which blocks on a database client) on the runtime's blocking
+/// threads, never on an async worker.
+fn off_workers<T: Send + 'static>(rt: &tokio::runtime::Runtime, f: impl FnOnce() -> T + Send + 'static) -> T {
+    rt.block_on(rt.spawn_blocking(f)).expect("blocking task")
+}
+
+/// One query on the admin connection (the server's `postgres` database).
+fn admin_query(rt: &tokio::runtime::Runtime, admin: &str, sql: String) -> Vec<i64> {
+    let admin = admin.to_string();
+    off_workers(rt, move || {
+        let mut c = postgres::Client::connect(&admin, postgres::NoTls).expect("connect to PostgreSQL (admin)");
+        let row = c.query_one(sql.as_str(), &[]).expect("admin query");
+        (0..row.len()).map(|i| row.get::<_, i64>(i)).collect()
+    })
+}
+
+/// `pg_stat_database`'s (commits, rollbacks) of `db`, once no session is
+/// connected to it: a session's counters reach the statistics at the
+/// latest when it exits, so every transaction of the closed sessions is
+/// in them. None if sessions are still open after 15 s.
+fn settled_xacts(rt: &tokio::runtime::Runtime, admin: &str, db: &str) -> Option<(i64, i64)> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let open = admin_query(
+            rt,
+            admin,
+            format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}'"),
+        )[0];
+        if open == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let v = admin_query(
+        rt,
+        admin,
+        format!("SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = '{db}'"),
+    );
+    Some((v[0], v[1]))
+}
+
+/// One text value from the admin connection.
+fn admin_text(rt: &tokio::runtime::Runtime, admin: &str, sql: &'static str) -> String {
+    let admin = admin.to_string();
+    off_workers(rt, move || {
+        let mut c = postgres::Client::connect(&admin, postgres::NoTls).expect("connect to PostgreSQL (admin)");
+        c.query_one(sql, &[]).expect("admin query").get::<_, String>(0)
+    })
+}
+
+/// The next transaction id of the cluster: how many transactions that
+/// wrote have started (read-only ones take none), with no reporting delay.
+fn next_xid(rt: &tokio::runtime::Runtime, admin: &str) -> i64 {
+    admin_query(
+        rt,
+        admin,
+        "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint".into(),
+    )[0]
+}
+
+/// What one PostgreSQL end-to-end run measured.
+struct PgRun {
+    replicas: usize,
+    e2e: Measured,
+    lat_total: Vec<Duration>,
+    failures: Vec<String>,
+    bad_tokens: usize,
+    enroll_time: Duration,
+    /// Store calls during the timed window, all replicas.
+    calls: PgCalls,
+    /// Transactions that wrote (transaction ids taken) during the timed window.
+    write_xacts: i64,
+    /// `pg_stat_database` commits and rollbacks from the replicas' start to
+    /// their stop (warm-up, timed window, start-up and shutdown), and the
+    /// approvals in that span.
+    xacts: Option<(i64, i64)>,
+    approvals_in_span: usize,
+}
+
+/// A Sigil on a new [`CountedPg`] store over `dsn`, with its own signer
+/// on the bench's token.
+fn pg_sigil(cfg: &Config, dsn: &str, clock: &Arc<TestClock>) -> (Arc<Sigil>, Arc<CountedPg>) {
+    let store = Arc::new(CountedPg {
+        inner: PgStore::open(dsn, cfg.store.pool_size).expect("open the PostgreSQL store"),
+        reads: AtomicU64::new(0),
+        commits: AtomicU64::new(0),
+        statements: AtomicU64::new(0),
+        round_trips: AtomicU64::new(0),
+    });
+    let pin = sigil::signer::read_pin(&cfg.hsm).expect("pin");
+    let signer = Signer::open(cfg, pin).expect("signer");
+    let sigil = Arc::new(Sigil::new(cfg.clone(), store.clone(), signer, clock.clone()).expect("sigil"));
+    (sigil, store)
+}
+
+/// The end-to-end approval load of the sled phase, on `replicas` Sigil
+/// servers sharing one new database (clients split evenly over them).
+fn pg_phase(
+    rt: &tokio::runtime::Runtime,
+    cfg: &Config,
+    certs: &Path,
+    admin: &str,
+    replicas: usize,
+    n_users: usize,
+    n_warm: usize,
+) -> PgRun {
+    let db = format!("sigil_bench_{}_{replicas}", std::process::id());
+    {
+        let (admin, db) = (admin.to_string(), db.clone());
+        off_workers(rt, move || {
+            let mut c = postgres::Client::connect(&admin, postgres::NoTls).expect("connect to PostgreSQL (admin)");
+            c.batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
+                .expect("drop database");
+            c.batch_execute(&format!("CREATE DATABASE {db}"))
+                .expect("create database");
+        });
+    }
+    // The admin DSN names a database; a later dbname wins.
+    let dsn = format!("{admin} dbname={db}");
+    let clock = Arc::new(TestClock::new(T0));
+
+    // Setup (not measured): enroll through a Sigil of its own, closed
+    // before the replicas start, so its sessions' statistics are settled.
+    eprintln!(
+        "bench: PostgreSQL, {replicas} replica(s): enrolling {} users ...",
+        n_users + n_warm
+    );
+    let t_enroll = Instant::now();
+    let users = {
+        let dsn = dsn.clone();
+        let (cfg, clock) = (cfg.clone(), clock.clone());
+        off_workers(rt, move || {
+            let (s, _) = pg_sigil(&cfg, &dsn, &clock);
+            enroll_on(&s, &clock, 0, n_users + n_warm, PG_ENROLL_THREADS)
+        })
+    };
+    let enroll_time = t_enroll.elapsed();
+    let xacts0 = settled_xacts(rt, admin, &db);
+    clock.advance(NEXT_STEP);
+    let step = totp::step_at(clock.now_secs());
+    let work: Vec<(pb::Intent, String)> = users
+        .iter()
+        .enumerate()
+        .map(|(k, u)| {
+            (
+                intent(&u.id, &format!("wd-pg{replicas}-{k:06}")),
+                totp::code_at_step(&u.seed, step),
+            )
+        })
+        .collect();
+    let (warm, measured) = work.split_at(n_warm);
+
+    let nodes: Vec<(Arc<Sigil>, Arc<CountedPg>)> = (0..replicas)
+        .map(|_| {
+            let (dsn, cfg, clock) = (dsn.clone(), cfg.clone(), clock.clone());
+            off_workers(rt, move || pg_sigil(&cfg, &dsn, &clock))
+        })
+        .collect();
+    let servers: Vec<server::Running> = nodes
+        .iter()
+        .map(|(s, _)| {
+            rt.block_on(async {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                let tls = server::tls_config(&cfg.server).expect("tls");
+                server::start(s.clone(), tls, listener, std::future::pending())
+                    .await
+                    .expect("start server")
+            })
+        })
+        .collect();
+    let urls: Vec<String> = servers
+        .iter()
+        .map(|r| format!("https://127.0.0.1:{}", r.addr.port()))
+        .collect();
+
+    eprintln!("bench: PostgreSQL, {replicas} replica(s): end-to-end approvals ...");
+    let calls = || nodes.iter().fold(PgCalls::default(), |a, (_, st)| a.add(st.calls()));
+    let clients = rt.block_on(async {
+        // Client k talks to replica k % replicas: the clients split evenly.
+        let mut clients = Vec::with_capacity(CLIENTS);
+        for k in 0..CLIENTS {
+            let ch = connect_as(&urls[k % replicas], certs, "withdrawal-engine")
+                .await
+                .expect("connect");
+            clients.push(ApprovalServiceClient::new(ch));
+        }
+        let (clients, w, _) = run_clients(clients, warm.to_vec()).await;
+        assert!(w.failures.is_empty(), "warm-up failed: {:?}", w.failures);
+        clients
+    });
+    let xid0 = next_xid(rt, admin);
+    let calls0 = calls();
+    let cpu0 = cpu_time();
+    let w0 = written();
+    let (_clients, run, wall) = rt.block_on(run_clients(clients, measured.to_vec()));
+    let e2e = Measured {
+        n: run.ok.len() as u64,
+        wall,
+        cpu: cpu_time().saturating_sub(cpu0),
+        written: written().saturating_sub(w0),
+    };
+    let calls_window = calls().since(calls0);
+    let write_xacts = next_xid(rt, admin) - xid0;
+    for r in servers {
+        rt.block_on(async { r.stop().await.expect("clean stop") });
+    }
+    // Verify every approval offline (not timed), with replica 0's keys.
+    let now = clock.now_secs();
+    let verifier = nodes[0].0.signer().verifier();
+    let bad_tokens = run
+        .ok
+        .iter()
+        .filter(|(i, token)| {
+            let want: sigil_verify::Intent = i.clone().into();
+            verifier.verify_for(token, &want, now).is_err()
+        })
+        .count();
+    drop(nodes); // closes the replicas' connections
+    let xacts1 = settled_xacts(rt, admin, &db);
+    let xacts = match (xacts0, xacts1) {
+        (Some(a), Some(b)) => Some((b.0 - a.0, b.1 - a.1)),
+        _ => None,
+    };
+    let mut lat_total: Vec<Duration> = run.begin.iter().zip(&run.complete).map(|(b, c)| *b + *c).collect();
+    lat_total.sort();
+    PgRun {
+        replicas,
+        e2e,
+        lat_total,
+        failures: run.failures,
+        bad_tokens,
+        enroll_time,
+        calls: calls_window,
+        write_xacts,
+        xacts,
+        approvals_in_span: warm.len() + measured.len(),
+    }
+}
+
 fn main() {
     let wall = Instant::now();
     let load_start = loadavg();
@@ -674,6 +1052,27 @@ fn main() {
 
     rt.block_on(async { running.stop().await.expect("clean stop") });
 
+    // --- PostgreSQL (when `SIGIL_BENCH_PG_DSN` names a server): the same
+    // end-to-end load on one replica, then on two replicas sharing a database.
+    let pg_admin = std::env::var("SIGIL_BENCH_PG_DSN")
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty());
+    let pg_runs: Vec<PgRun> = match &pg_admin {
+        Some(admin) => [1, 2]
+            .into_iter()
+            .map(|replicas| pg_phase(&rt, &cfg, &certs, admin, replicas, measured.len(), n_warm))
+            .collect(),
+        None => Vec::new(),
+    };
+    let pg_server = pg_admin.as_ref().map(|admin| {
+        (
+            admin_text(&rt, admin, "SELECT version()"),
+            admin_text(&rt, admin, "SHOW max_connections"),
+            admin_text(&rt, admin, "SHOW synchronous_commit"),
+        )
+    });
+
     // --- 5. Report.
     let failures = e2e_run.failures.len() + bad_tokens;
     let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
@@ -768,10 +1167,85 @@ fn main() {
         per(cp.barrier),
         per(cp.marker_and_removal)
     );
+
+    if let Some((version, max_connections, sync_commit)) = &pg_server {
+        println!("\n### Stores: sled and PostgreSQL (`SIGIL_BENCH_PG_DSN`)\n");
+        println!("- PostgreSQL: {version}; max_connections {max_connections}, synchronous_commit {sync_commit}");
+        println!(
+            "- per replica: its own Sigil, server, signer ({pool} HSM sessions) and store (pool of {} connections); \
+             a new database for each row; the same {CLIENTS} clients and users as above, split evenly over the replicas",
+            cfg.store.pool_size
+        );
+        for r in &pg_runs {
+            println!(
+                "- {} replica(s): enrolled {} users in {:.1} s",
+                r.replicas,
+                r.approvals_in_span,
+                r.enroll_time.as_secs_f64()
+            );
+        }
+        println!();
+        println!(
+            "| store | approvals/s | ratio to raw (8 threads) | p50 / p99 | CPU/approval | \
+             per approval: store reads, commits, SQL statements, round trips | transactions/approval |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        println!(
+            "| sled | {:.0}/s ({} ok, {:.2} s) | {:.3} | {:.1} / {:.1} ms | {:.0} µs | – | – |",
+            e2e.per_sec(),
+            e2e.n,
+            e2e.wall.as_secs_f64(),
+            ratio8,
+            pct(&lat_total, 0.5),
+            pct(&lat_total, 0.99),
+            e2e.cpu_us()
+        );
+        for r in &pg_runs {
+            let n = r.e2e.n.max(1) as f64;
+            let xacts = match r.xacts {
+                Some((commits, rollbacks)) => format!(
+                    "{:.2} committed ({:.2} rolled back), of which {:.2} wrote",
+                    commits as f64 / r.approvals_in_span as f64,
+                    rollbacks as f64 / r.approvals_in_span as f64,
+                    r.write_xacts as f64 / n
+                ),
+                None => format!("{:.2} wrote (sessions did not close)", r.write_xacts as f64 / n),
+            };
+            println!(
+                "| PostgreSQL, {} replica{} | {:.0}/s ({} ok, {} failed, {:.2} s) | {:.3} | {:.1} / {:.1} ms | {:.0} µs | \
+                 {:.1}, {:.1}, {:.1}, {:.1} | {xacts} |",
+                r.replicas,
+                if r.replicas == 1 { "" } else { "s" },
+                r.e2e.per_sec(),
+                r.e2e.n,
+                r.failures.len() + r.bad_tokens,
+                r.e2e.wall.as_secs_f64(),
+                r.e2e.per_sec() / raw8.per_sec(),
+                pct(&r.lat_total, 0.5),
+                pct(&r.lat_total, 0.99),
+                r.e2e.cpu_us(),
+                r.calls.reads as f64 / n,
+                r.calls.commits as f64 / n,
+                r.calls.statements as f64 / n,
+                r.calls.round_trips as f64 / n
+            );
+        }
+    } else {
+        println!("\n(PostgreSQL rows skipped: SIGIL_BENCH_PG_DSN is not set; `make bench` sets it)");
+    }
     println!("\ntotal bench wall time: {:.1} s", wall.elapsed().as_secs_f64());
 
     let direct_failed = direct1.1 + direct8.1;
-    if failures > 0 || direct_failed > 0 {
+    let pg_failed: usize = pg_runs.iter().map(|r| r.failures.len() + r.bad_tokens).sum();
+    for r in &pg_runs {
+        for f in r.failures.iter().take(10) {
+            eprintln!("failed (PostgreSQL, {} replicas): {f}", r.replicas);
+        }
+    }
+    if pg_failed > 0 {
+        eprintln!("FAILED: {pg_failed} PostgreSQL approvals failed or did not verify");
+    }
+    if failures > 0 || direct_failed > 0 || pg_failed > 0 {
         for f in e2e_run.failures.iter().take(10) {
             eprintln!("failed: {f}");
         }
