@@ -569,3 +569,79 @@ fn a_restore_writes_the_epoch_and_keeps_the_logs_going() {
         check(&s, "postgres, after a refused restore");
     }
 }
+
+/// PostgreSQL: a batch's checks hold against writers in flight. A record
+/// being changed by an uncommitted transaction (here a raw client) makes a
+/// batch that checks it wait; the writer's commit then refuses the batch,
+/// its rollback lets it through — for a record checked at a version and
+/// for a key checked absent.
+#[test]
+fn postgres_checks_wait_for_writers_in_flight_and_then_decide() {
+    let Some(f) = pg() else { return };
+    let dsn = f.pg_dsn.clone().unwrap();
+    let meta = Table::ALL.iter().position(|t| *t == Table::Meta).unwrap() as i16;
+    let users = Table::ALL.iter().position(|t| *t == Table::Users).unwrap() as i16;
+    let mut b = Batch::new();
+    b.insert(Table::Meta, b"global", b"epoch 0".to_vec());
+    f.a.commit(&b).unwrap();
+
+    for (commit_writer, absent) in [(true, false), (false, false), (true, true), (false, true)] {
+        let mut raw = postgres::Client::connect(&dsn, postgres::NoTls).unwrap();
+        let mut tx = raw.transaction().unwrap();
+        let key = format!("u-{commit_writer}-{absent}");
+        if absent {
+            tx.execute(
+                "INSERT INTO sigil_records (tbl, key, version, value) VALUES ($1, $2, 1, 'x')",
+                &[&users, &key.as_bytes()],
+            )
+            .unwrap();
+        } else {
+            tx.execute(
+                "UPDATE sigil_records SET version = version + 1 WHERE tbl = $1 AND key = 'global'::bytea",
+                &[&meta],
+            )
+            .unwrap();
+        }
+        let version = f.a.get(Table::Meta, b"global").unwrap().unwrap().version;
+        let s = f.b.clone();
+        let k = key.clone();
+        let decided = thread::spawn(move || {
+            let mut b = Batch::new();
+            if absent {
+                b.check(Table::Users, k.as_bytes(), 0);
+            } else {
+                b.check(Table::Meta, b"global", version);
+            }
+            b.insert(Table::Approvals, format!("a-{k}").into_bytes(), vec![1]);
+            s.commit(&b)
+        });
+        thread::sleep(Duration::from_millis(300));
+        assert!(
+            !decided.is_finished(),
+            "the batch did not wait for the writer in flight"
+        );
+        if commit_writer {
+            tx.commit().unwrap();
+        } else {
+            tx.rollback().unwrap();
+        }
+        let r = decided.join().unwrap();
+        if commit_writer {
+            assert!(matches!(r, Err(StoreError::Conflict)), "absent={absent}: {r:?}");
+            assert!(f
+                .a
+                .get(Table::Approvals, format!("a-{key}").as_bytes())
+                .unwrap()
+                .is_none());
+        } else {
+            r.unwrap();
+        }
+    }
+    // No placeholder of an absent check is ever left behind.
+    let mut c = postgres::Client::connect(&dsn, postgres::NoTls).unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM sigil_records WHERE version = 0", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+}

@@ -4,14 +4,20 @@
 //! value)`, with the same shape as the embedded store: a log entry is a
 //! record keyed by its 8-byte big-endian sequence number, and a log's head
 //! (sequence and chain hash) is a record in table `meta`. A [`Batch`] is
-//! one `SERIALIZABLE` transaction whose conditions are checked by row
-//! count (`INSERT … ON CONFLICT DO NOTHING`, `UPDATE … WHERE version = $n`,
-//! `DELETE … WHERE version = $n`). A serialization failure (SQLSTATE
-//! 40001) or a deadlock (40P01) retries the whole batch; a condition that
+//! one transaction whose conditions are checked by row count and held by
+//! row locks until it commits: `INSERT … ON CONFLICT DO NOTHING`,
+//! `UPDATE … WHERE version = $n` and `DELETE … WHERE version = $n` (a
+//! concurrent writer of the row is waited for, then its version decides);
+//! a checked record is read `FOR SHARE`; a key checked absent is claimed
+//! with a placeholder row that is deleted before commit. So every
+//! condition still holds when the batch commits, at `READ COMMITTED`,
+//! without aborting concurrent approvals. A serialization failure
+//! (SQLSTATE 40001, which serializable engines such as CockroachDB
+//! return) or a deadlock (40P01) retries the whole batch; a condition that
 //! does not hold is [`StoreError::Conflict`] and writes nothing.
 //!
-//! Appends go through the log's head record, updated in the same
-//! transaction: two replicas appending at once serialise on that row, so
+//! Appends go through the log's head record, locked (`FOR UPDATE`) and
+//! updated in the same transaction: appenders queue on that row, so
 //! each log stays one gapless hash chain whose sequence numbers follow
 //! commit order. A reader that has seen entry `n` can never later find an
 //! entry below `n` committing (the outbox gap): entry `n + 1` cannot be
@@ -253,7 +259,7 @@ impl PgStore {
         let mut c = self.pool()?.get().map_err(pool_err)?;
         let mut tx = c
             .build_transaction()
-            .isolation_level(IsolationLevel::Serializable)
+            .isolation_level(IsolationLevel::ReadCommitted)
             .start()?;
         let seqs = apply(&mut tx, batch)?;
         tx.commit()?;
@@ -331,6 +337,11 @@ fn insert_all(tx: &mut postgres::Transaction<'_>, records: &[(Table, Vec<u8>, Ve
 /// Applies a batch's operations inside `tx`, checking every condition by
 /// row count; returns the sequence numbers of its appends.
 fn apply(tx: &mut postgres::Transaction<'_>, batch: &Batch) -> Result<Vec<u64>, Attempt> {
+    // Keys this transaction holds absent: a placeholder row of version 0
+    // claims the key in the unique index, so a concurrent insert of it
+    // waits for this transaction. Placeholders are deleted before commit
+    // and never seen by anyone else.
+    let mut placeholders: Vec<(i16, Vec<u8>)> = Vec::new();
     let mut seqs = Vec::new();
     for op in &batch.ops {
         match op {
@@ -340,10 +351,19 @@ fn apply(tx: &mut postgres::Transaction<'_>, batch: &Batch) -> Result<Vec<u64>, 
                 value,
                 expect: Expect::Absent,
             } => {
-                let n = tx.execute(
-                    "INSERT INTO sigil_records (tbl, key, version, value) VALUES ($1, $2, 1, $3) ON CONFLICT DO NOTHING",
-                    &[&tbl(*table), key, value],
-                )?;
+                let t = tbl(*table);
+                let n = if let Some(i) = placeholders.iter().position(|(pt, pk)| *pt == t && pk == key) {
+                    placeholders.remove(i);
+                    tx.execute(
+                        "UPDATE sigil_records SET value = $3, version = 1 WHERE tbl = $1 AND key = $2 AND version = 0",
+                        &[&t, key, value],
+                    )?
+                } else {
+                    tx.execute(
+                        "INSERT INTO sigil_records (tbl, key, version, value) VALUES ($1, $2, 1, $3) ON CONFLICT DO NOTHING",
+                        &[&t, key, value],
+                    )?
+                };
                 if n != 1 {
                     return Err(Attempt::Conflict);
                 }
@@ -354,17 +374,35 @@ fn apply(tx: &mut postgres::Transaction<'_>, batch: &Batch) -> Result<Vec<u64>, 
                 value,
                 expect: Expect::Version(v),
             } => {
+                // Waits for a concurrent writer of the row, then checks the
+                // version it committed: a changed record is a conflict.
                 let n = tx.execute(
                     "UPDATE sigil_records SET value = $3, version = version + 1 WHERE tbl = $1 AND key = $2 AND version = $4",
                     &[&tbl(*table), key, value, &version_i64(*v)?],
                 )?;
-                if n != 1 {
+                if n != 1 || *v == 0 {
                     return Err(Attempt::Conflict);
                 }
             }
+            Op::Check { table, key, version: 0 } => {
+                let t = tbl(*table);
+                if placeholders.iter().any(|(pt, pk)| *pt == t && pk == key) {
+                    continue;
+                }
+                let n = tx.execute(
+                    "INSERT INTO sigil_records (tbl, key, version, value) VALUES ($1, $2, 0, '') ON CONFLICT DO NOTHING",
+                    &[&t, key],
+                )?;
+                if n != 1 {
+                    // The record exists (or was just committed by another).
+                    return Err(Attempt::Conflict);
+                }
+                placeholders.push((t, key.clone()));
+            }
             Op::Check { table, key, version } => {
+                // A share lock keeps the record as checked until commit.
                 let row = tx.query_opt(
-                    "SELECT version FROM sigil_records WHERE tbl = $1 AND key = $2",
+                    "SELECT version FROM sigil_records WHERE tbl = $1 AND key = $2 FOR SHARE",
                     &[&tbl(*table), key],
                 )?;
                 let found = row.map(|r| r.get::<_, i64>(0)).unwrap_or(0);
@@ -377,14 +415,17 @@ fn apply(tx: &mut postgres::Transaction<'_>, batch: &Batch) -> Result<Vec<u64>, 
                     "DELETE FROM sigil_records WHERE tbl = $1 AND key = $2 AND version = $3",
                     &[&tbl(*table), key, &version_i64(*version)?],
                 )?;
-                if n != 1 {
+                if n != 1 || *version == 0 {
                     return Err(Attempt::Conflict);
                 }
             }
             Op::Append { log, value } => {
+                // Appenders queue on the log's head row: each reads the head
+                // the previous one committed, so sequence numbers follow
+                // commit order without a gap.
                 let head_key = log_head_key(*log);
                 let row = tx.query_opt(
-                    "SELECT version, value FROM sigil_records WHERE tbl = $1 AND key = $2",
+                    "SELECT version, value FROM sigil_records WHERE tbl = $1 AND key = $2 FOR UPDATE",
                     &[&tbl(Table::Meta), &head_key],
                 )?;
                 let head = row.map(|r| Versioned {
@@ -401,7 +442,8 @@ fn apply(tx: &mut postgres::Transaction<'_>, batch: &Batch) -> Result<Vec<u64>, 
                     &[&tbl(*log), &seq.to_be_bytes().to_vec(), &stored],
                 )?;
                 if n != 1 {
-                    // Another replica took this sequence number first.
+                    // Another replica took this sequence number first (the
+                    // very first entry, before any head row existed).
                     return Err(Attempt::Retry);
                 }
                 let mut new_head = seq.to_be_bytes().to_vec();
@@ -423,6 +465,12 @@ fn apply(tx: &mut postgres::Transaction<'_>, batch: &Batch) -> Result<Vec<u64>, 
                 seqs.push(seq);
             }
         }
+    }
+    for (t, k) in placeholders {
+        tx.execute(
+            "DELETE FROM sigil_records WHERE tbl = $1 AND key = $2 AND version = 0",
+            &[&t, &k],
+        )?;
     }
     Ok(seqs)
 }
