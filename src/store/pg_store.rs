@@ -183,6 +183,9 @@ impl PgStore {
         let pool = r2d2::Pool::builder()
             .max_size(pool_size.max(1))
             .min_idle(Some(1))
+            // A broken connection is found without a round trip
+            // (`has_broken`) and its call refused; no test query per use.
+            .test_on_check_out(false)
             .connection_timeout(Duration::from_secs(5))
             .build(manager)
             .map_err(pool_err)?;
