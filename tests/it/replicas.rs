@@ -17,6 +17,8 @@ use crate::support::pg::*;
 /// Two replicas over one database and one token.
 struct Pair {
     _dir: tempfile::TempDir,
+    /// The database both use.
+    dsn: String,
     a: Daemon,
     b: Daemon,
 }
@@ -31,7 +33,7 @@ async fn pair(extra_toml: &str) -> Option<Pair> {
     let b = start_daemon_with(dir.path(), "warn", &env);
     wait_ready(&a.url).await;
     wait_ready(&b.url).await;
-    Some(Pair { _dir: dir, a, b })
+    Some(Pair { _dir: dir, dsn, a, b })
 }
 
 async fn begin(url: &str, user: &str, wid: &str) -> String {
@@ -238,4 +240,137 @@ async fn a_revocation_on_one_replica_holds_on_the_other() {
         .await
         .unwrap_err();
     assert_eq!(reason(&st), "NO_USABLE_FACTOR", "{st:?}");
+}
+
+/// Begin on `url`, the key's assertion, complete on `url`.
+async fn approve_webauthn(
+    url: &str,
+    user: &str,
+    wid: &str,
+    key: &mut crate::support::webauthn::RingKey,
+) -> Result<pb::CompleteApprovalResponse, tonic::Status> {
+    use crate::support::webauthn::{get, webauthn_proof, ORIGIN};
+    let mut e = engine(url).await;
+    let b = e
+        .begin_approval(pb::BeginApprovalRequest {
+            intent: Some(withdrawal(user, wid)),
+            device: None,
+        })
+        .await?
+        .into_inner();
+    let r = get(key, ORIGIN, &b.webauthn_request_options_json, |_| {}).expect("the key refused to sign");
+    e.complete_approval(webauthn_proof(&b.challenge_id, user, &r))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// The signature counter one replica stored is the one the other checks:
+/// an assertion whose counter went back below it is refused there as a
+/// possible clone, and the factor is marked for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_webauthn_counter_written_on_one_replica_is_enforced_by_the_other() {
+    use crate::support::webauthn::{create, RingKey, ORIGIN};
+    let Some(p) = pair("").await else { return };
+    let user = "wendy";
+    let mut key = RingKey::new();
+    let mut f = frontend(&p.a.url).await;
+    let b = f
+        .begin_webauthn_registration(pb::BeginWebauthnRegistrationRequest {
+            user_id: user.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let response = create(&mut key, ORIGIN, &b.options_json, |_| {}).unwrap();
+    f.finish_webauthn_registration(pb::FinishWebauthnRegistrationRequest {
+        user_id: user.into(),
+        ceremony_id: b.ceremony_id,
+        response_json: response,
+    })
+    .await
+    .unwrap();
+    for n in 0..3 {
+        approve_webauthn(&p.a.url, user, &format!("wd-{n}"), &mut key)
+            .await
+            .expect("approval on replica a");
+    }
+    // The key's counter now stands at 3 in the store; a clone counting
+    // from 1 answers on the other replica.
+    key.counter = 1;
+    let st = approve_webauthn(&p.b.url, user, "wd-clone", &mut key)
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), tonic::Code::PermissionDenied, "{st:?}");
+    assert_eq!(reason(&st), "FACTOR_SUSPECTED_CLONED", "{st:?}");
+    let listed = frontend(&p.a.url)
+        .await
+        .list_factors(pb::ListFactorsRequest { user_id: user.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .factors;
+    assert!(listed[0].suspected_cloned, "replica a does not see the mark");
+}
+
+/// Events written by one replica are streamed by the other in order and
+/// without a gap, also while a slow transaction holds the event log's
+/// head: the appends behind it wait, none is numbered around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_written_on_one_replica_stream_from_the_other_without_a_gap() {
+    let Some(p) = pair("").await else { return };
+    let dsn = p.dsn.clone();
+    let ch = connect_as(&p.b.url, &certs_dir(), "admin").await.unwrap();
+    let mut stream = sigil::pb::event_service_client::EventServiceClient::new(ch)
+        .watch_events(pb::WatchEventsRequest { after_cursor: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    // An event first, so the log has a head row to hold.
+    enroll(&p.a.url, "evan-first").await;
+    // A slow transaction holds the event log's head for a while.
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let mut c = postgres::Client::connect(&dsn, postgres::NoTls).unwrap();
+        let mut tx = c.transaction().unwrap();
+        let meta = sigil::store::Table::ALL
+            .iter()
+            .position(|t| *t == sigil::store::Table::Meta)
+            .unwrap() as i16;
+        tx.query(
+            "SELECT version FROM sigil_records WHERE tbl = $1 AND key = $2 FOR UPDATE",
+            &[&meta, &sigil::store::log_head_key(sigil::store::Table::Events)],
+        )
+        .unwrap();
+        locked_tx.send(std::time::Instant::now()).unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        tx.rollback().unwrap();
+    });
+    let locked_at = tokio::task::block_in_place(|| locked_rx.recv().unwrap());
+    // Meanwhile replica a writes events (each enrollment emits some).
+    let writers: Vec<_> = (0..4)
+        .map(|i| {
+            let url = p.a.url.clone();
+            tokio::spawn(async move { enroll(&url, &format!("evan{i}")).await })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(
+        locked_at.elapsed() >= Duration::from_millis(700),
+        "the writers did not wait for the slow transaction"
+    );
+    holder.join().unwrap();
+    let mut cursor = 0;
+    let mut seen = 0;
+    while let Ok(Some(Ok(e))) = tokio::time::timeout(Duration::from_secs(3), stream.message())
+        .await
+        .map(|r| r.transpose())
+    {
+        assert_eq!(e.cursor, cursor + 1, "replica b skipped from {cursor} to {}", e.cursor);
+        cursor = e.cursor;
+        seen += 1;
+    }
+    assert!(seen >= 5, "replica b streamed {seen} events");
 }
