@@ -450,6 +450,21 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
     sorted[idx].as_secs_f64() * 1000.0
 }
 
+/// One withdrawal intent per user (`wd-<tag>-<k>`) with the user's TOTP
+/// code at `step`.
+fn approvals_to_make(users: &[User], step: u64, tag: &str) -> Vec<(pb::Intent, String)> {
+    users
+        .iter()
+        .enumerate()
+        .map(|(k, u)| {
+            (
+                intent(&u.id, &format!("wd-{tag}-{k:06}")),
+                totp::code_at_step(&u.seed, step),
+            )
+        })
+        .collect()
+}
+
 // --- The PostgreSQL phase (`SIGIL_BENCH_PG_DSN`).
 
 /// Counts what a [`PgStore`] is asked, and the SQL statements and client
@@ -710,17 +725,7 @@ fn pg_phase(
     let enroll_time = t_enroll.elapsed();
     let xacts0 = settled_xacts(rt, admin, &db);
     clock.advance(NEXT_STEP);
-    let step = totp::step_at(clock.now_secs());
-    let work: Vec<(pb::Intent, String)> = users
-        .iter()
-        .enumerate()
-        .map(|(k, u)| {
-            (
-                intent(&u.id, &format!("wd-pg{replicas}-{k:06}")),
-                totp::code_at_step(&u.seed, step),
-            )
-        })
-        .collect();
+    let work = approvals_to_make(&users, totp::step_at(clock.now_secs()), &format!("pg{replicas}"));
     let (warm, measured) = work.split_at(n_warm);
 
     let nodes: Vec<(Arc<Sigil>, Arc<CountedPg>)> = (0..replicas)
@@ -876,17 +881,7 @@ fn main() {
     let users = enroll(&sigil, &clock, 0, n_users + n_warm);
     let enroll_time = t_enroll.elapsed();
     clock.advance(NEXT_STEP);
-    let step = totp::step_at(clock.now_secs());
-    let work: Vec<(pb::Intent, String)> = users
-        .iter()
-        .enumerate()
-        .map(|(k, u)| {
-            (
-                intent(&u.id, &format!("wd-e2e-{k:06}")),
-                totp::code_at_step(&u.seed, step),
-            )
-        })
-        .collect();
+    let work = approvals_to_make(&users, totp::step_at(clock.now_secs()), "e2e");
     let (warm, measured) = work.split_at(n_warm);
 
     // --- 3. Measured: end-to-end approvals over mTLS gRPC.
