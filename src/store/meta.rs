@@ -28,7 +28,15 @@ pub const AUDIT_KEY_ID: &[u8] = b"audit-key-id";
 
 /// Every meta key that names one record (log heads are per log:
 /// [`super::log_head_key`]).
-pub const ALL: [&[u8]; 7] = [DEPLOYMENT, GLOBAL, KEY_RING, SECRETS_KEY, SECRETS_REWRAP, RESTORE, AUDIT_KEY_ID];
+pub const ALL: [&[u8]; 7] = [
+    DEPLOYMENT,
+    GLOBAL,
+    KEY_RING,
+    SECRETS_KEY,
+    SECRETS_REWRAP,
+    RESTORE,
+    AUDIT_KEY_ID,
+];
 
 /// The restore epoch kept in a restored store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
