@@ -409,22 +409,6 @@ impl Config {
         }
     }
 
-    /// Maximum decimals allowed for `asset`, or None when the asset is not
-    /// accepted.
-    pub fn max_decimals(&self, asset: &str) -> Option<usize> {
-        self.assets.decimals.get(asset).copied()
-    }
-
-    /// See [`Assets::check_asset_network`].
-    pub fn check_asset_network(&self, prefix: &str, asset: &str, network: &str) -> Result<(), Error> {
-        self.asset_rules().check_asset_network(prefix, asset, network)
-    }
-
-    /// The address format of a configured network.
-    pub fn network_format(&self, network: &str) -> Option<crate::protect::address_format::AddressFormat> {
-        self.networks.get(network).copied()
-    }
-
     /// A configuration for tests: store and TLS paths under `dir`.
     pub fn for_test(dir: &Path) -> Config {
         let mut c = Config::default();

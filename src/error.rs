@@ -143,18 +143,6 @@ impl Error {
             Error::Internal(_) => Reason::Internal,
         }
     }
-
-    /// The same error with its message replaced (reason, code and retry
-    /// time kept), for refusals that a caller words better.
-    pub fn reworded(self, message: impl Into<String>) -> Self {
-        let message = message.into();
-        match self {
-            Error::FailedPrecondition(r) => Error::FailedPrecondition(Refusal { message, ..r }),
-            Error::PermissionDenied(r) => Error::PermissionDenied(Refusal { message, ..r }),
-            Error::Conflict(_) => Error::Conflict(message),
-            other => other,
-        }
-    }
 }
 
 impl From<FieldError> for Error {
@@ -210,12 +198,10 @@ mod tests {
     }
 
     #[test]
-    fn refusals_keep_reason_and_retry_time_when_reworded() {
-        let e = Error::refused(Reason::AddressOnHold, "on hold")
-            .retry_at(42, 40)
-            .reworded("later");
+    fn refusals_carry_their_reason_and_retry_time() {
+        let e = Error::refused(Reason::AddressOnHold, "on hold").retry_at(42, 40);
         assert_eq!(e.reason(), Reason::AddressOnHold);
-        assert_eq!(e.to_string(), "later");
+        assert_eq!(e.to_string(), "on hold");
         match e {
             Error::FailedPrecondition(r) => assert_eq!(r.retry_at, Some(42)),
             other => panic!("{other:?}"),

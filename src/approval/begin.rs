@@ -3,7 +3,7 @@ use sigil_verify::{b64url, Intent};
 use super::*;
 use crate::audit::AuditEntry;
 use crate::events::{Event, EventKind};
-use crate::protect::{self};
+use crate::protect::{self, Snapshot};
 use crate::store::Batch;
 
 impl Approvals {
@@ -51,7 +51,7 @@ impl Approvals {
         }
         let now = self.k.now()?;
         let user_id = intent.user_id.clone();
-        let snap = protect::snapshot(self.k.store.as_ref(), &user_id)?;
+        let snap = Snapshot::load(self.k.store.as_ref(), &user_id)?;
         let mut user = snap.user.clone();
         if device.jailbroken {
             user.compromised_device_at = Some(now);

@@ -3,7 +3,7 @@ use sigil_verify::b64url;
 use super::*;
 use crate::audit::AuditEntry;
 use crate::events::{Event, EventKind};
-use crate::protect::{self};
+use crate::protect::{self, Snapshot};
 use crate::store::{meta, Batch};
 
 impl Approvals {
@@ -46,7 +46,7 @@ impl Approvals {
                 ),
             ));
         }
-        let snap = protect::snapshot(self.k.store.as_ref(), user_id)?;
+        let snap = Snapshot::load(self.k.store.as_ref(), user_id)?;
         let refused = |e: Error| {
             self.k.audit_refusal(
                 AuditEntry::refused(now, actor, user_id, "approval.issue", &e.to_string())

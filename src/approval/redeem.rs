@@ -80,7 +80,7 @@ impl Approvals {
             }
         }
         let mut batch = Batch::new();
-        let snap = protect::snapshot(self.k.store.as_ref(), &claims.sub)?;
+        let snap = Snapshot::load(self.k.store.as_ref(), &claims.sub)?;
         if let Err(e) = self.add_redeem_keyed(&claims, &snap, now, key, &mut batch) {
             self.k.audit_refusal(
                 AuditEntry::refused(now, actor, &claims.sub, "approval.redeem", &e.to_string())

@@ -9,7 +9,7 @@ use crate::factor::{
     YubikeyData,
 };
 use crate::model::check_id;
-use crate::protect::{self};
+use crate::protect::Snapshot;
 use crate::store::{codec, Batch, Table};
 
 impl Enrollment {
@@ -31,7 +31,7 @@ impl Enrollment {
             ));
         }
         let now = self.k.now()?;
-        let snap = protect::snapshot(self.k.store.as_ref(), user_id)?;
+        let snap = Snapshot::load(self.k.store.as_ref(), user_id)?;
         let mut batch = Batch::new();
         let stepped_up = self.enrollment_step_up(user_id, step_up, Kind::Webauthn, nickname, &snap, &mut batch)?;
         let exclude: Vec<_> = self
@@ -103,7 +103,7 @@ impl Enrollment {
                 format!("registration '{ceremony_id}' expired at {}; begin again", c.expires_at),
             ));
         }
-        let snap = protect::snapshot(self.k.store.as_ref(), user_id)?;
+        let snap = Snapshot::load(self.k.store.as_ref(), user_id)?;
         let consume_and = |e: Error| -> Error {
             let mut b = Batch::new();
             b.delete(Table::Ceremonies, ceremony_id.as_bytes(), stored.version);
@@ -172,7 +172,7 @@ impl Enrollment {
             return Err(Error::invalid("slot", "must be 1 or 2 (0: unknown)"));
         }
         let now = self.k.now()?;
-        let snap = protect::snapshot(self.k.store.as_ref(), user_id)?;
+        let snap = Snapshot::load(self.k.store.as_ref(), user_id)?;
         let mut batch = Batch::new();
         let stepped_up = self.enrollment_step_up(user_id, step_up, Kind::YubikeyHmac, nickname, &snap, &mut batch)?;
         let factor_id = self.k.new_id("f_")?;
@@ -244,7 +244,7 @@ impl Enrollment {
             (public_id.to_string(), m)
         };
         let now = self.k.now()?;
-        let snap = protect::snapshot(self.k.store.as_ref(), user_id)?;
+        let snap = Snapshot::load(self.k.store.as_ref(), user_id)?;
         let index = yubikey_index_key(&public_id);
         let mut batch = Batch::new();
         let stepped_up = self.enrollment_step_up(user_id, step_up, Kind::YubikeyOtp, nickname, &snap, &mut batch)?;

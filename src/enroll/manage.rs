@@ -59,7 +59,7 @@ impl Enrollment {
                 format!("factor '{id}' is already active"),
             ));
         }
-        let snap = protect::snapshot(self.k.store.as_ref(), &f.user_id)?;
+        let snap = Snapshot::load(self.k.store.as_ref(), &f.user_id)?;
         if !f.is_live(snap.epochs()) {
             return Err(Error::refused(
                 Reason::FactorRevoked,
@@ -204,7 +204,7 @@ impl Enrollment {
             ));
         }
         let now = self.k.now()?;
-        let snap = protect::snapshot(self.k.store.as_ref(), user_id)?;
+        let snap = Snapshot::load(self.k.store.as_ref(), user_id)?;
         let mut batch = Batch::new();
         let stepped_up = self.enrollment_step_up(user_id, step_up, Kind::Totp, nickname, &snap, &mut batch)?;
         let factor_id = self.k.new_id("f_")?;
@@ -278,7 +278,7 @@ impl Enrollment {
     pub fn list_factors(&self, user_id: &str) -> Result<Vec<(FactorRecord, Standing)>, Error> {
         check_id("user_id", user_id)?;
         let now = self.k.now()?;
-        let snap = protect::snapshot(self.k.store.as_ref(), user_id)?;
+        let snap = Snapshot::load(self.k.store.as_ref(), user_id)?;
         Ok(self
             .factors
             .factors_of(user_id)?
@@ -304,7 +304,7 @@ impl Enrollment {
         check_id("factor_id", factor_id)?;
         let (f, version) = self.factors.factor(user_id, factor_id)?;
         let now = self.k.now()?;
-        let snap = protect::snapshot(self.k.store.as_ref(), user_id)?;
+        let snap = Snapshot::load(self.k.store.as_ref(), user_id)?;
         let mut batch = Batch::new();
         if f.is_active() && f.is_live(snap.epochs()) {
             let id = factor_id.to_string();

@@ -4,7 +4,7 @@
 use crate::audit::AuditEntry;
 use crate::error::{Error, Reason};
 use crate::events::{Event, EventKind};
-use crate::protect::{self, Snapshot};
+use crate::protect::Snapshot;
 use crate::store::{meta, Batch, Table};
 
 use super::{lockout, totp, FactorRecord, Factors, Kind};
@@ -180,7 +180,7 @@ impl Factors {
                 .with("failures", f.failures.to_string())
                 .append_to(&mut batch)?;
             if f.locked_until > now {
-                let apc = protect::snapshot(self.k.store.as_ref(), &f.user_id)?.anti_phishing_code();
+                let apc = Snapshot::load(self.k.store.as_ref(), &f.user_id)?.anti_phishing_code();
                 Event::new(EventKind::Lockout, &f.user_id, now, apc)
                     .with("factor_id", f.factor_id.clone())
                     .with("locked_until", f.locked_until.to_string())

@@ -61,7 +61,7 @@ impl Factors {
     /// for a growing time. Returns the refusal.
     pub(crate) fn count_unknown_id(&self, actor: &str, user_id: &str, now: i64, why: String) -> Error {
         for _ in 0..1000 {
-            let snap = match protect::snapshot(self.k.store.as_ref(), user_id) {
+            let snap = match Snapshot::load(self.k.store.as_ref(), user_id) {
                 Ok(s) => s,
                 Err(e) => return e,
             };
@@ -139,7 +139,7 @@ impl Factors {
             .ok_or_else(|| Error::Internal("credential index unreadable".into()))?;
         let held = match self.factor(owner, factor_id) {
             Ok((holder, _)) => {
-                let live = holder.is_live(protect::snapshot(self.k.store.as_ref(), owner)?.epochs());
+                let live = holder.is_live(Snapshot::load(self.k.store.as_ref(), owner)?.epochs());
                 live && (holder.is_active() || now < holder.confirm_before)
             }
             Err(Error::NotFound(_)) => false,
@@ -256,7 +256,7 @@ impl Factors {
                 version,
                 marked.encode()?,
             );
-            let apc = protect::snapshot(self.k.store.as_ref(), &f.user_id)?.anti_phishing_code();
+            let apc = Snapshot::load(self.k.store.as_ref(), &f.user_id)?.anti_phishing_code();
             Event::new(EventKind::FactorSuspectedCloned, &f.user_id, now, apc)
                 .with("factor_id", f.factor_id.clone())
                 .with("credential_id", credential_id)

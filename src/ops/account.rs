@@ -29,7 +29,7 @@ impl Ops {
         self.cfg.assets.check_asset_network("", asset, network)?;
         address::validate(&self.cfg.assets, "address", network, addr)?;
         let now = self.k.now()?;
-        let snap = protect::snapshot(self.k.store.as_ref(), user_id)?;
+        let snap = Snapshot::load(self.k.store.as_ref(), user_id)?;
         let mut batch = Batch::new();
         let (a, n, d, l) = (
             asset.to_string(),
@@ -120,7 +120,7 @@ impl Ops {
             .get(Table::Addresses, &key)?
             .ok_or_else(|| Error::NotFound(format!("{addr} ({network}) is not on the whitelist of '{user_id}'")))?;
         let now = self.k.now()?;
-        let snap = protect::snapshot(self.k.store.as_ref(), user_id)?;
+        let snap = Snapshot::load(self.k.store.as_ref(), user_id)?;
         let mut batch = Batch::new();
         let (n, d) = (network.to_string(), addr.to_string());
         self.approvals.step_up(
@@ -156,7 +156,7 @@ impl Ops {
         check_id("user_id", user_id)?;
         protect::check_anti_phishing_code("code", code)?;
         let now = self.k.now()?;
-        let snap = protect::snapshot(self.k.store.as_ref(), user_id)?;
+        let snap = Snapshot::load(self.k.store.as_ref(), user_id)?;
         let mut batch = Batch::new();
         let c = code.to_string();
         self.approvals.step_up(
@@ -192,7 +192,7 @@ impl Ops {
     /// The account protection programme report for `user_id` at `as_of`.
     pub fn protection_status(&self, user_id: &str, as_of: i64) -> Result<Vec<ReportItem>, Error> {
         check_id("user_id", user_id)?;
-        let snap: Snapshot = protect::snapshot(self.k.store.as_ref(), user_id)?;
+        let snap: Snapshot = Snapshot::load(self.k.store.as_ref(), user_id)?;
         let live = self.factors.live_factors(user_id, &snap)?;
         let kinds: Vec<String> = Action::ALL
             .iter()

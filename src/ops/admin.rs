@@ -5,7 +5,7 @@ use crate::audit::{self, AuditEntry, Checkpoint};
 use crate::events::{Event, EventKind};
 use crate::model::check_id;
 use crate::protect::address::AddressRecord;
-use crate::protect::{self, GlobalRecord, Suspension};
+use crate::protect::{self, GlobalRecord, Snapshot, Suspension};
 use crate::store::{codec, meta, Batch, LogEntry, Table};
 
 impl Ops {
@@ -48,7 +48,7 @@ impl Ops {
                     if !seen.insert(u.as_str()) {
                         continue;
                     }
-                    let snap = protect::snapshot(self.k.store.as_ref(), u)?;
+                    let snap = Snapshot::load(self.k.store.as_ref(), u)?;
                     let mut user = snap.user.clone();
                     user.epoch += 1;
                     user.revoked_at = Some(now);
@@ -123,7 +123,7 @@ impl Ops {
                 }
                 for u in &users {
                     check_id("user_ids", u)?;
-                    let snap = protect::snapshot(self.k.store.as_ref(), u)?;
+                    let snap = Snapshot::load(self.k.store.as_ref(), u)?;
                     let mut user = snap.user.clone();
                     user.suspension = s.clone();
                     protect::put_user(&mut batch, u, &snap, &user)?;
@@ -218,7 +218,7 @@ impl Ops {
                 continue;
             }
             rec.usable_announced = true;
-            let snap = protect::snapshot(self.k.store.as_ref(), &rec.user_id)?;
+            let snap = Snapshot::load(self.k.store.as_ref(), &rec.user_id)?;
             let mut batch = Batch::new();
             batch.update(Table::Addresses, key, v.version, codec::encode(&rec)?);
             Event::new(EventKind::AddressUsable, &rec.user_id, now, snap.anti_phishing_code())

@@ -215,11 +215,6 @@ impl Record for UserRecord {
     }
 }
 
-/// Protection state of a user.
-pub fn snapshot(store: &dyn Store, user_id: &str) -> Result<Snapshot, Error> {
-    Snapshot::load(store, user_id)
-}
-
 /// Adds the write of a user's new protection record to `batch`,
 /// conditional on the version read in `snap`.
 pub fn put_user(batch: &mut Batch, user_id: &str, snap: &Snapshot, rec: &UserRecord) -> Result<(), Error> {
