@@ -446,8 +446,8 @@ pub fn restore_postgres(
         std::fs::read(file).map_err(|e| Error::invalid("backup", format!("cannot read {}: {e}", file.display())))?;
     let (header, records) = decode(&bytes)?;
     let plan = plan(&header, records, Some(store), "the PostgreSQL database", opts)?;
-    let kept = format!("sigil_records_pre_restore_{}", now.max(0));
+    let kept = crate::store::pg_store::PgStore::pre_restore_table(now);
     let batch = restore_batch(&header, &plan, now, opts, Some(format!("table {kept}")))?;
-    let kept = store.replace_all(&plan.records, &batch, now)?;
+    store.replace_all(&plan.records, &batch, now)?;
     Ok((header, kept))
 }

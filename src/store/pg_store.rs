@@ -269,17 +269,28 @@ impl PgStore {
         Ok(seqs)
     }
 
-    /// Loads `records` — a snapshot or a backup, versions kept — into a
-    /// database that holds no record yet, in one transaction. Refuses a
-    /// database that holds any record (nothing is written then).
-    pub fn load_into_empty(&self, records: &[(Table, Vec<u8>, Versioned)]) -> Result<(), StoreError> {
+    /// Runs `f` in one `SERIALIZABLE` transaction on a pooled connection
+    /// (the rare whole-store operations: loading, replacing); `f` commits.
+    fn in_serializable<T>(
+        &self,
+        f: impl FnOnce(postgres::Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         blocking(|| {
             let mut c = self.pool()?.get().map_err(pool_err)?;
-            let mut tx = c
+            let tx = c
                 .build_transaction()
                 .isolation_level(IsolationLevel::Serializable)
                 .start()
                 .map_err(db)?;
+            f(tx)
+        })
+    }
+
+    /// Loads `records` — a snapshot or a backup, versions kept — into a
+    /// database that holds no record yet, in one transaction. Refuses a
+    /// database that holds any record (nothing is written then).
+    pub fn load_into_empty(&self, records: &[(Table, Vec<u8>, Versioned)]) -> Result<(), StoreError> {
+        self.in_serializable(|mut tx| {
             let n: i64 = tx
                 .query_one("SELECT count(*) FROM sigil_records", &[])
                 .map_err(db)?
@@ -292,24 +303,22 @@ impl PgStore {
         })
     }
 
+    /// The table a restore at `at` keeps the previous records in.
+    pub fn pre_restore_table(at: i64) -> String {
+        format!("sigil_records_pre_restore_{}", at.max(0))
+    }
+
     /// Replaces every record with `records` (versions kept) and applies
-    /// `then` on top, in one transaction: a restore. The previous records
-    /// stay in table `sigil_records_pre_restore_<suffix>`. Returns that
-    /// table's name.
+    /// `then` on top, in one transaction: a restore at `at`. The previous
+    /// records stay in table [`PgStore::pre_restore_table`]`(at)`.
     pub fn replace_all(
         &self,
         records: &[(Table, Vec<u8>, Versioned)],
         then: &Batch,
-        suffix: i64,
-    ) -> Result<String, StoreError> {
-        blocking(|| {
-            let kept = format!("sigil_records_pre_restore_{}", suffix.max(0));
-            let mut c = self.pool()?.get().map_err(pool_err)?;
-            let mut tx = c
-                .build_transaction()
-                .isolation_level(IsolationLevel::Serializable)
-                .start()
-                .map_err(db)?;
+        at: i64,
+    ) -> Result<(), StoreError> {
+        let kept = PgStore::pre_restore_table(at);
+        self.in_serializable(|mut tx| {
             tx.batch_execute(&format!("ALTER TABLE sigil_records RENAME TO {kept}"))
                 .map_err(db)?;
             tx.batch_execute(MIGRATIONS[0].2).map_err(db)?;
@@ -319,8 +328,7 @@ impl PgStore {
                 Err(Attempt::Failed(e)) => return Err(e),
                 Err(Attempt::Conflict) | Err(Attempt::Retry) => return Err(StoreError::Conflict),
             }
-            tx.commit().map_err(db)?;
-            Ok(kept)
+            tx.commit().map_err(db)
         })
     }
 }

@@ -13,16 +13,6 @@ use crate::support::daemon::*;
 use crate::support::harness::*;
 use crate::support::pg;
 
-const BASE: &str = "version = 1\n[protection]\nrequire_whitelisted_address = false\nsecurity_change_lock_seconds = 0\n";
-
-fn toml(postgres: bool) -> String {
-    if postgres {
-        format!("{BASE}[store]\nbackend = \"postgres\"\n")
-    } else {
-        BASE.to_string()
-    }
-}
-
 /// Runs the real `sigil` in `dir`'s environment with the database `dsn`.
 fn cli(dir: &Path, dsn: &str, args: &[&str]) -> (Output, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sigil"));
@@ -36,37 +26,15 @@ fn cli(dir: &Path, dsn: &str, args: &[&str]) -> (Output, String) {
 /// withdrawal with the current step's code; returns the approval.
 async fn enroll_and_approve(url: &str, user: &str, wid: &str) -> (String, Vec<u8>, u64) {
     let (seed, step) = pg::enroll(url, user).await;
-    let (_, mut e) = clients(url).await;
-    let token = approve(&mut e, user, wid, &seed, step).await;
-    (token, seed, step)
-}
-
-async fn approve(
-    e: &mut sigil::pb::approval_service_client::ApprovalServiceClient<tonic::transport::Channel>,
-    user: &str,
-    wid: &str,
-    seed: &[u8],
-    step: u64,
-) -> String {
-    let ch = e
-        .begin_approval(pb::BeginApprovalRequest {
-            intent: Some(withdrawal(user, wid)),
-            device: None,
-        })
+    let ch = pg::begin_withdrawal(url, user, wid).await;
+    let token = pg::engine(url)
+        .await
+        .complete_approval(totp_proof(&ch, user, &pg::code(&seed, step), ""))
         .await
         .unwrap()
         .into_inner()
-        .challenge_id;
-    e.complete_approval(totp_proof(
-        &ch,
-        user,
-        &sigil::factor::totp::code_at_step(seed, step),
-        "",
-    ))
-    .await
-    .unwrap()
-    .into_inner()
-    .approval
+        .approval;
+    (token, seed, step)
 }
 
 fn redeem(token: &str, key: &str) -> pb::RedeemApprovalRequest {
@@ -81,7 +49,7 @@ fn redeem(token: &str, key: &str) -> pb::RedeemApprovalRequest {
 async fn migrate_copies_the_embedded_store_into_postgres_and_refuses_a_used_target() {
     let Some(dsn) = pg::pg_database("sigil_m") else { return };
     let dir = tempfile::tempdir().unwrap();
-    prepare(dir.path(), &toml(false));
+    prepare(dir.path(), &PROTECTIONS_OFF);
     let d = start_daemon(dir.path(), "warn");
     wait_ready(&d.url).await;
     let (token, _, _) = enroll_and_approve(&d.url, "mia", "wd-1").await;
@@ -102,7 +70,7 @@ async fn migrate_copies_the_embedded_store_into_postgres_and_refuses_a_used_targ
     assert!(!out.status.success() && text.contains("sled:PATH"), "{text}");
 
     // sigild on PostgreSQL carries on where the embedded store stopped.
-    std::fs::write(dir.path().join("sigil.toml"), toml(true)).unwrap();
+    std::fs::write(dir.path().join("sigil.toml"), pg::PG_TOML).unwrap();
     let d = start_daemon_with(dir.path(), "warn", &[("SIGIL_PG_DSN", dsn.as_str())]);
     wait_ready(&d.url).await;
     let (_, mut e) = clients(&d.url).await;
@@ -117,7 +85,7 @@ async fn migrate_copies_the_embedded_store_into_postgres_and_refuses_a_used_targ
 async fn backup_and_restore_on_postgres_keep_the_restore_epoch() {
     let Some(dsn) = pg::pg_database("sigil_m") else { return };
     let dir = tempfile::tempdir().unwrap();
-    prepare(dir.path(), &toml(true));
+    prepare(dir.path(), pg::PG_TOML);
     let env = [("SIGIL_PG_DSN", dsn.as_str())];
     let d = start_daemon_with(dir.path(), "warn", &env);
     wait_ready(&d.url).await;
@@ -157,7 +125,7 @@ async fn backup_and_restore_on_postgres_keep_the_restore_epoch() {
 async fn start_up_refuses_another_deployments_database_and_bad_connection_strings() {
     let Some(dsn) = pg::pg_database("sigil_m") else { return };
     let first = tempfile::tempdir().unwrap();
-    prepare(first.path(), &toml(true));
+    prepare(first.path(), pg::PG_TOML);
     let d = start_daemon_with(first.path(), "warn", &[("SIGIL_PG_DSN", dsn.as_str())]);
     wait_ready(&d.url).await;
     sigterm(d);
@@ -176,7 +144,7 @@ async fn start_up_refuses_another_deployments_database_and_bad_connection_string
 
     // Another deployment: its own token (another audit key), same database.
     let other = tempfile::tempdir().unwrap();
-    prepare(other.path(), &toml(true));
+    prepare(other.path(), pg::PG_TOML);
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -36,24 +36,11 @@ async fn pair(extra_toml: &str) -> Option<Pair> {
     Some(Pair { _dir: dir, dsn, a, b })
 }
 
-async fn begin(url: &str, user: &str, wid: &str) -> String {
-    engine(url)
-        .await
-        .begin_approval(pb::BeginApprovalRequest {
-            intent: Some(withdrawal(user, wid)),
-            device: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .challenge_id
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_approval_redeemed_50_times_over_two_replicas_succeeds_once_and_the_audit_chain_is_one() {
     let Some(p) = pair("").await else { return };
     let (seed, step) = enroll(&p.a.url, "rita").await;
-    let ch = begin(&p.a.url, "rita", "wd-1").await;
+    let ch = begin_withdrawal(&p.a.url, "rita", "wd-1").await;
     let token = engine(&p.b.url)
         .await
         .complete_approval(totp_proof(&ch, "rita", &code(&seed, step), ""))
@@ -103,8 +90,8 @@ async fn one_totp_code_sent_to_both_replicas_at_once_is_accepted_once() {
     for n in 0..6 {
         let user = format!("tom{n}");
         let (seed, step) = enroll(&p.a.url, &user).await;
-        let ch_a = begin(&p.a.url, &user, "wd-a").await;
-        let ch_b = begin(&p.b.url, &user, "wd-b").await;
+        let ch_a = begin_withdrawal(&p.a.url, &user, "wd-a").await;
+        let ch_b = begin_withdrawal(&p.b.url, &user, "wd-b").await;
         let c = code(&seed, step);
         let (mut ea, mut eb) = (engine(&p.a.url).await, engine(&p.b.url).await);
         let (ra, rb) = tokio::join!(
@@ -134,7 +121,7 @@ async fn wrong_codes_across_replicas_lock_after_exactly_the_configured_failures(
     let mut challenges = Vec::new();
     for i in 0..100 {
         let url = if i % 2 == 0 { &p.a.url } else { &p.b.url };
-        challenges.push((url.clone(), begin(url, "wes", &format!("wd-{i}")).await));
+        challenges.push((url.clone(), begin_withdrawal(url, "wes", &format!("wd-{i}")).await));
     }
     let mut tasks = Vec::new();
     for (url, ch) in challenges {
@@ -205,7 +192,7 @@ async fn a_key_rotated_on_one_replica_is_published_by_the_other() {
 async fn a_revocation_on_one_replica_holds_on_the_other() {
     let Some(p) = pair("").await else { return };
     let (seed, step) = enroll(&p.a.url, "ria").await;
-    let ch = begin(&p.b.url, "ria", "wd-1").await;
+    let ch = begin_withdrawal(&p.b.url, "ria", "wd-1").await;
     let token = engine(&p.b.url)
         .await
         .complete_approval(totp_proof(&ch, "ria", &code(&seed, step), ""))

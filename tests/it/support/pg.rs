@@ -8,7 +8,7 @@ use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
 use crate::support::daemon::real_step;
-use crate::support::harness::certs_dir;
+use crate::support::harness::{certs_dir, withdrawal};
 
 /// The test server's connection string, or None: the test is skipped with
 /// a note, unless `SIGIL_REQUIRE_PG=1` (then a missing server fails it).
@@ -92,6 +92,20 @@ pub async fn enroll(url: &str, user: &str) -> (Vec<u8>, u64) {
         }
     }
     panic!("{user}: never confirmed");
+}
+
+/// BeginApproval of a withdrawal by `user` on `url`; the challenge id.
+pub async fn begin_withdrawal(url: &str, user: &str, wid: &str) -> String {
+    engine(url)
+        .await
+        .begin_approval(pb::BeginApprovalRequest {
+            intent: Some(withdrawal(user, wid)),
+            device: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .challenge_id
 }
 
 /// The `ErrorInfo.reason` of a refusal ("" without one).
