@@ -49,7 +49,7 @@ fn redeem(token: &str, key: &str) -> pb::RedeemApprovalRequest {
 async fn migrate_copies_the_embedded_store_into_postgres_and_refuses_a_used_target() {
     let Some(dsn) = pg::pg_database("sigil_m") else { return };
     let dir = tempfile::tempdir().unwrap();
-    prepare(dir.path(), &PROTECTIONS_OFF);
+    prepare(dir.path(), PROTECTIONS_OFF);
     let d = start_daemon(dir.path(), "warn");
     wait_ready(&d.url).await;
     let (token, _, _) = enroll_and_approve(&d.url, "mia", "wd-1").await;
