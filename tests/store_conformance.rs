@@ -548,6 +548,21 @@ fn a_restore_writes_the_epoch_and_keeps_the_logs_going() {
     backup::restore_with(&dir.path().join("backup"), &path, 2_000, &RestoreOptions::default()).unwrap();
     check(&SledStore::open(&path).unwrap(), "sled");
 
+    // Into a new directory (the live store lost): the event stream goes on
+    // above the cursor floor given, and the log still verifies as one chain.
+    let fresh = dir.path().join("fresh");
+    let floor = RestoreOptions { events_after: Some(50) };
+    backup::restore_with(&dir.path().join("backup"), &fresh, 2_000, &floor).unwrap();
+    let s = SledStore::open(&fresh).unwrap();
+    let restored = s.read_log(Table::Events, 0, 10).unwrap();
+    assert_eq!(
+        restored.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 51],
+        "the restore's event follows the floor"
+    );
+    assert_eq!(sigil::store::verify_log(&s, Table::Events).unwrap().0, 51);
+    assert_eq!(sigil::store::verify_log(&s, Table::Audit).unwrap().0, 2);
+
     // PostgreSQL
     if let Some(dsn) = pg_database() {
         let s = PgStore::open(&dsn, 2).unwrap();

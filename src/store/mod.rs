@@ -397,10 +397,13 @@ pub fn chain_hash(prev: &[u8; 32], seq: u64, value: &[u8]) -> [u8; 32] {
     out
 }
 
-/// Walks a whole log and checks it: sequence numbers from 1 without a gap,
-/// every hash chained on the one before, and the head record agreeing with
-/// the last entry. Returns the number of entries and the last hash.
+/// Walks a whole log and checks it: every hash chained on the one before,
+/// and the head record agreeing with the last entry. Sequence numbers go up
+/// by one; only the event log may jump forward, where a restore set its
+/// cursor floor (the head then says the floor, with the last entry's hash).
+/// Returns the head's sequence number and hash.
 pub fn verify_log(store: &dyn Store, log: Table) -> Result<(u64, [u8; 32]), StoreError> {
+    let jumps = log == Table::Events;
     let mut prev = [0u8; 32];
     let mut after = 0u64;
     loop {
@@ -409,7 +412,7 @@ pub fn verify_log(store: &dyn Store, log: Table) -> Result<(u64, [u8; 32]), Stor
             break;
         }
         for e in page {
-            if e.seq != after + 1 {
+            if e.seq <= after || (e.seq != after + 1 && !jumps) {
                 return Err(StoreError::Corrupt(format!(
                     "{} log: entry {} follows {after}",
                     log.name(),
@@ -428,13 +431,13 @@ pub fn verify_log(store: &dyn Store, log: Table) -> Result<(u64, [u8; 32]), Stor
         }
     }
     let (seq, hash) = store.log_head(log)?;
-    if (seq, hash) != (after, prev) && !(after == 0 && seq > 0) {
+    if hash != prev || seq < after || (seq > after && !jumps) {
         return Err(StoreError::Corrupt(format!(
             "{} log: its head says {seq}, the entries end at {after}",
             log.name()
         )));
     }
-    Ok((after, prev))
+    Ok((seq, hash))
 }
 
 /// Meta key of a log's head record.

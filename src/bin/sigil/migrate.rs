@@ -76,13 +76,13 @@ pub fn migrate(args: Migrate, config: Option<&Path>) -> Result<(), Error> {
         let dst = verify_log(&target, log)?;
         if src != dst {
             return Err(Error::Internal(format!(
-                "the {} log ends differently in the target ({} entries) than in the source ({})",
+                "the {} log ends differently in the target (head {}) than in the source (head {})",
                 log.name(),
                 dst.0,
                 src.0
             )));
         }
-        println!("sigil: {} log: {} entries, one unbroken chain", log.name(), dst.0);
+        println!("sigil: {} log: head at {}, one unbroken chain", log.name(), dst.0);
     }
     println!(
         "sigil: migrated {} records; set [store] backend = \"postgres\" and start sigild",
