@@ -256,11 +256,6 @@ impl Approvals {
         Approvals { k, factors, cfg }
     }
 
-    /// The configuration in force.
-    pub fn config(&self) -> &ApprovalsConfig {
-        &self.cfg
-    }
-
     /// What a withdrawal to `network`/`destination` needs from the whitelist.
     /// Checks the destination is on the user's whitelist and past its hold.
     /// Returns the address record's key and version (None when the whitelist

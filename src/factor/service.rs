@@ -36,11 +36,6 @@ impl Factors {
         Factors { k, cfg, webauthn }
     }
 
-    /// The WebAuthn relying party.
-    pub fn webauthn(&self) -> &Webauthn {
-        &self.webauthn
-    }
-
     /// A factor's secret, decrypted in the HSM with the key that wrapped it.
     pub(crate) fn factor_secret(&self, f: &FactorRecord) -> Result<crate::signer::SecretBytes, Error> {
         let wrapped = f
