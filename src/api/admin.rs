@@ -11,6 +11,10 @@ use crate::error::Error;
 use crate::ops::Scope;
 use crate::pb;
 
+/// About how many bytes one `ReadAudit` page carries: far below the 4 MiB
+/// a gRPC client accepts by default, whatever the entries hold.
+pub const AUDIT_PAGE_BYTES: usize = 1 << 20;
+
 /// `sigil.v1.AdminService`.
 #[derive(Clone)]
 pub struct AdminApi {
@@ -165,8 +169,10 @@ impl pb::admin_service_server::AdminService for AdminApi {
         };
         let s = self.sigil.clone();
         let (entries, next) = blocking(move || {
-            // Scan forward until `limit` matching entries or the end.
+            // Scan forward until `limit` matching entries, a page of about
+            // AUDIT_PAGE_BYTES, or the end.
             let mut out = Vec::new();
+            let mut bytes = 0usize;
             let mut after = r.after_seq;
             loop {
                 let page = s.ops().audit_entries(after, 1000)?;
@@ -178,7 +184,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
                         && (r.from == 0 || a.at >= r.from)
                         && (r.to == 0 || a.at < r.to);
                     if keep {
-                        out.push(pb::AuditRecord {
+                        let rec = pb::AuditRecord {
                             seq: e.seq,
                             chain_hash: e.hash.to_vec(),
                             raw: e.value.clone(),
@@ -189,7 +195,14 @@ impl pb::admin_service_server::AdminService for AdminApi {
                             outcome: a.outcome,
                             reason: a.reason,
                             details: a.details.into_iter().collect(),
-                        });
+                        };
+                        let size = prost::Message::encoded_len(&rec) + 8;
+                        if !out.is_empty() && bytes + size > AUDIT_PAGE_BYTES {
+                            // This entry starts the next page.
+                            return Ok((out, e.seq - 1));
+                        }
+                        bytes += size;
+                        out.push(rec);
                         if out.len() == limit {
                             return Ok((out, e.seq));
                         }
