@@ -201,6 +201,13 @@ impl Sigil {
         crate::backup::backup(&self.k, out)
     }
 
+    /// Whether Sigil can serve now: the store can write and the HSM
+    /// answers with every key serving needs. Health follows this.
+    pub fn ready(&self) -> Result<(), Error> {
+        self.store().ready()?;
+        self.signer().ready()
+    }
+
     /// Background work due at the current time: purge expired records,
     /// announce addresses whose hold ended, apply key transitions, and sign
     /// an audit checkpoint when the log grew. Returns the number of

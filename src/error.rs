@@ -178,6 +178,8 @@ impl From<sigil_hsm::HsmError> for Error {
         use sigil_hsm::HsmError as H;
         match e {
             H::Crypto(m) => Error::Internal(format!("HSM refused a cryptographic operation: {m}")),
+            H::Unavailable(m) => Error::Unavailable(format!("HSM unavailable, nothing was approved: {m}")),
+            H::KeyNotFound(m) => Error::Unavailable(format!("HSM key missing, nothing was approved: {m}")),
             other => Error::Unavailable(format!("HSM unavailable, nothing was approved: {other}")),
         }
     }

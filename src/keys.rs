@@ -157,7 +157,7 @@ impl Keys {
         let keys = self.k.signer.keys();
         if keys.active_label.is_empty() {
             return Err(Error::Unavailable(format!(
-                "approval key '{}' is not on token '{}' and no key ring is stored: run `make hsm` (or `sigil hsm init`)",
+                "approval key '{}' is not on token '{}' and no key ring is stored: on a new installation `make hsm` (or `sigil hsm init`) creates it; if it existed before, restore it from the HSM's backup instead of creating another",
                 self.cfg.hsm.approval_key_label, self.cfg.hsm.token_label
             )));
         }

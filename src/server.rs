@@ -131,13 +131,18 @@ pub async fn start_with_deny_list(
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let closing = sigil.clone();
     let (sweep_stop_tx, sweep_stop_rx) = tokio::sync::watch::channel(false);
-    let sweeper = tokio::spawn(sweep_loop(sigil.clone(), sweep_stop_rx));
+    let sweeper = tokio::spawn(sweep_loop(sigil.clone(), sweep_stop_rx.clone()));
+    let readiness = tokio::spawn(readiness_loop(sigil.clone(), reporter.clone(), sweep_stop_rx));
     let shutdown = async move {
         tokio::select! {
             _ = stop_rx => {},
             _ = signal => {},
         }
         tracing::info!("shutting down: health NOT_SERVING, finishing in-flight calls");
+        let _ = sweep_stop_tx.send(true);
+        if let Err(e) = readiness.await {
+            tracing::error!(error = %e, "readiness checker failed");
+        }
         reporter
             .set_not_serving::<pb::approval_service_server::ApprovalServiceServer<ApprovalApi>>()
             .await;
@@ -148,7 +153,6 @@ pub async fn start_with_deny_list(
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
         closing.begin_shutdown();
-        let _ = sweep_stop_tx.send(true);
         if let Err(e) = sweeper.await {
             tracing::error!(error = %e, "background sweeper failed");
         }
@@ -307,6 +311,58 @@ where
 /// checkpoints. Runs every `protection.sweep_interval_seconds` until told to
 /// stop, then does one last sweep so the final audit entries are
 /// checkpointed.
+/// How often health is brought in line with [`Sigil::ready`].
+pub const READINESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps the health service true: every [`READINESS_INTERVAL`] asks
+/// [`Sigil::ready`] (the HSM answers with every key serving needs; the store
+/// can write) and sets the overall status and the approval and factor
+/// services to NOT_SERVING while it fails, SERVING again once it passes.
+/// Transitions are logged. Ends when `stop` changes (shutdown then sets
+/// NOT_SERVING for good).
+async fn readiness_loop(
+    sigil: Arc<Sigil>,
+    reporter: tonic_health::server::HealthReporter,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(READINESS_INTERVAL) => {},
+            _ = stop.changed() => return,
+        }
+        let s = sigil.clone();
+        let verdict = match tokio::task::spawn_blocking(move || s.ready()).await {
+            Ok(r) => r,
+            Err(e) => Err(Error::Internal(format!("readiness check failed to run: {e}"))),
+        };
+        if *stop.borrow() {
+            return;
+        }
+        let now = verdict.is_ok();
+        if now == serving {
+            continue;
+        }
+        serving = now;
+        let status = if now {
+            tracing::warn!("ready again: health SERVING");
+            tonic_health::ServingStatus::Serving
+        } else {
+            if let Err(e) = &verdict {
+                tracing::error!(problem = %e, "cannot serve: health NOT_SERVING until this clears");
+            }
+            tonic_health::ServingStatus::NotServing
+        };
+        reporter.set_service_status("", status).await;
+        for name in [
+            <pb::approval_service_server::ApprovalServiceServer<ApprovalApi> as tonic::server::NamedService>::NAME,
+            <pb::factor_service_server::FactorServiceServer<FactorApi> as tonic::server::NamedService>::NAME,
+        ] {
+            reporter.set_service_status(name, status).await;
+        }
+    }
+}
+
 async fn sweep_loop(sigil: Arc<Sigil>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let every = std::time::Duration::from_secs(sigil.config().protection.sweep_interval_seconds.max(1));
     loop {

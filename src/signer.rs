@@ -134,7 +134,7 @@ impl Signer {
         let audit_label = cfg.hsm.audit_key_label.clone();
         let apk = hsm.ec_public_key(&audit_label).map_err(|e| {
             Error::Unavailable(format!(
-                "audit key '{audit_label}' unusable: {e}; run `make hsm` (or `sigil hsm init`)"
+                "audit key '{audit_label}' unusable: {e} (on a new installation `make hsm` (or `sigil hsm init`) creates it; if it existed before, restore it from the HSM's backup instead of creating another)"
             ))
         })?;
         let audit_jwk = Jwk::from_p256_point(&apk.x, &apk.y);
@@ -165,6 +165,8 @@ impl Signer {
                 label: active_label,
                 status: "active".into(),
             }])?;
+        } else {
+            signer.declare_required_keys();
         }
         Ok(signer)
     }
@@ -199,7 +201,29 @@ impl Signer {
             .write()
             .map_err(|_| Error::Internal("key view lock poisoned".into()))?;
         *w = view;
+        drop(w);
+        self.declare_required_keys();
         Ok(())
+    }
+
+    /// Tells the HSM handle which keys serving needs (the active approval
+    /// key, the audit key, the secrets key): its readiness probe checks
+    /// them, and one of them vanishing is an outage rather than a missing
+    /// key.
+    fn declare_required_keys(&self) {
+        let view = self.keys();
+        let secrets = self.secrets_label();
+        let mut signing = vec![self.audit_label.as_str()];
+        if !view.active_label.is_empty() {
+            signing.push(view.active_label.as_str());
+        }
+        self.hsm.set_required_keys(&signing, &[secrets.as_str()]);
+    }
+
+    /// Whether the HSM can serve now: the token answers and holds every
+    /// key serving needs (a readiness check; see [`sigil_hsm::Hsm::probe`]).
+    pub fn ready(&self) -> Result<(), Error> {
+        Ok(self.hsm.probe()?)
     }
 
     /// The keys in force (a consistent snapshot).
@@ -291,13 +315,14 @@ impl Signer {
     pub fn set_secrets_label(&self, label: &str) -> Result<(), Error> {
         if !self.hsm.key_exists(label)? {
             return Err(Error::Unavailable(format!(
-                "secrets key '{label}' is not on the token: run `make hsm` (or `sigil hsm init`), or restore the token"
+                "secrets key '{label}' is not on the token: on a new installation `make hsm` (or `sigil hsm init`) creates it; if it existed before, restore it from the HSM's backup instead of creating another"
             )));
         }
         match self.secrets_label.write() {
             Ok(mut l) => *l = label.to_string(),
             Err(p) => *p.into_inner() = label.to_string(),
         }
+        self.declare_required_keys();
         Ok(())
     }
 

@@ -650,4 +650,11 @@ pub trait Store: Send + Sync {
     fn blocks_caller(&self) -> bool {
         false
     }
+
+    /// Whether the store can serve now (a readiness check, cheap enough to
+    /// run every second): `Err` while it refuses writes (a failed
+    /// write-ahead log) or cannot reach its database.
+    fn ready(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

@@ -487,6 +487,14 @@ fn apply(tx: &mut postgres::Transaction<'_>, batch: &Batch) -> Result<Vec<u64>, 
 }
 
 impl Store for PgStore {
+    fn ready(&self) -> Result<(), StoreError> {
+        blocking(|| {
+            let mut c = self.pool()?.get().map_err(pool_err)?;
+            c.simple_query("SELECT 1").map_err(db)?;
+            Ok(())
+        })
+    }
+
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Versioned>, StoreError> {
         blocking(|| {
             let mut c = self.pool()?.get().map_err(pool_err)?;

@@ -843,6 +843,10 @@ impl Inner {
 }
 
 impl Store for SledStore {
+    fn ready(&self) -> Result<(), StoreError> {
+        self.inner.wal.failed()
+    }
+
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Versioned>, StoreError> {
         let mem = self.inner.read()?;
         match self.inner.raw_get(&mem, table, key)? {

@@ -9,6 +9,7 @@ mod binary;
 mod cli;
 mod crash;
 mod denylist;
+mod hsm_outage;
 mod lifecycle;
 mod pg_outage;
 mod pg_tools;

@@ -3,11 +3,15 @@
 //! PKCS#11 allows one `C_Initialize` per module per process, and the login
 //! state of a token is shared by every session the process has on it. So
 //! every [`crate::Hsm`] (and `init_token`, `token_exists`) for a module goes
-//! through the single [`Module`] registered here; it is never finalised.
+//! through the single [`Module`] registered here. It is finalised and
+//! initialised again only to heal an outage ([`Module::reinitialize`]): some
+//! modules (SoftHSM among them) read their tokens at `C_Initialize` and see a
+//! token that went away and came back only after that.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as P11Error, RvError};
@@ -31,6 +35,19 @@ pub(crate) struct Module {
     login_key: hmac::Key,
     /// Slot id → HMAC of the user PIN that last logged in successfully.
     logins: Mutex<HashMap<u64, hmac::Tag>>,
+    /// Every PKCS#11 call holds this shared; [`Module::reinitialize`] holds
+    /// it exclusively, so no session is in use across `C_Finalize`.
+    gate: RwLock<()>,
+    /// How many times the module was initialised again. Sessions opened
+    /// under an earlier value died with `C_Finalize`.
+    generation: AtomicU64,
+}
+
+/// Held while using the module: [`Module::reinitialize`] waits for it.
+pub(crate) struct Entered<'m> {
+    _guard: RwLockReadGuard<'m, ()>,
+    /// The module initialisation this holder works in.
+    pub generation: u64,
 }
 
 fn registry() -> MutexGuard<'static, HashMap<PathBuf, Arc<Module>>> {
@@ -88,6 +105,8 @@ impl Module {
             admin: Mutex::new(()),
             login_key,
             logins: Mutex::new(HashMap::new()),
+            gate: RwLock::new(()),
+            generation: AtomicU64::new(0),
         });
         reg.insert(key, Arc::clone(&module));
         Ok(module)
@@ -96,6 +115,76 @@ impl Module {
     /// The cryptoki context.
     pub(crate) fn ctx(&self) -> &Pkcs11 {
         &self.ctx
+    }
+
+    /// Enter the module for PKCS#11 calls (shared with other callers,
+    /// excluded with [`Module::reinitialize`]). Do not enter twice on one
+    /// thread: a waiting re-initialisation would block the second entry.
+    pub(crate) fn enter(&self) -> Entered<'_> {
+        let guard = self.gate.read().unwrap_or_else(PoisonError::into_inner);
+        Entered {
+            _guard: guard,
+            generation: self.generation.load(Ordering::Acquire),
+        }
+    }
+
+    /// `C_Finalize` then `C_Initialize`: every session of the process on
+    /// this module ends and the module looks at its tokens afresh. Waits
+    /// until no PKCS#11 call is in progress. Logins are forgotten: the next
+    /// session logs in again.
+    pub(crate) fn reinitialize(&self) -> Result<(), HsmError> {
+        let _excl = self.gate.write().unwrap_or_else(PoisonError::into_inner);
+        let at = At {
+            module: &self.path,
+            token: None,
+            key: None,
+            doing: "re-initialising the PKCS#11 module",
+        };
+        if let Err(e) = self.ctx.clone().finalize() {
+            // Not initialised (an earlier attempt failed half-way): fine.
+            tracing::debug!(module = %self.path.display(), error = %e, "C_Finalize failed (ignored)");
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        lock(&self.logins).clear();
+        match self
+            .ctx
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        {
+            Ok(()) | Err(P11Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
+                tracing::info!(module = %self.path.display(), "PKCS#11 module initialised again");
+                Ok(())
+            }
+            Err(e) => Err(from_pkcs11(e, at)),
+        }
+    }
+
+    /// `C_CloseAllSessions` on `slot`: every session this process has on the
+    /// token, whichever handle opened it, ends (and the login with them).
+    /// cryptoki does not wrap this call, so it goes through the raw
+    /// interface of the same library.
+    #[allow(unsafe_code)]
+    pub(crate) fn close_all_sessions_raw(&self, slot: Slot, token: &str) -> Result<(), HsmError> {
+        // SAFETY: `Pkcs11::new` loads the library this module loaded already
+        // (the loader hands back the same, initialised instance) and resolves
+        // its symbols; the one call takes a slot id the module listed and no
+        // pointers. The library stays loaded through `self.ctx`.
+        let rv = unsafe {
+            let raw = cryptoki_sys::Pkcs11::new(&self.path).map_err(|e| {
+                HsmError::Unavailable(format!(
+                    "PKCS#11 module {} cannot be loaded again: {e}",
+                    self.path.display()
+                ))
+            })?;
+            raw.C_CloseAllSessions(slot.id() as cryptoki_sys::CK_SLOT_ID)
+        };
+        if rv == cryptoki_sys::CKR_OK {
+            Ok(())
+        } else {
+            Err(HsmError::Unavailable(format!(
+                "closing every session on token '{token}' in module {} failed (CK_RV {rv:#x})",
+                self.path.display()
+            )))
+        }
     }
 
     /// Hold this while creating tokens.

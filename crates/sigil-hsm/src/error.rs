@@ -144,12 +144,12 @@ pub(crate) fn from_pkcs11(err: P11Error, at: At<'_>) -> HsmError {
                  bytes)"
         )),
         RvError::CryptokiNotInitialized | RvError::CryptokiAlreadyInitialized => HsmError::Unavailable(format!(
-            "{at}: the PKCS#11 library is not initialised in this process ({rv:?}); \
-                 restart the process"
+            "{at}: the PKCS#11 library is not initialised in this process ({rv:?}); it is \
+             initialised again while reconnecting after an outage"
         )),
         RvError::SlotIdInvalid | RvError::TokenNotRecognized | RvError::TokenNotPresent | RvError::DeviceRemoved => {
             HsmError::Unavailable(format!(
-                "{at}: the token is not present ({rv:?}); check the HSM connection or run `make hsm`"
+                "{at}: the token is not present ({rv:?}); check the HSM connection"
             ))
         }
         RvError::SessionHandleInvalid

@@ -21,6 +21,7 @@ use zeroize::Zeroizing;
 use crate::config::{check_label, HsmConfig, Label};
 use crate::context::{lock, Module};
 use crate::error::{from_pkcs11, is_session_loss, At, HsmError};
+use crate::heal::Health;
 use crate::keys::{aes_template, ec_templates, EcPublicKey, KeyKind, KeyProtection};
 use crate::pool::Pool;
 
@@ -45,23 +46,34 @@ const TAG_LEN: usize = 16;
 /// [`HsmError::Unavailable`]. If a new session cannot be opened on the
 /// token's slot, the token is looked up again by label (a reconnected network
 /// HSM may present it in another slot).
+///
+/// If that does not help either, the handle is *down*: operations fail at
+/// once and a background thread reconnects with bounded back-off, finalising
+/// and initialising the module again when new sessions are not enough (see
+/// the `heal` module, [`Hsm::health`] and [`Hsm::probe`]).
 #[derive(Clone)]
 pub struct Hsm {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    module: Arc<Module>,
+pub(crate) struct Inner {
+    pub(crate) module: Arc<Module>,
     /// The module path as configured (for messages).
-    module_path: PathBuf,
-    token: String,
+    pub(crate) module_path: PathBuf,
+    pub(crate) token: String,
     /// Where the token was last seen.
     slot: Mutex<Slot>,
     pin: SecretString,
-    pool: Pool,
-    /// Object handles by (kind, label). Handles are valid across the
-    /// process's sessions but not across session loss or logout.
-    handles: Mutex<HashMap<(KeyKind, String), ObjectHandle>>,
+    pub(crate) pool: Pool,
+    /// Object handles by (kind, label), and the module initialisation they
+    /// belong to. Handles are valid across the process's sessions but not
+    /// across session loss, logout or re-initialisation (after which the
+    /// same number may name another object).
+    handles: Mutex<(u64, Handles)>,
+    /// Serving or down, and why.
+    pub(crate) health: Mutex<Health>,
+    /// Keys the service cannot work without ([`Hsm::set_required_keys`]).
+    pub(crate) required: Mutex<Vec<(KeyKind, String)>>,
 }
 
 impl fmt::Debug for Hsm {
@@ -74,6 +86,9 @@ impl fmt::Debug for Hsm {
             .finish_non_exhaustive()
     }
 }
+
+/// Cached object handles by (kind, label).
+type Handles = HashMap<(KeyKind, String), ObjectHandle>;
 
 /// Why an operation attempt failed.
 enum Fail {
@@ -115,9 +130,12 @@ impl Hsm {
             return Err(HsmError::Config("pool_size must be at least 1 (default 4)".into()));
         }
         let module = Module::get(&cfg.module)?;
-        let slot = module
-            .find_token(&cfg.token_label)?
-            .ok_or_else(|| token_not_found(&cfg.module, &cfg.token_label))?;
+        let slot = {
+            let _entered = module.enter();
+            module
+                .find_token(&cfg.token_label)?
+                .ok_or_else(|| token_not_found(&cfg.module, &cfg.token_label))?
+        };
         let hsm = Hsm {
             inner: Arc::new(Inner {
                 module,
@@ -126,15 +144,19 @@ impl Hsm {
                 slot: Mutex::new(slot),
                 pin: cfg.pin.clone(),
                 pool: Pool::new(cfg.pool_size),
-                handles: Mutex::new(HashMap::new()),
+                handles: Mutex::new((0, HashMap::new())),
+                health: Mutex::new(Health::new()),
+                required: Mutex::new(Vec::new()),
             }),
         };
         // Open the whole pool now: a wrong PIN or a dead HSM shows at start-up.
+        let entered = hsm.inner.module.enter();
         let mut leases = Vec::with_capacity(cfg.pool_size);
         for _ in 0..cfg.pool_size {
-            leases.push(hsm.inner.pool.checkout(|| hsm.open_session())?);
+            leases.push(hsm.inner.pool.checkout(entered.generation, || hsm.open_session())?);
         }
         drop(leases);
+        drop(entered);
         tracing::info!(
             module = %hsm.inner.module_path.display(),
             token = %hsm.inner.token,
@@ -163,6 +185,7 @@ impl Hsm {
         check_label(Label::Token, label)?;
         let m = Module::get(module)?;
         let _admin = m.admin_lock();
+        let _entered = m.enter();
         let at = |doing| At {
             module,
             token: Some(label),
@@ -218,7 +241,9 @@ impl Hsm {
     /// [`HsmError::Unavailable`] if the module cannot be used.
     pub fn token_exists(module: &Path, label: &str) -> Result<bool, HsmError> {
         check_label(Label::Token, label)?;
-        Ok(Module::get(module)?.find_token(label)?.is_some())
+        let m = Module::get(module)?;
+        let _entered = m.enter();
+        Ok(m.find_token(label)?.is_some())
     }
 
     /// Generate an EC P-256 key pair labelled `label` on the token
@@ -464,8 +489,21 @@ impl Hsm {
     /// by other `Hsm` values on the same token are not touched; when the last
     /// session of the process on the token closes, the token logs the user out.
     pub fn close_all_sessions(&self) -> Result<(), HsmError> {
+        let _entered = self.inner.module.enter();
         let n = self.inner.pool.close_all();
         tracing::info!(token = %self.inner.token, closed = n, "HSM sessions closed on request");
+        Ok(())
+    }
+
+    /// `C_CloseAllSessions` on the token's slot: every session this process
+    /// has on the token ends, whichever handle opened it, and the token logs
+    /// out. What a network HSM's restart does to its clients; every handle
+    /// then reconnects on its next call. For fault drills and tests.
+    pub fn close_every_session(&self) -> Result<(), HsmError> {
+        let _entered = self.inner.module.enter();
+        let slot = *lock(&self.inner.slot);
+        self.inner.module.close_all_sessions_raw(slot, &self.inner.token)?;
+        tracing::warn!(token = %self.inner.token, "every session on the token closed on request");
         Ok(())
     }
 
@@ -524,23 +562,66 @@ impl Hsm {
         key: Option<&str>,
         mut op: impl FnMut(&Session) -> Result<T, Fail>,
     ) -> Result<T, HsmError> {
+        if let Some(e) = self.outage_error() {
+            return Err(e);
+        }
+        let result = self.run_entered(doing, key, &mut op);
+        match &result {
+            // A key the service needs is gone: an outage, not a missing key
+            // (the reconnect loop tells the two apart).
+            Err(HsmError::KeyNotFound(_)) if key.is_some_and(|k| self.is_required(k)) => {
+                let e = HsmError::Unavailable(format!(
+                    "token '{}' shows key '{}' no more, though it did before",
+                    self.inner.token,
+                    key.unwrap_or_default()
+                ));
+                self.mark_down(&e);
+                Err(self.outage_error().unwrap_or(e))
+            }
+            Err(e @ (HsmError::Unavailable(_) | HsmError::TokenNotFound(_))) if !is_busy(e) => {
+                self.mark_down(e);
+                result
+            }
+            _ => result,
+        }
+    }
+
+    /// [`Hsm::run`] inside the module.
+    fn run_entered<T>(
+        &self,
+        doing: &'static str,
+        key: Option<&str>,
+        op: &mut impl FnMut(&Session) -> Result<T, Fail>,
+    ) -> Result<T, HsmError> {
         let at = At {
             module: &self.inner.module_path,
             token: Some(&self.inner.token),
             key,
             doing,
         };
-        let lease = self.inner.pool.checkout(|| self.open_session())?;
+        let entered = self.inner.module.enter();
+        {
+            let mut h = lock(&self.inner.handles);
+            if h.0 != entered.generation {
+                *h = (entered.generation, HashMap::new());
+            }
+        }
+        let lease = self.inner.pool.checkout(entered.generation, || self.open_session())?;
         let err = match op(lease.session()?) {
             Ok(v) => return Ok(v),
             Err(Fail::Hsm(e)) => return Err(e),
             Err(Fail::P11(e)) => e,
         };
-        // Never put a session that saw an error back: its state is unknown.
-        lease.discard();
         if !is_session_loss(&err) {
+            // Never put a session that saw an error back: its state is unknown.
+            lease.discard();
             return Err(from_pkcs11(err, at));
         }
+        // The session is gone, and so probably are the idle ones: abandon
+        // them without C_CloseSession, whose handle numbers the module may
+        // already have given to new sessions.
+        lease.abandon();
+        self.inner.pool.abandon_idle();
         tracing::warn!(
             token = %self.inner.token,
             key = key.unwrap_or(""),
@@ -549,21 +630,26 @@ impl Hsm {
             "HSM session lost; reconnecting and retrying once"
         );
         self.forget_handles();
-        let lease = self.inner.pool.checkout_fresh(|| self.open_session())?;
+        let lease = self
+            .inner
+            .pool
+            .checkout_fresh(entered.generation, || self.open_session())?;
         match op(lease.session()?) {
             Ok(v) => Ok(v),
             Err(Fail::Hsm(e)) => Err(e),
             Err(Fail::P11(e)) => {
-                lease.discard();
                 if is_session_loss(&e) {
+                    lease.abandon();
                     self.forget_handles();
+                } else {
+                    lease.discard();
                 }
                 Err(from_pkcs11(e, at))
             }
         }
     }
 
-    fn open_session(&self) -> Result<Session, HsmError> {
+    pub(crate) fn open_session(&self) -> Result<Session, HsmError> {
         let i = &self.inner;
         let slot = *lock(&i.slot);
         match i.module.open_user_session(slot, &i.token, &i.pin) {
@@ -590,7 +676,7 @@ impl Hsm {
     /// The handle of the one `kind` object labelled `label`, from the cache
     /// or the token.
     fn lookup(&self, s: &Session, kind: KeyKind, label: &str) -> Result<ObjectHandle, Fail> {
-        if let Some(h) = lock(&self.inner.handles).get(&(kind, label.to_owned())) {
+        if let Some(h) = lock(&self.inner.handles).1.get(&(kind, label.to_owned())) {
             return Ok(*h);
         }
         let found = self.find_all(s, kind, label)?;
@@ -654,23 +740,24 @@ impl Hsm {
 
     fn key_not_found(&self, label: &str, what: &str) -> HsmError {
         HsmError::KeyNotFound(format!(
-            "no {what} labelled '{label}' on token '{}' (module {}): generate it (e.g. `make \
-             hsm`) or fix the configured key label",
+            "token '{}' (module {}) is reachable but holds no {what} labelled '{label}': check \
+             the configured key label; if the key existed before, restore it from the HSM's \
+             backup rather than creating a new one",
             self.inner.token,
             self.inner.module_path.display()
         ))
     }
 
     fn cache(&self, kind: KeyKind, label: &str, h: ObjectHandle) {
-        lock(&self.inner.handles).insert((kind, label.to_owned()), h);
+        lock(&self.inner.handles).1.insert((kind, label.to_owned()), h);
     }
 
     fn uncache(&self, kind: KeyKind, label: &str) {
-        lock(&self.inner.handles).remove(&(kind, label.to_owned()));
+        lock(&self.inner.handles).1.remove(&(kind, label.to_owned()));
     }
 
-    fn forget_handles(&self) {
-        lock(&self.inner.handles).clear();
+    pub(crate) fn forget_handles(&self) {
+        lock(&self.inner.handles).1.clear();
     }
 }
 
@@ -678,15 +765,23 @@ impl Hsm {
 /// reconnects) unless `s` is logged in as user. Private objects are invisible
 /// to a session that lost its login, which would otherwise read as "no key".
 fn ensure_logged_in(s: &Session) -> Result<(), Fail> {
+    ensure_logged_in_p11(s).map_err(Fail::P11)
+}
+
+/// [`ensure_logged_in`] with the PKCS#11 error itself.
+pub(crate) fn ensure_logged_in_p11(s: &Session) -> Result<(), P11Error> {
     let info = s.get_session_info()?;
     if matches!(info.session_state(), SessionState::RwUser | SessionState::RoUser) {
         Ok(())
     } else {
-        Err(Fail::P11(P11Error::Pkcs11(
-            RvError::UserNotLoggedIn,
-            Function::FindObjects,
-        )))
+        Err(P11Error::Pkcs11(RvError::UserNotLoggedIn, Function::FindObjects))
     }
+}
+
+/// Every session stayed busy: the HSM is slow or the load is high, which a
+/// reconnect would not help.
+fn is_busy(e: &HsmError) -> bool {
+    matches!(e, HsmError::Unavailable(m) if m.contains(crate::pool::BUSY_MARK))
 }
 
 fn tag_bits() -> Result<Ulong, Fail> {
@@ -695,8 +790,9 @@ fn tag_bits() -> Result<Ulong, Fail> {
 
 fn token_not_found(module: &Path, label: &str) -> HsmError {
     HsmError::TokenNotFound(format!(
-        "token '{label}' not found in module {}: run `make hsm` (or check SOFTHSM2_CONF and the \
-         configured token label)",
+        "token '{label}' not found in module {}: check the HSM connection, SOFTHSM2_CONF and the \
+         configured token label (on a new installation, `make hsm` creates the development \
+         token; never create a new token for an installation that had one)",
         module.display()
     ))
 }

@@ -16,6 +16,8 @@
 //! - `pool.rs` — the fixed-size session pool (`Mutex` + `Condvar`).
 //! - `hsm.rs` — [`Hsm`]: token set-up, key generation, signing, AES-GCM,
 //!   the handle cache and the reconnect-and-retry-once rule.
+//! - `heal.rs` — outages: health state, required keys, readiness probe and
+//!   the background reconnect loop (re-initialising the module if needed).
 //! - `keys.rs` — [`EcPublicKey`], [`KeyProtection`], key templates,
 //!   `CKA_EC_POINT` parsing.
 //! - `error.rs` — [`HsmError`] and the one function mapping PKCS#11 errors.
@@ -26,7 +28,9 @@
 //! login state is shared by all of the process's sessions on it. So this
 //! crate keeps exactly one context per module path (canonicalised) for the
 //! life of the process, created on first use by [`Hsm::open`],
-//! [`Hsm::init_token`] or [`Hsm::token_exists`] and never finalised.
+//! [`Hsm::init_token`] or [`Hsm::token_exists`], and finalised (then
+//! initialised again) only by the reconnect loop after an outage, while no
+//! PKCS#11 call is in progress.
 //! Consequences for callers:
 //!
 //! - SoftHSM reads `SOFTHSM2_CONF` at `C_Initialize`, i.e. at the first call:
@@ -55,11 +59,13 @@
 mod config;
 mod context;
 mod error;
+mod heal;
 mod hsm;
 mod keys;
 mod pool;
 
 pub use config::{softhsm_module_path, write_softhsm_conf, HsmConfig, DEFAULT_POOL_SIZE, MODULE_ENV};
 pub use error::HsmError;
+pub use heal::{HsmHealth, MAX_BACKOFF, MIN_BACKOFF};
 pub use hsm::Hsm;
 pub use keys::{EcPublicKey, KeyProtection};

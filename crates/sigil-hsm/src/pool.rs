@@ -16,6 +16,8 @@ use crate::error::HsmError;
 
 /// How long a caller waits for a free session before failing closed.
 pub(crate) const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Words in the "all sessions busy" message that tell it from an outage.
+pub(crate) const BUSY_MARK: &str = "HSM sessions stayed busy";
 
 pub(crate) struct Pool {
     size: usize,
@@ -30,6 +32,11 @@ struct State {
     /// Bumped by [`Pool::close_all`]; leases from an older generation are
     /// closed instead of returned.
     generation: u64,
+    /// The module initialisation the sessions belong to (see
+    /// `Module::enter`). Sessions of an earlier one died with `C_Finalize`:
+    /// they are abandoned, never closed (their handle numbers may already
+    /// name new sessions).
+    module_gen: u64,
 }
 
 /// A session checked out of the pool.
@@ -47,6 +54,7 @@ impl Pool {
                 idle: Vec::with_capacity(size),
                 open: 0,
                 generation: 0,
+                module_gen: 0,
             }),
             freed: Condvar::new(),
         }
@@ -56,28 +64,51 @@ impl Pool {
         self.size
     }
 
+    /// Sessions open now (idle or lent out).
+    pub(crate) fn open_sessions(&self) -> usize {
+        lock(&self.state).open
+    }
+
     /// An idle session, or a new one from `open` if the pool has room;
     /// otherwise wait up to [`CHECKOUT_TIMEOUT`] for one to come back.
-    pub(crate) fn checkout(&self, open: impl FnOnce() -> Result<Session, HsmError>) -> Result<Lease<'_>, HsmError> {
-        self.checkout_inner(true, open)
+    /// `module_gen` is the module initialisation the caller is inside.
+    pub(crate) fn checkout(
+        &self,
+        module_gen: u64,
+        open: impl FnOnce() -> Result<Session, HsmError>,
+    ) -> Result<Lease<'_>, HsmError> {
+        self.checkout_inner(true, module_gen, open)
     }
 
     /// Like [`Pool::checkout`] but always opens a new session (used to retry
     /// after a session loss: the idle ones may be dead too).
     pub(crate) fn checkout_fresh(
         &self,
+        module_gen: u64,
         open: impl FnOnce() -> Result<Session, HsmError>,
     ) -> Result<Lease<'_>, HsmError> {
-        self.checkout_inner(false, open)
+        self.checkout_inner(false, module_gen, open)
     }
 
     fn checkout_inner(
         &self,
         reuse: bool,
+        module_gen: u64,
         open: impl FnOnce() -> Result<Session, HsmError>,
     ) -> Result<Lease<'_>, HsmError> {
         let deadline = Instant::now() + CHECKOUT_TIMEOUT;
         let mut st = lock(&self.state);
+        if st.module_gen != module_gen {
+            // The module was finalised and initialised again since these
+            // sessions were opened: they no longer exist in the HSM.
+            let dead = std::mem::take(&mut st.idle);
+            st.open -= dead.len();
+            st.module_gen = module_gen;
+            st.generation += 1;
+            for s in dead {
+                std::mem::forget(s);
+            }
+        }
         loop {
             if reuse {
                 if let Some(session) = st.idle.pop() {
@@ -117,8 +148,8 @@ impl Pool {
             let now = Instant::now();
             if now >= deadline {
                 return Err(HsmError::Unavailable(format!(
-                    "all {} HSM sessions stayed busy for {}s: the HSM is slow or hung; raise \
-                     pool_size or check the HSM",
+                    "all {} {BUSY_MARK} for {}s: the HSM is slow or hung; raise pool_size or \
+                     check the HSM",
                     self.size,
                     CHECKOUT_TIMEOUT.as_secs()
                 )));
@@ -147,6 +178,21 @@ impl Pool {
         }
         self.freed.notify_all();
         n
+    }
+
+    /// Forget every idle session without closing it (after a session loss:
+    /// their handle numbers may already name new sessions).
+    pub(crate) fn abandon_idle(&self) {
+        let dead = {
+            let mut st = lock(&self.state);
+            let dead = std::mem::take(&mut st.idle);
+            st.open -= dead.len();
+            dead
+        };
+        for s in dead {
+            std::mem::forget(s);
+        }
+        self.freed.notify_all();
     }
 
     fn give_back(&self, session: Session, generation: u64) {
@@ -186,6 +232,16 @@ impl Lease<'_> {
         self.session
             .as_ref()
             .ok_or_else(|| HsmError::Unavailable("internal error: empty session lease".into()))
+    }
+
+    /// Forget a lost session: neither returned nor closed (its handle
+    /// number may already name a new session).
+    pub(crate) fn abandon(mut self) {
+        if let Some(s) = self.session.take() {
+            lock(&self.pool.state).open -= 1;
+            std::mem::forget(s);
+            self.pool.freed.notify_one();
+        }
     }
 
     /// Close the session instead of returning it to the pool.
