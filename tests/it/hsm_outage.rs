@@ -80,28 +80,6 @@ async fn approve(a: &mut ApprovalServiceClient<Channel>, u: &User, code: &str, n
     Ok(())
 }
 
-async fn health(url: &str) -> ServingStatus {
-    let ch = sigil::client::connect_as(url, &certs_dir(), "frontend").await.unwrap();
-    tonic_health::pb::health_client::HealthClient::new(ch)
-        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
-        .await
-        .unwrap()
-        .into_inner()
-        .status()
-}
-
-/// Polls health until it reports `want`; returns how long that took.
-async fn wait_health(url: &str, want: ServingStatus, limit: Duration) -> Duration {
-    let t0 = Instant::now();
-    loop {
-        if health(url).await == want {
-            return t0.elapsed();
-        }
-        assert!(t0.elapsed() < limit, "health did not turn {want:?} within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Approves with the users in `users` round robin (each at most once per
 /// TOTP step) until `stop`, recording every attempt.
 async fn load(url: String, mut users: Vec<User>, stop: Arc<AtomicBool>, out: Arc<Mutex<Vec<Outcome>>>) {

@@ -16,6 +16,7 @@ use sigil::pb;
 use sigil::pb::approval_service_client::ApprovalServiceClient;
 use tonic::transport::Channel;
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::support::daemon::*;
 use crate::support::harness::*;
@@ -365,7 +366,10 @@ async fn postgres_stopped_under_load_fails_closed_with_unavailable_and_recovers_
     eprintln!("PostgreSQL stopped ({} ms)", (down - stopping).as_millis());
     // Over twice the pool's 5 s connection timeout: requests waiting for a
     // connection give up, and the next ones too, while it is still down.
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    // Health turns NOT_SERVING within the readiness check's connection wait.
+    let not_serving = wait_health(&d.url, ServingStatus::NotServing, Duration::from_secs(11)).await;
+    eprintln!("health NOT_SERVING {} ms after the stop", not_serving.as_millis());
+    tokio::time::sleep(Duration::from_secs(12).saturating_sub(down.elapsed())).await;
     assert!(d.child.try_wait().unwrap().is_none(), "sigild exited during the outage");
     let restarting = Instant::now();
     pg.restart();
@@ -396,6 +400,8 @@ async fn postgres_stopped_under_load_fails_closed_with_unavailable_and_recovers_
         "the first approval came {:?} after PostgreSQL's restart",
         recovered - up
     );
+    let serving = wait_health(&d.url, ServingStatus::Serving, Duration::from_secs(10)).await;
+    eprintln!("health SERVING again {} ms later", serving.as_millis());
     eprintln!(
         "first approval {} ms after the restart completed ({} probe calls)",
         (recovered - up).as_millis(),

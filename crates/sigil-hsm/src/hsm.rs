@@ -76,6 +76,16 @@ pub(crate) struct Inner {
     pub(crate) required: Mutex<Vec<(KeyKind, String)>>,
 }
 
+impl Drop for Inner {
+    /// The last handle goes: close its idle sessions inside the module (a
+    /// re-initialisation must not run at the same time), or forget them if
+    /// they belong to an earlier initialisation.
+    fn drop(&mut self) {
+        let entered = self.module.enter();
+        self.pool.drain(entered.generation);
+    }
+}
+
 impl fmt::Debug for Hsm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Hsm")

@@ -180,6 +180,24 @@ impl Pool {
         n
     }
 
+    /// Empty the pool for good: idle sessions of module initialisation
+    /// `module_gen` are closed, older ones forgotten. Call inside the module.
+    pub(crate) fn drain(&self, module_gen: u64) {
+        let (idle, current) = {
+            let mut st = lock(&self.state);
+            let idle = std::mem::take(&mut st.idle);
+            st.open -= idle.len();
+            (idle, st.module_gen == module_gen)
+        };
+        for s in idle {
+            if current {
+                close_quietly(s);
+            } else {
+                std::mem::forget(s);
+            }
+        }
+    }
+
     /// Forget every idle session without closing it (after a session loss:
     /// their handle numbers may already name new sessions).
     pub(crate) fn abandon_idle(&self) {

@@ -11,6 +11,7 @@ use sigil::client::connect_as;
 use sigil::pb;
 use sigil::pb::approval_service_client::ApprovalServiceClient;
 use sigil::pb::factor_service_client::FactorServiceClient;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::support::harness::*;
 
@@ -243,6 +244,29 @@ pub async fn wait_ready(url: &str) {
         })
         .await
         .unwrap();
+}
+
+/// The overall health status `url` reports now.
+pub async fn health(url: &str) -> ServingStatus {
+    let ch = connect_as(url, &certs_dir(), "frontend").await.unwrap();
+    tonic_health::pb::health_client::HealthClient::new(ch)
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .status()
+}
+
+/// Polls health until it reports `want`; returns how long that took.
+pub async fn wait_health(url: &str, want: ServingStatus, limit: Duration) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if health(url).await == want {
+            return t0.elapsed();
+        }
+        assert!(t0.elapsed() < limit, "health did not turn {want:?} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Runs the real `sigil audit verify --checkpoint`; returns (entries, checkpoints).
