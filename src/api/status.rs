@@ -82,7 +82,11 @@ pub fn to_status(e: Error) -> Status {
             details.set_retry_info(Some(Duration::from_secs(*retry_after)));
         }
         Error::Unavailable(_) => {
-            tracing::error!(error = %msg, "refusing: dependency unavailable");
+            // During an outage every call is refused: one line a second,
+            // with how many were left out, rather than one per call.
+            if let Some(suppressed) = UNAVAILABLE_LOG.admit() {
+                tracing::error!(error = %msg, suppressed, "refusing: dependency unavailable");
+            }
         }
         Error::Internal(_) => {
             tracing::error!(error = %msg, "internal error");
@@ -91,6 +95,35 @@ pub fn to_status(e: Error) -> Status {
     }
     details.set_error_info(reason.as_str(), sigil_verify::reason::DOMAIN, metadata);
     Status::with_error_details(code, msg, details)
+}
+
+/// Admits one log line per interval and counts the rest.
+struct LogLimit {
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+/// `UNAVAILABLE` refusals logged at most once a second.
+static UNAVAILABLE_LOG: LogLimit = LogLimit {
+    state: std::sync::Mutex::new((None, 0)),
+};
+
+impl LogLimit {
+    /// `Some(lines left out since the last one)` if a line may be logged now.
+    fn admit(&self) -> Option<u64> {
+        let mut st = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        match st.0 {
+            Some(last) if now.duration_since(last) < std::time::Duration::from_secs(1) => {
+                st.1 += 1;
+                None
+            }
+            _ => {
+                let left_out = st.1;
+                *st = (Some(now), 0);
+                Some(left_out)
+            }
+        }
+    }
 }
 
 /// The refusal of a client certificate on the deny-list
@@ -108,6 +141,20 @@ pub fn certificate_denied(message: impl Into<String>) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unavailable_refusals_are_logged_once_a_second_with_a_count_of_the_rest() {
+        let l = LogLimit {
+            state: std::sync::Mutex::new((None, 0)),
+        };
+        assert_eq!(l.admit(), Some(0));
+        assert_eq!(l.admit(), None);
+        assert_eq!(l.admit(), None);
+        // A second later: one line, saying two were left out.
+        l.state.lock().unwrap().0 = Some(std::time::Instant::now() - std::time::Duration::from_millis(1001));
+        assert_eq!(l.admit(), Some(2));
+        assert_eq!(l.admit(), None);
+    }
     use crate::model::FieldError;
 
     #[test]
