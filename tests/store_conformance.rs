@@ -660,3 +660,102 @@ fn postgres_checks_wait_for_writers_in_flight_and_then_decide() {
         .get(0);
     assert_eq!(n, 0);
 }
+
+/// Pruning a log's oldest entries: a prefix goes, the floor names the last
+/// entry gone with its hash, the rest still chains from it (also once every
+/// entry went), appends go on, and a prune from a floor that moved writes
+/// nothing.
+#[test]
+fn pruning_deletes_a_prefix_and_the_rest_still_chains() {
+    use sigil::store::{log_floor, verify_log};
+    each_backend(|f| {
+        let s = f.a.as_ref();
+        for i in 0..50u32 {
+            let mut b = Batch::new();
+            b.append(Table::Audit, format!("entry {i}").into_bytes());
+            s.commit(&b).unwrap();
+        }
+        let tenth = s.read_log(Table::Audit, 9, 1).unwrap()[0].clone();
+        let mut b = Batch::new();
+        b.prune(Table::Audit, 0, 10);
+        s.commit(&b).unwrap();
+        assert_eq!(s.len(Table::Audit).unwrap(), 40, "{}", f.name);
+        assert_eq!(log_floor(s, Table::Audit).unwrap(), (10, tenth.hash), "{}", f.name);
+        assert_eq!(s.read_log(Table::Audit, 0, 1).unwrap()[0].seq, 11, "{}", f.name);
+        assert_eq!(verify_log(s, Table::Audit).unwrap().0, 50, "{}", f.name);
+        // From a floor that moved: refused, nothing deleted.
+        let mut b = Batch::new();
+        b.prune(Table::Audit, 0, 20);
+        assert!(matches!(s.commit(&b), Err(StoreError::Conflict)), "{}", f.name);
+        // With a condition that fails: nothing deleted either.
+        let mut b = Batch::new();
+        b.prune(Table::Audit, 10, 20);
+        b.check(Table::Users, b"nobody", 3);
+        assert!(matches!(s.commit(&b), Err(StoreError::Conflict)));
+        assert_eq!(s.len(Table::Audit).unwrap(), 40);
+        // An empty range changes nothing.
+        let mut b = Batch::new();
+        b.prune(Table::Audit, 10, 10);
+        s.commit(&b).unwrap();
+        assert_eq!(log_floor(s, Table::Audit).unwrap().0, 10);
+        // Past the head: everything goes, the floor is the head.
+        let head = s.log_head(Table::Audit).unwrap();
+        let mut b = Batch::new();
+        b.prune(Table::Audit, 10, 1_000);
+        s.commit(&b).unwrap();
+        assert_eq!(s.len(Table::Audit).unwrap(), 0, "{}", f.name);
+        assert_eq!(log_floor(s, Table::Audit).unwrap(), head, "{}", f.name);
+        assert_eq!(verify_log(s, Table::Audit).unwrap(), head, "{}", f.name);
+        // Appends go on from the head, chained on the pruned entry's hash.
+        let mut b = Batch::new();
+        b.append(Table::Audit, b"after".to_vec());
+        assert_eq!(s.commit(&b).unwrap(), vec![51]);
+        let next = s.read_log(Table::Audit, 0, 10).unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].hash, chain_hash(&head.1, 51, b"after"));
+        assert_eq!(verify_log(s, Table::Audit).unwrap().0, 51);
+        // The other log is untouched, and a table that is no log is refused.
+        assert_eq!(log_floor(s, Table::Events).unwrap(), (0, [0u8; 32]));
+        let mut b = Batch::new();
+        b.prune(Table::Users, 0, 5);
+        assert!(s.commit(&b).is_err());
+    });
+}
+
+/// Two replicas pruning the same range at once: one deletes it, the other
+/// is refused (its floor moved) and deletes nothing more; the log still
+/// verifies.
+#[test]
+fn replicas_pruning_at_once_prune_once() {
+    each_backend(|f| {
+        for i in 0..300u32 {
+            let mut b = Batch::new();
+            b.append(Table::Events, i.to_be_bytes().to_vec());
+            b.append(Table::Audit, i.to_be_bytes().to_vec());
+            f.a.commit(&b).unwrap();
+        }
+        let outcomes: Vec<_> = [f.a.clone(), f.b.clone(), f.a.clone(), f.b.clone()]
+            .into_iter()
+            .map(|s| {
+                thread::spawn(move || {
+                    let mut b = Batch::new();
+                    b.prune(Table::Events, 0, 200);
+                    b.append(Table::Audit, b"pruned".to_vec());
+                    s.commit(&b)
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        let won = outcomes.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "{}: {outcomes:?}", f.name);
+        assert!(outcomes
+            .iter()
+            .all(|r| r.is_ok() || matches!(r, Err(StoreError::Conflict))));
+        assert_eq!(f.b.len(Table::Events).unwrap(), 100, "{}", f.name);
+        assert_eq!(sigil::store::log_floor(f.b.as_ref(), Table::Events).unwrap().0, 200);
+        assert_eq!(sigil::store::verify_log(f.b.as_ref(), Table::Events).unwrap().0, 300);
+        assert_eq!(sigil::store::verify_log(f.b.as_ref(), Table::Audit).unwrap().0, 301);
+    });
+}
