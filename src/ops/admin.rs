@@ -279,17 +279,26 @@ impl Ops {
         Ok(self.k.store.read_log(Table::Audit, after, limit)?)
     }
 
-    /// Verifies the whole audit log and its checkpoints.
+    /// Verifies the whole audit log and its checkpoints, a page at a time.
     pub fn verify_audit(&self) -> Result<audit::Report, Error> {
-        let mut entries = Vec::new();
-        let mut after = 0;
-        loop {
-            let page = self.k.store.read_log(Table::Audit, after, 10_000)?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            entries.extend(page);
+        let mut v = audit::Verifier::new(self.k.signer.audit_jwk());
+        for c in self.checkpoints()? {
+            if v.checkpoint(&c).is_err() {
+                return Ok(v.finish());
+            }
         }
-        Ok(audit::verify(&entries, &self.checkpoints()?, self.k.signer.audit_jwk()))
+        loop {
+            let page = self.k.store.read_log(Table::Audit, v.position().0, 1_000)?;
+            if page.is_empty() {
+                break;
+            }
+            for e in &page {
+                if v.entry(e).is_err() {
+                    return Ok(v.finish());
+                }
+            }
+        }
+        Ok(v.finish())
     }
 
     /// Events after `after`, at most `limit`.

@@ -1,19 +1,27 @@
 //! `sigil audit`: reading the audit log and verifying its hash chain and
-//! signed checkpoints here, independently of the server.
+//! signed checkpoints here, independently of the server, a page at a time
+//! (the server ends a page before about 1 MiB), whatever the log's length.
 use std::path::Path;
 
 use clap::Subcommand;
+use sigil::audit::{Broken, Checkpoint, Verifier};
+use sigil::store::LogEntry;
 use sigil::Error;
 
 use crate::conn::Conn;
 use crate::rpc::{Admin, AuditFilter};
 
+/// Entries asked for per page: the server ends a page before about 1 MiB,
+/// which usually comes first.
+const PAGE: u32 = 10_000;
+
 /// The `sigil audit` commands.
 #[derive(Subcommand)]
 pub enum AuditCmd {
-    /// Fetch the whole audit log and its signed checkpoints, recompute the
-    /// hash chain here, check every checkpoint signature against the audit
-    /// key, and report the first entry that does not fit (exit 1).
+    /// Read the whole audit log a page at a time with its signed
+    /// checkpoints, recompute the hash chain here, check every checkpoint
+    /// signature against the audit key, and report the first entry that
+    /// does not fit (exit 1).
     Verify {
         #[command(flatten)]
         conn: Conn,
@@ -47,7 +55,7 @@ async fn read(conn: &Conn, filter: AuditFilter, config: Option<&Path>) -> Result
     let mut admin = Admin::connect(conn, config).await?;
     let mut after = 0;
     loop {
-        let r = admin.read_audit(after, 1000, &filter).await?;
+        let r = admin.read_audit(after, PAGE, &filter).await?;
         for e in &r.entries {
             println!("{} {}", e.seq, String::from_utf8_lossy(&e.raw));
         }
@@ -58,43 +66,22 @@ async fn read(conn: &Conn, filter: AuditFilter, config: Option<&Path>) -> Result
     }
 }
 
-/// `sigil audit verify`: fetches the whole log and the checkpoints (after
-/// having one signed, with `checkpoint`), and checks them against the
-/// audit key; a log that does not verify is an error naming the first
-/// entry that does not fit.
+/// `sigil audit verify`: reads the log a page at a time and the
+/// checkpoints (after having one signed, with `checkpoint`), and checks
+/// them against the audit key, holding only a page and the chain's running
+/// state; a log that does not verify is an error naming the first entry
+/// that does not fit.
 async fn verify(conn: &Conn, checkpoint: bool, config: Option<&Path>) -> Result<(), Error> {
     let mut admin = Admin::connect(conn, config).await?;
     if checkpoint {
         admin.checkpoint_audit().await?;
     }
-    let mut entries = Vec::new();
-    let mut after = 0;
-    loop {
-        let r = admin.read_audit(after, 10_000, &AuditFilter::default()).await?;
-        for e in r.entries {
-            let hash: [u8; 32] = e
-                .chain_hash
-                .as_slice()
-                .try_into()
-                .map_err(|_| Error::Internal(format!("entry {} has a malformed chain hash", e.seq)))?;
-            entries.push(sigil::store::LogEntry {
-                seq: e.seq,
-                hash,
-                value: e.raw,
-            });
-        }
-        if r.next_after_seq == after {
-            break;
-        }
-        after = r.next_after_seq;
-    }
     let cps = admin.audit_checkpoints().await?;
     let key: sigil_verify::Jwk = serde_json::from_str(&cps.audit_key_jwk_json)
         .map_err(|e| Error::Internal(format!("audit key unreadable: {e}")))?;
-    let checkpoints: Vec<sigil::audit::Checkpoint> = cps
-        .checkpoints
-        .into_iter()
-        .map(|c| sigil::audit::Checkpoint {
+    let mut v = Verifier::new(&key);
+    for c in cps.checkpoints {
+        v.checkpoint(&Checkpoint {
             v: 1,
             seq: c.seq,
             hash: c.hash,
@@ -102,8 +89,30 @@ async fn verify(conn: &Conn, checkpoint: bool, config: Option<&Path>) -> Result<
             kid: c.kid,
             signature: c.signature,
         })
-        .collect();
-    let report = sigil::audit::verify(&entries, &checkpoints, &key);
+        .map_err(broken)?;
+    }
+    let mut after = 0;
+    loop {
+        let r = admin.read_audit(after, PAGE, &AuditFilter::default()).await?;
+        for e in r.entries {
+            let hash: [u8; 32] = e
+                .chain_hash
+                .as_slice()
+                .try_into()
+                .map_err(|_| Error::Internal(format!("entry {} has a malformed chain hash", e.seq)))?;
+            v.entry(&LogEntry {
+                seq: e.seq,
+                hash,
+                value: e.raw,
+            })
+            .map_err(broken)?;
+        }
+        if r.next_after_seq == after {
+            break;
+        }
+        after = r.next_after_seq;
+    }
+    let report = v.finish();
     match report.first_broken {
         None => {
             println!(
@@ -112,6 +121,11 @@ async fn verify(conn: &Conn, checkpoint: bool, config: Option<&Path>) -> Result<
             );
             Ok(())
         }
-        Some((seq, why)) => Err(Error::Internal(format!("audit log BROKEN at entry {seq}: {why}"))),
+        Some(b) => Err(broken(b)),
     }
+}
+
+/// A chain that does not verify, as the command's error.
+fn broken((seq, why): Broken) -> Error {
+    Error::Internal(format!("audit log BROKEN at entry {seq}: {why}"))
 }

@@ -1,0 +1,54 @@
+//! Helpers of the log tests: entries written in bulk straight into a
+//! test server's store, and the `sigil` CLI run against it.
+use sigil::audit::AuditEntry;
+use sigil::store::Batch;
+
+use crate::support::harness::*;
+
+/// Appends `n` audit entries to the server's store in batches of 5,000
+/// (a realistic size each: user, action, details), as if that many
+/// decisions had been made.
+pub async fn bulk_audit(s: &TestServer, n: u64) {
+    let store = s.sigil().store().clone();
+    let at = s.clock.now_secs();
+    tokio::task::spawn_blocking(move || {
+        for start in (0..n).step_by(5_000) {
+            let mut b = Batch::new();
+            for i in start..(start + 5_000).min(n) {
+                AuditEntry::ok(at, "withdrawal-engine", &format!("user-{}", i % 997), "approval.issue")
+                    .with("jti", format!("jti-{i:012}"))
+                    .with("intent_sha256", "x3Qzq1cwP8yA2b0nW6dD0wJq1mK4tYbH9mS7rN2pL5c")
+                    .with("amr", "otp")
+                    .append_to(&mut b)
+                    .unwrap();
+            }
+            store.commit(&b).expect("bulk commit");
+        }
+    })
+    .await
+    .unwrap();
+}
+
+/// Runs the real `sigil` against the test server with the admin
+/// certificate; answers success and everything it printed.
+pub fn cli(s: &TestServer, args: &[&str]) -> (bool, String) {
+    let d = certs_dir();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sigil"))
+        .args(args)
+        .args(["--server", &s.url])
+        .arg("--ca")
+        .arg(d.join("ca.pem"))
+        .arg("--cert")
+        .arg(d.join("admin.pem"))
+        .arg("--key")
+        .arg(d.join("admin.key"))
+        .env_remove("SIGIL_URL")
+        .env_remove("SIGIL_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
