@@ -8,6 +8,13 @@
 //! (ES256, inside the HSM). A [`Verifier`] recomputes the chain a page at
 //! a time, checks every checkpoint's signature and that the chain passes
 //! through it, and names the first entry that does not fit.
+//!
+//! The log is bounded by archiving: its oldest entries go to a file
+//! ([`archive`]) cut at a signed checkpoint, then are pruned from the
+//! store, which keeps an [`AuditAnchor`] (the cut's sequence number, hash
+//! and checkpoint). The live log verifies from the anchor; the archives
+//! and the live log verify as one chain. The chain of heads is what an RFC 9162
+//! Merkle tree would later replace; entries and checkpoints keep their form.
 use std::collections::BTreeMap;
 
 use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
@@ -16,7 +23,9 @@ use sigil_verify::{b64url, Jwk};
 
 use crate::error::Error;
 use crate::store::codec;
-use crate::store::{chain_hash, Batch, LogEntry, Table};
+use crate::store::{chain_hash, meta, Batch, LogEntry, Store, Table};
+
+pub mod archive;
 
 /// One audited decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +122,40 @@ pub fn checkpoint_message(seq: u64, hash: &[u8; 32], at: i64) -> Vec<u8> {
     m.extend_from_slice(hash);
     m.extend_from_slice(&at.to_be_bytes());
     m
+}
+
+/// Where the live audit log starts once entries were archived and pruned
+/// (table `meta`, key [`meta::AUDIT_ANCHOR`]): entries `1..=seq` are in
+/// archive files, and the live chain goes on from `hash`, which the
+/// signed `checkpoint` vouches for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditAnchor {
+    /// Record version.
+    pub v: u32,
+    /// The last archived entry.
+    pub seq: u64,
+    /// Its chain hash, base64url.
+    pub hash: String,
+    /// The signed checkpoint at `seq`.
+    pub checkpoint: Checkpoint,
+    /// When the entries up to it were pruned.
+    pub at: i64,
+}
+
+impl crate::store::codec::Record for AuditAnchor {
+    const NAME: &'static str = "audit anchor";
+
+    fn format_version(&self) -> u32 {
+        self.v
+    }
+}
+
+/// The audit log's anchor, if entries were archived and pruned.
+pub fn anchor(store: &dyn Store) -> Result<Option<(AuditAnchor, u64)>, Error> {
+    match store.get(Table::Meta, meta::AUDIT_ANCHOR)? {
+        Some(v) => Ok(Some((codec::decode(&v.value)?, v.version))),
+        None => Ok(None),
+    }
 }
 
 /// A checkpoint's chain hash, if well formed.

@@ -44,6 +44,7 @@ pub const RPC_ROLES: &[(&str, &[Role])] = &[
     ("AdminService/ReadAudit", &[Role::Admin]),
     ("AdminService/GetAuditCheckpoints", &[Role::Admin]),
     ("AdminService/CheckpointAudit", &[Role::Admin]),
+    ("AdminService/PruneAudit", &[Role::Admin]),
     ("AdminService/RotateApprovalKey", &[Role::Admin]),
     ("AdminService/ListApprovalKeys", &[Role::Admin]),
     ("AdminService/RotateSecretsKey", &[Role::Admin]),

@@ -1,7 +1,11 @@
 //! Helpers of the log tests: entries written in bulk straight into a
-//! test server's store, and the `sigil` CLI run against it.
+//! test server's store, the `sigil` CLI run against it, and refusals'
+//! reasons.
+use std::collections::HashMap;
+
 use sigil::audit::AuditEntry;
 use sigil::store::Batch;
+use tonic_types::StatusExt;
 
 use crate::support::harness::*;
 
@@ -51,4 +55,26 @@ pub fn cli(s: &TestServer, args: &[&str]) -> (bool, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
     )
+}
+
+/// A refusal's `ErrorInfo` reason and metadata.
+pub fn reason(st: &tonic::Status) -> (String, HashMap<String, String>) {
+    let info = st
+        .get_error_details()
+        .error_info()
+        .cloned()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {st:?}"));
+    (info.reason, info.metadata)
+}
+
+/// The audit entries of the live log with this action.
+pub fn audited(s: &TestServer, action: &str) -> Vec<AuditEntry> {
+    s.sigil()
+        .ops()
+        .audit_entries(0, 1_000_000)
+        .unwrap()
+        .iter()
+        .map(|e| AuditEntry::decode(&e.value).unwrap())
+        .filter(|e| e.action == action)
+        .collect()
 }
