@@ -43,7 +43,7 @@ pub struct Config {
     pub assets: AssetsConfig,
     /// The incident's protections (holds, locks, audit checkpoints).
     pub protection: ProtectionConfig,
-    /// How the logs are kept bounded.
+    /// How long the event stream keeps events.
     pub retention: RetentionConfig,
     /// Action policy (inline; `protection.policy_file` replaces it).
     pub policy: crate::protect::policy::Policy,
@@ -489,11 +489,28 @@ mod tests {
 
     #[test]
     fn retention_is_read_and_checked() {
-        let c = Config::from_toml("version = 1\n[retention]\nprune_batch = 500\n").unwrap();
+        let c = Config::from_toml(
+            "version = 1\n[retention]\nevents_min_age = \"2h\"\nevents_max_age = \"7d\"\nprune_batch = 500\n",
+        )
+        .unwrap();
         c.validate().unwrap();
+        assert_eq!(c.retention.events_min_age, 7_200);
+        assert_eq!(c.retention.events_max_age, Some(7 * 86_400));
         assert_eq!(c.retention.prune_batch, 500);
-        let c = Config::from_toml("version = 1\n[retention]\nprune_batch = 1\n").unwrap();
-        assert!(c.validate().is_err());
+        let c = Config::from_toml("version = 1\n[retention]\nevents_max_age = \"off\"\nevents_min_age = 0\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!((c.retention.events_max_age, c.retention.events_min_age), (None, 0));
+        assert_eq!(Config::default().retention.events_max_age, Some(30 * 86_400));
+        for bad in [
+            "events_max_age = \"1h\"\nevents_min_age = \"2h\"",
+            "prune_batch = 1",
+            "events_min_age = -5",
+        ] {
+            let c = Config::from_toml(&format!("version = 1\n[retention]\n{bad}\n")).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        let e = Config::from_toml("version = 1\n[retention]\nevents_max_age = \"30 days\"\n").unwrap_err();
+        assert!(e.to_string().contains("unit"), "{e}");
     }
 
     #[test]

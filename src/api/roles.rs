@@ -50,6 +50,7 @@ pub const RPC_ROLES: &[(&str, &[Role])] = &[
     ("AdminService/RotateSecretsKey", &[Role::Admin]),
     ("AdminService/Backup", &[Role::Admin]),
     ("EventService/WatchEvents", &[Role::Frontend, Role::Admin]),
+    ("EventService/AckEvents", &[Role::Frontend, Role::Admin]),
 ];
 
 /// The roles allowed to call `rpc` (`Service/Method`), if it is in the table.

@@ -1,10 +1,11 @@
 //! The audit log and the event stream: reading them, audit checkpoints,
-//! archiving and pruning the audit log.
+//! archiving and pruning the audit log, and event consumers'
+//! acknowledgements.
 use sigil_verify::b64url;
 
 use super::*;
 use crate::audit::{self, AuditAnchor, AuditEntry, Checkpoint, Verifier};
-use crate::events::Event;
+use crate::events::{ConsumerRecord, Event};
 use crate::store::{chain_hash, codec, log_floor, meta, Batch, LogEntry, Table};
 
 /// The `PRUNED` refusal of a position in a log whose entries (`what`) up
@@ -12,6 +13,22 @@ use crate::store::{chain_hash, codec, log_floor, meta, Batch, LogEntry, Table};
 fn pruned(what: &str, floor: u64, hint: &str) -> Error {
     Error::out_of_range(Reason::Pruned, format!("{what} up to {floor} were pruned; {hint}"))
         .with_meta("pruned_through", floor.to_string())
+}
+
+/// A consumer name: 1 to 64 letters, digits, `.`, `_`, `-`, `:`.
+fn check_consumer(name: &str) -> Result<(), Error> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "consumer",
+            "1 to 64 characters: letters, digits, '.', '_', '-', ':'",
+        ))
+    }
 }
 
 impl Ops {
@@ -330,13 +347,74 @@ impl Ops {
         Ok(pruned)
     }
 
-    /// Events after `after`, at most `limit`.
+    /// Events after `after`, at most `limit`. A cursor before the pruned
+    /// part of the stream is refused (`PRUNED`, `pruned_through`): events
+    /// after it are gone, and skipping them silently would lose them.
     pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Event)>, Error> {
-        self.k
-            .store
-            .read_log(Table::Events, after, limit)?
-            .into_iter()
+        let page = self.k.store.read_log(Table::Events, after, limit)?;
+        // The floor is read after the page: a floor at or below `after`
+        // now means nothing after `after` had been pruned when it was read.
+        let (floor, _) = log_floor(self.k.store.as_ref(), Table::Events)?;
+        if after < floor {
+            return Err(pruned(
+                "events",
+                floor,
+                &format!("cursor {after} is behind them (retention). Resume after cursor {floor} to accept the gap"),
+            ));
+        }
+        page.into_iter()
             .map(|e| Ok((e.seq, Event::decode(&e.value)?)))
             .collect()
+    }
+
+    /// Records that the named consumer has handled every event up to
+    /// `cursor`. The first acknowledgement makes it known (audited
+    /// `events.consumer_added`): from then on events are pruned before
+    /// `retention.events_max_age` only once it acknowledged them. Returns
+    /// the last cursor pruned so far.
+    pub fn ack_events(&self, actor: &str, consumer: &str, cursor: u64) -> Result<u64, Error> {
+        check_consumer(consumer)?;
+        let store = self.k.store.as_ref();
+        let (head, _) = store.log_head(Table::Events)?;
+        if cursor > head {
+            return Err(Error::invalid("cursor", format!("is past the newest event ({head})")));
+        }
+        let (floor, _) = log_floor(store, Table::Events)?;
+        if cursor < floor {
+            return Err(pruned(
+                "events",
+                floor,
+                &format!(
+                    "consumer {consumer} at cursor {cursor} is behind them (retention). Resume after cursor \
+                     {floor} to accept the gap"
+                ),
+            ));
+        }
+        let now = self.k.now()?;
+        let key = meta::consumer_key(consumer);
+        let rec = codec::encode(&ConsumerRecord { v: 1, cursor, at: now })?;
+        for _ in 0..3 {
+            let mut batch = Batch::new();
+            match store.get(Table::Meta, &key)? {
+                Some(v) => {
+                    batch.update(Table::Meta, key.clone(), v.version, rec.clone());
+                }
+                None => {
+                    batch.insert(Table::Meta, key.clone(), rec.clone());
+                    AuditEntry::ok(now, actor, "", "events.consumer_added")
+                        .with("consumer", consumer)
+                        .with("cursor", cursor.to_string())
+                        .append_to(&mut batch)?;
+                }
+            }
+            match self.k.commit(&batch) {
+                Ok(_) => return Ok(floor),
+                Err(Error::Conflict(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Conflict(format!(
+            "consumer {consumer} was acknowledged concurrently; nothing was written, retry"
+        )))
     }
 }

@@ -1,6 +1,7 @@
 //! Operations on the protections and the logs: whitelist, anti-phishing code,
 //! revocation, suspension, the background sweep, the account protection
-//! report, reading events and audit, and archiving the audit log.
+//! report, reading events and audit, archiving the audit log and keeping
+//! both logs bounded (`retention`).
 use std::sync::Arc;
 
 use crate::approval::Approvals;
@@ -16,7 +17,7 @@ mod admin;
 mod logs;
 mod retention;
 
-pub use retention::{Pruned, RetentionConfig};
+pub use retention::{parse_duration, Pruned, RetentionConfig};
 
 /// The configuration sections the operations use.
 #[derive(Debug, Clone, Default)]
@@ -27,7 +28,7 @@ pub struct OpsConfig {
     pub assets: Assets,
     /// Which factors approve what (for the protection report).
     pub policy: Policy,
-    /// How much one prune deletes.
+    /// How long events are kept; how much one prune deletes.
     pub retention: RetentionConfig,
 }
 

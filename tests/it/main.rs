@@ -16,6 +16,7 @@ mod pg_tools;
 mod protections;
 mod reasons;
 mod replicas;
+mod retention;
 mod roles;
 mod support;
 mod totp;

@@ -140,8 +140,10 @@ reasons! {
     /// example a deny-list to reload).
     NotConfigured = "NOT_CONFIGURED",
 
-    /// What was asked for was pruned from its log: audit entries archived
-    /// (`ErrorInfo.metadata.pruned_through` names the last entry gone).
+    /// What was asked for was pruned from its log: events past retention,
+    /// or audit entries archived (`ErrorInfo.metadata.pruned_through`
+    /// names the last entry gone). An event consumer resumes only by
+    /// accepting the gap, after that cursor.
     Pruned = "PRUNED",
     /// No signed audit checkpoint covers the entry where an archive was
     /// cut: have one signed there first.

@@ -1,9 +1,11 @@
-//! Helpers of the log tests: entries written in bulk straight into a
-//! test server's store, the `sigil` CLI run against it, and refusals'
-//! reasons.
+//! Helpers of the log tests (retention, audit archives): entries and
+//! events written in bulk straight into a test server's store, the
+//! `sigil` CLI run against it, and refusals' reasons.
 use std::collections::HashMap;
 
 use sigil::audit::AuditEntry;
+use sigil::events::{Event, EventKind};
+use sigil::pb;
 use sigil::store::Batch;
 use tonic_types::StatusExt;
 
@@ -28,6 +30,24 @@ pub async fn bulk_audit(s: &TestServer, n: u64) {
             }
             store.commit(&b).expect("bulk commit");
         }
+    })
+    .await
+    .unwrap();
+}
+
+/// Appends `n` events (as of the test clock now) to the server's store.
+pub async fn bulk_events(s: &TestServer, n: u64) {
+    let store = s.sigil().store().clone();
+    let at = s.clock.now_secs();
+    tokio::task::spawn_blocking(move || {
+        let mut b = Batch::new();
+        for i in 0..n {
+            Event::new(EventKind::ApprovalIssued, &format!("user-{i}"), at, None)
+                .with("jti", format!("jti-{i}"))
+                .append_to(&mut b)
+                .unwrap();
+        }
+        store.commit(&b).expect("bulk commit");
     })
     .await
     .unwrap();
@@ -65,6 +85,40 @@ pub fn reason(st: &tonic::Status) -> (String, HashMap<String, String>) {
         .cloned()
         .unwrap_or_else(|| panic!("no ErrorInfo in {st:?}"));
     (info.reason, info.metadata)
+}
+
+/// The first item of an event stream from `after`: an event, or the
+/// refusal that ended it.
+pub async fn first_event(s: &TestServer, after: u64) -> Result<pb::Event, tonic::Status> {
+    let mut c = s.events("frontend").await;
+    let mut stream = c
+        .watch_events(pb::WatchEventsRequest { after_cursor: after })
+        .await?
+        .into_inner();
+    match tokio::time::timeout(std::time::Duration::from_secs(5), stream.message()).await {
+        Ok(Ok(Some(e))) => Ok(e),
+        Ok(Ok(None)) => panic!("the stream ended without an event"),
+        Ok(Err(st)) => Err(st),
+        Err(_) => panic!("no event within 5 s after cursor {after}"),
+    }
+}
+
+/// Acknowledges `cursor` for `consumer`; answers the last cursor pruned.
+pub async fn ack(s: &TestServer, consumer: &str, cursor: u64) -> Result<u64, tonic::Status> {
+    s.events("frontend")
+        .await
+        .ack_events(pb::AckEventsRequest {
+            consumer: consumer.into(),
+            cursor,
+        })
+        .await
+        .map(|r| r.into_inner().pruned_through)
+}
+
+/// Runs the sweep once, off the async workers.
+pub async fn sweep(s: &TestServer) {
+    let sg = s.sigil().clone();
+    tokio::task::spawn_blocking(move || sg.sweep()).await.unwrap().unwrap();
 }
 
 /// The audit entries of the live log with this action.
