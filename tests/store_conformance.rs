@@ -759,3 +759,102 @@ fn replicas_pruning_at_once_prune_once() {
         assert_eq!(sigil::store::verify_log(f.b.as_ref(), Table::Audit).unwrap().0, 301);
     });
 }
+
+/// A restore keeps where the live logs start: a pruned event log and an
+/// archived audit log come back with their floors, the audit anchor and
+/// the consumers' acknowledgements, and still verify; on both backends.
+#[test]
+fn a_restore_keeps_pruned_logs_and_their_anchor() {
+    use sigil::backup::{self, Header, RestoreOptions};
+    use sigil::store::{log_floor, meta, verify_log};
+
+    fn fill_and_prune(s: &dyn Store) {
+        let mut b = Batch::new();
+        b.insert(Table::Meta, meta::DEPLOYMENT, b"dep-1".to_vec());
+        s.commit(&b).unwrap();
+        for i in 0..40u32 {
+            let mut b = Batch::new();
+            b.append(Table::Events, format!("e{i}").into_bytes());
+            b.append(Table::Audit, format!("a{i}").into_bytes());
+            s.commit(&b).unwrap();
+        }
+    }
+    fn prune_more(s: &dyn Store, events: u64, audit: u64) {
+        let (ef, _) = log_floor(s, Table::Events).unwrap();
+        let (af, _) = log_floor(s, Table::Audit).unwrap();
+        let mut b = Batch::new();
+        b.prune(Table::Events, ef, events);
+        b.prune(Table::Audit, af, audit);
+        s.commit(&b).unwrap();
+    }
+    fn mark(s: &dyn Store, anchor: &[u8], acked: &[u8]) {
+        let mut b = Batch::new();
+        for (k, v) in [
+            (meta::AUDIT_ANCHOR.to_vec(), anchor),
+            (meta::consumer_key("mailer"), acked),
+        ] {
+            match s.get(Table::Meta, &k).unwrap() {
+                Some(old) => b.update(Table::Meta, k, old.version, v.to_vec()),
+                None => b.insert(Table::Meta, k, v.to_vec()),
+            };
+        }
+        s.commit(&b).unwrap();
+    }
+    fn backup_of(s: &dyn Store, dir: &std::path::Path) -> std::path::PathBuf {
+        let records = s.snapshot().unwrap();
+        let header = Header {
+            deployment_id: "dep-1".into(),
+            taken_at: 1_000,
+            records: records.len() as u64,
+        };
+        let file = dir.join("backup-pruned");
+        std::fs::write(&file, backup::encode(&header, &records).unwrap()).unwrap();
+        file
+    }
+    fn check(s: &dyn Store, name: &str) {
+        // The live store's logs (pruned further after the backup) came back.
+        assert_eq!(log_floor(s, Table::Events).unwrap().0, 30, "{name}");
+        assert_eq!(log_floor(s, Table::Audit).unwrap().0, 25, "{name}");
+        assert_eq!(verify_log(s, Table::Events).unwrap().0, 41, "{name}");
+        assert_eq!(verify_log(s, Table::Audit).unwrap().0, 41, "{name}");
+        let anchor = s.get(Table::Meta, meta::AUDIT_ANCHOR).unwrap().unwrap().value;
+        assert_eq!(anchor, b"anchor at 25", "{name}");
+        let acked = s
+            .get(Table::Meta, &meta::consumer_key("mailer"))
+            .unwrap()
+            .unwrap()
+            .value;
+        assert_eq!(acked, b"acked 30", "{name}");
+    }
+    let prepare = |s: &dyn Store, dir: &std::path::Path| {
+        fill_and_prune(s);
+        prune_more(s, 10, 10);
+        mark(s, b"anchor at 10", b"acked 10");
+        let file = backup_of(s, dir);
+        prune_more(s, 30, 25);
+        mark(s, b"anchor at 25", b"acked 30");
+        file
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    {
+        let s = SledStore::open(&path).unwrap();
+        prepare(&s, dir.path());
+    }
+    backup::restore_with(
+        &dir.path().join("backup-pruned"),
+        &path,
+        2_000,
+        &RestoreOptions::default(),
+    )
+    .unwrap();
+    check(&SledStore::open(&path).unwrap(), "sled");
+
+    if let Some(dsn) = pg_database() {
+        let s = PgStore::open(&dsn, 2).unwrap();
+        let file = prepare(&s, dir.path());
+        backup::restore_postgres(&file, &s, 2_000, &RestoreOptions::default()).unwrap();
+        check(&s, "postgres");
+    }
+}
