@@ -208,11 +208,14 @@ impl Sigil {
     /// log grew. Returns the number of addresses announced.
     pub fn sweep(&self) -> Result<usize, Error> {
         let announced = self.ops.sweep()?;
-        self.ops.apply_retention()?;
+        // Pruning that fails does not hold up key transitions and the
+        // checkpoint (which then covers the pruning's audit entries).
+        let pruned = self.ops.apply_retention();
         self.keys.advance_keys()?;
         self.keys.sync_keys()?;
         self.keys.sync_secrets_key()?;
         self.ops.checkpoint_audit()?;
+        pruned?;
         Ok(announced)
     }
 
