@@ -197,6 +197,7 @@ pub type Broken = (u64, String);
 /// ([`Verifier::checkpoint`]): each one's signature is checked at once,
 /// its hash when the chain reaches (or is at) its entry. Once something
 /// does not fit, every later call answers the same break.
+#[derive(Debug)]
 pub struct Verifier {
     /// The audit key: kid and SEC1 point (None if malformed).
     key: Option<(String, Vec<u8>)>,

@@ -225,3 +225,199 @@ pub fn verify_archive(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use ring::rand::SystemRandom;
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+
+    use super::*;
+    use crate::audit::{checkpoint_message, AuditEntry};
+    use crate::store::chain_hash;
+
+    /// A software audit key, entries 1..=n chained, and checkpoints signed.
+    struct Log {
+        key: EcdsaKeyPair,
+        jwk: Jwk,
+        entries: Vec<LogEntry>,
+    }
+
+    impl Log {
+        fn new(n: u64) -> Log {
+            Log::with_action(n, "t")
+        }
+
+        fn with_action(n: u64, action: &str) -> Log {
+            let rng = SystemRandom::new();
+            let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+            let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+            let point = key.public_key().as_ref();
+            let jwk = Jwk::from_p256_point(&point[1..33].try_into().unwrap(), &point[33..].try_into().unwrap());
+            let mut entries = Vec::new();
+            let mut prev = [0u8; 32];
+            for seq in 1..=n {
+                let value =
+                    crate::store::codec::encode(&AuditEntry::ok(1_000, "admin", "", action).with("n", seq.to_string()))
+                        .unwrap();
+                let hash = chain_hash(&prev, seq, &value);
+                entries.push(LogEntry { seq, hash, value });
+                prev = hash;
+            }
+            Log { key, jwk, entries }
+        }
+
+        fn hash(&self, seq: u64) -> [u8; 32] {
+            if seq == 0 {
+                [0u8; 32]
+            } else {
+                self.entries[seq as usize - 1].hash
+            }
+        }
+
+        fn checkpoint(&self, seq: u64) -> Checkpoint {
+            let hash = self.hash(seq);
+            let sig = self
+                .key
+                .sign(&SystemRandom::new(), &checkpoint_message(seq, &hash, 7))
+                .unwrap();
+            Checkpoint {
+                v: 1,
+                seq,
+                hash: b64url::encode(&hash),
+                at: 7,
+                kid: self.jwk.kid.clone(),
+                signature: b64url::encode(sig.as_ref()),
+            }
+        }
+
+        /// The archive of entries `after + 1 ..= through`, checkpoints at
+        /// `cps`, as text.
+        fn archive(&self, after: u64, through: u64, cps: &[u64]) -> String {
+            let h = Header {
+                format: FORMAT.into(),
+                deployment_id: "dep".into(),
+                created_at: 9,
+                after_seq: after,
+                after_hash: b64url::encode(&self.hash(after)),
+                after_checkpoint: (after > 0).then(|| self.checkpoint(after)),
+                through_seq: through,
+                through_hash: b64url::encode(&self.hash(through)),
+                checkpoint: self.checkpoint(through),
+                entries: through - after,
+                audit_key: self.jwk.clone(),
+            };
+            let mut out = serde_json::to_string(&h).unwrap() + "\n";
+            for e in &self.entries[after as usize..through as usize] {
+                out += &(serde_json::to_string(&Line::entry(e).unwrap()).unwrap() + "\n");
+                if cps.contains(&e.seq) {
+                    let c = Line::Checkpoint {
+                        checkpoint: self.checkpoint(e.seq),
+                    };
+                    out += &(serde_json::to_string(&c).unwrap() + "\n");
+                }
+            }
+            out
+        }
+    }
+
+    /// Checks archive texts in order, as `sigil audit verify` does.
+    fn check(log: &Log, archives: &[&str]) -> Result<Verifier, Broken> {
+        let mut v: Option<Verifier> = None;
+        for (i, text) in archives.iter().enumerate() {
+            let name = format!("a{i}");
+            let mut r = std::io::BufReader::new(text.as_bytes());
+            let h = read_header(&mut r, &name).map_err(|m| (0, m))?;
+            if v.is_none() {
+                v = Some(first_verifier(&h, &log.jwk, &name)?);
+            }
+            let Some(ver) = v.as_mut() else { unreachable!() };
+            verify_archive(&h, r, &name, ver, "dep")?;
+        }
+        v.ok_or((0, "no archive".into()))
+    }
+
+    #[test]
+    fn consecutive_archives_verify_as_one_chain_and_go_on_into_the_live_log() {
+        let log = Log::new(30);
+        let (a, b) = (log.archive(0, 10, &[4]), log.archive(10, 25, &[20]));
+        let mut v = check(&log, &[&a, &b]).unwrap();
+        assert_eq!(v.position(), (25, log.hash(25)));
+        v.checkpoint(&log.checkpoint(30)).unwrap();
+        for e in &log.entries[25..] {
+            v.entry(e).unwrap();
+        }
+        let r = v.finish();
+        assert!(r.ok(), "{r:?}");
+        assert_eq!((r.from, r.entries, r.checkpoints), (0, 30, 5));
+        // The second alone starts from its signed anchor.
+        let v = check(&log, &[&b]).unwrap();
+        assert_eq!(v.from(), 10);
+    }
+
+    #[test]
+    fn a_tampered_missing_or_truncated_archive_is_named() {
+        let log = Log::new(30);
+        let (a, b, c) = (
+            log.archive(0, 10, &[]),
+            log.archive(10, 20, &[]),
+            log.archive(20, 30, &[]),
+        );
+        let tampered = a.replacen("\\\"n\\\":\\\"6\\\"", "\\\"n\\\":\\\"66\\\"", 1);
+        assert_ne!(tampered, a);
+        let e = check(&log, &[&tampered, &b]).unwrap_err();
+        assert_eq!(e.0, 6, "{e:?}");
+        assert!(e.1.contains("a0 line 7") && e.1.contains("altered"), "{e:?}");
+        // The middle one missing.
+        let e = check(&log, &[&a, &c]).unwrap_err();
+        assert_eq!(e.0, 11, "{e:?}");
+        assert!(e.1.contains("missing"), "{e:?}");
+        // Out of order.
+        let e = check(&log, &[&b, &a]).unwrap_err();
+        assert!(e.1.contains("out of order"), "{e:?}");
+        // Cut short.
+        let short: String = a.lines().take(6).map(|l| format!("{l}\n")).collect();
+        let e = check(&log, &[&short]).unwrap_err();
+        assert_eq!(e.0, 6, "{e:?}");
+        assert!(e.1.contains("truncated"), "{e:?}");
+        // Entries and hashes rewritten consistently: the signed cut says no.
+        let other = Log::with_action(30, "forged");
+        let mut forged = other.archive(0, 10, &[]);
+        let first = forged.lines().next().unwrap().to_string();
+        let mut h: Header = serde_json::from_str(&first).unwrap();
+        h.checkpoint = log.checkpoint(10);
+        h.through_hash = h.checkpoint.hash.clone();
+        h.audit_key = log.jwk.clone();
+        forged = forged.replacen(&first, &serde_json::to_string(&h).unwrap(), 1);
+        let e = check(&log, &[&forged]).unwrap_err();
+        assert!(e.1.contains("rewritten") || e.1.contains("altered"), "{e:?}");
+        // Another deployment's archive.
+        let mut r = std::io::BufReader::new(a.as_bytes());
+        let h = read_header(&mut r, "a").unwrap();
+        let mut v = Verifier::new(&log.jwk);
+        let e = verify_archive(&h, r, "a", &mut v, "another").unwrap_err();
+        assert!(e.1.contains("deployment"), "{e:?}");
+    }
+
+    #[test]
+    fn the_incremental_verifier_agrees_with_checking_a_whole_log() {
+        let log = Log::new(12);
+        let cps = [log.checkpoint(5), log.checkpoint(12)];
+        assert!(crate::audit::verify(&log.entries, &cps, &log.jwk).ok());
+        let mut altered = log.entries.clone();
+        altered[7].value.push(b' ');
+        let r = crate::audit::verify(&altered, &cps, &log.jwk);
+        assert_eq!(r.first_broken.map(|b| b.0), Some(8));
+        let r = crate::audit::verify(&log.entries[..10], &cps, &log.jwk);
+        assert_eq!(r.first_broken.map(|b| b.0), Some(12), "a checkpoint past the end");
+        // From a signed checkpoint: only what follows is checked.
+        let mut v = Verifier::from_checkpoint(&log.jwk, &log.checkpoint(5)).unwrap();
+        for e in &log.entries[5..] {
+            v.entry(e).unwrap();
+        }
+        let r = v.finish();
+        assert_eq!((r.from, r.entries, r.checkpoints, r.ok()), (5, 7, 1, true));
+        let mut bad = log.checkpoint(5);
+        bad.signature = log.checkpoint(6).signature;
+        assert!(Verifier::from_checkpoint(&log.jwk, &bad).is_err());
+    }
+}
