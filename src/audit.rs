@@ -5,11 +5,17 @@
 //! describes (refusals get a batch of their own). The store chains entries:
 //! `hash_n = SHA-256(hash_{n-1} || n as 8 bytes BE || entry)`. A checkpoint
 //! signs `("sigil-audit-checkpoint-v1", n, hash_n, time)` with the audit key
-//! (ES256, inside the HSM). [`verify`] recomputes the chain, checks every
-//! checkpoint's signature and that the chain passes through it, and names
-//! the first entry that does not fit. The chain of heads is what an RFC 9162
+//! (ES256, inside the HSM). A [`Verifier`] recomputes the chain a page at
+//! a time, checks every checkpoint's signature and that the chain passes
+//! through it, and names the first entry that does not fit.
+//!
+//! The log is bounded by archiving: its oldest entries go to a file
+//! ([`archive`]) cut at a signed checkpoint, then are pruned from the
+//! store, which keeps an [`AuditAnchor`] (the cut's sequence number, hash
+//! and checkpoint). The live log verifies from the anchor; the archives
+//! and the live log verify as one chain. The chain of heads is what an RFC 9162
 //! Merkle tree would later replace; entries and checkpoints keep their form.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
 use serde::{Deserialize, Serialize};
@@ -17,7 +23,9 @@ use sigil_verify::{b64url, Jwk};
 
 use crate::error::Error;
 use crate::store::codec;
-use crate::store::{chain_hash, Batch, LogEntry, Table};
+use crate::store::{chain_hash, meta, Batch, LogEntry, Store, Table};
+
+pub mod archive;
 
 /// One audited decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,9 +124,52 @@ pub fn checkpoint_message(seq: u64, hash: &[u8; 32], at: i64) -> Vec<u8> {
     m
 }
 
-/// The outcome of [`verify`].
+/// Where the live audit log starts once entries were archived and pruned
+/// (table `meta`, key [`meta::AUDIT_ANCHOR`]): entries `1..=seq` are in
+/// archive files, and the live chain goes on from `hash`, which the
+/// signed `checkpoint` vouches for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditAnchor {
+    /// Record version.
+    pub v: u32,
+    /// The last archived entry.
+    pub seq: u64,
+    /// Its chain hash, base64url.
+    pub hash: String,
+    /// The signed checkpoint at `seq`.
+    pub checkpoint: Checkpoint,
+    /// When the entries up to it were pruned.
+    pub at: i64,
+}
+
+impl crate::store::codec::Record for AuditAnchor {
+    const NAME: &'static str = "audit anchor";
+
+    fn format_version(&self) -> u32 {
+        self.v
+    }
+}
+
+/// The audit log's anchor, if entries were archived and pruned.
+pub fn anchor(store: &dyn Store) -> Result<Option<(AuditAnchor, u64)>, Error> {
+    match store.get(Table::Meta, meta::AUDIT_ANCHOR)? {
+        Some(v) => Ok(Some((codec::decode(&v.value)?, v.version))),
+        None => Ok(None),
+    }
+}
+
+/// A checkpoint's chain hash, if well formed.
+pub fn checkpoint_hash(c: &Checkpoint) -> Option<[u8; 32]> {
+    b64url::decode(&c.hash).ok()?.as_slice().try_into().ok()
+}
+
+/// The outcome of a verification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
+    /// Where the check started: entries up to this one were not checked
+    /// (archived; the chain was taken from a signed checkpoint there).
+    /// 0: from the start of the log.
+    pub from: u64,
     /// Entries checked.
     pub entries: u64,
     /// Checkpoints whose signature and position verified.
@@ -134,95 +185,217 @@ impl Report {
     }
 }
 
-/// Recomputes the chain of `entries` (all of them, from seq 1, in order) and
-/// checks `checkpoints` against it with the audit key `key`.
-pub fn verify(entries: &[LogEntry], checkpoints: &[Checkpoint], key: &Jwk) -> Report {
-    let mut report = Report {
-        entries: 0,
-        checkpoints: 0,
-        first_broken: None,
-    };
-    let mut prev = [0u8; 32];
-    let mut hashes: HashMap<u64, [u8; 32]> = HashMap::new();
-    for (i, e) in entries.iter().enumerate() {
-        let expected_seq = i as u64 + 1;
-        if e.seq != expected_seq {
-            report.first_broken = Some((
-                expected_seq,
-                format!("entry {expected_seq} is missing (next is {})", e.seq),
-            ));
-            return report;
-        }
-        let h = chain_hash(&prev, e.seq, &e.value);
-        if h != e.hash {
-            report.first_broken = Some((
-                e.seq,
-                format!("entry {} does not match its chain hash (altered)", e.seq),
-            ));
-            return report;
-        }
-        if AuditEntry::decode(&e.value).is_err() {
-            report.first_broken = Some((e.seq, format!("entry {} is not a valid audit entry", e.seq)));
-            return report;
-        }
-        hashes.insert(e.seq, h);
-        prev = h;
-        report.entries += 1;
+/// Where a chain stops verifying: the entry, and why.
+pub type Broken = (u64, String);
+
+/// Checks an audit chain entry by entry, in order, holding only its
+/// running state: the last sequence number and hash, and the signed
+/// checkpoints not reached yet. A log of any length (or several archive
+/// files and the live log after them) is checked a page at a time.
+///
+/// Checkpoints are given before or right after the entry they cover
+/// ([`Verifier::checkpoint`]): each one's signature is checked at once,
+/// its hash when the chain reaches (or is at) its entry. Once something
+/// does not fit, every later call answers the same break.
+#[derive(Debug)]
+pub struct Verifier {
+    /// The audit key: kid and SEC1 point (None if malformed).
+    key: Option<(String, Vec<u8>)>,
+    prev: [u8; 32],
+    last: u64,
+    from: u64,
+    entries: u64,
+    checkpoints: u64,
+    ahead: BTreeMap<u64, [u8; 32]>,
+    broken: Option<Broken>,
+}
+
+impl Verifier {
+    /// A verifier of a whole log, from entry 1.
+    pub fn new(key: &Jwk) -> Verifier {
+        Verifier::from_anchor(key, 0, [0u8; 32])
     }
-    let point = match (b64url::decode(&key.x), b64url::decode(&key.y)) {
-        (Ok(x), Ok(y)) if x.len() == 32 && y.len() == 32 => [&[4u8][..], &x, &y].concat(),
-        _ => {
-            report.first_broken = Some((0, "the audit key is malformed".into()));
-            return report;
-        }
-    };
-    let pk = UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point);
-    for c in checkpoints {
-        let hash = match b64url::decode(&c.hash) {
-            Ok(h) if h.len() == 32 => {
-                let mut a = [0u8; 32];
-                a.copy_from_slice(&h);
-                a
-            }
-            _ => {
-                report.first_broken = Some((c.seq, format!("checkpoint at {} is malformed", c.seq)));
-                return report;
-            }
+
+    /// A verifier that starts after entry `seq`, whose chain hash is
+    /// `hash` (taken on trust: see [`Verifier::from_checkpoint`]).
+    pub fn from_anchor(key: &Jwk, seq: u64, hash: [u8; 32]) -> Verifier {
+        let key = match (b64url::decode(&key.x), b64url::decode(&key.y)) {
+            (Ok(x), Ok(y)) if x.len() == 32 && y.len() == 32 => Some((key.kid.clone(), [&[4u8][..], &x, &y].concat())),
+            _ => None,
         };
-        let sig_ok = c.kid == key.kid
-            && b64url::decode(&c.signature)
-                .map(|s| pk.verify(&checkpoint_message(c.seq, &hash, c.at), &s).is_ok())
-                .unwrap_or(false);
+        let broken = key.is_none().then(|| (0, "the audit key is malformed".to_string()));
+        Verifier {
+            key,
+            prev: hash,
+            last: seq,
+            from: seq,
+            entries: 0,
+            checkpoints: 0,
+            ahead: BTreeMap::new(),
+            broken,
+        }
+    }
+
+    /// A verifier that starts after the entry a signed checkpoint covers,
+    /// from the hash it signs: the chain before it is not checked (it was
+    /// archived), the checkpoint vouches for where it ended.
+    pub fn from_checkpoint(key: &Jwk, c: &Checkpoint) -> Result<Verifier, Broken> {
+        let hash = checkpoint_hash(c).ok_or_else(|| (c.seq, format!("checkpoint at {} is malformed", c.seq)))?;
+        let mut v = Verifier::from_anchor(key, c.seq, hash);
+        v.checkpoint(c)?;
+        Ok(v)
+    }
+
+    /// The last entry checked (or where the check started) and its hash.
+    pub fn position(&self) -> (u64, [u8; 32]) {
+        (self.last, self.prev)
+    }
+
+    /// Where the check started (0: at the start of the log).
+    pub fn from(&self) -> u64 {
+        self.from
+    }
+
+    fn fail(&mut self, at: u64, why: String) -> Result<(), Broken> {
+        let b = self.broken.get_or_insert((at, why)).clone();
+        Err(b)
+    }
+
+    /// Checks a signed checkpoint: its signature by the audit key now, and
+    /// that the chain passes through its hash — now if it covers the last
+    /// entry checked, else when the chain reaches its entry. A checkpoint
+    /// of an entry already passed is out of place.
+    pub fn checkpoint(&mut self, c: &Checkpoint) -> Result<(), Broken> {
+        if let Some(b) = &self.broken {
+            return Err(b.clone());
+        }
+        let Some(hash) = checkpoint_hash(c) else {
+            return self.fail(c.seq, format!("checkpoint at {} is malformed", c.seq));
+        };
+        let sig_ok = match &self.key {
+            Some((kid, point)) => {
+                *kid == c.kid
+                    && b64url::decode(&c.signature)
+                        .map(|s| {
+                            UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
+                                .verify(&checkpoint_message(c.seq, &hash, c.at), &s)
+                                .is_ok()
+                        })
+                        .unwrap_or(false)
+            }
+            None => false,
+        };
         if !sig_ok {
-            report.first_broken = Some((
+            return self.fail(
                 c.seq,
                 format!("checkpoint at {} has no valid signature by the audit key", c.seq),
-            ));
-            return report;
+            );
         }
-        match hashes.get(&c.seq) {
-            Some(h) if *h == hash => report.checkpoints += 1,
-            Some(_) => {
-                report.first_broken = Some((
+        if c.seq == self.last && self.last > 0 {
+            if hash != self.prev {
+                return self.fail(
                     c.seq,
                     format!(
                         "the log was rewritten: entry {} differs from the signed checkpoint",
                         c.seq
                     ),
-                ));
-                return report;
+                );
             }
-            None => {
-                report.first_broken = Some((
-                    c.seq,
-                    format!(
-                        "entry {} is covered by a signed checkpoint but missing (truncated)",
-                        c.seq
-                    ),
-                ));
-                return report;
+            self.checkpoints += 1;
+            return Ok(());
+        }
+        if c.seq < self.last {
+            return self.fail(
+                c.seq,
+                format!(
+                    "checkpoint at {} is out of place: the chain was already checked to {}",
+                    c.seq, self.last
+                ),
+            );
+        }
+        match self.ahead.get(&c.seq) {
+            Some(h) if *h != hash => self.fail(
+                c.seq,
+                format!("two signed checkpoints at {} disagree about its hash", c.seq),
+            ),
+            _ => {
+                self.ahead.insert(c.seq, hash);
+                Ok(())
             }
         }
     }
-    report
+
+    /// Checks the next entry: it follows the last one, its chain hash is
+    /// right, it is an audit entry, and it agrees with any checkpoint of it.
+    pub fn entry(&mut self, e: &LogEntry) -> Result<(), Broken> {
+        if let Some(b) = &self.broken {
+            return Err(b.clone());
+        }
+        let expected = self.last + 1;
+        if e.seq != expected {
+            return self.fail(expected, format!("entry {expected} is missing (next is {})", e.seq));
+        }
+        let h = chain_hash(&self.prev, e.seq, &e.value);
+        if h != e.hash {
+            return self.fail(
+                e.seq,
+                format!("entry {} does not match its chain hash (altered)", e.seq),
+            );
+        }
+        if AuditEntry::decode(&e.value).is_err() {
+            return self.fail(e.seq, format!("entry {} is not a valid audit entry", e.seq));
+        }
+        self.prev = h;
+        self.last = e.seq;
+        self.entries += 1;
+        if let Some(signed) = self.ahead.remove(&e.seq) {
+            if signed != h {
+                return self.fail(
+                    e.seq,
+                    format!(
+                        "the log was rewritten: entry {} differs from the signed checkpoint",
+                        e.seq
+                    ),
+                );
+            }
+            self.checkpoints += 1;
+        }
+        Ok(())
+    }
+
+    /// The outcome: the first break, or a checkpoint of an entry the chain
+    /// never reached (the log was cut short).
+    pub fn finish(mut self) -> Report {
+        if self.broken.is_none() {
+            if let Some((seq, _)) = self.ahead.iter().next() {
+                self.broken = Some((
+                    *seq,
+                    format!("entry {seq} is covered by a signed checkpoint but missing (truncated)"),
+                ));
+            }
+        }
+        Report {
+            from: self.from,
+            entries: self.entries,
+            checkpoints: self.checkpoints,
+            first_broken: self.broken,
+        }
+    }
+}
+
+/// Recomputes the chain of `entries` (all of them, from seq 1, in order) and
+/// checks `checkpoints` against it with the audit key `key`.
+pub fn verify(entries: &[LogEntry], checkpoints: &[Checkpoint], key: &Jwk) -> Report {
+    let mut v = Verifier::new(key);
+    for c in checkpoints {
+        if v.checkpoint(c).is_err() {
+            return v.finish();
+        }
+    }
+    for e in entries {
+        if v.entry(e).is_err() {
+            break;
+        }
+    }
+    v.finish()
 }

@@ -33,8 +33,11 @@
 //! the audit log (with its signed checkpoints) are taken from the live store
 //! whenever it is at least as far along as the backup, so event cursors keep
 //! growing across a restore and the audit chain keeps every entry written
-//! between the backup and the restore. The restore itself is in the audit
-//! log and the event stream.
+//! between the backup and the restore. A log travels with where it starts:
+//! its floor (entries pruned by retention or archived), the audit anchor
+//! (the signed checkpoint the live audit log verifies from) and the event
+//! consumers' acknowledgements. The restore itself is in the audit log and
+//! the event stream.
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -46,7 +49,7 @@ use crate::events::{Event, EventKind};
 use crate::kernel::Kernel;
 use crate::store::codec;
 use crate::store::meta;
-use crate::store::{decode_log_head, log_head_key, Batch, LogHead, SledStore, Store, Table, Versioned};
+use crate::store::{decode_log_head, log_floor_key, log_head_key, Batch, LogHead, SledStore, Store, Table, Versioned};
 
 /// Magic bytes at the start of a backup.
 pub const MAGIC: &[u8; 8] = b"SIGILBK1";
@@ -278,8 +281,24 @@ fn plan(
                     records.push((t, k, v));
                 }
             }
-            let head = log_head_key(log);
-            carried.push((Table::Meta, head.clone(), current.get(Table::Meta, &head)?));
+            // Where the log starts (pruned entries: its floor; archived
+            // audit entries: the anchor) and who acknowledged what of it
+            // travel with it.
+            for key in [log_head_key(log), log_floor_key(log)] {
+                carried.push((Table::Meta, key.clone(), current.get(Table::Meta, &key)?));
+            }
+            if log == Table::Audit {
+                carried.push((
+                    Table::Meta,
+                    meta::AUDIT_ANCHOR.to_vec(),
+                    current.get(Table::Meta, meta::AUDIT_ANCHOR)?,
+                ));
+            } else {
+                records.retain(|(t, k, _)| !(*t == Table::Meta && k.starts_with(meta::CONSUMER_PREFIX)));
+                for (k, v) in current.scan_prefix(Table::Meta, meta::CONSUMER_PREFIX)? {
+                    records.push((Table::Meta, k, v));
+                }
+            }
         }
         for (table, key, value) in carried {
             records.retain(|(t, k, _)| !(*t == table && *k == key));

@@ -15,6 +15,7 @@ use crate::error::Error;
 pub use crate::approval::ApprovalConfig;
 pub use crate::factor::lockout::LockoutConfig;
 pub use crate::factor::totp::TotpConfig;
+pub use crate::ops::RetentionConfig;
 pub use crate::protect::assets::{default_networks, Assets, AssetsConfig};
 pub use crate::protect::ProtectionConfig;
 pub use crate::signer::HsmSection;
@@ -42,6 +43,8 @@ pub struct Config {
     pub assets: AssetsConfig,
     /// The incident's protections (holds, locks, audit checkpoints).
     pub protection: ProtectionConfig,
+    /// How long the event stream keeps events.
+    pub retention: RetentionConfig,
     /// Action policy (inline; `protection.policy_file` replaces it).
     pub policy: crate::protect::policy::Policy,
     /// WebAuthn relying party and policy.
@@ -149,6 +152,7 @@ impl Default for Config {
             lockout: LockoutConfig::default(),
             assets: AssetsConfig::default(),
             protection: ProtectionConfig::default(),
+            retention: RetentionConfig::default(),
             policy: crate::protect::policy::Policy::default(),
             webauthn: crate::factor::webauthn::WebauthnPolicy::default(),
             client: ClientConfig::default(),
@@ -373,6 +377,7 @@ impl Config {
         if self.protection.address_hold_seconds < 0 || self.protection.security_change_lock_seconds < 0 {
             return Err(Error::invalid("protection", "holds and locks cannot be negative"));
         }
+        self.retention.validate()?;
         if self.hsm.pool_size == 0 || self.hsm.pool_size > 256 {
             return Err(Error::invalid("hsm.pool_size", "must be between 1 and 256"));
         }
@@ -480,6 +485,32 @@ mod tests {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains(bad.split(' ').next().unwrap()), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn retention_is_read_and_checked() {
+        let c = Config::from_toml(
+            "version = 1\n[retention]\nevents_min_age = \"2h\"\nevents_max_age = \"7d\"\nprune_batch = 500\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.retention.events_min_age, 7_200);
+        assert_eq!(c.retention.events_max_age, Some(7 * 86_400));
+        assert_eq!(c.retention.prune_batch, 500);
+        let c = Config::from_toml("version = 1\n[retention]\nevents_max_age = \"off\"\nevents_min_age = 0\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!((c.retention.events_max_age, c.retention.events_min_age), (None, 0));
+        assert_eq!(Config::default().retention.events_max_age, Some(30 * 86_400));
+        for bad in [
+            "events_max_age = \"1h\"\nevents_min_age = \"2h\"",
+            "prune_batch = 1",
+            "events_min_age = -5",
+        ] {
+            let c = Config::from_toml(&format!("version = 1\n[retention]\n{bad}\n")).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        let e = Config::from_toml("version = 1\n[retention]\nevents_max_age = \"30 days\"\n").unwrap_err();
+        assert!(e.to_string().contains("unit"), "{e}");
     }
 
     #[test]

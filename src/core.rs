@@ -100,6 +100,7 @@ impl Sigil {
                 protection: cfg.protection.clone(),
                 assets: cfg.asset_rules(),
                 policy: cfg.policy.clone(),
+                retention: cfg.retention.clone(),
             },
         );
         let keys = Keys::new(
@@ -209,15 +210,19 @@ impl Sigil {
     }
 
     /// Background work due at the current time: purge expired records,
-    /// announce addresses whose hold ended, apply key transitions, and sign
-    /// an audit checkpoint when the log grew. Returns the number of
-    /// addresses announced.
+    /// announce addresses whose hold ended, prune the logs as `[retention]`
+    /// says, apply key transitions, and sign an audit checkpoint when the
+    /// log grew. Returns the number of addresses announced.
     pub fn sweep(&self) -> Result<usize, Error> {
         let announced = self.ops.sweep()?;
+        // Pruning that fails does not hold up key transitions and the
+        // checkpoint (which then covers the pruning's audit entries).
+        let pruned = self.ops.apply_retention();
         self.keys.advance_keys()?;
         self.keys.sync_keys()?;
         self.keys.sync_secrets_key()?;
         self.ops.checkpoint_audit()?;
+        pruned?;
         Ok(announced)
     }
 

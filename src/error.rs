@@ -49,6 +49,9 @@ pub enum Error {
     /// The caller may not do this (wrong role, a wrong proof, another
     /// user's challenge, an approval that does not verify): `PERMISSION_DENIED`.
     PermissionDenied(Refusal),
+    /// What the request asks for lies outside what the service still
+    /// holds (a log position before the pruned part): `OUT_OF_RANGE`.
+    OutOfRange(Refusal),
     /// Too many failed attempts: the factor is locked for `retry_after`
     /// more seconds.
     Locked {
@@ -113,10 +116,21 @@ impl Error {
         })
     }
 
+    /// A request outside what the service holds ([`Error::OutOfRange`]).
+    pub fn out_of_range(reason: Reason, message: impl Into<String>) -> Self {
+        Error::OutOfRange(Refusal {
+            reason,
+            message: message.into(),
+            retry_at: None,
+            now: 0,
+            metadata: Vec::new(),
+        })
+    }
+
     /// The refusal with the time at which retrying may succeed, decided
     /// at `now` (both by the service clock).
     pub fn retry_at(mut self, at: i64, now: i64) -> Self {
-        if let Error::FailedPrecondition(r) | Error::PermissionDenied(r) = &mut self {
+        if let Error::FailedPrecondition(r) | Error::PermissionDenied(r) | Error::OutOfRange(r) = &mut self {
             r.retry_at = Some(at);
             r.now = now;
         }
@@ -125,7 +139,7 @@ impl Error {
 
     /// The refusal with one more `ErrorInfo` metadata entry.
     pub fn with_meta(mut self, key: &'static str, value: impl Into<String>) -> Self {
-        if let Error::FailedPrecondition(r) | Error::PermissionDenied(r) = &mut self {
+        if let Error::FailedPrecondition(r) | Error::PermissionDenied(r) | Error::OutOfRange(r) = &mut self {
             r.metadata.push((key, value.into()));
         }
         self
@@ -136,7 +150,7 @@ impl Error {
         match self {
             Error::InvalidArgument { .. } | Error::BadRequest(_) => Reason::InvalidArgument,
             Error::NotFound(_) => Reason::NotFound,
-            Error::FailedPrecondition(r) | Error::PermissionDenied(r) => r.reason,
+            Error::FailedPrecondition(r) | Error::PermissionDenied(r) | Error::OutOfRange(r) => r.reason,
             Error::Locked { .. } => Reason::FactorLocked,
             Error::Conflict(_) => Reason::ConcurrentChange,
             Error::Unavailable(_) => Reason::Unavailable,
@@ -162,7 +176,7 @@ impl fmt::Display for Error {
                 let parts: Vec<String> = v.iter().map(|e| format!("{}: {}", e.field, e.reason)).collect();
                 f.write_str(&parts.join("; "))
             }
-            Error::FailedPrecondition(r) | Error::PermissionDenied(r) => f.write_str(&r.message),
+            Error::FailedPrecondition(r) | Error::PermissionDenied(r) | Error::OutOfRange(r) => f.write_str(&r.message),
             Error::NotFound(m) | Error::Conflict(m) | Error::Unavailable(m) | Error::Internal(m) => f.write_str(m),
             Error::Locked { what, retry_after, .. } => {
                 write!(f, "{what} is locked after repeated failures; retry in {retry_after} s")

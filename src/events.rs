@@ -6,13 +6,19 @@
 //! cursor (the sequence number); delivery is at-least-once and resumable
 //! across restarts with no gaps. Each event carries the user's anti-phishing
 //! code, so messages built from it prove they come from the exchange.
+//!
+//! The log is bounded: the sweep prunes events every known consumer has
+//! acknowledged (a [`ConsumerRecord`] per named consumer, written by
+//! `AckEvents`) once they are old enough, and every event past a maximum
+//! age whatever the consumers say. A cursor before the pruned part is
+//! refused (`PRUNED`), never silently moved past what was deleted.
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::store::codec;
-use crate::store::{Batch, Table};
+use crate::store::{meta, Batch, Store, Table};
 
 /// Kinds of events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,4 +113,36 @@ impl Event {
     pub fn decode(b: &[u8]) -> Result<Event, Error> {
         codec::decode(b)
     }
+}
+
+/// A named event consumer's acknowledgement (table `meta`, key
+/// `consumer/<name>`): it has handled every event up to `cursor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerRecord {
+    /// Record version.
+    pub v: u32,
+    /// The last cursor acknowledged.
+    pub cursor: u64,
+    /// When it was acknowledged (service clock).
+    pub at: i64,
+}
+
+impl crate::store::codec::Record for ConsumerRecord {
+    const NAME: &'static str = "event consumer";
+
+    fn format_version(&self) -> u32 {
+        self.v
+    }
+}
+
+/// Every named consumer with its record and record version, by name.
+pub fn consumers(store: &dyn Store) -> Result<Vec<(String, ConsumerRecord, u64)>, Error> {
+    store
+        .scan_prefix(Table::Meta, meta::CONSUMER_PREFIX)?
+        .into_iter()
+        .map(|(k, v)| {
+            let name = String::from_utf8_lossy(&k[meta::CONSUMER_PREFIX.len()..]).to_string();
+            Ok((name, codec::decode(&v.value)?, v.version))
+        })
+        .collect()
 }

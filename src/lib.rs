@@ -15,8 +15,9 @@
 //! 3. [`clock`]; [`store`]: the storage trait, its sled backend, the one
 //!    record codec (`store::codec`) and the meta keys (`store::meta`).
 //! 4. [`signer`] (HSM keys via `sigil-hsm`, JWKS, secret wrapping),
-//!    [`audit`] (hash-chained audit log), [`events`] (durable event
-//!    outbox), [`denylist`] (client certificates refused).
+//!    [`audit`] (hash-chained audit log, its incremental verifier and
+//!    archive files), [`events`] (durable event outbox, consumers'
+//!    acknowledgements), [`denylist`] (client certificates refused).
 //! 5. [`kernel`]: what every service shares — store, signer, clock,
 //!    random ids, commit with event wake-up.
 //! 6. [`protect`]: protection state and policy — suspensions, revocation
@@ -26,7 +27,8 @@
 //! 8. [`approval`]: the [`approval::Approvals`] service — begin,
 //!    complete, issue, redeem, step-up, one file each.
 //! 9. [`enroll`] (enroll, list and remove factors), [`ops`] (whitelist,
-//!    anti-phishing code, revocation, suspension, sweep, logs), [`keys`]
+//!    anti-phishing code, revocation, suspension, sweep, logs and their
+//!    retention and archiving), [`keys`]
 //!    (approval-key rotation, secrets key).
 //! 10. [`backup`]: backup and restore files.
 //! 11. [`config`]: the TOML file; each section is owned by the module that

@@ -660,3 +660,201 @@ fn postgres_checks_wait_for_writers_in_flight_and_then_decide() {
         .get(0);
     assert_eq!(n, 0);
 }
+
+/// Pruning a log's oldest entries: a prefix goes, the floor names the last
+/// entry gone with its hash, the rest still chains from it (also once every
+/// entry went), appends go on, and a prune from a floor that moved writes
+/// nothing.
+#[test]
+fn pruning_deletes_a_prefix_and_the_rest_still_chains() {
+    use sigil::store::{log_floor, verify_log};
+    each_backend(|f| {
+        let s = f.a.as_ref();
+        for i in 0..50u32 {
+            let mut b = Batch::new();
+            b.append(Table::Audit, format!("entry {i}").into_bytes());
+            s.commit(&b).unwrap();
+        }
+        let tenth = s.read_log(Table::Audit, 9, 1).unwrap()[0].clone();
+        let mut b = Batch::new();
+        b.prune(Table::Audit, 0, 10);
+        s.commit(&b).unwrap();
+        assert_eq!(s.len(Table::Audit).unwrap(), 40, "{}", f.name);
+        assert_eq!(log_floor(s, Table::Audit).unwrap(), (10, tenth.hash), "{}", f.name);
+        assert_eq!(s.read_log(Table::Audit, 0, 1).unwrap()[0].seq, 11, "{}", f.name);
+        assert_eq!(verify_log(s, Table::Audit).unwrap().0, 50, "{}", f.name);
+        // From a floor that moved: refused, nothing deleted.
+        let mut b = Batch::new();
+        b.prune(Table::Audit, 0, 20);
+        assert!(matches!(s.commit(&b), Err(StoreError::Conflict)), "{}", f.name);
+        // With a condition that fails: nothing deleted either.
+        let mut b = Batch::new();
+        b.prune(Table::Audit, 10, 20);
+        b.check(Table::Users, b"nobody", 3);
+        assert!(matches!(s.commit(&b), Err(StoreError::Conflict)));
+        assert_eq!(s.len(Table::Audit).unwrap(), 40);
+        // An empty range changes nothing.
+        let mut b = Batch::new();
+        b.prune(Table::Audit, 10, 10);
+        s.commit(&b).unwrap();
+        assert_eq!(log_floor(s, Table::Audit).unwrap().0, 10);
+        // Past the head: everything goes, the floor is the head.
+        let head = s.log_head(Table::Audit).unwrap();
+        let mut b = Batch::new();
+        b.prune(Table::Audit, 10, 1_000);
+        s.commit(&b).unwrap();
+        assert_eq!(s.len(Table::Audit).unwrap(), 0, "{}", f.name);
+        assert_eq!(log_floor(s, Table::Audit).unwrap(), head, "{}", f.name);
+        assert_eq!(verify_log(s, Table::Audit).unwrap(), head, "{}", f.name);
+        // Appends go on from the head, chained on the pruned entry's hash.
+        let mut b = Batch::new();
+        b.append(Table::Audit, b"after".to_vec());
+        assert_eq!(s.commit(&b).unwrap(), vec![51]);
+        let next = s.read_log(Table::Audit, 0, 10).unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].hash, chain_hash(&head.1, 51, b"after"));
+        assert_eq!(verify_log(s, Table::Audit).unwrap().0, 51);
+        // The other log is untouched, and a table that is no log is refused.
+        assert_eq!(log_floor(s, Table::Events).unwrap(), (0, [0u8; 32]));
+        let mut b = Batch::new();
+        b.prune(Table::Users, 0, 5);
+        assert!(s.commit(&b).is_err());
+    });
+}
+
+/// Two replicas pruning the same range at once: one deletes it, the other
+/// is refused (its floor moved) and deletes nothing more; the log still
+/// verifies.
+#[test]
+fn replicas_pruning_at_once_prune_once() {
+    each_backend(|f| {
+        for i in 0..300u32 {
+            let mut b = Batch::new();
+            b.append(Table::Events, i.to_be_bytes().to_vec());
+            b.append(Table::Audit, i.to_be_bytes().to_vec());
+            f.a.commit(&b).unwrap();
+        }
+        let outcomes: Vec<_> = [f.a.clone(), f.b.clone(), f.a.clone(), f.b.clone()]
+            .into_iter()
+            .map(|s| {
+                thread::spawn(move || {
+                    let mut b = Batch::new();
+                    b.prune(Table::Events, 0, 200);
+                    b.append(Table::Audit, b"pruned".to_vec());
+                    s.commit(&b)
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        let won = outcomes.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "{}: {outcomes:?}", f.name);
+        assert!(outcomes
+            .iter()
+            .all(|r| r.is_ok() || matches!(r, Err(StoreError::Conflict))));
+        assert_eq!(f.b.len(Table::Events).unwrap(), 100, "{}", f.name);
+        assert_eq!(sigil::store::log_floor(f.b.as_ref(), Table::Events).unwrap().0, 200);
+        assert_eq!(sigil::store::verify_log(f.b.as_ref(), Table::Events).unwrap().0, 300);
+        assert_eq!(sigil::store::verify_log(f.b.as_ref(), Table::Audit).unwrap().0, 301);
+    });
+}
+
+/// A restore keeps where the live logs start: a pruned event log and an
+/// archived audit log come back with their floors, the audit anchor and
+/// the consumers' acknowledgements, and still verify; on both backends.
+#[test]
+fn a_restore_keeps_pruned_logs_and_their_anchor() {
+    use sigil::backup::{self, Header, RestoreOptions};
+    use sigil::store::{log_floor, meta, verify_log};
+
+    fn fill_and_prune(s: &dyn Store) {
+        let mut b = Batch::new();
+        b.insert(Table::Meta, meta::DEPLOYMENT, b"dep-1".to_vec());
+        s.commit(&b).unwrap();
+        for i in 0..40u32 {
+            let mut b = Batch::new();
+            b.append(Table::Events, format!("e{i}").into_bytes());
+            b.append(Table::Audit, format!("a{i}").into_bytes());
+            s.commit(&b).unwrap();
+        }
+    }
+    fn prune_more(s: &dyn Store, events: u64, audit: u64) {
+        let (ef, _) = log_floor(s, Table::Events).unwrap();
+        let (af, _) = log_floor(s, Table::Audit).unwrap();
+        let mut b = Batch::new();
+        b.prune(Table::Events, ef, events);
+        b.prune(Table::Audit, af, audit);
+        s.commit(&b).unwrap();
+    }
+    fn mark(s: &dyn Store, anchor: &[u8], acked: &[u8]) {
+        let mut b = Batch::new();
+        for (k, v) in [
+            (meta::AUDIT_ANCHOR.to_vec(), anchor),
+            (meta::consumer_key("mailer"), acked),
+        ] {
+            match s.get(Table::Meta, &k).unwrap() {
+                Some(old) => b.update(Table::Meta, k, old.version, v.to_vec()),
+                None => b.insert(Table::Meta, k, v.to_vec()),
+            };
+        }
+        s.commit(&b).unwrap();
+    }
+    fn backup_of(s: &dyn Store, dir: &std::path::Path) -> std::path::PathBuf {
+        let records = s.snapshot().unwrap();
+        let header = Header {
+            deployment_id: "dep-1".into(),
+            taken_at: 1_000,
+            records: records.len() as u64,
+        };
+        let file = dir.join("backup-pruned");
+        std::fs::write(&file, backup::encode(&header, &records).unwrap()).unwrap();
+        file
+    }
+    fn check(s: &dyn Store, name: &str) {
+        // The live store's logs (pruned further after the backup) came back.
+        assert_eq!(log_floor(s, Table::Events).unwrap().0, 30, "{name}");
+        assert_eq!(log_floor(s, Table::Audit).unwrap().0, 25, "{name}");
+        assert_eq!(verify_log(s, Table::Events).unwrap().0, 41, "{name}");
+        assert_eq!(verify_log(s, Table::Audit).unwrap().0, 41, "{name}");
+        let anchor = s.get(Table::Meta, meta::AUDIT_ANCHOR).unwrap().unwrap().value;
+        assert_eq!(anchor, b"anchor at 25", "{name}");
+        let acked = s
+            .get(Table::Meta, &meta::consumer_key("mailer"))
+            .unwrap()
+            .unwrap()
+            .value;
+        assert_eq!(acked, b"acked 30", "{name}");
+    }
+    let prepare = |s: &dyn Store, dir: &std::path::Path| {
+        fill_and_prune(s);
+        prune_more(s, 10, 10);
+        mark(s, b"anchor at 10", b"acked 10");
+        let file = backup_of(s, dir);
+        prune_more(s, 30, 25);
+        mark(s, b"anchor at 25", b"acked 30");
+        file
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    {
+        let s = SledStore::open(&path).unwrap();
+        prepare(&s, dir.path());
+    }
+    backup::restore_with(
+        &dir.path().join("backup-pruned"),
+        &path,
+        2_000,
+        &RestoreOptions::default(),
+    )
+    .unwrap();
+    check(&SledStore::open(&path).unwrap(), "sled");
+
+    if let Some(dsn) = pg_database() {
+        let s = PgStore::open(&dsn, 2).unwrap();
+        let file = prepare(&s, dir.path());
+        backup::restore_postgres(&file, &s, 2_000, &RestoreOptions::default()).unwrap();
+        check(&s, "postgres");
+    }
+}

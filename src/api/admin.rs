@@ -1,4 +1,5 @@
-//! `sigil.v1.AdminService`: revocation, suspension, audit.
+//! `sigil.v1.AdminService`: revocation, suspension, audit (reading,
+//! checkpoints, pruning behind an archive), keys, backup.
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
@@ -168,12 +169,14 @@ impl pb::admin_service_server::AdminService for AdminApi {
             n => n as usize,
         };
         let s = self.sigil.clone();
-        let (entries, next) = blocking(move || {
+        let (entries, next, archived) = blocking(move || {
             // Scan forward until `limit` matching entries, a page of about
-            // AUDIT_PAGE_BYTES, or the end.
+            // AUDIT_PAGE_BYTES, or the end. The live log starts after the
+            // anchor, if entries were archived.
+            let archived = s.ops().audit_anchor()?.map_or(0, |a| a.seq);
             let mut out = Vec::new();
             let mut bytes = 0usize;
-            let mut after = r.after_seq;
+            let mut after = r.after_seq.max(archived);
             loop {
                 let page = s.ops().audit_entries(after, 1000)?;
                 let Some(last) = page.last() else { break };
@@ -199,22 +202,23 @@ impl pb::admin_service_server::AdminService for AdminApi {
                         let size = prost::Message::encoded_len(&rec) + 8;
                         if !out.is_empty() && bytes + size > AUDIT_PAGE_BYTES {
                             // This entry starts the next page.
-                            return Ok((out, e.seq - 1));
+                            return Ok((out, e.seq - 1, archived));
                         }
                         bytes += size;
                         out.push(rec);
                         if out.len() == limit {
-                            return Ok((out, e.seq));
+                            return Ok((out, e.seq, archived));
                         }
                     }
                 }
             }
-            Ok((out, after))
+            Ok((out, after, archived))
         })
         .await?;
         Ok(Response::new(pb::ReadAuditResponse {
             entries,
             next_after_seq: next,
+            archived_through: archived,
         }))
     }
 
@@ -224,12 +228,18 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::GetAuditCheckpointsResponse>, Status> {
         require(&req, "AdminService/GetAuditCheckpoints")?;
         let s = self.sigil.clone();
-        let cps = blocking(move || s.ops().checkpoints()).await?;
+        let (cps, anchor, deployment) = blocking(move || {
+            let anchor = s.ops().audit_anchor()?;
+            Ok((s.ops().checkpoints()?, anchor, s.deployment_id()?))
+        })
+        .await?;
         let key = serde_json::to_string(self.sigil.signer().audit_jwk())
             .map_err(|e| status::to_status(Error::Internal(e.to_string())))?;
         Ok(Response::new(pb::GetAuditCheckpointsResponse {
             checkpoints: cps.into_iter().map(Into::into).collect(),
             audit_key_jwk_json: key,
+            anchor: anchor.map(Into::into),
+            deployment_id: deployment,
         }))
     }
 
@@ -238,10 +248,29 @@ impl pb::admin_service_server::AdminService for AdminApi {
         req: Request<pb::CheckpointAuditRequest>,
     ) -> Result<Response<pb::CheckpointAuditResponse>, Status> {
         require(&req, "AdminService/CheckpointAudit")?;
+        let seq = req.into_inner().seq;
         let s = self.sigil.clone();
-        let c = blocking(move || s.ops().checkpoint_audit()).await?;
+        let c = blocking(move || match seq {
+            0 => s.ops().checkpoint_audit(),
+            n => s.ops().checkpoint_audit_at(n).map(Some),
+        })
+        .await?;
         Ok(Response::new(pb::CheckpointAuditResponse {
             checkpoint: c.map(Into::into),
+        }))
+    }
+
+    async fn prune_audit(
+        &self,
+        req: Request<pb::PruneAuditRequest>,
+    ) -> Result<Response<pb::PruneAuditResponse>, Status> {
+        let role = require(&req, "AdminService/PruneAudit")?;
+        let r = req.into_inner();
+        let s = self.sigil.clone();
+        let (pruned, anchor) = blocking(move || s.ops().prune_audit(role.name(), r.through_seq, &r.chain_hash)).await?;
+        Ok(Response::new(pb::PruneAuditResponse {
+            pruned,
+            anchor: Some(anchor.into()),
         }))
     }
 }

@@ -91,6 +91,16 @@ impl From<crate::audit::Checkpoint> for pb::AuditCheckpoint {
     }
 }
 
+impl From<crate::audit::AuditAnchor> for pb::AuditAnchor {
+    fn from(a: crate::audit::AuditAnchor) -> Self {
+        pb::AuditAnchor {
+            seq: a.seq,
+            chain_hash: sigil_verify::b64url::decode(&a.hash).unwrap_or_default(),
+            checkpoint: Some(a.checkpoint.into()),
+        }
+    }
+}
+
 impl From<FactorRecord> for pb::Factor {
     fn from(f: FactorRecord) -> Self {
         let (credential_id, public_key_jwk, aaguid, backup_eligible) = match f.credential() {

@@ -1,4 +1,5 @@
-//! `sigil.v1.EventService`: the resumable event stream.
+//! `sigil.v1.EventService`: the resumable event stream and consumers'
+//! acknowledgements (which let retention prune).
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,5 +100,13 @@ impl pb::event_service_server::EventService for EventApi {
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn ack_events(&self, req: Request<pb::AckEventsRequest>) -> Result<Response<pb::AckEventsResponse>, Status> {
+        let role = require(&req, "EventService/AckEvents")?;
+        let r = req.into_inner();
+        let s = self.sigil.clone();
+        let pruned_through = blocking(move || s.ops().ack_events(role.name(), &r.consumer, r.cursor)).await?;
+        Ok(Response::new(pb::AckEventsResponse { pruned_through }))
     }
 }

@@ -44,11 +44,13 @@ pub const RPC_ROLES: &[(&str, &[Role])] = &[
     ("AdminService/ReadAudit", &[Role::Admin]),
     ("AdminService/GetAuditCheckpoints", &[Role::Admin]),
     ("AdminService/CheckpointAudit", &[Role::Admin]),
+    ("AdminService/PruneAudit", &[Role::Admin]),
     ("AdminService/RotateApprovalKey", &[Role::Admin]),
     ("AdminService/ListApprovalKeys", &[Role::Admin]),
     ("AdminService/RotateSecretsKey", &[Role::Admin]),
     ("AdminService/Backup", &[Role::Admin]),
     ("EventService/WatchEvents", &[Role::Frontend, Role::Admin]),
+    ("EventService/AckEvents", &[Role::Frontend, Role::Admin]),
 ];
 
 /// The roles allowed to call `rpc` (`Service/Method`), if it is in the table.

@@ -39,6 +39,7 @@ pub fn code_of(e: &Error) -> Code {
         Error::NotFound(_) => Code::NotFound,
         Error::FailedPrecondition(_) | Error::Conflict(_) => Code::FailedPrecondition,
         Error::PermissionDenied(_) => Code::PermissionDenied,
+        Error::OutOfRange(_) => Code::OutOfRange,
         Error::Locked { .. } => Code::ResourceExhausted,
         Error::Unavailable(_) => Code::Unavailable,
         Error::Internal(_) => Code::Internal,
@@ -68,7 +69,7 @@ pub fn to_status(e: Error) -> Status {
                 .collect();
             details.set_bad_request(violations);
         }
-        Error::FailedPrecondition(r) | Error::PermissionDenied(r) => {
+        Error::FailedPrecondition(r) | Error::PermissionDenied(r) | Error::OutOfRange(r) => {
             for (k, v) in &r.metadata {
                 metadata.insert((*k).to_string(), bounded(v.clone()));
             }

@@ -1,12 +1,10 @@
-use sigil_verify::b64url;
-
 use super::*;
-use crate::audit::{self, AuditEntry, Checkpoint};
+use crate::audit::AuditEntry;
 use crate::events::{Event, EventKind};
 use crate::model::check_id;
 use crate::protect::address::AddressRecord;
 use crate::protect::{self, GlobalRecord, Snapshot, Suspension};
-use crate::store::{codec, meta, Batch, LogEntry, Table};
+use crate::store::{codec, meta, Batch, Table};
 
 impl Ops {
     /// Revokes every factor of every user (one write, whatever the number
@@ -232,73 +230,5 @@ impl Ops {
             }
         }
         Ok(announced)
-    }
-
-    /// Signs a checkpoint of the audit log's head if it moved since the
-    /// last one. Returns the checkpoint (new or latest).
-    pub fn checkpoint_audit(&self) -> Result<Option<Checkpoint>, Error> {
-        let (seq, hash) = self.k.store.log_head(Table::Audit)?;
-        if seq == 0 {
-            return Ok(None);
-        }
-        if let Some(last) = self.checkpoints()?.pop() {
-            if last.seq >= seq {
-                return Ok(Some(last));
-            }
-        }
-        let at = self.k.now()?;
-        let sig = self.k.signer.sign_audit(&audit::checkpoint_message(seq, &hash, at))?;
-        let c = Checkpoint {
-            v: 1,
-            seq,
-            hash: b64url::encode(&hash),
-            at,
-            kid: self.k.signer.audit_jwk().kid.clone(),
-            signature: b64url::encode(&sig),
-        };
-        let mut batch = Batch::new();
-        batch.insert(Table::Checkpoints, seq.to_be_bytes().to_vec(), codec::encode(&c)?);
-        match self.k.commit(&batch) {
-            Ok(_) | Err(Error::Conflict(_)) => Ok(Some(c)),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Every audit checkpoint, oldest first.
-    pub fn checkpoints(&self) -> Result<Vec<Checkpoint>, Error> {
-        self.k
-            .store
-            .scan_prefix(Table::Checkpoints, b"")?
-            .into_iter()
-            .map(|(_, v)| codec::decode(&v.value))
-            .collect()
-    }
-
-    /// Raw audit log entries after `after` (for export and verification).
-    pub fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<LogEntry>, Error> {
-        Ok(self.k.store.read_log(Table::Audit, after, limit)?)
-    }
-
-    /// Verifies the whole audit log and its checkpoints.
-    pub fn verify_audit(&self) -> Result<audit::Report, Error> {
-        let mut entries = Vec::new();
-        let mut after = 0;
-        loop {
-            let page = self.k.store.read_log(Table::Audit, after, 10_000)?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            entries.extend(page);
-        }
-        Ok(audit::verify(&entries, &self.checkpoints()?, self.k.signer.audit_jwk()))
-    }
-
-    /// Events after `after`, at most `limit`.
-    pub fn events_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Event)>, Error> {
-        self.k
-            .store
-            .read_log(Table::Events, after, limit)?
-            .into_iter()
-            .map(|e| Ok((e.seq, Event::decode(&e.value)?)))
-            .collect()
     }
 }

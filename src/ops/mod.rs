@@ -1,6 +1,7 @@
 //! Operations on the protections and the logs: whitelist, anti-phishing code,
 //! revocation, suspension, the background sweep, the account protection
-//! report, and reading events and audit.
+//! report, reading events and audit, archiving the audit log and keeping
+//! both logs bounded (`retention`).
 use std::sync::Arc;
 
 use crate::approval::Approvals;
@@ -13,6 +14,10 @@ use crate::protect::ProtectionConfig;
 
 mod account;
 mod admin;
+mod logs;
+mod retention;
+
+pub use retention::{parse_duration, Pruned, RetentionConfig};
 
 /// The configuration sections the operations use.
 #[derive(Debug, Clone, Default)]
@@ -23,6 +28,8 @@ pub struct OpsConfig {
     pub assets: Assets,
     /// Which factors approve what (for the protection report).
     pub policy: Policy,
+    /// How long events are kept; how much one prune deletes.
+    pub retention: RetentionConfig,
 }
 
 /// Account and operator operations: the whitelist, the anti-phishing

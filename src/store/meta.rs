@@ -26,9 +26,17 @@ pub const RESTORE: &[u8] = b"restore";
 /// deployment's HSM is refused.
 pub const AUDIT_KEY_ID: &[u8] = b"audit-key-id";
 
-/// Every meta key that names one record (log heads are per log:
-/// [`super::log_head_key`]).
-pub const ALL: [&[u8]; 7] = [
+/// Where the live audit log starts once its oldest entries were archived
+/// and pruned (`audit::AuditAnchor`).
+pub const AUDIT_ANCHOR: &[u8] = b"audit-anchor";
+/// The prefix of event consumers' records (`consumer/<name>`: the cursor
+/// each named consumer acknowledged, `events::ConsumerRecord`).
+pub const CONSUMER_PREFIX: &[u8] = b"consumer/";
+
+/// Every meta key that names one record (log heads and floors are per log:
+/// [`super::log_head_key`], [`super::log_floor_key`]; consumers are per
+/// name: [`consumer_key`]).
+pub const ALL: [&[u8]; 8] = [
     DEPLOYMENT,
     GLOBAL,
     KEY_RING,
@@ -36,7 +44,13 @@ pub const ALL: [&[u8]; 7] = [
     SECRETS_REWRAP,
     RESTORE,
     AUDIT_KEY_ID,
+    AUDIT_ANCHOR,
 ];
+
+/// The meta key of the event consumer `name`.
+pub fn consumer_key(name: &str) -> Vec<u8> {
+    [CONSUMER_PREFIX, name.as_bytes()].concat()
+}
 
 /// The restore epoch kept in a restored store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

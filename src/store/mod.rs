@@ -167,9 +167,11 @@ pub enum Table {
     Users,
     /// Whitelisted withdrawal addresses, keyed `user 0x00 network 0x00 address`.
     Addresses,
-    /// The event outbox: an append-only log keyed by sequence number.
+    /// The event outbox: an append-only log keyed by sequence number
+    /// (its oldest entries pruned by retention).
     Events,
-    /// The audit log: an append-only, hash-chained log keyed by sequence number.
+    /// The audit log: an append-only, hash-chained log keyed by sequence
+    /// number (its oldest entries pruned once archived).
     Audit,
     /// Signed audit checkpoints, keyed by the audit sequence they cover.
     Checkpoints,
@@ -213,7 +215,8 @@ impl Table {
         }
     }
 
-    /// True for the append-only logs ([`Op::Append`] targets).
+    /// True for the append-only logs ([`Op::Append`] and [`Op::Prune`]
+    /// targets).
     pub fn is_log(self) -> bool {
         matches!(self, Table::Events | Table::Audit)
     }
@@ -272,6 +275,23 @@ pub enum Op {
         log: Table,
         /// Entry bytes.
         value: Vec<u8>,
+    },
+    /// Deletes the oldest entries of a log ([`Table::Events`] or
+    /// [`Table::Audit`]): those with sequence numbers in
+    /// `after + 1 ..= through`. `after` must be the log's floor (the
+    /// newest entry deleted so far, 0 if none: see [`log_floor`]); another
+    /// floor fails the batch ([`StoreError::Conflict`]). The floor then
+    /// names the newest entry deleted, with its chain hash, so the entries
+    /// left still chain from it. Entries past the head are never touched;
+    /// a range holding no entry deletes nothing and leaves the floor as it
+    /// is. Every entry deleted is one write: the caller bounds the range.
+    Prune {
+        /// The log.
+        log: Table,
+        /// The log's floor, as read.
+        after: u64,
+        /// The newest sequence number to delete.
+        through: u64,
     },
     /// Delete `key` if it exists with version `version`.
     Delete {
@@ -362,6 +382,13 @@ impl Batch {
         self
     }
 
+    /// Adds the deletion of a log's entries `after + 1 ..= through`, where
+    /// `after` is the log's floor as read (see [`Op::Prune`]).
+    pub fn prune(&mut self, log: Table, after: u64, through: u64) -> &mut Self {
+        self.ops.push(Op::Prune { log, after, through });
+        self
+    }
+
     /// Lets the commit return before the batch is durable (see
     /// [`Durability::Deferred`]).
     pub fn deferred(&mut self) -> &mut Self {
@@ -398,14 +425,14 @@ pub fn chain_hash(prev: &[u8; 32], seq: u64, value: &[u8]) -> [u8; 32] {
 }
 
 /// Walks a whole log and checks it: every hash chained on the one before,
-/// and the head record agreeing with the last entry. Sequence numbers go up
-/// by one; only the event log may jump forward, where a restore set its
-/// cursor floor (the head then says the floor, with the last entry's hash).
-/// Returns the head's sequence number and hash.
+/// from the log's floor (where pruning stopped; the start of the log if
+/// nothing was pruned), and the head record agreeing with the last entry.
+/// Sequence numbers go up by one; only the event log may jump forward,
+/// where a restore set its cursor floor (the head then says the floor, with
+/// the last entry's hash). Returns the head's sequence number and hash.
 pub fn verify_log(store: &dyn Store, log: Table) -> Result<(u64, [u8; 32]), StoreError> {
     let jumps = log == Table::Events;
-    let mut prev = [0u8; 32];
-    let mut after = 0u64;
+    let (mut after, mut prev) = log_floor(store, log)?;
     loop {
         let page = store.read_log(log, after, 10_000)?;
         if page.is_empty() {
@@ -443,6 +470,21 @@ pub fn verify_log(store: &dyn Store, log: Table) -> Result<(u64, [u8; 32]), Stor
 /// Meta key of a log's head record.
 pub fn log_head_key(log: Table) -> Vec<u8> {
     format!("loghead/{}", log.name()).into_bytes()
+}
+
+/// Meta key of a log's floor record: the newest entry pruned
+/// ([`Op::Prune`]), stored like a head (`seq u64 BE | hash`).
+pub fn log_floor_key(log: Table) -> Vec<u8> {
+    format!("logfloor/{}", log.name()).into_bytes()
+}
+
+/// A log's floor: the sequence number and chain hash of the newest entry
+/// pruned, (0, zeros) when none was. The entries left start after it and
+/// chain from its hash.
+pub fn log_floor(store: &dyn Store, log: Table) -> Result<(u64, [u8; 32]), StoreError> {
+    let raw = store.get(Table::Meta, &log_floor_key(log))?;
+    let (_, seq, hash) = decode_log_head(raw.as_ref())?;
+    Ok((seq, hash))
 }
 
 /// A log head: its record version, the last sequence number and the

@@ -23,6 +23,10 @@
 //! entry below `n` committing (the outbox gap): entry `n + 1` cannot be
 //! written before the transaction that wrote `n` committed.
 //!
+//! Pruning a log's oldest entries ([`Op::Prune`]) locks its floor record
+//! the same way, so two replicas pruning at once queue and the second
+//! finds the floor moved (a conflict, nothing written).
+//!
 //! No advisory locks and no LISTEN/NOTIFY are used for correctness: the
 //! same statements run on Postgres-wire engines that are serializable by
 //! default (CockroachDB, YugabyteDB).
@@ -33,7 +37,8 @@ use postgres::{IsolationLevel, NoTls};
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::{
-    chain_hash, decode_log_head, log_head_key, Batch, Expect, LogEntry, Op, Store, StoreError, Table, Versioned,
+    chain_hash, decode_log_head, log_floor_key, log_head_key, Batch, Expect, LogEntry, Op, Store, StoreError, Table,
+    Versioned,
 };
 
 /// The schema version this build writes and reads.
@@ -427,6 +432,76 @@ fn apply(tx: &mut postgres::Transaction<'_>, batch: &Batch) -> Result<Vec<u64>, 
                     &[&tbl(*table), key, &version_i64(*version)?],
                 )?;
                 if n != 1 || *version == 0 {
+                    return Err(Attempt::Conflict);
+                }
+            }
+            Op::Prune { log, after, through } => {
+                if !log.is_log() {
+                    return Err(StoreError::Corrupt(format!("{} is not a log", log.name())).into());
+                }
+                // Pruners queue on the floor row (or, before there is one,
+                // on a placeholder claiming its key).
+                let floor_key = log_floor_key(*log);
+                let row = tx.query_opt(
+                    "SELECT version, value FROM sigil_records WHERE tbl = $1 AND key = $2 FOR UPDATE",
+                    &[&tbl(Table::Meta), &floor_key],
+                )?;
+                let floor = row.map(|r| Versioned {
+                    version: r.get::<_, i64>(0) as u64,
+                    value: r.get(1),
+                });
+                let (floor_version, floor, _) = decode_log_head(floor.as_ref())?;
+                if floor != *after {
+                    return Err(Attempt::Conflict);
+                }
+                if floor_version == 0 {
+                    // No floor row to lock yet: claim its key with a
+                    // placeholder, so a concurrent pruner waits for this
+                    // transaction and then finds the key taken.
+                    let n = tx.execute(
+                        "INSERT INTO sigil_records (tbl, key, version, value) VALUES ($1, $2, 0, '') ON CONFLICT DO NOTHING",
+                        &[&tbl(Table::Meta), &floor_key],
+                    )?;
+                    if n != 1 {
+                        return Err(Attempt::Conflict);
+                    }
+                }
+                let last = tx.query_opt(
+                    "SELECT key, substring(value from 1 for 32) FROM sigil_records
+                     WHERE tbl = $1 AND key > $2 AND key <= $3 ORDER BY key DESC LIMIT 1",
+                    &[
+                        &tbl(*log),
+                        &after.to_be_bytes().to_vec(),
+                        &through.to_be_bytes().to_vec(),
+                    ],
+                )?;
+                let Some(last) = last.filter(|_| through > after) else {
+                    if floor_version == 0 {
+                        tx.execute(
+                            "DELETE FROM sigil_records WHERE tbl = $1 AND key = $2 AND version = 0",
+                            &[&tbl(Table::Meta), &floor_key],
+                        )?;
+                    }
+                    continue;
+                };
+                let (key, hash): (Vec<u8>, Vec<u8>) = (last.get(0), last.get(1));
+                if key.len() != 8 || hash.len() != 32 {
+                    return Err(
+                        StoreError::Corrupt(format!("{} entry has a malformed key or value", log.name())).into(),
+                    );
+                }
+                tx.execute(
+                    "DELETE FROM sigil_records WHERE tbl = $1 AND key > $2 AND key <= $3",
+                    &[&tbl(*log), &after.to_be_bytes().to_vec(), &key],
+                )?;
+                let mut new_floor = key;
+                new_floor.extend_from_slice(&hash);
+                // The placeholder (version 0) becomes version 1.
+                let n = tx.execute(
+                    "UPDATE sigil_records SET value = $3, version = version + 1 WHERE tbl = $1 AND key = $2 AND version = $4",
+                    &[&tbl(Table::Meta), &floor_key, &new_floor, &version_i64(floor_version)?],
+                )?;
+                if n != 1 {
                     return Err(Attempt::Conflict);
                 }
             }

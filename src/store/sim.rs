@@ -446,6 +446,14 @@ impl Base for SimBase {
             .collect())
     }
 
+    fn range(&self, t: Table, from: &[u8], through: &[u8]) -> Result<Entries, StoreError> {
+        Ok(self
+            .table(t)
+            .range(from.to_vec()..=through.to_vec())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
     fn scan_prefix(&self, t: Table, prefix: &[u8]) -> Result<Entries, StoreError> {
         Ok(self
             .table(t)

@@ -52,8 +52,8 @@ use std::time::Duration;
 use super::disk::{Disk, OsDisk};
 use super::wal::{PostImage, Wal};
 use super::{
-    chain_hash, decode_log_head, log_head_key, Batch, Durability, DurableWait, Expect, LogEntry, Op, Store, StoreError,
-    Table, Ticket, Versioned,
+    chain_hash, decode_log_head, log_floor_key, log_head_key, Batch, Durability, DurableWait, Expect, LogEntry, Op,
+    Store, StoreError, Table, Ticket, Versioned,
 };
 
 /// Recent writes of one table: key → stored bytes, or `None` for deleted.
@@ -397,6 +397,8 @@ pub(crate) trait Base: Send + Sync {
     fn range_from(&self, t: Table, from: &[u8], limit: usize) -> Result<Entries, StoreError>;
     /// Every entry whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, t: Table, prefix: &[u8]) -> Result<Entries, StoreError>;
+    /// Every entry with a key from `from` through `through`, in key order.
+    fn range(&self, t: Table, from: &[u8], through: &[u8]) -> Result<Entries, StoreError>;
     /// Every key of a table.
     fn keys(&self, t: Table) -> Result<Vec<Vec<u8>>, StoreError>;
     /// Writes memtables (`None` deletes) and records that the log is
@@ -465,6 +467,15 @@ impl Base for SledBase {
     fn scan_prefix(&self, t: Table, prefix: &[u8]) -> Result<Entries, StoreError> {
         let mut out = Vec::new();
         for item in self.trees[t as usize].scan_prefix(prefix) {
+            let (k, v) = item.map_err(unavailable)?;
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn range(&self, t: Table, from: &[u8], through: &[u8]) -> Result<Entries, StoreError> {
+        let mut out = Vec::new();
+        for item in self.trees[t as usize].range(from..=through) {
             let (k, v) = item.map_err(unavailable)?;
             out.push((k.to_vec(), v.to_vec()));
         }
@@ -745,6 +756,26 @@ impl Inner {
             };
         }
         Ok(out)
+    }
+
+    /// The live entries (key, stored bytes) of log `t` with sequence
+    /// numbers in `after + 1 ..= through`, in order.
+    fn log_range(&self, mem: &Mem, t: Table, after: u64, through: u64) -> Result<Entries, StoreError> {
+        if through <= after {
+            return Ok(Vec::new());
+        }
+        let (from, to) = ((after + 1).to_be_bytes(), through.to_be_bytes());
+        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = self.base.range(t, &from, &to)?.into_iter().collect();
+        for (k, v) in mem.overlay_from(t, &from) {
+            if k.as_slice() > &to[..] {
+                continue;
+            }
+            match v {
+                Some(v) => out.insert(k.clone(), v.clone()),
+                None => out.remove(k),
+            };
+        }
+        Ok(out.into_iter().collect())
     }
 
     fn run_checkpointer(&self) {
@@ -1054,6 +1085,36 @@ impl SledStore {
                             _ => return Err(StoreError::Conflict),
                         };
                         staged.push((*table, key.clone(), Some(encode(next, value))));
+                    }
+                    Op::Prune { log, after, through } => {
+                        if !log.is_log() {
+                            return Err(StoreError::Corrupt(format!("{} is not a log", log.name())));
+                        }
+                        let floor_key = log_floor_key(*log);
+                        let floor = current(&staged, &mem, Table::Meta, &floor_key)?
+                            .map(|r| decode(&r))
+                            .transpose()?;
+                        let (fv, floor, _) = decode_log_head(floor.as_ref())?;
+                        if floor != *after {
+                            return Err(StoreError::Conflict);
+                        }
+                        let doomed = inner.log_range(&mem, *log, *after, *through)?;
+                        let Some((last_key, last)) = doomed.last() else {
+                            continue;
+                        };
+                        let last = decode(last)?;
+                        if last_key.len() != 8 || last.value.len() < 32 {
+                            return Err(StoreError::Corrupt(format!(
+                                "{} entry has a malformed key or value",
+                                log.name()
+                            )));
+                        }
+                        let mut floor_val = last_key.clone();
+                        floor_val.extend_from_slice(&last.value[..32]);
+                        for (k, _) in doomed {
+                            staged.push((*log, k, None));
+                        }
+                        staged.push((Table::Meta, floor_key, Some(encode(fv + 1, &floor_val))));
                     }
                     Op::Delete { table, key, version } => {
                         if version_of(&current(&staged, &mem, *table, key)?)? != Some(*version) {
@@ -1523,6 +1584,46 @@ mod tests {
         let s = SledStore::open(dir.path()).unwrap();
         assert_eq!(s.len(Table::Approvals).unwrap(), 253);
         assert!(s.get(Table::Approvals, b"jti-async-49").unwrap().is_some());
+    }
+
+    /// A prune spanning entries already in sled and entries still in the
+    /// memtables deletes exactly its range, reads skip the deleted keys
+    /// wherever they sit, and the prune survives a checkpoint and a reopen
+    /// (it is replayed from the write-ahead log like any commit).
+    #[test]
+    fn pruning_reaches_sled_and_the_memtables_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let floor_hash;
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            for i in 0..100u32 {
+                let mut b = Batch::new();
+                b.append(Table::Events, format!("e{i}").into_bytes());
+                s.commit(&b).unwrap();
+                if i == 49 {
+                    s.checkpoint().unwrap();
+                }
+            }
+            floor_hash = s.read_log(Table::Events, 69, 1).unwrap()[0].hash;
+            let mut b = Batch::new();
+            b.prune(Table::Events, 0, 70);
+            s.commit(&b).unwrap();
+            let rest = s.read_log(Table::Events, 0, 10).unwrap();
+            assert_eq!(
+                rest.iter().map(|e| e.seq).collect::<Vec<_>>(),
+                (71..=80).collect::<Vec<_>>()
+            );
+            assert_eq!(s.len(Table::Events).unwrap(), 30);
+            assert_eq!(crate::store::verify_log(&s, Table::Events).unwrap().0, 100);
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.len(Table::Events).unwrap(), 30);
+        assert_eq!(crate::store::log_floor(&s, Table::Events).unwrap(), (70, floor_hash));
+        s.checkpoint().unwrap();
+        drop(s);
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.read_log(Table::Events, 0, 1).unwrap()[0].seq, 71);
+        assert_eq!(crate::store::verify_log(&s, Table::Events).unwrap().0, 100);
     }
 
     #[test]

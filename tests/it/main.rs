@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod approvals;
+mod audit_log;
 mod bad_input;
 mod binary;
 mod cli;
@@ -16,6 +17,7 @@ mod pg_tools;
 mod protections;
 mod reasons;
 mod replicas;
+mod retention;
 mod roles;
 mod support;
 mod totp;

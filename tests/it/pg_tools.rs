@@ -172,3 +172,95 @@ async fn start_up_refuses_another_deployments_database_and_bad_connection_string
     }
     assert_eq!(count(), before, "a refused start-up wrote to the database");
 }
+
+/// A store whose logs were pruned migrates as it is: events past
+/// retention stay pruned (a cursor behind them is refused on PostgreSQL
+/// too), the archived audit log's anchor comes along, and `sigil audit
+/// verify` on the target checks the live log from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migrate_carries_pruned_logs_and_the_audit_anchor() {
+    let Some(dsn) = pg::pg_database("sigil_m") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let retention = "sweep_interval_seconds = 1\n[retention]\nevents_min_age = 0\n";
+    prepare(dir.path(), &format!("{PROTECTIONS_OFF}{retention}"));
+    let d = start_daemon(dir.path(), "warn");
+    wait_ready(&d.url).await;
+    enroll_and_approve(&d.url, "pia", "wd-1").await;
+    let channel = connect_as(&d.url, &certs_dir(), "admin").await.unwrap();
+    let mut events = pb::event_service_client::EventServiceClient::new(channel);
+    let mut stream = events
+        .watch_events(pb::WatchEventsRequest { after_cursor: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = 0;
+    while let Ok(Ok(Some(e))) = tokio::time::timeout(std::time::Duration::from_millis(700), stream.message()).await {
+        last = e.cursor;
+    }
+    assert!(last > 0);
+    drop(stream);
+    let ack = pb::AckEventsRequest {
+        consumer: "mailer".into(),
+        cursor: last,
+    };
+    events.ack_events(ack.clone()).await.unwrap();
+    // The sweep (every second) prunes what the only consumer handled.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while events
+        .ack_events(ack.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .pruned_through
+        < last
+    {
+        assert!(std::time::Instant::now() < deadline, "events were not pruned");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let archive = dir.path().join("audit-archive.jsonl");
+    let with_conn = |args: &[&str], url: &str| -> Vec<String> {
+        let certs = certs_dir();
+        let mut v: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        v.extend(["--server".to_string(), url.to_string()]);
+        for (flag, file) in [("--ca", "ca.pem"), ("--cert", "admin.pem"), ("--key", "admin.key")] {
+            v.extend([flag.to_string(), certs.join(file).display().to_string()]);
+        }
+        v
+    };
+    let args = with_conn(
+        &["audit", "archive", "--out", archive.to_str().unwrap(), "--keep", "2"],
+        &d.url,
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (out, text) = cli(dir.path(), &dsn, &args);
+    assert!(out.status.success(), "{text}");
+    sigterm(d);
+
+    let sled = dir.path().join("data/sled");
+    let from = format!("sled:{}", sled.display());
+    let (out, text) = cli(dir.path(), &dsn, &["migrate", "--from", &from, "--to", "postgres"]);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("one unbroken chain"), "{text}");
+
+    std::fs::write(dir.path().join("sigil.toml"), pg::PG_TOML).unwrap();
+    let d = start_daemon_with(dir.path(), "warn", &[("SIGIL_PG_DSN", dsn.as_str())]);
+    wait_ready(&d.url).await;
+    let args = with_conn(&["audit", "verify", "--archive", archive.to_str().unwrap()], &d.url);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (out, text) = cli(dir.path(), &dsn, &args);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("audit log ok"), "{text}");
+    let (entries, _) = audit_verify(&d.url);
+    assert!(entries > 0);
+    let channel = connect_as(&d.url, &certs_dir(), "admin").await.unwrap();
+    let st = pb::event_service_client::EventServiceClient::new(channel)
+        .watch_events(pb::WatchEventsRequest { after_cursor: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), tonic::Code::OutOfRange, "{st:?}");
+    assert_eq!(st.get_error_details().error_info().unwrap().reason, "PRUNED");
+}

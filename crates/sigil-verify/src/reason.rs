@@ -139,6 +139,18 @@ reasons! {
     /// The operation needs something this server does not have (for
     /// example a deny-list to reload).
     NotConfigured = "NOT_CONFIGURED",
+
+    /// What was asked for was pruned from its log: events past retention,
+    /// or audit entries archived (`ErrorInfo.metadata.pruned_through`
+    /// names the last entry gone). An event consumer resumes only by
+    /// accepting the gap, after that cursor.
+    Pruned = "PRUNED",
+    /// No signed audit checkpoint covers the entry where an archive was
+    /// cut: have one signed there first.
+    AuditNotCheckpointed = "AUDIT_NOT_CHECKPOINTED",
+    /// The chain hash an archive gives for its cut is not the live log's:
+    /// the archive is not of this log (or was altered). Nothing was pruned.
+    AuditChainMismatch = "AUDIT_CHAIN_MISMATCH",
 }
 
 impl Reason {

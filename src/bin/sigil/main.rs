@@ -10,8 +10,10 @@
 //! sigil keys list|rotate [--now --yes]|rotate-secrets
 //! sigil backup --out FILE        write a backup of the running service's store
 //! sigil restore FILE [--yes]     restore a backup into the configured store (sigild stopped)
-//! sigil audit verify [--checkpoint]  recompute the audit chain and check its signed checkpoints
+//! sigil audit verify [--checkpoint] [--archive FILE]...  recompute the audit chain (archives, then
+//!                                the live log) and check its signed checkpoints
 //! sigil audit read [--user U]    print audit entries
+//! sigil audit archive --out FILE [--up-to SEQ | --keep N]  archive the oldest entries, then prune them
 //! sigil totp-code --secret B32   print the current TOTP code of a secret (development)
 //! ```
 //! Client commands connect with mTLS to the server of `--config FILE`

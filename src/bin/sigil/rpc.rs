@@ -92,8 +92,9 @@ impl Admin {
         Ok(())
     }
 
-    /// One page of at most `limit` audit entries after `after_seq`; the
-    /// page's `next_after_seq` equals `after_seq` when nothing is left.
+    /// One page of at most `limit` audit entries after `after_seq` (the
+    /// server also ends a page before about 1 MiB); the page's
+    /// `next_after_seq` equals `after_seq` when nothing is left.
     pub async fn read_audit(
         &mut self,
         after_seq: u64,
@@ -114,13 +115,31 @@ impl Admin {
             .into_inner())
     }
 
-    /// Has the server sign a checkpoint of the audit log's current head.
-    pub async fn checkpoint_audit(&mut self) -> Result<(), Error> {
-        self.0
-            .checkpoint_audit(pb::CheckpointAuditRequest {})
+    /// Has the server sign a checkpoint of audit entry `seq` (0: the
+    /// current head); answers it (none for an empty log).
+    pub async fn checkpoint_audit(&mut self, seq: u64) -> Result<Option<pb::AuditCheckpoint>, Error> {
+        Ok(self
+            .0
+            .checkpoint_audit(pb::CheckpointAuditRequest { seq })
             .await
-            .map_err(status_error)?;
-        Ok(())
+            .map_err(status_error)?
+            .into_inner()
+            .checkpoint)
+    }
+
+    /// Has the server prune the audit entries up to `through`, whose
+    /// chain hash the archive holds as `hash`; answers the entries deleted
+    /// and the new anchor.
+    pub async fn prune_audit(&mut self, through: u64, hash: &[u8; 32]) -> Result<pb::PruneAuditResponse, Error> {
+        Ok(self
+            .0
+            .prune_audit(pb::PruneAuditRequest {
+                through_seq: through,
+                chain_hash: hash.to_vec(),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner())
     }
 
     /// The signed audit checkpoints and the audit key (JWK JSON).
