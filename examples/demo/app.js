@@ -211,7 +211,15 @@ function openApproval(r) {
 
 async function complete(body) {
   lastComplete = body;
-  const r = await api('/api/approval/complete', body);
+  let r;
+  try {
+    r = await api('/api/approval/complete', body);
+  } catch (e) {
+    // A wrong proof may be tried again; any other answer used the challenge up.
+    const reason = (e.refusal || {}).reason;
+    if (reason !== 'FACTOR_REJECTED' && (e.refusal || {}).source !== 'page') { $('approve').hidden = true; approval = null; }
+    throw e;
+  }
   if (r.next === 'done') { $('approve').hidden = true; approval = null; }
   await handle(r);
   if (r.verified) showResult(r, 'Withdrawal ' + r.verified.intent.withdrawal_id + ': approved by your key, verified by the engine with sigil-verify, redeemed once');
