@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import net from 'node:net';
+import { createHmac } from 'node:crypto';
 import assert from 'node:assert/strict';
 import { chromium } from 'playwright-core';
 
@@ -116,6 +117,20 @@ function chromiumAttestationRoot(dir) {
   return root;
 }
 
+/// RFC 6238 code (SHA-1, 6 digits, 30 s) of a base32 secret at `step`.
+function totpCode(secretBase32, step) {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+  let bits = '';
+  for (const c of secretBase32.replace(/=+$/, '')) bits += alphabet.indexOf(c).toString(2).padStart(5, '0');
+  const key = Buffer.from(bits.match(/.{8}/g).map((b) => parseInt(b, 2)));
+  const msg = Buffer.alloc(8);
+  msg.writeBigUInt64BE(BigInt(step));
+  const h = createHmac('sha1', key).update(msg).digest();
+  const o = h[19] & 0xf;
+  return String((h.readUInt32BE(o) & 0x7fffffff) % 1000000).padStart(6, '0');
+}
+const totpStep = () => Math.floor(Date.now() / 1000 / 30);
+
 async function signIn(page, url, name) {
   await page.goto(url);
   await page.fill('#user', name);
@@ -201,13 +216,39 @@ async function main() {
     await page.waitForSelector('#factors td:text("WEBAUTHN")');
     await shot(page, 'key-enrolled');
 
-    // 2. Anti-phishing code, approved with the key.
+    // 2. An authenticator app as second factor (a step-up approved with the
+    //    key), confirmed with its first code; the anti-phishing code set
+    //    with the app's next code; then the app removed again (approved
+    //    with the key).
+    await page.fill('#totp-name', 'phone');
+    await clearNotice(page);
+    await page.click('#enroll-totp');
+    await page.waitForSelector('#approve:not([hidden])');
+    assert.equal(await page.locator('#ap-intent td[data-field="detail"]').innerText(), 'totp:phone');
+    await page.click('#ap-key');
+    await page.waitForSelector('#totp-enroll:not([hidden]) #totp-qr svg');
+    await shot(page, 'totp-qr-code');
+    const secret = await page.locator('#totp-secret').innerText();
+    const confirmStep = totpStep();
+    await page.fill('#totp-confirm-code', totpCode(secret, confirmStep));
+    await clearNotice(page);
+    await page.click('#totp-confirm');
+    await noticeReason(page, 'ENROLLED', 'confirm the authenticator app');
     await page.fill('#apc', 'blue-otter-42');
     await clearNotice(page);
     await page.click('#set-apc');
     await page.waitForSelector('#approve:not([hidden])');
+    while (totpStep() <= confirmStep) await page.waitForTimeout(500); // a code answers once
+    await page.fill('#ap-totp', totpCode(secret, totpStep()));
+    await page.click('#ap-totp-btn');
+    await noticeReason(page, 'DONE', 'set the anti-phishing code with a TOTP code');
+    await page.waitForSelector('#factors td:text("TOTP")');
+    await clearNotice(page);
+    await page.locator('#factors tr', { hasText: 'TOTP' }).locator('button').click();
+    await page.waitForSelector('#approve:not([hidden])');
     await page.click('#ap-key');
-    await noticeReason(page, 'DONE', 'set the anti-phishing code');
+    await noticeReason(page, 'DONE', 'remove the authenticator app');
+    await page.waitForFunction(() => !document.querySelector('#factors tbody').innerText.includes('TOTP'));
     await page.waitForTimeout(1200); // the 1 s security-change lock
 
     // 3. Whitelist an address (approved with the key); it starts its hold.
