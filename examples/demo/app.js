@@ -4,7 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 let user = '';
-let clockSkew = 0;          // server now - local now, seconds
+let clockSkew = 0;          // the backend's now - local now, seconds
 let addresses = [];
 let approval = null;        // the open approval dialog
 let lastComplete = null;    // the last /api/approval/complete body sent
@@ -73,7 +73,7 @@ async function api(path, body) {
 }
 
 function when(unix) { return new Date(unix * 1000).toLocaleTimeString(); }
-function nowSecs() { return Math.floor(Date.now() / 1000) + clockSkew; }
+function nowSecs() { return Math.floor(Date.now() / 1000 + clockSkew); }
 
 function esc(s) { const d = document.createElement('div'); d.textContent = s == null ? '' : String(s); return d.innerHTML; }
 
@@ -106,7 +106,8 @@ function showResult(data, title) {
 // ---- account state
 async function refresh() {
   const s = await api('/api/state', { user });
-  clockSkew = s.now - Math.floor(Date.now() / 1000);
+  // Never ahead of the backend's clock: a hold shows as over only once it is.
+  clockSkew = s.now - Date.now() / 1000;
   const tb = $('factors').querySelector('tbody');
   tb.innerHTML = '';
   for (const f of s.factors) {

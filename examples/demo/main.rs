@@ -56,6 +56,8 @@ use tonic_types::StatusExt;
 const MAX_BODY: usize = 64 * 1024;
 /// How long an opened challenge is remembered here (Sigil's own TTL is shorter).
 const PENDING_TTL: Duration = Duration::from_secs(600);
+/// Most open approvals remembered at once.
+const MAX_PENDING: usize = 10_000;
 
 #[derive(Parser, Debug)]
 #[command(about = "Demo exchange frontend in front of sigild")]
@@ -531,6 +533,12 @@ async fn open_approval(app: &App, user: &str, intent: Intent, then: Then, as_eng
     {
         let mut p = app.pending.lock().unwrap();
         p.retain(|_, v| v.opened.elapsed() < PENDING_TTL);
+        if p.len() >= MAX_PENDING {
+            return Err(Refusal {
+                http: StatusCode::TOO_MANY_REQUESTS,
+                body: json!({ "source": "demo", "reason": "BUSY", "message": "too many open approvals; try again in a few minutes" }),
+            });
+        }
         p.insert(
             begun.challenge_id.clone(),
             Pending {
