@@ -15,7 +15,7 @@ PG_BENCH_DIR := $(CURDIR)/target/pg-bench
 .PHONY: help deps certs hsm build run test pg pg-stop bench clean-dev demo e2e
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 deps: ## Install missing Debian packages (SoftHSM2, protoc, libusb, PostgreSQL, ...)
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
