@@ -316,6 +316,22 @@ async function main() {
     await page.unroute('**/api/approval/complete');
     await shot(page, 'refused-tampered-amount');
 
+    // What you see is what you sign: an amount changed on its way to the
+    // backend shows in the dialog, which displays the intent Sigil bound the
+    // challenge to (0.7), not the form (0.5).
+    await page.route('**/api/approval/begin', async (route) => {
+      const body = JSON.parse(route.request().postData());
+      body.amount = '0.7';
+      await route.continue({ postData: JSON.stringify(body) });
+    });
+    await withdraw(page, '0.5');
+    await page.waitForSelector('#approve:not([hidden])');
+    assert.equal(await page.locator('#ap-intent td[data-field="amount"]').innerText(), '0.7 BTC');
+    assert.equal(await page.inputValue('#wd-amount'), '0.5');
+    await shot(page, 'dialog-shows-the-bound-intent');
+    await page.unroute('**/api/approval/begin');
+    await page.click('#ap-cancel');
+
     // 8. Refused: user verification off. The authenticator cannot verify
     //    the user: the browser refuses (Sigil asks for UV on withdrawals)...
     await cdp.send('WebAuthn.setUserVerified', { authenticatorId, isUserVerified: false });
