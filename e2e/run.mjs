@@ -58,6 +58,15 @@ function start(name, cmd, args, env, ready) {
 function cleanup() {
   for (const c of children) { try { c.kill('SIGTERM'); } catch { /* gone */ } }
 }
+
+/// SIGTERM to every child, then waits (up to 10 s each) until it exited.
+async function stopAll() {
+  cleanup();
+  await Promise.all(children.map((c) => (c.exitCode !== null || c.signalCode !== null) ? null : new Promise((res) => {
+    const t = setTimeout(() => { try { c.kill('SIGKILL'); } catch { /* gone */ } res(); }, 10000);
+    c.once('exit', () => { clearTimeout(t); res(); });
+  })));
+}
 process.on('exit', cleanup);
 process.on('SIGINT', () => { cleanup(); process.exit(130); });
 
@@ -413,9 +422,9 @@ async function main() {
     log(`all steps passed in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   } finally {
     await context.close();
-    rmSync(profile, { recursive: true, force: true });
-    cleanup();
-    rmSync(dir, { recursive: true, force: true });
+    rmSync(profile, { recursive: true, force: true, maxRetries: 5 });
+    await stopAll();
+    rmSync(dir, { recursive: true, force: true, maxRetries: 5 });
   }
 }
 

@@ -190,6 +190,7 @@ const ACTIONS = {
 function openApproval(r) {
   approval = r;
   const i = r.intent;
+  $('result').hidden = true;
   $('approve').hidden = false;
   $('ap-action').textContent = ACTIONS[i.action] || i.action;
   const rows = [];
