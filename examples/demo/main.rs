@@ -1026,3 +1026,73 @@ async fn main() {
         std::process::exit(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use sigil::api::status::to_status;
+    use sigil::{Error, Reason};
+
+    fn post(body: impl Into<Body>, content_type: &str) -> Request {
+        Request::builder()
+            .method("POST")
+            .header(header::CONTENT_TYPE, content_type)
+            .body(body.into())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_refusal_carries_sigils_reason_and_retry_time() {
+        let st = to_status(
+            Error::refused(Reason::AddressOnHold, "destination in its hold").retry_at(1_800_000_000, 1_799_999_990),
+        );
+        let r = from_status(st);
+        assert_eq!(r.http, StatusCode::CONFLICT);
+        assert_eq!(r.body["source"], "sigil");
+        assert_eq!(r.body["reason"], "ADDRESS_ON_HOLD");
+        assert_eq!(r.body["retry_at"], 1_800_000_000);
+        assert_eq!(r.body["message"], "destination in its hold");
+    }
+
+    #[test]
+    fn bad_fields_are_listed() {
+        let st = to_status(Error::invalid("intent.amount", "not canonical"));
+        let r = from_status(st);
+        assert_eq!(r.http, StatusCode::BAD_REQUEST);
+        assert_eq!(r.body["reason"], "INVALID_ARGUMENT");
+        assert_eq!(r.body["fields"][0]["field"], "intent.amount");
+        assert_eq!(r.body["retry_at"], Value::Null);
+    }
+
+    #[tokio::test]
+    async fn oversized_malformed_or_unknown_json_is_a_400() {
+        let big = format!("{{\"user\":\"{}\"}}", "x".repeat(MAX_BODY));
+        for (req, reason) in [
+            (post(big, "application/json"), "TOO_LARGE"),
+            (post("{\"user\":", "application/json"), "MALFORMED_JSON"),
+            (
+                post("{\"user\":\"a\",\"admin\":true}", "application/json"),
+                "MALFORMED_JSON",
+            ),
+            (post("{\"user\":\"a\"}", "text/plain"), "NOT_JSON"),
+        ] {
+            let r = read_json::<UserOnly>(req).await.err().unwrap();
+            assert_eq!(r.http, StatusCode::BAD_REQUEST);
+            assert_eq!(r.body["reason"], reason);
+        }
+        let ok: UserOnly = read_json(post("{\"user\":\"alice\"}", "application/json; charset=utf-8"))
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!(ok.user, "alice");
+    }
+
+    #[test]
+    fn user_names_are_bounded() {
+        assert!(user_of("").is_err());
+        assert!(user_of(&"a".repeat(65)).is_err());
+        assert!(user_of("bad\nname").is_err());
+        assert_eq!(user_of(" alice ").ok().unwrap(), "alice");
+    }
+}
