@@ -12,10 +12,10 @@ PG_TEST_DIR := $(CURDIR)/target/pg
 PG_DEV_DIR := $(CURDIR)/target/pg-dev
 PG_BENCH_DIR := $(CURDIR)/target/pg-bench
 
-.PHONY: help deps certs hsm build run test pg pg-stop bench clean-dev
+.PHONY: help deps certs hsm build run test pg pg-stop bench clean-dev demo e2e
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 deps: ## Install missing Debian packages (SoftHSM2, protoc, libusb, PostgreSQL, ...)
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -70,6 +70,29 @@ bench: certs hsm ## Benchmarks (release build, sled and a throwaway PostgreSQL i
 	echo "PostgreSQL for the bench: $$SIGIL_BENCH_PG_DSN"; \
 	$(CARGO) run --release --features bench --example bench; \
 	$(CARGO) run --release --features bench --example bench_protect
+
+# The demo exchange page (examples/demo) in front of a sigild with
+# sigil.dev.toml: the one already answering on 127.0.0.1:50051, else one
+# started here and stopped when the demo stops.
+DEMO_LISTEN ?= 127.0.0.1:8080
+demo: certs hsm ## Demo exchange page on http://localhost:8080 (starts sigild with sigil.dev.toml if none runs)
+	@set -euo pipefail; mkdir -p data; \
+	if (exec 3<>/dev/tcp/127.0.0.1/50051) 2>/dev/null; then \
+	  echo "using the sigild already on 127.0.0.1:50051"; \
+	else \
+	  ./target/debug/sigild --config sigil.dev.toml >/dev/null & pid=$$!; \
+	  trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null' EXIT; \
+	fi; \
+	./target/debug/examples/demo --listen $(DEMO_LISTEN)
+
+# Headless Debian Chromium driven by playwright-core (e2e/package-lock.json)
+# with a CDP WebAuthn virtual authenticator; its own sigild, token and
+# store. Screenshots in target/e2e-artifacts/.
+e2e: certs build ## End-to-end test of the demo page in headless Chromium (screenshots in target/e2e-artifacts)
+	@[ -x /usr/bin/chromium ] || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm >/dev/null; }
+	@cd e2e && npm ci --no-audit --no-fund --loglevel=error
+	@start=$$(date +%s); node e2e/run.mjs; echo "make e2e: $$(( $$(date +%s) - start )) s"
 
 clean-dev: ## Remove generated certificates, the development token and data (irreversible)
 	rm -rf certs/out hsm/tokens hsm/pin hsm/so-pin hsm/softhsm2.conf data
