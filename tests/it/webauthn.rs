@@ -826,6 +826,8 @@ async fn aaguid_allow_list_and_unverifiable_attestation() {
         "no verifiable attestation (none attestation",
     );
     assert!(st.message().contains(&SOFTTOKEN_AAGUID.to_string()), "{}", st.message());
+    // A model or attestation not accepted is told apart from a failed proof.
+    assert_eq!(crate::support::pg::reason(&st), "AUTHENTICATOR_NOT_ALLOWED");
     for u in ["wa-impostor", "wa-passkey", "wa-liar"] {
         assert!(factors(&s, u).await.is_empty(), "{u}");
     }
@@ -842,11 +844,12 @@ async fn aaguid_allow_list_and_unverifiable_attestation() {
     .await;
     let b = begin_registration(&s2, "wa-ok", "").await.unwrap();
     let r = create(&mut token, ORIGIN, &b.options_json, |_| {}).unwrap();
-    assert_status(
+    let st = assert_status(
         finish_registration(&s2, "wa-ok", &b.ceremony_id, &r).await,
         Code::PermissionDenied,
         &format!("AAGUID {SOFTTOKEN_AAGUID} is not on the allow-list"),
     );
+    assert_eq!(crate::support::pg::reason(&st), "AUTHENTICATOR_NOT_ALLOWED");
     assert!(factors(&s2, "wa-ok").await.is_empty());
 }
 

@@ -774,6 +774,9 @@ impl Webauthn {
         use WebauthnError as W;
         let field = ctx.field;
         let denied = |m: String| Error::denied(Reason::FactorRejected, m);
+        // The authenticator model or its attestation is not accepted: not a
+        // failed proof, and no retry with the same authenticator helps.
+        let not_allowed = |m: String| Error::denied(Reason::AuthenticatorNotAllowed, m);
         match e {
             W::ParseBase64Failure(_)
             | W::ParseCBORFailure(_)
@@ -844,30 +847,30 @@ impl Webauthn {
             W::CredentialMayNotBeHardwareBound => denied(
                 "the authenticator reports a backed-up credential without backup eligibility".into(),
             ),
-            W::CredentialAlteredAlgFromRequest => denied(
+            W::CredentialAlteredAlgFromRequest => not_allowed(
                 "the credential does not use ES256 (ECDSA P-256), the only algorithm Sigil accepts".into(),
             ),
-            W::AttestationNotSupported => denied(format!(
+            W::AttestationNotSupported => not_allowed(format!(
                 "attestation format '{}' is not supported",
                 excerpt(ctx.fmt)
             )),
-            W::AttestationNotVerifiable => denied(format!(
+            W::AttestationNotVerifiable => not_allowed(format!(
                 "the authenticator gave no verifiable attestation ({} attestation{}); the AAGUID allow-list requires an attestation certificate chain",
                 excerpt(ctx.fmt),
                 ctx.aaguid.map(|a| format!(", claimed AAGUID {a}")).unwrap_or_default()
             )),
-            W::AttestationChainNotTrusted(_) => denied(
+            W::AttestationChainNotTrusted(_) => not_allowed(
                 "the attestation certificate does not chain to a configured attestation root".into(),
             ),
-            W::AttestationUntrustedAaguid => denied(format!(
+            W::AttestationUntrustedAaguid => not_allowed(format!(
                 "authenticator AAGUID {} is not on the allow-list",
                 ctx.aaguid.map(|a| a.to_string()).unwrap_or_else(|| "(none)".into())
             )),
-            W::AttestationFormatMissingAaguid => denied(format!(
+            W::AttestationFormatMissingAaguid => not_allowed(format!(
                 "{} attestation carries no AAGUID, so the allow-list cannot admit it",
                 excerpt(ctx.fmt)
             )),
-            W::AttestationCertificateAAGUIDMismatch => denied(
+            W::AttestationCertificateAAGUIDMismatch => not_allowed(
                 "the attestation certificate names another AAGUID than the authenticator data".into(),
             ),
             other => denied(format!("WebAuthn verification failed: {other}")),
