@@ -22,7 +22,7 @@ use crate::config::{check_label, HsmConfig, Label};
 use crate::context::{lock, Module};
 use crate::error::{from_pkcs11, is_session_loss, At, HsmError};
 use crate::keys::{aes_template, ec_templates, EcPublicKey, KeyKind, KeyProtection};
-use crate::pool::Pool;
+use crate::pool::{Pool, PoolStats};
 
 /// AES-GCM nonce length (bytes).
 const IV_LEN: usize = 12;
@@ -467,6 +467,12 @@ impl Hsm {
         let n = self.inner.pool.close_all();
         tracing::info!(token = %self.inner.token, closed = n, "HSM sessions closed on request");
         Ok(())
+    }
+
+    /// How many PKCS#11 sessions this handle's pool holds now (for
+    /// metrics: a count that only grows points at a session leak).
+    pub fn sessions(&self) -> PoolStats {
+        self.inner.pool.stats()
     }
 
     /// Whether the key labelled `label` (EC private key, else AES key) has

@@ -63,3 +63,4 @@ pub use config::{softhsm_module_path, write_softhsm_conf, HsmConfig, DEFAULT_POO
 pub use error::HsmError;
 pub use hsm::Hsm;
 pub use keys::{EcPublicKey, KeyProtection};
+pub use pool::PoolStats;
