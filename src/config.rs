@@ -15,6 +15,7 @@ use crate::error::Error;
 pub use crate::approval::ApprovalConfig;
 pub use crate::factor::lockout::LockoutConfig;
 pub use crate::factor::totp::TotpConfig;
+pub use crate::metrics::MetricsConfig;
 pub use crate::protect::assets::{default_networks, Assets, AssetsConfig};
 pub use crate::protect::ProtectionConfig;
 pub use crate::signer::HsmSection;
@@ -48,6 +49,8 @@ pub struct Config {
     pub webauthn: crate::factor::webauthn::WebauthnPolicy,
     /// How the operator CLI reaches this deployment (sigild ignores it).
     pub client: ClientConfig,
+    /// The Prometheus endpoint (off unless `listen` is set).
+    pub metrics: MetricsConfig,
     /// `[networks]`: network name → address format (`bitcoin`, `evm`,
     /// `xrpl_classic`, `tron`, `solana`). A network not listed is refused.
     pub networks: BTreeMap<String, crate::protect::address_format::AddressFormat>,
@@ -152,6 +155,7 @@ impl Default for Config {
             policy: crate::protect::policy::Policy::default(),
             webauthn: crate::factor::webauthn::WebauthnPolicy::default(),
             client: ClientConfig::default(),
+            metrics: MetricsConfig::default(),
             networks: default_networks(),
         }
     }
@@ -233,7 +237,8 @@ impl Config {
 
     /// Applies environment overrides: `SIGIL_LISTEN`, `SIGIL_STORE_PATH`,
     /// `SIGIL_HSM_MODULE`, `SIGIL_HSM_TOKEN`, `SIGIL_TLS_CERT`,
-    /// `SIGIL_TLS_KEY`, `SIGIL_CLIENT_CA`, `SIGIL_DENY_LIST` (empty: none).
+    /// `SIGIL_TLS_KEY`, `SIGIL_CLIENT_CA`, `SIGIL_DENY_LIST` (empty: none),
+    /// `SIGIL_METRICS_LISTEN` (empty: no metrics endpoint).
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), Error> {
         if let Some(v) = get("SIGIL_LISTEN") {
             self.server.listen = v
@@ -260,6 +265,17 @@ impl Config {
         }
         if let Some(v) = get("SIGIL_DENY_LIST") {
             self.server.deny_list = (!v.trim().is_empty()).then(|| v.into());
+        }
+        if let Some(v) = get("SIGIL_METRICS_LISTEN") {
+            self.metrics.listen = match v.trim() {
+                "" => None,
+                addr => Some(addr.parse().map_err(|_| {
+                    Error::invalid(
+                        "SIGIL_METRICS_LISTEN",
+                        format!("'{v}' is not an address like 127.0.0.1:9464 (empty: no metrics endpoint)"),
+                    )
+                })?),
+            };
         }
         Ok(())
     }
@@ -480,6 +496,23 @@ mod tests {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains(bad.split(' ').next().unwrap()), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn the_metrics_endpoint_is_off_unless_configured() {
+        assert_eq!(Config::default().metrics.listen, None);
+        let mut c = Config::from_toml("version = 1\n[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap();
+        assert_eq!(c.metrics.listen, Some(SocketAddr::from(([127, 0, 0, 1], 9464))));
+        c.apply_env(|k| (k == "SIGIL_METRICS_LISTEN").then(String::new))
+            .unwrap();
+        assert_eq!(c.metrics.listen, None);
+        c.apply_env(|k| (k == "SIGIL_METRICS_LISTEN").then(|| "127.0.0.1:9".to_string()))
+            .unwrap();
+        assert_eq!(c.metrics.listen, Some(SocketAddr::from(([127, 0, 0, 1], 9))));
+        assert!(c
+            .apply_env(|k| (k == "SIGIL_METRICS_LISTEN").then(|| "nine".to_string()))
+            .is_err());
+        assert!(Config::from_toml("version = 1\n[metrics]\nport = 9\n").is_err());
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! opens the HSM token and the store, and serves gRPC over mutual TLS until
 //! SIGTERM or SIGINT, then drains in-flight calls and exits. SIGHUP re-reads
 //! the client certificate deny-list (`[server] deny_list`); a malformed file
-//! is logged and the previous list stays in force.
+//! is logged and the previous list stays in force. With `[metrics] listen`
+//! set it also serves Prometheus metrics at `http://<listen>/metrics`.
 /// mimalloc: many small, short-lived allocations on several threads at once
 /// (gRPC, records, PKCS#11 buffers) are cheaper than with the system allocator.
 #[global_allocator]
@@ -89,6 +90,11 @@ async fn run(args: Args) -> Result<(), Error> {
             .await
             .map_err(|e| Error::Internal(e.to_string()))??,
     );
+    // Before serving: a metrics address that cannot be bound stops the start.
+    let _metrics = match cfg.metrics.listen {
+        Some(addr) => Some(server::serve_metrics(addr, sigil.clone()).await?),
+        None => None,
+    };
     let running = server::start_with_deny_list(sigil, deny_list.clone(), tls, listener, server::termination()).await?;
     #[cfg(unix)]
     tokio::spawn(reload_on_hangup(hangups, deny_list));

@@ -861,7 +861,11 @@ impl Store for SledStore {
     }
 
     fn commit(&self, batch: &Batch) -> Result<Vec<u64>, StoreError> {
+        let t0 = std::time::Instant::now();
         let (seqs, lsn) = self.apply(batch, true)?;
+        if lsn > 0 {
+            crate::metrics::store_commit("sled", t0.elapsed());
+        }
         if batch.durability == Durability::Sync && lsn > 0 {
             self.inner.wal.wait_durable(lsn)?;
         }
@@ -872,7 +876,11 @@ impl Store for SledStore {
     /// async workers, so a store whose checkpoints are far behind refuses
     /// it at once (`Unavailable`, nothing written).
     fn commit_pending(&self, batch: &Batch) -> Result<(Vec<u64>, Ticket), StoreError> {
+        let t0 = std::time::Instant::now();
         let (seqs, lsn) = self.apply(batch, false)?;
+        if lsn > 0 {
+            crate::metrics::store_commit("sled", t0.elapsed());
+        }
         if batch.durability == Durability::Sync && lsn > 0 {
             let wal: Arc<dyn DurableWait> = self.inner.wal.clone();
             return Ok((seqs, Ticket::pending(lsn, wal)));

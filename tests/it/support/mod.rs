@@ -10,6 +10,7 @@ pub mod denylist;
 pub mod files;
 pub mod harness;
 pub mod lifecycle;
+pub mod observe;
 pub mod pg;
 pub mod tokens;
 pub mod webauthn;
