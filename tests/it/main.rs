@@ -10,6 +10,7 @@ mod cli;
 mod crash;
 mod denylist;
 mod lifecycle;
+mod logs;
 mod metrics;
 mod pg_outage;
 mod pg_tools;
