@@ -408,6 +408,12 @@ impl Config {
         if !(1..=4096).contains(&st.checkpoint_mib) {
             return Err(Error::invalid("store.checkpoint_mib", "must be between 1 and 4096"));
         }
+        if !(8..=1 << 20).contains(&st.cache_mib) {
+            return Err(Error::invalid(
+                "store.cache_mib",
+                "must be between 8 and 1048576 (1 TiB)",
+            ));
+        }
         if st.backpressure_wait_ms > 60_000 {
             return Err(Error::invalid(
                 "store.backpressure_wait_ms",
@@ -461,11 +467,13 @@ mod tests {
     fn store_tuning_is_read_and_checked() {
         let c = Config::from_toml(
             "version = 1\n[store]\ncheckpoint_interval_ms = 250\ncheckpoint_keys = 5000\n\
-             checkpoint_mib = 8\nbackpressure_wait_ms = 100\n",
+             checkpoint_mib = 8\nbackpressure_wait_ms = 100\ncache_mib = 32\n",
         )
         .unwrap();
         c.validate().unwrap();
         let t = c.store.tuning();
+        assert_eq!(t.cache_bytes, 32 << 20);
+        assert_eq!(Config::default().store.tuning().cache_bytes, 1 << 30);
         assert_eq!(t.checkpoint_interval, std::time::Duration::from_millis(250));
         assert_eq!(t.checkpoint_keys, 5000);
         assert_eq!(t.checkpoint_bytes, 8 << 20);
@@ -491,6 +499,7 @@ mod tests {
             "checkpoint_keys = 10",
             "checkpoint_mib = 0",
             "backpressure_wait_ms = 3600000",
+            "cache_mib = 0",
         ] {
             let c = Config::from_toml(&format!("version = 1\n[store]\n{bad}\n")).unwrap();
             let e = c.validate().unwrap_err().to_string();
