@@ -12,7 +12,7 @@ PG_TEST_DIR := $(CURDIR)/target/pg
 PG_DEV_DIR := $(CURDIR)/target/pg-dev
 PG_BENCH_DIR := $(CURDIR)/target/pg-bench
 
-.PHONY: help deps certs hsm build run test pg pg-stop bench clean-dev
+.PHONY: help deps certs hsm build run test pg pg-stop bench soak clean-dev
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -70,6 +70,13 @@ bench: certs hsm ## Benchmarks (release build, sled and a throwaway PostgreSQL i
 	echo "PostgreSQL for the bench: $$SIGIL_BENCH_PG_DSN"; \
 	$(CARGO) run --release --features bench --example bench; \
 	$(CARGO) run --release --features bench --example bench_protect
+
+# Not part of `make test`: a bounded run (SOAK_SECONDS, default 120) of
+# mixed load at SOAK_LOAD (0.8) of the capacity it measures first, against
+# a release sigild with its own token, store and certificates in a temp dir.
+soak: deps ## Soak: mixed load at 80% of capacity against a release sigild, failing on errors or RSS, fd, HSM-session growth
+	$(CARGO) build --release --features soak --bins --example soak
+	$(CARGO) run --release --features soak --example soak
 
 clean-dev: ## Remove generated certificates, the development token and data (irreversible)
 	rm -rf certs/out hsm/tokens hsm/pin hsm/so-pin hsm/softhsm2.conf data
