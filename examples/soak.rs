@@ -351,6 +351,57 @@ fn metric(text: &str, name: &str, filter: &str) -> f64 {
         .sum()
 }
 
+/// A histogram of the text format, summed over the series whose labels
+/// contain a filter: cumulative bucket counts by upper bound (seconds).
+struct Histogram {
+    count: f64,
+    buckets: Vec<(f64, f64)>,
+}
+
+impl Histogram {
+    fn read(text: &str, name: &str, filter: &str) -> Histogram {
+        let mut by_le: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+        let bucket = format!("{name}_bucket");
+        for (series, v) in text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+        {
+            if series.split('{').next() != Some(bucket.as_str()) || !series.contains(filter) {
+                continue;
+            }
+            let Some(le) = series.split("le=\"").nth(1).and_then(|r| r.split('"').next()) else {
+                continue;
+            };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::INFINITY)
+            };
+            let e = by_le.entry(le.to_bits()).or_insert((le, 0.0));
+            e.1 += v.parse::<f64>().unwrap_or(0.0);
+        }
+        let mut buckets: Vec<(f64, f64)> = by_le.into_values().collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Histogram {
+            count: buckets.last().map(|b| b.1).unwrap_or(0.0),
+            buckets,
+        }
+    }
+
+    /// The bucket bound (ms) under which `q` of the observations fall.
+    fn quantile_ms(&self, q: f64) -> String {
+        if self.count == 0.0 {
+            return "–".into();
+        }
+        let want = self.count * q;
+        match self.buckets.iter().find(|(_, c)| *c >= want) {
+            Some((le, _)) if le.is_finite() => format!("{}", le * 1000.0),
+            _ => "> 10000".into(),
+        }
+    }
+}
+
 fn proc_status(pid: u32, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = text.lines().find(|l| l.starts_with(key))?;
@@ -1071,6 +1122,9 @@ async fn main() {
     done.store(true, Ordering::Relaxed);
     sampler.await.unwrap();
 
+    // The server's own view, before it stops.
+    let server_view = scrape(d.metrics).unwrap_or_default();
+
     // Stop sigild: a clean exit after SIGTERM.
     let mut d = d;
     let alive_at_end = d.child.try_wait().unwrap().is_none();
@@ -1222,6 +1276,58 @@ async fn main() {
         );
     }
     println!();
+    println!("## sigild's metrics at the end (the whole run)\n");
+    println!("| series | count | p50 ≤ ms | p99 ≤ ms | max ≤ ms |\n|---|---|---|---|---|");
+    for (label, name, filter) in [
+        (
+            "CompleteApproval, OK",
+            "sigil_rpc_duration_seconds",
+            "method=\"CompleteApproval\",service=\"sigil.v1.ApprovalService\"",
+        ),
+        ("store commit (sled)", "sigil_store_commit_duration_seconds", ""),
+        ("store sync (sled)", "sigil_store_sync_duration_seconds", ""),
+        (
+            "HSM sign_approval",
+            "sigil_hsm_operation_duration_seconds",
+            "op=\"sign_approval\"",
+        ),
+        ("HSM decrypt", "sigil_hsm_operation_duration_seconds", "op=\"decrypt\""),
+    ] {
+        let filter = if label.ends_with(", OK") {
+            format!("code=\"OK\",{filter}")
+        } else {
+            filter.to_string()
+        };
+        let h = Histogram::read(&server_view, name, &filter);
+        println!(
+            "| {label} | {:.0} | {} | {} | {} |",
+            h.count,
+            h.quantile_ms(0.5),
+            h.quantile_ms(0.99),
+            h.quantile_ms(1.0)
+        );
+    }
+    println!(
+        "\nRPCs answered by code: {}; HSM errors: {:.0}; lockouts: {:.0}\n",
+        [
+            "OK",
+            "INVALID_ARGUMENT",
+            "PERMISSION_DENIED",
+            "FAILED_PRECONDITION",
+            "RESOURCE_EXHAUSTED",
+            "UNAVAILABLE",
+            "INTERNAL"
+        ]
+        .iter()
+        .map(|c| format!(
+            "{c} {:.0}",
+            metric(&server_view, "sigil_rpc_requests_total", &format!("code=\"{c}\""))
+        ))
+        .collect::<Vec<_>>()
+        .join(", "),
+        metric(&server_view, "sigil_hsm_errors_total", ""),
+        metric(&server_view, "sigil_lockouts_total", "")
+    );
     println!("## Samples\n");
     println!(
         "| t (s) | phase | RSS | fds | threads | HSM sessions | RPCs answered | store on disk |\n|---|---|---|---|---|---|---|---|"
