@@ -348,7 +348,7 @@ fn metric(text: &str, name: &str, filter: &str) -> f64 {
             n == name && series.contains(filter)
         })
         .filter_map(|(_, v)| v.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
 
 /// A histogram of the text format, summed over the series whose labels
