@@ -12,7 +12,7 @@ PG_TEST_DIR := $(CURDIR)/target/pg
 PG_DEV_DIR := $(CURDIR)/target/pg-dev
 PG_BENCH_DIR := $(CURDIR)/target/pg-bench
 
-.PHONY: help deps certs hsm build run test pg pg-stop bench clean-dev demo e2e
+.PHONY: help deps certs hsm build run test pg pg-stop bench soak clean-dev demo e2e
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -93,6 +93,13 @@ e2e: certs build ## End-to-end test of the demo page in headless Chromium (scree
 	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm >/dev/null; }
 	@cd e2e && npm ci --no-audit --no-fund --loglevel=error
 	@start=$$(date +%s); node e2e/run.mjs; echo "make e2e: $$(( $$(date +%s) - start )) s"
+
+# Not part of `make test`: a bounded run (SOAK_SECONDS, default 120) of
+# mixed load at SOAK_LOAD (0.8) of the capacity it measures first, against
+# a release sigild with its own token, store and certificates in a temp dir.
+soak: deps ## Soak: mixed load at 80% of capacity against a release sigild, failing on errors or RSS, fd, HSM-session growth
+	$(CARGO) build --release --features soak --bins --example soak
+	$(CARGO) run --release --features soak --example soak
 
 clean-dev: ## Remove generated certificates, the development token and data (irreversible)
 	rm -rf certs/out hsm/tokens hsm/pin hsm/so-pin hsm/softhsm2.conf data

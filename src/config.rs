@@ -15,6 +15,7 @@ use crate::error::Error;
 pub use crate::approval::ApprovalConfig;
 pub use crate::factor::lockout::LockoutConfig;
 pub use crate::factor::totp::TotpConfig;
+pub use crate::metrics::MetricsConfig;
 pub use crate::ops::RetentionConfig;
 pub use crate::protect::assets::{default_networks, Assets, AssetsConfig};
 pub use crate::protect::ProtectionConfig;
@@ -51,6 +52,8 @@ pub struct Config {
     pub webauthn: crate::factor::webauthn::WebauthnPolicy,
     /// How the operator CLI reaches this deployment (sigild ignores it).
     pub client: ClientConfig,
+    /// The Prometheus endpoint (off unless `listen` is set).
+    pub metrics: MetricsConfig,
     /// `[networks]`: network name → address format (`bitcoin`, `evm`,
     /// `xrpl_classic`, `tron`, `solana`). A network not listed is refused.
     pub networks: BTreeMap<String, crate::protect::address_format::AddressFormat>,
@@ -156,6 +159,7 @@ impl Default for Config {
             policy: crate::protect::policy::Policy::default(),
             webauthn: crate::factor::webauthn::WebauthnPolicy::default(),
             client: ClientConfig::default(),
+            metrics: MetricsConfig::default(),
             networks: default_networks(),
         }
     }
@@ -237,7 +241,8 @@ impl Config {
 
     /// Applies environment overrides: `SIGIL_LISTEN`, `SIGIL_STORE_PATH`,
     /// `SIGIL_HSM_MODULE`, `SIGIL_HSM_TOKEN`, `SIGIL_TLS_CERT`,
-    /// `SIGIL_TLS_KEY`, `SIGIL_CLIENT_CA`, `SIGIL_DENY_LIST` (empty: none).
+    /// `SIGIL_TLS_KEY`, `SIGIL_CLIENT_CA`, `SIGIL_DENY_LIST` (empty: none),
+    /// `SIGIL_METRICS_LISTEN` (empty: no metrics endpoint).
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), Error> {
         if let Some(v) = get("SIGIL_LISTEN") {
             self.server.listen = v
@@ -264,6 +269,17 @@ impl Config {
         }
         if let Some(v) = get("SIGIL_DENY_LIST") {
             self.server.deny_list = (!v.trim().is_empty()).then(|| v.into());
+        }
+        if let Some(v) = get("SIGIL_METRICS_LISTEN") {
+            self.metrics.listen = match v.trim() {
+                "" => None,
+                addr => Some(addr.parse().map_err(|_| {
+                    Error::invalid(
+                        "SIGIL_METRICS_LISTEN",
+                        format!("'{v}' is not an address like 127.0.0.1:9464 (empty: no metrics endpoint)"),
+                    )
+                })?),
+            };
         }
         Ok(())
     }
@@ -397,6 +413,12 @@ impl Config {
         if !(1..=4096).contains(&st.checkpoint_mib) {
             return Err(Error::invalid("store.checkpoint_mib", "must be between 1 and 4096"));
         }
+        if !(8..=1 << 20).contains(&st.cache_mib) {
+            return Err(Error::invalid(
+                "store.cache_mib",
+                "must be between 8 and 1048576 (1 TiB)",
+            ));
+        }
         if st.backpressure_wait_ms > 60_000 {
             return Err(Error::invalid(
                 "store.backpressure_wait_ms",
@@ -450,11 +472,13 @@ mod tests {
     fn store_tuning_is_read_and_checked() {
         let c = Config::from_toml(
             "version = 1\n[store]\ncheckpoint_interval_ms = 250\ncheckpoint_keys = 5000\n\
-             checkpoint_mib = 8\nbackpressure_wait_ms = 100\n",
+             checkpoint_mib = 8\nbackpressure_wait_ms = 100\ncache_mib = 32\n",
         )
         .unwrap();
         c.validate().unwrap();
         let t = c.store.tuning();
+        assert_eq!(t.cache_bytes, 32 << 20);
+        assert_eq!(Config::default().store.tuning().cache_bytes, 1 << 30);
         assert_eq!(t.checkpoint_interval, std::time::Duration::from_millis(250));
         assert_eq!(t.checkpoint_keys, 5000);
         assert_eq!(t.checkpoint_bytes, 8 << 20);
@@ -480,6 +504,7 @@ mod tests {
             "checkpoint_keys = 10",
             "checkpoint_mib = 0",
             "backpressure_wait_ms = 3600000",
+            "cache_mib = 0",
         ] {
             let c = Config::from_toml(&format!("version = 1\n[store]\n{bad}\n")).unwrap();
             let e = c.validate().unwrap_err().to_string();
@@ -511,6 +536,23 @@ mod tests {
         }
         let e = Config::from_toml("version = 1\n[retention]\nevents_max_age = \"30 days\"\n").unwrap_err();
         assert!(e.to_string().contains("unit"), "{e}");
+    }
+
+    #[test]
+    fn the_metrics_endpoint_is_off_unless_configured() {
+        assert_eq!(Config::default().metrics.listen, None);
+        let mut c = Config::from_toml("version = 1\n[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap();
+        assert_eq!(c.metrics.listen, Some(SocketAddr::from(([127, 0, 0, 1], 9464))));
+        c.apply_env(|k| (k == "SIGIL_METRICS_LISTEN").then(String::new))
+            .unwrap();
+        assert_eq!(c.metrics.listen, None);
+        c.apply_env(|k| (k == "SIGIL_METRICS_LISTEN").then(|| "127.0.0.1:9".to_string()))
+            .unwrap();
+        assert_eq!(c.metrics.listen, Some(SocketAddr::from(([127, 0, 0, 1], 9))));
+        assert!(c
+            .apply_env(|k| (k == "SIGIL_METRICS_LISTEN").then(|| "nine".to_string()))
+            .is_err());
+        assert!(Config::from_toml("version = 1\n[metrics]\nport = 9\n").is_err());
     }
 
     #[test]

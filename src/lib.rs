@@ -10,7 +10,8 @@
 //! `tests/layers.rs`), so nothing imports in a circle and nothing below
 //! `api` knows tonic or protobuf. From the bottom:
 //! 1. [`model`]: leaf types — actions, factor kinds, device signals,
-//!    revocation epochs, id syntax. Imports nothing of Sigil's.
+//!    revocation epochs, id syntax; [`metrics`]: the Prometheus registry
+//!    every layer records into. Both import nothing of Sigil's.
 //! 2. [`error`]: the one error type, with its machine-readable reasons.
 //! 3. [`clock`]; [`store`]: the storage trait, its sled backend, the one
 //!    record codec (`store::codec`) and the meta keys (`store::meta`).
@@ -39,7 +40,8 @@
 //! 14. [`api`] (tonic services, role table, pb <-> domain, Error ->
 //!     Status), [`client`] (mTLS client for tools and tests).
 //! 15. [`server`]: mTLS listener, deny-list guard, health, reflection,
-//!     graceful shutdown.
+//!     graceful shutdown, the RPC metrics layer and the `/metrics`
+//!     endpoint.
 //!
 //! Beside the crate: `crates/sigil-verify` (what a withdrawal engine
 //! embeds) and `crates/sigil-hsm` (PKCS#11 sessions and keys).
@@ -60,6 +62,7 @@ pub mod events;
 pub mod factor;
 pub mod kernel;
 pub mod keys;
+pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod protect;

@@ -1,5 +1,6 @@
 //! Serving Sigil: mTLS listener, health, reflection, graceful shutdown,
-//! and the client certificate deny-list guard in front of every service.
+//! and the client certificate deny-list guard in front of every service;
+//! every call measured (`exporter`), and the `/metrics` endpoint.
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,6 +27,10 @@ use crate::core::Sigil;
 use crate::denylist::{CertId, DenyListHandle, Match};
 use crate::error::Error;
 use crate::pb;
+
+mod exporter;
+
+pub use exporter::{serve_metrics, MetricsEndpoint};
 
 /// Encoded file descriptor set of `proto/`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("sigil_descriptor");
@@ -139,6 +144,7 @@ pub async fn start_with_deny_list(
             _ = signal => {},
         }
         tracing::info!("shutting down: health NOT_SERVING, finishing in-flight calls");
+        crate::metrics::set_ready(false);
         let _ = sweep_stop_tx.send(true);
         if let Err(e) = readiness.await {
             tracing::error!(error = %e, "readiness checker failed");
@@ -160,6 +166,11 @@ pub async fn start_with_deny_list(
     let router = Server::builder()
         .tls_config(tls)
         .map_err(|e| Error::Unavailable(format!("TLS configuration refused: {e}")))?
+        .layer(exporter::RpcMetricsLayer::new(&[
+            FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        ]))
         .add_service(guard.wrap(health))
         .add_service(guard.wrap(reflection))
         .add_service(
@@ -186,6 +197,7 @@ pub async fn start_with_deny_list(
     // ACK (~40 ms per CompleteApproval).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, shutdown));
+    crate::metrics::set_ready(true);
     Ok(Running {
         addr,
         stop: Some(stop_tx),
@@ -340,6 +352,8 @@ async fn readiness_loop(
             return;
         }
         let now = verdict.is_ok();
+        crate::metrics::set_ready(now);
+        crate::metrics::set_hsm_up(sigil.signer().hsm().health().serving);
         if now == serving {
             continue;
         }

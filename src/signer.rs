@@ -5,15 +5,17 @@
 //! this module decides which keys are used for what. All calls block: run
 //! them on blocking threads.
 use std::path::PathBuf;
+use std::time::Instant;
 
 use secrecy::SecretString;
-use sigil_hsm::{Hsm, HsmConfig};
+use sigil_hsm::{Hsm, HsmConfig, HsmError};
 use sigil_verify::{Claims, Jwk, JwkSet, Verifier};
 use zeroize::Zeroizing;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::metrics::{self, HsmOutcome};
 
 /// What the signer needs from the configuration: `[hsm]`, and the issuer,
 /// audience and leeway of approvals.
@@ -130,9 +132,9 @@ impl Signer {
         // happened the stored key ring says which keys are in force (and the
         // first one may be retired and destroyed): see `Keys::sync_keys`.
         let active_label = cfg.hsm.approval_key_label.clone();
-        let configured_present = hsm.key_exists(&active_label)?;
+        let configured_present = timed("key_exists", || hsm.key_exists(&active_label))?;
         let audit_label = cfg.hsm.audit_key_label.clone();
-        let apk = hsm.ec_public_key(&audit_label).map_err(|e| {
+        let apk = timed("public_key", || hsm.ec_public_key(&audit_label)).map_err(|e| {
             Error::Unavailable(format!(
                 "audit key '{audit_label}' unusable: {e} (on a new installation `make hsm` (or `sigil hsm init`) creates it; if it existed before, restore it from the HSM's backup instead of creating another)"
             ))
@@ -177,7 +179,7 @@ impl Signer {
         let mut jwks = JwkSet::default();
         let mut active = None;
         for k in keys {
-            let pk = self.hsm.ec_public_key(&k.label)?;
+            let pk = timed("public_key", || self.hsm.ec_public_key(&k.label))?;
             let mut jwk = Jwk::from_p256_point(&pk.x, &pk.y);
             jwk.status = Some(k.status.clone());
             if k.status == "active" {
@@ -254,7 +256,9 @@ impl Signer {
     pub fn sign(&self, claims: &Claims) -> Result<(String, String), Error> {
         let keys = self.keys();
         let input = sigil_verify::signing_input(&keys.active_kid, claims);
-        let sig = self.hsm.sign_es256(&keys.active_label, input.as_bytes())?;
+        let sig = timed("sign_approval", || {
+            self.hsm.sign_es256(&keys.active_label, input.as_bytes())
+        })?;
         Ok((sigil_verify::assemble(&input, &sig), keys.active_kid.clone()))
     }
 
@@ -275,7 +279,7 @@ impl Signer {
     /// }
     /// ```
     pub fn sign_audit(&self, message: &[u8]) -> Result<[u8; 64], Error> {
-        Ok(self.hsm.sign_es256(&self.audit_label, message)?)
+        Ok(timed("sign_audit", || self.hsm.sign_es256(&self.audit_label, message))?)
     }
 
     /// Raw ES256 signature with the active key over any message: the
@@ -286,7 +290,7 @@ impl Signer {
     #[cfg(feature = "bench")]
     pub fn sign_raw(&self, message: &[u8]) -> Result<[u8; 64], Error> {
         let keys = self.keys();
-        Ok(self.hsm.sign_es256(&keys.active_label, message)?)
+        Ok(timed("sign_raw", || self.hsm.sign_es256(&keys.active_label, message))?)
     }
 
     /// Encrypts a factor secret under the secrets key, bound to `aad`.
@@ -296,7 +300,7 @@ impl Signer {
 
     /// Encrypts under a named AES key.
     pub fn wrap_with(&self, label: &str, secret: &[u8], aad: &[u8]) -> Result<WrappedSecret, Error> {
-        let blob = self.hsm.encrypt(label, secret, aad)?;
+        let blob = timed("encrypt", || self.hsm.encrypt(label, secret, aad))?;
         Ok(WrappedSecret {
             key_label: label.to_string(),
             blob: sigil_verify::b64url::encode(&blob),
@@ -313,7 +317,7 @@ impl Signer {
 
     /// Switches the AES key that encrypts new secrets (after checking it exists).
     pub fn set_secrets_label(&self, label: &str) -> Result<(), Error> {
-        if !self.hsm.key_exists(label)? {
+        if !timed("key_exists", || self.hsm.key_exists(label))? {
             return Err(Error::Unavailable(format!(
                 "secrets key '{label}' is not on the token: on a new installation `make hsm` (or `sigil hsm init`) creates it; if it existed before, restore it from the HSM's backup instead of creating another"
             )));
@@ -330,13 +334,28 @@ impl Signer {
     pub fn unwrap_secret(&self, w: &WrappedSecret, aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
         let blob = sigil_verify::b64url::decode(&w.blob)
             .map_err(|_| Error::Internal("stored secret is not valid base64url".into()))?;
-        Ok(self.hsm.decrypt(&w.key_label, &blob, aad)?)
+        Ok(timed("decrypt", || self.hsm.decrypt(&w.key_label, &blob, aad))?)
     }
 
     /// The underlying HSM handle.
     pub fn hsm(&self) -> &Hsm {
         &self.hsm
     }
+}
+
+/// Runs one HSM operation `op`, recording its latency and outcome
+/// (`sigil_hsm_operation_duration_seconds`, `sigil_hsm_errors_total`,
+/// `sigil_hsm_up`).
+fn timed<T>(op: &'static str, f: impl FnOnce() -> Result<T, HsmError>) -> Result<T, HsmError> {
+    let t0 = Instant::now();
+    let r = f();
+    let outcome = match &r {
+        Ok(_) => HsmOutcome::Ok,
+        Err(HsmError::Unavailable(_) | HsmError::TokenNotFound(_)) => HsmOutcome::Unavailable,
+        Err(_) => HsmOutcome::Refused,
+    };
+    metrics::hsm_operation(op, t0.elapsed(), outcome);
+    r
 }
 
 /// Creates what a fresh token needs: the token itself (if absent) and the

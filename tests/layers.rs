@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// Top-level modules by layer, lowest first. A module may use modules of
 /// lower layers only (and itself). Keep in step with `src/lib.rs`.
 const LAYERS: &[&[&str]] = &[
-    &["model"],
+    &["model", "metrics"],
     &["error"],
     &["clock", "store"],
     &["signer", "audit", "events", "denylist"],

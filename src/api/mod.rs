@@ -66,6 +66,19 @@ where
     }
 }
 
+/// Counts a refused approval call (`stage`: begin, complete, redeem) by
+/// the reason its status names (`UNKNOWN` for a status without one, which
+/// Sigil never sends).
+fn count_refusal(stage: &str, st: &Status) {
+    use tonic_types::StatusExt;
+    let reason = st
+        .get_error_details()
+        .error_info()
+        .and_then(|i| crate::error::Reason::parse(&i.reason))
+        .map_or("UNKNOWN", |r| r.as_str());
+    crate::metrics::approval_refused(stage, reason);
+}
+
 /// `sigil.v1.FactorService`.
 #[derive(Clone)]
 pub struct FactorApi {
@@ -292,18 +305,22 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         &self,
         req: Request<pb::BeginApprovalRequest>,
     ) -> Result<Response<pb::BeginApprovalResponse>, Status> {
-        let role = require(&req, "ApprovalService/BeginApproval")?;
-        let r = req.into_inner();
-        let intent: sigil_verify::Intent = r
-            .intent
-            .ok_or_else(|| status::to_status(Error::invalid("intent", "is required")))?
-            .into();
-        let device = r.device.unwrap_or_default().into();
-        let s = self.sigil.clone();
-        let b = approval_call(&self.sigil, move || {
-            s.approvals().begin_approval(role.name(), intent, device)
-        })
-        .await?;
+        let b = async {
+            let role = require(&req, "ApprovalService/BeginApproval")?;
+            let r = req.into_inner();
+            let intent: sigil_verify::Intent = r
+                .intent
+                .ok_or_else(|| status::to_status(Error::invalid("intent", "is required")))?
+                .into();
+            let device = r.device.unwrap_or_default().into();
+            let s = self.sigil.clone();
+            approval_call(&self.sigil, move || {
+                s.approvals().begin_approval(role.name(), intent, device)
+            })
+            .await
+        }
+        .await
+        .inspect_err(|st| count_refusal("begin", st))?;
         Ok(Response::new(pb::BeginApprovalResponse {
             challenge_id: b.challenge_id,
             intent_sha256: b.intent_sha256.to_vec(),
@@ -320,35 +337,42 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         &self,
         req: Request<pb::CompleteApprovalRequest>,
     ) -> Result<Response<pb::CompleteApprovalResponse>, Status> {
-        let role = require(&req, "ApprovalService/CompleteApproval")?;
-        let r = req.into_inner();
-        use pb::complete_approval_request::Proof as P;
-        let proof = match r.proof {
-            Some(P::Totp(t)) => Proof::Totp {
-                code: t.code,
-                factor_id: (!t.factor_id.is_empty()).then_some(t.factor_id),
-            },
-            Some(P::Webauthn(w)) => Proof::Webauthn {
-                response_json: w.response_json,
-            },
-            Some(P::YubikeyHmac(y)) => Proof::YubikeyHmac {
-                response: y.response,
-                factor_id: (!y.factor_id.is_empty()).then_some(y.factor_id),
-            },
-            Some(P::YubikeyOtp(y)) => Proof::YubikeyOtp { otp: y.otp },
-            None => {
-                return Err(status::to_status(Error::invalid(
-                    "proof",
-                    "is required: totp, webauthn, yubikey_hmac or yubikey_otp",
-                )))
-            }
-        };
-        let s = self.sigil.clone();
-        let i = approval_call(&self.sigil, move || {
-            s.approvals()
-                .complete_approval(role.name(), &r.challenge_id, &r.user_id, proof)
-        })
-        .await?;
+        let (i, kind) = async {
+            let role = require(&req, "ApprovalService/CompleteApproval")?;
+            let r = req.into_inner();
+            use pb::complete_approval_request::Proof as P;
+            let proof = match r.proof {
+                Some(P::Totp(t)) => Proof::Totp {
+                    code: t.code,
+                    factor_id: (!t.factor_id.is_empty()).then_some(t.factor_id),
+                },
+                Some(P::Webauthn(w)) => Proof::Webauthn {
+                    response_json: w.response_json,
+                },
+                Some(P::YubikeyHmac(y)) => Proof::YubikeyHmac {
+                    response: y.response,
+                    factor_id: (!y.factor_id.is_empty()).then_some(y.factor_id),
+                },
+                Some(P::YubikeyOtp(y)) => Proof::YubikeyOtp { otp: y.otp },
+                None => {
+                    return Err(status::to_status(Error::invalid(
+                        "proof",
+                        "is required: totp, webauthn, yubikey_hmac or yubikey_otp",
+                    )))
+                }
+            };
+            let kind = proof.kind();
+            let s = self.sigil.clone();
+            let issued = approval_call(&self.sigil, move || {
+                s.approvals()
+                    .complete_approval(role.name(), &r.challenge_id, &r.user_id, proof)
+            })
+            .await?;
+            Ok((issued, kind))
+        }
+        .await
+        .inspect_err(|st| count_refusal("complete", st))?;
+        crate::metrics::approval_issued(kind.name());
         Ok(Response::new(pb::CompleteApprovalResponse {
             approval: i.token,
             jti: i.jti,
@@ -361,15 +385,20 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         &self,
         req: Request<pb::RedeemApprovalRequest>,
     ) -> Result<Response<pb::RedeemApprovalResponse>, Status> {
-        let role = require(&req, "ApprovalService/RedeemApproval")?;
-        let r = req.into_inner();
-        let expected = r.expected_intent.map(sigil_verify::Intent::from);
-        let s = self.sigil.clone();
-        let done = approval_call(&self.sigil, move || {
-            s.approvals()
-                .redeem_approval_keyed(role.name(), &r.approval, expected.as_ref(), &r.idempotency_key)
-        })
-        .await?;
+        let done = async {
+            let role = require(&req, "ApprovalService/RedeemApproval")?;
+            let r = req.into_inner();
+            let expected = r.expected_intent.map(sigil_verify::Intent::from);
+            let s = self.sigil.clone();
+            approval_call(&self.sigil, move || {
+                s.approvals()
+                    .redeem_approval_keyed(role.name(), &r.approval, expected.as_ref(), &r.idempotency_key)
+            })
+            .await
+        }
+        .await
+        .inspect_err(|st| count_refusal("redeem", st))?;
+        crate::metrics::approval_redeemed(done.replayed);
         Ok(Response::new(pb::RedeemApprovalResponse {
             claims: Some(done.claims.into()),
             replayed: done.replayed,

@@ -173,6 +173,9 @@ impl Factors {
     /// [`Factors::reserve_attempt`] (its audit entry, and a lockout event
     /// when it locked the factor) and returns the refusal.
     pub(crate) fn refuse_attempt(&self, actor: &str, f: &FactorRecord, now: i64, what: &str) -> Error {
+        if f.locked_until > now {
+            crate::metrics::lockout_started(f.kind().name());
+        }
         let write = (|| -> Result<(), Error> {
             let mut batch = Batch::new();
             AuditEntry::refused(now, actor, &f.user_id, "factor.verify", what)

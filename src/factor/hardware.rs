@@ -85,6 +85,7 @@ impl Factors {
             match write {
                 Ok(()) => {
                     if let Err(locked) = lockout::check(locked_until, now, &what) {
+                        crate::metrics::lockout_started("unknown_id");
                         return locked;
                     }
                     return Error::NotFound(format!(

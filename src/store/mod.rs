@@ -47,6 +47,9 @@ pub struct StoreConfig {
     /// When checkpoints fail or fall far behind, how long a commit waits
     /// for one (milliseconds) before it is refused (`UNAVAILABLE`).
     pub backpressure_wait_ms: u64,
+    /// The most memory sled's page cache may hold, MiB (sled's default,
+    /// 1024). It fills as the store grows.
+    pub cache_mib: u64,
 }
 
 /// The storage backend (`[store] backend`).
@@ -121,6 +124,7 @@ impl StoreConfig {
             checkpoint_keys: self.checkpoint_keys,
             checkpoint_bytes: self.checkpoint_mib << 20,
             backpressure_wait: std::time::Duration::from_millis(self.backpressure_wait_ms),
+            cache_bytes: self.cache_mib << 20,
         }
     }
 }
@@ -138,6 +142,7 @@ impl Default for StoreConfig {
             checkpoint_keys: t.checkpoint_keys,
             checkpoint_mib: t.checkpoint_bytes >> 20,
             backpressure_wait_ms: t.backpressure_wait.as_millis() as u64,
+            cache_mib: t.cache_bytes >> 20,
         }
     }
 }

@@ -30,7 +30,7 @@
 //! No advisory locks and no LISTEN/NOTIFY are used for correctness: the
 //! same statements run on Postgres-wire engines that are serializable by
 //! default (CockroachDB, YugabyteDB).
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
 use postgres::{IsolationLevel, NoTls};
@@ -270,7 +270,9 @@ impl PgStore {
             .isolation_level(IsolationLevel::ReadCommitted)
             .start()?;
         let seqs = apply(&mut tx, batch)?;
+        let t0 = Instant::now();
         tx.commit()?;
+        crate::metrics::store_sync("postgres", t0.elapsed());
         Ok(seqs)
     }
 
@@ -620,9 +622,13 @@ impl Store for PgStore {
             if batch.is_empty() {
                 return Ok(Vec::new());
             }
+            let t0 = Instant::now();
             for attempt in 0..MAX_RETRIES {
                 match self.try_commit(batch) {
-                    Ok(seqs) => return Ok(seqs),
+                    Ok(seqs) => {
+                        crate::metrics::store_commit("postgres", t0.elapsed());
+                        return Ok(seqs);
+                    }
                     Err(Attempt::Conflict) => return Err(StoreError::Conflict),
                     Err(Attempt::Failed(e)) => return Err(e),
                     Err(Attempt::Retry) => {

@@ -503,6 +503,7 @@ mod tests {
             checkpoint_keys: usize::MAX,
             checkpoint_bytes: usize::MAX,
             backpressure_wait: Duration::from_secs(1),
+            ..Tuning::default()
         };
         let base = base.clone();
         // prepare_min 0: a prepared next file after every rotation.

@@ -77,6 +77,10 @@ pub struct Tuning {
     /// How long a commit waits for a checkpoint once the active memtable is
     /// far past a trigger (see `BACKPRESSURE_FACTOR`) before it is refused.
     pub backpressure_wait: Duration,
+    /// The most memory sled's page cache may use, in bytes (sled's own
+    /// default: 1 GiB). The cache fills as the store grows, so this is what
+    /// sled adds to the process's resident set at most.
+    pub cache_bytes: u64,
 }
 
 impl Default for Tuning {
@@ -86,6 +90,7 @@ impl Default for Tuning {
             checkpoint_keys: 100_000,
             checkpoint_bytes: 64 << 20,
             backpressure_wait: Duration::from_secs(5),
+            cache_bytes: 1 << 30,
         }
     }
 }
@@ -161,7 +166,7 @@ impl SledStore {
     /// [`SledStore::open`] with explicit checkpoint tuning.
     pub fn open_with(path: &Path, tuning: Tuning) -> Result<Self, StoreError> {
         let disk: Arc<dyn Disk> = Arc::new(OsDisk);
-        let base = || -> Result<Box<dyn Base>, StoreError> { Ok(Box::new(SledBase::open(path)?)) };
+        let base = || -> Result<Box<dyn Base>, StoreError> { Ok(Box::new(SledBase::open(path, tuning.cache_bytes)?)) };
         Self::open_parts(path, tuning, disk, base, super::wal::PREPARE_MIN)
     }
 
@@ -356,11 +361,12 @@ const LOCK_WAIT: Duration = Duration::from_secs(1);
 /// dropped a moment ago (sled's own IO threads let go of it a little
 /// later), so a held lock is retried for up to [`LOCK_WAIT`]; another
 /// process holding it is then reported.
-fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
+fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
         let res = sled::Config::new()
             .path(path)
+            .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(None)
             .open();
@@ -431,8 +437,8 @@ struct SledBase {
 }
 
 impl SledBase {
-    fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = open_sled(path)?;
+    fn open(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = open_sled(path, cache_bytes)?;
         let mut trees = Vec::with_capacity(Table::ALL.len());
         for t in Table::ALL {
             trees.push(db.open_tree(t.name()).map_err(unavailable)?);
@@ -896,7 +902,11 @@ impl Store for SledStore {
     }
 
     fn commit(&self, batch: &Batch) -> Result<Vec<u64>, StoreError> {
+        let t0 = std::time::Instant::now();
         let (seqs, lsn) = self.apply(batch, true)?;
+        if lsn > 0 {
+            crate::metrics::store_commit("sled", t0.elapsed());
+        }
         if batch.durability == Durability::Sync && lsn > 0 {
             self.inner.wal.wait_durable(lsn)?;
         }
@@ -907,7 +917,11 @@ impl Store for SledStore {
     /// async workers, so a store whose checkpoints are far behind refuses
     /// it at once (`Unavailable`, nothing written).
     fn commit_pending(&self, batch: &Batch) -> Result<(Vec<u64>, Ticket), StoreError> {
+        let t0 = std::time::Instant::now();
         let (seqs, lsn) = self.apply(batch, false)?;
+        if lsn > 0 {
+            crate::metrics::store_commit("sled", t0.elapsed());
+        }
         if batch.durability == Durability::Sync && lsn > 0 {
             let wal: Arc<dyn DurableWait> = self.inner.wal.clone();
             return Ok((seqs, Ticket::pending(lsn, wal)));
@@ -1258,6 +1272,7 @@ mod tests {
             checkpoint_keys: 7,
             checkpoint_bytes: 1 << 20,
             backpressure_wait: Duration::from_secs(5),
+            ..Tuning::default()
         };
         let mut model: BTreeMap<Vec<u8>, (u64, Vec<u8>)> = BTreeMap::new();
         let mut rng = XorShift(0x5eed_1234_abcd_0001);
@@ -1348,6 +1363,7 @@ mod tests {
                     checkpoint_keys: 3,
                     checkpoint_bytes: 1 << 20,
                     backpressure_wait: Duration::from_secs(5),
+                    ..Tuning::default()
                 },
             )
             .unwrap(),
@@ -1398,6 +1414,7 @@ mod tests {
                 checkpoint_keys: 10,
                 checkpoint_bytes: usize::MAX,
                 backpressure_wait: Duration::from_millis(50),
+                ..Tuning::default()
             },
         )
         .unwrap();
@@ -1437,6 +1454,7 @@ mod tests {
                     checkpoint_keys: 10,
                     checkpoint_bytes: usize::MAX,
                     backpressure_wait: Duration::from_secs(3600),
+                    ..Tuning::default()
                 },
             )
             .unwrap(),
@@ -1498,6 +1516,7 @@ mod tests {
                 checkpoint_keys: usize::MAX,
                 checkpoint_bytes: usize::MAX,
                 backpressure_wait: Duration::from_secs(5),
+                ..Tuning::default()
             },
         )
         .unwrap();

@@ -752,10 +752,12 @@ impl Wal {
             let group_len = if buf.len() > GROUP_HEADER { buf.len() } else { 0 };
             st.pos += group_len as u64;
             drop(st);
+            let t0 = std::time::Instant::now();
             let res = match seal_group(&mut buf) {
                 Some(group) => file.write_at(group, pos).and_then(|_| file.sync_data()),
                 None => file.sync_data(),
             };
+            crate::metrics::store_sync("sled", t0.elapsed());
             st = self.lock()?;
             st.writing = false;
             match res {

@@ -12,6 +12,8 @@ mod crash;
 mod denylist;
 mod hsm_outage;
 mod lifecycle;
+mod logs;
+mod metrics;
 mod pg_outage;
 mod pg_tools;
 mod protections;

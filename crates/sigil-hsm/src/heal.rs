@@ -91,7 +91,7 @@ impl Hsm {
                 Down::Unreachable(m) | Down::KeyMissing(m) => m.clone(),
             }),
             recoveries: h.recoveries,
-            sessions: self.inner.pool.open_sessions(),
+            sessions: self.inner.pool.stats().open,
         }
     }
 

@@ -23,7 +23,7 @@ use crate::context::{lock, Module};
 use crate::error::{from_pkcs11, is_session_loss, At, HsmError};
 use crate::heal::Health;
 use crate::keys::{aes_template, ec_templates, EcPublicKey, KeyKind, KeyProtection};
-use crate::pool::Pool;
+use crate::pool::{Pool, PoolStats};
 
 /// AES-GCM nonce length (bytes).
 const IV_LEN: usize = 12;
@@ -515,6 +515,12 @@ impl Hsm {
         self.inner.module.close_all_sessions_raw(slot, &self.inner.token)?;
         tracing::warn!(token = %self.inner.token, "every session on the token closed on request");
         Ok(())
+    }
+
+    /// How many PKCS#11 sessions this handle's pool holds now (for
+    /// metrics: a count that only grows points at a session leak).
+    pub fn sessions(&self) -> PoolStats {
+        self.inner.pool.stats()
     }
 
     /// Whether the key labelled `label` (EC private key, else AES key) has

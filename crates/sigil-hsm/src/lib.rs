@@ -69,3 +69,4 @@ pub use error::HsmError;
 pub use heal::{HsmHealth, MAX_BACKOFF, MIN_BACKOFF};
 pub use hsm::Hsm;
 pub use keys::{EcPublicKey, KeyProtection};
+pub use pool::PoolStats;

@@ -64,9 +64,14 @@ impl Pool {
         self.size
     }
 
-    /// Sessions open now (idle or lent out).
-    pub(crate) fn open_sessions(&self) -> usize {
-        lock(&self.state).open
+    /// The pool's sessions at this instant.
+    pub(crate) fn stats(&self) -> PoolStats {
+        let st = lock(&self.state);
+        PoolStats {
+            size: self.size,
+            open: st.open,
+            idle: st.idle.len(),
+        }
     }
 
     /// An idle session, or a new one from `open` if the pool has room;
@@ -231,6 +236,17 @@ impl Pool {
         close_quietly(session);
         self.freed.notify_one();
     }
+}
+
+/// How many sessions a pool holds at one instant ([`crate::Hsm::sessions`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// The most sessions the pool may hold (`pool_size`).
+    pub size: usize,
+    /// Sessions that exist: idle, in use, or being opened.
+    pub open: usize,
+    /// Sessions waiting in the pool for a caller.
+    pub idle: usize,
 }
 
 fn close_quietly(session: Session) {

@@ -11,6 +11,7 @@ pub mod files;
 pub mod harness;
 pub mod lifecycle;
 pub mod logs;
+pub mod observe;
 pub mod pg;
 pub mod tokens;
 pub mod webauthn;
