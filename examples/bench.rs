@@ -554,6 +554,15 @@ impl Store for CountedPg {
         self.read();
         self.inner.scan_prefix(table, prefix)
     }
+    fn scan_page(
+        &self,
+        table: Table,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Versioned)>, StoreError> {
+        self.read();
+        self.inner.scan_page(table, after, limit)
+    }
     fn commit(&self, batch: &Batch) -> Result<Vec<u64>, StoreError> {
         self.commit_of(batch);
         self.inner.commit(batch)

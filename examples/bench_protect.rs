@@ -63,6 +63,9 @@ impl Store for Counting {
     fn scan_prefix(&self, t: Table, p: &[u8]) -> Result<Vec<(Vec<u8>, Versioned)>, StoreError> {
         self.inner.scan_prefix(t, p)
     }
+    fn scan_page(&self, t: Table, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, Versioned)>, StoreError> {
+        self.inner.scan_page(t, after, limit)
+    }
     fn commit(&self, b: &Batch) -> Result<Vec<u64>, StoreError> {
         let r = self.inner.commit(b)?;
         let writes = b

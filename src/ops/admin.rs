@@ -6,6 +6,9 @@ use crate::protect::address::AddressRecord;
 use crate::protect::{self, GlobalRecord, Snapshot, Suspension};
 use crate::store::{codec, meta, Batch, Table};
 
+/// Records the sweep reads at a time (one page of [`crate::store::Store::scan_page`]).
+const SWEEP_PAGE: usize = 1_000;
+
 impl Ops {
     /// Revokes every factor of every user (one write, whatever the number
     /// of users) or of the listed users. Outstanding challenges and
@@ -176,21 +179,29 @@ impl Ops {
             (Table::Ceremonies, 0),
             (Table::Approvals, 86_400),
         ] {
-            let mut batch = Batch::new();
-            for (k, v) in self.k.store.scan_prefix(table, b"")? {
-                let Ok(e) = serde_json::from_slice::<Expiry>(&v.value) else {
-                    continue;
-                };
-                let until = e.expires_at.max(e.exp);
-                if until > 0 && until + grace < now {
-                    batch.delete(table, k, v.version);
+            // Page by page: the tables hold up to a day of approvals, far
+            // too many to read at once (memory), or under one read of the
+            // store (commits would wait for it).
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let page = self.k.store.scan_page(table, after.as_deref(), SWEEP_PAGE)?;
+                let more = page.len() >= SWEEP_PAGE;
+                let mut batch = Batch::new();
+                for (k, v) in page {
+                    after = Some(k.clone());
+                    let Ok(e) = serde_json::from_slice::<Expiry>(&v.value) else {
+                        continue;
+                    };
+                    let until = e.expires_at.max(e.exp);
+                    if until > 0 && until + grace < now {
+                        batch.delete(table, k, v.version);
+                    }
                 }
-                if batch.ops.len() >= 1_000 {
-                    deleted += self.commit_purge(&batch)?;
-                    batch = Batch::new();
+                deleted += self.commit_purge(&batch)?;
+                if !more {
+                    break;
                 }
             }
-            deleted += self.commit_purge(&batch)?;
         }
         Ok(deleted)
     }
@@ -210,7 +221,17 @@ impl Ops {
         let now = self.k.now()?;
         self.purge_expired()?;
         let mut announced = 0;
-        for (key, v) in self.k.store.scan_prefix(Table::Addresses, b"")? {
+        let mut after: Option<Vec<u8>> = None;
+        let mut page = Vec::new();
+        loop {
+            let Some((key, v)) = page.pop() else {
+                page = self.k.store.scan_page(Table::Addresses, after.as_deref(), SWEEP_PAGE)?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.0.clone());
+                // Taken from the end: oldest key first.
+                page.reverse();
+                continue;
+            };
             let mut rec: AddressRecord = codec::decode(&v.value)?;
             if rec.usable_announced || now < rec.usable_at {
                 continue;

@@ -668,6 +668,17 @@ pub trait Store: Send + Sync {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Versioned>, StoreError>;
     /// Reads every record whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Versioned)>, StoreError>;
+    /// Reads up to `limit` records with keys after `after` (from the first
+    /// key when `None`), in key order: a page of a table too large to read
+    /// at once. Fewer than `limit` (none at the end) means the table has no
+    /// more; continue after the last key returned. Each page is consistent
+    /// in itself; records written between pages may or may not be seen.
+    fn scan_page(
+        &self,
+        table: Table,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Versioned)>, StoreError>;
     /// Applies `batch` atomically and durably, or returns an error having
     /// written nothing. Returns the sequence numbers assigned to the batch's
     /// [`Op::Append`]s, in order.

@@ -588,6 +588,42 @@ impl Store for PgStore {
         })
     }
 
+    fn scan_page(
+        &self,
+        table: Table,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Versioned)>, StoreError> {
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        blocking(|| {
+            let mut c = self.pool()?.get().map_err(pool_err)?;
+            let rows = match after {
+                Some(after) => c.query(
+                    "SELECT key, version, value FROM sigil_records WHERE tbl = $1 AND key > $2 AND version > 0 \
+                     ORDER BY key LIMIT $3",
+                    &[&tbl(table), &after, &limit],
+                ),
+                None => c.query(
+                    "SELECT key, version, value FROM sigil_records WHERE tbl = $1 AND version > 0 ORDER BY key LIMIT $2",
+                    &[&tbl(table), &limit],
+                ),
+            }
+            .map_err(db)?;
+            Ok(rows
+                .into_iter()
+                .map(|r| {
+                    (
+                        r.get(0),
+                        Versioned {
+                            version: r.get::<_, i64>(1) as u64,
+                            value: r.get(2),
+                        },
+                    )
+                })
+                .collect())
+        })
+    }
+
     fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Versioned)>, StoreError> {
         blocking(|| {
             let mut c = self.pool()?.get().map_err(pool_err)?;

@@ -764,6 +764,38 @@ impl Inner {
         Ok(out)
     }
 
+    /// Up to `limit` live entries (key, stored bytes) of `t` with keys after
+    /// `after`, in order: sled's entries merged with the memtables, read
+    /// from sled in chunks until `limit` entries survive the merge (a chunk
+    /// may be mostly deleted in the memtables) or sled has no more.
+    fn merged_page(&self, mem: &Mem, t: Table, after: Option<&[u8]>, limit: usize) -> Result<Entries, StoreError> {
+        let limit = limit.max(1);
+        // The smallest key after `after`.
+        let mut from: Vec<u8> = after.map(|a| [a, &[0u8][..]].concat()).unwrap_or_default();
+        let mut out: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        loop {
+            let chunk = self.base.range_from(t, &from, limit)?;
+            let last = (chunk.len() >= limit).then(|| chunk[chunk.len() - 1].0.clone());
+            out.extend(chunk);
+            // The memtables' word on every key in [from, last] (or from on,
+            // when sled has nothing beyond).
+            for (k, v) in mem.overlay_from(t, &from) {
+                if last.as_ref().is_some_and(|l| k > l) {
+                    continue;
+                }
+                match v {
+                    Some(v) => out.insert(k.clone(), v.clone()),
+                    None => out.remove(k),
+                };
+            }
+            match last {
+                Some(l) if out.len() < limit => from = [l.as_slice(), &[0u8][..]].concat(),
+                _ => break,
+            }
+        }
+        Ok(out.into_iter().take(limit).collect())
+    }
+
     /// The live entries (key, stored bytes) of log `t` with sequence
     /// numbers in `after + 1 ..= through`, in order.
     fn log_range(&self, mem: &Mem, t: Table, after: u64, through: u64) -> Result<Entries, StoreError> {
@@ -890,6 +922,20 @@ impl Store for SledStore {
             None => Ok(None),
             Some(raw) => decode(&raw).map(Some),
         }
+    }
+
+    fn scan_page(
+        &self,
+        table: Table,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Versioned)>, StoreError> {
+        let mem = self.inner.read()?;
+        self.inner
+            .merged_page(&mem, table, after, limit)?
+            .into_iter()
+            .map(|(k, v)| decode(&v).map(|v| (k, v)))
+            .collect()
     }
 
     fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Versioned)>, StoreError> {
