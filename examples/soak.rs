@@ -98,6 +98,12 @@ const CHANNELS: usize = 4;
 /// sled's page cache in the soak (`[store] cache_mib`): small enough to
 /// fill during the warm-up, so that what grows after it is not the cache.
 const SLED_CACHE_MIB: u64 = 32;
+/// The memtables' bound in the soak (`[store] checkpoint_keys` and
+/// `checkpoint_mib`): records committed since the last checkpoint into
+/// sled stay in memory, so the resident set swings with them; kept small
+/// here so that the swing does not hide (or fake) a leak.
+const CHECKPOINT_KEYS: usize = 10_000;
+const CHECKPOINT_MIB: usize = 8;
 /// RSS tolerance: relative, and absolute (bytes).
 const RSS_GROWTH: f64 = 0.10;
 const RSS_SLACK: u64 = 16 << 20;
@@ -246,6 +252,7 @@ fn start_daemon(dir: &Path) -> Daemon {
         dir.join("sigil.toml"),
         format!(
             "version = 1\n[hsm]\ntoken_label = \"soak\"\n[store]\ncache_mib = {SLED_CACHE_MIB}\n\
+             checkpoint_keys = {CHECKPOINT_KEYS}\ncheckpoint_mib = {CHECKPOINT_MIB}\n\
              [protection]\nrequire_whitelisted_address = false\nsecurity_change_lock_seconds = 0\n{sweep}\
              [metrics]\nlisten = \"{metrics}\"\n"
         ),
