@@ -87,7 +87,7 @@ const GROUP_MAGIC: u32 = 0x5347_5250;
 const GROUP_HEADER: usize = 24;
 
 /// One key's post-image: `Some(stored bytes)` or `None` (deleted).
-pub(crate) type PostImage = (Table, Vec<u8>, Option<Vec<u8>>);
+pub type PostImage = (Table, Vec<u8>, Option<Vec<u8>>);
 
 /// A replayed record.
 pub(crate) struct Record {
@@ -362,6 +362,68 @@ fn group_at(b: &[u8]) -> Option<(Vec<Record>, usize)> {
         return None;
     }
     Some((out, GROUP_HEADER + body_len))
+}
+
+/// Encodes one framed record (`len | crc32c(payload) | payload`, see the
+/// module docs) of `lsn` and `ops`, byte for byte as the log writes it
+/// inside a group.
+pub fn encode_record(lsn: u64, ops: &[PostImage]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(&mut out, lsn, ops);
+    out
+}
+
+/// Reads the framed record at the start of `bytes` as replay does: its
+/// LSN, its post-images and its framed length (bytes after it are left
+/// alone). None when it is unreadable: short, over the size limit, a
+/// checksum that does not match, an unknown table or op kind, or bytes
+/// left over inside its payload.
+pub fn decode_record(bytes: &[u8]) -> Option<(u64, Vec<PostImage>, usize)> {
+    record_at(bytes).map(|(r, n)| (r.lsn, r.ops, n))
+}
+
+/// Seals framed records (from [`encode_record`], concatenated, LSNs
+/// consecutive) into one group with its header, byte for byte as the log
+/// writes it. None when `records` is too short to hold a record.
+pub fn encode_group(records: &[u8]) -> Option<Vec<u8>> {
+    if records.len() < 16 {
+        return None;
+    }
+    let mut buf = new_group();
+    buf.extend_from_slice(records);
+    seal_group(&mut buf)?;
+    Some(buf)
+}
+
+/// Reads the group at the start of `bytes` as replay does: its records
+/// (`(lsn, post-images)`, consecutive LSNs from the header's) and its
+/// length. None if any part of it is unreadable.
+pub fn decode_group(bytes: &[u8]) -> Option<(Vec<(u64, Vec<PostImage>)>, usize)> {
+    group_at(bytes).map(|(records, n)| (records.into_iter().map(|r| (r.lsn, r.ops)).collect(), n))
+}
+
+/// What replay reads from the bytes of one log file ([`scan_file`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileScan {
+    /// The LSNs of the readable records before the first unreadable part.
+    pub lsns: Vec<u64>,
+    /// Where the first unreadable part starts (a zero tail does not count).
+    pub bad_at: Option<usize>,
+    /// A readable group that continues the log follows `bad_at`: the
+    /// unreadable part was synced, so replay refuses it as damage.
+    pub readable_after: bool,
+}
+
+/// Parses the bytes of one log file (either format version) exactly as
+/// replay does; `last_lsn` is the last readable record before this file (0
+/// if none). Err (with a message) for a file of a newer format version.
+pub fn scan_file(bytes: &[u8], last_lsn: u64) -> Result<FileScan, String> {
+    let parsed = parse_file(Path::new("scanned.wal"), bytes, last_lsn).map_err(|e| e.to_string())?;
+    Ok(FileScan {
+        lsns: parsed.records.iter().map(|r| r.lsn).collect(),
+        bad_at: parsed.bad_at,
+        readable_after: parsed.readable_after,
+    })
 }
 
 /// One log file, parsed.
