@@ -153,7 +153,9 @@ mod wal;
 /// none of this from outside; it is public so that fuzzing and property
 /// tests reach the log's parser.
 pub mod wal_format {
-    pub use super::wal::{decode_group, decode_record, encode_group, encode_record, scan_file, FileScan, PostImage};
+    pub use super::wal::{
+        decode_group, decode_record, encode_group, encode_record, scan_file, FileScan, LoggedRecord, PostImage,
+    };
 }
 
 use serde::Deserialize;

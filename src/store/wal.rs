@@ -382,6 +382,9 @@ pub fn decode_record(bytes: &[u8]) -> Option<(u64, Vec<PostImage>, usize)> {
     record_at(bytes).map(|(r, n)| (r.lsn, r.ops, n))
 }
 
+/// A record as read from a group: its LSN and its post-images.
+pub type LoggedRecord = (u64, Vec<PostImage>);
+
 /// Seals framed records (from [`encode_record`], concatenated, LSNs
 /// consecutive) into one group with its header, byte for byte as the log
 /// writes it. None when `records` is too short to hold a record.
@@ -398,7 +401,7 @@ pub fn encode_group(records: &[u8]) -> Option<Vec<u8>> {
 /// Reads the group at the start of `bytes` as replay does: its records
 /// (`(lsn, post-images)`, consecutive LSNs from the header's) and its
 /// length. None if any part of it is unreadable.
-pub fn decode_group(bytes: &[u8]) -> Option<(Vec<(u64, Vec<PostImage>)>, usize)> {
+pub fn decode_group(bytes: &[u8]) -> Option<(Vec<LoggedRecord>, usize)> {
     group_at(bytes).map(|(records, n)| (records.into_iter().map(|r| (r.lsn, r.ops)).collect(), n))
 }
 
