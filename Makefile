@@ -12,7 +12,7 @@ PG_TEST_DIR := $(CURDIR)/target/pg
 PG_DEV_DIR := $(CURDIR)/target/pg-dev
 PG_BENCH_DIR := $(CURDIR)/target/pg-bench
 
-.PHONY: help deps certs hsm build run test pg pg-stop bench clean-dev
+.PHONY: help deps certs hsm build run test lint pg pg-stop bench clean-dev
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,22 @@ test: certs hsm ## The whole test suite (with a throwaway PostgreSQL cluster in 
 	echo "PostgreSQL for the tests: $$SIGIL_TEST_PG_DSN"; \
 	$(CARGO) test --workspace --all-targets; \
 	$(CARGO) test --workspace --doc
+
+# Formatting, clippy with warnings as errors (also with the bench feature)
+# and cargo-deny; .ci/run runs it before `make test`. The RustSec advisory
+# database is fetched from the network: where that fails, the advisory check
+# is skipped with a message, never failed.
+lint: deps ## rustfmt check, clippy -D warnings, cargo-deny (licenses, bans, sources; advisories when reachable)
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --features sigil/bench -- -D warnings
+	@command -v cargo-deny >/dev/null || $(CARGO) install cargo-deny --locked
+	$(CARGO) deny check bans licenses sources
+	@if $(CARGO) deny fetch db >/dev/null 2>&1; then \
+	  $(CARGO) deny check advisories; \
+	else \
+	  echo "cargo deny: advisories SKIPPED: the RustSec advisory database could not be fetched (no network access to it)"; \
+	fi
 
 pg: deps ## Start a PostgreSQL cluster for development (target/pg-dev) and print its DSN
 	@dsn=$$($(PG_CLUSTER) start "$(PG_DEV_DIR)"); \
