@@ -62,10 +62,11 @@ lint: deps ## rustfmt check, clippy -D warnings, cargo-deny (licenses, bans, sou
 	$(CARGO) clippy --workspace --all-targets --features sigil/bench -- -D warnings
 	@command -v cargo-deny >/dev/null || $(CARGO) install cargo-deny --locked
 	$(CARGO) deny check bans licenses sources
-	@if $(CARGO) deny fetch db >/dev/null 2>&1; then \
+	@if why=$$(timeout 120 $(CARGO) deny fetch db 2>&1); then \
 	  $(CARGO) deny check advisories; \
 	else \
-	  echo "cargo deny: advisories SKIPPED: the RustSec advisory database could not be fetched (no network access to it)"; \
+	  echo "cargo deny: advisories SKIPPED: the RustSec advisory database could not be fetched:"; \
+	  echo "$$why" | grep -m2 -iE 'fatal|error' || echo "  (fetch timed out or failed: $$why)"; \
 	fi
 
 pg: deps ## Start a PostgreSQL cluster for development (target/pg-dev) and print its DSN
