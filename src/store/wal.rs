@@ -352,7 +352,9 @@ fn group_at(b: &[u8]) -> Option<(Vec<Record>, usize)> {
     let mut at = 0;
     while at < body.len() {
         let (r, n) = record_at(&body[at..])?;
-        if r.lsn != first_lsn + out.len() as u64 {
+        // LSNs never wrap: a group whose LSNs would pass u64::MAX is
+        // unreadable, not a panic or a wrap to 0.
+        if Some(r.lsn) != first_lsn.checked_add(out.len() as u64) {
             return None;
         }
         out.push(r);
@@ -588,7 +590,7 @@ impl Wal {
                 // LSNs are handed out one by one, across files: a gap means
                 // records were lost (say, the end of an older file zeroed),
                 // which a zero tail alone would not show.
-                if last_lsn.is_some_and(|l| r.lsn != l + 1) {
+                if last_lsn.is_some_and(|l| l.checked_add(1) != Some(r.lsn)) {
                     return Err(StoreError::Corrupt(format!(
                         "write-ahead log file {} has records missing or out of order (record {} after {}): \
                          synced records were lost, which no crash does; refusing to start without them. \
@@ -1246,6 +1248,40 @@ mod tests {
             *b = 0;
         }
         std::fs::write(&p1, &bytes).unwrap();
+        assert!(matches!(replay(dir.path()), Err(StoreError::Corrupt(m)) if m.contains("missing")));
+    }
+
+    /// Found by fuzzing (`wal_record`): a group whose LSNs would run past
+    /// u64::MAX is unreadable; reading it overflowed (a panic in debug
+    /// builds, LSNs wrapping to 0 in release builds).
+    #[test]
+    fn a_group_whose_lsns_would_wrap_is_unreadable() {
+        let mut body = encode_record(u64::MAX, &ops(1));
+        body.extend_from_slice(&encode_record(0, &ops(2)));
+        let group = encode_group(&body).unwrap();
+        assert!(decode_group(&group).is_none());
+        // The same two records one LSN lower are a good group.
+        let mut body = encode_record(u64::MAX - 1, &ops(1));
+        body.extend_from_slice(&encode_record(u64::MAX, &ops(2)));
+        let (records, _) = decode_group(&encode_group(&body).unwrap()).unwrap();
+        assert_eq!(
+            records.iter().map(|r| r.0).collect::<Vec<_>>(),
+            [u64::MAX - 1, u64::MAX]
+        );
+    }
+
+    /// A log file that ends at LSN u64::MAX followed by one starting over
+    /// at 0 is refused as records missing, not read with wrapped LSNs.
+    #[test]
+    fn lsns_do_not_wrap_across_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |lsn: u64| {
+            let mut f = file_header().to_vec();
+            f.extend_from_slice(&encode_group(&encode_record(lsn, &ops(1))).unwrap());
+            f
+        };
+        std::fs::write(dir.path().join(file_name(1)), file(u64::MAX)).unwrap();
+        std::fs::write(dir.path().join(file_name(2)), file(0)).unwrap();
         assert!(matches!(replay(dir.path()), Err(StoreError::Corrupt(m)) if m.contains("missing")));
     }
 
