@@ -12,7 +12,7 @@ PG_TEST_DIR := $(CURDIR)/target/pg
 PG_DEV_DIR := $(CURDIR)/target/pg-dev
 PG_BENCH_DIR := $(CURDIR)/target/pg-bench
 
-.PHONY: help deps certs hsm build run test pg pg-stop bench soak clean-dev demo e2e
+.PHONY: help deps certs hsm build run test lint fuzz pg pg-stop bench soak clean-dev demo e2e
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,35 @@ test: certs hsm ## The whole test suite (with a throwaway PostgreSQL cluster in 
 	echo "PostgreSQL for the tests: $$SIGIL_TEST_PG_DSN"; \
 	$(CARGO) test --workspace --all-targets; \
 	$(CARGO) test --workspace --doc
+
+# Formatting, clippy with warnings as errors (also with the bench feature)
+# and cargo-deny; .ci/run runs it before `make test`. The RustSec advisory
+# database is fetched from the network: where that fails, the advisory check
+# is skipped with a message, never failed.
+lint: deps ## rustfmt check, clippy -D warnings, cargo-deny (licenses, bans, sources; advisories when reachable)
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --features sigil/bench -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --features sigil/soak -- -D warnings
+	@command -v cargo-deny >/dev/null || $(CARGO) install cargo-deny --locked
+	$(CARGO) deny check bans licenses sources
+	@if why=$$(timeout 120 $(CARGO) deny fetch db 2>&1); then \
+	  $(CARGO) deny check advisories; \
+	else \
+	  echo "cargo deny: advisories SKIPPED: the RustSec advisory database could not be fetched:"; \
+	  echo "$$why" | grep -m2 -iE 'fatal|error' || echo "  (fetch timed out or failed: $$why)"; \
+	fi
+
+# Every fuzz target (fuzz/README.md) for FUZZ_SECONDS each, from fuzz/seeds
+# plus whatever fuzz/corpus (git-ignored) has grown. Not part of `make test`.
+FUZZ_SECONDS ?= 60
+fuzz: ## Run each fuzz target for FUZZ_SECONDS (default 60); needs the nightly toolchain
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@set -euo pipefail; for t in $$(cd fuzz && $(CARGO) +nightly fuzz list); do \
+	  mkdir -p fuzz/corpus/$$t; cp fuzz/seeds/$$t/* fuzz/corpus/$$t/; \
+	  echo "== $$t ($(FUZZ_SECONDS) s)"; \
+	  (cd fuzz && $(CARGO) +nightly fuzz run $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1); \
+	done
 
 pg: deps ## Start a PostgreSQL cluster for development (target/pg-dev) and print its DSN
 	@dsn=$$($(PG_CLUSTER) start "$(PG_DEV_DIR)"); \

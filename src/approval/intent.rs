@@ -283,4 +283,52 @@ mod tests {
         i.withdrawal_id = "w".repeat(256);
         assert!(validate(&cfg, &i).is_ok());
     }
+
+    /// Property tests: the amount rule as `validate` applies it, and the
+    /// digest of equal amounts (`proptest`).
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::protect::amount;
+
+        proptest! {
+            /// Two spellings of one BTC amount: the canonical one passes and
+            /// the padded ones are refused as INVALID_ARGUMENT on the amount,
+            /// so every accepted spelling of a value has the same digest.
+            #[test]
+            fn equal_amounts_have_one_accepted_spelling(sats in 1u128..=2_100_000_000_000_000, zeros in 1usize..3) {
+                let cfg = Config::default().asset_rules();
+                // 8 decimals: satoshis in units of 10^-18.
+                let canonical = amount::format(sats * 10u128.pow(10));
+                let z = "0".repeat(zeros);
+                let padded = if canonical.contains('.') { format!("{canonical}{z}") } else { format!("{canonical}.{z}") };
+                let mut ok = withdrawal();
+                ok.amount = canonical.clone();
+                prop_assert!(validate(&cfg, &ok).is_ok(), "{}", canonical);
+                for spelling in [padded, format!("0{canonical}"), format!("+{canonical}")] {
+                    let mut other = withdrawal();
+                    other.amount = spelling.clone();
+                    let refused = validate(&cfg, &other).map_err(field_of);
+                    prop_assert_eq!(refused, Err("intent.amount".to_string()), "{}", spelling);
+                    if let Some(v) = amount::parse(&spelling) {
+                        // Whatever parses to the same value is the same string.
+                        prop_assert_eq!(amount::format(v), spelling.clone());
+                    }
+                }
+                let mut same = withdrawal();
+                same.amount = amount::format(amount::parse(&canonical).unwrap_or(0));
+                prop_assert_eq!(same.digest(), ok.digest());
+            }
+
+            /// More decimals than the asset allows are refused.
+            #[test]
+            fn too_many_decimals_are_refused(int in 0u64..1000, frac in "[0-9]{8}[1-9]") {
+                let cfg = Config::default().asset_rules();
+                let mut i = withdrawal();
+                i.amount = format!("{int}.{frac}");
+                prop_assert_eq!(validate(&cfg, &i).map_err(field_of), Err("intent.amount".to_string()));
+            }
+        }
+    }
 }

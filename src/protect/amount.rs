@@ -73,4 +73,48 @@ mod tests {
         assert_eq!(format(parse("1234.5678").unwrap_or(0)), "1234.5678");
         assert_eq!(format(parse("7").unwrap_or(0)), "7");
     }
+
+    /// Property tests of the canonical form (`proptest`).
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// The canonical form of an amount: Some only for an amount that is
+        /// already canonical (Sigil refuses others, never rewrites them).
+        fn canonicalise(s: &str) -> Option<String> {
+            parse(s).map(format)
+        }
+
+        proptest! {
+            /// Formatting gives a canonical amount that parses back, and the
+            /// canonical form is a fixed point.
+            #[test]
+            fn canonicalise_is_idempotent(v in 1u128..=u128::MAX / 4) {
+                let c = format(v);
+                prop_assert!(sigil_verify::is_canonical_amount(&c), "{}", c);
+                prop_assert_eq!(parse(&c), Some(v));
+                prop_assert_eq!(canonicalise(&c), Some(c.clone()));
+                let again = canonicalise(&c).unwrap_or_default();
+                prop_assert_eq!(canonicalise(&again), Some(again.clone()));
+            }
+
+            /// Equal values written differently: only the canonical spelling
+            /// parses; the padded ones are refused, not rewritten.
+            #[test]
+            fn other_spellings_do_not_parse(v in 1u128..=u128::MAX / 4, zeros in 1usize..4) {
+                let c = format(v);
+                let z = "0".repeat(zeros);
+                let padded = if c.contains('.') { format!("{c}{z}") } else { format!("{c}.{z}") };
+                prop_assert_eq!(parse(&padded), None);
+                prop_assert_eq!(parse(&format!("{z}{c}")), None);
+            }
+
+            /// Comparing strings agrees with comparing values.
+            #[test]
+            fn compare_agrees_with_values(a in 1u128..=u128::MAX / 4, b in 1u128..=u128::MAX / 4) {
+                prop_assert_eq!(compare(&format(a), &format(b)), a.cmp(&b));
+            }
+        }
+    }
 }

@@ -153,6 +153,16 @@ mod sim;
 pub mod sled_store;
 mod wal;
 
+/// The write-ahead log's on-disk framing (records, groups, whole files),
+/// written and read exactly as the embedded store does. The store needs
+/// none of this from outside; it is public so that fuzzing and property
+/// tests reach the log's parser.
+pub mod wal_format {
+    pub use super::wal::{
+        decode_group, decode_record, encode_group, encode_record, scan_file, FileScan, LoggedRecord, PostImage,
+    };
+}
+
 use serde::Deserialize;
 pub use sled_store::SledStore;
 use std::path::PathBuf;

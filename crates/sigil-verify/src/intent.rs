@@ -267,4 +267,116 @@ mod tests {
         assert_eq!(webauthn_challenge(&nonce, &d), sha256(&pre));
         assert_ne!(webauthn_challenge(&nonce[..15], &d), sha256(&pre));
     }
+
+    /// Property tests of the amount rule and the digest (`proptest`).
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// A canonical amount: no leading zero, a fraction (if any) that
+        /// ends in a non-zero digit, greater than zero.
+        fn canonical() -> impl Strategy<Value = String> {
+            ("(0|[1-9][0-9]{0,24})", proptest::option::of("[0-9]{0,20}[1-9]"))
+                .prop_filter("greater than zero", |(int, frac)| int != "0" || frac.is_some())
+                .prop_map(|(int, frac)| match frac {
+                    Some(f) => format!("{int}.{f}"),
+                    None => int,
+                })
+        }
+
+        fn intent() -> impl Strategy<Value = Intent> {
+            proptest::collection::vec(".{0,12}", 8).prop_map(|f| Intent {
+                action: f[0].clone(),
+                user_id: f[1].clone(),
+                withdrawal_id: f[2].clone(),
+                asset: f[3].clone(),
+                network: f[4].clone(),
+                amount: f[5].clone(),
+                destination: f[6].clone(),
+                memo: f[7].clone(),
+            })
+        }
+
+        fn field_mut(i: &mut Intent, n: usize) -> &mut String {
+            match n {
+                0 => &mut i.action,
+                1 => &mut i.user_id,
+                2 => &mut i.withdrawal_id,
+                3 => &mut i.asset,
+                4 => &mut i.network,
+                5 => &mut i.amount,
+                6 => &mut i.destination,
+                _ => &mut i.memo,
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn canonical_amounts_are_accepted(a in canonical()) {
+                prop_assert!(is_canonical_amount(&a));
+                prop_assert_eq!(amount_decimals(&a), a.split_once('.').map_or(0, |(_, f)| f.len()));
+            }
+
+            /// Every other spelling of a canonical amount is refused (so two
+            /// accepted amounts that are equal are the same string).
+            #[test]
+            fn other_spellings_are_refused(a in canonical(), zeros in 1usize..4) {
+                let z = "0".repeat(zeros);
+                let mut others = vec![
+                    format!("{z}{a}"), format!("+{a}"), format!("-{a}"), format!("{a}."),
+                    format!(" {a}"), format!("{a} "), format!("{a}e0"), format!("{a}E0"),
+                ];
+                if a.contains('.') {
+                    others.push(format!("{a}{z}"));
+                    others.push(a.replacen('.', ",", 1));
+                } else {
+                    others.push(format!("{a}.{z}"));
+                }
+                if let Some(frac) = a.strip_prefix("0.") {
+                    others.push(format!(".{frac}"));
+                }
+                for o in others {
+                    prop_assert!(!is_canonical_amount(&o), "{:?} accepted", o);
+                }
+            }
+
+            /// Whatever is accepted matches the documented pattern and is
+            /// greater than zero.
+            #[test]
+            fn accepted_strings_match_the_rule(s in "[-+0-9.eE, ]{0,12}") {
+                let b = s.as_bytes();
+                let (int, frac) = s.split_once('.').map_or((s.as_str(), None), |(i, f)| (i, Some(f)));
+                let digits = |x: &str| !x.is_empty() && x.bytes().all(|c| c.is_ascii_digit());
+                let expected = digits(int)
+                    && (int == "0" || !int.starts_with('0'))
+                    && match frac {
+                        None => int != "0",
+                        Some(f) => digits(f) && !f.ends_with('0'),
+                    };
+                prop_assert_eq!(is_canonical_amount(&s), expected, "{:?} {:?}", s, b);
+            }
+
+            /// Any change of any field changes the digest, and so does moving
+            /// a character across a field boundary.
+            #[test]
+            fn any_field_change_changes_the_digest(i in intent(), n in 0usize..8, extra in ".") {
+                let d = i.digest();
+                let mut changed = i.clone();
+                field_mut(&mut changed, n).push_str(&extra);
+                prop_assert_ne!(changed.digest(), d);
+                let mut replaced = i.clone();
+                *field_mut(&mut replaced, n) = format!("{extra}{}", field_mut(&mut i.clone(), n));
+                prop_assert_ne!(replaced.digest(), d);
+                if n < 7 {
+                    let mut moved = i.clone();
+                    if let Some(c) = field_mut(&mut moved, n).pop() {
+                        field_mut(&mut moved, n + 1).insert(0, c);
+                        prop_assert_ne!(moved.digest(), d);
+                    }
+                }
+                prop_assert_eq!(i.clone().digest(), d);
+            }
+        }
+    }
 }

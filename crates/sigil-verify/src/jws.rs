@@ -111,8 +111,12 @@ pub fn is_low_s(signature_r_s: &[u8; 64]) -> bool {
 
 /// Rewrites a signature `r || s` into its low-S form (`s := n - s` when
 /// `s > n/2`); the signature stays valid for the same message and key.
+///
+/// An `s` at or above `n` is not a scalar: no signature carries one (and
+/// [`Verifier::verify`] refuses it), so it has no low form and is left
+/// unchanged rather than wrapped around.
 pub fn to_low_s(signature_r_s: &mut [u8; 64]) {
-    if is_low_s(signature_r_s) {
+    if is_low_s(signature_r_s) || signature_r_s[32..] >= P256_N[..] {
         return;
     }
     let mut borrow = 0i16;
@@ -530,6 +534,28 @@ mod tests {
                 "sub"
             ]
         );
+    }
+
+    /// Found by fuzzing (`jws_verify`): an `s` at or above the group order
+    /// used to be "normalised" into a wrapped-around value; it is left as
+    /// it is. In range, `s` and `n - s` meet in one low form.
+    #[test]
+    fn to_low_s_leaves_non_scalars_alone() {
+        for s in [[0xFF; 32], P256_N] {
+            let mut sig = [0u8; 64];
+            sig[32..].copy_from_slice(&s);
+            let before = sig;
+            to_low_s(&mut sig);
+            assert_eq!(sig, before);
+        }
+        let mut sig = [0u8; 64];
+        sig[32..].copy_from_slice(&P256_N);
+        sig[63] -= 1; // n - 1
+        to_low_s(&mut sig);
+        let mut one = [0u8; 64];
+        one[63] = 1;
+        assert_eq!(sig, one);
+        assert!(is_low_s(&sig));
     }
 
     #[test]

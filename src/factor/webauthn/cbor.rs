@@ -20,7 +20,7 @@ use serde_cbor_2::Value;
 
 /// The facts read from an attestation object.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Registration {
+pub struct Registration {
     /// The attestation statement format, e.g. `packed`, `none`.
     pub fmt: String,
     /// The AAGUID from the attested credential data (may be all zero).
@@ -48,7 +48,7 @@ pub(super) const AUTH_DATA_MIN: usize = 37;
 
 /// Reads `fmt` and `authData` from an attestation object, then the AAGUID
 /// and credential id from `authData`.
-pub(super) fn registration(attestation_object: &[u8]) -> Result<Registration, String> {
+pub fn registration(attestation_object: &[u8]) -> Result<Registration, String> {
     let object: Value = serde_cbor_2::from_slice(attestation_object).map_err(|e| {
         if e.is_eof() {
             format!("truncated CBOR at byte {}", e.offset())

@@ -54,6 +54,10 @@ mod cbor;
 mod tests;
 
 use cbor::flags;
+/// What [`Webauthn::finish_registration`] reads from an attestation object
+/// before webauthn-rs-core verifies it, and the reader itself (public for
+/// fuzzing; a caller never needs it).
+pub use cbor::{registration as read_attestation_object, Registration as AttestationFacts};
 
 /// Largest browser response accepted, in bytes of JSON. Attestations with
 /// certificate chains are a few KiB.
