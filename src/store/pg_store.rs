@@ -131,6 +131,21 @@ fn version_i64(v: u64) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|_| StoreError::Corrupt("record version out of range".into()))
 }
 
+/// Rows of `key, version, value` as records.
+fn records(rows: Vec<postgres::Row>) -> Vec<(Vec<u8>, Versioned)> {
+    rows.into_iter()
+        .map(|r| {
+            (
+                r.get(0),
+                Versioned {
+                    version: r.get::<_, i64>(1) as u64,
+                    value: r.get(2),
+                },
+            )
+        })
+        .collect()
+}
+
 /// The smallest key greater than every key starting with `prefix`, if any.
 fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
@@ -609,18 +624,7 @@ impl Store for PgStore {
                 ),
             }
             .map_err(db)?;
-            Ok(rows
-                .into_iter()
-                .map(|r| {
-                    (
-                        r.get(0),
-                        Versioned {
-                            version: r.get::<_, i64>(1) as u64,
-                            value: r.get(2),
-                        },
-                    )
-                })
-                .collect())
+            Ok(records(rows))
         })
     }
 
@@ -638,18 +642,7 @@ impl Store for PgStore {
                 ),
             }
             .map_err(db)?;
-            Ok(rows
-                .into_iter()
-                .map(|r| {
-                    (
-                        r.get(0),
-                        Versioned {
-                            version: r.get::<_, i64>(1) as u64,
-                            value: r.get(2),
-                        },
-                    )
-                })
-                .collect())
+            Ok(records(rows))
         })
     }
 
