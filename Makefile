@@ -121,7 +121,7 @@ e2e: certs build ## End-to-end test of the demo page in headless Chromium (scree
 	@[ -x /usr/bin/chromium ] || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm >/dev/null; }
 	@cd e2e && npm ci --no-audit --no-fund --loglevel=error
-	@start=$$(date +%s); node e2e/run.mjs; echo "make e2e: $$(( $$(date +%s) - start )) s"
+	@start=$$(date +%s); rc=0; node e2e/run.mjs || rc=$$?; echo "make e2e: $$(( $$(date +%s) - start )) s"; exit $$rc
 
 # Not part of `make test`: a bounded run (SOAK_SECONDS, default 120) of
 # mixed load at SOAK_LOAD (0.8) of the capacity it measures first, against
