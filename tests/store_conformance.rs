@@ -489,6 +489,19 @@ fn postgres_refuses_newer_schemas_and_bad_servers_without_leaking_the_dsn() {
 /// restore record (the restore epoch) is written, and the live store's
 /// event and audit logs go on where they were — one chain each, new
 /// entries numbered above every cursor already handed out.
+/// Writes a backup file `name` in `dir` of everything in `s`.
+fn backup_of(s: &dyn Store, dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let records = s.snapshot().unwrap();
+    let header = sigil::backup::Header {
+        deployment_id: "dep-1".into(),
+        taken_at: 1_000,
+        records: records.len() as u64,
+    };
+    let file = dir.join(name);
+    std::fs::write(&file, sigil::backup::encode(&header, &records).unwrap()).unwrap();
+    file
+}
+
 #[test]
 fn a_restore_writes_the_epoch_and_keeps_the_logs_going() {
     use sigil::backup::{self, Header, RestoreOptions};
@@ -501,17 +514,6 @@ fn a_restore_writes_the_epoch_and_keeps_the_logs_going() {
         b.append(Table::Events, b"e1".to_vec());
         b.append(Table::Audit, b"a1".to_vec());
         s.commit(&b).unwrap();
-    }
-    fn backup_of(s: &dyn Store, dir: &std::path::Path) -> std::path::PathBuf {
-        let records = s.snapshot().unwrap();
-        let header = Header {
-            deployment_id: "dep-1".into(),
-            taken_at: 1_000,
-            records: records.len() as u64,
-        };
-        let file = dir.join("backup");
-        std::fs::write(&file, backup::encode(&header, &records).unwrap()).unwrap();
-        file
     }
     fn after_backup(s: &dyn Store) {
         let mut b = Batch::new();
@@ -542,7 +544,7 @@ fn a_restore_writes_the_epoch_and_keeps_the_logs_going() {
     {
         let s = SledStore::open(&path).unwrap();
         fill(&s);
-        let _ = backup_of(&s, dir.path());
+        let _ = backup_of(&s, dir.path(), "backup");
         after_backup(&s);
     }
     backup::restore_with(&dir.path().join("backup"), &path, 2_000, &RestoreOptions::default()).unwrap();
@@ -567,7 +569,7 @@ fn a_restore_writes_the_epoch_and_keeps_the_logs_going() {
     if let Some(dsn) = pg_database() {
         let s = PgStore::open(&dsn, 2).unwrap();
         fill(&s);
-        let file = backup_of(&s, dir.path());
+        let file = backup_of(&s, dir.path(), "backup");
         after_backup(&s);
         backup::restore_postgres(&file, &s, 2_000, &RestoreOptions::default()).unwrap();
         check(&s, "postgres");
@@ -765,7 +767,7 @@ fn replicas_pruning_at_once_prune_once() {
 /// the consumers' acknowledgements, and still verify; on both backends.
 #[test]
 fn a_restore_keeps_pruned_logs_and_their_anchor() {
-    use sigil::backup::{self, Header, RestoreOptions};
+    use sigil::backup::{self, RestoreOptions};
     use sigil::store::{log_floor, meta, verify_log};
 
     fn fill_and_prune(s: &dyn Store) {
@@ -800,17 +802,6 @@ fn a_restore_keeps_pruned_logs_and_their_anchor() {
         }
         s.commit(&b).unwrap();
     }
-    fn backup_of(s: &dyn Store, dir: &std::path::Path) -> std::path::PathBuf {
-        let records = s.snapshot().unwrap();
-        let header = Header {
-            deployment_id: "dep-1".into(),
-            taken_at: 1_000,
-            records: records.len() as u64,
-        };
-        let file = dir.join("backup-pruned");
-        std::fs::write(&file, backup::encode(&header, &records).unwrap()).unwrap();
-        file
-    }
     fn check(s: &dyn Store, name: &str) {
         // The live store's logs (pruned further after the backup) came back.
         assert_eq!(log_floor(s, Table::Events).unwrap().0, 30, "{name}");
@@ -830,7 +821,7 @@ fn a_restore_keeps_pruned_logs_and_their_anchor() {
         fill_and_prune(s);
         prune_more(s, 10, 10);
         mark(s, b"anchor at 10", b"acked 10");
-        let file = backup_of(s, dir);
+        let file = backup_of(s, dir, "backup-pruned");
         prune_more(s, 30, 25);
         mark(s, b"anchor at 25", b"acked 30");
         file
