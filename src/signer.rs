@@ -351,7 +351,7 @@ fn timed<T>(op: &'static str, f: impl FnOnce() -> Result<T, HsmError>) -> Result
     let r = f();
     let outcome = match &r {
         Ok(_) => HsmOutcome::Ok,
-        Err(HsmError::Unavailable(_) | HsmError::TokenNotFound(_)) => HsmOutcome::Unavailable,
+        Err(HsmError::Unavailable(_) | HsmError::TokenNotFound(_) | HsmError::Busy(_)) => HsmOutcome::Unavailable,
         Err(_) => HsmOutcome::Refused,
     };
     metrics::hsm_operation(op, t0.elapsed(), outcome);

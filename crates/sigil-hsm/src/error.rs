@@ -22,6 +22,11 @@ pub enum HsmError {
     /// later may succeed; never fall back to software keys.
     #[error("HSM unavailable: {0}")]
     Unavailable(String),
+    /// Every session of the pool stayed busy past the checkout timeout: the
+    /// HSM is slow or the load too high. Not an outage (a reconnect would
+    /// not help); retrying later may succeed.
+    #[error("HSM busy: {0}")]
+    Busy(String),
     /// No token with the configured label exists in the module.
     #[error("HSM token not found: {0}")]
     TokenNotFound(String),

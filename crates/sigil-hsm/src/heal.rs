@@ -250,8 +250,7 @@ impl Hsm {
     /// One reconnect attempt: new sessions; else the module afresh.
     fn heal_once(&self) -> Result<(), HsmError> {
         {
-            let entered = self.inner.module.enter();
-            let _ = entered.generation;
+            let _entered = self.inner.module.enter();
             let n = self.inner.pool.close_all();
             tracing::debug!(token = %self.inner.token, closed = n, "HSM reconnect: sessions closed");
         }

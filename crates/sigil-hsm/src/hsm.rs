@@ -594,7 +594,7 @@ impl Hsm {
                 self.mark_down(&e);
                 Err(self.outage_error().unwrap_or(e))
             }
-            Err(e @ (HsmError::Unavailable(_) | HsmError::TokenNotFound(_))) if !is_busy(e) => {
+            Err(e @ (HsmError::Unavailable(_) | HsmError::TokenNotFound(_))) => {
                 self.mark_down(e);
                 result
             }
@@ -792,12 +792,6 @@ pub(crate) fn ensure_logged_in_p11(s: &Session) -> Result<(), P11Error> {
     } else {
         Err(P11Error::Pkcs11(RvError::UserNotLoggedIn, Function::FindObjects))
     }
-}
-
-/// Every session stayed busy: the HSM is slow or the load is high, which a
-/// reconnect would not help.
-fn is_busy(e: &HsmError) -> bool {
-    matches!(e, HsmError::Unavailable(m) if m.contains(crate::pool::BUSY_MARK))
 }
 
 fn tag_bits() -> Result<Ulong, Fail> {

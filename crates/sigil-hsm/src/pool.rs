@@ -16,8 +16,6 @@ use crate::error::HsmError;
 
 /// How long a caller waits for a free session before failing closed.
 pub(crate) const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Words in the "all sessions busy" message that tell it from an outage.
-pub(crate) const BUSY_MARK: &str = "HSM sessions stayed busy";
 
 pub(crate) struct Pool {
     size: usize,
@@ -37,6 +35,15 @@ struct State {
     /// they are abandoned, never closed (their handle numbers may already
     /// name new sessions).
     module_gen: u64,
+}
+
+impl State {
+    /// Takes every idle session out of the pool's count.
+    fn take_idle(&mut self) -> Vec<Session> {
+        let idle = std::mem::take(&mut self.idle);
+        self.open -= idle.len();
+        idle
+    }
 }
 
 /// A session checked out of the pool.
@@ -106,8 +113,7 @@ impl Pool {
         if st.module_gen != module_gen {
             // The module was finalised and initialised again since these
             // sessions were opened: they no longer exist in the HSM.
-            let dead = std::mem::take(&mut st.idle);
-            st.open -= dead.len();
+            let dead = st.take_idle();
             st.module_gen = module_gen;
             st.generation += 1;
             for s in dead {
@@ -152,9 +158,9 @@ impl Pool {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(HsmError::Unavailable(format!(
-                    "all {} {BUSY_MARK} for {}s: the HSM is slow or hung; raise pool_size or \
-                     check the HSM",
+                return Err(HsmError::Busy(format!(
+                    "all {} HSM sessions stayed busy for {}s: the HSM is slow or hung; raise \
+                     pool_size or check the HSM",
                     self.size,
                     CHECKOUT_TIMEOUT.as_secs()
                 )));
@@ -173,9 +179,7 @@ impl Pool {
         let idle = {
             let mut st = lock(&self.state);
             st.generation += 1;
-            let idle = std::mem::take(&mut st.idle);
-            st.open -= idle.len();
-            idle
+            st.take_idle()
         };
         let n = idle.len();
         for s in idle {
@@ -190,9 +194,7 @@ impl Pool {
     pub(crate) fn drain(&self, module_gen: u64) {
         let (idle, current) = {
             let mut st = lock(&self.state);
-            let idle = std::mem::take(&mut st.idle);
-            st.open -= idle.len();
-            (idle, st.module_gen == module_gen)
+            (st.take_idle(), st.module_gen == module_gen)
         };
         for s in idle {
             if current {
@@ -206,12 +208,7 @@ impl Pool {
     /// Forget every idle session without closing it (after a session loss:
     /// their handle numbers may already name new sessions).
     pub(crate) fn abandon_idle(&self) {
-        let dead = {
-            let mut st = lock(&self.state);
-            let dead = std::mem::take(&mut st.idle);
-            st.open -= dead.len();
-            dead
-        };
+        let dead = lock(&self.state).take_idle();
         for s in dead {
             std::mem::forget(s);
         }
