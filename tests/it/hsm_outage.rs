@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use sigil::factor::totp;
 use sigil::pb;
 use sigil::pb::approval_service_client::ApprovalServiceClient;
-use sigil::pb::factor_service_client::FactorServiceClient;
 use tonic::transport::Channel;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -29,7 +28,6 @@ use crate::support::harness::*;
 struct User {
     name: String,
     seed: Vec<u8>,
-    factor_id: String,
     /// The last step an approval succeeded with (one per step).
     last_ok: u64,
 }
@@ -40,29 +38,14 @@ struct Outcome {
     result: Result<(), (Code, String)>,
 }
 
-async fn enroll(f: &mut FactorServiceClient<Channel>, name: &str) -> User {
-    let e = f
-        .begin_totp_enrollment(pb::BeginTotpEnrollmentRequest {
-            user_id: name.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let seed = data_encoding::BASE32_NOPAD.decode(e.secret_base32.as_bytes()).unwrap();
-    let step = real_step();
-    f.confirm_totp_enrollment(pb::ConfirmTotpEnrollmentRequest {
-        user_id: name.into(),
-        factor_id: e.factor_id.clone(),
-        code: totp::code_at_step(&seed, step),
-    })
-    .await
-    .unwrap();
+/// A user with a confirmed TOTP factor (see [`crate::support::pg::enroll`]).
+async fn enroll(url: &str, name: &str) -> User {
+    let (seed, step) = crate::support::pg::enroll(url, name).await;
     User {
         name: name.into(),
         seed,
-        factor_id: e.factor_id,
-        last_ok: step,
+        // Confirmed with the step before `step`.
+        last_ok: step - 1,
     }
 }
 
@@ -75,7 +58,7 @@ async fn approve(a: &mut ApprovalServiceClient<Channel>, u: &User, code: &str, n
         })
         .await?
         .into_inner();
-    a.complete_approval(totp_proof(&b.challenge_id, &u.name, code, &u.factor_id))
+    a.complete_approval(totp_proof(&b.challenge_id, &u.name, code, ""))
         .await?;
     Ok(())
 }
@@ -116,12 +99,12 @@ async fn a_token_that_vanishes_and_returns_heals_without_a_restart() {
     prepare(dir.path(), PROTECTIONS_OFF);
     let daemon = start_daemon(dir.path(), "warn");
     wait_ready(&daemon.url).await;
-    let (mut f, mut a) = clients(&daemon.url).await;
+    let (_, mut a) = clients(&daemon.url).await;
     let mut users = Vec::new();
     for i in 0..90 {
-        users.push(enroll(&mut f, &format!("load-{i}")).await);
+        users.push(enroll(&daemon.url, &format!("load-{i}")).await);
     }
-    let victim = enroll(&mut f, "victim").await;
+    let victim = enroll(&daemon.url, "victim").await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let out = Arc::new(Mutex::new(Vec::new()));
