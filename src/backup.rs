@@ -68,10 +68,6 @@ pub struct Header {
 
 pub use crate::store::meta::{restore_record, RestoreRecord};
 
-fn table_index(t: Table) -> u8 {
-    Table::ALL.iter().position(|x| *x == t).unwrap_or(0) as u8
-}
-
 /// Writes a consistent backup of `k`'s store to `out`. Returns its header
 /// and size.
 pub fn backup(k: &Kernel, out: &mut dyn Write) -> Result<(Header, u64), Error> {
@@ -103,7 +99,7 @@ pub fn encode(header: &Header, records: &[(Table, Vec<u8>, Versioned)]) -> Resul
     out.extend_from_slice(&(h.len() as u32).to_be_bytes());
     out.extend_from_slice(&h);
     for (t, k, v) in records {
-        out.push(table_index(*t));
+        out.push(t.tag());
         out.extend_from_slice(&(k.len() as u32).to_be_bytes());
         out.extend_from_slice(k);
         out.extend_from_slice(&v.version.to_be_bytes());
@@ -173,7 +169,7 @@ pub fn decode(bytes: &[u8]) -> Result<(Header, Records), Error> {
         if t == 0xFF {
             break;
         }
-        let table = *Table::ALL.get(t as usize).ok_or_else(|| bad("unknown table"))?;
+        let table = Table::from_tag(t).ok_or_else(|| bad("unknown table"))?;
         let klen = u32_at(take(&mut pos, 4)?);
         let key = take(&mut pos, klen)?.to_vec();
         let mut ver = [0u8; 8];

@@ -65,6 +65,9 @@ impl Kernel {
                         meta::DEPLOYMENT,
                         sigil_verify::b64url::encode(&k.random(16)?).into_bytes(),
                     );
+                    // A new store indexes the expiry of every record from
+                    // its first one.
+                    b.insert(Table::Meta, meta::EXPIRY_INDEXED, b"1".to_vec());
                 }
                 // Stores made before the binding get it on their first start.
                 b.insert(Table::Meta, meta::AUDIT_KEY_ID, kid.into_bytes());

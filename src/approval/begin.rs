@@ -4,7 +4,7 @@ use super::*;
 use crate::audit::AuditEntry;
 use crate::events::{Event, EventKind};
 use crate::protect::{self, Snapshot};
-use crate::store::Batch;
+use crate::store::{meta, Batch};
 
 impl Approvals {
     /// Validates an intent, applies the protections and the policy, and
@@ -205,6 +205,7 @@ impl Approvals {
         };
         let mut batch = Batch::new();
         batch.insert(Table::Challenges, challenge_id.as_bytes(), codec::encode(&rec)?);
+        meta::index_expiry(&mut batch, Table::Challenges, challenge_id.as_bytes(), expires_at);
         if user != snap.user {
             protect::put_user(&mut batch, &user_id, &snap, &user)?;
         } else {

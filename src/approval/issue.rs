@@ -4,7 +4,7 @@ use super::*;
 use crate::audit::AuditEntry;
 use crate::events::{Event, EventKind};
 use crate::protect::{self, RecentWithdrawal, Snapshot};
-use crate::store::Batch;
+use crate::store::{meta, Batch};
 
 impl Approvals {
     /// Signs the approval and commits, in one batch: the challenge consumed,
@@ -77,6 +77,7 @@ impl Approvals {
                 factor.encode()?,
             )
             .insert(Table::Approvals, jti.as_bytes(), codec::encode(&record)?);
+        meta::index_expiry(&mut batch, Table::Approvals, jti.as_bytes(), exp);
         protect::check_global(&mut batch, snap);
         // A verified factor ends the count of attempts with unknown
         // credential ids, as it ends its own.

@@ -10,7 +10,7 @@ use crate::factor::{
 };
 use crate::model::check_id;
 use crate::protect::Snapshot;
-use crate::store::{codec, Batch, Table};
+use crate::store::{codec, meta, Batch, Table};
 
 impl Enrollment {
     /// Starts a WebAuthn registration (ceremony state kept server-side).
@@ -57,6 +57,7 @@ impl Enrollment {
             stepped_up,
         };
         batch.insert(Table::Ceremonies, ceremony_id.as_bytes(), codec::encode(&c)?);
+        meta::index_expiry(&mut batch, Table::Ceremonies, ceremony_id.as_bytes(), expires_at);
         AuditEntry::ok(now, actor, user_id, "factor.enroll.begin")
             .with("kind", "webauthn")
             .with("ceremony_id", ceremony_id.clone())

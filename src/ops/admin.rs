@@ -6,6 +6,20 @@ use crate::protect::address::AddressRecord;
 use crate::protect::{self, GlobalRecord, Snapshot, Suspension};
 use crate::store::{codec, meta, Batch, Table};
 
+/// When a challenge, ceremony or approval record expires (`expires_at` or
+/// `exp`), if it says.
+fn record_expiry(value: &[u8]) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Expiry {
+        #[serde(default)]
+        expires_at: i64,
+        #[serde(default)]
+        exp: i64,
+    }
+    let e = serde_json::from_slice::<Expiry>(value).ok()?;
+    Some(e.expires_at.max(e.exp)).filter(|t| *t > 0)
+}
+
 /// Records the sweep reads at a time (one page of [`crate::store::Store::scan_page`]).
 const SWEEP_PAGE: usize = 1_000;
 
@@ -165,48 +179,100 @@ impl Ops {
     /// past theirs (an expired approval is refused on its `exp`; an unknown
     /// `jti` is refused too). Returns how many were deleted.
     pub fn purge_expired(&self) -> Result<usize, Error> {
-        #[derive(serde::Deserialize)]
-        struct Expiry {
-            #[serde(default)]
-            expires_at: i64,
-            #[serde(default)]
-            exp: i64,
-        }
         let now = self.k.now()?;
+        if self.k.store.get(Table::Meta, meta::EXPIRY_INDEXED)?.is_none() {
+            self.index_expiries()?;
+        }
+        // The index is read in time order, a page at a time, and only as far
+        // as what is due: a sweep costs what it deletes, not the size of the
+        // tables (which hold up to a day of approvals).
         let mut deleted = 0;
-        for (table, grace) in [
-            (Table::Challenges, 3_600),
-            (Table::Ceremonies, 0),
-            (Table::Approvals, 86_400),
-        ] {
-            // Page by page: the tables hold up to a day of approvals, far
-            // too many to read at once (memory), or under one read of the
-            // store (commits would wait for it).
+        let mut after = meta::EXPIRY_PREFIX.to_vec();
+        loop {
+            let page = self.k.store.scan_page(Table::Meta, Some(&after), SWEEP_PAGE)?;
+            let more = page.len() >= SWEEP_PAGE;
+            let mut batch = Batch::new();
+            let mut records = 0;
+            let mut reached_now = false;
+            for (k, v) in page {
+                if !k.starts_with(meta::EXPIRY_PREFIX) {
+                    reached_now = true;
+                    break;
+                }
+                let Some((at, table, key)) = meta::parse_expiry_key(&k) else {
+                    tracing::warn!("dropping a malformed expiry index entry");
+                    batch.delete(Table::Meta, k.clone(), v.version);
+                    after = k;
+                    continue;
+                };
+                if at >= now {
+                    reached_now = true;
+                    break;
+                }
+                batch.delete(Table::Meta, k.clone(), v.version);
+                if let Some(rec) = self.k.store.get(table, key)? {
+                    match record_expiry(&rec.value) {
+                        // Its expiry moved since it was indexed: index it again.
+                        Some(until) if meta::expiry_key(table, key, until) > k => {
+                            meta::index_expiry(&mut batch, table, key, until)
+                        }
+                        Some(_) => {
+                            batch.delete(table, key.to_vec(), rec.version);
+                            records += 1;
+                        }
+                        None => tracing::warn!(table = table.name(), "a record without expiry was indexed; kept"),
+                    }
+                }
+                after = k;
+            }
+            if self.commit_purge(&batch)? > 0 {
+                deleted += records;
+            }
+            if reached_now || !more {
+                break;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Adds the expiry index entries of records written before the index
+    /// existed (a store made by an earlier version, or restored from its
+    /// backup), then marks the store indexed. Runs once, in pages; a page
+    /// that meets a concurrent write is retried at the next sweep.
+    fn index_expiries(&self) -> Result<(), Error> {
+        for table in [Table::Challenges, Table::Ceremonies, Table::Approvals] {
             let mut after: Option<Vec<u8>> = None;
             loop {
                 let page = self.k.store.scan_page(table, after.as_deref(), SWEEP_PAGE)?;
                 let more = page.len() >= SWEEP_PAGE;
                 let mut batch = Batch::new();
                 for (k, v) in page {
-                    after = Some(k.clone());
-                    let Ok(e) = serde_json::from_slice::<Expiry>(&v.value) else {
-                        continue;
-                    };
-                    let until = e.expires_at.max(e.exp);
-                    if until > 0 && until + grace < now {
-                        batch.delete(table, k, v.version);
+                    if let Some(until) = record_expiry(&v.value) {
+                        let entry = meta::expiry_key(table, &k, until);
+                        if self.k.store.get(Table::Meta, &entry)?.is_none() {
+                            batch.insert(Table::Meta, entry, Vec::new());
+                        }
                     }
+                    after = Some(k);
                 }
-                deleted += self.commit_purge(&batch)?;
+                if self.commit_purge(&batch)? < batch.ops.len() {
+                    return Ok(());
+                }
                 if !more {
                     break;
                 }
             }
         }
-        Ok(deleted)
+        let mut batch = Batch::new();
+        batch.insert(Table::Meta, meta::EXPIRY_INDEXED, b"1".to_vec());
+        self.commit_purge(&batch)?;
+        Ok(())
     }
 
     fn commit_purge(&self, batch: &Batch) -> Result<usize, Error> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
         match self.k.commit(batch) {
             Ok(_) => Ok(batch.ops.len()),
             Err(Error::Conflict(_)) => Ok(0), // touched meanwhile; next sweep

@@ -74,3 +74,57 @@ pub fn restore_record(store: &dyn Store) -> Result<Option<RestoreRecord>, Error>
         None => Ok(None),
     }
 }
+
+/// Set once every challenge, ceremony and approval of the store has an
+/// expiry index entry (records written before the index existed, or
+/// restored from a backup made before it, are indexed by the first sweep
+/// that finds this key missing).
+pub const EXPIRY_INDEXED: &[u8] = b"expiry-indexed";
+/// The prefix of the expiry index: `expiry/<purge time, u64 big-endian>
+/// <table><record key>` → empty, one entry per challenge, ceremony and
+/// approval, written in the batch that creates the record. The sweep reads
+/// the entries that are due, in time order, instead of every record.
+pub const EXPIRY_PREFIX: &[u8] = b"expiry/";
+
+/// How long after its own expiry a record of `table` is kept (challenges
+/// an hour, so that a late answer is told "expired" rather than "unknown";
+/// approvals a day, so that a late redemption is told "expired" and a
+/// replay "already redeemed"), or None for tables without expiry.
+pub fn purge_grace(table: Table) -> Option<i64> {
+    match table {
+        Table::Challenges => Some(3_600),
+        Table::Ceremonies => Some(0),
+        Table::Approvals => Some(86_400),
+        _ => None,
+    }
+}
+
+/// The expiry index key of the record `key` of `table` that expires at
+/// `expires_at` (purged `purge_grace` later).
+pub fn expiry_key(table: Table, key: &[u8], expires_at: i64) -> Vec<u8> {
+    let grace = purge_grace(table).unwrap_or(0);
+    let at = expires_at.saturating_add(grace).max(0) as u64;
+    let mut k = Vec::with_capacity(EXPIRY_PREFIX.len() + 9 + key.len());
+    k.extend_from_slice(EXPIRY_PREFIX);
+    k.extend_from_slice(&at.to_be_bytes());
+    k.push(table.tag());
+    k.extend_from_slice(key);
+    k
+}
+
+/// Reads an expiry index key: (purge time, table, record key).
+pub fn parse_expiry_key(k: &[u8]) -> Option<(i64, Table, &[u8])> {
+    let rest = k.strip_prefix(EXPIRY_PREFIX)?;
+    if rest.len() < 9 {
+        return None;
+    }
+    let at = u64::from_be_bytes(rest[..8].try_into().ok()?);
+    let table = Table::from_tag(rest[8])?;
+    purge_grace(table)?;
+    Some((i64::try_from(at).ok()?, table, &rest[9..]))
+}
+
+/// Adds to `batch` the expiry index entry of a new record.
+pub fn index_expiry(batch: &mut super::Batch, table: Table, key: &[u8], expires_at: i64) {
+    batch.insert(Table::Meta, expiry_key(table, key, expires_at), Vec::new());
+}

@@ -230,6 +230,17 @@ impl Table {
         }
     }
 
+    /// The table's one-byte tag (its position in [`Table::ALL`]), as the
+    /// write-ahead log, backups and the expiry index store it.
+    pub fn tag(self) -> u8 {
+        Table::ALL.iter().position(|x| *x == self).unwrap_or(0) as u8
+    }
+
+    /// The table of a tag written by [`Table::tag`].
+    pub fn from_tag(tag: u8) -> Option<Table> {
+        Table::ALL.get(tag as usize).copied()
+    }
+
     /// True for the append-only logs ([`Op::Append`] and [`Op::Prune`]
     /// targets).
     pub fn is_log(self) -> bool {

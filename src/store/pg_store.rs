@@ -124,7 +124,7 @@ fn retryable(e: &postgres::Error) -> bool {
 }
 
 fn tbl(t: Table) -> i16 {
-    Table::ALL.iter().position(|x| *x == t).unwrap_or(0) as i16
+    i16::from(t.tag())
 }
 
 fn version_i64(v: u64) -> Result<i64, StoreError> {

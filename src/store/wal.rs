@@ -239,10 +239,6 @@ fn sync_dir(disk: &dyn Disk, dir: &Path) -> Result<(), StoreError> {
     disk.sync_dir(dir).map_err(|e| io_err("sync", dir, e))
 }
 
-fn table_from(b: u8) -> Option<Table> {
-    Table::ALL.get(b as usize).copied()
-}
-
 /// Appends one framed record to `out`.
 fn encode(out: &mut Vec<u8>, lsn: u64, ops: &[PostImage]) {
     let start = out.len();
@@ -250,7 +246,7 @@ fn encode(out: &mut Vec<u8>, lsn: u64, ops: &[PostImage]) {
     out.extend_from_slice(&lsn.to_be_bytes());
     out.extend_from_slice(&(ops.len() as u32).to_be_bytes());
     for (t, k, v) in ops {
-        out.push(*t as u8);
+        out.push(t.tag());
         out.push(if v.is_some() { 0 } else { 1 });
         out.extend_from_slice(&(k.len() as u32).to_be_bytes());
         out.extend_from_slice(k);
@@ -296,7 +292,7 @@ fn decode_payload(p: &[u8]) -> Option<Record> {
     let mut ops = Vec::with_capacity(n.min(1024));
     for _ in 0..n {
         let h = c.take(2)?;
-        let (t, kind) = (table_from(h[0])?, h[1]);
+        let (t, kind) = (Table::from_tag(h[0])?, h[1]);
         let kl = c.u32()? as usize;
         let k = c.take(kl)?.to_vec();
         let v = match kind {

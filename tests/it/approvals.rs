@@ -468,10 +468,17 @@ async fn expired_challenges_and_approvals_are_purged_and_stay_refused() {
     // Still kept within the grace periods.
     s.clock.advance(3_000);
     assert_eq!(s.sigil().ops().purge_expired().unwrap(), 0);
+    // Challenges are due an hour after they expire, approvals a day.
+    s.clock.advance(1_000);
+    assert_eq!(s.sigil().ops().purge_expired().unwrap(), 2);
+    assert_eq!(store.len(sigil::store::Table::Challenges).unwrap(), 0);
+    assert_eq!(store.len(sigil::store::Table::Approvals).unwrap(), 1);
     s.clock.advance(2 * 86_400);
-    assert_eq!(s.sigil().ops().purge_expired().unwrap(), 3);
+    assert_eq!(s.sigil().ops().purge_expired().unwrap(), 1);
     assert_eq!(store.len(sigil::store::Table::Challenges).unwrap(), 0);
     assert_eq!(store.len(sigil::store::Table::Approvals).unwrap(), 0);
+    // Their expiry index entries went with them.
+    assert!(expiry_index(&store).is_empty());
     // A purged approval is refused (expired), and so it would be with a clock set back.
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
@@ -481,7 +488,7 @@ async fn expired_challenges_and_approvals_are_purged_and_stay_refused() {
         })
         .await;
     assert_status(r, Code::FailedPrecondition, "expired");
-    s.clock.advance(-2 * 86_400 - 3_000);
+    s.clock.advance(-2 * 86_400 - 4_000);
     let r = a
         .redeem_approval(pb::RedeemApprovalRequest {
             expected_intent: expected_of(&token),
@@ -490,6 +497,45 @@ async fn expired_challenges_and_approvals_are_purged_and_stay_refused() {
         })
         .await;
     assert_status(r, Code::FailedPrecondition, "not known");
+}
+
+fn expiry_index(store: &std::sync::Arc<dyn sigil::store::Store>) -> Vec<Vec<u8>> {
+    let entries = store.scan_prefix(sigil::store::Table::Meta, sigil::store::meta::EXPIRY_PREFIX);
+    entries.unwrap().into_iter().map(|(k, _)| k).collect()
+}
+
+/// A store whose records were written before the expiry index existed
+/// (or restored from such a backup) is indexed by the first sweep, once,
+/// and its records are then purged like new ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_written_before_the_expiry_index_are_indexed_then_purged() {
+    use sigil::store::{meta, Batch, Table};
+    let s = TestServer::start().await;
+    let (_f, seed) = s.enroll_totp("lea").await;
+    s.approve(&withdrawal("lea", "wd-1"), &seed).await;
+    s.approve(&withdrawal("lea", "wd-2"), &seed).await;
+    let store = s.sigil().store().clone();
+    // Every challenge and approval is indexed as it is written.
+    assert_eq!(expiry_index(&store).len(), 4);
+    // Take the store back to before the index.
+    let mut b = Batch::new();
+    for (k, v) in store.scan_prefix(Table::Meta, meta::EXPIRY_PREFIX).unwrap() {
+        b.delete(Table::Meta, k, v.version);
+    }
+    let marker = store.get(Table::Meta, meta::EXPIRY_INDEXED).unwrap().unwrap();
+    b.delete(Table::Meta, meta::EXPIRY_INDEXED, marker.version);
+    store.commit(&b).unwrap();
+    // The first sweep indexes them, deleting nothing that is not due.
+    assert_eq!(s.sigil().ops().purge_expired().unwrap(), 0);
+    assert_eq!(expiry_index(&store).len(), 4);
+    assert!(store.get(Table::Meta, meta::EXPIRY_INDEXED).unwrap().is_some());
+    s.clock.advance(3 * 86_400);
+    assert_eq!(s.sigil().ops().purge_expired().unwrap(), 4);
+    assert_eq!(
+        store.len(Table::Challenges).unwrap() + store.len(Table::Approvals).unwrap(),
+        0
+    );
+    assert!(expiry_index(&store).is_empty());
 }
 
 /// Sigil's HSM signatures are issued in low-S form; the other encoding of
