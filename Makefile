@@ -4,7 +4,7 @@ SHELL := /bin/bash
 
 export SOFTHSM2_CONF := $(CURDIR)/hsm/softhsm2.conf
 CARGO ?= cargo
-DEBIAN_PACKAGES := softhsm2 opensc protobuf-compiler libusb-1.0-0-dev pkg-config openssl ca-certificates build-essential postgresql postgresql-client python3
+DEBIAN_PACKAGES := softhsm2 opensc protobuf-compiler libusb-1.0-0-dev pkg-config openssl ca-certificates build-essential postgresql postgresql-client python3 fonts-dejavu-core
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Throwaway PostgreSQL clusters (scripts/pg-cluster.sh): for `make test`, `make pg` and `make bench`
 PG_CLUSTER := bash scripts/pg-cluster.sh
@@ -61,6 +61,7 @@ lint: deps ## rustfmt check, clippy -D warnings, cargo-deny (licenses, bans, sou
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --workspace --all-targets --features sigil/bench -- -D warnings
 	$(CARGO) clippy --workspace --all-targets --features sigil/soak -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --features sigil/loadgen -- -D warnings
 	@command -v cargo-deny >/dev/null || $(CARGO) install cargo-deny --locked
 	$(CARGO) deny check bans licenses sources
 	@if why=$$(timeout 120 $(CARGO) deny fetch db 2>&1); then \
@@ -91,7 +92,12 @@ pg-stop: ## Stop the development PostgreSQL cluster and remove target/pg-dev
 
 # The bench's PostgreSQL rows run on a throwaway cluster in target/pg-bench,
 # stopped and removed when the recipe's shell exits, whatever the outcome.
-bench: certs hsm ## Benchmarks (release build, sled and a throwaway PostgreSQL in target/pg-bench); recorded in BENCHMARKS.md
+# First the load from outside (examples/loadgen.rs: a separate process
+# against a release sigild with its own token, store and certificates;
+# LOADGEN_* knobs, see its header), then the in-process diagnostics.
+bench: certs hsm ## Benchmarks: external load on a release sigild, then in-process diagnostics (sled, PostgreSQL); recorded in BENCHMARKS.md
+	$(CARGO) build --release --features loadgen --bins --example loadgen
+	./target/release/examples/loadgen
 	@set -euo pipefail; \
 	trap '$(PG_CLUSTER) stop "$(PG_BENCH_DIR)"' EXIT; \
 	$(PG_CLUSTER) start "$(PG_BENCH_DIR)" >/dev/null; \

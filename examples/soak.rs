@@ -68,14 +68,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::*;
 use sigil::client::connect_as;
 use sigil::factor::totp;
 use sigil::factor::yubikey::SoftHmacSlot;
@@ -110,197 +112,6 @@ const RSS_SLACK: u64 = 16 << 20;
 /// File descriptors the last third may hold beyond the first.
 const FD_SLACK: u64 = 4;
 
-fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        _ => default,
-    }
-}
-
-fn random<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).unwrap();
-    b
-}
-
-/// A small, fast generator for choosing operations (not for secrets).
-struct Pick(u64);
-
-impl Pick {
-    fn new() -> Pick {
-        Pick(u64::from_le_bytes(random::<8>()) | 1)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-fn cmd_out(program: &str, args: &[&str]) -> String {
-    match Command::new(program).args(args).output() {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        Ok(o) => format!("? ({program} failed: {})", o.status),
-        Err(e) => format!("? ({program}: {e})"),
-    }
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "?".into())
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
-// ----- the daemon ----------------------------------------------------------
-
-/// The sigild under test; killed if still running when dropped.
-struct Daemon {
-    child: Child,
-    pid: u32,
-    url: String,
-    metrics: SocketAddr,
-    certs: PathBuf,
-    log: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// The release binaries beside this example (`target/release/`).
-fn release_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = dir.join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (`cargo build --release --features soak --bins`, as `make soak` does)",
-        bin.display()
-    );
-    bin
-}
-
-/// Environment of `sigil hsm init` and `sigild` for the run's directory.
-fn daemon_env(cmd: &mut Command, dir: &Path, pin: &str, so_pin: &str) {
-    let certs = dir.join("certs");
-    cmd.current_dir(dir)
-        .env("SOFTHSM2_CONF", dir.join("softhsm2.conf"))
-        .env("SIGIL_HSM_PIN", pin)
-        .env("SIGIL_HSM_SO_PIN", so_pin)
-        .env("SIGIL_CONFIG", dir.join("sigil.toml"))
-        .env("SIGIL_STORE_PATH", dir.join("data/sled"))
-        .env("SIGIL_TLS_CERT", certs.join("server.pem"))
-        .env("SIGIL_TLS_KEY", certs.join("server.key"))
-        .env("SIGIL_CLIENT_CA", certs.join("ca.pem"))
-        .env("NO_COLOR", "1")
-        .env_remove("SIGIL_DENY_LIST")
-        .env_remove("SIGIL_METRICS_LISTEN")
-        .env_remove("SIGIL_LOG_FORMAT");
-}
-
-fn start_daemon(dir: &Path) -> Daemon {
-    let certs = dir.join("certs");
-    let out = Command::new("bash")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("certs/gen.sh"))
-        .arg("--force")
-        .arg(&certs)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "certs/gen.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::create_dir_all(dir.join("tokens")).unwrap();
-    sigil_hsm::write_softhsm_conf(&dir.join("softhsm2.conf"), &dir.join("tokens")).unwrap();
-    let metrics = free_addr();
-    let sweep = match std::env::var("SOAK_SWEEP_SECONDS") {
-        Ok(v) if !v.is_empty() => format!("sweep_interval_seconds = {v}\n"),
-        _ => String::new(),
-    };
-    std::fs::write(
-        dir.join("sigil.toml"),
-        format!(
-            "version = 1\n[hsm]\ntoken_label = \"soak\"\n[store]\ncache_mib = {SLED_CACHE_MIB}\n\
-             checkpoint_keys = {CHECKPOINT_KEYS}\ncheckpoint_mib = {CHECKPOINT_MIB}\n\
-             [protection]\nrequire_whitelisted_address = false\nsecurity_change_lock_seconds = 0\n{sweep}\
-             [metrics]\nlisten = \"{metrics}\"\n"
-        ),
-    )
-    .unwrap();
-    let hex = |b: [u8; 12]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
-    let (pin, so_pin) = (hex(random()), hex(random()));
-    let mut init = Command::new(release_bin("sigil"));
-    daemon_env(&mut init, dir, &pin, &so_pin);
-    let out = init.args(["hsm", "init"]).env("RUST_LOG", "warn").output().unwrap();
-    assert!(
-        out.status.success(),
-        "sigil hsm init: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    let listen = free_addr();
-    let log = dir.join("sigild.log");
-    let mut cmd = Command::new(release_bin("sigild"));
-    daemon_env(&mut cmd, dir, &pin, &so_pin);
-    let mut child = cmd
-        .env("SIGIL_LISTEN", listen.to_string())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    assert!(
-        line.contains("listening on https://"),
-        "sigild said {line:?}; its log: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    std::thread::spawn(move || for _ in stdout.lines().map_while(Result::ok) {});
-    Daemon {
-        pid: child.id(),
-        child,
-        url: format!("https://{listen}"),
-        metrics,
-        certs,
-        log,
-    }
-}
-
-// ----- sampling --------------------------------------------------------------
-
 /// One look at sigild.
 #[derive(Debug, Clone)]
 struct Sample {
@@ -315,47 +126,6 @@ struct Sample {
     rpcs: u64,
     /// Bytes of the store's directory (sled and the write-ahead log).
     store: u64,
-}
-
-/// Bytes of the files under `dir`.
-fn du(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .filter_map(Result::ok)
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => du(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
-/// `/metrics` as name{labels} → value (summed over labels not asked for).
-fn scrape(addr: SocketAddr) -> Result<String, String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("no HTTP body")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(head.lines().next().unwrap_or_default().to_string());
-    }
-    Ok(body.to_string())
-}
-
-/// The sum of the samples of `name` whose series contains `filter`.
-fn metric(text: &str, name: &str, filter: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(series, _)| {
-            let n = series.split('{').next().unwrap_or_default();
-            n == name && series.contains(filter)
-        })
-        .filter_map(|(_, v)| v.parse::<f64>().ok())
-        .fold(0.0, |a, b| a + b)
 }
 
 /// A histogram of the text format, summed over the series whose labels
@@ -407,12 +177,6 @@ impl Histogram {
             _ => "> 10000".into(),
         }
     }
-}
-
-fn proc_status(pid: u32, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find(|l| l.starts_with(key))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Looks at the process `pid` and scrapes its metrics at `metrics`.
@@ -993,27 +757,6 @@ async fn paced(world: &Arc<World>, callers: usize, rate: f64, len: Duration) -> 
     (ops, Duration::from_micros(late.load(Ordering::Relaxed)))
 }
 
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    f64::from(sorted[i]) / 1000.0
-}
-
-fn mib(b: f64) -> String {
-    format!("{:.1} MiB", b / (1024.0 * 1024.0))
-}
-
-fn median(mut v: Vec<u64>) -> f64 {
-    v.sort_unstable();
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2] as f64,
-        n => (v[n / 2 - 1] + v[n / 2]) as f64 / 2.0,
-    }
-}
-
 #[tokio::main]
 async fn main() {
     let seconds: u64 = env_num("SOAK_SECONDS", 120);
@@ -1021,19 +764,23 @@ async fn main() {
     let every = Duration::from_secs(env_num("SOAK_SAMPLE_SECONDS", 5));
     let warmup: f64 = env_num("SOAK_WARMUP_SECONDS", 20.0);
     let dir = tempfile::tempdir().unwrap();
-    let d = start_daemon(dir.path());
+    let sweep = match std::env::var("SOAK_SWEEP_SECONDS") {
+        Ok(v) if !v.is_empty() => format!("sweep_interval_seconds = {v}\n"),
+        _ => String::new(),
+    };
+    let setup = common::prepare(
+        dir.path(),
+        "soak",
+        &format!(
+            "[store]\ncache_mib = {SLED_CACHE_MIB}\ncheckpoint_keys = {CHECKPOINT_KEYS}\n\
+             checkpoint_mib = {CHECKPOINT_MIB}\n[protection]\nrequire_whitelisted_address = false\n\
+             security_change_lock_seconds = 0\n{sweep}"
+        ),
+    );
+    let d = setup.start();
     println!("# Soak: {seconds} s of mixed load at {:.0}% of capacity", load * 100.0);
     println!();
-    println!("| | |\n|---|---|");
-    println!("| CPU | {}, `nproc` = {} |", cpu_model(), cmd_out("nproc", &[]));
-    println!("| rustc | {} |", cmd_out("rustc", &["--version"]));
-    println!(
-        "| SoftHSM | {} |",
-        cmd_out("dpkg-query", &["-W", "-f=${Package} ${Version}", "softhsm2"])
-    );
-    println!("| sigild | {} (release), pid {} |", env!("CARGO_PKG_VERSION"), d.pid);
-    println!("| load average at start | {} |", loadavg());
-    println!();
+    println!("{}", common::machine_table(d.pid));
 
     let connect = |role: &'static str| {
         let (url, certs) = (d.url.clone(), d.certs.clone());
@@ -1135,16 +882,7 @@ async fn main() {
     // Stop sigild: a clean exit after SIGTERM.
     let mut d = d;
     let alive_at_end = d.child.try_wait().unwrap().is_none();
-    let _ = Command::new("kill").arg("-TERM").arg(d.pid.to_string()).status();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut exit = None;
-    while Instant::now() < deadline {
-        if let Some(st) = d.child.try_wait().unwrap() {
-            exit = Some(st);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let clean_exit = d.stop();
 
     // The verdict.
     let samples = samples.lock().unwrap().clone();
@@ -1159,10 +897,8 @@ async fn main() {
     if !alive_at_end {
         failures.push("sigild died during the run".into());
     }
-    match exit {
-        Some(st) if st.success() => {}
-        Some(st) => failures.push(format!("sigild exited with {st} after SIGTERM")),
-        None => failures.push("sigild did not stop within 30 s of SIGTERM".into()),
+    if !clean_exit {
+        failures.push("sigild did not exit cleanly within 30 s of SIGTERM".into());
     }
     for e in sampling_errors.lock().unwrap().iter().take(3) {
         failures.push(format!("a sample failed: {e}"));
@@ -1262,10 +998,10 @@ async fn main() {
     }
     println!(
         "| sigild exit after SIGTERM | {} |",
-        match exit {
-            Some(st) if st.success() => "clean".to_string(),
-            Some(st) => st.to_string(),
-            None => "none within 30 s".into(),
+        if clean_exit {
+            "clean"
+        } else {
+            "not clean, or none within 30 s"
         }
     );
     println!();

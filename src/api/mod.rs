@@ -381,6 +381,52 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         }))
     }
 
+    async fn approve(
+        &self,
+        req: Request<pb::ApproveRequest>,
+    ) -> Result<Response<pb::CompleteApprovalResponse>, Status> {
+        let (i, kind) = async {
+            let role = require(&req, "ApprovalService/Approve")?;
+            let r = req.into_inner();
+            let intent: sigil_verify::Intent = r
+                .intent
+                .ok_or_else(|| status::to_status(Error::invalid("intent", "is required")))?
+                .into();
+            let device = r.device.unwrap_or_default().into();
+            use pb::approve_request::Proof as P;
+            let proof = match r.proof {
+                Some(P::Totp(t)) => Proof::Totp {
+                    code: t.code,
+                    factor_id: (!t.factor_id.is_empty()).then_some(t.factor_id),
+                },
+                Some(P::YubikeyOtp(y)) => Proof::YubikeyOtp { otp: y.otp },
+                None => {
+                    return Err(status::to_status(Error::invalid(
+                        "proof",
+                        "is required: totp or yubikey_otp (WebAuthn and YubiKey HMAC answer \
+                         BeginApproval's challenge: use BeginApproval and CompleteApproval)",
+                    )))
+                }
+            };
+            let kind = proof.kind();
+            let s = self.sigil.clone();
+            let issued = approval_call(&self.sigil, move || {
+                s.approvals().approve(role.name(), intent, device, proof)
+            })
+            .await?;
+            Ok((issued, kind))
+        }
+        .await
+        .inspect_err(|st| count_refusal("approve", st))?;
+        crate::metrics::approval_issued(kind.name());
+        Ok(Response::new(pb::CompleteApprovalResponse {
+            approval: i.token,
+            jti: i.jti,
+            expires_at: i.expires_at,
+            amr: i.amr,
+        }))
+    }
+
     async fn redeem_approval(
         &self,
         req: Request<pb::RedeemApprovalRequest>,

@@ -25,6 +25,7 @@ pub const RPC_ROLES: &[(&str, &[Role])] = &[
         "ApprovalService/CompleteApproval",
         &[Role::WithdrawalEngine, Role::Frontend],
     ),
+    ("ApprovalService/Approve", &[Role::WithdrawalEngine, Role::Frontend]),
     ("ApprovalService/RedeemApproval", &[Role::WithdrawalEngine]),
     (
         "ApprovalService/GetApprovalKeys",

@@ -1,4 +1,4 @@
-use sigil_verify::b64url;
+use sigil_verify::{b64url, Intent};
 
 use super::*;
 use crate::audit::AuditEntry;
@@ -7,6 +7,25 @@ use crate::protect::{self, Snapshot};
 use crate::store::{meta, Batch};
 
 impl Approvals {
+    /// BeginApproval and CompleteApproval in one call, for proofs that do
+    /// not depend on the challenge (TOTP, Yubico OTP): the challenge is
+    /// opened and answered at once, with the same checks, attempt counting
+    /// and audit entries as the two calls. A malformed proof or one that
+    /// needs the challenge is refused before anything is written.
+    pub fn approve(&self, actor: &str, intent: Intent, device: DeviceSignals, proof: Proof) -> Result<Issued, Error> {
+        if !matches!(proof, Proof::Totp { .. } | Proof::YubikeyOtp { .. }) {
+            return Err(Error::invalid(
+                "proof",
+                "only a TOTP code or a Yubico OTP can answer in the same call; WebAuthn and YubiKey HMAC \
+                 answer BeginApproval's challenge (use BeginApproval and CompleteApproval)",
+            ));
+        }
+        proof.validate()?;
+        let user_id = intent.user_id.clone();
+        let begun = self.begin_approval(actor, intent, device)?;
+        self.complete_approval(actor, &begun.challenge_id, &user_id, proof)
+    }
+
     /// Verifies a proof, consumes the challenge and issues the approval.
     pub fn complete_approval(
         &self,

@@ -14,6 +14,7 @@ mod hsm_outage;
 mod lifecycle;
 mod logs;
 mod metrics;
+mod one_call;
 mod pg_outage;
 mod pg_tools;
 mod protections;

@@ -1,0 +1,745 @@
+//! Approvals measured from outside: a load generator in its own process
+//! against a release `sigild`.
+//!
+//! `make bench` builds the release binaries and runs this example
+//! (`cargo run --release --features loadgen --example loadgen`). It starts
+//! `target/release/sigild` as a child with a benchmark config and its own
+//! SoftHSM token (random PIN, passed in the environment and never
+//! printed), sled store and development PKI in a temp dir; the project's
+//! token and store are never touched. Then, over mTLS, one HTTP/2
+//! connection per client:
+//!
+//! 1. **Setup** (not timed): `LOADGEN_USERS` users (100,000) enroll TOTP
+//!    (Begin + Confirm), so that no user approves twice in one 30 s step;
+//!    one WebAuthn user per client registers a software security key
+//!    (`webauthn-authenticator-rs` `SoftToken`, user verification on).
+//! 2. **References, in the same run**: the CPU one ES256 signature costs
+//!    SoftHSM (one session on sigild's token, one thread of this process,
+//!    CPU time of that thread per signature), and the gRPC floor: sigild's
+//!    CPU per `grpc.health.v1` Check (no store, no HSM).
+//! 3. **Phases** at 1, 8 and 32 concurrent clients, each client one
+//!    request in flight, `LOADGEN_SECONDS` (8) timed after a second of
+//!    warm-up:
+//!    - TOTP approval: BeginApproval + CompleteApproval;
+//!    - TOTP approval in one call: `Approve` with the code;
+//!    - WebAuthn approval: BeginApproval + CompleteApproval with an
+//!      assertion from the client's software key;
+//!    - RedeemApproval of approvals issued in the TOTP phases (topped up,
+//!      untimed, before each level).
+//!
+//!    Each reports operations/s, p50/p99/p999 latency (client side, the
+//!    whole operation), and **sigild's CPU µs per operation**
+//!    (`/proc/<pid>/stat`, user + system, all threads, over the timed
+//!    phase), with its ratio to the HSM's CPU per signature.
+//! 4. **Growth**: TOTP approvals at 32 clients until `LOADGEN_APPROVALS`
+//!    (200,000) have been issued in all, then sigild's resident set
+//!    and the store's size on disk; sigild is stopped (SIGTERM) and
+//!    started again on that store, and the time from spawning it to
+//!    `SERVING` is measured.
+//!
+//! Every approval returned is checked to be a compact JWS; every error is
+//! counted and the run fails (exit status 1) on any. It prints the machine,
+//! the versions and markdown tables, and draws throughput and p99 against
+//! concurrency into `LOADGEN_PLOT` (`target/loadgen.png`).
+//!
+//! Knobs (environment): `LOADGEN_USERS`, `LOADGEN_SECONDS`,
+//! `LOADGEN_APPROVALS`, `LOADGEN_CLIENTS` (`1,8,32`), `LOADGEN_CACHE_MIB`
+//! (sled's page cache, `[store] cache_mib`: 32), `LOADGEN_PLOT`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use secrecy::SecretString;
+use sigil::client::connect_as;
+use sigil::factor::totp;
+use sigil::pb;
+use sigil::pb::approval_service_client::ApprovalServiceClient;
+use sigil::pb::factor_service_client::FactorServiceClient;
+use tonic::transport::Channel;
+use webauthn_authenticator_rs::prelude::{CreationChallengeResponse, RequestChallengeResponse, Url};
+use webauthn_authenticator_rs::softtoken::SoftToken;
+use webauthn_authenticator_rs::WebauthnAuthenticator;
+
+/// The WebAuthn origin of the benchmark config.
+const ORIGIN: &str = "https://localhost:8443";
+/// The plot's font.
+const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+/// The token's approval key (`sigil hsm init`).
+const APPROVAL_KEY: &str = "sigil-approval-1";
+
+/// A user with a TOTP factor and the newest step Sigil recorded for it.
+struct TotpUser {
+    id: String,
+    seed: Vec<u8>,
+    last_step: u64,
+}
+
+/// The TOTP users, least recently used first.
+struct Users(Mutex<VecDeque<TotpUser>>);
+
+impl Users {
+    /// A user who has not approved in the current step, waiting for the
+    /// next step when every user has.
+    async fn take(&self) -> (TotpUser, u64) {
+        loop {
+            let step = totp::step_at(now_secs());
+            {
+                let mut q = self.0.lock().unwrap();
+                if q.front().is_some_and(|u| u.last_step < step) {
+                    return (q.pop_front().unwrap(), step);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn give_back(&self, mut u: TotpUser, step: u64) {
+        u.last_step = recorded_step(&u.seed, step);
+        self.0.lock().unwrap().push_back(u);
+    }
+}
+
+/// The step Sigil records for a code of `step` (the newest in its window
+/// that shows the same digits).
+fn recorded_step(seed: &[u8], step: u64) -> u64 {
+    if totp::code_at_step(seed, step + 1) == totp::code_at_step(seed, step) {
+        step + 1
+    } else {
+        step
+    }
+}
+
+fn intent(user: &str, wid: &str) -> pb::Intent {
+    pb::Intent {
+        action: "withdrawal".into(),
+        user_id: user.into(),
+        withdrawal_id: wid.into(),
+        asset: "BTC".into(),
+        network: "bitcoin".into(),
+        amount: "0.25".into(),
+        destination: "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq".into(),
+        memo: String::new(),
+    }
+}
+
+fn totp_proof(seed: &[u8], step: u64) -> pb::complete_approval_request::Proof {
+    pb::complete_approval_request::Proof::Totp(pb::TotpProof {
+        code: totp::code_at_step(seed, step),
+        factor_id: String::new(),
+    })
+}
+
+/// What a phase runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Health,
+    Totp,
+    OneCall,
+    Webauthn,
+    Redeem,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Health => "gRPC floor: health Check",
+            Kind::Totp => "TOTP approval (Begin + Complete)",
+            Kind::OneCall => "TOTP approval in one call (Approve)",
+            Kind::Webauthn => "WebAuthn approval (Begin + Complete)",
+            Kind::Redeem => "RedeemApproval",
+        }
+    }
+}
+
+/// What every client shares.
+struct World {
+    users: Users,
+    /// Issued approvals waiting to be redeemed, with their intents.
+    issued: Mutex<Vec<(String, pb::Intent)>>,
+    next_id: AtomicU64,
+    total_approvals: AtomicU64,
+    errors: AtomicU64,
+    first_errors: Mutex<Vec<String>>,
+}
+
+impl World {
+    fn wid(&self) -> String {
+        format!("wd-{}", self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn error(&self, what: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut f = self.first_errors.lock().unwrap();
+        if f.len() < 5 {
+            f.push(what);
+        }
+    }
+}
+
+/// One client: its channel, and its WebAuthn user and key.
+struct Client {
+    ch: Channel,
+    wa_user: String,
+    wa_key: SoftToken,
+}
+
+impl Client {
+    async fn run(&mut self, kind: Kind, w: &World) -> Result<(), String> {
+        let mut a = ApprovalServiceClient::new(self.ch.clone());
+        let e = |what: &str, s: tonic::Status| format!("{what}: {:?} {}", s.code(), s.message());
+        match kind {
+            Kind::Health => {
+                let r = tonic_health::pb::health_client::HealthClient::new(self.ch.clone())
+                    .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                    .await
+                    .map_err(|s| e("Check", s))?
+                    .into_inner();
+                if r.status() != tonic_health::pb::health_check_response::ServingStatus::Serving {
+                    return Err(format!("Check: {:?}", r.status()));
+                }
+            }
+            Kind::Totp | Kind::OneCall => {
+                let (u, step) = w.users.take().await;
+                let i = intent(&u.id, &w.wid());
+                let r = if kind == Kind::Totp {
+                    let b = a
+                        .begin_approval(pb::BeginApprovalRequest {
+                            intent: Some(i.clone()),
+                            device: None,
+                        })
+                        .await;
+                    match b {
+                        Ok(b) => a
+                            .complete_approval(pb::CompleteApprovalRequest {
+                                challenge_id: b.into_inner().challenge_id,
+                                user_id: u.id.clone(),
+                                proof: Some(totp_proof(&u.seed, step)),
+                            })
+                            .await
+                            .map(|r| r.into_inner().approval)
+                            .map_err(|s| e("CompleteApproval", s)),
+                        Err(s) => Err(e("BeginApproval", s)),
+                    }
+                } else {
+                    a.approve(pb::ApproveRequest {
+                        intent: Some(i.clone()),
+                        device: None,
+                        proof: Some(one_call_proof(&u.seed, step)),
+                    })
+                    .await
+                    .map(|r| r.into_inner().approval)
+                    .map_err(|s| e("Approve", s))
+                };
+                w.users.give_back(u, step);
+                let token = r?;
+                if token.split('.').count() != 3 {
+                    return Err("an approval is not a compact JWS".into());
+                }
+                w.total_approvals.fetch_add(1, Ordering::Relaxed);
+                w.issued.lock().unwrap().push((token, i));
+            }
+            Kind::Webauthn => {
+                let b = a
+                    .begin_approval(pb::BeginApprovalRequest {
+                        intent: Some(intent(&self.wa_user, &w.wid())),
+                        device: None,
+                    })
+                    .await
+                    .map_err(|s| e("BeginApproval", s))?
+                    .into_inner();
+                let rcr: RequestChallengeResponse =
+                    serde_json::from_str(&b.webauthn_request_options_json).map_err(|x| x.to_string())?;
+                let rsp = self
+                    .wa_key
+                    .do_authentication(Url::parse(ORIGIN).unwrap(), rcr)
+                    .map_err(|x| format!("soft key: {x:?}"))?;
+                let done = a
+                    .complete_approval(pb::CompleteApprovalRequest {
+                        challenge_id: b.challenge_id,
+                        user_id: self.wa_user.clone(),
+                        proof: Some(pb::complete_approval_request::Proof::Webauthn(pb::WebauthnProof {
+                            response_json: serde_json::to_string(&rsp).unwrap(),
+                        })),
+                    })
+                    .await
+                    .map_err(|s| e("CompleteApproval (WebAuthn)", s))?;
+                if done.into_inner().approval.split('.').count() != 3 {
+                    return Err("an approval is not a compact JWS".into());
+                }
+                w.total_approvals.fetch_add(1, Ordering::Relaxed);
+            }
+            Kind::Redeem => {
+                let Some((token, i)) = w.issued.lock().unwrap().pop() else {
+                    return Err("no issued approval left to redeem (raise LOADGEN_SECONDS of the TOTP phases)".into());
+                };
+                let r = a
+                    .redeem_approval(pb::RedeemApprovalRequest {
+                        approval: token,
+                        expected_intent: Some(i),
+                        idempotency_key: String::new(),
+                    })
+                    .await
+                    .map_err(|s| e("RedeemApproval", s))?
+                    .into_inner();
+                if r.replayed {
+                    return Err("a first redemption reported as replayed".into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn one_call_proof(seed: &[u8], step: u64) -> pb::approve_request::Proof {
+    pb::approve_request::Proof::Totp(pb::TotpProof {
+        code: totp::code_at_step(seed, step),
+        factor_id: String::new(),
+    })
+}
+
+/// One phase's figures.
+struct Phase {
+    kind: Kind,
+    clients: usize,
+    ops: u64,
+    secs: f64,
+    /// Latencies of the timed operations, µs, sorted.
+    lat: Vec<u32>,
+    /// sigild's CPU over the timed phase, µs.
+    cpu: u64,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.secs
+    }
+    fn cpu_per_op(&self) -> f64 {
+        self.cpu as f64 / self.ops.max(1) as f64
+    }
+}
+
+/// Runs `kind` on the first `n` clients: a second of warm-up, then `secs`
+/// timed.
+async fn phase(kind: Kind, clients: &mut [Option<Client>], n: usize, secs: f64, w: &Arc<World>, pid: u32) -> Phase {
+    let timing = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for slot in clients.iter_mut().take(n) {
+        let mut c = slot.take().unwrap();
+        let (w, timing, stop) = (w.clone(), timing.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut ops = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let timed = timing.load(Ordering::Relaxed);
+                let t = Instant::now();
+                let r = c.run(kind, &w).await;
+                let us = t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                match r {
+                    Ok(()) if timed && timing.load(Ordering::Relaxed) => {
+                        lat.push(us);
+                        ops += 1;
+                    }
+                    Ok(()) => {}
+                    Err(what) => {
+                        w.error(what);
+                        // Yields to the runtime: an error can come back at once.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            (c, lat, ops)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu0 = cpu_micros(pid);
+    let t0 = Instant::now();
+    timing.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    timing.store(false, Ordering::Relaxed);
+    let cpu = cpu_micros(pid) - cpu0;
+    let elapsed = t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = Vec::new();
+    let mut ops = 0;
+    for (slot, t) in clients.iter_mut().zip(tasks) {
+        let (c, l, o) = t.await.unwrap();
+        *slot = Some(c);
+        lat.extend(l);
+        ops += o;
+    }
+    lat.sort_unstable();
+    let p = Phase {
+        kind,
+        clients: n,
+        ops,
+        secs: elapsed,
+        lat,
+        cpu,
+    };
+    eprintln!(
+        "{} at {n}: {:.0}/s, p99 {:.1} ms, sigild {:.0} µs CPU per operation",
+        kind.name(),
+        p.rate(),
+        percentile(&p.lat, 0.99),
+        p.cpu_per_op()
+    );
+    p
+}
+
+/// CPU µs of one ES256 signature by SoftHSM: one session on the run's
+/// token (`SOFTHSM2_CONF` points at its directory), this thread, for
+/// `secs`. Also the signatures per second.
+fn hsm_sign_cpu(pin: String, secs: f64) -> (f64, f64) {
+    let mut cfg = sigil_hsm::HsmConfig::new(sigil_hsm::softhsm_module_path(), "bench", SecretString::from(pin));
+    cfg.pool_size = 1;
+    let hsm = sigil_hsm::Hsm::open(&cfg).unwrap();
+    let msg = vec![b'a'; 700];
+    for _ in 0..200 {
+        hsm.sign_es256(APPROVAL_KEY, &msg).unwrap();
+    }
+    let (t0, c0) = (Instant::now(), thread_cpu_micros());
+    let mut n = 0u64;
+    while t0.elapsed().as_secs_f64() < secs {
+        hsm.sign_es256(APPROVAL_KEY, &msg).unwrap();
+        n += 1;
+    }
+    let cpu = (thread_cpu_micros() - c0) as f64 / n as f64;
+    (cpu, n as f64 / t0.elapsed().as_secs_f64())
+}
+
+async fn enroll_totp(ch: Vec<Channel>, prefix: &str, n: usize) -> Vec<TotpUser> {
+    let next = Arc::new(AtomicU64::new(0));
+    let out = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let mut tasks = Vec::new();
+    for c in 0..32 {
+        let (ch, next, out, prefix) = (ch[c % ch.len()].clone(), next.clone(), out.clone(), prefix.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut f = FactorServiceClient::new(ch);
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if k >= n {
+                    break;
+                }
+                let id = format!("{prefix}-{k}");
+                let e = f
+                    .begin_totp_enrollment(pb::BeginTotpEnrollmentRequest {
+                        user_id: id.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let seed = data_encoding::BASE32_NOPAD.decode(e.secret_base32.as_bytes()).unwrap();
+                let step = totp::step_at(now_secs());
+                f.confirm_totp_enrollment(pb::ConfirmTotpEnrollmentRequest {
+                    user_id: id.clone(),
+                    factor_id: e.factor_id,
+                    code: totp::code_at_step(&seed, step),
+                })
+                .await
+                .unwrap();
+                out.lock().unwrap().push(TotpUser {
+                    id,
+                    last_step: recorded_step(&seed, step),
+                    seed,
+                });
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut v = std::mem::take(&mut *out.lock().unwrap());
+    v.sort_by_key(|u| u.last_step);
+    v
+}
+
+async fn register_webauthn(ch: Channel, user: &str) -> SoftToken {
+    let mut f = FactorServiceClient::new(ch);
+    let (mut key, _) = SoftToken::new(true).unwrap();
+    let b = f
+        .begin_webauthn_registration(pb::BeginWebauthnRegistrationRequest {
+            user_id: user.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ccr: CreationChallengeResponse = serde_json::from_str(&b.options_json).unwrap();
+    let reg = key.do_registration(Url::parse(ORIGIN).unwrap(), ccr).unwrap();
+    f.finish_webauthn_registration(pb::FinishWebauthnRegistrationRequest {
+        user_id: user.into(),
+        ceremony_id: b.ceremony_id,
+        response_json: serde_json::to_string(&reg).unwrap(),
+    })
+    .await
+    .unwrap();
+    key
+}
+
+/// Waits until sigild answers a health Check with SERVING.
+async fn wait_serving(d: &Daemon) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(ch) = connect_as(&d.url, &d.certs, "withdrawal-engine").await {
+            let r = tonic_health::pb::health_client::HealthClient::new(ch)
+                .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                .await;
+            if r.is_ok_and(|r| {
+                r.into_inner().status() == tonic_health::pb::health_check_response::ServingStatus::Serving
+            }) {
+                return t0.elapsed();
+            }
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "sigild not SERVING after 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn ms(us: f64) -> String {
+    format!("{:.1}", us)
+}
+
+fn draw(path: &PathBuf, phases: &[Phase]) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let font = std::fs::read(FONT).map_err(|e| format!("{FONT}: {e} (Debian package fonts-dejavu-core)"))?;
+    plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(font.into_boxed_slice()))
+        .map_err(|_| format!("{FONT} is not a font plotters can read"))?;
+    let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(500);
+    let kinds = [Kind::Totp, Kind::OneCall, Kind::Webauthn, Kind::Redeem];
+    let colors = [RED, BLUE, GREEN, MAGENTA];
+    let max_rate = phases.iter().map(Phase::rate).fold(0.0, f64::max) * 1.1;
+    let max_p99 = phases.iter().map(|p| percentile(&p.lat, 0.99)).fold(0.0, f64::max) * 1.1;
+    for (area, title, ymax, value) in [
+        (&left, "approvals/s (operations/s)", max_rate, 0usize),
+        (&right, "p99 latency, ms", max_p99, 1usize),
+    ] {
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(50)
+            .build_cartesian_2d((1u32..40u32).log_scale(), 0.0..ymax.max(1.0))?;
+        chart.configure_mesh().x_desc("concurrent clients").draw()?;
+        for (kind, color) in kinds.iter().zip(colors) {
+            let pts: Vec<(u32, f64)> = phases
+                .iter()
+                .filter(|p| p.kind == *kind)
+                .map(|p| {
+                    let y = if value == 0 { p.rate() } else { percentile(&p.lat, 0.99) };
+                    (p.clients as u32, y)
+                })
+                .collect();
+            if pts.is_empty() {
+                continue;
+            }
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+                .label(kind.name())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+            chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperLeft)
+            .label_font(("sans-serif", 11))
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    // This process's own PKCS#11 session (the HSM reference) opens the
+    // run's token: SoftHSM reads this at its first call.
+    std::env::set_var("SOFTHSM2_CONF", dir.path().join("softhsm2.conf"));
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run(dir));
+}
+
+async fn run(dir: tempfile::TempDir) {
+    let users: usize = env_num("LOADGEN_USERS", 100_000);
+    let secs: f64 = env_num("LOADGEN_SECONDS", 8.0);
+    let want_approvals: u64 = env_num("LOADGEN_APPROVALS", 200_000);
+    let cache_mib: u64 = env_num("LOADGEN_CACHE_MIB", 32);
+    let levels: Vec<usize> = std::env::var("LOADGEN_CLIENTS")
+        .unwrap_or_else(|_| "1,8,32".into())
+        .split(',')
+        .map(|v| v.trim().parse().expect("LOADGEN_CLIENTS: numbers separated by commas"))
+        .collect();
+    let plot = PathBuf::from(
+        std::env::var("LOADGEN_PLOT")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/loadgen.png").into()),
+    );
+    let max_clients = levels.iter().copied().max().unwrap_or(1);
+    let config = format!(
+        "[store]\ncache_mib = {cache_mib}\n\
+         [protection]\nrequire_whitelisted_address = false\nsecurity_change_lock_seconds = 0\n\
+         [webauthn]\nrp_id = \"localhost\"\norigins = [\"{ORIGIN}\"]\n"
+    );
+    let setup = prepare(dir.path(), "bench", &config);
+    let mut d = setup.start();
+    println!("# Approvals measured from outside (`examples/loadgen.rs`)");
+    println!();
+    println!("{}", machine_table(d.pid));
+    println!("| config | sled page cache {cache_mib} MiB, other `[store]` settings default; whitelist and post-enrollment lock off |");
+    println!();
+
+    let mut channels = Vec::new();
+    for _ in 0..max_clients {
+        channels.push(connect_as(&d.url, &d.certs, "withdrawal-engine").await.unwrap());
+    }
+    let frontend = {
+        let mut v = Vec::new();
+        for _ in 0..8 {
+            v.push(connect_as(&d.url, &d.certs, "frontend").await.unwrap());
+        }
+        v
+    };
+    let t_setup = Instant::now();
+    let enrolled = enroll_totp(frontend.clone(), "lg", users).await;
+    let enroll_secs = t_setup.elapsed().as_secs_f64();
+    eprintln!("setup: {users} TOTP users enrolled in {enroll_secs:.1} s");
+    let mut clients = Vec::new();
+    for (k, ch) in channels.iter().enumerate() {
+        let user = format!("lg-wa-{k}");
+        let key = register_webauthn(frontend[k % frontend.len()].clone(), &user).await;
+        clients.push(Some(Client {
+            ch: ch.clone(),
+            wa_user: user,
+            wa_key: key,
+        }));
+    }
+    let w = Arc::new(World {
+        users: Users(Mutex::new(enrolled.into())),
+        issued: Mutex::new(Vec::new()),
+        next_id: AtomicU64::new(0),
+        total_approvals: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        first_errors: Mutex::new(Vec::new()),
+    });
+
+    let pin = setup.pin().to_string();
+    let (hsm_cpu, hsm_rate) = tokio::task::spawn_blocking(move || hsm_sign_cpu(pin, 3.0))
+        .await
+        .unwrap();
+    eprintln!("SoftHSM ES256: {hsm_cpu:.1} µs CPU per signature ({hsm_rate:.0}/s on one session)");
+
+    // Enrolling used up each user's current step.
+    let next_step = ((totp::step_at(now_secs()) + 1) * 30) as i64;
+    tokio::time::sleep(Duration::from_secs((next_step - now_secs()).max(0) as u64 + 1)).await;
+    let mut phases = Vec::new();
+    for kind in [Kind::Health, Kind::Totp, Kind::OneCall, Kind::Webauthn, Kind::Redeem] {
+        for &n in &levels {
+            if kind == Kind::Redeem {
+                // Enough issued approvals for the phase (issued untimed).
+                let want = (secs + 1.0) * 4_000.0;
+                while (w.issued.lock().unwrap().len() as f64) < want {
+                    phase(Kind::Totp, &mut clients, max_clients, 2.0, &w, d.pid).await;
+                }
+            }
+            phases.push(phase(kind, &mut clients, n, secs, &w, d.pid).await);
+        }
+    }
+
+    // Growth: approvals until the wanted total, then memory and disk.
+    let t_fill = Instant::now();
+    while w.total_approvals.load(Ordering::Relaxed) < want_approvals {
+        let left = want_approvals - w.total_approvals.load(Ordering::Relaxed);
+        let chunk = (left as f64 / 2_500.0).clamp(1.0, 20.0);
+        phase(Kind::Totp, &mut clients, max_clients, chunk, &w, d.pid).await;
+        w.issued.lock().unwrap().clear();
+    }
+    if want_approvals > 0 {
+        eprintln!(
+            "growth: {want_approvals} approvals reached in {:.0} s",
+            t_fill.elapsed().as_secs_f64()
+        );
+    }
+    let rss = proc_status(d.pid, "VmRSS:").unwrap_or(0) * 1024;
+    let hwm = proc_status(d.pid, "VmHWM:").unwrap_or(0) * 1024;
+    let store = du(&setup.dir.join("data"));
+    let total = w.total_approvals.load(Ordering::Relaxed);
+    let clean = d.stop();
+    drop(d);
+    let d2 = setup.start();
+    let serving = wait_serving(&d2).await;
+    let startup = d2.started_in + serving;
+
+    // Report.
+    println!("## References (same run)\n");
+    println!("| | |\n|---|---|");
+    println!(
+        "| SoftHSM ES256 sign, one session, one thread | **{hsm_cpu:.1} µs CPU** per signature ({hsm_rate:.0}/s) |"
+    );
+    println!(
+        "| enrollment (setup) | {users} TOTP users in {enroll_secs:.1} s ({:.0}/s, 32 clients) |",
+        users as f64 / enroll_secs
+    );
+    println!();
+    println!("## Phases\n");
+    println!("| operation | clients | ops/s | p50 ms | p99 ms | p999 ms | max ms | sigild CPU µs/op | ÷ HSM sign | cores busy |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for p in &phases {
+        println!(
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {:.0} | {:.2}× | {:.2} |",
+            p.kind.name(),
+            p.clients,
+            p.rate(),
+            ms(percentile(&p.lat, 0.50)),
+            ms(percentile(&p.lat, 0.99)),
+            ms(percentile(&p.lat, 0.999)),
+            ms(percentile(&p.lat, 1.0)),
+            p.cpu_per_op(),
+            p.cpu_per_op() / hsm_cpu,
+            p.cpu as f64 / 1e6 / p.secs
+        );
+    }
+    println!();
+    println!("## Growth and start-up\n");
+    println!("| | |\n|---|---|");
+    println!("| enrolled users | {} |", users + max_clients);
+    println!("| approvals issued in all | {total} |");
+    println!(
+        "| sigild resident set (peak) | {} ({}) |",
+        mib(rss as f64),
+        mib(hwm as f64)
+    );
+    println!("| store on disk (sled + write-ahead log) | {} |", mib(store as f64));
+    println!("| stop after SIGTERM | {} |", if clean { "clean" } else { "NOT clean" });
+    println!(
+        "| start-up to SERVING on that store | {:.0} ms (process to listening {:.0} ms) |",
+        startup.as_secs_f64() * 1000.0,
+        d2.started_in.as_secs_f64() * 1000.0
+    );
+    println!();
+    match draw(&plot, &phases) {
+        Ok(()) => println!("Plot: `{}`", plot.display()),
+        Err(e) => println!("Plot not drawn: {e}"),
+    }
+    let errors = w.errors.load(Ordering::Relaxed);
+    if errors > 0 {
+        println!("\n**{errors} errors**, first: {:#?}", w.first_errors.lock().unwrap());
+        std::process::exit(1);
+    }
+}
