@@ -42,6 +42,10 @@
 //! the versions and markdown tables, and draws throughput and p99 against
 //! concurrency into `LOADGEN_PLOT` (`target/loadgen.png`).
 //!
+//! `LOADGEN_PROFILE=<dir>` records a CPU profile of sigild (`perf record`
+//! with DWARF call graphs) during the TOTP phase at 8 clients into
+//! `<dir>/perf.data`; `scripts/flamegraph.sh` draws it.
+//!
 //! Knobs (environment): `LOADGEN_USERS`, `LOADGEN_SECONDS`,
 //! `LOADGEN_APPROVALS`, `LOADGEN_CLIENTS` (`1,8,32`), `LOADGEN_CACHE_MIB`
 //! (sled's page cache, `[store] cache_mib`: 32), `LOADGEN_PLOT`.
@@ -328,7 +332,17 @@ impl Phase {
 
 /// Runs `kind` on the first `n` clients: a second of warm-up, then `secs`
 /// timed.
-async fn phase(kind: Kind, clients: &mut [Option<Client>], n: usize, secs: f64, w: &Arc<World>, pid: u32) -> Phase {
+/// `profile`: this is a measured phase (a profile may be recorded), not a
+/// top-up.
+async fn phase(
+    kind: Kind,
+    clients: &mut [Option<Client>],
+    n: usize,
+    secs: f64,
+    w: &Arc<World>,
+    pid: u32,
+    profile: bool,
+) -> Phase {
     let timing = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -360,6 +374,26 @@ async fn phase(kind: Kind, clients: &mut [Option<Client>], n: usize, secs: f64, 
         }));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // A CPU profile of sigild over this phase (`LOADGEN_PROFILE=<dir>`: the
+    // TOTP approvals at 8 clients).
+    let perf = match std::env::var("LOADGEN_PROFILE") {
+        Ok(dir) if profile && kind == Kind::Totp && n == 8 && !dir.is_empty() => {
+            let out = PathBuf::from(dir).join("perf.data");
+            Some(
+                std::process::Command::new("perf")
+                    .args(["record", "-q", "-F", "499", "--call-graph", "dwarf,16384", "-p"])
+                    .arg(pid.to_string())
+                    .arg("-o")
+                    .arg(&out)
+                    .args(["--", "sleep"])
+                    .arg(format!("{secs}"))
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .expect("perf (Debian package linux-perf)"),
+            )
+        }
+        _ => None,
+    };
     let cpu0 = cpu_micros(pid);
     let t0 = Instant::now();
     timing.store(true, Ordering::Relaxed);
@@ -368,6 +402,9 @@ async fn phase(kind: Kind, clients: &mut [Option<Client>], n: usize, secs: f64, 
     let cpu = cpu_micros(pid) - cpu0;
     let elapsed = t0.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
+    if let Some(mut p) = perf {
+        let _ = p.wait();
+    }
     let mut lat = Vec::new();
     let mut ops = 0;
     for (slot, t) in clients.iter_mut().zip(tasks) {
@@ -655,10 +692,10 @@ async fn run(dir: tempfile::TempDir) {
                 // Enough issued approvals for the phase (issued untimed).
                 let want = (secs + 1.0) * 4_000.0;
                 while (w.issued.lock().unwrap().len() as f64) < want {
-                    phase(Kind::Totp, &mut clients, max_clients, 2.0, &w, d.pid).await;
+                    phase(Kind::Totp, &mut clients, max_clients, 2.0, &w, d.pid, false).await;
                 }
             }
-            phases.push(phase(kind, &mut clients, n, secs, &w, d.pid).await);
+            phases.push(phase(kind, &mut clients, n, secs, &w, d.pid, true).await);
         }
     }
 
@@ -667,7 +704,7 @@ async fn run(dir: tempfile::TempDir) {
     while w.total_approvals.load(Ordering::Relaxed) < want_approvals {
         let left = want_approvals - w.total_approvals.load(Ordering::Relaxed);
         let chunk = (left as f64 / 2_500.0).clamp(1.0, 20.0);
-        phase(Kind::Totp, &mut clients, max_clients, chunk, &w, d.pid).await;
+        phase(Kind::Totp, &mut clients, max_clients, chunk, &w, d.pid, false).await;
         w.issued.lock().unwrap().clear();
     }
     if want_approvals > 0 {
