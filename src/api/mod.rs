@@ -69,6 +69,25 @@ where
 /// Counts a refused approval call (`stage`: begin, complete, redeem) by
 /// the reason its status names (`UNKNOWN` for a status without one, which
 /// Sigil never sends).
+/// A TOTP proof as the core takes it (an empty factor id: the user's only one).
+fn totp_proof(t: pb::TotpProof) -> Proof {
+    Proof::Totp {
+        code: t.code,
+        factor_id: (!t.factor_id.is_empty()).then_some(t.factor_id),
+    }
+}
+
+/// The answer to CompleteApproval and Approve, counted as issued.
+fn issued(i: crate::approval::Issued, kind: crate::factor::Kind) -> Response<pb::CompleteApprovalResponse> {
+    crate::metrics::approval_issued(kind.name());
+    Response::new(pb::CompleteApprovalResponse {
+        approval: i.token,
+        jti: i.jti,
+        expires_at: i.expires_at,
+        amr: i.amr,
+    })
+}
+
 fn count_refusal(stage: &str, st: &Status) {
     use tonic_types::StatusExt;
     let reason = st
@@ -342,10 +361,7 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
             let r = req.into_inner();
             use pb::complete_approval_request::Proof as P;
             let proof = match r.proof {
-                Some(P::Totp(t)) => Proof::Totp {
-                    code: t.code,
-                    factor_id: (!t.factor_id.is_empty()).then_some(t.factor_id),
-                },
+                Some(P::Totp(t)) => totp_proof(t),
                 Some(P::Webauthn(w)) => Proof::Webauthn {
                     response_json: w.response_json,
                 },
@@ -372,13 +388,7 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         }
         .await
         .inspect_err(|st| count_refusal("complete", st))?;
-        crate::metrics::approval_issued(kind.name());
-        Ok(Response::new(pb::CompleteApprovalResponse {
-            approval: i.token,
-            jti: i.jti,
-            expires_at: i.expires_at,
-            amr: i.amr,
-        }))
+        Ok(issued(i, kind))
     }
 
     async fn approve(
@@ -395,10 +405,7 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
             let device = r.device.unwrap_or_default().into();
             use pb::approve_request::Proof as P;
             let proof = match r.proof {
-                Some(P::Totp(t)) => Proof::Totp {
-                    code: t.code,
-                    factor_id: (!t.factor_id.is_empty()).then_some(t.factor_id),
-                },
+                Some(P::Totp(t)) => totp_proof(t),
                 Some(P::YubikeyOtp(y)) => Proof::YubikeyOtp { otp: y.otp },
                 None => {
                     return Err(status::to_status(Error::invalid(
@@ -418,13 +425,7 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
         }
         .await
         .inspect_err(|st| count_refusal("approve", st))?;
-        crate::metrics::approval_issued(kind.name());
-        Ok(Response::new(pb::CompleteApprovalResponse {
-            approval: i.token,
-            jti: i.jti,
-            expires_at: i.expires_at,
-            amr: i.amr,
-        }))
+        Ok(issued(i, kind))
     }
 
     async fn redeem_approval(
