@@ -104,7 +104,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         rpc_in_flight: gauge("sigil_rpc_in_flight", "gRPC calls being answered now")?,
         approvals_issued: counter(
             "sigil_approvals_issued_total",
-            "Approvals issued (CompleteApproval answered OK), by the kind of factor that proved them",
+            "Approvals issued (CompleteApproval or Approve answered OK), by the kind of factor that proved them",
             &["kind"],
         )?,
         approvals_redeemed: counter(
@@ -114,7 +114,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         )?,
         approval_refusals: counter(
             "sigil_approval_refusals_total",
-            "Approval calls refused, by stage (begin, complete, redeem) and reason (ErrorInfo.reason)",
+            "Approval calls refused, by stage (begin, complete, approve, redeem) and reason (ErrorInfo.reason)",
             &["stage", "reason"],
         )?,
         hsm_duration: histogram(
@@ -203,7 +203,7 @@ pub fn approval_redeemed(replayed: bool) {
     }
 }
 
-/// An approval call (`stage`: begin, complete, redeem) was refused for
+/// An approval call (`stage`: begin, complete, approve, redeem) was refused for
 /// `reason` (the `ErrorInfo.reason` name).
 pub fn approval_refused(stage: &str, reason: &str) {
     if let Some(m) = &*METRICS {
