@@ -98,6 +98,7 @@ pg-stop: ## Stop the development PostgreSQL cluster and remove target/pg-dev
 bench: certs hsm ## Benchmarks: external load on a release sigild, then in-process diagnostics (sled, PostgreSQL); recorded in BENCHMARKS.md
 	$(CARGO) build --release --features loadgen --bins --example loadgen
 	./target/release/examples/loadgen
+	$(CARGO) bench --workspace --bench verify --bench totp -- --warm-up-time 1 --measurement-time 3
 	@set -euo pipefail; \
 	trap '$(PG_CLUSTER) stop "$(PG_BENCH_DIR)"' EXIT; \
 	$(PG_CLUSTER) start "$(PG_BENCH_DIR)" >/dev/null; \
