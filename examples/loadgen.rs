@@ -559,8 +559,9 @@ fn draw(path: &PathBuf, phases: &[Phase]) -> Result<(), Box<dyn std::error::Erro
     let (left, right) = root.split_horizontally(500);
     let kinds = [Kind::Totp, Kind::OneCall, Kind::Webauthn, Kind::Redeem];
     let colors = [RED, BLUE, GREEN, MAGENTA];
-    let max_rate = phases.iter().map(Phase::rate).fold(0.0, f64::max) * 1.1;
-    let max_p99 = phases.iter().map(|p| percentile(&p.lat, 0.99)).fold(0.0, f64::max) * 1.1;
+    let drawn = || phases.iter().filter(|p| kinds.contains(&p.kind));
+    let max_rate = drawn().map(Phase::rate).fold(0.0, f64::max) * 1.1;
+    let max_p99 = drawn().map(|p| percentile(&p.lat, 0.99)).fold(0.0, f64::max) * 1.1;
     for (area, title, ymax, value) in [
         (&left, "approvals/s (operations/s)", max_rate, 0usize),
         (&right, "p99 latency, ms", max_p99, 1usize),
