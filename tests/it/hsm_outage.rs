@@ -239,8 +239,11 @@ async fn sessions_closed_under_the_server_by_another_handle_heal() {
         std::thread::spawn(move || {
             let mut closes = 0u32;
             while !stop.load(Ordering::SeqCst) {
-                other.close_every_session().unwrap();
-                closes += 1;
+                // The server's own healing may re-initialise the module
+                // under this handle; a close that fails is only retried.
+                if other.close_every_session().is_ok() {
+                    closes += 1;
+                }
                 std::thread::sleep(Duration::from_millis(15));
             }
             closes

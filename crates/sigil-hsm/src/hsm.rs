@@ -512,7 +512,17 @@ impl Hsm {
     pub fn close_every_session(&self) -> Result<(), HsmError> {
         let _entered = self.inner.module.enter();
         let slot = *lock(&self.inner.slot);
-        self.inner.module.close_all_sessions_raw(slot, &self.inner.token)?;
+        if let Err(e) = self.inner.module.close_all_sessions_raw(slot, &self.inner.token) {
+            // The module may have been re-initialised by another handle since
+            // this one found its slot: look the token up again by label.
+            match self.inner.module.find_token(&self.inner.token) {
+                Ok(Some(moved)) if moved != slot => {
+                    *lock(&self.inner.slot) = moved;
+                    self.inner.module.close_all_sessions_raw(moved, &self.inner.token)?;
+                }
+                _ => return Err(e),
+            }
+        }
         tracing::warn!(token = %self.inner.token, "every session on the token closed on request");
         Ok(())
     }
