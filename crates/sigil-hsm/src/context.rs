@@ -128,6 +128,14 @@ impl Module {
         }
     }
 
+    /// Enter the module alone: waits until no PKCS#11 call of the process
+    /// is in progress and holds every other one off. For calls that end
+    /// sessions other threads may be using (SoftHSM frees a session's state
+    /// in `C_CloseAllSessions` even while another thread is inside it).
+    pub(crate) fn enter_alone(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.gate.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// `C_Finalize` then `C_Initialize`: every session of the process on
     /// this module ends and the module looks at its tokens afresh. Waits
     /// until no PKCS#11 call is in progress. Logins are forgotten: the next

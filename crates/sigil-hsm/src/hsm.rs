@@ -510,7 +510,9 @@ impl Hsm {
     /// out. What a network HSM's restart does to its clients; every handle
     /// then reconnects on its next call. For fault drills and tests.
     pub fn close_every_session(&self) -> Result<(), HsmError> {
-        let _entered = self.inner.module.enter();
+        // Between calls, never during one: a session freed under a call in
+        // progress is a use after free in the module.
+        let _alone = self.inner.module.enter_alone();
         let slot = *lock(&self.inner.slot);
         if let Err(e) = self.inner.module.close_all_sessions_raw(slot, &self.inner.token) {
             // The module may have been re-initialised by another handle since
