@@ -513,18 +513,7 @@ impl Hsm {
         // Between calls, never during one: a session freed under a call in
         // progress is a use after free in the module.
         let _alone = self.inner.module.enter_alone();
-        let slot = *lock(&self.inner.slot);
-        if let Err(e) = self.inner.module.close_all_sessions_raw(slot, &self.inner.token) {
-            // The module may have been re-initialised by another handle since
-            // this one found its slot: look the token up again by label.
-            match self.inner.module.find_token(&self.inner.token) {
-                Ok(Some(moved)) if moved != slot => {
-                    *lock(&self.inner.slot) = moved;
-                    self.inner.module.close_all_sessions_raw(moved, &self.inner.token)?;
-                }
-                _ => return Err(e),
-            }
-        }
+        self.on_token_slot(|slot| self.inner.module.close_all_sessions_raw(slot, &self.inner.token))?;
         tracing::warn!(token = %self.inner.token, "every session on the token closed on request");
         Ok(())
     }
@@ -679,24 +668,30 @@ impl Hsm {
 
     pub(crate) fn open_session(&self) -> Result<Session, HsmError> {
         let i = &self.inner;
+        self.on_token_slot(|slot| i.module.open_user_session(slot, &i.token, &i.pin))
+    }
+
+    /// Runs `f` on the token's slot. If that is refused as unavailable and
+    /// the token is now in another slot (a reconnected network HSM, or a
+    /// module re-initialised by another handle: SoftHSM renumbers its
+    /// slots), the slot is updated and `f` runs once more there.
+    fn on_token_slot<T>(&self, f: impl Fn(Slot) -> Result<T, HsmError>) -> Result<T, HsmError> {
+        let i = &self.inner;
         let slot = *lock(&i.slot);
-        match i.module.open_user_session(slot, &i.token, &i.pin) {
-            Err(HsmError::Unavailable(why)) => {
-                // The token may now be in another slot: look it up by label.
-                match i.module.find_token(&i.token) {
-                    Ok(Some(moved)) if moved != slot => {
-                        tracing::warn!(
-                            token = %i.token,
-                            from = slot.id(),
-                            to = moved.id(),
-                            "HSM token moved to another slot"
-                        );
-                        *lock(&i.slot) = moved;
-                        i.module.open_user_session(moved, &i.token, &i.pin)
-                    }
-                    _ => Err(HsmError::Unavailable(why)),
+        match f(slot) {
+            Err(HsmError::Unavailable(why)) => match i.module.find_token(&i.token) {
+                Ok(Some(moved)) if moved != slot => {
+                    tracing::warn!(
+                        token = %i.token,
+                        from = slot.id(),
+                        to = moved.id(),
+                        "HSM token moved to another slot"
+                    );
+                    *lock(&i.slot) = moved;
+                    f(moved)
                 }
-            }
+                _ => Err(HsmError::Unavailable(why)),
+            },
             other => other,
         }
     }
