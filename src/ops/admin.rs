@@ -240,7 +240,7 @@ impl Ops {
     /// backup), then marks the store indexed. Runs once, in pages; a page
     /// that meets a concurrent write is retried at the next sweep.
     fn index_expiries(&self) -> Result<(), Error> {
-        for table in [Table::Challenges, Table::Ceremonies, Table::Approvals] {
+        for table in Table::ALL.into_iter().filter(|t| meta::purge_grace(*t).is_some()) {
             let mut after: Option<Vec<u8>> = None;
             loop {
                 let page = self.k.store.scan_page(table, after.as_deref(), SWEEP_PAGE)?;
