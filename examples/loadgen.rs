@@ -111,29 +111,6 @@ impl Users {
     }
 }
 
-/// The step Sigil records for a code of `step` (the newest in its window
-/// that shows the same digits).
-fn recorded_step(seed: &[u8], step: u64) -> u64 {
-    if totp::code_at_step(seed, step + 1) == totp::code_at_step(seed, step) {
-        step + 1
-    } else {
-        step
-    }
-}
-
-fn intent(user: &str, wid: &str) -> pb::Intent {
-    pb::Intent {
-        action: "withdrawal".into(),
-        user_id: user.into(),
-        withdrawal_id: wid.into(),
-        asset: "BTC".into(),
-        network: "bitcoin".into(),
-        amount: "0.25".into(),
-        destination: "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq".into(),
-        memo: String::new(),
-    }
-}
-
 fn totp_proof(seed: &[u8], step: u64) -> pb::complete_approval_request::Proof {
     pb::complete_approval_request::Proof::Totp(pb::TotpProof {
         code: totp::code_at_step(seed, step),
@@ -212,7 +189,7 @@ impl Client {
             }
             Kind::Totp | Kind::OneCall => {
                 let (u, step) = w.users.take().await;
-                let i = intent(&u.id, &w.wid());
+                let i = withdrawal(&u.id, &w.wid(), "0.25");
                 let r = if kind == Kind::Totp {
                     let b = a
                         .begin_approval(pb::BeginApprovalRequest {
@@ -253,7 +230,7 @@ impl Client {
             Kind::Webauthn => {
                 let b = a
                     .begin_approval(pb::BeginApprovalRequest {
-                        intent: Some(intent(&self.wa_user, &w.wid())),
+                        intent: Some(withdrawal(&self.wa_user, &w.wid(), "0.25")),
                         device: None,
                     })
                     .await

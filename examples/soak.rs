@@ -278,19 +278,6 @@ struct World {
     rpcs: AtomicU64,
 }
 
-fn intent(user: &str, wid: &str, amount: &str) -> pb::Intent {
-    pb::Intent {
-        action: "withdrawal".into(),
-        user_id: user.into(),
-        withdrawal_id: wid.into(),
-        asset: "BTC".into(),
-        network: "bitcoin".into(),
-        amount: amount.into(),
-        destination: "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq".into(),
-        memo: String::new(),
-    }
-}
-
 fn expect_code<T>(what: &str, r: Result<T, tonic::Status>, codes: &[Code]) -> Result<(), String> {
     match r {
         Ok(_) => Err(format!("{what}: answered OK, expected {codes:?}")),
@@ -411,7 +398,7 @@ impl World {
 
     async fn approve_hmac(&self, u: &HmacUser, pick: &mut Pick) -> Result<(), String> {
         let mut a = self.engine(pick);
-        let i = intent(&u.id, &self.wid("wd"), "0.5");
+        let i = withdrawal(&u.id, &self.wid("wd"), "0.5");
         self.rpc(1);
         let b = ok(
             "BeginApproval",
@@ -435,7 +422,7 @@ impl World {
 
     async fn approve_totp(&self, u: &TotpUser, step: u64, pick: &mut Pick) -> Result<(), String> {
         let mut a = self.engine(pick);
-        let i = intent(&u.id, &self.wid("wd"), "0.25");
+        let i = withdrawal(&u.id, &self.wid("wd"), "0.25");
         self.rpc(1);
         let b = ok(
             "BeginApproval",
@@ -554,7 +541,7 @@ impl World {
         let b = ok(
             "BeginApproval (victim)",
             a.begin_approval(pb::BeginApprovalRequest {
-                intent: Some(intent(&v.id, &self.wid("wd"), "0.5")),
+                intent: Some(withdrawal(&v.id, &self.wid("wd"), "0.5")),
                 device: None,
             })
             .await,
@@ -578,7 +565,7 @@ impl World {
         expect_code(
             "BeginApproval with amount 01.50",
             a.begin_approval(pb::BeginApprovalRequest {
-                intent: Some(intent(&u.id, &self.wid("wd"), "01.50")),
+                intent: Some(withdrawal(&u.id, &self.wid("wd"), "01.50")),
                 device: None,
             })
             .await,
@@ -626,17 +613,6 @@ impl World {
             .map(|v| v.len() as u64)
             .sum::<u64>()
             + self.unexpected.load(Ordering::Relaxed)
-    }
-}
-
-/// The step Sigil records for a code of `step`: the newest step in the
-/// window that shows the same digits (one time in a million the next
-/// step's code is the same, and that step is then used up too).
-fn recorded_step(seed: &[u8], step: u64) -> u64 {
-    if totp::code_at_step(seed, step + 1) == totp::code_at_step(seed, step) {
-        step + 1
-    } else {
-        step
     }
 }
 

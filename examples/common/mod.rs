@@ -361,3 +361,29 @@ pub fn median(mut v: Vec<u64>) -> f64 {
         n => (v[n / 2 - 1] + v[n / 2]) as f64 / 2.0,
     }
 }
+
+/// A withdrawal intent of `amount` BTC to a fixed valid address.
+pub fn withdrawal(user: &str, wid: &str, amount: &str) -> sigil::pb::Intent {
+    sigil::pb::Intent {
+        action: "withdrawal".into(),
+        user_id: user.into(),
+        withdrawal_id: wid.into(),
+        asset: "BTC".into(),
+        network: "bitcoin".into(),
+        amount: amount.into(),
+        destination: "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq".into(),
+        memo: String::new(),
+    }
+}
+
+/// The step Sigil records for a code of `step`: the newest step in the
+/// window that shows the same digits (one time in a million the next
+/// step's code is the same, and that step is then used up too).
+pub fn recorded_step(seed: &[u8], step: u64) -> u64 {
+    use sigil::factor::totp;
+    if totp::code_at_step(seed, step + 1) == totp::code_at_step(seed, step) {
+        step + 1
+    } else {
+        step
+    }
+}
