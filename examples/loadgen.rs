@@ -48,7 +48,12 @@
 //!
 //! Knobs (environment): `LOADGEN_USERS`, `LOADGEN_SECONDS`,
 //! `LOADGEN_APPROVALS`, `LOADGEN_CLIENTS` (`1,8,32`), `LOADGEN_CACHE_MIB`
-//! (sled's page cache, `[store] cache_mib`: 32), `LOADGEN_PLOT`.
+//! (sled's page cache, `[store] cache_mib`: 32), `LOADGEN_PLOT`. For a
+//! closer look: `LOADGEN_SLOW_MS=<ms>` prints every timed operation slower
+//! than that with its wall-clock end (Unix ms), `BENCH_SIGILD_LOG=<filter>`
+//! sets sigild's `RUST_LOG` (its log is `sigild.log` in the run's
+//! directory), and `LOADGEN_KEEP=1` keeps that directory (token, store,
+//! certificates) and prints where it is.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "common/mod.rs"]
@@ -329,6 +334,7 @@ async fn phase(
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut ops = 0u64;
+            let slow_us = env_num::<u32>("LOADGEN_SLOW_MS", 0).saturating_mul(1000);
             while !stop.load(Ordering::Relaxed) {
                 let timed = timing.load(Ordering::Relaxed);
                 let t = Instant::now();
@@ -336,6 +342,13 @@ async fn phase(
                 let us = t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
                 match r {
                     Ok(()) if timed && timing.load(Ordering::Relaxed) => {
+                        if slow_us > 0 && us > slow_us {
+                            let end = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .unwrap()
+                                .as_millis();
+                            eprintln!("slow: {} {:.1} ms, ended at {end}", kind.name(), f64::from(us) / 1000.0);
+                        }
                         lat.push(us);
                         ops += 1;
                     }
@@ -581,7 +594,11 @@ fn draw(path: &PathBuf, phases: &[Phase]) -> Result<(), Box<dyn std::error::Erro
 }
 
 fn main() {
-    let dir = tempfile::tempdir().unwrap();
+    let mut dir = tempfile::tempdir().unwrap();
+    if std::env::var("LOADGEN_KEEP").is_ok_and(|v| v == "1") {
+        dir.disable_cleanup(true);
+        eprintln!("the run's directory is kept: {}", dir.path().display());
+    }
     // This process's own PKCS#11 session (the HSM reference) opens the
     // run's token: SoftHSM reads this at its first call.
     std::env::set_var("SOFTHSM2_CONF", dir.path().join("softhsm2.conf"));

@@ -48,6 +48,7 @@ struct Metrics {
     hsm_pool_size: IntGauge,
     store_commit: HistogramVec,
     store_sync: HistogramVec,
+    store_checkpoint: HistogramVec,
     lockouts: IntCounterVec,
     ready: IntGauge,
 }
@@ -137,6 +138,13 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Time to make writes durable, by backend (sled: one write-ahead-log write and fsync, shared by \
              every commit waiting for it; postgres: the COMMIT round trip)",
             &["backend"],
+        )?,
+        store_checkpoint: histogram(
+            "sigil_store_checkpoint_duration_seconds",
+            "Time of each phase of the embedded store's checkpoints (write-ahead log into sled), by phase: \
+             apply (records into sled's buffers), barrier (sled's flush and the fsync of its files), marker \
+             (recording the position and deleting the covered log files)",
+            &["phase"],
         )?,
         lockouts: counter(
             "sigil_lockouts_total",
@@ -264,6 +272,14 @@ pub fn store_sync(backend: &str, took: Duration) {
     }
 }
 
+/// One phase (`apply`, `barrier`, `marker`) of a checkpoint of the
+/// embedded store took `took`.
+pub fn store_checkpoint(phase: &str, took: Duration) {
+    if let Some(m) = &*METRICS {
+        observe(&m.store_checkpoint, &[phase], took);
+    }
+}
+
 /// A lockout started on a factor of `kind` (or `unknown_id`).
 pub fn lockout_started(kind: &str) {
     if let Some(m) = &*METRICS {
@@ -322,6 +338,7 @@ mod tests {
         set_hsm_sessions(3, 1, 4);
         store_commit("sled", Duration::from_micros(50));
         store_sync("sled", Duration::from_micros(900));
+        store_checkpoint("barrier", Duration::from_millis(30));
         lockout_started("totp");
         set_ready(true);
         let text = render();
@@ -340,6 +357,7 @@ mod tests {
             "sigil_hsm_pool_size 4",
             "sigil_store_commit_duration_seconds_count{backend=\"sled\"}",
             "sigil_store_sync_duration_seconds_count{backend=\"sled\"}",
+            "sigil_store_checkpoint_duration_seconds_count{phase=\"barrier\"}",
             "sigil_lockouts_total{kind=\"totp\"}",
             "sigil_ready 1",
         ] {

@@ -216,7 +216,11 @@ impl Setup {
         let t0 = std::time::Instant::now();
         let mut child = cmd
             .env("SIGIL_LISTEN", listen.to_string())
-            .env("RUST_LOG", "warn")
+            // `BENCH_SIGILD_LOG` (a `RUST_LOG` filter) for a closer look.
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_SIGILD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(
                 std::fs::OpenOptions::new()

@@ -13,8 +13,10 @@
 //!
 //! A background checkpointer, about once a second (sooner when the active
 //! memtable grows large): freezes the active memtable while the log moves on
-//! to a new file, writes the frozen entries to sled in one batch per tree
-//! (with the log position they reach, in a tree of the store's own), runs a
+//! to a new file, writes the frozen entries to sled key by key (not as one
+//! sled batch, whose global lock would hold back every read meanwhile; see
+//! `write_to_sled`), then the log position they reach, in a tree of the
+//! store's own, runs a
 //! **durability barrier** — sled's flush, which on Linux only starts
 //! write-back with `sync_file_range`, then an `fsync` of every sled file
 //! and directory — records that position in the marker
@@ -648,20 +650,27 @@ fn version_of(raw: &Option<Vec<u8>>) -> Result<Option<u64>, StoreError> {
     }
 }
 
-/// Writes memtables into sled, one batch per tree.
+/// Writes memtables into sled, key by key.
+///
+/// Not with `Tree::apply_batch`: sled 0.34 runs a batch under its global
+/// concurrency-control write lock, which holds back every read of every
+/// tree (`Tree::get` takes the read side) for the whole batch. A second's
+/// worth of records took about 100 ms to apply, and every request that
+/// read from sled meanwhile waited: a periodic stall of all clients. The
+/// batch's atomicity is not needed here: the frozen memtable answers every
+/// read of these keys until the whole apply and its barrier are done, and
+/// after a crash the log is replayed from the last recorded position
+/// (post-images, idempotent), so a partly applied checkpoint is completed.
 fn write_to_sled(trees: &[sled::Tree], tables: &Tables) -> Result<(), StoreError> {
     for (i, mt) in tables.iter().enumerate() {
-        if mt.is_empty() {
-            continue;
-        }
-        let mut b = sled::Batch::default();
+        let tree = &trees[i];
         for (k, v) in mt {
             match v {
-                Some(v) => b.insert(k.as_slice(), v.as_slice()),
-                None => b.remove(k.as_slice()),
+                Some(v) => tree.insert(k.as_slice(), v.as_slice()).map(drop),
+                None => tree.remove(k.as_slice()).map(drop),
             }
+            .map_err(unavailable)?;
         }
-        trees[i].apply_batch(b).map_err(unavailable)?;
     }
     Ok(())
 }
@@ -897,11 +906,21 @@ impl Inner {
         if let Some(no) = closed {
             self.wal.remove_through(no)?;
         }
+        let t3 = std::time::Instant::now();
+        crate::metrics::store_checkpoint("apply", t1 - t0);
+        crate::metrics::store_checkpoint("barrier", t2 - t1);
+        crate::metrics::store_checkpoint("marker", t3 - t2);
+        tracing::debug!(
+            apply_ms = (t1 - t0).as_secs_f64() * 1e3,
+            barrier_ms = (t2 - t1).as_secs_f64() * 1e3,
+            marker_ms = (t3 - t2).as_secs_f64() * 1e3,
+            "store checkpoint"
+        );
         if let Ok(mut st) = self.stats.lock() {
             st.checkpoints += 1;
             st.apply += t1 - t0;
             st.barrier += t2 - t1;
-            st.marker_and_removal += t2.elapsed();
+            st.marker_and_removal += t3 - t2;
         }
         let mut mem = self.write()?;
         if Arc::ptr_eq(&mem.frozen, &frozen) {
