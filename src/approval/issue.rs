@@ -45,8 +45,7 @@ impl Approvals {
         };
         let (token, kid) = self.k.signer.sign(&claims)?;
 
-        let mut consumed = ch.clone();
-        consumed.consumed_at = Some(now);
+        let consumed = ch.answered(now);
         factor.failures = 0;
         factor.locked_until = 0;
         factor.last_used_at = now;

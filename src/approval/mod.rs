@@ -36,15 +36,24 @@ pub use crate::model::{Action, DeviceSignals};
 pub const RECORD_VERSION: u32 = 1;
 
 /// A challenge (table `challenges`, key = challenge id).
+///
+/// Once answered it is kept only as a tombstone ([`ChallengeRecord::answered`]):
+/// the user, the times and the epochs, enough to refuse a second answer
+/// as "already answered" until the sweep purges it; the intent, device
+/// signals, nonce and ceremony state are dropped (the approval and the
+/// audit entries record what was approved). Those fields are therefore
+/// absent from stored tombstones and read back as empty.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChallengeRecord {
     /// Record format version.
     pub v: u32,
     /// The user who must answer.
     pub user_id: String,
-    /// The intent it is bound to.
+    /// The intent it is bound to (empty in a tombstone).
+    #[serde(default, skip_serializing_if = "is_default")]
     pub intent: Intent,
-    /// Factor kinds that may answer.
+    /// Factor kinds that may answer (empty in a tombstone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed: Vec<Kind>,
     /// Creation time.
     pub created_at: i64,
@@ -52,18 +61,44 @@ pub struct ChallengeRecord {
     pub expires_at: i64,
     /// Set once answered.
     pub consumed_at: Option<i64>,
-    /// Signals recorded at begin.
+    /// Signals recorded at begin (empty in a tombstone).
+    #[serde(default, skip_serializing_if = "is_default")]
     pub device: DeviceSignals,
     /// Revocation epochs when opened; a revocation kills the challenge.
     #[serde(default)]
     pub epochs: crate::model::Epochs,
     /// Random nonce (base64url) committed into the WebAuthn and YubiKey
-    /// challenges together with the intent digest.
-    #[serde(default)]
+    /// challenges together with the intent digest (empty in a tombstone).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub nonce: String,
     /// WebAuthn assertion ceremony state, when a credential may answer.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webauthn_state: Option<String>,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+impl ChallengeRecord {
+    /// What is kept of the challenge once answered at `at`: a tombstone
+    /// that refuses a second answer (about a quarter of the record's size;
+    /// a challenge is kept for an hour after it expires).
+    pub fn answered(&self, at: i64) -> ChallengeRecord {
+        ChallengeRecord {
+            v: self.v,
+            user_id: self.user_id.clone(),
+            intent: Intent::default(),
+            allowed: Vec::new(),
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            consumed_at: Some(at),
+            device: DeviceSignals::default(),
+            epochs: self.epochs,
+            nonce: String::new(),
+            webauthn_state: None,
+        }
+    }
 }
 
 /// An issued approval (table `approvals`, key = jti).

@@ -65,6 +65,21 @@ async fn full_flow_issue_verify_redeem_once() {
     assert_eq!(header["alg"], "ES256");
     assert_eq!(header["kid"], keys.keys[0].kid.as_str());
 
+    // The answered challenge is kept only as a tombstone: no intent,
+    // device signals, nonce or ceremony state.
+    let stored = s
+        .sigil()
+        .store()
+        .get(sigil::store::Table::Challenges, b.challenge_id.as_bytes())
+        .unwrap()
+        .unwrap();
+    let tomb: serde_json::Value = serde_json::from_slice(&stored.value).unwrap();
+    assert_eq!(tomb["user_id"], "alice");
+    assert_eq!(tomb["consumed_at"], serde_json::json!(T0 + 30));
+    for gone in ["intent", "device", "nonce", "allowed", "webauthn_state"] {
+        assert!(tomb.get(gone).is_none(), "{gone} kept in {tomb}");
+    }
+
     // The challenge answers once.
     let r = a
         .complete_approval(totp_proof(&b.challenge_id, "alice", &s.code(&seed, 1), ""))
