@@ -62,10 +62,9 @@
 //! server to create the databases on; unset: no PostgreSQL rows).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-/// mimalloc: many small, short-lived allocations on several threads at once
-/// (gRPC, records, PKCS#11 buffers) are cheaper than with the system allocator.
+/// sigild's allocator, as in sigild (the in-process phases run the server here).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: sigil_alloc::Allocator = sigil_alloc::Allocator;
 
 #[path = "common/mod.rs"]
 mod common;

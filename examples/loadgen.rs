@@ -52,7 +52,7 @@
 //! closer look: `LOADGEN_SLOW_MS=<ms>` prints every timed operation slower
 //! than that with its wall-clock end (Unix ms), `BENCH_SIGILD_LOG=<filter>`
 //! sets sigild's `RUST_LOG` (its log is `sigild.log` in the run's
-//! directory), and `LOADGEN_KEEP=1` keeps that directory (token, store,
+//! directory), and `LOADGEN_KEEP=1` keeps that directory (token with its PINs in `pin` and `so-pin`, store,
 //! certificates) and prints where it is.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -630,6 +630,11 @@ async fn run(dir: tempfile::TempDir) {
          [webauthn]\nrp_id = \"localhost\"\norigins = [\"{ORIGIN}\"]\n"
     );
     let setup = prepare(dir.path(), "bench", &config);
+    if std::env::var("LOADGEN_KEEP").is_ok_and(|v| v == "1") {
+        // The kept directory's throwaway token, for starting sigild on it by
+        // hand (see `examples/common/mod.rs`, `daemon_env`).
+        setup.write_pins();
+    }
     let mut d = setup.start();
     println!("# Approvals measured from outside (`examples/loadgen.rs`)");
     println!();
@@ -717,6 +722,8 @@ async fn run(dir: tempfile::TempDir) {
     let d2 = setup.start();
     let serving = wait_serving(&d2).await;
     let startup = d2.started_in + serving;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_rss = proc_status(d2.pid, "VmRSS:").unwrap_or(0) * 1024;
 
     // Report.
     println!("## References (same run)\n");
@@ -758,6 +765,10 @@ async fn run(dir: tempfile::TempDir) {
         mib(hwm as f64)
     );
     println!("| store on disk (sled + write-ahead log) | {} |", mib(store as f64));
+    println!(
+        "| sigild resident set after a restart on that store, idle | {} |",
+        mib(idle_rss as f64)
+    );
     println!("| stop after SIGTERM | {} |", if clean { "clean" } else { "NOT clean" });
     println!(
         "| start-up to SERVING on that store | {:.0} ms (process to listening {:.0} ms) |",

@@ -200,6 +200,21 @@ pub fn prepare(dir: &Path, token_label: &str, config: &str) -> Setup {
 }
 
 impl Setup {
+    /// Writes the token's PINs into `pin` and `so-pin` (mode 0600) in the
+    /// run's directory: only for a directory kept to start sigild on by hand.
+    pub fn write_pins(&self) {
+        use std::os::unix::fs::OpenOptionsExt;
+        for (name, pin) in [("pin", &self.pin), ("so-pin", &self.so_pin)] {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(self.dir.join(name))
+                .unwrap();
+            std::io::Write::write_all(&mut f, pin.as_bytes()).unwrap();
+        }
+    }
+
     /// The user PIN of the token (for a PKCS#11 session of the caller's own).
     pub fn pin(&self) -> &str {
         &self.pin

@@ -12,10 +12,9 @@
 //!
 //! Logs go to stderr, filtered by `RUST_LOG` (default `info`), as text or
 //! as one JSON object a line (`--log-format json`, `SIGIL_LOG_FORMAT`).
-/// mimalloc: many small, short-lived allocations on several threads at once
-/// (gRPC, records, PKCS#11 buffers) are cheaper than with the system allocator.
+/// mimalloc, set to give freed memory back promptly (see `sigil-alloc`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: sigil_alloc::Allocator = sigil_alloc::Allocator;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
