@@ -43,8 +43,9 @@
 //! concurrency into `LOADGEN_PLOT` (`target/loadgen.png`).
 //!
 //! `LOADGEN_PROFILE=<dir>` records a CPU profile of sigild (`perf record`
-//! with DWARF call graphs) during the TOTP phase at 8 clients into
-//! `<dir>/perf.data`; `scripts/flamegraph.sh` draws it.
+//! with DWARF call graphs) during the TOTP phase at 8 clients (another
+//! phase with `LOADGEN_PROFILE_PHASE`: `one-call`, `webauthn`, `redeem`)
+//! into `<dir>/perf.data`; `scripts/flamegraph.sh` draws it.
 //!
 //! Knobs (environment): `LOADGEN_USERS`, `LOADGEN_SECONDS`,
 //! `LOADGEN_APPROVALS`, `LOADGEN_CLIENTS` (`1,8,32`), `LOADGEN_CACHE_MIB`
@@ -367,7 +368,7 @@ async fn phase(
     // A CPU profile of sigild over this phase (`LOADGEN_PROFILE=<dir>`: the
     // TOTP approvals at 8 clients).
     let perf = match std::env::var("LOADGEN_PROFILE") {
-        Ok(dir) if profile && kind == Kind::Totp && n == 8 && !dir.is_empty() => {
+        Ok(dir) if profile && kind == profiled_kind() && n == 8 && !dir.is_empty() => {
             let out = PathBuf::from(dir).join("perf.data");
             Some(
                 std::process::Command::new("perf")
@@ -420,6 +421,18 @@ async fn phase(
         p.cpu_per_op()
     );
     p
+}
+
+/// The phase `LOADGEN_PROFILE` records (at 8 clients):
+/// `LOADGEN_PROFILE_PHASE` = `totp` (the default), `one-call`, `webauthn`
+/// or `redeem`.
+fn profiled_kind() -> Kind {
+    match std::env::var("LOADGEN_PROFILE_PHASE").as_deref() {
+        Ok("one-call") => Kind::OneCall,
+        Ok("webauthn") => Kind::Webauthn,
+        Ok("redeem") => Kind::Redeem,
+        _ => Kind::Totp,
+    }
 }
 
 /// CPU µs of one ES256 signature by SoftHSM: one session on the run's
@@ -689,8 +702,15 @@ async fn run(dir: tempfile::TempDir) {
     for kind in [Kind::Health, Kind::Totp, Kind::OneCall, Kind::Webauthn, Kind::Redeem] {
         for &n in &levels {
             if kind == Kind::Redeem {
-                // Enough issued approvals for the phase (issued untimed).
-                let want = (secs + 1.0) * 4_000.0;
+                // Enough issued approvals for the phase (issued untimed): for
+                // 4,000 redemptions/s, or half as many again as the previous
+                // level's rate, whichever is more.
+                let last = phases
+                    .iter()
+                    .rev()
+                    .find(|p: &&Phase| p.kind == Kind::Redeem)
+                    .map_or(0.0, |p| p.rate());
+                let want = (secs + 1.0) * (last * 1.5).max(4_000.0);
                 while (w.issued.lock().unwrap().len() as f64) < want {
                     phase(Kind::Totp, &mut clients, max_clients, 2.0, &w, d.pid, false).await;
                 }
