@@ -15,9 +15,8 @@
 //! memtable grows large): freezes the active memtable while the log moves on
 //! to a new file, writes the frozen entries to sled key by key (not as one
 //! sled batch, whose global lock would hold back every read meanwhile; see
-//! `write_to_sled`), then the log position they reach, in a tree of the
-//! store's own, runs a
-//! **durability barrier** — sled's flush, which on Linux only starts
+//! `write_to_sled`) and then the log position they reach (in a tree of the
+//! store's own), runs a **durability barrier** — sled's flush, which on Linux only starts
 //! write-back with `sync_file_range`, then an `fsync` of every sled file
 //! and directory — records that position in the marker
 //! file `sigil-store.json` (written, synced, renamed, directory synced), and
