@@ -608,7 +608,8 @@ fn draw(path: &PathBuf, phases: &[Phase]) -> Result<(), Box<dyn std::error::Erro
 
 fn main() {
     let mut dir = tempfile::tempdir().unwrap();
-    if std::env::var("LOADGEN_KEEP").is_ok_and(|v| v == "1") {
+    let keep = std::env::var("LOADGEN_KEEP").is_ok_and(|v| v == "1");
+    if keep {
         dir.disable_cleanup(true);
         eprintln!("the run's directory is kept: {}", dir.path().display());
     }
@@ -619,10 +620,11 @@ fn main() {
         .enable_all()
         .build()
         .unwrap()
-        .block_on(run(dir));
+        .block_on(run(dir, keep));
 }
 
-async fn run(dir: tempfile::TempDir) {
+/// `keep`: the run's directory stays (`LOADGEN_KEEP=1`), with the token's PINs.
+async fn run(dir: tempfile::TempDir, keep: bool) {
     let users: usize = env_num("LOADGEN_USERS", 100_000);
     let secs: f64 = env_num("LOADGEN_SECONDS", 8.0);
     let want_approvals: u64 = env_num("LOADGEN_APPROVALS", 200_000);
@@ -643,7 +645,7 @@ async fn run(dir: tempfile::TempDir) {
          [webauthn]\nrp_id = \"localhost\"\norigins = [\"{ORIGIN}\"]\n"
     );
     let setup = prepare(dir.path(), "bench", &config);
-    if std::env::var("LOADGEN_KEEP").is_ok_and(|v| v == "1") {
+    if keep {
         // The kept directory's throwaway token, for starting sigild on it by
         // hand (see `examples/common/mod.rs`, `daemon_env`).
         setup.write_pins();
