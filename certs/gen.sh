@@ -39,7 +39,15 @@ force=0
 if [ "${1:-}" = "--force" ]; then force=1; shift; fi
 out=${1:-certs/out}
 mkdir -p "$out"
+roles="withdrawal-engine frontend admin approver"
 if [ -f "$out/ca.pem" ] && [ $force -eq 0 ]; then
+  # A role added since the CA was made gets its certificate from that CA.
+  for role in $roles; do
+    if [ ! -f "$out/$role.pem" ] && [ -f "$out/ca.key" ]; then
+      client "$out" "$role" "spiffe://sigil/role/$role"
+      echo "certs: added the $role client certificate in $out"
+    fi
+  done
   echo "certs: $out already has a CA (use --force to replace it)"
   exit 0
 fi
@@ -52,7 +60,7 @@ openssl req -x509 -new -key "$out/ca.key" -subj "/O=Sigil development/CN=Sigil D
 chmod 644 "$out/ca.pem"
 
 leaf "$out" server "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n"
-for role in withdrawal-engine frontend admin; do
+for role in $roles; do
   client "$out" "$role" "spiffe://sigil/role/$role"
 done
-echo "certs: development CA, server (localhost, 127.0.0.1) and clients withdrawal-engine, frontend, admin in $out"
+echo "certs: development CA, server (localhost, 127.0.0.1) and clients withdrawal-engine, frontend, admin, approver in $out"

@@ -68,6 +68,8 @@ fn claims(intent: Intent, jti: &str) -> Claims {
         intent,
         amr: vec!["otp".into()],
         webauthn: None,
+        approvers: Vec::new(),
+        quorum: Vec::new(),
     }
 }
 

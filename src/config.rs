@@ -46,8 +46,12 @@ pub struct Config {
     pub protection: ProtectionConfig,
     /// How long the event stream keeps events.
     pub retention: RetentionConfig,
-    /// Action policy (inline; `protection.policy_file` replaces it).
+    /// Action policy (inline; `protection.policy_file` replaces it). Only
+    /// the first version: the policy lives in the store from the first
+    /// start, and changes go through a staff quorum and a delay.
     pub policy: crate::protect::policy::Policy,
+    /// Staff quorums, delays and policy changes.
+    pub quorum: QuorumConfig,
     /// WebAuthn relying party and policy.
     pub webauthn: crate::factor::webauthn::WebauthnPolicy,
     /// How the operator CLI reaches this deployment (sigild ignores it).
@@ -124,6 +128,67 @@ impl Default for ClientConfig {
     }
 }
 
+/// `[quorum]`: staff quorums, delayed approvals and policy changes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuorumConfig {
+    /// A request still waiting for its staff quorum this long after it was
+    /// made is cancelled (default 24 h).
+    pub request_timeout_seconds: i64,
+    /// The longest delay a policy rule or the governance may set (default
+    /// 30 days).
+    pub max_delay_seconds: i64,
+    /// How long an approval issued after a staff quorum or a delay stays
+    /// valid (from its `nbf`, or its issue when not delayed; default 1 h):
+    /// the engine learns of it from the event stream or by polling.
+    pub redeem_window_seconds: i64,
+    /// A staff member's newly registered key counts for quorums only this
+    /// long after registration (default 24 h), so that an administrator
+    /// cannot register a key for someone else and approve at once.
+    pub staff_key_hold_seconds: i64,
+}
+
+impl Default for QuorumConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout_seconds: 86_400,
+            max_delay_seconds: 30 * 86_400,
+            redeem_window_seconds: 3_600,
+            staff_key_hold_seconds: 86_400,
+        }
+    }
+}
+
+impl QuorumConfig {
+    fn validate(&self) -> Result<(), Error> {
+        if !(60..=30 * 86_400).contains(&self.request_timeout_seconds) {
+            return Err(Error::invalid(
+                "quorum.request_timeout_seconds",
+                "must be between 60 and 2592000 (30 days)",
+            ));
+        }
+        if !(0..=365 * 86_400).contains(&self.max_delay_seconds) {
+            return Err(Error::invalid(
+                "quorum.max_delay_seconds",
+                "must be between 0 and 31536000 (a year)",
+            ));
+        }
+        if !(60..=7 * 86_400).contains(&self.redeem_window_seconds) {
+            return Err(Error::invalid(
+                "quorum.redeem_window_seconds",
+                "must be between 60 and 604800 (7 days)",
+            ));
+        }
+        if !(0..=30 * 86_400).contains(&self.staff_key_hold_seconds) {
+            return Err(Error::invalid(
+                "quorum.staff_key_hold_seconds",
+                "must be between 0 and 2592000 (30 days)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `[server]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -157,6 +222,7 @@ impl Default for Config {
             protection: ProtectionConfig::default(),
             retention: RetentionConfig::default(),
             policy: crate::protect::policy::Policy::default(),
+            quorum: QuorumConfig::default(),
             webauthn: crate::factor::webauthn::WebauthnPolicy::default(),
             client: ClientConfig::default(),
             metrics: MetricsConfig::default(),
@@ -286,6 +352,8 @@ impl Config {
 
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), Error> {
+        self.quorum.validate()?;
+        self.policy.check_delays(self.quorum.max_delay_seconds)?;
         if self.approval.ttl_seconds <= 0 || self.approval.ttl_seconds > 3600 {
             return Err(Error::invalid("approval.ttl_seconds", "must be between 1 and 3600"));
         }
@@ -340,6 +408,11 @@ impl Config {
         for (name, a) in &self.policy.actions {
             for t in &a.thresholds {
                 rule_assets.push((format!("policy.actions.{name}.thresholds"), t.asset.as_str()));
+            }
+            for q in &a.quorum {
+                if let Some(asset) = &q.asset {
+                    rule_assets.push((format!("policy.actions.{name}.quorum"), asset.as_str()));
+                }
             }
         }
         for (field, asset) in rule_assets {

@@ -81,6 +81,7 @@ impl Sigil {
                 protection: cfg.protection.clone(),
                 policy: cfg.policy.clone(),
                 assets: cfg.asset_rules(),
+                quorum: cfg.quorum.clone(),
             },
         ));
         let enroll = Enrollment::new(
@@ -123,6 +124,7 @@ impl Sigil {
         };
         s.keys.sync_keys()?;
         s.keys.sync_secrets_key()?;
+        s.approvals.init_policy()?;
         Ok(s)
     }
 
@@ -215,6 +217,7 @@ impl Sigil {
     /// log grew. Returns the number of addresses announced.
     pub fn sweep(&self) -> Result<usize, Error> {
         let announced = self.ops.sweep()?;
+        self.approvals.sweep_requests()?;
         // Pruning that fails does not hold up key transitions and the
         // checkpoint (which then covers the pruning's audit entries).
         let pruned = self.ops.apply_retention();

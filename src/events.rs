@@ -50,6 +50,25 @@ pub enum EventKind {
     AntiPhishingCodeChanged,
     /// The store was restored from a backup.
     Restored,
+    /// An action was held by policy for a staff quorum (details: request
+    /// id, rules, and the intent's asset, amount and destination).
+    ApprovalHeld,
+    /// A held action got the approval of one staff member.
+    StaffApproved,
+    /// A held action or a delayed approval was cancelled (by the user or a
+    /// staff member) during its wait.
+    ApprovalCancelled,
+    /// A request waited for its staff quorum longer than allowed and was
+    /// cancelled.
+    QuorumRequestExpired,
+    /// A policy change was proposed (it needs a staff quorum and a delay).
+    PolicyChangeProposed,
+    /// A policy change got its quorum; it applies after its delay.
+    PolicyChangeApproved,
+    /// A policy change took effect.
+    PolicyChangeActivated,
+    /// A staff member was added or registered a key.
+    StaffChanged,
 }
 
 impl EventKind {

@@ -29,11 +29,14 @@ pub enum Action {
     ChangeAntiPhishingCode,
     /// Create an API key.
     CreateApiKey,
+    /// Cancel a delayed approval or a request waiting for a staff quorum
+    /// (the memo names the request).
+    CancelApproval,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 8] = [
         Action::Withdrawal,
         Action::AddAddress,
         Action::RemoveAddress,
@@ -41,6 +44,7 @@ impl Action {
         Action::RemoveFactor,
         Action::ChangeAntiPhishingCode,
         Action::CreateApiKey,
+        Action::CancelApproval,
     ];
 
     /// The lower-case name used in intents and the `act` claim.
@@ -53,6 +57,7 @@ impl Action {
             Action::RemoveFactor => "remove_factor",
             Action::ChangeAntiPhishingCode => "change_anti_phishing_code",
             Action::CreateApiKey => "create_api_key",
+            Action::CancelApproval => "cancel_approval",
         }
     }
 

@@ -191,6 +191,9 @@ pub async fn start_with_deny_list(
                 sigil.clone(),
             ))),
         )
+        .add_service(guard.wrap(pb::staff_service_server::StaffServiceServer::new(
+            crate::api::staff::StaffApi::new(sigil.clone()),
+        )))
         .add_service(guard.wrap(pb::event_service_server::EventServiceServer::new(EventApi::new(sigil))));
     // serve_with_incoming ignores Server::tcp_nodelay: set TCP_NODELAY on each
     // accepted socket here, or small responses wait for the client's delayed

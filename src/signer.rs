@@ -241,9 +241,12 @@ impl Signer {
         self.keys().jwks.clone()
     }
 
-    /// A verifier over the published keys.
+    /// A verifier over the published keys, for Sigil's own checks: it
+    /// accepts delayed approvals without a cancellation list, because
+    /// Sigil reads cancellations (and `nbf`) from its store when it
+    /// redeems.
     pub fn verifier(&self) -> Verifier {
-        self.keys().verifier.clone()
+        self.keys().verifier.clone().with_cancellations_checked_elsewhere()
     }
 
     /// `kid` of the key that signs new approvals.
@@ -260,6 +263,18 @@ impl Signer {
             self.hsm.sign_es256(&keys.active_label, input.as_bytes())
         })?;
         Ok((sigil_verify::assemble(&input, &sig), keys.active_kid.clone()))
+    }
+
+    /// Signs a cancellation list as a compact JWS (`typ`
+    /// `sigil-cancellations+jwt`) with the active approval key, inside the
+    /// HSM.
+    pub fn sign_cancellations(&self, list: &sigil_verify::CancellationList) -> Result<String, Error> {
+        let keys = self.keys();
+        let input = sigil_verify::cancellations_signing_input(&keys.active_kid, list);
+        let sig = timed("sign_cancellations", || {
+            self.hsm.sign_es256(&keys.active_label, input.as_bytes())
+        })?;
+        Ok(sigil_verify::assemble(&input, &sig))
     }
 
     /// The audit checkpoint key (public half, as a JWK).

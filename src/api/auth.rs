@@ -30,6 +30,9 @@ pub enum Role {
     Frontend,
     /// Operators.
     Admin,
+    /// The staff console through which staff members approve or cancel
+    /// held requests with their own security keys.
+    Approver,
 }
 
 impl Role {
@@ -39,6 +42,7 @@ impl Role {
             "withdrawal-engine" => Some(Role::WithdrawalEngine),
             "frontend" => Some(Role::Frontend),
             "admin" => Some(Role::Admin),
+            "approver" => Some(Role::Approver),
             _ => None,
         }
     }
@@ -49,6 +53,7 @@ impl Role {
             Role::WithdrawalEngine => "withdrawal-engine",
             Role::Frontend => "frontend",
             Role::Admin => "admin",
+            Role::Approver => "approver",
         }
     }
 }

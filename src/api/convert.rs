@@ -186,3 +186,80 @@ impl From<crate::enroll::YubikeyEnrollment> for pb::BeginYubikeyEnrollmentRespon
         }
     }
 }
+
+/// A held request as the API shows it at `now`; the approval token only
+/// when `with_token` (the roles that redeem or relay it).
+pub fn pending(r: &crate::approval::quorum::QuorumRequest, now: i64, with_token: bool) -> pb::PendingApproval {
+    use crate::approval::quorum::{RequestKind, RequestState};
+    let state = match r.state_at(now) {
+        RequestState::AwaitingQuorum => pb::PendingState::AwaitingQuorum,
+        RequestState::Delayed => pb::PendingState::Delayed,
+        RequestState::Issued => pb::PendingState::Issued,
+        RequestState::Cancelled => pb::PendingState::Cancelled,
+        RequestState::Expired => pb::PendingState::Expired,
+        RequestState::Activated => pb::PendingState::Activated,
+    };
+    pb::PendingApproval {
+        request_id: r.request_id.clone(),
+        kind: match r.kind {
+            RequestKind::Action => r.intent.action.clone(),
+            RequestKind::PolicyChange => "policy_change".into(),
+        },
+        user_id: r.user_id.clone(),
+        intent: Some(r.intent.clone().into()),
+        intent_sha256: r.intent.digest().to_vec(),
+        state: state as i32,
+        quorum: r
+            .needs
+            .iter()
+            .map(|n| pb::QuorumRequirement {
+                rule: n.rule.clone(),
+                required: n.m,
+                staff: n.of.clone(),
+            })
+            .collect(),
+        approvals: r
+            .approvals
+            .iter()
+            .map(|a| pb::StaffApprovalInfo {
+                staff_id: a.staff_id.clone(),
+                credential_id: a.evidence.credential_id.clone(),
+                at: a.at,
+            })
+            .collect(),
+        created_at: r.created_at,
+        expires_at: r.expires_at,
+        not_before: r.not_before,
+        delay_seconds: r.delay_seconds,
+        jti: r.jti.clone(),
+        approval: if with_token { r.token.clone() } else { String::new() },
+        approval_expires_at: r.exp,
+        closed_by: r.closed_by.clone(),
+        closed_at: r.closed_at,
+        policy_text: r.policy_text.clone(),
+        proposed_by: r.proposed_by.clone(),
+        base_version: r.base_version,
+    }
+}
+
+/// A staff member as the API shows them.
+pub fn staff_member(s: &crate::approval::quorum::StaffRecord) -> pb::StaffMember {
+    pb::StaffMember {
+        staff_id: s.staff_id.clone(),
+        role: s.role.clone(),
+        display_name: s.display_name.clone(),
+        user_id: s.user_id.clone(),
+        created_at: s.created_at,
+        keys: s
+            .keys
+            .iter()
+            .map(|k| pb::StaffKeyInfo {
+                credential_id: k.credential.credential_id.clone(),
+                added_at: k.added_at,
+                usable_at: k.usable_at,
+                suspected_cloned: k.suspected_cloned,
+                public_key: k.credential.public_key_sec1.clone(),
+            })
+            .collect(),
+    }
+}

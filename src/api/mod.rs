@@ -23,6 +23,7 @@ pub mod codec;
 pub mod convert;
 pub mod events;
 pub mod roles;
+pub mod staff;
 pub mod status;
 
 pub(crate) async fn blocking<T, F>(f: F) -> Result<T, Status>
@@ -80,11 +81,14 @@ fn totp_proof(t: pb::TotpProof) -> Proof {
 /// The answer to CompleteApproval and Approve, counted as issued.
 fn issued(i: crate::approval::Issued, kind: crate::factor::Kind) -> Response<pb::CompleteApprovalResponse> {
     crate::metrics::approval_issued(kind.name());
+    let pending = i.request.as_ref().map(|r| convert::pending(r, r.created_at, true));
     Response::new(pb::CompleteApprovalResponse {
         approval: i.token,
         jti: i.jti,
         expires_at: i.expires_at,
         amr: i.amr,
+        pending,
+        not_before: i.not_before.unwrap_or(0),
     })
 }
 
@@ -471,6 +475,73 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
                 .filter(|k| k.state != crate::keys::KeyState::Retired)
                 .map(convert::key_info)
                 .collect(),
+        }))
+    }
+
+    async fn get_pending_approval(
+        &self,
+        req: Request<pb::GetPendingApprovalRequest>,
+    ) -> Result<Response<pb::PendingApproval>, Status> {
+        let role = require(&req, "ApprovalService/GetPendingApproval")?;
+        let id = req.into_inner().request_id;
+        let s = self.sigil.clone();
+        let (r, now) = blocking(move || Ok((s.approvals().request(&id)?.0, s.clock_now()?))).await?;
+        let with_token = matches!(role, auth::Role::WithdrawalEngine | auth::Role::Frontend);
+        Ok(Response::new(convert::pending(&r, now, with_token)))
+    }
+
+    async fn list_pending_approvals(
+        &self,
+        req: Request<pb::ListPendingApprovalsRequest>,
+    ) -> Result<Response<pb::ListPendingApprovalsResponse>, Status> {
+        let role = require(&req, "ApprovalService/ListPendingApprovals")?;
+        let r = req.into_inner();
+        if role == auth::Role::Frontend && r.user_id.is_empty() {
+            return Err(status::to_status(Error::invalid(
+                "user_id",
+                "is required for the frontend role: it lists one user's requests",
+            )));
+        }
+        let s = self.sigil.clone();
+        let (list, now) = blocking(move || {
+            Ok((
+                s.approvals().list_requests(&r.user_id, r.include_closed)?,
+                s.clock_now()?,
+            ))
+        })
+        .await?;
+        let with_token = role == auth::Role::Frontend;
+        Ok(Response::new(pb::ListPendingApprovalsResponse {
+            requests: list.iter().map(|q| convert::pending(q, now, with_token)).collect(),
+        }))
+    }
+
+    async fn cancel_approval(
+        &self,
+        req: Request<pb::CancelApprovalRequest>,
+    ) -> Result<Response<pb::PendingApproval>, Status> {
+        let role = require(&req, "ApprovalService/CancelApproval")?;
+        let r = req.into_inner();
+        let s = self.sigil.clone();
+        let (q, now) = blocking(move || {
+            let q = s.approvals().cancel_by_user(role.name(), &r.request_id, &r.approval)?;
+            Ok((q, s.clock_now()?))
+        })
+        .await?;
+        Ok(Response::new(convert::pending(&q, now, false)))
+    }
+
+    async fn get_cancellations(
+        &self,
+        req: Request<pb::GetCancellationsRequest>,
+    ) -> Result<Response<pb::GetCancellationsResponse>, Status> {
+        require(&req, "ApprovalService/GetCancellations")?;
+        let s = self.sigil.clone();
+        let (token, list) = blocking(move || s.approvals().cancellations()).await?;
+        Ok(Response::new(pb::GetCancellationsResponse {
+            cancellations: token,
+            issued_at: list.iat,
+            cancelled: list.cancelled,
         }))
     }
 }

@@ -31,6 +31,31 @@ pub const RPC_ROLES: &[(&str, &[Role])] = &[
         "ApprovalService/GetApprovalKeys",
         &[Role::WithdrawalEngine, Role::Frontend, Role::Admin],
     ),
+    (
+        "ApprovalService/GetPendingApproval",
+        &[Role::WithdrawalEngine, Role::Frontend, Role::Admin, Role::Approver],
+    ),
+    (
+        "ApprovalService/ListPendingApprovals",
+        &[Role::Frontend, Role::Admin, Role::Approver],
+    ),
+    ("ApprovalService/CancelApproval", &[Role::Frontend]),
+    (
+        "ApprovalService/GetCancellations",
+        &[Role::WithdrawalEngine, Role::Frontend, Role::Admin],
+    ),
+    ("StaffService/AddStaff", &[Role::Admin]),
+    ("StaffService/BeginStaffKeyRegistration", &[Role::Admin]),
+    ("StaffService/FinishStaffKeyRegistration", &[Role::Admin]),
+    ("StaffService/ListStaff", &[Role::Admin, Role::Approver]),
+    (
+        "StaffService/GetStaffKeys",
+        &[Role::WithdrawalEngine, Role::Frontend, Role::Admin, Role::Approver],
+    ),
+    ("StaffService/BeginStaffDecision", &[Role::Admin, Role::Approver]),
+    ("StaffService/CompleteStaffDecision", &[Role::Admin, Role::Approver]),
+    ("StaffService/GetPolicy", &[Role::Admin, Role::Approver]),
+    ("StaffService/ProposePolicy", &[Role::Admin]),
     ("AccountService/AddAddress", &[Role::Frontend]),
     ("AccountService/ListAddresses", &[Role::Frontend, Role::Admin]),
     ("AccountService/RemoveAddress", &[Role::Frontend]),
@@ -105,13 +130,14 @@ mod tests {
         let mut rows = std::collections::BTreeMap::new();
         for line in readme.lines() {
             let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-            if cells.len() != 6 || !cells[1].contains("Service.") {
+            if cells.len() != 7 || !cells[1].contains("Service.") {
                 continue;
             }
             let mut roles = Vec::new();
-            for (cell, role) in cells[2..5]
-                .iter()
-                .zip([Role::WithdrawalEngine, Role::Frontend, Role::Admin])
+            for (cell, role) in
+                cells[2..6]
+                    .iter()
+                    .zip([Role::WithdrawalEngine, Role::Frontend, Role::Admin, Role::Approver])
             {
                 match *cell {
                     "✓" => roles.push(role),

@@ -41,6 +41,7 @@ impl Approvals {
                 crate::protect::check_anti_phishing_code("intent.memo", &intent.memo)?;
             }
             Action::EnrollFactor => crate::factor::check_enrollment_memo("intent.memo", &intent.memo)?,
+            Action::CancelApproval => self.check_user_may_cancel(&intent.user_id, &intent.memo, self.k.now()?)?,
             _ => {}
         }
         if device.platform.len() > 64 || device.app_attestation.len() > 256 {
@@ -65,6 +66,7 @@ impl Approvals {
         };
         // The suspension a velocity rule decided, if one fired.
         let mut fired: Option<String> = None;
+        let policy = self.policy()?;
         let decided = (|| -> Result<(Vec<Kind>, Vec<FactorRecord>), Error> {
             snap.check_not_suspended(now, "approval")?;
             let live = self.factors.live_factors(&user_id, &snap)?;
@@ -87,7 +89,7 @@ impl Approvals {
                 }
                 self.whitelist_check(&user_id, &intent.network, &intent.destination, now)?;
             }
-            let decision = self.cfg.policy.decide(action, &intent, &device, &snap.user, now)?;
+            let decision = policy.decide(action, &intent, &device, &snap.user, now)?;
             if let Some(why) = decision.suspend {
                 fired = Some(why.clone());
                 return Err(Error::refused(
@@ -142,9 +144,7 @@ impl Approvals {
                 // A compromised device is recorded.
                 let fired = match fired {
                     Some(why) => Some(why),
-                    None if snap.check_not_suspended(now, "approval").is_ok() => self
-                        .cfg
-                        .policy
+                    None if snap.check_not_suspended(now, "approval").is_ok() => policy
                         .decide(action, &intent, &device, &snap.user, now)
                         .ok()
                         .and_then(|d| d.suspend),

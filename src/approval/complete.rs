@@ -112,12 +112,14 @@ impl Approvals {
                 .whitelist_check(user_id, &ch.intent.network, &ch.intent.destination, now)
                 .map_err(refused)?;
         }
+        // What policy holds the approval for: staff quorums and a delay.
+        let mut held = (Vec::new(), 0);
         if let Some(action) = Action::parse(&ch.intent.action) {
             let decision = self
-                .cfg
-                .policy
+                .policy()?
                 .decide(action, &ch.intent, &ch.device, &snap.user, now)
                 .map_err(refused)?;
+            held = (decision.quorum.clone(), decision.delay_seconds);
             if let Some(why) = decision.suspend {
                 let mut user = snap.user.clone();
                 user.suspension = Some(crate::protect::Suspension {
@@ -250,6 +252,7 @@ impl Approvals {
             amr,
             evidence,
             address,
+            held,
             now,
         );
         if issued.is_err() {

@@ -23,7 +23,9 @@ fn rules(action: Action) -> [Rule; 6] {
     match action {
         Action::Withdrawal => [Required, Required, Required, Required, Required, Optional],
         Action::AddAddress | Action::RemoveAddress => [Forbidden, Required, Required, Forbidden, Required, Optional],
-        Action::RemoveFactor => [Forbidden, Forbidden, Forbidden, Forbidden, Forbidden, Required],
+        Action::RemoveFactor | Action::CancelApproval => {
+            [Forbidden, Forbidden, Forbidden, Forbidden, Forbidden, Required]
+        }
         Action::EnrollFactor | Action::ChangeAntiPhishingCode | Action::CreateApiKey => {
             [Forbidden, Forbidden, Forbidden, Forbidden, Forbidden, Optional]
         }

@@ -25,8 +25,10 @@ use crate::store::Table;
 
 mod begin;
 mod complete;
+pub mod governance;
 pub mod intent;
 mod issue;
+pub mod quorum;
 mod redeem;
 mod step_up;
 
@@ -34,6 +36,10 @@ pub use crate::model::{Action, DeviceSignals};
 
 /// Current version of the records in this module.
 pub const RECORD_VERSION: u32 = 1;
+/// The version of an approval record with a delay or from a quorum
+/// (`nbf`, `cancelled_at`, `request_id`): a build that does not know
+/// cancellations refuses to read it rather than ignore them.
+pub const APPROVAL_HELD_VERSION: u32 = 2;
 
 /// A challenge (table `challenges`, key = challenge id).
 ///
@@ -126,6 +132,15 @@ pub struct ApprovalRecord {
     /// Revocation epochs when issued; a revocation kills the approval.
     #[serde(default)]
     pub epochs: crate::model::Epochs,
+    /// `nbf` of a delayed approval: not redeemable before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    /// Set when cancelled during its delay: never redeemable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_at: Option<i64>,
+    /// The quorum request it came from, if any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub request_id: String,
 }
 
 /// A successful redemption.
@@ -247,6 +262,11 @@ pub struct Issued {
     pub expires_at: i64,
     /// Its amr.
     pub amr: Vec<String>,
+    /// Its `nbf`, when delayed.
+    pub not_before: Option<i64>,
+    /// The request holding it: for a staff quorum (then `token` is empty
+    /// until the quorum is met) or a delay.
+    pub request: Option<quorum::QuorumRequest>,
 }
 
 impl Record for ChallengeRecord {
@@ -259,7 +279,7 @@ impl Record for ChallengeRecord {
 
 impl Record for ApprovalRecord {
     const NAME: &'static str = "approval";
-    const VERSION: u32 = RECORD_VERSION;
+    const VERSION: u32 = APPROVAL_HELD_VERSION;
     fn format_version(&self) -> u32 {
         self.v
     }
@@ -276,6 +296,8 @@ pub struct ApprovalsConfig {
     pub policy: Policy,
     /// Assets, their decimals and networks.
     pub assets: Assets,
+    /// Staff quorums, delays, policy changes.
+    pub quorum: crate::config::QuorumConfig,
 }
 
 /// The approval service: challenges, HSM-signed approvals, redemption.
@@ -283,12 +305,19 @@ pub struct Approvals {
     pub(crate) k: Arc<Kernel>,
     pub(crate) factors: Arc<Factors>,
     pub(crate) cfg: ApprovalsConfig,
+    /// The policy in force, with the store version it was read at.
+    policy_cache: std::sync::RwLock<Option<(u64, Arc<Policy>)>>,
 }
 
 impl Approvals {
     /// The approval service over the factor service.
     pub fn new(k: Arc<Kernel>, factors: Arc<Factors>, cfg: ApprovalsConfig) -> Approvals {
-        Approvals { k, factors, cfg }
+        Approvals {
+            k,
+            factors,
+            cfg,
+            policy_cache: std::sync::RwLock::new(None),
+        }
     }
 
     /// What a withdrawal to `network`/`destination` needs from the whitelist.
@@ -338,6 +367,7 @@ pub fn verify_error(e: VerifyError) -> Error {
         VerifyError::Malformed(m) => Error::invalid("approval", format!("not a compact JWS approval: {m}")),
         VerifyError::Expired => Error::refused(Reason::ApprovalExpired, "approval expired; request a new one"),
         VerifyError::NotYetValid => Error::refused(Reason::ApprovalNotYetValid, "approval is not valid yet"),
+        VerifyError::Cancelled => Error::refused(Reason::ApprovalCancelled, "approval was cancelled during its delay"),
         VerifyError::IntentMismatch { field } => Error::refused(
             Reason::IntentMismatch,
             format!("approval does not match the withdrawal: field '{field}' differs; nothing was redeemed"),

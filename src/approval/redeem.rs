@@ -151,6 +151,30 @@ impl Approvals {
                 format!("approval '{}' was already redeemed at {at}", claims.jti),
             ));
         }
+        if let Some(at) = rec.cancelled_at {
+            return Err(Error::refused(
+                Reason::ApprovalCancelled,
+                format!(
+                    "approval '{}' was cancelled at {at} during its delay (request '{}'); do not execute",
+                    claims.jti, rec.request_id
+                ),
+            ));
+        }
+        // The record's nbf, not the token's with the verifier's leeway: a
+        // delayed approval is redeemable from its nbf exactly, and it can
+        // be cancelled until then.
+        if let Some(nbf) = rec.nbf.or(claims.nbf) {
+            if now < nbf {
+                return Err(Error::refused(
+                    Reason::ApprovalNotYetValid,
+                    format!(
+                        "approval '{}' is delayed until {nbf} by policy (it can be cancelled until then); redeem it after that",
+                        claims.jti
+                    ),
+                )
+                .retry_at(nbf, now));
+            }
+        }
         if rec.intent_sha256 != claims.intent_sha256 || rec.user_id != claims.sub {
             return Err(Error::denied(
                 Reason::ApprovalInvalid,

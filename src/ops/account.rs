@@ -194,10 +194,11 @@ impl Ops {
         check_id("user_id", user_id)?;
         let snap: Snapshot = Snapshot::load(self.k.store.as_ref(), user_id)?;
         let live = self.factors.live_factors(user_id, &snap)?;
+        let policy = self.approvals.policy()?;
         let kinds: Vec<String> = Action::ALL
             .iter()
             .map(|a| {
-                let k: Vec<&str> = self.cfg.policy.action(*a).kinds.iter().map(|k| k.name()).collect();
+                let k: Vec<&str> = policy.action(*a).kinds.iter().map(|k| k.name()).collect();
                 format!("{}: {}", a.name(), k.join("/"))
             })
             .collect();

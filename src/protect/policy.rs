@@ -21,10 +21,31 @@
 //! max_amount_24h = "5"      # per user, rolling 24 h, including this one
 //! max_count_1h = 10         # per user, rolling hour
 //! on_exceed = "suspend"     # or "require_hardware"
+//!
+//! [[actions.withdrawal.quorum]]   # over 10 BTC: 2 of 3 staff keys, then 48 h
+//! name = "large-btc"
+//! asset = "BTC"
+//! above = "10"
+//! staff = ["alice", "bob", "carol"]
+//! required = 2
+//! delay_seconds = 172800
+//!
+//! [governance]           # who changes this policy, and how long it waits
+//! staff = []             # empty: any enrolled staff member
+//! required = 2
+//! delay_seconds = 172800
 //! ```
+//!
+//! A quorum rule applies when every condition it names holds: `asset`,
+//! an amount strictly `above`, a destination among `destinations`, or the
+//! user's withdrawals of the asset in 24 h (this one included) strictly
+//! above `velocity_24h_above`. Every rule that applies must be met (each
+//! counts the staff it names); the longest delay of them applies. The
+//! policy is stored in Sigil and versioned: the file is its first version
+//! only, and every change needs the `[governance]` quorum and delay.
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sigil_verify::Intent;
 
 use super::amount;
@@ -66,17 +87,87 @@ pub fn default_thresholds() -> Vec<Threshold> {
 }
 
 /// The policy (a TOML file, or the `[policy]` section of the config).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
     /// Per action name.
     pub actions: BTreeMap<String, ActionPolicy>,
     /// Velocity rules for withdrawals.
     pub velocity: Vec<VelocityRule>,
+    /// Who may change the policy, and the delay before a change applies.
+    pub governance: Governance,
+}
+
+/// `[governance]`: changes to the policy need `required` staff approvals
+/// (from `staff`, or from any enrolled staff member when empty) and apply
+/// `delay_seconds` after the quorum is met.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Governance {
+    /// Staff ids that may approve a change; empty: every staff member.
+    pub staff: Vec<String>,
+    /// Approvals needed (at least 1).
+    pub required: u32,
+    /// Seconds between the quorum and the change taking effect.
+    pub delay_seconds: i64,
+}
+
+impl Default for Governance {
+    fn default() -> Self {
+        Self {
+            staff: Vec::new(),
+            required: 2,
+            delay_seconds: 172_800,
+        }
+    }
+}
+
+/// A rule that holds an action for staff approvals and/or a delay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuorumRule {
+    /// The rule's name, quoted in messages and in the approval's `quorum`
+    /// claim.
+    pub name: String,
+    /// Applies to this asset only (any asset when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset: Option<String>,
+    /// Applies to amounts strictly above this canonical amount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above: Option<String>,
+    /// Applies to these destinations only (any when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<String>,
+    /// Applies when the user's withdrawals of the asset in 24 h, this one
+    /// included, would exceed this canonical amount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub velocity_24h_above: Option<String>,
+    /// The staff members who may approve (the pool of N).
+    #[serde(default)]
+    pub staff: Vec<String>,
+    /// How many distinct staff members of `staff` must approve (M; 0 for
+    /// a delay alone).
+    #[serde(default)]
+    pub required: u32,
+    /// Once approved, the approval is valid only this many seconds later
+    /// (its `nbf`) and may be cancelled until then.
+    #[serde(default)]
+    pub delay_seconds: i64,
+}
+
+/// One quorum an intent needs: `m` of the staff in `of`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuorumNeed {
+    /// The rule's name.
+    pub rule: String,
+    /// Approvals needed.
+    pub m: u32,
+    /// Staff ids that may approve.
+    pub of: Vec<String>,
 }
 
 /// Rules for one action.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ActionPolicy {
     /// Factor kinds that may approve it.
@@ -87,6 +178,9 @@ pub struct ActionPolicy {
     pub require_app_attestation: bool,
     /// Stronger requirements above an amount (withdrawals).
     pub thresholds: Vec<Threshold>,
+    /// Staff quorums and delays.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub quorum: Vec<QuorumRule>,
 }
 
 impl Default for ActionPolicy {
@@ -96,12 +190,13 @@ impl Default for ActionPolicy {
             deny_jailbroken: false,
             require_app_attestation: false,
             thresholds: Vec::new(),
+            quorum: Vec::new(),
         }
     }
 }
 
 /// Above `above` of `asset`, only `kinds` may approve.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Threshold {
     /// Asset ticker.
@@ -113,7 +208,7 @@ pub struct Threshold {
 }
 
 /// What a velocity rule does when exceeded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnExceed {
     /// Suspend the user's approvals (an admin resumes).
@@ -123,7 +218,7 @@ pub enum OnExceed {
 }
 
 /// Per-user limits on withdrawals of one asset.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VelocityRule {
     /// Asset ticker.
@@ -143,6 +238,17 @@ pub struct Decision {
     pub kinds: Vec<Kind>,
     /// A velocity rule that the intent exceeds and that suspends the user.
     pub suspend: Option<String>,
+    /// Staff quorums the intent needs before an approval is issued.
+    pub quorum: Vec<QuorumNeed>,
+    /// Seconds the approval waits (its `nbf`) once approved.
+    pub delay_seconds: i64,
+}
+
+impl Decision {
+    /// True when the approval cannot be issued at once, valid now.
+    pub fn is_held(&self) -> bool {
+        !self.quorum.is_empty() || self.delay_seconds > 0
+    }
 }
 
 impl Policy {
@@ -173,6 +279,37 @@ impl Policy {
                     ));
                 }
             }
+            let mut names = std::collections::BTreeSet::new();
+            for q in &a.quorum {
+                q.validate(name)?;
+                if !names.insert(q.name.as_str()) {
+                    return Err(Error::invalid(
+                        format!("policy.actions.{name}.quorum"),
+                        format!("two rules are named '{}'; names must be unique", q.name),
+                    ));
+                }
+            }
+        }
+        let g = &self.governance;
+        check_pool("policy.governance.staff", &g.staff)?;
+        if g.required == 0 {
+            return Err(Error::invalid(
+                "policy.governance.required",
+                "must be at least 1: a policy change always needs staff approval",
+            ));
+        }
+        if !g.staff.is_empty() && g.required as usize > g.staff.len() {
+            return Err(Error::invalid(
+                "policy.governance.required",
+                format!(
+                    "a quorum of {} is larger than the staff pool of {} named in policy.governance.staff",
+                    g.required,
+                    g.staff.len()
+                ),
+            ));
+        }
+        if g.delay_seconds < 0 {
+            return Err(Error::invalid("policy.governance.delay_seconds", "may not be negative"));
         }
         for v in &self.velocity {
             if let Some(m) = &v.max_amount_24h {
@@ -185,6 +322,50 @@ impl Policy {
             }
         }
         Ok(())
+    }
+
+    /// Checks the delays against `max_delay_seconds` (the `[quorum]`
+    /// configuration's bound).
+    pub fn check_delays(&self, max_delay_seconds: i64) -> Result<(), Error> {
+        for (name, a) in &self.actions {
+            for q in &a.quorum {
+                if q.delay_seconds > max_delay_seconds {
+                    return Err(Error::invalid(
+                        format!("policy.actions.{name}.quorum"),
+                        format!(
+                            "rule '{}': a delay of {} s is beyond the configured maximum of {} s (quorum.max_delay_seconds)",
+                            q.name, q.delay_seconds, max_delay_seconds
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.governance.delay_seconds > max_delay_seconds {
+            return Err(Error::invalid(
+                "policy.governance.delay_seconds",
+                format!(
+                    "a delay of {} s is beyond the configured maximum of {} s (quorum.max_delay_seconds)",
+                    self.governance.delay_seconds, max_delay_seconds
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every staff id the policy names, with where.
+    pub fn named_staff(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (name, a) in &self.actions {
+            for q in &a.quorum {
+                for s in &q.staff {
+                    out.push((format!("policy.actions.{name}.quorum ('{}')", q.name), s.clone()));
+                }
+            }
+        }
+        for s in &self.governance.staff {
+            out.push(("policy.governance.staff".to_string(), s.clone()));
+        }
+        out
     }
 
     /// The rules for an action.
@@ -232,6 +413,18 @@ impl Policy {
         }
         let mut kinds = rules.kinds.clone();
         let mut suspend = None;
+        let mut quorum = Vec::new();
+        let mut delay_seconds = 0;
+        for q in rules.quorum.iter().filter(|q| q.applies(intent, &user.recent, now)) {
+            if q.required > 0 {
+                quorum.push(QuorumNeed {
+                    rule: q.name.clone(),
+                    m: q.required,
+                    of: q.staff.clone(),
+                });
+            }
+            delay_seconds = delay_seconds.max(q.delay_seconds);
+        }
         if action == Action::Withdrawal {
             for t in rules.thresholds.iter().filter(|t| t.asset == intent.asset) {
                 if amount::compare(&intent.amount, &t.above) == std::cmp::Ordering::Greater {
@@ -247,7 +440,102 @@ impl Policy {
                 }
             }
         }
-        Ok(Decision { kinds, suspend })
+        Ok(Decision {
+            kinds,
+            suspend,
+            quorum,
+            delay_seconds,
+        })
+    }
+}
+
+/// Refuses a staff pool with an empty, malformed or repeated id.
+fn check_pool(field: &str, staff: &[String]) -> Result<(), Error> {
+    let mut seen = std::collections::BTreeSet::new();
+    for s in staff {
+        crate::model::check_id(field, s)?;
+        if !seen.insert(s.as_str()) {
+            return Err(Error::invalid(field, format!("names staff member '{s}' twice")));
+        }
+    }
+    Ok(())
+}
+
+impl QuorumRule {
+    /// The static checks: a name, canonical amounts, a pool that can meet
+    /// the quorum, a rule that does something.
+    fn validate(&self, action: &str) -> Result<(), Error> {
+        let field = format!("policy.actions.{action}.quorum");
+        crate::model::check_id(&field, &self.name)
+            .map_err(|_| Error::invalid(&field, "every rule needs a name (no control characters)"))?;
+        for (what, v) in [("above", &self.above), ("velocity_24h_above", &self.velocity_24h_above)] {
+            if v.as_deref().is_some_and(|a| !sigil_verify::is_canonical_amount(a)) {
+                return Err(Error::invalid(
+                    &field,
+                    format!("rule '{}': {what} must be a canonical amount", self.name),
+                ));
+            }
+        }
+        check_pool(&field, &self.staff)?;
+        if self.required as usize > self.staff.len() {
+            return Err(Error::invalid(
+                &field,
+                format!(
+                    "rule '{}': a quorum of {} is larger than the staff pool of {} it names",
+                    self.name,
+                    self.required,
+                    self.staff.len()
+                ),
+            ));
+        }
+        if self.delay_seconds < 0 {
+            return Err(Error::invalid(
+                &field,
+                format!("rule '{}': delay_seconds may not be negative", self.name),
+            ));
+        }
+        if self.required == 0 && self.delay_seconds == 0 {
+            return Err(Error::invalid(
+                &field,
+                format!(
+                    "rule '{}' asks for neither staff approvals (required) nor a delay (delay_seconds)",
+                    self.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the rule applies to `intent` given the user's recent
+    /// withdrawals at `now`.
+    fn applies(&self, intent: &Intent, recent: &[RecentWithdrawal], now: i64) -> bool {
+        if self.asset.as_deref().is_some_and(|a| a != intent.asset) {
+            return false;
+        }
+        if let Some(above) = &self.above {
+            if amount::compare(&intent.amount, above) != std::cmp::Ordering::Greater {
+                return false;
+            }
+        }
+        if !self.destinations.is_empty() && !self.destinations.iter().any(|d| *d == intent.destination) {
+            return false;
+        }
+        if let Some(max) = &self.velocity_24h_above {
+            let total = recent
+                .iter()
+                .filter(|r| r.asset == intent.asset && r.at > now - 86_400)
+                .map(|r| amount::parse(&r.amount))
+                .chain(std::iter::once(amount::parse(&intent.amount)))
+                .try_fold(0u128, |acc, a| acc.checked_add(a?));
+            let over = match (total, amount::parse(max)) {
+                (Some(t), Some(m)) => t > m,
+                _ => true, // does not fit: the rule applies (fail closed)
+            };
+            if !over {
+                return false;
+            }
+        }
+        true
     }
 }
 

@@ -95,6 +95,7 @@ pub fn purge_grace(table: Table) -> Option<i64> {
         Table::Challenges => Some(3_600),
         Table::Ceremonies => Some(0),
         Table::Approvals => Some(86_400),
+        Table::Quorum => Some(30 * 86_400),
         _ => None,
     }
 }

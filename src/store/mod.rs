@@ -195,11 +195,17 @@ pub enum Table {
     /// Unique credential identifiers (WebAuthn credential ids, YubiKey
     /// public ids) → `user 0x00 factor_id`.
     Credentials,
+    /// Staff members (approvers and admins with their WebAuthn keys),
+    /// keyed by staff id.
+    Staff,
+    /// Requests held for a staff quorum or a delay (withdrawals and policy
+    /// changes), keyed by request id.
+    Quorum,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 13] = [
         Table::Factors,
         Table::Challenges,
         Table::Approvals,
@@ -211,6 +217,8 @@ impl Table {
         Table::Checkpoints,
         Table::Ceremonies,
         Table::Credentials,
+        Table::Staff,
+        Table::Quorum,
     ];
 
     /// The table's name in the backend.
@@ -227,6 +235,8 @@ impl Table {
             Table::Checkpoints => "checkpoints",
             Table::Ceremonies => "ceremonies",
             Table::Credentials => "credentials",
+            Table::Staff => "staff",
+            Table::Quorum => "quorum",
         }
     }
 

@@ -45,6 +45,16 @@ pub enum VerifyError {
     /// WebAuthn assertion evidence does not verify. The text says which check
     /// failed.
     BadEvidence(String),
+    /// A staff quorum named in the approval is not met by approvers whose
+    /// evidence verifies (or names keys that are not published). The text
+    /// says which.
+    QuorumNotMet(String),
+    /// The signed cancellation list names this approval: it was cancelled
+    /// during its delay.
+    Cancelled,
+    /// A delayed approval was checked without a cancellation list, or with
+    /// one issued before the approval's `nbf`. The text says which.
+    CancellationListNeeded(String),
 }
 
 impl fmt::Display for VerifyError {
@@ -98,6 +108,18 @@ impl fmt::Display for VerifyError {
                 f,
                 "WebAuthn evidence refused: {why}; the user's authenticator did not sign this intent"
             ),
+            VerifyError::QuorumNotMet(why) => write!(
+                f,
+                "approval refused: its staff quorum is not met ({why}); do not execute"
+            ),
+            VerifyError::Cancelled => write!(
+                f,
+                "approval refused: it was cancelled during its delay; do not execute"
+            ),
+            VerifyError::CancellationListNeeded(why) => write!(
+                f,
+                "delayed approval refused without a cancellation list issued at or after its nbf: {why}"
+            ),
         }
     }
 }
@@ -111,6 +133,9 @@ impl VerifyError {
             VerifyError::Expired => R::ApprovalExpired,
             VerifyError::NotYetValid => R::ApprovalNotYetValid,
             VerifyError::IntentMismatch { .. } => R::IntentMismatch,
+            VerifyError::Cancelled => R::ApprovalCancelled,
+            VerifyError::QuorumNotMet(_) => R::QuorumNotMet,
+            VerifyError::CancellationListNeeded(_) => R::ApprovalNotYetValid,
             VerifyError::Malformed(_)
             | VerifyError::UnsupportedAlgorithm(_)
             | VerifyError::UnknownKey(_)

@@ -10,12 +10,15 @@ use crate::b64url;
 use crate::error::{excerpt, short_error, VerifyError};
 use crate::intent::Intent;
 use crate::jwk::{json_string, JwkSet};
+use crate::quorum::{ApproverEvidence, QuorumClaim};
 use crate::webauthn::WebauthnEvidence;
 
 /// The only JWS algorithm accepted.
 const ES256: &str = "ES256";
 /// The `typ` header of every Sigil approval.
 const APPROVAL_TYP: &str = "sigil-approval+jwt";
+/// The `typ` header of a signed cancellation list.
+const CANCELLATIONS_TYP: &str = "sigil-cancellations+jwt";
 /// Tokens longer than this are refused before any parsing.
 const MAX_TOKEN_LEN: usize = 64 * 1024;
 /// Default clock leeway, in seconds.
@@ -27,7 +30,8 @@ const DEFAULT_LEEWAY: i64 = 30;
 /// `iat`, `exp`, `nbf` (optional), `act`, `intent` (object with the eight
 /// [`Intent`] fields), `intent_sha256` (unpadded base64url of
 /// [`Intent::digest`]), `amr` (array of RFC 8176 strings), `webauthn`
-/// (optional evidence object). Times are integer seconds since the Unix
+/// (optional evidence object), `approvers` and `quorum` (optional arrays,
+/// present when staff approved it). Times are integer seconds since the Unix
 /// epoch. Unknown claims are ignored (and dropped); unknown keys inside
 /// `intent` are refused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +64,56 @@ pub struct Claims {
     /// it with [`verify_webauthn_evidence`](crate::verify_webauthn_evidence).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webauthn: Option<WebauthnEvidence>,
+    /// The staff members who approved it, each with the WebAuthn assertion
+    /// their own key made over this intent (empty when no staff quorum was
+    /// needed); check them with [`verify_quorum`](crate::verify_quorum).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<ApproverEvidence>,
+    /// The staff quorums the approval met, one per policy rule that asked
+    /// for one (empty when none did).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quorum: Vec<QuorumClaim>,
+}
+
+impl Claims {
+    /// True for a delayed approval: it carries an `nbf` after its `iat`, and
+    /// may be cancelled until `nbf`. Such an approval is accepted only with
+    /// a signed cancellation list issued at or after `nbf`
+    /// ([`Verifier::verify_delayed_for`]).
+    pub fn is_delayed(&self) -> bool {
+        self.nbf.is_some_and(|nbf| nbf > self.iat)
+    }
+}
+
+/// A signed list of cancelled approvals (the payload of the JWS that
+/// `ApprovalService/GetCancellations` returns, header `typ`
+/// `sigil-cancellations+jwt`, signed by an approval key).
+///
+/// It lists every cancelled approval that has not expired at `iat`. A
+/// delayed approval can be cancelled only before its `nbf`, so a list
+/// issued at or after the approval's `nbf` that does not name its `jti`
+/// proves it was never cancelled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancellationList {
+    /// Issuer: the Sigil deployment.
+    pub iss: String,
+    /// Audience: the engine the approvals are for.
+    pub aud: String,
+    /// When the list was made (Unix seconds).
+    pub iat: i64,
+    /// The `jti`s of the cancelled approvals.
+    pub cancelled: Vec<String>,
+}
+
+/// The JWS signing input of a cancellation list: like [`signing_input`]
+/// with the header `typ` `sigil-cancellations+jwt`.
+pub fn cancellations_signing_input(kid: &str, list: &CancellationList) -> String {
+    let header = format!(
+        "{{\"alg\":\"{ES256}\",\"kid\":{},\"typ\":\"{CANCELLATIONS_TYP}\"}}",
+        json_string(kid)
+    );
+    let payload = serde_json::to_vec(list).unwrap_or_default();
+    format!("{}.{}", b64url::encode(header.as_bytes()), b64url::encode(&payload))
 }
 
 /// The JWS signing input of an approval: unpadded base64url of the header
@@ -165,6 +219,8 @@ pub struct Verifier {
     issuer: String,
     audience: String,
     leeway: i64,
+    /// The caller checks cancellations itself (Sigil, against its store).
+    cancellations_elsewhere: bool,
 }
 
 /// Parses a JSON object (not an array, which serde would also map onto a
@@ -213,7 +269,7 @@ fn decode_header_part(header_b64: &str) -> Result<Vec<u8>, VerifyError> {
 
 /// Checks the protected header (JSON object, `alg` exactly ES256, no `crit`,
 /// the approval `typ`, a `kid`) and returns its `kid`.
-fn check_header(header_json: &[u8]) -> Result<String, VerifyError> {
+fn check_header(header_json: &[u8], typ: &str) -> Result<String, VerifyError> {
     let header: Header = json_object(header_json)
         .map_err(|e| VerifyError::Malformed(format!("header is not a JSON object with a string alg: {e}")))?;
     if header.alg != ES256 {
@@ -225,18 +281,14 @@ fn check_header(header_json: &[u8]) -> Result<String, VerifyError> {
         ));
     }
     match header.typ.as_deref() {
-        Some(APPROVAL_TYP) => {}
+        Some(t) if t == typ => {}
         Some(other) => {
             return Err(VerifyError::Malformed(format!(
-                "header typ is {:?}, expected {APPROVAL_TYP:?}",
+                "header typ is {:?}, expected {typ:?}",
                 excerpt(other)
             )))
         }
-        None => {
-            return Err(VerifyError::Malformed(format!(
-                "header has no typ, expected {APPROVAL_TYP:?}"
-            )))
-        }
+        None => return Err(VerifyError::Malformed(format!("header has no typ, expected {typ:?}"))),
     }
     header
         .kid
@@ -251,7 +303,7 @@ fn check_header(header_json: &[u8]) -> Result<String, VerifyError> {
 /// key set to verify it with.
 pub(crate) fn token_kid(token: &str) -> Result<String, VerifyError> {
     let [header_b64, _, _] = split_token(token)?;
-    check_header(&decode_header_part(header_b64)?)
+    check_header(&decode_header_part(header_b64)?, APPROVAL_TYP)
 }
 
 impl Verifier {
@@ -339,6 +391,7 @@ impl Verifier {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             leeway: DEFAULT_LEEWAY,
+            cancellations_elsewhere: false,
         })
     }
 
@@ -346,6 +399,16 @@ impl Verifier {
     /// seconds). A negative value is taken as 0.
     pub fn with_leeway(mut self, seconds: i64) -> Self {
         self.leeway = seconds.max(0);
+        self
+    }
+
+    /// Accepts delayed approvals from [`Verifier::verify`] and
+    /// [`Verifier::verify_for`] without a cancellation list. Only for a
+    /// caller that knows by other means whether an approval was cancelled:
+    /// Sigil itself, which reads its store when redeeming. An engine uses
+    /// [`Verifier::verify_delayed_for`] instead.
+    pub fn with_cancellations_checked_elsewhere(mut self) -> Self {
+        self.cancellations_elsewhere = true;
         self
     }
 
@@ -377,7 +440,35 @@ impl Verifier {
     /// It does not check single use: redeem `jti` with Sigil before acting.
     /// Prefer [`Verifier::verify_for`], which also compares the intent with
     /// the engine's own record.
+    ///
+    /// A delayed approval ([`Claims::is_delayed`]) that passes these checks
+    /// (so once its `nbf` is reached; before, it is
+    /// [`VerifyError::NotYetValid`]) is refused with
+    /// [`VerifyError::CancellationListNeeded`]: check it with
+    /// [`Verifier::verify_delayed_for`], unless the verifier was built
+    /// [`with_cancellations_checked_elsewhere`](Verifier::with_cancellations_checked_elsewhere).
     pub fn verify(&self, token: &str, now_unix: i64) -> Result<Claims, VerifyError> {
+        let claims = self.verify_any(token, now_unix)?;
+        if claims.is_delayed() && !self.cancellations_elsewhere {
+            return Err(VerifyError::CancellationListNeeded(
+                "it could be cancelled until its nbf (after its iat); check it with verify_delayed_for".to_owned(),
+            ));
+        }
+        Ok(claims)
+    }
+
+    /// The checks of [`Verifier::verify`] except the one for delayed
+    /// approvals.
+    fn verify_any(&self, token: &str, now_unix: i64) -> Result<Claims, VerifyError> {
+        let payload = self.verified_payload(token, APPROVAL_TYP)?;
+        let claims: Claims = json_object(&payload)
+            .map_err(|e| VerifyError::Malformed(format!("claims do not match the approval schema: {e}")))?;
+        self.check_claims(claims, now_unix)
+    }
+
+    /// Steps 1–4 of [`Verifier::verify`] for a token of header `typ`:
+    /// returns the signed payload bytes.
+    fn verified_payload(&self, token: &str, typ: &str) -> Result<Vec<u8>, VerifyError> {
         let [header_b64, payload_b64, signature_b64] = split_token(token)?;
 
         // Syntax first: all three parts must be canonical base64url.
@@ -387,7 +478,7 @@ impl Verifier {
         let signature = b64url::decode(signature_b64)
             .map_err(|e| VerifyError::Malformed(format!("signature is not unpadded base64url: {e}")))?;
 
-        let kid = check_header(&header_json)?;
+        let kid = check_header(&header_json, typ)?;
         let kid = kid.as_str();
         if self.unusable.contains_key(kid) {
             return Err(VerifyError::RetiredKey(kid.to_owned()));
@@ -420,9 +511,11 @@ impl Verifier {
             ));
         }
 
-        let claims: Claims = json_object(&payload)
-            .map_err(|e| VerifyError::Malformed(format!("claims do not match the approval schema: {e}")))?;
+        Ok(payload)
+    }
 
+    /// Steps 5–7 of [`Verifier::verify`].
+    fn check_claims(&self, claims: Claims, now_unix: i64) -> Result<Claims, VerifyError> {
         if claims.iss != self.issuer {
             return Err(VerifyError::WrongIssuer);
         }
@@ -470,13 +563,84 @@ impl Verifier {
     /// in [`VerifyError::IntentMismatch`].
     pub fn verify_for(&self, token: &str, expected: &Intent, now_unix: i64) -> Result<Claims, VerifyError> {
         let claims = self.verify(token, now_unix)?;
-        for ((field, approved), (_, wanted)) in claims.intent.fields().into_iter().zip(expected.fields()) {
-            if approved.as_bytes() != wanted.as_bytes() {
-                return Err(VerifyError::IntentMismatch { field });
+        same_intent(&claims, expected)?;
+        Ok(claims)
+    }
+
+    /// Verifies a signed cancellation list (`ApprovalService/GetCancellations`)
+    /// at `now_unix`: the checks of [`Verifier::verify`] steps 1–4 with the
+    /// header `typ` `sigil-cancellations+jwt`, then `iss` and `aud`, and
+    /// `iat` not in the future (beyond the leeway).
+    pub fn verify_cancellations(&self, token: &str, now_unix: i64) -> Result<CancellationList, VerifyError> {
+        let payload = self.verified_payload(token, CANCELLATIONS_TYP)?;
+        let list: CancellationList = json_object(&payload)
+            .map_err(|e| VerifyError::Malformed(format!("cancellation list does not match its schema: {e}")))?;
+        if list.iss != self.issuer {
+            return Err(VerifyError::WrongIssuer);
+        }
+        if list.aud != self.audience {
+            return Err(VerifyError::WrongAudience);
+        }
+        if now_unix.saturating_add(self.leeway) < list.iat {
+            return Err(VerifyError::Malformed(
+                "the cancellation list is dated in the future; check the engine's clock".to_owned(),
+            ));
+        }
+        Ok(list)
+    }
+
+    /// [`Verifier::verify_for`] for any approval, delayed or not: a delayed
+    /// approval ([`Claims::is_delayed`]) must also be absent from
+    /// `cancellations`, a signed cancellation list
+    /// ([`Verifier::verify_cancellations`]) issued at or after the
+    /// approval's `nbf` ([`VerifyError::CancellationListNeeded`] when it is
+    /// older, [`VerifyError::Cancelled`] when it names the approval). An
+    /// approval that is not delayed is checked against the list too. A list
+    /// issued at or after the approval's `exp` no longer lists it, cancelled
+    /// or not: the approval is then [`VerifyError::Expired`] (even within
+    /// the clock leeway).
+    ///
+    /// The approval's own checks come first (so a delayed approval before
+    /// its `nbf` is [`VerifyError::NotYetValid`]), then the list's.
+    pub fn verify_delayed_for(
+        &self,
+        token: &str,
+        expected: &Intent,
+        cancellations: &str,
+        now_unix: i64,
+    ) -> Result<Claims, VerifyError> {
+        let claims = self.verify_any(token, now_unix)?;
+        same_intent(&claims, expected)?;
+        let list = self.verify_cancellations(cancellations, now_unix)?;
+        if let Some(nbf) = claims.nbf.filter(|_| claims.is_delayed()) {
+            if list.iat < nbf {
+                return Err(VerifyError::CancellationListNeeded(format!(
+                    "the cancellation list was issued at {}, before the approval's nbf {nbf}; fetch a fresh one",
+                    list.iat
+                )));
             }
+        }
+        // The list names only approvals not expired at its iat: one issued
+        // at or after exp says nothing about this approval (which the leeway
+        // could otherwise still accept).
+        if list.iat >= claims.exp {
+            return Err(VerifyError::Expired);
+        }
+        if list.cancelled.contains(&claims.jti) {
+            return Err(VerifyError::Cancelled);
         }
         Ok(claims)
     }
+}
+
+/// Refuses `claims` unless its intent equals `expected` field for field.
+fn same_intent(claims: &Claims, expected: &Intent) -> Result<(), VerifyError> {
+    for ((field, approved), (_, wanted)) in claims.intent.fields().into_iter().zip(expected.fields()) {
+        if approved.as_bytes() != wanted.as_bytes() {
+            return Err(VerifyError::IntentMismatch { field });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -498,6 +662,8 @@ mod tests {
             intent_sha256: String::new(),
             amr: vec!["hwk".into()],
             webauthn: None,
+            approvers: Vec::new(),
+            quorum: Vec::new(),
         }
     }
 

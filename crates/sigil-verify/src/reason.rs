@@ -151,6 +151,19 @@ reasons! {
     /// The chain hash an archive gives for its cut is not the live log's:
     /// the archive is not of this log (or was altered). Nothing was pruned.
     AuditChainMismatch = "AUDIT_CHAIN_MISMATCH",
+
+    /// The approval or request was cancelled during its delay or while it
+    /// waited for its quorum.
+    ApprovalCancelled = "APPROVAL_CANCELLED",
+    /// The staff quorum an approval names is not met.
+    QuorumNotMet = "QUORUM_NOT_MET",
+    /// This staff member may not take this decision: not among the rule's
+    /// approvers, approving their own withdrawal or proposal, or already
+    /// counted.
+    StaffNotAllowed = "STAFF_NOT_ALLOWED",
+    /// The quorum request waited longer than allowed and was cancelled, or
+    /// its delay is over and it can no longer be cancelled.
+    RequestClosed = "REQUEST_CLOSED",
 }
 
 impl Reason {
