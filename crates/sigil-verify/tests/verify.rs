@@ -135,11 +135,13 @@ fn not_yet_valid_nbf() {
     c.nbf = Some(NOW + 3600); // time-delayed approval
     c.exp = NOW + 7200;
     let token = signer.sign(&c);
-    let v = verifier(&signer);
+    // A delayed approval needs a cancellation list (tests/delayed.rs); the
+    // time checks are the same with or without one.
+    let v = verifier(&signer).with_cancellations_checked_elsewhere();
     assert_eq!(v.verify(&token, NOW), Err(VerifyError::NotYetValid));
     assert_eq!(v.verify(&token, NOW + 3569), Err(VerifyError::NotYetValid));
     assert!(v.verify(&token, NOW + 3570).is_ok()); // 30 s leeway
-    let strict = verifier(&signer).with_leeway(0);
+    let strict = verifier(&signer).with_leeway(0).with_cancellations_checked_elsewhere();
     assert_eq!(strict.verify(&token, NOW + 3599), Err(VerifyError::NotYetValid));
     assert!(strict.verify(&token, NOW + 3600).is_ok());
 }
@@ -711,6 +713,9 @@ fn errors_are_std_errors_with_actionable_text() {
         VerifyError::DigestMismatch,
         VerifyError::IntentMismatch { field: "memo" },
         VerifyError::BadEvidence("x".into()),
+        VerifyError::QuorumNotMet("x".into()),
+        VerifyError::Cancelled,
+        VerifyError::CancellationListNeeded("x".into()),
     ] {
         let text = e.to_string();
         assert!(text.len() > 30, "{text}");

@@ -97,6 +97,8 @@ pub fn claims_for(intent: &Intent) -> Claims {
         intent_sha256: b64url::encode(&intent.digest()),
         amr: vec!["hwk".into(), "user".into()],
         webauthn: None,
+        approvers: Vec::new(),
+        quorum: Vec::new(),
     }
 }
 
