@@ -801,9 +801,24 @@ impl Approvals {
         Ok(())
     }
 
-    /// Refuses a request that no longer accepts decisions at `now`.
+    /// Refuses a request that no longer accepts decisions at `now` (a
+    /// cancellation of an approval already redeemed says so first).
     fn check_open(&self, req: &QuorumRequest, decision: StaffDecision, now: i64) -> Result<(), Error> {
         let id = &req.request_id;
+        if decision == StaffDecision::Cancel && !req.jti.is_empty() {
+            if let Some(stored) = self.k.store.get(Table::Approvals, req.jti.as_bytes())? {
+                let rec: ApprovalRecord = codec::decode(&stored.value)?;
+                if let Some(at) = rec.redeemed_at {
+                    return Err(Error::refused(
+                        Reason::ApprovalAlreadyRedeemed,
+                        format!(
+                            "the approval of request '{id}' (jti {}) was already redeemed at {at}; it cannot be cancelled",
+                            req.jti
+                        ),
+                    ));
+                }
+            }
+        }
         match (req.state, decision) {
             (RequestState::AwaitingQuorum, _) if now >= req.expires_at => Err(Error::refused(
                 Reason::RequestClosed,

@@ -18,6 +18,7 @@ mod one_call;
 mod pg_outage;
 mod pg_tools;
 mod protections;
+mod quorum;
 mod reasons;
 mod replicas;
 mod retention;

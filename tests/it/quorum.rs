@@ -1,0 +1,783 @@
+//! Staff quorums, delayed approvals with their cancel window, guarded
+//! policy changes and stale requests, through the real gRPC API with
+//! software security keys for the staff members.
+use sigil::pb;
+use sigil::pb::staff_service_client::StaffServiceClient;
+use sigil_verify::{verify_quorum, Claims, StaffKeySet};
+use tonic::transport::Channel;
+use tonic::Code;
+use webauthn_authenticator_rs::softtoken::SoftToken;
+
+use crate::support::harness::*;
+use crate::support::webauthn::*;
+
+/// The policy of these tests: TOTP or a security key approves; a BTC
+/// withdrawal above 1 needs 2 of alice and bob ("large"); above 100 also
+/// waits `delay` seconds ("huge", only a delay); the governance needs 2
+/// staff approvals and 7200 s.
+fn policy(delay: i64) -> String {
+    format!(
+        r#"
+[actions.withdrawal]
+kinds = ["totp", "webauthn"]
+[[actions.withdrawal.quorum]]
+name = "large"
+asset = "BTC"
+above = "1"
+staff = ["alice", "bob"]
+required = 2
+[[actions.withdrawal.quorum]]
+name = "delayed"
+asset = "ETH"
+above = "1"
+required = 0
+delay_seconds = {delay}
+[governance]
+required = 2
+delay_seconds = 7200
+"#
+    )
+}
+
+async fn server() -> TestServer {
+    TestServer::start_with(|c| {
+        relaxed(c);
+        c.quorum.staff_key_hold_seconds = 0;
+        c.policy = sigil::protect::policy::Policy::from_toml(&policy(3600)).unwrap();
+    })
+    .await
+}
+
+async fn staff_api(s: &TestServer, role: &str) -> StaffServiceClient<Channel> {
+    StaffServiceClient::new(s.channel(role).await)
+}
+
+async fn add_staff(s: &TestServer, id: &str, role: &str, user_id: &str) {
+    staff_api(s, "admin")
+        .await
+        .add_staff(pb::AddStaffRequest {
+            staff_id: id.into(),
+            role: role.into(),
+            display_name: String::new(),
+            user_id: user_id.into(),
+        })
+        .await
+        .expect("add staff");
+}
+
+/// Registers a new software security key for staff member `id`.
+async fn staff_key(s: &TestServer, id: &str) -> SoftToken {
+    let (mut key, _) = soft_token(true);
+    let mut api = staff_api(s, "admin").await;
+    let b = api
+        .begin_staff_key_registration(pb::BeginStaffKeyRegistrationRequest { staff_id: id.into() })
+        .await
+        .expect("begin staff key")
+        .into_inner();
+    let rsp = create(&mut key, ORIGIN, &b.options_json, |_| {}).expect("register");
+    api.finish_staff_key_registration(pb::FinishStaffKeyRegistrationRequest {
+        staff_id: id.into(),
+        ceremony_id: b.ceremony_id,
+        response_json: rsp,
+    })
+    .await
+    .expect("finish staff key");
+    key
+}
+
+fn decision(d: &str) -> i32 {
+    match d {
+        "approve" => pb::StaffDecision::Approve as i32,
+        _ => pb::StaffDecision::Cancel as i32,
+    }
+}
+
+async fn begin_decision(
+    s: &TestServer,
+    request: &str,
+    staff: &str,
+    d: &str,
+) -> Result<pb::BeginStaffDecisionResponse, tonic::Status> {
+    staff_api(s, "approver")
+        .await
+        .begin_staff_decision(pb::BeginStaffDecisionRequest {
+            request_id: request.into(),
+            staff_id: staff.into(),
+            decision: decision(d),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn complete_decision(
+    s: &TestServer,
+    request: &str,
+    staff: &str,
+    ceremony: &str,
+    response: &str,
+) -> Result<pb::PendingApproval, tonic::Status> {
+    staff_api(s, "approver")
+        .await
+        .complete_staff_decision(pb::CompleteStaffDecisionRequest {
+            request_id: request.into(),
+            staff_id: staff.into(),
+            ceremony_id: ceremony.into(),
+            response_json: response.into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// A staff decision with `key`: begin, assertion, complete.
+async fn decide(
+    s: &TestServer,
+    request: &str,
+    staff: &str,
+    d: &str,
+    key: &mut SoftToken,
+) -> Result<pb::PendingApproval, tonic::Status> {
+    let b = begin_decision(s, request, staff, d).await?;
+    let r = get(key, ORIGIN, &b.options_json, |_| {}).expect("assertion");
+    complete_decision(s, request, staff, &b.ceremony_id, &r).await
+}
+
+fn btc(user: &str, wid: &str, amount: &str) -> pb::Intent {
+    pb::Intent {
+        amount: amount.into(),
+        ..withdrawal(user, wid)
+    }
+}
+
+fn eth(user: &str, wid: &str, amount: &str) -> pb::Intent {
+    pb::Intent {
+        action: "withdrawal".into(),
+        user_id: user.into(),
+        withdrawal_id: wid.into(),
+        asset: "ETH".into(),
+        network: "ethereum".into(),
+        amount: amount.into(),
+        destination: "0x52908400098527886E0F7030069857D2E4169EE7".into(),
+        memo: String::new(),
+    }
+}
+
+/// Begin + complete with TOTP; the whole response.
+async fn answer(s: &TestServer, intent: &pb::Intent, seed: &[u8]) -> pb::CompleteApprovalResponse {
+    let mut a = s.approvals("withdrawal-engine").await;
+    let b = begin(s, intent).await;
+    let r = a
+        .complete_approval(totp_proof(&b.challenge_id, &intent.user_id, &s.code(seed, 0), ""))
+        .await
+        .expect("complete approval")
+        .into_inner();
+    s.clock.advance(30);
+    r
+}
+
+async fn pending(s: &TestServer, request: &str) -> pb::PendingApproval {
+    s.approvals("withdrawal-engine")
+        .await
+        .get_pending_approval(pb::GetPendingApprovalRequest {
+            request_id: request.into(),
+        })
+        .await
+        .expect("pending")
+        .into_inner()
+}
+
+async fn redeem(s: &TestServer, token: &str, intent: &pb::Intent) -> Result<pb::RedeemApprovalResponse, tonic::Status> {
+    s.approvals("withdrawal-engine")
+        .await
+        .redeem_approval(pb::RedeemApprovalRequest {
+            approval: token.into(),
+            expected_intent: Some(intent.clone()),
+            idempotency_key: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn claims_of(token: &str) -> Claims {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&sigil_verify::b64url::decode(payload).unwrap()).unwrap()
+}
+
+async fn staff_keys(s: &TestServer) -> StaffKeySet {
+    let json = staff_api(s, "withdrawal-engine")
+        .await
+        .get_staff_keys(pb::GetStaffKeysRequest {})
+        .await
+        .expect("staff keys")
+        .into_inner()
+        .staff_keys_json;
+    serde_json::from_str(&json).unwrap()
+}
+
+fn state(p: &pb::PendingApproval) -> pb::PendingState {
+    pb::PendingState::try_from(p.state).unwrap()
+}
+
+fn reason(st: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    st.get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
+}
+
+async fn sweep(s: &TestServer) {
+    let sigil = s.sigil().clone();
+    tokio::task::spawn_blocking(move || sigil.sweep())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn below_the_threshold_the_users_factor_suffices_above_it_two_of_two_staff_keys() {
+    let s = server().await;
+    add_staff(&s, "alice", "approver", "").await;
+    add_staff(&s, "bob", "admin", "").await;
+    let mut alice = staff_key(&s, "alice").await;
+    let mut bob = staff_key(&s, "bob").await;
+    let (_, seed) = s.enroll_totp("u1").await;
+
+    // At the threshold: the user's factor alone, an approval at once.
+    let small = btc("u1", "w-small", "1");
+    let r = answer(&s, &small, &seed).await;
+    assert!(!r.approval.is_empty() && r.pending.is_none(), "{r:?}");
+    redeem(&s, &r.approval, &small).await.expect("small withdrawal redeems");
+
+    // Above it: held for alice and bob.
+    let big = btc("u1", "w-big", "2.5");
+    let r = answer(&s, &big, &seed).await;
+    assert!(r.approval.is_empty(), "a held withdrawal has no approval yet");
+    let p = r.pending.expect("pending request");
+    assert_eq!(state(&p), pb::PendingState::AwaitingQuorum);
+    assert_eq!(p.quorum[0].rule, "large");
+    assert_eq!(p.quorum[0].required, 2);
+    let id = p.request_id.clone();
+
+    // One of two: still nothing to redeem.
+    let p = decide(&s, &id, "alice", "approve", &mut alice)
+        .await
+        .expect("alice approves");
+    assert_eq!(state(&p), pb::PendingState::AwaitingQuorum);
+    assert!(
+        pending(&s, &id).await.approval.is_empty(),
+        "1 of 2 staff issued an approval"
+    );
+
+    // Two of two: the approval, with both approvers' evidence.
+    let p = decide(&s, &id, "bob", "approve", &mut bob).await.expect("bob approves");
+    assert_eq!(state(&p), pb::PendingState::Issued);
+    assert!(p.approval.is_empty(), "the approver role is not handed the approval");
+    let p = pending(&s, &id).await;
+    let token = p.approval.clone();
+    assert!(!token.is_empty());
+    let claims = claims_of(&token);
+    assert!(
+        claims.amr.contains(&"mca".to_string()) && claims.amr.contains(&"otp".to_string()),
+        "{:?}",
+        claims.amr
+    );
+    let ids: Vec<&str> = claims.approvers.iter().map(|a| a.staff_id.as_str()).collect();
+    assert_eq!(ids, ["alice", "bob"]);
+    assert_eq!(claims.quorum[0].m, 2);
+
+    // The verifier library re-checks every approver's signature.
+    let keys = staff_keys(&s).await;
+    assert_eq!(verify_quorum(&claims, &keys, None).unwrap(), ["alice", "bob"]);
+    for i in 0..2 {
+        for field in [
+            "authenticator_data",
+            "client_data_json",
+            "signature",
+            "nonce",
+            "credential_id",
+        ] {
+            let mut c = claims.clone();
+            let f = evidence_field(&mut c.approvers[i].webauthn, field);
+            let mut bytes = sigil_verify::b64url::decode(f).unwrap();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0x01;
+            *f = sigil_verify::b64url::encode(&bytes);
+            assert!(
+                verify_quorum(&c, &keys, None).is_err(),
+                "one byte changed in approver {i}'s {field} was accepted"
+            );
+        }
+    }
+    let mut one = claims.clone();
+    one.approvers.truncate(1);
+    assert!(
+        verify_quorum(&one, &keys, None).is_err(),
+        "1 of 2 approvers passed the library's quorum check"
+    );
+
+    redeem(&s, &token, &big).await.expect("quorum approval redeems");
+    let st = redeem(&s, &token, &big).await.unwrap_err();
+    assert_eq!(reason(&st), "APPROVAL_ALREADY_REDEEMED");
+}
+
+#[tokio::test]
+async fn one_person_counts_once_and_nobody_approves_their_own_withdrawal() {
+    let s = server().await;
+    // bob holds the exchange account u2; alice has two keys.
+    add_staff(&s, "alice", "approver", "").await;
+    add_staff(&s, "bob", "approver", "u2").await;
+    let mut alice1 = staff_key(&s, "alice").await;
+    let mut alice2 = staff_key(&s, "alice").await;
+    let mut bob = staff_key(&s, "bob").await;
+    let (_, seed1) = s.enroll_totp("u1").await;
+    let (_, seed2) = s.enroll_totp("u2").await;
+
+    let r = answer(&s, &btc("u1", "w1", "3"), &seed1).await;
+    let id = r.pending.unwrap().request_id;
+    decide(&s, &id, "alice", "approve", &mut alice1)
+        .await
+        .expect("first key");
+    let before = snapshot_but_attempts(s.sigil());
+    let st = begin_decision(&s, &id, "alice", "approve").await.unwrap_err();
+    assert_eq!(st.code(), Code::PermissionDenied);
+    assert_eq!(reason(&st), "STAFF_NOT_ALLOWED");
+    assert!(st.message().contains("one person counts once"), "{}", st.message());
+    // Not even with a ceremony opened for the other key first.
+    let st = decide(&s, &id, "alice", "approve", &mut alice2).await.unwrap_err();
+    assert_eq!(reason(&st), "STAFF_NOT_ALLOWED");
+    assert_eq!(
+        snapshot_but_attempts(s.sigil()),
+        before,
+        "a refused second approval wrote something"
+    );
+    let p = pending(&s, &id).await;
+    assert_eq!(state(&p), pb::PendingState::AwaitingQuorum);
+    assert_eq!(p.approvals.len(), 1);
+
+    // bob may not approve a withdrawal of his own account u2.
+    let r = answer(&s, &btc("u2", "w2", "3"), &seed2).await;
+    let id2 = r.pending.unwrap().request_id;
+    let st = decide(&s, &id2, "bob", "approve", &mut bob).await.unwrap_err();
+    assert_eq!(reason(&st), "STAFF_NOT_ALLOWED");
+    assert!(st.message().contains("own withdrawal"), "{}", st.message());
+    assert!(pending(&s, &id2).await.approvals.is_empty());
+}
+
+#[tokio::test]
+async fn a_staff_assertion_over_another_intent_is_refused() {
+    let s = server().await;
+    add_staff(&s, "alice", "approver", "").await;
+    let mut alice = staff_key(&s, "alice").await;
+    let (_, seed) = s.enroll_totp("u1").await;
+    let a = answer(&s, &btc("u1", "wa", "2"), &seed)
+        .await
+        .pending
+        .unwrap()
+        .request_id;
+    let b = answer(&s, &btc("u1", "wb", "20"), &seed)
+        .await
+        .pending
+        .unwrap()
+        .request_id;
+
+    // Ceremonies for both; the key signs B's challenge, which is answered
+    // on A's ceremony.
+    let ca = begin_decision(&s, &a, "alice", "approve").await.unwrap();
+    let cb = begin_decision(&s, &b, "alice", "approve").await.unwrap();
+    assert_ne!(ca.intent_sha256, cb.intent_sha256);
+    let over_b = get(&mut alice, ORIGIN, &cb.options_json, |_| {}).unwrap();
+    let st = complete_decision(&s, &a, "alice", &ca.ceremony_id, &over_b)
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::PermissionDenied, "{st:?}");
+    assert!(
+        pending(&s, &a).await.approvals.is_empty(),
+        "an assertion over another intent counted"
+    );
+    // B's ceremony for A's request is refused as well.
+    let st = complete_decision(&s, &a, "alice", &cb.ceremony_id, &over_b)
+        .await
+        .unwrap_err();
+    assert!(st.message().contains("was started for request"), "{}", st.message());
+    // The signed evidence commits to B's intent: the library refuses it for A.
+    assert!(pending(&s, &b).await.approvals.is_empty());
+}
+
+#[tokio::test]
+async fn a_delayed_approval_is_refused_before_nbf_accepted_after_and_refused_once_cancelled() {
+    let s = server().await;
+    add_staff(&s, "carol", "approver", "").await;
+    let mut carol = staff_key(&s, "carol").await;
+    let (_, seed) = s.enroll_totp("u1").await;
+    let cursor = 0;
+
+    // Delay alone: the approval is issued now with nbf = now + 3600.
+    let w1 = eth("u1", "e1", "5");
+    let r = answer(&s, &w1, &seed).await;
+    let t0 = s.clock.now_secs() - 30;
+    assert!(!r.approval.is_empty());
+    assert_eq!(r.not_before, t0 + 3600);
+    let p1 = r.pending.unwrap();
+    assert_eq!(state(&p1), pb::PendingState::Delayed);
+    let claims = claims_of(&r.approval);
+    assert_eq!(claims.nbf, Some(t0 + 3600));
+    let st = redeem(&s, &r.approval, &w1).await.unwrap_err();
+    assert_eq!(reason(&st), "APPROVAL_NOT_YET_VALID", "{st:?}");
+
+    // A second one, cancelled by the user with a factor.
+    let w2 = eth("u1", "e2", "6");
+    let r2 = answer(&s, &w2, &seed).await;
+    let id2 = r2.pending.unwrap().request_id;
+    let cancel_intent = pb::Intent {
+        action: "cancel_approval".into(),
+        user_id: "u1".into(),
+        memo: id2.clone(),
+        ..Default::default()
+    };
+    let cancel_token = s.approve(&cancel_intent, &seed).await;
+    let p = s
+        .approvals("frontend")
+        .await
+        .cancel_approval(pb::CancelApprovalRequest {
+            request_id: id2.clone(),
+            approval: cancel_token.clone(),
+        })
+        .await
+        .expect("user cancels")
+        .into_inner();
+    assert_eq!(state(&p), pb::PendingState::Cancelled);
+    assert_eq!(p.closed_by, "user");
+    // The cancel approval was used up.
+    let st = s
+        .approvals("frontend")
+        .await
+        .cancel_approval(pb::CancelApprovalRequest {
+            request_id: id2.clone(),
+            approval: cancel_token,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::FailedPrecondition);
+
+    // A third, cancelled by a staff member with their key.
+    let w3 = eth("u1", "e3", "7");
+    let r3 = answer(&s, &w3, &seed).await;
+    let id3 = r3.pending.unwrap().request_id;
+    let p = decide(&s, &id3, "carol", "cancel", &mut carol)
+        .await
+        .expect("staff cancels");
+    assert_eq!(state(&p), pb::PendingState::Cancelled);
+    assert_eq!(p.closed_by, "staff:carol");
+
+    // After the delay: the first redeems, the cancelled ones never do.
+    s.clock.advance(3600);
+    let late_cancel = decide(&s, &p1.request_id, "carol", "cancel", &mut carol)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reason(&late_cancel),
+        "REQUEST_CLOSED",
+        "cancelled after nbf: {late_cancel:?}"
+    );
+
+    // Offline: the signed cancellation list, issued after nbf.
+    let list = s
+        .approvals("withdrawal-engine")
+        .await
+        .get_cancellations(pb::GetCancellationsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let verifier = sigil_verify::Verifier::new(&s.sigil().signer().jwks(), "sigil", "withdrawal-engine").unwrap();
+    let now = s.clock.now_secs();
+    let ok = verifier.verify_delayed_for(&r.approval, &domain_intent(&w1), &list.cancellations, now);
+    assert!(ok.is_ok(), "{ok:?}");
+    let refused = verifier.verify_delayed_for(&r2.approval, &domain_intent(&w2), &list.cancellations, now);
+    assert_eq!(refused.unwrap_err(), sigil_verify::VerifyError::Cancelled);
+    assert!(
+        verifier.verify_for(&r.approval, &domain_intent(&w1), now).is_err(),
+        "a delayed approval verified without a list"
+    );
+
+    redeem(&s, &r.approval, &w1).await.expect("redeems after nbf");
+    for (token, w) in [(&r2.approval, &w2), (&r3.approval, &w3)] {
+        let st = redeem(&s, token, w).await.unwrap_err();
+        assert_eq!(reason(&st), "APPROVAL_CANCELLED", "{st:?}");
+    }
+    // Cancelling what was redeemed says so.
+    let st = begin_decision(&s, &p1.request_id, "carol", "cancel").await.unwrap_err();
+    assert_eq!(reason(&st), "APPROVAL_ALREADY_REDEEMED", "{st:?}");
+
+    let events = s.collect_events(cursor).await;
+    assert!(!events_of_kind(&events, "approval_cancelled").is_empty());
+    let issued = events_of_kind(&events, "approval_issued");
+    assert!(
+        issued
+            .iter()
+            .any(|e| e.details.get("not_before") == Some(&(t0 + 3600).to_string())),
+        "{issued:?}"
+    );
+    // Listed per user while pending.
+    let listed = s
+        .approvals("frontend")
+        .await
+        .list_pending_approvals(pb::ListPendingApprovalsRequest {
+            user_id: "u1".into(),
+            include_closed: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .requests;
+    assert_eq!(listed.len(), 3);
+}
+
+#[tokio::test]
+async fn a_policy_change_needs_its_quorum_and_applies_only_after_the_delay() {
+    let s = server().await;
+    for id in ["alice", "bob", "carol"] {
+        add_staff(&s, id, "admin", "").await;
+    }
+    let mut bob = staff_key(&s, "bob").await;
+    let mut carol = staff_key(&s, "carol").await;
+    let mut alice = staff_key(&s, "alice").await;
+    let (_, seed) = s.enroll_totp("u1").await;
+    let mut api = staff_api(&s, "admin").await;
+    let v1 = api.get_policy(pb::GetPolicyRequest {}).await.unwrap().into_inner();
+    assert_eq!(v1.version, 1);
+
+    // The new policy drops the BTC quorum.
+    let new_text = policy(3600).replace(
+        "required = 2\n[[actions.withdrawal.quorum]]",
+        "required = 1\n[[actions.withdrawal.quorum]]",
+    );
+    assert_ne!(new_text, policy(3600));
+    let papi = api.clone();
+    let propose = move |text: String| {
+        let mut api = papi.clone();
+        async move {
+            api.propose_policy(pb::ProposePolicyRequest {
+                proposed_by: "alice".into(),
+                policy_text: text,
+            })
+            .await
+            .map(|r| r.into_inner())
+        }
+    };
+
+    // Without quorum: one approval, then the request expires; never active.
+    let lonely = propose(new_text.clone()).await.expect("propose");
+    let st = decide(&s, &lonely.request_id, "alice", "approve", &mut alice)
+        .await
+        .unwrap_err();
+    assert!(st.message().contains("proposed this policy change"), "{}", st.message());
+    decide(&s, &lonely.request_id, "bob", "approve", &mut bob)
+        .await
+        .unwrap();
+    s.clock.advance(86_400);
+    sweep(&s).await;
+    assert_eq!(state(&pending(&s, &lonely.request_id).await), pb::PendingState::Expired);
+    assert_eq!(
+        api.get_policy(pb::GetPolicyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .version,
+        1
+    );
+
+    // With quorum: scheduled, not active before the delay.
+    let p = propose(new_text.clone()).await.expect("propose again");
+    decide(&s, &p.request_id, "bob", "approve", &mut bob).await.unwrap();
+    let q = decide(&s, &p.request_id, "carol", "approve", &mut carol).await.unwrap();
+    assert_eq!(state(&q), pb::PendingState::Delayed);
+    s.clock.advance(7199);
+    sweep(&s).await;
+    assert_eq!(
+        api.get_policy(pb::GetPolicyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .version,
+        1
+    );
+    let held = answer(&s, &btc("u1", "before", "2"), &seed).await;
+    assert!(
+        held.pending.is_some(),
+        "the old policy stopped applying before the delay ended"
+    );
+    s.clock.advance(1);
+    sweep(&s).await;
+    let v2 = api.get_policy(pb::GetPolicyRequest {}).await.unwrap().into_inner();
+    assert_eq!(v2.version, 2);
+    assert_eq!(v2.policy_text, new_text);
+    assert_eq!(state(&pending(&s, &p.request_id).await), pb::PendingState::Activated);
+    // It applies: 2 BTC now needs 1 staff approval instead of 2.
+    let r = answer(&s, &btc("u1", "after", "2"), &seed).await;
+    assert_eq!(r.pending.unwrap().quorum[0].required, 1);
+
+    // A third change, approved and then cancelled during its delay.
+    let p3 = propose(policy(60)).await.unwrap();
+    decide(&s, &p3.request_id, "bob", "approve", &mut bob).await.unwrap();
+    decide(&s, &p3.request_id, "carol", "approve", &mut carol)
+        .await
+        .unwrap();
+    decide(&s, &p3.request_id, "bob", "cancel", &mut bob)
+        .await
+        .expect("cancel during the delay");
+    s.clock.advance(7200);
+    sweep(&s).await;
+    assert_eq!(
+        api.get_policy(pb::GetPolicyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .version,
+        2
+    );
+
+    let events = s.collect_events(0).await;
+    for kind in [
+        "policy_change_proposed",
+        "policy_change_approved",
+        "policy_change_activated",
+    ] {
+        assert!(!events_of_kind(&events, kind).is_empty(), "no {kind} event");
+    }
+}
+
+#[tokio::test]
+async fn stale_quorum_requests_expire_with_an_event() {
+    let s = server().await;
+    add_staff(&s, "alice", "approver", "").await;
+    let mut alice = staff_key(&s, "alice").await;
+    let (_, seed) = s.enroll_totp("u1").await;
+    let id = answer(&s, &btc("u1", "w", "2"), &seed)
+        .await
+        .pending
+        .unwrap()
+        .request_id;
+    s.clock.advance(86_400 - 31);
+    sweep(&s).await;
+    assert_eq!(state(&pending(&s, &id).await), pb::PendingState::AwaitingQuorum);
+    s.clock.advance(2);
+    // Past its deadline it takes no approval, even before the sweep runs.
+    let st = decide(&s, &id, "alice", "approve", &mut alice).await.unwrap_err();
+    assert_eq!(reason(&st), "REQUEST_CLOSED");
+    sweep(&s).await;
+    let p = pending(&s, &id).await;
+    assert_eq!(state(&p), pb::PendingState::Expired);
+    let events = s.collect_events(0).await;
+    let expired = events_of_kind(&events, "quorum_request_expired");
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].details.get("request_id"), Some(&id));
+}
+
+#[tokio::test]
+async fn bad_staff_and_policy_input_is_refused_naming_the_problem_and_writes_nothing() {
+    let s = server().await;
+    add_staff(&s, "alice", "approver", "").await;
+    add_staff(&s, "bob", "approver", "").await;
+    add_staff(&s, "carol", "approver", "").await;
+    let _alice = staff_key(&s, "alice").await;
+    let (_, seed) = s.enroll_totp("u1").await;
+    let id = answer(&s, &btc("u1", "w", "2"), &seed)
+        .await
+        .pending
+        .unwrap()
+        .request_id;
+    let before = snapshot_but_attempts(s.sigil());
+    let mut api = staff_api(&s, "admin").await;
+
+    // Unknown staff id.
+    let st = begin_decision(&s, &id, "mallory", "approve").await.unwrap_err();
+    assert_eq!(st.code(), Code::NotFound);
+    assert!(st.message().contains("unknown staff id 'mallory'"), "{}", st.message());
+    // A staff member outside the rule's pool.
+    let st = begin_decision(&s, &id, "carol", "approve").await.unwrap_err();
+    assert_eq!(reason(&st), "STAFF_NOT_ALLOWED");
+    assert!(st.message().contains("not among the approvers"), "{}", st.message());
+    // A caller of another role.
+    let st = StaffServiceClient::new(s.channel("frontend").await)
+        .begin_staff_decision(pb::BeginStaffDecisionRequest {
+            request_id: id.clone(),
+            staff_id: "alice".into(),
+            decision: decision("approve"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::PermissionDenied);
+    // A staff member of another role.
+    let st = api
+        .add_staff(pb::AddStaffRequest {
+            staff_id: "eve".into(),
+            role: "frontend".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::InvalidArgument);
+    assert!(st.message().contains("'frontend'"), "{}", st.message());
+
+    let papi = api.clone();
+    let propose = move |text: String| {
+        let mut api = papi.clone();
+        async move {
+            api.propose_policy(pb::ProposePolicyRequest {
+                proposed_by: "alice".into(),
+                policy_text: text,
+            })
+            .await
+        }
+    };
+    // A policy naming an unknown staff member.
+    let st = propose(policy(60).replace("[\"alice\", \"bob\"]", "[\"alice\", \"nobody\"]"))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::InvalidArgument);
+    assert!(st.message().contains("unknown staff id 'nobody'"), "{}", st.message());
+    // A quorum larger than its pool.
+    let st = propose(policy(60).replace("required = 2\n[[actions", "required = 3\n[[actions"))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::InvalidArgument);
+    assert!(st.message().contains("larger than the staff pool"), "{}", st.message());
+    // A delay beyond the configured maximum.
+    let st = propose(policy(40 * 86_400)).await.unwrap_err();
+    assert_eq!(st.code(), Code::InvalidArgument);
+    assert!(
+        st.message().contains("beyond the configured maximum"),
+        "{}",
+        st.message()
+    );
+    // Not TOML.
+    let st = propose("[actions.withdrawal\n".into()).await.unwrap_err();
+    assert_eq!(st.code(), Code::InvalidArgument);
+    // A decision without a decision.
+    let st = staff_api(&s, "approver")
+        .await
+        .begin_staff_decision(pb::BeginStaffDecisionRequest {
+            request_id: id.clone(),
+            staff_id: "alice".into(),
+            decision: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::InvalidArgument);
+    assert_eq!(snapshot_but_attempts(s.sigil()), before, "bad input wrote something");
+
+    // The same checks hold for the configured first version.
+    let mut cfg = sigil::config::Config::default();
+    cfg.policy = sigil::protect::policy::Policy::from_toml(&policy(40 * 86_400)).unwrap();
+    assert!(cfg
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("beyond the configured maximum"));
+    let e = sigil::protect::policy::Policy::from_toml(
+        &policy(60).replace("required = 2\n[[actions", "required = 3\n[[actions"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("larger than the staff pool"), "{e}");
+}
