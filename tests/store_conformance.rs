@@ -914,3 +914,49 @@ fn sled_pages_merge_the_base_tree_and_the_memtables() {
     let s = SledStore::open(&dir.path().join("store")).unwrap();
     pages_cover_the_table("sled after a checkpoint", &s, &|| s.checkpoint().unwrap());
 }
+
+/// The staff and quorum tables hold records like every other table: a
+/// staff decision's batch (request, staff member, approval, ceremony) is
+/// all or nothing, and of two decisions read at the same version only one
+/// lands, on both backends.
+#[test]
+fn staff_and_quorum_records_are_conditional_like_the_rest() {
+    each_backend(|f| {
+        let s = f.a.as_ref();
+        let mut b = Batch::new();
+        b.insert(Table::Staff, b"alice", b"staff v1".to_vec());
+        b.insert(Table::Quorum, b"qr_1", b"awaiting".to_vec());
+        b.insert(Table::Ceremonies, b"sd_1", b"ceremony".to_vec());
+        b.insert(Table::Ceremonies, b"sd_2", b"ceremony".to_vec());
+        s.commit(&b).unwrap();
+        // Two decisions on the same request version: the first wins.
+        let decision = |ceremony: &[u8], value: &[u8]| {
+            let mut b = Batch::new();
+            b.delete(Table::Ceremonies, ceremony.to_vec(), 1);
+            b.update(Table::Staff, b"alice", 1, b"staff v2".to_vec());
+            b.update(Table::Quorum, b"qr_1", 1, value.to_vec());
+            b.insert(Table::Approvals, b"jti-1", b"approval".to_vec());
+            b
+        };
+        s.commit(&decision(b"sd_1", b"issued")).unwrap();
+        assert!(matches!(
+            s.commit(&decision(b"sd_2", b"issued twice")),
+            Err(StoreError::Conflict)
+        ));
+        assert_eq!(get(s, Table::Quorum, b"qr_1"), Some((2, b"issued".to_vec())));
+        assert_eq!(get(s, Table::Staff, b"alice"), Some((2, b"staff v2".to_vec())));
+        assert_eq!(
+            get(s, Table::Ceremonies, b"sd_2"),
+            Some((1, b"ceremony".to_vec())),
+            "the losing batch wrote"
+        );
+        assert_eq!(s.len(Table::Approvals).unwrap(), 1);
+        let all: Vec<Vec<u8>> = s
+            .scan_prefix(Table::Quorum, b"")
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(all, vec![b"qr_1".to_vec()]);
+    });
+}

@@ -1063,11 +1063,26 @@ impl Approvals {
         let mut batch = Batch::new();
         batch.delete(Table::Ceremonies, ceremony_id.as_bytes(), cversion);
         batch.update(Table::Staff, staff_id.as_bytes(), sversion, codec::encode(&staff)?);
-        let anti_phishing = if req.user_id.is_empty() {
-            None
+        let snap = if req.kind == RequestKind::Action {
+            Some(crate::protect::Snapshot::load(self.k.store.as_ref(), &req.user_id)?)
         } else {
-            crate::protect::Snapshot::load(self.k.store.as_ref(), &req.user_id)?.anti_phishing_code()
+            None
         };
+        if let (Some(snap), StaffDecision::Approve) = (&snap, decision) {
+            // The user's factors revoked since: nothing is approved for them.
+            if snap.epochs() != req.epochs {
+                return Err(refuse(Error::refused(
+                    Reason::Superseded,
+                    format!(
+                        "request '{request_id}' died when user '{}''s factors were revoked; they must enroll again and ask anew",
+                        req.user_id
+                    ),
+                )));
+            }
+            // A revocation racing this decision is caught at redemption:
+            // the approval carries the request's epochs.
+        }
+        let anti_phishing = snap.as_ref().and_then(|s| s.anti_phishing_code());
         let what = match decision {
             StaffDecision::Approve => {
                 req.approvals.push(StaffApproval {

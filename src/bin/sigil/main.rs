@@ -15,13 +15,24 @@
 //! sigil audit read [--user U]    print audit entries
 //! sigil audit archive --out FILE [--up-to SEQ | --keep N]  archive the oldest entries, then prune them
 //! sigil totp-code --secret B32   print the current TOTP code of a secret (development)
+//! sigil staff add ID --role admin|approver [--name N] [--user-id U]   add a staff member (admin)
+//! sigil staff register-key ID --soft-key FILE   register a software security key (DEVELOPMENT only)
+//! sigil staff list|keys          staff members and their keys; the staff key set (JSON)
+//! sigil pending list [--user U] [--all]   requests held for a staff quorum or a delay
+//! sigil pending show REQ         one request in full
+//! sigil pending approve|cancel REQ --staff ID --soft-key FILE   a staff decision, signed by the key
+//! sigil policy show              the stored policy in force and its pending changes
+//! sigil policy propose FILE --by ID   propose a new policy (decided with sigil pending approve|cancel)
 //! ```
 //! Client commands connect with mTLS to the server of `--config FILE`
 //! (`[client]`, or `https://` + `[server] listen`), unless `--server`,
 //! `--ca`, `--cert`, `--key` say otherwise; without a config, `SIGIL_URL`
 //! or the development defaults of `make certs`. Each names the server it
 //! acts on (stderr). `revoke --all`, `keys rotate --now` and `restore`
-//! ask for the server's (or store's) name to be typed, or `--yes`.
+//! ask for the server's (or store's) name to be typed, or `--yes`. Staff
+//! decisions (`pending approve|cancel`, `policy show`, `pending list`) take
+//! the admin or the approver certificate: `--cert certs/out/approver.pem
+//! --key certs/out/approver.key`, or a config whose `[client]` names them.
 //!
 //! One module per command group; [`conn`] resolves where client commands
 //! connect, and [`rpc`] holds the typed calls they make.
@@ -37,9 +48,13 @@ mod conn;
 mod hsm;
 mod keys;
 mod migrate;
+mod pending;
+mod policy;
 mod revoke;
 mod rpc;
 mod server;
+mod softkey;
+mod staff;
 mod totp;
 mod yubikey;
 
@@ -98,6 +113,21 @@ enum Cmd {
     },
     /// Print the current 6-digit code of a base32 TOTP secret (development aid).
     TotpCode(totp::TotpCode),
+    /// Staff members and their security keys (staff quorums).
+    Staff {
+        #[command(subcommand)]
+        cmd: staff::StaffCmd,
+    },
+    /// Requests held for a staff quorum or a delay, and staff decisions on them.
+    Pending {
+        #[command(subcommand)]
+        cmd: pending::PendingCmd,
+    },
+    /// The stored policy and proposals to change it.
+    Policy {
+        #[command(subcommand)]
+        cmd: policy::PolicyCmd,
+    },
 }
 
 #[tokio::main]
@@ -128,6 +158,9 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Cmd::Migrate(args) => migrate::migrate(args, config),
         Cmd::Audit { cmd } => audit::run(cmd, config).await,
         Cmd::TotpCode(args) => totp::code(args),
+        Cmd::Staff { cmd } => staff::run(cmd, config).await,
+        Cmd::Pending { cmd } => pending::run(cmd, config).await,
+        Cmd::Policy { cmd } => policy::run(cmd, config).await,
     }
 }
 
@@ -144,4 +177,28 @@ fn unix_now() -> Result<i64, Error> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|_| Error::Unavailable("clock before 1970".into()))?
         .as_secs() as i64)
+}
+
+/// A Unix time as UTC (`2027-01-15T08:00:00Z`), `-` for 0 (not set).
+fn utc(t: i64) -> String {
+    if t == 0 {
+        return "-".into();
+    }
+    // Days to civil date (H. Hinnant's algorithm, proleptic Gregorian).
+    let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3_600,
+        secs % 3_600 / 60,
+        secs % 60
+    )
 }

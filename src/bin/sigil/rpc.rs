@@ -384,3 +384,198 @@ impl Factors {
         Ok(())
     }
 }
+
+/// The staff service and the approval service's view of held requests,
+/// over one connection with the operator's client certificate: an admin's
+/// (adding staff, registering keys, proposing policy) or an approver's
+/// (`--cert`/`--key`, or a config whose `[client]` names it; deciding).
+pub struct Staff {
+    staff: pb::staff_service_client::StaffServiceClient<Channel>,
+    approvals: pb::approval_service_client::ApprovalServiceClient<Channel>,
+}
+
+impl Staff {
+    /// Connects to the server `conn` resolves to.
+    pub async fn connect(conn: &Conn, config: Option<&Path>) -> Result<Self, Error> {
+        let channel = conn.resolve(config)?.open().await?;
+        Ok(Self {
+            staff: pb::staff_service_client::StaffServiceClient::new(channel.clone()),
+            approvals: pb::approval_service_client::ApprovalServiceClient::new(channel),
+        })
+    }
+
+    /// Adds a staff member with `role` (`admin` or `approver`).
+    pub async fn add_staff(
+        &mut self,
+        staff_id: &str,
+        role: &str,
+        display_name: String,
+        user_id: String,
+    ) -> Result<pb::StaffMember, Error> {
+        Ok(self
+            .staff
+            .add_staff(pb::AddStaffRequest {
+                staff_id: staff_id.into(),
+                role: role.into(),
+                display_name,
+                user_id,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner())
+    }
+
+    /// Starts registering a security key for `staff_id`: the ceremony id
+    /// and the creation options (`{"publicKey": …}` JSON).
+    pub async fn begin_key_registration(
+        &mut self,
+        staff_id: &str,
+    ) -> Result<pb::BeginStaffKeyRegistrationResponse, Error> {
+        Ok(self
+            .staff
+            .begin_staff_key_registration(pb::BeginStaffKeyRegistrationRequest {
+                staff_id: staff_id.into(),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner())
+    }
+
+    /// Finishes the registration with the key's response; answers the
+    /// staff member with their keys.
+    pub async fn finish_key_registration(
+        &mut self,
+        staff_id: &str,
+        ceremony_id: String,
+        response_json: String,
+    ) -> Result<pb::StaffMember, Error> {
+        Ok(self
+            .staff
+            .finish_staff_key_registration(pb::FinishStaffKeyRegistrationRequest {
+                staff_id: staff_id.into(),
+                ceremony_id,
+                response_json,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner())
+    }
+
+    /// Every staff member with their keys.
+    pub async fn list_staff(&mut self) -> Result<Vec<pb::StaffMember>, Error> {
+        Ok(self
+            .staff
+            .list_staff(pb::ListStaffRequest {})
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .staff)
+    }
+
+    /// The staff keys verifiers check approvers' evidence with (JSON).
+    pub async fn staff_keys(&mut self) -> Result<String, Error> {
+        Ok(self
+            .staff
+            .get_staff_keys(pb::GetStaffKeysRequest {})
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .staff_keys_json)
+    }
+
+    /// Starts `staff_id`'s decision on a request: the ceremony, the
+    /// assertion options and the intent the key is to sign.
+    pub async fn begin_decision(
+        &mut self,
+        request_id: &str,
+        staff_id: &str,
+        decision: pb::StaffDecision,
+    ) -> Result<pb::BeginStaffDecisionResponse, Error> {
+        Ok(self
+            .staff
+            .begin_staff_decision(pb::BeginStaffDecisionRequest {
+                request_id: request_id.into(),
+                staff_id: staff_id.into(),
+                decision: decision as i32,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner())
+    }
+
+    /// Completes the decision with the key's assertion; answers the request.
+    pub async fn complete_decision(
+        &mut self,
+        request_id: &str,
+        staff_id: &str,
+        ceremony_id: String,
+        response_json: String,
+    ) -> Result<pb::PendingApproval, Error> {
+        Ok(self
+            .staff
+            .complete_staff_decision(pb::CompleteStaffDecisionRequest {
+                request_id: request_id.into(),
+                staff_id: staff_id.into(),
+                ceremony_id,
+                response_json,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner())
+    }
+
+    /// The policy in force and the changes proposed to it.
+    pub async fn policy(&mut self) -> Result<pb::GetPolicyResponse, Error> {
+        Ok(self
+            .staff
+            .get_policy(pb::GetPolicyRequest {})
+            .await
+            .map_err(status_error)?
+            .into_inner())
+    }
+
+    /// Proposes `text` as the new policy, by staff member `by`; answers
+    /// the request that now waits for the governance quorum.
+    pub async fn propose_policy(&mut self, by: &str, text: String) -> Result<pb::PendingApproval, Error> {
+        Ok(self
+            .staff
+            .propose_policy(pb::ProposePolicyRequest {
+                proposed_by: by.into(),
+                policy_text: text,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner())
+    }
+
+    /// One held request.
+    pub async fn pending(&mut self, request_id: &str) -> Result<pb::PendingApproval, Error> {
+        Ok(self
+            .approvals
+            .get_pending_approval(pb::GetPendingApprovalRequest {
+                request_id: request_id.into(),
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner())
+    }
+
+    /// Held requests, newest first: `user`'s, or everyone's and the policy
+    /// changes (empty `user`); closed ones too with `include_closed`.
+    pub async fn list_pending(
+        &mut self,
+        user: String,
+        include_closed: bool,
+    ) -> Result<Vec<pb::PendingApproval>, Error> {
+        Ok(self
+            .approvals
+            .list_pending_approvals(pb::ListPendingApprovalsRequest {
+                user_id: user,
+                include_closed,
+            })
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .requests)
+    }
+}
