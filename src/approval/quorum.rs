@@ -778,6 +778,8 @@ impl Approvals {
     ) -> Result<(), Error> {
         batch.insert(Table::Approvals, claims.jti.as_bytes(), codec::encode(record)?);
         meta::index_expiry(batch, Table::Approvals, claims.jti.as_bytes(), claims.exp);
+        // The request is kept `purge_grace` past its approval's expiry.
+        meta::index_expiry(batch, Table::Quorum, req.request_id.as_bytes(), claims.exp);
         req.jti = claims.jti.clone();
         req.token = token;
         req.exp = claims.exp;
