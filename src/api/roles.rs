@@ -47,6 +47,7 @@ pub const RPC_ROLES: &[(&str, &[Role])] = &[
     ("StaffService/AddStaff", &[Role::Admin]),
     ("StaffService/BeginStaffKeyRegistration", &[Role::Admin]),
     ("StaffService/FinishStaffKeyRegistration", &[Role::Admin]),
+    ("StaffService/RemoveStaff", &[Role::Admin]),
     ("StaffService/ListStaff", &[Role::Admin, Role::Approver]),
     (
         "StaffService/GetStaffKeys",

@@ -68,6 +68,21 @@ impl pb::staff_service_server::StaffService for StaffApi {
         Ok(Response::new(convert::staff_member(&rec)))
     }
 
+    async fn remove_staff(
+        &self,
+        req: Request<pb::RemoveStaffRequest>,
+    ) -> Result<Response<pb::RemoveStaffResponse>, Status> {
+        let role = require(&req, "StaffService/RemoveStaff")?;
+        let r = req.into_inner();
+        let s = self.sigil.clone();
+        blocking(move || {
+            s.approvals()
+                .remove_staff(role.name(), &r.staff_id, &r.credential_id, &r.reason)
+        })
+        .await?;
+        Ok(Response::new(pb::RemoveStaffResponse {}))
+    }
+
     async fn list_staff(&self, req: Request<pb::ListStaffRequest>) -> Result<Response<pb::ListStaffResponse>, Status> {
         require(&req, "StaffService/ListStaff")?;
         let s = self.sigil.clone();

@@ -394,6 +394,73 @@ impl Approvals {
         Ok(rec)
     }
 
+    /// Removes one key of a staff member (`credential_id`), or the staff
+    /// member with all their keys (`credential_id` empty). What the removed
+    /// key (or staff member) approved on requests still waiting for their
+    /// quorum no longer counts; approvals already issued stay (cancel a
+    /// delayed one with another key).
+    pub fn remove_staff(&self, actor: &str, staff_id: &str, credential_id: &str, reason: &str) -> Result<(), Error> {
+        if reason.trim().is_empty() || reason.len() > 512 || reason.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "reason",
+                "is required (at most 512 bytes, no control characters)",
+            ));
+        }
+        let (mut staff, version) = self.staff(staff_id)?;
+        let now = self.k.now()?;
+        let mut batch = Batch::new();
+        let change = if credential_id.is_empty() {
+            batch.delete(Table::Staff, staff_id.as_bytes(), version);
+            "removed"
+        } else {
+            let before = staff.keys.len();
+            staff.keys.retain(|k| k.credential.credential_id != credential_id);
+            if staff.keys.len() == before {
+                return Err(Error::NotFound(format!(
+                    "staff member '{staff_id}' has no key {}",
+                    crate::error::excerpt(credential_id)
+                )));
+            }
+            batch.update(Table::Staff, staff_id.as_bytes(), version, codec::encode(&staff)?);
+            "key_removed"
+        };
+        let mut withdrawn = Vec::new();
+        for (key, v) in self.k.store.scan_prefix(Table::Quorum, b"")? {
+            let mut r: QuorumRequest = codec::decode(&v.value)?;
+            if r.state != RequestState::AwaitingQuorum {
+                continue;
+            }
+            let before = r.approvals.len();
+            r.approvals.retain(|a| {
+                a.staff_id != staff_id || !(credential_id.is_empty() || a.evidence.credential_id == credential_id)
+            });
+            if r.approvals.len() != before {
+                withdrawn.push(r.request_id.clone());
+                batch.update(Table::Quorum, key, v.version, codec::encode(&r)?);
+            }
+        }
+        Event::new(EventKind::StaffChanged, "", now, None)
+            .with("staff_id", staff_id)
+            .with("change", change)
+            .with("credential_id", credential_id)
+            .with("reason", reason)
+            .with("approvals_withdrawn", withdrawn.join(" "))
+            .append_to(&mut batch)?;
+        AuditEntry::ok(now, actor, "", "staff.remove")
+            .with("approvals_withdrawn", withdrawn.join(" "))
+            .with("staff_id", staff_id)
+            .with("credential_id", credential_id)
+            .with("reason", reason)
+            .append_to(&mut batch)?;
+        self.k.commit(&batch).map_err(|e| match e {
+            Error::Conflict(_) => Error::Conflict(format!(
+                "staff member '{staff_id}' or a request they approved changed meanwhile; nothing was removed, try again"
+            )),
+            other => other,
+        })?;
+        Ok(())
+    }
+
     /// A staff member, or NOT_FOUND naming the id.
     pub fn staff(&self, staff_id: &str) -> Result<(StaffRecord, u64), Error> {
         check_id("staff_id", staff_id)?;

@@ -781,3 +781,75 @@ async fn bad_staff_and_policy_input_is_refused_naming_the_problem_and_writes_not
     .to_string();
     assert!(e.contains("larger than the staff pool"), "{e}");
 }
+
+#[tokio::test]
+async fn a_removed_staff_key_stops_counting_and_a_new_key_waits_for_its_hold() {
+    let s = TestServer::start_with(|c| {
+        relaxed(c);
+        c.quorum.staff_key_hold_seconds = 600;
+        c.policy = sigil::protect::policy::Policy::from_toml(&policy(3600)).unwrap();
+    })
+    .await;
+    add_staff(&s, "alice", "approver", "").await;
+    add_staff(&s, "bob", "approver", "").await;
+    let mut alice = staff_key(&s, "alice").await;
+    let mut bob = staff_key(&s, "bob").await;
+    let (_, seed) = s.enroll_totp("u1").await;
+    let id = answer(&s, &btc("u1", "w", "2"), &seed)
+        .await
+        .pending
+        .unwrap()
+        .request_id;
+
+    // Within the hold the new keys do not count.
+    let st = begin_decision(&s, &id, "alice", "approve").await.unwrap_err();
+    assert_eq!(reason(&st), "NO_USABLE_FACTOR");
+    assert!(st.message().contains("counts from"), "{}", st.message());
+    s.clock.advance(600);
+    let p = decide(&s, &id, "alice", "approve", &mut alice).await.unwrap();
+    assert_eq!(p.approvals.len(), 1);
+
+    // alice's key is reported stolen: removed, and what it approved on a
+    // request still waiting no longer counts.
+    let cred = p.approvals[0].credential_id.clone();
+    let mut api = staff_api(&s, "admin").await;
+    let st = api
+        .remove_staff(pb::RemoveStaffRequest {
+            staff_id: "alice".into(),
+            credential_id: cred.clone(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::InvalidArgument, "a removal without a reason");
+    api.remove_staff(pb::RemoveStaffRequest {
+        staff_id: "alice".into(),
+        credential_id: cred.clone(),
+        reason: "key reported stolen".into(),
+    })
+    .await
+    .expect("remove key");
+    assert!(
+        pending(&s, &id).await.approvals.is_empty(),
+        "the removed key's approval still counts"
+    );
+    let keys = staff_keys(&s).await;
+    assert!(
+        keys.keys.iter().all(|k| k.credential_id != cred),
+        "a removed key is still published"
+    );
+    // bob alone is 1 of 2.
+    let p = decide(&s, &id, "bob", "approve", &mut bob).await.unwrap();
+    assert_eq!(state(&p), pb::PendingState::AwaitingQuorum);
+    let st = begin_decision(&s, &id, "alice", "approve").await.unwrap_err();
+    assert_eq!(reason(&st), "NO_USABLE_FACTOR");
+    let st = api
+        .remove_staff(pb::RemoveStaffRequest {
+            staff_id: "alice".into(),
+            credential_id: cred,
+            reason: "again".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::NotFound);
+}

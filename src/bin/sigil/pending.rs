@@ -269,7 +269,11 @@ fn describe(p: &pb::PendingApproval) -> Vec<String> {
             "policy change proposed by {}, replacing policy version {}, text {}:",
             p.proposed_by, p.base_version, i.memo
         ));
-        out.extend(p.policy_text.lines().map(|l| format!("    | {l}")));
+        out.extend(
+            p.policy_text
+                .lines()
+                .map(|l| format!("    | {l}").trim_end().to_string()),
+        );
     } else if p.kind == "withdrawal" {
         out.push(format!(
             "withdrawal of {} {} on {} to {} for user {} (withdrawal id {}{})",
@@ -391,7 +395,7 @@ fn print_request(p: &pb::PendingApproval) {
         println!("replaces       version {}", p.base_version);
         println!("policy text:");
         for l in p.policy_text.lines() {
-            println!("    | {l}");
+            println!("{}", format!("    | {l}").trim_end());
         }
     }
 }

@@ -52,7 +52,7 @@ async fn show(conn: &Conn, config: Option<&Path>) -> Result<(), Error> {
         utc(p.activated_at)
     );
     for l in p.policy_text.lines() {
-        println!("    | {l}");
+        println!("{}", format!("    | {l}").trim_end());
     }
     if p.pending_changes.is_empty() {
         println!("no pending changes");
