@@ -353,6 +353,16 @@ impl pb::approval_service_server::ApprovalService for ApprovalApi {
             anti_phishing_code: b.anti_phishing_code.unwrap_or_default(),
             webauthn_request_options_json: b.webauthn_options.unwrap_or_default(),
             yubikey_hmac_challenge: b.yubikey_hmac_challenge.map(|c| c.to_vec()).unwrap_or_default(),
+            quorum: b
+                .quorum
+                .iter()
+                .map(|n| pb::QuorumRequirement {
+                    rule: n.rule.clone(),
+                    required: n.m,
+                    staff: n.of.clone(),
+                })
+                .collect(),
+            delay_seconds: b.delay_seconds,
         }))
     }
 

@@ -66,6 +66,8 @@ impl Approvals {
         };
         // The suspension a velocity rule decided, if one fired.
         let mut fired: Option<String> = None;
+        // What the approval will be held for (staff quorums, a delay).
+        let mut held = (Vec::new(), 0);
         let policy = self.policy()?;
         let decided = (|| -> Result<(Vec<Kind>, Vec<FactorRecord>), Error> {
             snap.check_not_suspended(now, "approval")?;
@@ -90,6 +92,7 @@ impl Approvals {
                 self.whitelist_check(&user_id, &intent.network, &intent.destination, now)?;
             }
             let decision = policy.decide(action, &intent, &device, &snap.user, now)?;
+            held = (decision.quorum.clone(), decision.delay_seconds);
             if let Some(why) = decision.suspend {
                 fired = Some(why.clone());
                 return Err(Error::refused(
@@ -232,6 +235,8 @@ impl Approvals {
             anti_phishing_code: snap.anti_phishing_code(),
             webauthn_options,
             yubikey_hmac_challenge,
+            quorum: held.0,
+            delay_seconds: held.1,
         })
     }
 }

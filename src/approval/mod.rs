@@ -249,6 +249,10 @@ pub struct Begun {
     pub webauthn_options: Option<String>,
     /// YubiKey HMAC challenge, when an HMAC slot may answer.
     pub yubikey_hmac_challenge: Option<[u8; 32]>,
+    /// Staff quorums policy will hold the approval for, once answered.
+    pub quorum: Vec<crate::protect::policy::QuorumNeed>,
+    /// The delay policy will add, seconds.
+    pub delay_seconds: i64,
 }
 
 /// What CompleteApproval returns.

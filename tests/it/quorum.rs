@@ -248,8 +248,12 @@ async fn below_the_threshold_the_users_factor_suffices_above_it_two_of_two_staff
     assert!(!r.approval.is_empty() && r.pending.is_none(), "{r:?}");
     redeem(&s, &r.approval, &small).await.expect("small withdrawal redeems");
 
-    // Above it: held for alice and bob.
+    // Above it: held for alice and bob, as BeginApproval already says.
     let big = btc("u1", "w-big", "2.5");
+    let b = begin(&s, &big).await;
+    assert_eq!(b.quorum.len(), 1);
+    assert_eq!(b.quorum[0].staff, ["alice", "bob"]);
+    assert!(begin(&s, &small).await.quorum.is_empty());
     let r = answer(&s, &big, &seed).await;
     assert!(r.approval.is_empty(), "a held withdrawal has no approval yet");
     let p = r.pending.expect("pending request");
