@@ -163,7 +163,7 @@ impl Approvals {
         })?;
         proposed
             .check_delays(self.cfg.quorum.max_delay_seconds)
-            .map_err(|e| as_policy_text_error(e))?;
+            .map_err(as_policy_text_error)?;
         self.check_policy_assets(&proposed)?;
         let (proposer, _) = self.staff(proposed_by).map_err(|e| match e {
             Error::NotFound(m) => Error::invalid("proposed_by", m),

@@ -833,6 +833,7 @@ impl Approvals {
 
     /// Adds the approval of `req` to `batch` (record, expiry, event) and
     /// moves `req` to DELAYED or ISSUED.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn add_issued(
         &self,
         batch: &mut Batch,

@@ -517,7 +517,7 @@ impl QuorumRule {
                 return false;
             }
         }
-        if !self.destinations.is_empty() && !self.destinations.iter().any(|d| *d == intent.destination) {
+        if !self.destinations.is_empty() && !self.destinations.contains(&intent.destination) {
             return false;
         }
         if let Some(max) = &self.velocity_24h_above {

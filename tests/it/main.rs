@@ -8,6 +8,7 @@ mod audit_log;
 mod bad_input;
 mod binary;
 mod cli;
+mod cli_staff;
 mod crash;
 mod denylist;
 mod hsm_outage;

@@ -771,8 +771,10 @@ async fn bad_staff_and_policy_input_is_refused_naming_the_problem_and_writes_not
     assert_eq!(snapshot_but_attempts(s.sigil()), before, "bad input wrote something");
 
     // The same checks hold for the configured first version.
-    let mut cfg = sigil::config::Config::default();
-    cfg.policy = sigil::protect::policy::Policy::from_toml(&policy(40 * 86_400)).unwrap();
+    let cfg = sigil::config::Config {
+        policy: sigil::protect::policy::Policy::from_toml(&policy(40 * 86_400)).unwrap(),
+        ..Default::default()
+    };
     assert!(cfg
         .validate()
         .unwrap_err()

@@ -20,8 +20,32 @@ async fn each_rpc_admits_exactly_its_roles() {
         ("CompleteApproval", &["withdrawal-engine", "frontend"]),
         ("RedeemApproval", &["withdrawal-engine"]),
         ("GetApprovalKeys", &["withdrawal-engine", "frontend", "admin"]),
+        (
+            "GetPendingApproval",
+            &["withdrawal-engine", "frontend", "admin", "approver"],
+        ),
+        ("ListPendingApprovals", &["frontend", "admin", "approver"]),
+        ("CancelApproval", &["frontend"]),
+        ("GetCancellations", &["withdrawal-engine", "frontend", "admin"]),
+        ("AddStaff", &["admin"]),
+        ("BeginStaffKeyRegistration", &["admin"]),
+        ("FinishStaffKeyRegistration", &["admin"]),
+        ("RemoveStaff", &["admin"]),
+        ("ListStaff", &["admin", "approver"]),
+        ("GetStaffKeys", &["withdrawal-engine", "frontend", "admin", "approver"]),
+        ("BeginStaffDecision", &["admin", "approver"]),
+        ("CompleteStaffDecision", &["admin", "approver"]),
+        ("GetPolicy", &["admin", "approver"]),
+        ("ProposePolicy", &["admin"]),
     ];
-    for role in ["withdrawal-engine", "frontend", "admin", "norole", "badrole"] {
+    for role in [
+        "withdrawal-engine",
+        "frontend",
+        "admin",
+        "approver",
+        "norole",
+        "badrole",
+    ] {
         for (rpc, denied) in call_all(&s, role).await {
             let ok_roles = allowed.iter().find(|(n, _)| *n == rpc).unwrap().1;
             assert_eq!(denied, !ok_roles.contains(&role), "{rpc} as {role}: denied={denied}");

@@ -202,3 +202,16 @@ fn utc(t: i64) -> String {
         secs % 60
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand's arguments are consistent (unique long names,
+    /// valid defaults): clap checks it here, not first when an operator
+    /// runs the command.
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -81,7 +81,8 @@ async fn propose(conn: &Conn, file: &Path, by: &str, config: Option<&Path>) -> R
         println!("needs {} of [{}] ({})", q.required, q.staff.join(", "), q.rule);
     }
     println!(
-        "then takes effect {} s after the quorum; staff decide with: sigil pending approve|cancel {} --staff ID --soft-key FILE",
+        "then takes effect {} s after the quorum; staff decide with: \
+         sigil pending approve|cancel {} --staff ID --soft-key FILE",
         p.delay_seconds, p.request_id
     );
     Ok(())

@@ -461,6 +461,19 @@ impl Staff {
             .into_inner())
     }
 
+    /// Removes a staff key, or the staff member when `credential_id` is empty.
+    pub async fn remove_staff(&mut self, staff_id: &str, credential_id: &str, reason: &str) -> Result<(), Error> {
+        self.staff
+            .remove_staff(pb::RemoveStaffRequest {
+                staff_id: staff_id.into(),
+                credential_id: credential_id.into(),
+                reason: reason.into(),
+            })
+            .await
+            .map_err(status_error)?;
+        Ok(())
+    }
+
     /// Every staff member with their keys.
     pub async fn list_staff(&mut self) -> Result<Vec<pb::StaffMember>, Error> {
         Ok(self

@@ -49,6 +49,22 @@ pub enum StaffCmd {
         #[arg(long)]
         origin: Option<String>,
     },
+    /// Remove a lost or stolen staff key (--credential CREDENTIAL_ID), or the
+    /// staff member with all their keys (admin certificate). What it
+    /// approved on requests still waiting for their quorum stops counting.
+    Remove {
+        #[command(flatten)]
+        conn: Conn,
+        /// The staff member's id.
+        staff_id: String,
+        /// One key's credential id (from `sigil staff list`); without it
+        /// the staff member is removed.
+        #[arg(long = "credential", value_name = "CREDENTIAL_ID", default_value = "")]
+        credential_id: String,
+        /// Why (audited, and in the staff_changed event).
+        #[arg(long)]
+        reason: String,
+    },
     /// List the staff members and their keys.
     List {
         #[command(flatten)]
@@ -77,6 +93,23 @@ pub async fn run(cmd: StaffCmd, config: Option<&Path>) -> Result<(), Error> {
             soft_key,
             origin,
         } => register_key(&conn, &staff_id, &soft_key, origin, config).await,
+        StaffCmd::Remove {
+            conn,
+            staff_id,
+            credential_id,
+            reason,
+        } => {
+            Staff::connect(&conn, config)
+                .await?
+                .remove_staff(&staff_id, &credential_id, &reason)
+                .await?;
+            if credential_id.is_empty() {
+                println!("removed staff member {staff_id} and all their keys");
+            } else {
+                println!("removed key {credential_id} of staff member {staff_id}");
+            }
+            Ok(())
+        }
         StaffCmd::List { conn } => list(&conn, config).await,
         StaffCmd::Keys { conn } => keys(&conn, config).await,
     }

@@ -66,6 +66,95 @@ pub async fn call_all(s: &TestServer, role: &str) -> Vec<(&'static str, bool)> {
                 .map(|_| ()),
         ),
     ));
+    out.push((
+        "GetPendingApproval",
+        denied(
+            a.get_pending_approval(pb::GetPendingApprovalRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+    ));
+    out.push((
+        "ListPendingApprovals",
+        denied(
+            a.list_pending_approvals(pb::ListPendingApprovalsRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+    ));
+    out.push((
+        "CancelApproval",
+        denied(
+            a.cancel_approval(pb::CancelApprovalRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+    ));
+    out.push((
+        "GetCancellations",
+        denied(
+            a.get_cancellations(pb::GetCancellationsRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+    ));
+    let mut st = pb::staff_service_client::StaffServiceClient::new(s.channel(role).await);
+    out.push((
+        "AddStaff",
+        denied(st.add_staff(pb::AddStaffRequest::default()).await.map(|_| ())),
+    ));
+    out.push((
+        "BeginStaffKeyRegistration",
+        denied(
+            st.begin_staff_key_registration(pb::BeginStaffKeyRegistrationRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+    ));
+    out.push((
+        "FinishStaffKeyRegistration",
+        denied(
+            st.finish_staff_key_registration(pb::FinishStaffKeyRegistrationRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+    ));
+    out.push((
+        "RemoveStaff",
+        denied(st.remove_staff(pb::RemoveStaffRequest::default()).await.map(|_| ())),
+    ));
+    out.push((
+        "ListStaff",
+        denied(st.list_staff(pb::ListStaffRequest::default()).await.map(|_| ())),
+    ));
+    out.push((
+        "GetStaffKeys",
+        denied(st.get_staff_keys(pb::GetStaffKeysRequest::default()).await.map(|_| ())),
+    ));
+    out.push((
+        "BeginStaffDecision",
+        denied(
+            st.begin_staff_decision(pb::BeginStaffDecisionRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+    ));
+    out.push((
+        "CompleteStaffDecision",
+        denied(
+            st.complete_staff_decision(pb::CompleteStaffDecisionRequest::default())
+                .await
+                .map(|_| ()),
+        ),
+    ));
+    out.push((
+        "GetPolicy",
+        denied(st.get_policy(pb::GetPolicyRequest::default()).await.map(|_| ())),
+    ));
+    out.push((
+        "ProposePolicy",
+        denied(st.propose_policy(pb::ProposePolicyRequest::default()).await.map(|_| ())),
+    ));
     out
 }
 
