@@ -217,7 +217,9 @@ impl Sigil {
     /// log grew. Returns the number of addresses announced.
     pub fn sweep(&self) -> Result<usize, Error> {
         let announced = self.ops.sweep()?;
-        self.approvals.sweep_requests()?;
+        // Held requests (expiry, policy activation) do not hold up the
+        // rest of the sweep; the next sweep tries again.
+        let requests = self.approvals.sweep_requests();
         // Pruning that fails does not hold up key transitions and the
         // checkpoint (which then covers the pruning's audit entries).
         let pruned = self.ops.apply_retention();
@@ -226,6 +228,7 @@ impl Sigil {
         self.keys.sync_secrets_key()?;
         self.ops.checkpoint_audit()?;
         pruned?;
+        requests?;
         Ok(announced)
     }
 

@@ -99,14 +99,14 @@ pub struct Policy {
 }
 
 /// `[governance]`: changes to the policy need `required` staff approvals
-/// (from `staff`, or from any enrolled staff member when empty) and apply
-/// `delay_seconds` after the quorum is met.
+/// (at least 2, from `staff`, or from any enrolled staff member when empty;
+/// never the proposer's) and apply `delay_seconds` after the quorum is met.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Governance {
     /// Staff ids that may approve a change; empty: every staff member.
     pub staff: Vec<String>,
-    /// Approvals needed (at least 1).
+    /// Approvals needed (at least 2: no single insider changes the policy).
     pub required: u32,
     /// Seconds between the quorum and the change taking effect.
     pub delay_seconds: i64,
@@ -292,10 +292,10 @@ impl Policy {
         }
         let g = &self.governance;
         check_pool("policy.governance.staff", &g.staff)?;
-        if g.required == 0 {
+        if g.required < 2 {
             return Err(Error::invalid(
                 "policy.governance.required",
-                "must be at least 1: a policy change always needs staff approval",
+                "must be at least 2: no single insider may change the policy",
             ));
         }
         if !g.staff.is_empty() && g.required as usize > g.staff.len() {

@@ -40,13 +40,12 @@ fn word_after<'a>(text: &'a str, after: &str) -> &'a str {
     text[at..].split_whitespace().next().unwrap()
 }
 
-/// A server whose staff keys count at once and whose initial policy
-/// needs one staff approval for a change.
+/// A server whose staff keys count at once (its policy needs the default
+/// two staff approvals for a change).
 async fn server() -> TestServer {
     TestServer::start_with(|c| {
         relaxed(c);
         c.quorum.staff_key_hold_seconds = 0;
-        c.policy.governance.required = 1;
     })
     .await
 }
@@ -177,11 +176,30 @@ async fn staff_register_soft_keys_and_decide_a_policy_change() {
         ]
     );
 
-    // Alice proposes a policy change; it needs one approval (the policy in force's governance).
+    // A third staff member, for the second approval.
+    let carol_key = dir.path().join("carol.key");
+    let carol_path = carol_key.to_str().unwrap();
+    let (ok, text) = run(&["staff", "add", "carol", "--role", "approver", "--config", cfg], &[]);
+    assert!(ok, "{text}");
+    let (ok, text) = run(
+        &[
+            "staff",
+            "register-key",
+            "carol",
+            "--soft-key",
+            carol_path,
+            "--config",
+            cfg,
+        ],
+        &[],
+    );
+    assert!(ok, "{text}");
+
+    // Alice proposes a policy change; it needs two approvals (the policy in force's governance).
     let policy = dir.path().join("policy.toml");
     std::fs::write(
         &policy,
-        "[governance]\nstaff = []\nrequired = 1\ndelay_seconds = 7200\n",
+        "[governance]\nstaff = []\nrequired = 2\ndelay_seconds = 7200\n",
     )
     .unwrap();
     let (ok, text) = run(
@@ -207,7 +225,7 @@ async fn staff_register_soft_keys_and_decide_a_policy_change() {
         .find(|l| l.starts_with(&request))
         .unwrap_or_else(|| panic!("{text}"));
     assert!(
-        row.contains("policy_change") && row.contains("awaiting_quorum") && row.contains("0/1"),
+        row.contains("policy_change") && row.contains("awaiting_quorum") && row.contains("0/2"),
         "{row}"
     );
 
@@ -252,14 +270,34 @@ async fn staff_register_soft_keys_and_decide_a_policy_change() {
     );
     assert!(text.contains("policy change proposed by alice"), "{text}");
     assert!(
-        text.contains("| required = 1"),
+        text.contains("| required = 2"),
         "the proposed text was not shown: {text}"
     );
     assert!(
-        text.contains(&format!("request {request} is now delayed (approvals 1/1)")),
+        text.contains(&format!("request {request} is now awaiting_quorum (approvals 1/2)")),
         "{text}"
     );
     assert_eq!(key_file(&bob_key)["counter"], 1, "the counter was not saved");
+    // Carol's approval meets the quorum: the change waits for its delay.
+    let (ok, text) = run(
+        &[
+            "pending",
+            "approve",
+            &request,
+            "--staff",
+            "carol",
+            "--soft-key",
+            carol_path,
+            "--config",
+            cfg,
+        ],
+        &approver,
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(&format!("request {request} is now delayed (approvals 2/2)")),
+        "{text}"
+    );
 
     let (ok, text) = run(&["policy", "show", "--config", cfg], &approver);
     assert!(ok, "{text}");
@@ -428,7 +466,7 @@ async fn staff_commands_refuse_bad_input_in_the_servers_words() {
     assert!(!ok, "{text}");
     assert!(text.contains("policy_text"), "{text}");
     // Proposing needs the admin certificate.
-    std::fs::write(&policy, "[governance]\nrequired = 1\n").unwrap();
+    std::fs::write(&policy, "[governance]\nrequired = 2\n").unwrap();
     let (ok, text) = run(
         &[
             "policy",

@@ -754,6 +754,12 @@ async fn bad_staff_and_policy_input_is_refused_naming_the_problem_and_writes_not
         "{}",
         st.message()
     );
+    // A governance one person could pass.
+    let st = propose(policy(60).replace("[governance]\nrequired = 2", "[governance]\nrequired = 1"))
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::InvalidArgument);
+    assert!(st.message().contains("no single insider"), "{}", st.message());
     // Not TOML.
     let st = propose("[actions.withdrawal\n".into()).await.unwrap_err();
     assert_eq!(st.code(), Code::InvalidArgument);
