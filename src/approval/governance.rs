@@ -165,7 +165,10 @@ impl Approvals {
             .check_delays(self.cfg.quorum.max_delay_seconds)
             .map_err(as_policy_text_error)?;
         self.check_policy_assets(&proposed)?;
-        let (proposer, _) = self.staff(proposed_by).map_err(|e| match e {
+        // Who proposes is a label (the admin certificate names them); it
+        // grants nothing: the change needs `required` staff keys, the
+        // proposer's counting like anyone's.
+        self.staff(proposed_by).map_err(|e| match e {
             Error::NotFound(m) => Error::invalid("proposed_by", m),
             other => other,
         })?;
@@ -197,13 +200,13 @@ impl Approvals {
         } else {
             g.staff.clone()
         };
-        let others = pool.iter().filter(|s| **s != proposer.staff_id).count();
-        if (g.required as usize) > others {
+        if (g.required as usize) > pool.len() {
             return Err(Error::refused(
                 Reason::QuorumNotMet,
                 format!(
-                    "the policy in force needs {} staff approvals for a change, but its pool has only {others} staff member(s) besides the proposer '{proposed_by}'; the change could never be approved",
-                    g.required
+                    "the policy in force needs {} staff approvals for a change, but its pool has only {} staff member(s); the change could never be approved",
+                    g.required,
+                    pool.len()
                 ),
             ));
         }

@@ -954,12 +954,6 @@ impl Approvals {
                 ),
             ));
         }
-        if req.kind == RequestKind::PolicyChange && *sid == req.proposed_by {
-            return Err(Error::denied(
-                Reason::StaffNotAllowed,
-                format!("staff member '{sid}' proposed this policy change and cannot approve it too"),
-            ));
-        }
         if req.approvals.iter().any(|a| a.staff_id == *sid) {
             return Err(Error::denied(
                 Reason::StaffNotAllowed,

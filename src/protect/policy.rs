@@ -100,7 +100,7 @@ pub struct Policy {
 
 /// `[governance]`: changes to the policy need `required` staff approvals
 /// (at least 2, from `staff`, or from any enrolled staff member when empty;
-/// never the proposer's) and apply `delay_seconds` after the quorum is met.
+/// the proposer's key counting like anyone's) and apply `delay_seconds` after the quorum is met.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Governance {

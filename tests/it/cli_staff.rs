@@ -229,25 +229,6 @@ async fn staff_register_soft_keys_and_decide_a_policy_change() {
         "{row}"
     );
 
-    // Alice may not approve her own proposal; no signature is spent on the refusal.
-    let (ok, text) = run(
-        &[
-            "pending",
-            "approve",
-            &request,
-            "--staff",
-            "alice",
-            "--soft-key",
-            alice_path,
-            "--config",
-            cfg,
-        ],
-        &approver,
-    );
-    assert!(!ok, "{text}");
-    assert!(text.contains("PermissionDenied"), "{text}");
-    assert_eq!(key_file(&alice_key)["counter"], 0);
-
     // Bob approves (admin certificate): the change waits for its delay.
     let (ok, text) = run(
         &[
