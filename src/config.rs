@@ -146,6 +146,13 @@ pub struct QuorumConfig {
     /// long after registration (default 24 h), so that an administrator
     /// cannot register a key for someone else and approve at once.
     pub staff_key_hold_seconds: i64,
+    /// A cancellation list vouches only for cancellations this long before
+    /// it was made (its `iat` is backdated by it; default 30 s), so that a
+    /// cancellation decided just before an approval's `nbf`, on another
+    /// replica or with a slightly different clock, is always in a list an
+    /// engine accepts for that approval. An engine can verify a delayed
+    /// approval offline from `nbf` + this.
+    pub cancellation_list_lag_seconds: i64,
 }
 
 impl Default for QuorumConfig {
@@ -155,6 +162,7 @@ impl Default for QuorumConfig {
             max_delay_seconds: 30 * 86_400,
             redeem_window_seconds: 3_600,
             staff_key_hold_seconds: 86_400,
+            cancellation_list_lag_seconds: 30,
         }
     }
 }
@@ -177,6 +185,12 @@ impl QuorumConfig {
             return Err(Error::invalid(
                 "quorum.redeem_window_seconds",
                 "must be between 60 and 604800 (7 days)",
+            ));
+        }
+        if !(0..=600).contains(&self.cancellation_list_lag_seconds) {
+            return Err(Error::invalid(
+                "quorum.cancellation_list_lag_seconds",
+                "must be between 0 and 600",
             ));
         }
         if !(0..=30 * 86_400).contains(&self.staff_key_hold_seconds) {

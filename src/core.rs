@@ -216,10 +216,10 @@ impl Sigil {
     /// says, apply key transitions, and sign an audit checkpoint when the
     /// log grew. Returns the number of addresses announced.
     pub fn sweep(&self) -> Result<usize, Error> {
-        let announced = self.ops.sweep()?;
-        // Held requests (expiry, policy activation) do not hold up the
-        // rest of the sweep; the next sweep tries again.
+        // Held requests (expiry, policy activation) are swept whatever the
+        // rest of the sweep does, and do not hold it up.
         let requests = self.approvals.sweep_requests();
+        let announced = self.ops.sweep()?;
         // Pruning that fails does not hold up key transitions and the
         // checkpoint (which then covers the pruning's audit entries).
         let pruned = self.ops.apply_retention();

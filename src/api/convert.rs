@@ -204,6 +204,7 @@ pub fn pending(r: &crate::approval::quorum::QuorumRequest, now: i64, with_token:
         kind: match r.kind {
             RequestKind::Action => r.intent.action.clone(),
             RequestKind::PolicyChange => "policy_change".into(),
+            RequestKind::StaffKey => "staff_key".into(),
         },
         user_id: r.user_id.clone(),
         intent: Some(r.intent.clone().into()),
@@ -259,7 +260,11 @@ pub fn staff_member(s: &crate::approval::quorum::StaffRecord) -> pb::StaffMember
                 usable_at: k.usable_at,
                 suspected_cloned: k.suspected_cloned,
                 public_key: k.credential.public_key_sec1.clone(),
+                approved_at: k.approved_at.unwrap_or(0),
+                request_id: k.request_id.clone(),
+                removed_at: k.removed_at.unwrap_or(0),
             })
             .collect(),
+        removed_at: s.removed_at.unwrap_or(0),
     }
 }

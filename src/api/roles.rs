@@ -76,8 +76,11 @@ pub const RPC_ROLES: &[(&str, &[Role])] = &[
     ("AdminService/ListApprovalKeys", &[Role::Admin]),
     ("AdminService/RotateSecretsKey", &[Role::Admin]),
     ("AdminService/Backup", &[Role::Admin]),
-    ("EventService/WatchEvents", &[Role::Frontend, Role::Admin]),
-    ("EventService/AckEvents", &[Role::Frontend, Role::Admin]),
+    (
+        "EventService/WatchEvents",
+        &[Role::Frontend, Role::Admin, Role::Approver],
+    ),
+    ("EventService/AckEvents", &[Role::Frontend, Role::Admin, Role::Approver]),
 ];
 
 /// The roles allowed to call `rpc` (`Service/Method`), if it is in the table.

@@ -41,6 +41,11 @@ pub const STAFF_ROLES: [&str; 2] = ["admin", "approver"];
 pub const AMR_QUORUM: &str = "mca";
 /// The action name of the intent staff sign to cancel a request.
 pub const CANCEL_ACTION: &str = "cancel_approval";
+/// The action name of the intent staff sign to approve another staff
+/// member's new key.
+pub const STAFF_KEY_ACTION: &str = "add_staff_key";
+/// The `meta` key marking that the staff quorum is formed (its time).
+pub const STAFF_FORMED_KEY: &[u8] = b"staff/quorum-formed";
 
 /// A staff member (table `staff`, key = staff id).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +69,10 @@ pub struct StaffRecord {
     /// Their WebAuthn keys.
     #[serde(default)]
     pub keys: Vec<StaffKeyRecord>,
+    /// Set when removed: the record stays as a tombstone, so that the id
+    /// is never given to someone else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_at: Option<i64>,
 }
 
 /// One WebAuthn key of a staff member.
@@ -73,19 +82,56 @@ pub struct StaffKeyRecord {
     pub credential: StoredCredential,
     /// When registered.
     pub added_at: i64,
-    /// It counts for quorums from this time (`quorum.staff_key_hold_seconds`).
+    /// When it was approved: at once while the staff quorum is not formed
+    /// yet (setting up), else by a governance quorum of other staff keys
+    /// (request `request_id`). None: waiting for that quorum.
+    #[serde(default)]
+    pub approved_at: Option<i64>,
+    /// The request that approves it, once the staff quorum is formed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub request_id: String,
+    /// It counts for quorums from this time: its approval plus
+    /// `quorum.staff_key_hold_seconds` (0 while waiting).
     pub usable_at: i64,
     /// Its counter went backwards: it answers nothing any more.
     #[serde(default)]
     pub suspected_cloned: bool,
+    /// Removed (lost, stolen, suspected cloned): it answers nothing, and is
+    /// published with this time so that approvals it gave before still
+    /// verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_at: Option<i64>,
+}
+
+impl StaffKeyRecord {
+    /// Whether the key may answer at `now`, in a store restored at
+    /// `restored_at` (0: never): approved, past its hold, not removed nor
+    /// suspected cloned, and registered after the restore (a restore could
+    /// bring back a key removed since the backup).
+    pub fn usable(&self, now: i64, restored_at: i64) -> bool {
+        self.approved_at.is_some()
+            && now >= self.usable_at
+            && !self.suspected_cloned
+            && self.removed_at.is_none()
+            && self.added_at > restored_at
+    }
+
+    /// Approved, not removed, registered after the restore (whether or not
+    /// past its hold): it counts towards forming the staff quorum.
+    fn standing(&self, restored_at: i64) -> bool {
+        self.approved_at.is_some() && !self.suspected_cloned && self.removed_at.is_none() && self.added_at > restored_at
+    }
 }
 
 impl StaffRecord {
-    /// The keys that may answer at `now`.
-    pub fn usable_keys(&self, now: i64) -> Vec<StoredCredential> {
+    /// The keys that may answer at `now` (none once removed).
+    pub fn usable_keys(&self, now: i64, restored_at: i64) -> Vec<StoredCredential> {
+        if self.removed_at.is_some() {
+            return Vec::new();
+        }
         self.keys
             .iter()
-            .filter(|k| now >= k.usable_at && !k.suspected_cloned)
+            .filter(|k| k.usable(now, restored_at))
             .map(|k| k.credential.clone())
             .collect()
     }
@@ -106,6 +152,9 @@ pub enum RequestKind {
     Action,
     /// A change of the policy.
     PolicyChange,
+    /// A new staff key, once the staff quorum is formed: it needs the
+    /// governance quorum of other staff keys.
+    StaffKey,
 }
 
 /// Where a request stands.
@@ -352,7 +401,14 @@ impl Approvals {
             check_id("user_id", user_id)?;
         }
         let now = self.k.now()?;
-        if self.k.store.get(Table::Staff, staff_id.as_bytes())?.is_some() {
+        if let Some(v) = self.k.store.get(Table::Staff, staff_id.as_bytes())? {
+            let old: StaffRecord = codec::decode(&v.value)?;
+            if let Some(at) = old.removed_at {
+                return Err(Error::refused(
+                    Reason::AlreadyEnrolled,
+                    format!("staff id '{staff_id}' was removed at {at}; staff ids are never given to someone else, choose another"),
+                ));
+            }
             return Err(Error::refused(
                 Reason::AlreadyEnrolled,
                 format!("staff member '{staff_id}' already exists"),
@@ -371,6 +427,7 @@ impl Approvals {
             created_at: now,
             created_by: actor.into(),
             keys: Vec::new(),
+            removed_at: None,
         };
         let mut batch = Batch::new();
         batch.insert(Table::Staff, staff_id.as_bytes(), codec::encode(&rec)?);
@@ -407,38 +464,35 @@ impl Approvals {
             ));
         }
         let (mut staff, version) = self.staff(staff_id)?;
+        if let Some(at) = staff.removed_at {
+            return Err(Error::NotFound(format!(
+                "staff member '{staff_id}' was already removed at {at}"
+            )));
+        }
         let now = self.k.now()?;
         let mut batch = Batch::new();
         let change = if credential_id.is_empty() {
-            batch.delete(Table::Staff, staff_id.as_bytes(), version);
+            staff.removed_at = Some(now);
+            for k in staff.keys.iter_mut().filter(|k| k.removed_at.is_none()) {
+                k.removed_at = Some(now);
+            }
             "removed"
         } else {
-            let before = staff.keys.len();
-            staff.keys.retain(|k| k.credential.credential_id != credential_id);
-            if staff.keys.len() == before {
+            let Some(k) = staff
+                .keys
+                .iter_mut()
+                .find(|k| k.credential.credential_id == credential_id && k.removed_at.is_none())
+            else {
                 return Err(Error::NotFound(format!(
                     "staff member '{staff_id}' has no key {}",
                     crate::error::excerpt(credential_id)
                 )));
-            }
-            batch.update(Table::Staff, staff_id.as_bytes(), version, codec::encode(&staff)?);
+            };
+            k.removed_at = Some(now);
             "key_removed"
         };
-        let mut withdrawn = Vec::new();
-        for (key, v) in self.k.store.scan_prefix(Table::Quorum, b"")? {
-            let mut r: QuorumRequest = codec::decode(&v.value)?;
-            if r.state != RequestState::AwaitingQuorum {
-                continue;
-            }
-            let before = r.approvals.len();
-            r.approvals.retain(|a| {
-                a.staff_id != staff_id || !(credential_id.is_empty() || a.evidence.credential_id == credential_id)
-            });
-            if r.approvals.len() != before {
-                withdrawn.push(r.request_id.clone());
-                batch.update(Table::Quorum, key, v.version, codec::encode(&r)?);
-            }
-        }
+        batch.update(Table::Staff, staff_id.as_bytes(), version, codec::encode(&staff)?);
+        let withdrawn = self.withdraw_approvals(&mut batch, staff_id, credential_id)?;
         Event::new(EventKind::StaffChanged, "", now, None)
             .with("staff_id", staff_id)
             .with("change", change)
@@ -458,6 +512,74 @@ impl Approvals {
             )),
             other => other,
         })?;
+        Ok(())
+    }
+
+    /// Adds to `batch` the removal of what `staff_id`'s key `credential_id`
+    /// (any of their keys when empty) approved on requests still waiting
+    /// for their quorum. Returns those requests' ids.
+    fn withdraw_approvals(&self, batch: &mut Batch, staff_id: &str, credential_id: &str) -> Result<Vec<String>, Error> {
+        let mut withdrawn = Vec::new();
+        for (key, v) in self.k.store.scan_prefix(Table::Quorum, b"")? {
+            let mut r: QuorumRequest = codec::decode(&v.value)?;
+            if r.state != RequestState::AwaitingQuorum {
+                continue;
+            }
+            let before = r.approvals.len();
+            r.approvals.retain(|a| {
+                a.staff_id != staff_id || !(credential_id.is_empty() || a.evidence.credential_id == credential_id)
+            });
+            if r.approvals.len() != before {
+                withdrawn.push(r.request_id.clone());
+                batch.update(Table::Quorum, key, v.version, codec::encode(&r)?);
+            }
+        }
+        Ok(withdrawn)
+    }
+
+    /// When the store was restored from a backup (0: never).
+    pub(crate) fn restored_at(&self) -> Result<i64, Error> {
+        Ok(meta::restore_record(self.k.store.as_ref())?.map_or(0, |r| r.restored_at))
+    }
+
+    /// Whether the staff quorum is formed: enough staff members hold
+    /// approved keys to meet the governance quorum (recorded once, in
+    /// `meta`, at the moment it happened; a restore from a backup opens
+    /// the setting-up again). Until then a staff key is approved when
+    /// registered; from then on it needs the governance quorum of others.
+    pub fn staff_quorum_formed(&self) -> Result<bool, Error> {
+        let restored_at = self.restored_at()?;
+        Ok(match self.k.store.get(Table::Meta, STAFF_FORMED_KEY)? {
+            Some(v) => {
+                let at: i64 = serde_json::from_slice(&v.value).unwrap_or(i64::MAX);
+                at > restored_at
+            }
+            None => false,
+        })
+    }
+
+    /// Adds the "staff quorum formed" mark to `batch` when `staff` (the
+    /// staff as they will be once `batch` commits) can meet the governance
+    /// quorum and the mark is not set yet (or predates a restore).
+    fn mark_formed(&self, batch: &mut Batch, staff: &[StaffRecord], now: i64) -> Result<(), Error> {
+        let restored_at = self.restored_at()?;
+        let people = staff
+            .iter()
+            .filter(|s| s.removed_at.is_none() && s.keys.iter().any(|k| k.standing(restored_at)))
+            .count();
+        if people < self.policy()?.governance.required as usize {
+            return Ok(());
+        }
+        let at = serde_json::to_vec(&now).map_err(|e| Error::Internal(format!("cannot encode a time: {e}")))?;
+        match self.k.store.get(Table::Meta, STAFF_FORMED_KEY)? {
+            None => {
+                batch.insert(Table::Meta, STAFF_FORMED_KEY, at);
+            }
+            Some(v) if !self.staff_quorum_formed()? => {
+                batch.update(Table::Meta, STAFF_FORMED_KEY, v.version, at);
+            }
+            Some(_) => {}
+        }
         Ok(())
     }
 
@@ -482,19 +604,21 @@ impl Approvals {
         Ok(out)
     }
 
-    /// The staff keys verifiers re-check approvals with: every key of every
-    /// staff member that is not suspected cloned (keys still in their hold
-    /// are listed: they may have signed nothing yet, but listing them early
-    /// lets verifiers cache the set).
+    /// The staff keys verifiers re-check approvals with: every approved key
+    /// of every staff member (keys still in their hold are listed: they
+    /// have signed nothing yet, but listing them early lets verifiers cache
+    /// the set), removed ones with the time of their removal, so that
+    /// approvals they gave before it still verify and none after.
     pub fn staff_keys(&self) -> Result<sigil_verify::StaffKeySet, Error> {
         let mut keys = Vec::new();
         for s in self.list_staff()? {
-            for k in s.keys.iter().filter(|k| !k.suspected_cloned) {
+            for k in s.keys.iter().filter(|k| k.approved_at.is_some()) {
                 keys.push(sigil_verify::StaffKey {
                     staff_id: s.staff_id.clone(),
                     user_id: s.user_id.clone(),
                     credential_id: k.credential.credential_id.clone(),
                     public_key: k.credential.public_key_sec1.clone(),
+                    removed_at: k.removed_at,
                 });
             }
         }
@@ -608,46 +732,100 @@ impl Approvals {
                 return Err(e);
             }
         };
+        if let Some(at) = staff.removed_at {
+            return Err(Error::refused(
+                Reason::FactorRevoked,
+                format!("staff member '{staff_id}' was removed at {at}"),
+            ));
+        }
         for other in self.list_staff()? {
-            if other
-                .keys
-                .iter()
-                .any(|k| k.credential.credential_id == cred.credential_id)
-            {
+            if let Some(k) = other.keys.iter().find(|k| {
+                k.credential.credential_id == cred.credential_id || k.credential.public_key_sec1 == cred.public_key_sec1
+            }) {
                 return Err(Error::refused(
                     Reason::AlreadyEnrolled,
                     format!(
-                        "credential {} is already registered for staff member '{}'",
-                        cred.credential_id, other.staff_id
+                        "this security key (credential {}) is already registered for staff member '{}'; one key belongs to one person",
+                        k.credential.credential_id, other.staff_id
                     ),
                 ));
             }
         }
-        let usable_at = now + self.cfg.quorum.staff_key_hold_seconds;
+        let formed = self.staff_quorum_formed()?;
         let mut rec = staff;
-        rec.keys.push(StaffKeyRecord {
-            credential: cred.clone(),
-            added_at: now,
-            usable_at,
-            suspected_cloned: false,
-        });
         let mut batch = Batch::new();
         batch.delete(Table::Ceremonies, ceremony_id.as_bytes(), cversion);
+        // One key, one person: the credential id and the public key are
+        // unique across staff members, atomically.
+        batch.insert(
+            Table::Credentials,
+            format!("staff-credential/{}", cred.credential_id).into_bytes(),
+            staff_id.as_bytes().to_vec(),
+        );
+        batch.insert(
+            Table::Credentials,
+            format!("staff-public-key/{}", cred.public_key_sec1).into_bytes(),
+            staff_id.as_bytes().to_vec(),
+        );
+        let mut key = StaffKeyRecord {
+            credential: cred.clone(),
+            added_at: now,
+            approved_at: None,
+            request_id: String::new(),
+            usable_at: 0,
+            suspected_cloned: false,
+            removed_at: None,
+        };
+        let approval = if formed {
+            // The staff quorum is formed: the key needs the governance
+            // quorum of staff keys before it counts.
+            let req = self.staff_key_request(&rec, &cred, now)?;
+            key.request_id = req.request_id.clone();
+            batch.insert(Table::Quorum, req.request_id.as_bytes(), codec::encode(&req)?);
+            Event::new(EventKind::ApprovalHeld, "", now, None)
+                .with("request_id", req.request_id.clone())
+                .with("act", STAFF_KEY_ACTION)
+                .with("staff_id", staff_id)
+                .with("credential_id", cred.credential_id.clone())
+                .with("quorum", format!("{} of {}", req.needs[0].m, req.needs[0].of.join(" ")))
+                .with("notify", "staff")
+                .append_to(&mut batch)?;
+            format!("request {}", req.request_id)
+        } else {
+            // Setting up: approved at once, counting after the hold.
+            key.approved_at = Some(now);
+            key.usable_at = now + self.cfg.quorum.staff_key_hold_seconds;
+            "setting up".to_string()
+        };
+        let usable_at = key.usable_at;
+        rec.keys.push(key);
         batch.update(Table::Staff, staff_id.as_bytes(), sversion, codec::encode(&rec)?);
+        if !formed {
+            let mut all: Vec<StaffRecord> = self
+                .list_staff()?
+                .into_iter()
+                .filter(|s| s.staff_id != staff_id)
+                .collect();
+            all.push(rec.clone());
+            self.mark_formed(&mut batch, &all, now)?;
+        }
         Event::new(EventKind::StaffChanged, "", now, None)
             .with("staff_id", staff_id)
             .with("change", "key_added")
             .with("credential_id", cred.credential_id.clone())
+            .with("approved_by", approval.clone())
             .with("usable_at", usable_at.to_string())
+            .with("notify", "staff")
             .append_to(&mut batch)?;
         AuditEntry::ok(now, actor, "", "staff.key.add")
             .with("staff_id", staff_id)
             .with("credential_id", cred.credential_id)
+            .with("approved_by", approval)
             .with("usable_at", usable_at.to_string())
             .append_to(&mut batch)?;
         self.k.commit(&batch).map_err(|e| match e {
             Error::Conflict(_) => Error::Conflict(format!(
-                "staff member '{staff_id}' or the ceremony changed meanwhile; nothing was registered, begin again"
+                "staff member '{staff_id}' or the ceremony changed meanwhile, or this key was registered by another call; nothing was registered, begin again"
             )),
             other => other,
         })?;
@@ -871,10 +1049,124 @@ impl Approvals {
         Ok(())
     }
 
+    /// The request that approves `cred`, a new key of `staff`, once the
+    /// staff quorum is formed: the governance quorum of the policy in force
+    /// (its `staff`, or every staff member with a usable key), each key
+    /// signing the new key's credential id and public key.
+    fn staff_key_request(
+        &self,
+        staff: &StaffRecord,
+        cred: &StoredCredential,
+        now: i64,
+    ) -> Result<QuorumRequest, Error> {
+        let g = self.policy()?.governance.clone();
+        let restored_at = self.restored_at()?;
+        let pool: Vec<String> = if g.staff.is_empty() {
+            self.list_staff()?
+                .into_iter()
+                .filter(|s| !s.usable_keys(now, restored_at).is_empty())
+                .map(|s| s.staff_id)
+                .collect()
+        } else {
+            g.staff.clone()
+        };
+        if (g.required as usize) > pool.len() {
+            return Err(Error::refused(
+                Reason::QuorumNotMet,
+                format!(
+                    "a new staff key needs {} staff approvals, but only {} staff member(s) can approve; nothing was registered",
+                    g.required,
+                    pool.len()
+                ),
+            ));
+        }
+        let request_id = self.k.new_id("qr_")?;
+        Ok(QuorumRequest {
+            v: 1,
+            request_id: request_id.clone(),
+            kind: RequestKind::StaffKey,
+            user_id: String::new(),
+            proposed_by: staff.staff_id.clone(),
+            intent: Intent {
+                action: STAFF_KEY_ACTION.into(),
+                withdrawal_id: request_id,
+                memo: format!("{} {} {}", staff.staff_id, cred.credential_id, cred.public_key_sec1),
+                ..Default::default()
+            },
+            needs: vec![QuorumNeed {
+                rule: "governance".into(),
+                m: g.required,
+                of: pool,
+            }],
+            delay_seconds: 0,
+            approvals: Vec::new(),
+            state: RequestState::AwaitingQuorum,
+            created_at: now,
+            expires_at: now + self.cfg.quorum.request_timeout_seconds,
+            not_before: 0,
+            jti: String::new(),
+            token: String::new(),
+            exp: 0,
+            amr: Vec::new(),
+            user_webauthn: None,
+            epochs: Default::default(),
+            closed_by: String::new(),
+            closed_at: 0,
+            policy_text: String::new(),
+            base_version: 0,
+        })
+    }
+
+    /// A new staff key got its quorum: it is approved and counts after the
+    /// hold.
+    fn approve_staff_key(
+        &self,
+        batch: &mut Batch,
+        owner: &mut StaffRecord,
+        req: &mut QuorumRequest,
+        now: i64,
+    ) -> Result<(), Error> {
+        let key = owner
+            .keys
+            .iter_mut()
+            .find(|k| k.request_id == req.request_id && k.removed_at.is_none())
+            .ok_or_else(|| {
+                Error::refused(
+                    Reason::RequestClosed,
+                    format!("the key of request '{}' was removed meanwhile", req.request_id),
+                )
+            })?;
+        key.approved_at = Some(now);
+        key.usable_at = now + self.cfg.quorum.staff_key_hold_seconds;
+        req.state = RequestState::Activated;
+        req.closed_by = "quorum".into();
+        req.closed_at = now;
+        meta::index_expiry(batch, Table::Quorum, req.request_id.as_bytes(), now);
+        Event::new(EventKind::StaffChanged, "", now, None)
+            .with("staff_id", owner.staff_id.clone())
+            .with("change", "key_approved")
+            .with("credential_id", key.credential.credential_id.clone())
+            .with("request_id", req.request_id.clone())
+            .with("approvers", req.approvers().join(" "))
+            .with("usable_at", key.usable_at.to_string())
+            .with("notify", "staff")
+            .append_to(batch)?;
+        Ok(())
+    }
+
     /// Refuses a request that no longer accepts decisions at `now` (a
     /// cancellation of an approval already redeemed says so first).
     fn check_open(&self, req: &QuorumRequest, decision: StaffDecision, now: i64) -> Result<(), Error> {
         let id = &req.request_id;
+        let restored_at = self.restored_at()?;
+        if req.created_at <= restored_at && matches!(req.state, RequestState::AwaitingQuorum | RequestState::Delayed) {
+            return Err(Error::refused(
+                Reason::Superseded,
+                format!(
+                    "request '{id}' was made before the store was restored from a backup (at {restored_at}); what happened to it since the backup is lost, so it is closed: ask again"
+                ),
+            ));
+        }
         if decision == StaffDecision::Cancel && !req.jti.is_empty() {
             if let Some(stored) = self.k.store.get(Table::Approvals, req.jti.as_bytes())? {
                 let rec: ApprovalRecord = codec::decode(&stored.value)?;
@@ -982,11 +1274,24 @@ impl Approvals {
         if decision == StaffDecision::Approve {
             self.check_may_approve(&req, &staff)?;
         }
-        let creds = staff.usable_keys(now);
+        let creds = staff.usable_keys(now, self.restored_at()?);
         if creds.is_empty() {
-            let hint = match staff.keys.iter().map(|k| k.usable_at).filter(|u| *u > now).min() {
-                Some(at) => format!("; a key registered recently counts from {at}"),
-                None => "; register one (sigil staff register-key)".into(),
+            let live = staff.keys.iter().filter(|k| k.removed_at.is_none());
+            let waiting = live.clone().find(|k| k.approved_at.is_none());
+            let hint = match (
+                live.filter(|k| k.approved_at.is_some())
+                    .map(|k| k.usable_at)
+                    .filter(|u| *u > now)
+                    .min(),
+                waiting,
+            ) {
+                (Some(at), _) => format!("; a key approved recently counts from {at}"),
+                (None, Some(k)) => format!(
+                    "; its key waits for the staff quorum's approval (request {})",
+                    k.request_id
+                ),
+                (None, None) if staff.removed_at.is_some() => "; they were removed".into(),
+                (None, None) => "; register one (sigil staff register-key)".into(),
             };
             return Err(Error::refused(
                 Reason::NoUsableFactor,
@@ -1085,7 +1390,7 @@ impl Approvals {
         if decision == StaffDecision::Approve {
             self.check_may_approve(&req, &staff).map_err(&refuse)?;
         }
-        let creds = staff.usable_keys(now);
+        let creds = staff.usable_keys(now, self.restored_at()?);
         let assertion = match self.factors.webauthn.finish_assertion(&c.state, response_json, &creds) {
             Ok(a) => a,
             Err(AssertionError::PossiblyCloned { credential_id }) => {
@@ -1095,10 +1400,20 @@ impl Approvals {
                     .filter(|k| k.credential.credential_id == credential_id)
                 {
                     k.suspected_cloned = true;
+                    k.removed_at = Some(now);
                 }
                 let mut b = Batch::new();
                 b.delete(Table::Ceremonies, ceremony_id.as_bytes(), cversion);
                 b.update(Table::Staff, staff_id.as_bytes(), sversion, codec::encode(&staff)?);
+                // What a possibly cloned key approved no longer counts.
+                let withdrawn = self.withdraw_approvals(&mut b, staff_id, &credential_id)?;
+                Event::new(EventKind::StaffChanged, "", now, None)
+                    .with("staff_id", staff_id)
+                    .with("change", "key_suspected_cloned")
+                    .with("credential_id", credential_id.clone())
+                    .with("approvals_withdrawn", withdrawn.join(" "))
+                    .with("notify", "staff")
+                    .append_to(&mut b)?;
                 let e = Error::denied(
                     Reason::FactorSuspectedCloned,
                     format!("staff key {credential_id} may be cloned (its counter did not increase); it answers nothing any more"),
@@ -1126,7 +1441,6 @@ impl Approvals {
         let evidence = assertion.evidence(&nonce);
         let mut batch = Batch::new();
         batch.delete(Table::Ceremonies, ceremony_id.as_bytes(), cversion);
-        batch.update(Table::Staff, staff_id.as_bytes(), sversion, codec::encode(&staff)?);
         let snap = if req.kind == RequestKind::Action {
             Some(crate::protect::Snapshot::load(self.k.store.as_ref(), &req.user_id)?)
         } else {
@@ -1167,6 +1481,19 @@ impl Approvals {
                             self.add_issued(&mut batch, &mut req, token, &record, &claims, anti_phishing, now)?;
                         }
                         RequestKind::PolicyChange => self.schedule_policy(&mut batch, &mut req, now)?,
+                        RequestKind::StaffKey if req.proposed_by == staff_id => {
+                            self.approve_staff_key(&mut batch, &mut staff, &mut req, now)?
+                        }
+                        RequestKind::StaffKey => {
+                            let (mut owner, oversion) = self.staff(&req.proposed_by)?;
+                            self.approve_staff_key(&mut batch, &mut owner, &mut req, now)?;
+                            batch.update(
+                                Table::Staff,
+                                req.proposed_by.as_bytes(),
+                                oversion,
+                                codec::encode(&owner)?,
+                            );
+                        }
                     }
                 }
                 "staff.approve"
@@ -1176,6 +1503,7 @@ impl Approvals {
                 "staff.cancel"
             }
         };
+        batch.update(Table::Staff, staff_id.as_bytes(), sversion, codec::encode(&staff)?);
         batch.update(Table::Quorum, request_id.as_bytes(), rversion, codec::encode(&req)?);
         AuditEntry::ok(now, actor, &req.user_id, what)
             .with("request_id", request_id)
@@ -1340,10 +1668,12 @@ impl Approvals {
             }
         }
         cancelled.sort();
+        // Backdated: a cancellation decided before `iat` has surely
+        // committed by now, even on another replica.
         let list = CancellationList {
             iss: self.cfg.approval.issuer.clone(),
             aud: self.cfg.approval.audience.clone(),
-            iat: now,
+            iat: now - self.cfg.quorum.cancellation_list_lag_seconds,
             cancelled,
         };
         let token = self.k.signer.sign_cancellations(&list)?;
@@ -1355,45 +1685,88 @@ impl Approvals {
     /// how many requests changed.
     pub fn sweep_requests(&self) -> Result<usize, Error> {
         let now = self.k.now()?;
+        let restored_at = self.restored_at()?;
         let mut changed = 0;
+        let mut failed = 0;
         for (key, v) in self.k.store.scan_prefix(Table::Quorum, b"")? {
-            let mut r: QuorumRequest = codec::decode(&v.value)?;
-            let mut batch = Batch::new();
-            match r.state {
-                RequestState::AwaitingQuorum if now >= r.expires_at => {
-                    r.state = RequestState::Expired;
-                    r.closed_by = "sweep".into();
-                    r.closed_at = now;
-                    meta::index_expiry(&mut batch, Table::Quorum, &key, now);
-                    let anti_phishing = if r.user_id.is_empty() {
-                        None
-                    } else {
-                        crate::protect::Snapshot::load(self.k.store.as_ref(), &r.user_id)?.anti_phishing_code()
-                    };
-                    Event::new(EventKind::QuorumRequestExpired, &r.user_id, now, anti_phishing)
-                        .with("request_id", r.request_id.clone())
-                        .with("approvers", r.approvers().join(" "))
-                        .with("expired_at", r.expires_at.to_string())
-                        .with("notify", "user staff")
-                        .append_to(&mut batch)?;
-                    AuditEntry::ok(now, "sweep", &r.user_id, "quorum.expire")
-                        .with("request_id", r.request_id.clone())
-                        .append_to(&mut batch)?;
-                }
-                RequestState::Delayed if r.kind == RequestKind::PolicyChange && now >= r.not_before => {
-                    self.activate_policy(&mut batch, &mut r, now)?;
-                }
-                _ => continue,
-            }
-            batch.update(Table::Quorum, key, v.version, codec::encode(&r)?);
-            match self.k.commit(&batch) {
-                Ok(_) => changed += 1,
-                // A decision or another replica's sweep won: the next
-                // sweep looks again.
+            // One record that cannot be handled (unreadable, a policy that
+            // no longer parses) is logged and skipped; the others go on.
+            match self.sweep_request(&key, &v, now, restored_at) {
+                Ok(true) => changed += 1,
+                Ok(false) => {}
+                // A decision or another replica's sweep won: the next sweep
+                // looks again.
                 Err(Error::Conflict(_)) => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    failed += 1;
+                    tracing::error!(request = %String::from_utf8_lossy(&key), error = %e, "held request not swept");
+                }
             }
         }
+        if failed > 0 {
+            return Err(Error::Internal(format!(
+                "{failed} held request(s) could not be swept (see the log); the others were"
+            )));
+        }
         Ok(changed)
+    }
+
+    /// The sweep of one request; true when it changed.
+    fn sweep_request(
+        &self,
+        key: &[u8],
+        v: &crate::store::Versioned,
+        now: i64,
+        restored_at: i64,
+    ) -> Result<bool, Error> {
+        let mut r: QuorumRequest = codec::decode(&v.value)?;
+        let mut batch = Batch::new();
+        let open = matches!(r.state, RequestState::AwaitingQuorum)
+            || (r.state == RequestState::Delayed && r.kind == RequestKind::PolicyChange);
+        let anti_phishing = |r: &QuorumRequest| -> Result<Option<String>, Error> {
+            if r.user_id.is_empty() {
+                return Ok(None);
+            }
+            Ok(crate::protect::Snapshot::load(self.k.store.as_ref(), &r.user_id)?.anti_phishing_code())
+        };
+        if open && r.created_at <= restored_at {
+            // Made before the store was restored: what happened to it since
+            // the backup is lost (a cancellation, a removed key), so it is
+            // closed rather than resumed.
+            r.state = RequestState::Cancelled;
+            r.closed_by = "the store was restored from a backup".into();
+            r.closed_at = now;
+            meta::index_expiry(&mut batch, Table::Quorum, key, now);
+            Event::new(EventKind::ApprovalCancelled, &r.user_id, now, anti_phishing(&r)?)
+                .with("request_id", r.request_id.clone())
+                .with("by", r.closed_by.clone())
+                .with("notify", "user staff")
+                .append_to(&mut batch)?;
+            AuditEntry::ok(now, "sweep", &r.user_id, "quorum.close")
+                .with("request_id", r.request_id.clone())
+                .with("reason", "restored")
+                .append_to(&mut batch)?;
+        } else if r.state == RequestState::AwaitingQuorum && now >= r.expires_at {
+            r.state = RequestState::Expired;
+            r.closed_by = "sweep".into();
+            r.closed_at = now;
+            meta::index_expiry(&mut batch, Table::Quorum, key, now);
+            Event::new(EventKind::QuorumRequestExpired, &r.user_id, now, anti_phishing(&r)?)
+                .with("request_id", r.request_id.clone())
+                .with("approvers", r.approvers().join(" "))
+                .with("expired_at", r.expires_at.to_string())
+                .with("notify", "user staff")
+                .append_to(&mut batch)?;
+            AuditEntry::ok(now, "sweep", &r.user_id, "quorum.expire")
+                .with("request_id", r.request_id.clone())
+                .append_to(&mut batch)?;
+        } else if r.state == RequestState::Delayed && r.kind == RequestKind::PolicyChange && now >= r.not_before {
+            self.activate_policy(&mut batch, &mut r, now)?;
+        } else {
+            return Ok(false);
+        }
+        batch.update(Table::Quorum, key.to_vec(), v.version, codec::encode(&r)?);
+        self.k.commit(&batch)?;
+        Ok(true)
     }
 }

@@ -85,6 +85,19 @@ async fn staff_key(s: &TestServer, id: &str) -> SoftToken {
     key
 }
 
+/// The request approving `id`'s newest key, if it waits for one.
+async fn key_request(s: &TestServer, id: &str) -> Option<String> {
+    let staff = staff_api(s, "admin")
+        .await
+        .list_staff(pb::ListStaffRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .staff;
+    let k = staff.iter().find(|m| m.staff_id == id)?.keys.last()?.clone();
+    (k.approved_at == 0).then_some(k.request_id)
+}
+
 fn decision(d: &str) -> i32 {
     match d {
         "approve" => pb::StaffDecision::Approve as i32,
@@ -544,7 +557,22 @@ async fn a_policy_change_needs_its_quorum_and_applies_only_after_the_delay() {
     }
     let mut bob = staff_key(&s, "bob").await;
     let mut carol = staff_key(&s, "carol").await;
+    // Two staff members with keys form the quorum: the third key needs them.
     let mut alice = staff_key(&s, "alice").await;
+    let req = key_request(&s, "alice")
+        .await
+        .expect("alice's key waits for the quorum");
+    let st = begin_decision(&s, &req, "alice", "approve").await.unwrap_err();
+    assert_eq!(
+        reason(&st),
+        "STAFF_NOT_ALLOWED",
+        "a waiting key approved itself: {st:?}"
+    );
+    decide(&s, &req, "bob", "approve", &mut bob).await.unwrap();
+    assert!(key_request(&s, "alice").await.is_some(), "1 of 2 approved a staff key");
+    let p = decide(&s, &req, "carol", "approve", &mut carol).await.unwrap();
+    assert_eq!(state(&p), pb::PendingState::Activated);
+    assert!(key_request(&s, "alice").await.is_none());
     let (_, seed) = s.enroll_totp("u1").await;
     let mut api = staff_api(&s, "admin").await;
     let v1 = api.get_policy(pb::GetPolicyRequest {}).await.unwrap().into_inner();
@@ -848,8 +876,10 @@ async fn a_removed_staff_key_stops_counting_and_a_new_key_waits_for_its_hold() {
     );
     let keys = staff_keys(&s).await;
     assert!(
-        keys.keys.iter().all(|k| k.credential_id != cred),
-        "a removed key is still published"
+        keys.keys
+            .iter()
+            .any(|k| k.credential_id == cred && k.removed_at == Some(s.clock.now_secs())),
+        "a removed key is not published with its removal time"
     );
     // bob alone is 1 of 2.
     let p = decide(&s, &id, "bob", "approve", &mut bob).await.unwrap();

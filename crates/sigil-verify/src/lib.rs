@@ -307,6 +307,7 @@
 //! #         user_id: String::new(),
 //! #         credential_id: credential_id.clone(),
 //! #         public_key: b64url::encode(k.public_key().as_ref()),
+//! #         removed_at: None,
 //! #     });
 //! #     let nonce = [n; 16];
 //! #     let challenge = webauthn_challenge(&nonce, &record.digest());

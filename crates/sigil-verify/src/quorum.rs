@@ -49,6 +49,10 @@ pub struct StaffKey {
     /// The credential's public key: an uncompressed SEC1 P-256 point
     /// (`0x04 || X || Y`, 65 bytes), unpadded base64url.
     pub public_key: String,
+    /// When the key was removed (lost, stolen, suspected cloned), if it
+    /// was: it verifies only approvals issued before that moment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_at: Option<i64>,
 }
 
 /// The staff keys Sigil publishes (`StaffService/GetStaffKeys`).
@@ -69,6 +73,8 @@ pub struct StaffKeySet {
 ///   member, and its assertion verifies for this approval's intent digest
 ///   ([`verify_webauthn_evidence`], with `expected_origin` when given):
 ///   one altered byte in any approver's evidence refuses the approval;
+/// - no approver's key was removed (`removed_at`) at or before the
+///   approval's `iat`;
 /// - no approver is the approval's subject (`sub`) or holds it as their
 ///   own account (the `user_id` of any of their published keys);
 /// - no public key answers for two staff members (a key shared between
@@ -117,6 +123,13 @@ pub fn verify_quorum(
                     excerpt(&a.webauthn.credential_id)
                 ))
             })?;
+        if key.removed_at.is_some_and(|at| at <= claims.iat) {
+            return Err(VerifyError::QuorumNotMet(format!(
+                "approver {:?} used credential {:?}, which was removed before this approval was issued",
+                excerpt(&a.staff_id),
+                excerpt(&a.webauthn.credential_id)
+            )));
+        }
         if a.staff_id == claims.sub || holders_of_sub.contains(a.staff_id.as_str()) {
             return Err(VerifyError::QuorumNotMet(format!(
                 "approver {:?} is the user whose action this is; nobody approves their own",

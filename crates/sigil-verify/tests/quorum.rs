@@ -45,6 +45,7 @@ impl StaffAuthenticator {
             user_id: String::new(),
             credential_id: b64url::encode(&self.credential_id),
             public_key: b64url::encode(self.key.public_key().as_ref()),
+            removed_at: None,
         }
     }
 
@@ -480,4 +481,22 @@ fn expected_origin_must_match() {
     assert!(why.contains("carol") && why.contains("origin"), "{why}");
     // Without an expected origin it is not compared.
     assert!(verify_quorum(&c, &f.staff, None).is_ok());
+}
+
+#[test]
+fn a_key_removed_before_the_approval_was_issued_is_refused_one_removed_after_is_not() {
+    let f = fixture();
+    let iat = f.claims.iat;
+    for (removed_at, ok) in [(iat - 1, false), (iat, false), (iat + 1, true)] {
+        let mut staff = f.staff.clone();
+        staff.keys[0].removed_at = Some(removed_at);
+        let r = verify_quorum(&f.claims, &staff, Some(ORIGIN));
+        assert_eq!(r.is_ok(), ok, "removed at iat{:+}: {r:?}", removed_at - iat);
+        if !ok {
+            assert!(
+                matches!(r, Err(VerifyError::QuorumNotMet(ref m)) if m.contains("removed")),
+                "{r:?}"
+            );
+        }
+    }
 }

@@ -184,22 +184,25 @@ async fn register_key(
                 path.display()
             )
         })?;
-    let usable_at = member
-        .keys
-        .iter()
-        .find(|k| k.credential_id == key.credential_id())
-        .map(|k| k.usable_at)
-        .unwrap_or_default();
+    let info = member.keys.iter().find(|k| k.credential_id == key.credential_id());
     println!(
         "registered DEVELOPMENT soft key {} (credential {}) for staff member {}; NOT FOR PRODUCTION",
         key.path().display(),
         key.credential_id(),
         member.staff_id
     );
-    println!(
-        "it counts for quorums from {} ({usable_at}), quorum.staff_key_hold_seconds after its registration",
-        utc(usable_at)
-    );
+    match info {
+        Some(k) if k.approved_at == 0 => println!(
+            "it waits for the staff quorum's approval: request {} (sigil pending approve {} --staff ID --soft-key FILE), then quorum.staff_key_hold_seconds",
+            k.request_id, k.request_id
+        ),
+        Some(k) => println!(
+            "it counts for quorums from {} ({}), quorum.staff_key_hold_seconds after its approval",
+            utc(k.usable_at),
+            k.usable_at
+        ),
+        None => {}
+    }
     Ok(())
 }
 
@@ -211,20 +214,31 @@ async fn list(conn: &Conn, config: Option<&Path>) -> Result<(), Error> {
     }
     for m in staff {
         println!(
-            "{}  {:8}  name {:?}  user {}  added {}  {} key(s)",
+            "{}  {:8}  name {:?}  user {}  added {}  {} key(s){}",
             m.staff_id,
             m.role,
             m.display_name,
             if m.user_id.is_empty() { "-" } else { &m.user_id },
             utc(m.created_at),
-            m.keys.len()
+            m.keys.len(),
+            if m.removed_at != 0 {
+                format!("  REMOVED at {}", utc(m.removed_at))
+            } else {
+                String::new()
+            }
         );
         for k in &m.keys {
+            let standing = if k.removed_at != 0 {
+                format!("REMOVED at {}", utc(k.removed_at))
+            } else if k.approved_at == 0 {
+                format!("waits for the staff quorum (request {})", k.request_id)
+            } else {
+                format!("usable from {}", utc(k.usable_at))
+            };
             println!(
-                "    key {}  added {}  usable from {}{}",
+                "    key {}  added {}  {standing}{}",
                 k.credential_id,
                 utc(k.added_at),
-                utc(k.usable_at),
                 if k.suspected_cloned {
                     "  SUSPECTED CLONED (answers nothing)"
                 } else {
