@@ -629,7 +629,15 @@ impl Approvals {
     pub fn begin_staff_key_registration(&self, actor: &str, staff_id: &str) -> Result<StaffCeremonyStarted, Error> {
         let (staff, _) = self.staff(staff_id)?;
         let now = self.k.now()?;
-        let exclude: Vec<StoredCredential> = staff.keys.iter().map(|k| k.credential.clone()).collect();
+        let restored_at = self.restored_at()?;
+        // Keys from before a restore are registered again (the same
+        // authenticator may answer); the others may not register twice.
+        let exclude: Vec<StoredCredential> = staff
+            .keys
+            .iter()
+            .filter(|k| k.added_at > restored_at && k.removed_at.is_none())
+            .map(|k| k.credential.clone())
+            .collect();
         let mut handle = b"staff:".to_vec();
         handle.extend_from_slice(staff_id.as_bytes());
         handle.truncate(64);
@@ -738,10 +746,22 @@ impl Approvals {
                 format!("staff member '{staff_id}' was removed at {at}"),
             ));
         }
+        let restored_at = self.restored_at()?;
+        // The same staff member registering again, after a restore, a key
+        // they held before it: the stale entry gives way.
+        let mut again = false;
         for other in self.list_staff()? {
             if let Some(k) = other.keys.iter().find(|k| {
                 k.credential.credential_id == cred.credential_id || k.credential.public_key_sec1 == cred.public_key_sec1
             }) {
+                if other.staff_id == staff_id
+                    && k.added_at <= restored_at
+                    && k.credential.credential_id == cred.credential_id
+                    && k.credential.public_key_sec1 == cred.public_key_sec1
+                {
+                    again = true;
+                    continue;
+                }
                 return Err(Error::refused(
                     Reason::AlreadyEnrolled,
                     format!(
@@ -753,20 +773,27 @@ impl Approvals {
         }
         let formed = self.staff_quorum_formed()?;
         let mut rec = staff;
+        if again {
+            rec.keys.retain(|k| k.credential.credential_id != cred.credential_id);
+        }
         let mut batch = Batch::new();
         batch.delete(Table::Ceremonies, ceremony_id.as_bytes(), cversion);
         // One key, one person: the credential id and the public key are
-        // unique across staff members, atomically.
-        batch.insert(
-            Table::Credentials,
-            format!("staff-credential/{}", cred.credential_id).into_bytes(),
-            staff_id.as_bytes().to_vec(),
-        );
-        batch.insert(
-            Table::Credentials,
-            format!("staff-public-key/{}", cred.public_key_sec1).into_bytes(),
-            staff_id.as_bytes().to_vec(),
-        );
+        // unique across staff members, atomically (a key registered again
+        // after a restore keeps its entries, conditioned on them).
+        for index in [
+            format!("staff-credential/{}", cred.credential_id),
+            format!("staff-public-key/{}", cred.public_key_sec1),
+        ] {
+            match self.k.store.get(Table::Credentials, index.as_bytes())? {
+                Some(v) if again && v.value == staff_id.as_bytes() => {
+                    batch.check(Table::Credentials, index.into_bytes(), v.version);
+                }
+                _ => {
+                    batch.insert(Table::Credentials, index.into_bytes(), staff_id.as_bytes().to_vec());
+                }
+            }
+        }
         let mut key = StaffKeyRecord {
             credential: cred.clone(),
             added_at: now,

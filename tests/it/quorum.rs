@@ -896,3 +896,243 @@ async fn a_removed_staff_key_stops_counting_and_a_new_key_waits_for_its_hold() {
         .unwrap_err();
     assert_eq!(st.code(), Code::NotFound);
 }
+
+#[tokio::test]
+async fn a_delayed_approval_is_refused_one_second_before_nbf_even_within_the_verifier_leeway() {
+    let s = server().await;
+    let (_, seed) = s.enroll_totp("u1").await;
+    let w = eth("u1", "e1", "5");
+    let r = answer(&s, &w, &seed).await;
+    let nbf = r.not_before;
+    // The verifier's leeway (5 s) lets the token through; the record's
+    // exact nbf does not.
+    s.clock.advance(nbf - 2 - s.clock.now_secs());
+    let st = redeem(&s, &r.approval, &w).await.unwrap_err();
+    assert_eq!(reason(&st), "APPROVAL_NOT_YET_VALID", "{st:?}");
+    assert!(
+        st.message().contains("delayed until"),
+        "refused by the leeway, not the record: {}",
+        st.message()
+    );
+    s.clock.advance(2);
+    redeem(&s, &r.approval, &w).await.expect("redeems at nbf");
+    // Cancelling it now says it was redeemed, and writes nothing.
+    add_staff(&s, "carol", "approver", "").await;
+    let _carol = staff_key(&s, "carol").await;
+    let before = snapshot_but_attempts(s.sigil());
+    let st = begin_decision(&s, &r.pending.unwrap().request_id, "carol", "cancel")
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&st), "APPROVAL_ALREADY_REDEEMED", "{st:?}");
+    assert_eq!(
+        snapshot_but_attempts(s.sigil()),
+        before,
+        "a refused cancellation wrote something"
+    );
+}
+
+#[tokio::test]
+async fn staff_approvals_of_a_user_whose_factors_were_revoked_issue_nothing() {
+    let s = server().await;
+    add_staff(&s, "alice", "approver", "").await;
+    add_staff(&s, "bob", "approver", "").await;
+    let mut alice = staff_key(&s, "alice").await;
+    let mut bob = staff_key(&s, "bob").await;
+    let (_, seed) = s.enroll_totp("u1").await;
+    let id = answer(&s, &btc("u1", "w", "2"), &seed)
+        .await
+        .pending
+        .unwrap()
+        .request_id;
+    decide(&s, &id, "alice", "approve", &mut alice).await.unwrap();
+    s.admin()
+        .await
+        .revoke_factors(pb::RevokeFactorsRequest {
+            all: false,
+            user_ids: vec!["u1".into()],
+            reason: "account taken over".into(),
+        })
+        .await
+        .unwrap();
+    let st = decide(&s, &id, "bob", "approve", &mut bob).await.unwrap_err();
+    assert_eq!(reason(&st), "SUPERSEDED", "{st:?}");
+    let p = pending(&s, &id).await;
+    assert!(
+        p.approval.is_empty() && p.jti.is_empty(),
+        "an approval was issued for a revoked user"
+    );
+}
+
+#[tokio::test]
+async fn a_policy_change_proposed_on_an_older_version_is_cancelled_not_applied() {
+    let s = server().await;
+    for id in ["alice", "bob"] {
+        add_staff(&s, id, "admin", "").await;
+    }
+    let mut alice = staff_key(&s, "alice").await;
+    let mut bob = staff_key(&s, "bob").await;
+    let mut api = staff_api(&s, "admin").await;
+    let papi = api.clone();
+    let propose = move |text: String| {
+        let mut api = papi.clone();
+        async move {
+            api.propose_policy(pb::ProposePolicyRequest {
+                proposed_by: "alice".into(),
+                policy_text: text,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    // Two changes on version 1, the second approved an hour later.
+    let first = propose(policy(60)).await;
+    let second = propose(policy(120)).await;
+    for id in [&first.request_id] {
+        decide(&s, id, "alice", "approve", &mut alice).await.unwrap();
+        decide(&s, id, "bob", "approve", &mut bob).await.unwrap();
+    }
+    s.clock.advance(3600);
+    for id in [&second.request_id] {
+        decide(&s, id, "alice", "approve", &mut alice).await.unwrap();
+        decide(&s, id, "bob", "approve", &mut bob).await.unwrap();
+    }
+    s.clock.advance(3600);
+    sweep(&s).await;
+    assert_eq!(
+        api.get_policy(pb::GetPolicyRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .version,
+        2
+    );
+    s.clock.advance(3600);
+    sweep(&s).await;
+    // The second was made for version 1: it would undo the first.
+    let p = pending(&s, &second.request_id).await;
+    assert_eq!(state(&p), pb::PendingState::Cancelled);
+    assert!(
+        p.closed_by.contains("superseded by policy version 2"),
+        "{}",
+        p.closed_by
+    );
+    let v = api.get_policy(pb::GetPolicyRequest {}).await.unwrap().into_inner();
+    assert_eq!(v.version, 2);
+    assert_eq!(v.policy_text, policy(60));
+}
+
+#[tokio::test]
+async fn one_key_belongs_to_one_person_and_a_removed_staff_id_is_never_reused() {
+    let s = server().await;
+    add_staff(&s, "alice", "approver", "").await;
+    add_staff(&s, "mallory", "approver", "").await;
+    // The same credential offered for two staff members.
+    let mut key = RingKey::new();
+    key.fixed_id = Some(vec![7u8; 16]);
+    let mut api = staff_api(&s, "admin").await;
+    for (who, ok) in [("alice", true), ("mallory", false)] {
+        let b = api
+            .begin_staff_key_registration(pb::BeginStaffKeyRegistrationRequest { staff_id: who.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        let rsp = create(&mut key, ORIGIN, &b.options_json, |_| {}).unwrap();
+        let r = api
+            .finish_staff_key_registration(pb::FinishStaffKeyRegistrationRequest {
+                staff_id: who.into(),
+                ceremony_id: b.ceremony_id,
+                response_json: rsp,
+            })
+            .await;
+        assert_eq!(r.is_ok(), ok, "{who}: {r:?}");
+        if !ok {
+            let st = r.unwrap_err();
+            assert!(
+                st.message().contains("already registered for staff member 'alice'"),
+                "{}",
+                st.message()
+            );
+        }
+    }
+    // A removed id stays taken.
+    api.remove_staff(pb::RemoveStaffRequest {
+        staff_id: "mallory".into(),
+        credential_id: String::new(),
+        reason: "left".into(),
+    })
+    .await
+    .unwrap();
+    let st = api
+        .add_staff(pb::AddStaffRequest {
+            staff_id: "mallory".into(),
+            role: "approver".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(st.message().contains("never given to someone else"), "{}", st.message());
+}
+
+#[tokio::test]
+async fn a_restore_closes_requests_from_before_it_and_staff_register_their_keys_again() {
+    let mut s = server().await;
+    add_staff(&s, "alice", "approver", "").await;
+    add_staff(&s, "bob", "approver", "").await;
+    let mut alice = staff_key(&s, "alice").await;
+    let mut bob = staff_key(&s, "bob").await;
+    let (_, seed) = s.enroll_totp("u1").await;
+    let w = btc("u1", "w", "2");
+    let id = answer(&s, &w, &seed).await.pending.unwrap().request_id;
+    decide(&s, &id, "alice", "approve", &mut alice).await.unwrap();
+    s.clock.advance(30);
+    let file = s._dir.path().join("sigil.backup");
+    crate::support::lifecycle::backup_to(&s, &file).await;
+    // After the backup the user cancels it.
+    let cancel = pb::Intent {
+        action: "cancel_approval".into(),
+        user_id: "u1".into(),
+        memo: id.clone(),
+        ..Default::default()
+    };
+    let token = s.approve(&cancel, &seed).await;
+    s.approvals("frontend")
+        .await
+        .cancel_approval(pb::CancelApprovalRequest {
+            request_id: id.clone(),
+            approval: token,
+        })
+        .await
+        .unwrap();
+    s.stop().await;
+    sigil::backup::restore(&file, &s.cfg.store.path, s.clock.now_secs()).unwrap();
+    // (TOTP steps from before the restore are refused after it.)
+    s.clock.advance(60);
+    s.restart().await;
+
+    // The restored request is open again in the store, but closed to
+    // decisions, and the sweep closes it.
+    let st = begin_decision(&s, &id, "bob", "approve").await.unwrap_err();
+    assert_eq!(reason(&st), "SUPERSEDED", "{st:?}");
+    sweep(&s).await;
+    let p = pending(&s, &id).await;
+    assert_eq!(state(&p), pb::PendingState::Cancelled);
+    assert!(p.closed_by.contains("restored"), "{}", p.closed_by);
+    assert!(p.approval.is_empty());
+    // Keys from before the restore answer nothing until registered again.
+    let id2 = answer(&s, &btc("u1", "w2", "3"), &seed)
+        .await
+        .pending
+        .unwrap()
+        .request_id;
+    let st = begin_decision(&s, &id2, "bob", "approve").await.unwrap_err();
+    assert_eq!(reason(&st), "NO_USABLE_FACTOR", "{st:?}");
+    let mut bob2 = staff_key(&s, "bob").await;
+    let mut alice2 = staff_key(&s, "alice").await;
+    decide(&s, &id2, "bob", "approve", &mut bob2).await.unwrap();
+    let p = decide(&s, &id2, "alice", "approve", &mut alice2).await.unwrap();
+    assert_eq!(state(&p), pb::PendingState::Issued);
+    // The old keys stay refused.
+    let st = decide(&s, &id2, "bob", "approve", &mut bob).await.unwrap_err();
+    assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+}
