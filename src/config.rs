@@ -138,6 +138,9 @@ pub struct QuorumConfig {
     /// The longest delay a policy rule or the governance may set (default
     /// 30 days).
     pub max_delay_seconds: i64,
+    /// The shortest delay the governance may set for policy changes
+    /// (default 1 h): a quorum cannot make later changes instant.
+    pub min_policy_delay_seconds: i64,
     /// How long an approval issued after a staff quorum or a delay stays
     /// valid (from its `nbf`, or its issue when not delayed; default 1 h):
     /// the engine learns of it from the event stream or by polling.
@@ -160,6 +163,7 @@ impl Default for QuorumConfig {
         Self {
             request_timeout_seconds: 86_400,
             max_delay_seconds: 30 * 86_400,
+            min_policy_delay_seconds: 3_600,
             redeem_window_seconds: 3_600,
             staff_key_hold_seconds: 86_400,
             cancellation_list_lag_seconds: 30,
@@ -185,6 +189,12 @@ impl QuorumConfig {
             return Err(Error::invalid(
                 "quorum.redeem_window_seconds",
                 "must be between 60 and 604800 (7 days)",
+            ));
+        }
+        if self.min_policy_delay_seconds < 0 || self.min_policy_delay_seconds > self.max_delay_seconds {
+            return Err(Error::invalid(
+                "quorum.min_policy_delay_seconds",
+                "must be between 0 and quorum.max_delay_seconds",
             ));
         }
         if !(0..=600).contains(&self.cancellation_list_lag_seconds) {
@@ -367,7 +377,8 @@ impl Config {
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), Error> {
         self.quorum.validate()?;
-        self.policy.check_delays(self.quorum.max_delay_seconds)?;
+        self.policy
+            .check_delays(self.quorum.min_policy_delay_seconds, self.quorum.max_delay_seconds)?;
         if self.approval.ttl_seconds <= 0 || self.approval.ttl_seconds > 3600 {
             return Err(Error::invalid("approval.ttl_seconds", "must be between 1 and 3600"));
         }

@@ -162,7 +162,10 @@ impl Approvals {
             other => other,
         })?;
         proposed
-            .check_delays(self.cfg.quorum.max_delay_seconds)
+            .check_delays(
+                self.cfg.quorum.min_policy_delay_seconds,
+                self.cfg.quorum.max_delay_seconds,
+            )
             .map_err(as_policy_text_error)?;
         self.check_policy_assets(&proposed)?;
         // Who proposes is a label (the admin certificate names them); it

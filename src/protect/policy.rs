@@ -324,9 +324,19 @@ impl Policy {
         Ok(())
     }
 
-    /// Checks the delays against `max_delay_seconds` (the `[quorum]`
-    /// configuration's bound).
-    pub fn check_delays(&self, max_delay_seconds: i64) -> Result<(), Error> {
+    /// Checks the delays against the `[quorum]` configuration's bounds:
+    /// every delay at most `max_delay_seconds`, the governance's at least
+    /// `min_policy_delay_seconds`.
+    pub fn check_delays(&self, min_policy_delay_seconds: i64, max_delay_seconds: i64) -> Result<(), Error> {
+        if self.governance.delay_seconds < min_policy_delay_seconds {
+            return Err(Error::invalid(
+                "policy.governance.delay_seconds",
+                format!(
+                    "a delay of {} s is below the configured minimum of {} s (quorum.min_policy_delay_seconds): policy changes must leave time to notice them",
+                    self.governance.delay_seconds, min_policy_delay_seconds
+                ),
+            ));
+        }
         for (name, a) in &self.actions {
             for q in &a.quorum {
                 if q.delay_seconds > max_delay_seconds {
@@ -476,6 +486,15 @@ impl QuorumRule {
                 ));
             }
         }
+        if self.asset.is_none() && (self.above.is_some() || self.velocity_24h_above.is_some()) {
+            return Err(Error::invalid(
+                &field,
+                format!(
+                    "rule '{}': an amount (above, velocity_24h_above) needs the asset it is counted in",
+                    self.name
+                ),
+            ));
+        }
         check_pool(&field, &self.staff)?;
         if self.required as usize > self.staff.len() {
             return Err(Error::invalid(
@@ -517,7 +536,14 @@ impl QuorumRule {
                 return false;
             }
         }
-        if !self.destinations.is_empty() && !self.destinations.contains(&intent.destination) {
+        // Case-insensitively: an address written in another case (EIP-55,
+        // bech32) must not escape the rule; matching more is the safe side.
+        if !self.destinations.is_empty()
+            && !self
+                .destinations
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(&intent.destination))
+        {
             return false;
         }
         if let Some(max) = &self.velocity_24h_above {
@@ -685,6 +711,54 @@ mod tests {
         assert!(Policy::default()
             .decide(Action::EnrollFactor, &Intent::default(), &jb, &u, 0)
             .is_ok());
+    }
+
+    #[test]
+    fn quorum_rules_match_destinations_in_any_case_and_need_their_asset() {
+        let p = Policy::from_toml(
+            r#"
+            [[actions.withdrawal.quorum]]
+            name = "watched"
+            destinations = ["0x52908400098527886E0F7030069857D2E4169EE7"]
+            staff = ["a", "b"]
+            required = 1
+            "#,
+        )
+        .unwrap();
+        let dev = DeviceSignals::default();
+        let u = UserRecord::default();
+        let mut i = wd("1");
+        for (dest, held) in [
+            ("0x52908400098527886e0f7030069857d2e4169ee7", true),
+            ("0x52908400098527886E0F7030069857D2E4169EE7", true),
+            ("0x8617E340B3D01FA5F11F306F4090FD50E238070D", false),
+        ] {
+            i.destination = dest.into();
+            let d = p.decide(Action::Withdrawal, &i, &dev, &u, 0).unwrap();
+            assert_eq!(d.is_held(), held, "{dest}");
+        }
+        let e = Policy::from_toml(
+            "[[actions.withdrawal.quorum]]\nname = \"x\"\nabove = \"5\"\nstaff = [\"a\"]\nrequired = 1\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("needs the asset"), "{e}");
+        // The governance's delay has a floor and every delay a ceiling.
+        let mut g = Policy::default();
+        g.governance.delay_seconds = 60;
+        assert!(g
+            .check_delays(3600, 86_400)
+            .unwrap_err()
+            .to_string()
+            .contains("below the configured minimum"));
+        g.governance.delay_seconds = 90_000;
+        assert!(g
+            .check_delays(3600, 86_400)
+            .unwrap_err()
+            .to_string()
+            .contains("beyond the configured maximum"));
+        g.governance.delay_seconds = 7200;
+        assert!(g.check_delays(3600, 86_400).is_ok());
     }
 
     #[test]
