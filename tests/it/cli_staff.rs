@@ -677,3 +677,114 @@ async fn staff_approve_a_held_withdrawal_with_the_approver_certificate() {
     let (ok, text) = run(&["staff", "remove", "nobody", "--reason", "x", "--config", cfg], &[]);
     assert!(!ok && text.contains("unknown staff id 'nobody'"), "{text}");
 }
+
+/// `--external`: another WebAuthn client (here a software authenticator
+/// standing in for a browser with a hardware key) answers the options the
+/// CLI prints, through standard input.
+#[tokio::test(flavor = "multi_thread")]
+async fn staff_decide_with_an_external_webauthn_client() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+
+    use crate::support::webauthn::{create, get, soft_token, ORIGIN};
+
+    let s = TestServer::start_with(|c| {
+        relaxed(c);
+        c.quorum.staff_key_hold_seconds = 0;
+        c.policy = sigil::protect::policy::Policy::from_toml(
+            "[actions.withdrawal]\nkinds = [\"totp\"]\n[[actions.withdrawal.quorum]]\nname = \"big\"\nasset = \"BTC\"\nabove = \"1\"\nstaff = [\"dana\"]\nrequired = 1\n",
+        )
+        .unwrap();
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_file(&s, dir.path(), "");
+    let cfg = cfg.to_str().unwrap().to_string();
+    let mut staff = pb::staff_service_client::StaffServiceClient::new(s.channel("admin").await);
+    staff
+        .add_staff(pb::AddStaffRequest {
+            staff_id: "dana".into(),
+            role: "approver".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (mut key, _) = soft_token(true);
+    let b = staff
+        .begin_staff_key_registration(pb::BeginStaffKeyRegistrationRequest {
+            staff_id: "dana".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let rsp = create(&mut key, ORIGIN, &b.options_json, |_| {}).unwrap();
+    staff
+        .finish_staff_key_registration(pb::FinishStaffKeyRegistrationRequest {
+            staff_id: "dana".into(),
+            ceremony_id: b.ceremony_id,
+            response_json: rsp,
+        })
+        .await
+        .unwrap();
+    let (_, seed) = s.enroll_totp("u1").await;
+    let intent = pb::Intent {
+        amount: "2".into(),
+        ..withdrawal("u1", "w-ext")
+    };
+    let mut a = s.approvals("withdrawal-engine").await;
+    let begun = begin(&s, &intent).await;
+    let held = a
+        .complete_approval(totp_proof(&begun.challenge_id, "u1", &s.code(&seed, 0), ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let request = held.pending.unwrap().request_id;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sigil"))
+        .args([
+            "pending",
+            "approve",
+            &request,
+            "--staff",
+            "dana",
+            "--external",
+            "--origin",
+            ORIGIN,
+            "--config",
+            &cfg,
+        ])
+        .args(approver_cert())
+        .env_remove("SIGIL_URL")
+        .env_remove("SIGIL_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    let options = loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "no options printed: {seen}");
+        seen.push_str(&line);
+        if let Some(json) = line.strip_prefix("WEBAUTHN-OPTIONS ") {
+            break json.trim().to_string();
+        }
+    };
+    assert!(
+        seen.contains("an external WebAuthn client") && seen.contains("amount 2"),
+        "{seen}"
+    );
+    let assertion = get(&mut key, ORIGIN, &options, |_| {}).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{assertion}").unwrap();
+    drop(stdin);
+    let rest = {
+        let mut r = String::new();
+        std::io::Read::read_to_string(&mut out, &mut r).unwrap();
+        r
+    };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{seen}{rest}");
+    assert!(rest.contains("is now issued (approvals 1/1)"), "{rest}");
+}

@@ -59,8 +59,14 @@ pub struct Decide {
     staff: String,
     /// Their software security key (development only; written by `sigil
     /// staff register-key`).
-    #[arg(long, value_name = "FILE")]
-    soft_key: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "external")]
+    soft_key: Option<PathBuf>,
+    /// Use any other WebAuthn client, e.g. a hardware security key through
+    /// a browser: the request options are printed (one line starting
+    /// `WEBAUTHN-OPTIONS `, the JSON for navigator.credentials.get) and the
+    /// assertion (the PublicKeyCredential JSON) is read from standard input.
+    #[arg(long, conflicts_with = "soft_key")]
+    external: bool,
     /// The origin the key's response names (default: the first of the
     /// config's [webauthn] origins, else https://localhost:8443).
     #[arg(long)]
@@ -103,8 +109,14 @@ async fn show(conn: &Conn, request_id: &str, config: Option<&Path>) -> Result<()
 /// key sign it and completes the decision.
 async fn decide(args: Decide, decision: pb::StaffDecision, config: Option<&Path>) -> Result<(), Error> {
     let origin = softkey::origin(args.origin, config)?;
-    let mut key = SoftKey::open(&args.soft_key)?;
-    softkey::warn(&args.soft_key);
+    let mut key = match &args.soft_key {
+        Some(path) => {
+            let k = SoftKey::open(path)?;
+            softkey::warn(path);
+            Some(k)
+        }
+        None => None,
+    };
     let mut staff = Staff::connect(&args.conn, config).await?;
     let id = args.request_id.as_str();
     let request = staff.pending(id).await?;
@@ -117,9 +129,12 @@ async fn decide(args: Decide, decision: pb::StaffDecision, config: Option<&Path>
         "CANCEL"
     };
     println!(
-        "{verb} request {id} as staff member {} with key {}:",
+        "{verb} request {id} as staff member {} with {}:",
         args.staff,
-        key.credential_id()
+        match &key {
+            Some(k) => format!("soft key {}", k.credential_id()),
+            None => "an external WebAuthn client".into(),
+        }
     );
     for line in describe(&request) {
         println!("  {line}");
@@ -129,7 +144,10 @@ async fn decide(args: Decide, decision: pb::StaffDecision, config: Option<&Path>
         intent_fields(&intent),
         b64url::encode(&begun.intent_sha256)
     );
-    let response = key.assert(&begun.options_json, &origin)?;
+    let response = match key.as_mut() {
+        Some(k) => k.assert(&begun.options_json, &origin)?,
+        None => external_assertion(&begun.options_json)?,
+    };
     let after = staff
         .complete_decision(id, &args.staff, begun.ceremony_id, response)
         .await?;
@@ -140,6 +158,34 @@ async fn decide(args: Decide, decision: pb::StaffDecision, config: Option<&Path>
         when(&after)
     );
     Ok(())
+}
+
+/// Prints the request options for another WebAuthn client and reads its
+/// assertion (PublicKeyCredential JSON) from standard input.
+fn external_assertion(options_json: &str) -> Result<String, Error> {
+    use std::io::{Read, Write};
+    let compact: serde_json::Value = serde_json::from_str(options_json)
+        .map_err(|e| Error::Internal(format!("the server's WebAuthn options are not JSON: {e}")))?;
+    println!("WEBAUTHN-OPTIONS {compact}");
+    println!("paste the assertion (the PublicKeyCredential JSON), then end the input (Ctrl-D):");
+    std::io::stdout()
+        .flush()
+        .map_err(|e| Error::Internal(format!("cannot write the options: {e}")))?;
+    let mut response = String::new();
+    std::io::stdin()
+        .take(64 * 1024 + 1)
+        .read_to_string(&mut response)
+        .map_err(|e| Error::invalid("assertion", format!("cannot read it from standard input: {e}")))?;
+    let response = response.trim().to_string();
+    if response.is_empty() {
+        return Err(Error::invalid(
+            "assertion",
+            "none was given on standard input; nothing was decided",
+        ));
+    }
+    serde_json::from_str::<serde_json::Value>(&response)
+        .map_err(|e| Error::invalid("assertion", format!("is not JSON: {e}; nothing was decided")))?;
+    Ok(response)
 }
 
 /// Refuses to sign when the intent the server hands out is not the one
