@@ -5,8 +5,11 @@
 // It starts its own sigild (own SoftHSM token via `sigil hsm init`, own
 // sled store, the dev certificates of certs/out) with short holds, and two
 // demo backends: one on an origin Sigil's [webauthn] config lists, one on
-// an origin it does not. Screenshots of every step go to
-// target/e2e-artifacts/ (git-ignored).
+// an origin it does not. Its policy holds BTC withdrawals above 5 for one of
+// the staff members alice and bob, and above 50 also for a short delay: the
+// staff view adds alice with a security key of her own (a second virtual
+// authenticator) and approves or cancels them. Screenshots of every step go
+// to target/e2e-artifacts/ (git-ignored).
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -23,6 +26,7 @@ const BIN = join(TARGET, 'debug');
 const CERTS = join(ROOT, 'certs/out');
 const ART = process.env.E2E_ARTIFACTS || join(TARGET, 'e2e-artifacts');
 const HOLD = 8; // address hold, seconds
+const DELAY = 3; // the delay of withdrawals above 50 BTC once staff approved, seconds
 // The AAGUID of Chromium's CTAP2 virtual authenticator.
 const CHROMIUM_AAGUID = '01020304-0506-0708-0102-030405060708';
 const t0 = Date.now();
@@ -77,22 +81,33 @@ async function shot(page, name) {
   log('screenshot', file);
 }
 
-/// Waits for the page's notice and returns its reason.
-async function noticeReason(page, expect, what) {
-  const sel = `#notice > div[data-reason="${expect}"]`;
+/// Waits for the page's notice (or the staff view's: `where`) and returns
+/// its text.
+async function noticeReason(page, expect, what, where = '#notice') {
+  const sel = `${where} > div[data-reason="${expect}"]`;
   try {
     await page.waitForSelector(sel, { timeout: 20000 });
   } catch (e) {
-    const got = await page.locator('#notice').innerText().catch(() => '?');
+    const got = await page.locator(where).innerText().catch(() => '?');
     throw new Error(`${what}: expected ${expect}, the page says: ${got}`);
   }
-  const text = await page.locator('#notice').innerText();
+  const text = await page.locator(where).innerText();
   log(`${what}: ${text.replace(/\s+/g, ' ').slice(0, 300)}`);
   return text;
 }
 
+/// Waits for `sel`; on a timeout, says what the page's notice says.
+async function waitFor(page, sel, what, timeout = 20000) {
+  try {
+    await page.waitForSelector(sel, { timeout });
+  } catch (e) {
+    const got = await page.locator('#notice').innerText().catch(() => '?');
+    throw new Error(`${what}: ${sel} did not appear; the page says: ${got}`);
+  }
+}
+
 /// Clears the notice so the next wait sees only the next answer.
-async function clearNotice(page) { await page.evaluate(() => { document.getElementById('notice').innerHTML = ''; }); }
+async function clearNotice(page, id = 'notice') { await page.evaluate((i) => { document.getElementById(i).innerHTML = ''; }, id); }
 
 async function virtualAuthenticator(context, page, opts = {}) {
   const cdp = await context.newCDPSession(page);
@@ -121,9 +136,9 @@ function throwawayAttestationRoot(dir) {
 
 /// A sigild of its own in `dir` (token made with `sigil hsm init`, store,
 /// the shared development certificates) on `port`, accepting WebAuthn from
-/// `origin`, with `webauthn` as further lines of its `[webauthn]` section.
-/// Resolves with its URL.
-async function startSigild(name, dir, port, origin, webauthn) {
+/// `origin`, with `webauthn` as further lines of its `[webauthn]` section
+/// and `sections` after it. Resolves with its URL.
+async function startSigild(name, dir, port, origin, webauthn, sections = []) {
   mkdirSync(join(dir, 'tokens'), { recursive: true });
   writeFileSync(join(dir, 'softhsm2.conf'),
     `directories.tokendir = ${join(dir, 'tokens')}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`);
@@ -138,6 +153,7 @@ async function startSigild(name, dir, port, origin, webauthn) {
     `origins = ["${origin}"]`,
     'attestation = "direct"',
     ...webauthn,
+    ...sections,
     '',
   ].join('\n'));
   const env = {
@@ -159,6 +175,41 @@ async function startSigild(name, dir, port, origin, webauthn) {
   log(name, 'up at', url);
   return url;
 }
+
+/// The main sigild's staff quorums: a new staff key counts at once (the
+/// default 24 h hold is for production), and a withdrawal policy like the
+/// built-in one for BTC (TOTP alone up to 1 BTC) that holds BTC above 5 for
+/// one of alice and bob, and above 50 also for DELAY seconds once approved
+/// (above 100 for 10 minutes: time enough to cancel, however slow the run);
+/// cancellation lists lag 1 s, not 30.
+const HW = '["webauthn", "yubikey_hmac", "yubikey_otp"]';
+const STAFF_POLICY = [
+  '[quorum]',
+  'staff_key_hold_seconds = 0',
+  // Sigil dates its cancellation lists this far back (default 30 s): a
+  // delayed approval verifies offline from nbf + this. One sigild here.
+  'cancellation_list_lag_seconds = 1',
+  '[policy.actions.withdrawal]',
+  'kinds = ["totp", "webauthn", "yubikey_hmac", "yubikey_otp"]',
+  'deny_jailbroken = true',
+  `thresholds = [{ asset = "BTC", above = "1", kinds = ${HW} }]`,
+  '[[policy.actions.withdrawal.quorum]]',
+  'name = "e2e-large-btc"',
+  'asset = "BTC"',
+  'above = "5"',
+  'staff = ["alice", "bob"]',
+  'required = 1',
+  '[[policy.actions.withdrawal.quorum]]',
+  'name = "e2e-huge-btc"',
+  'asset = "BTC"',
+  'above = "50"',
+  `delay_seconds = ${DELAY}`,
+  '[[policy.actions.withdrawal.quorum]]',
+  'name = "e2e-giant-btc"',
+  'asset = "BTC"',
+  'above = "100"',
+  'delay_seconds = 600',
+];
 
 /// RFC 6238 code (SHA-1, 6 digits, 30 s) of a base32 secret at `step`.
 function totpCode(secretBase32, step) {
@@ -201,7 +252,7 @@ async function main() {
       '--disable-background-networking', '--disable-component-update', '--disable-sync'],
     viewport: { width: 1100, height: 900 },
   });
-  const sigilUrl = await startSigild('sigild', dir, sigilPort, origin, []);
+  const sigilUrl = await startSigild('sigild', dir, sigilPort, origin, [], STAFF_POLICY);
   const demoEnv = { SIGIL_URL: sigilUrl, SIGIL_CERTS: CERTS };
   await start('demo', join(BIN, 'examples/demo'), ['--listen', `127.0.0.1:${demoPort}`], demoEnv, /demo exchange on/);
   await start('demo-other-origin', join(BIN, 'examples/demo'), ['--listen', `127.0.0.1:${badPort}`], demoEnv, /demo exchange on/);
@@ -278,6 +329,54 @@ async function main() {
     const held = await noticeReason(page, 'ADDRESS_ON_HOLD', 'withdraw during the hold');
     assert.match(held, /Retry at/);
     await shot(page, 'refused-address-on-hold');
+
+    // While the hold runs: the staff view (another tab with a security key
+    // of its own) adds the staff member alice and registers her key, which
+    // counts at once here (staff_key_hold_seconds = 0).
+    const staffPage = await context.newPage();
+    staffPage.on('pageerror', (e) => log('staff page error:', e.message));
+    await virtualAuthenticator(context, staffPage);
+    await staffPage.goto(`${origin}/#staff`);
+    await staffPage.waitForSelector('#staff:not([hidden])');
+    await staffPage.fill('#staff-id', 'alice');
+    await staffPage.click('#staff-add');
+    await noticeReason(staffPage, 'STAFF_ADDED', 'add the staff member alice', '#staff-notice');
+    await clearNotice(staffPage, 'staff-notice');
+    await staffPage.click('#staff-register');
+    await noticeReason(staffPage, 'STAFF_KEY_ADDED', "register alice's security key", '#staff-notice');
+    await staffPage.waitForSelector('#staff-members tr[data-staff="alice"] td[data-field="keys"]:text("1")');
+    // A page in the background is hardly rendered (slow screenshots): the
+    // one in use comes to the front.
+    await page.bringToFront();
+    const approveInStaffView = async (rid, decision, what) => {
+      await staffPage.bringToFront();
+      await staffPage.click('#staff-refresh');
+      await staffPage.waitForSelector(`#staff-pending tr[data-request="${rid}"] button.${decision}`);
+      await clearNotice(staffPage, 'staff-notice');
+      await staffPage.locator(`#staff-pending tr[data-request="${rid}"] button.${decision}`).click();
+      await staffPage.waitForSelector('#staff-sign:not([hidden])');
+      assert.equal(await staffPage.locator('#sd-intent td[data-field="request"]').innerText(), rid);
+      assert.equal(await staffPage.locator('#sd-intent td[data-field="user"]').innerText(), user);
+      assert.equal(await staffPage.locator('#sd-intent td[data-field="to"]').innerText(), dest);
+      const amount = await staffPage.locator('#sd-intent td[data-field="amount"]').innerText();
+      if (what) await what();
+      await staffPage.click('#sd-key');
+      await noticeReason(staffPage, decision === 'approve' ? 'STAFF_APPROVED' : 'STAFF_CANCELLED', `${decision} ${amount} as alice`, '#staff-notice');
+      await page.bringToFront();
+      return amount;
+    };
+    /// A withdrawal the policy holds: approved with the user's key, then
+    /// listed as held; returns its request id.
+    const heldWithdrawal = async (amount) => {
+      await withdraw(page, amount);
+      await page.waitForSelector('#approve:not([hidden])');
+      await page.click('#ap-key');
+      const text = await noticeReason(page, 'HELD', `withdraw ${amount} BTC (held)`);
+      assert.match(text, /waiting for staff approval \(0 of 1\)/);
+      const row = page.locator('#held tbody tr').first();
+      assert.match(await row.innerText(), new RegExp(`${amount.replace('.', '\\.')} BTC`));
+      return row.getAttribute('data-request');
+    };
 
     // 5. Wait out the hold, then withdraw: approve with the key; the
     //    engine verifies with sigil-verify and redeems.
@@ -368,7 +467,72 @@ async function main() {
     await shot(page, 'refused-no-user-verification');
     await cdp.send('WebAuthn.setUserVerified', { authenticatorId, isUserVerified: true });
 
-    // 9. Refused: an authenticator of another model. A second sigild (and
+    // 9. Staff approval. Above 5 BTC the withdrawal is held for one of
+    //    alice and bob: the page says so and follows the request; the staff
+    //    view lists it and shows what alice's key signs before it is
+    //    touched; her approval issues the approval, which the engine
+    //    verifies (its own checks, the user's key, alice's key against the
+    //    published staff keys with verify_quorum) and redeems.
+    const rid1 = await heldWithdrawal('6');
+    await shot(page, 'withdrawal-held-for-staff');
+    await approveInStaffView(rid1, 'approve', async () => {
+      assert.equal(await staffPage.locator('#sd-intent td[data-field="amount"]').innerText(), '6 BTC');
+      assert.equal(await staffPage.locator('#sd-intent td[data-field="approvals"]').innerText(), '0 of 1');
+      await shot(staffPage, 'staff-view-approve-what-the-key-signs');
+      await staffPage.locator('#staff').screenshot({ path: join(ART, 'staff-view.png') });
+    });
+    await noticeReason(page, 'DONE', 'the held withdrawal, once alice approved');
+    await waitFor(page, `#held tr[data-request="${rid1}"][data-state="EXECUTED"]`, 'the held withdrawal, executed');
+    const staffResult = JSON.parse(await page.locator('#result-json').innerText());
+    assert.ok(staffResult.redeemed && staffResult.redeemed.redeemed_at > 0, 'the engine redeemed it');
+    assert.equal(staffResult.verified.intent.amount, '6');
+    assert.deepEqual(staffResult.verified.quorum.approvers, ['alice'], 'verify_quorum: alice approved');
+    assert.equal(staffResult.verified.quorum.ok, true);
+    assert.ok(staffResult.verified.amr.includes('mca'), 'amr says staff approved it');
+    assert.equal(staffResult.verified.webauthn_evidence.ok, true, "the user's own signature re-verified too");
+    assert.equal(staffResult.approval.decoded.claims.approvers[0].staff_id, 'alice');
+    await shot(page, 'held-withdrawal-approved-and-redeemed');
+    await staffPage.click('#staff-refresh');
+    await staffPage.waitForSelector(`#staff-pending tr[data-request="${rid1}"][data-state="ISSUED"]`);
+
+    // 10. Staff cancellation: another held withdrawal, cancelled in the
+    //     staff view with alice's key; the user's page shows it cancelled.
+    const rid2 = await heldWithdrawal('7');
+    await approveInStaffView(rid2, 'cancel');
+    await staffPage.bringToFront();
+    await staffPage.waitForSelector(`#staff-pending tr[data-request="${rid2}"][data-state="CANCELLED"]`);
+    await shot(staffPage, 'staff-view-cancelled');
+    await page.bringToFront();
+    await page.waitForSelector(`#held tr[data-request="${rid2}"][data-state="CANCELLED"]`);
+    const cancelled = await noticeReason(page, 'CANCELLED', 'the held withdrawal cancelled by staff');
+    assert.match(cancelled, /cancelled by staff:alice/);
+    await shot(page, 'held-withdrawal-cancelled-by-staff');
+
+    // 11. A delay: above 100 BTC the approval, once alice approved, is
+    //     valid only 10 minutes later and the user may cancel it until then
+    //     with their own key (an approval of cancel_approval)...
+    const rid3 = await heldWithdrawal('150');
+    await approveInStaffView(rid3, 'approve');
+    await page.waitForSelector(`#held tr[data-request="${rid3}"][data-state="DELAYED"] button`);
+    assert.match(await page.locator(`#held tr[data-request="${rid3}"] td[data-field="status"]`).innerText(), /valid from/);
+    await clearNotice(page);
+    await page.locator(`#held tr[data-request="${rid3}"] button`).click();
+    await page.waitForSelector('#approve:not([hidden])');
+    assert.equal(await page.locator('#ap-intent td[data-field="request"]').innerText(), rid3);
+    await page.click('#ap-key');
+    await noticeReason(page, 'DONE', 'the user cancels the delayed approval');
+    await page.waitForSelector(`#held tr[data-request="${rid3}"][data-state="CANCELLED"]`);
+    //     ... and one not cancelled (above 50 BTC: DELAY seconds) is
+    //     executed once valid: the engine checks it against a signed
+    //     cancellation list issued after its nbf.
+    const rid4 = await heldWithdrawal('60');
+    await approveInStaffView(rid4, 'approve');
+    await page.waitForSelector(`#held tr[data-request="${rid4}"][data-state="DELAYED"]`);
+    await shot(page, 'held-withdrawal-delayed');
+    //     (Its delay runs out while the next steps, on other pages, run;
+    //     step 15 checks what the engine did.)
+
+    // 12. Refused: an authenticator of another model. A second sigild (and
     //    demo) whose allow-list names only Chromium's CTAP2 model, under an
     //    attestation root made for this run; a U2F authenticator (all-zero
     //    AAGUID, fido-u2f attestation) is refused at registration.
@@ -393,7 +557,7 @@ async function main() {
     await shot(second, 'refused-aaguid-not-allowed');
     await second.close();
 
-    // 10. The backend refuses oversized or malformed JSON with a 400 and
+    // 13. The backend refuses oversized or malformed JSON with a 400 and
     //     sends nothing to Sigil.
     const bad = await page.evaluate(async () => {
       const post = async (body, type = 'application/json') => {
@@ -413,7 +577,7 @@ async function main() {
       { status: 400, reason: 'MALFORMED_JSON' }, { status: 400, reason: 'NOT_JSON' },
     ]);
 
-    // 11. Refused by Sigil: a page on an origin its config does not list.
+    // 14. Refused by Sigil: a page on an origin its config does not list.
     const other = await context.newPage();
     await virtualAuthenticator(context, other);
     await signIn(other, `http://localhost:${badPort}`, `mallory-${Date.now()}`);
@@ -424,6 +588,26 @@ async function main() {
     assert.match(wrongOrigin, /by Sigil/);
     await shot(other, 'refused-origin-not-listed');
     await other.close();
+
+    // 15. The delayed withdrawal of step 11 was executed once valid: the
+    //     engine checked it against a signed cancellation list issued at
+    //     or after its nbf, which names the one the user cancelled.
+    await page.bringToFront();
+    await waitFor(page, `#held tr[data-request="${rid4}"][data-state="EXECUTED"]`, 'the delayed withdrawal, executed once valid', (DELAY + 15) * 1000);
+    const delayed = JSON.parse(await page.locator('#result-json').innerText());
+    log('delayed withdrawal:', JSON.stringify({ nbf: delayed.verified.nbf, cancellations: delayed.verified.cancellations, quorum: delayed.verified.quorum.approvers, redeemed_at: delayed.redeemed.redeemed_at }));
+    assert.equal(delayed.verified.intent.amount, '60');
+    assert.ok(delayed.verified.nbf > 0, 'a delayed approval');
+    assert.ok(delayed.verified.cancellations && delayed.verified.cancellations.issued_at >= delayed.verified.nbf, 'checked against a list issued after its nbf');
+    assert.ok(delayed.verified.cancellations.cancelled >= 1, 'the list names the cancelled one');
+    assert.deepEqual(delayed.verified.quorum.approvers, ['alice']);
+    assert.ok(delayed.redeemed.redeemed_at >= delayed.verified.nbf);
+    await shot(page, 'delayed-withdrawal-redeemed');
+    await staffPage.bringToFront();
+    await staffPage.click('#staff-refresh');
+    await staffPage.waitForSelector(`#staff-pending tr[data-request="${rid4}"][data-state="ISSUED"]`);
+    await shot(staffPage, 'staff-view');
+    await staffPage.close();
 
     log(`all steps passed in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   } finally {

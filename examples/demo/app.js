@@ -8,6 +8,11 @@ let clockSkew = 0;          // the backend's now - local now, seconds
 let addresses = [];
 let approval = null;        // the open approval dialog
 let lastComplete = null;    // the last /api/approval/complete body sent
+// The user's withdrawals held by policy, by request id: the withdrawal
+// record the engine is to execute (as the page keeps it), the request as
+// Sigil last described it, and where the page is with it.
+const held = new Map();
+let staffDecision = null;   // the open staff decision (staff view)
 
 // ---- base64url <-> bytes
 function b64uToBuf(s) {
@@ -72,19 +77,23 @@ async function api(path, body) {
   return data;
 }
 
-function when(unix) { return new Date(unix * 1000).toLocaleTimeString(); }
+// A time of today as the time alone, any other with its date.
+function when(unix) {
+  const d = new Date(unix * 1000);
+  return d.toDateString() === new Date().toDateString() ? d.toLocaleTimeString() : d.toLocaleString();
+}
 function nowSecs() { return Math.floor(Date.now() / 1000 + clockSkew); }
 
 function esc(s) { const d = document.createElement('div'); d.textContent = s == null ? '' : String(s); return d.innerHTML; }
 
-function notice(kind, html, reason) {
-  const n = $('notice');
+function notice(kind, html, reason, target) {
+  const n = $(target || 'notice');
   n.innerHTML = '<div class="' + kind + '"' + (reason ? ' data-reason="' + esc(reason) + '"' : '') + '>' + html + '</div>';
 }
 
 // A refusal as a person needs it: who refused, the reason name, the
 // message, and when to retry where there is such a time.
-function showRefusal(e, what) {
+function showRefusal(e, what, target) {
   const r = e.refusal || { source: 'page', reason: 'ERROR', message: String(e.message || e) };
   const who = { sigil: 'Sigil', verifier: "the engine's verifier", demo: 'this demo backend', page: 'your browser' }[r.source] || r.source;
   let html = '<b>' + esc(what) + ' refused</b> by ' + esc(who) + ': <b class="reason">' + esc(r.reason) + '</b> — ' + esc(r.message);
@@ -93,8 +102,8 @@ function showRefusal(e, what) {
   }
   if (r.fields && r.fields.length) html += '<br>' + r.fields.map((f) => esc(f.field) + ': ' + esc(f.description)).join('<br>');
   if (r.sigil) html += '<br>Sigil, asked to redeem it for that record, refused too: <b class="reason">' + esc(r.sigil.reason) + '</b> — ' + esc(r.sigil.message);
-  notice('refused', html, r.reason);
-  if (r.approval) showResult({ approval: r.approval }, 'Approval issued but not executed');
+  notice('refused', html, r.reason, target);
+  if (r.approval && !target) showResult({ approval: r.approval }, 'Approval issued but not executed');
 }
 
 function showResult(data, title) {
@@ -156,7 +165,9 @@ async function handle(r) {
   if (r.next === 'approve') return openApproval(r);
   if (r.next === 'webauthn_create') return createCredential(r);
   if (r.next === 'totp_confirm') return showTotp(r);
+  if (r.next === 'held') return trackHeld(r);
   if (r.next === 'done') {
+    if (r.pending) updateHeld(r.pending);
     notice('ok', '<b>Done:</b> ' + esc(r.done) + (r.usable_at ? ' — usable from ' + esc(when(r.usable_at)) : ''), 'DONE');
     if (r.approval) showResult(r, r.done);
   }
@@ -186,6 +197,7 @@ function showTotp(r) {
 const ACTIONS = {
   withdrawal: 'a withdrawal', add_address: 'adding a withdrawal address', change_anti_phishing_code: 'a new anti-phishing code',
   remove_factor: 'removing a second factor', enroll_factor: 'adding a second factor',
+  cancel_approval: 'cancelling a held withdrawal',
 };
 function openApproval(r) {
   approval = r;
@@ -198,6 +210,10 @@ function openApproval(r) {
     rows.push(['amount', i.amount + ' ' + i.asset], ['network', i.network], ['to', i.destination], ['withdrawal id', i.withdrawal_id]);
   } else if (i.action === 'add_address') {
     rows.push(['address', i.destination], ['asset', i.asset + ' on ' + i.network], ['label', i.memo]);
+  } else if (i.action === 'cancel_approval') {
+    rows.push(['request', i.memo]);
+    const h = held.get(i.memo);
+    if (h) rows.push(['withdrawal', h.record.amount + ' ' + h.record.asset + ' to ' + h.record.destination]);
   } else {
     rows.push(['detail', i.memo]);
   }
@@ -222,7 +238,7 @@ async function complete(body) {
     if (reason !== 'FACTOR_REJECTED' && (e.refusal || {}).source !== 'page') { $('approve').hidden = true; approval = null; }
     throw e;
   }
-  if (r.next === 'done') { $('approve').hidden = true; approval = null; }
+  if (r.next === 'done' || r.next === 'held') { $('approve').hidden = true; approval = null; }
   await handle(r);
   if (r.verified) showResult(r, 'Withdrawal ' + r.verified.intent.withdrawal_id + ': approved by your key, verified by the engine with sigil-verify, redeemed once');
   return r;
@@ -246,6 +262,269 @@ async function approveWithKey() {
   }
   await complete(completeBody({ webauthn: assertionJSON(cred) }));
 }
+
+// ---- withdrawals held by policy (staff quorum, delay)
+const FINAL = ['CANCELLED', 'EXPIRED', 'ACTIVATED'];
+
+function approvalsText(p) {
+  if (!p.required) return '';
+  const who = [].concat(...p.quorum.map((q) => q.approved_by));
+  return p.approved + ' of ' + p.required + (who.length ? ': ' + who.join(', ') : '');
+}
+
+function trackHeld(r) {
+  const p = r.pending;
+  const w = lastComplete && lastComplete.withdrawal;
+  held.set(p.request_id, { record: w, pending: p, status: 'waiting', result: null });
+  clockSkew = r.now - Date.now() / 1000;
+  const why = p.state === 'AWAITING_QUORUM'
+    ? 'waiting for staff approval (' + approvalsText(p) + ')'
+    : 'approved; valid from ' + when(p.not_before);
+  notice('ok', '<b>Withdrawal held by policy:</b> ' + esc(p.intent.amount + ' ' + p.intent.asset) + ' to <span class="mono">' + esc(p.intent.destination) +
+    '</span> — ' + esc(why) + '. It is executed once the approval is issued; you may cancel it until then.', 'HELD');
+  renderHeld();
+}
+
+// A request only moves forward: an answer that was under way while a
+// newer one arrived (a poll racing a cancellation) is dropped.
+const STAGE = { AWAITING_QUORUM: 0, DELAYED: 1, ISSUED: 2, CANCELLED: 3, EXPIRED: 3, ACTIVATED: 3 };
+
+function updateHeld(p) {
+  const h = held.get(p.request_id);
+  if (!h) return;
+  const was = h.pending.state;
+  if ((STAGE[p.state] || 0) < (STAGE[was] || 0)) return;
+  h.pending = p;
+  if (p.state === 'CANCELLED' && was !== 'CANCELLED') {
+    h.status = 'cancelled';
+    notice('refused', '<b>Withdrawal cancelled:</b> ' + esc(p.intent.amount + ' ' + p.intent.asset) + ' (request <span class="mono">' + esc(p.request_id) +
+      '</span>) was cancelled by ' + esc(p.closed_by) + '; nothing will be sent.', 'CANCELLED');
+  } else if (p.state === 'EXPIRED' && was !== 'EXPIRED') {
+    h.status = 'expired';
+    notice('refused', '<b>Withdrawal expired:</b> request <span class="mono">' + esc(p.request_id) + '</span> waited for its staff approvals too long.', 'EXPIRED');
+  }
+}
+
+// The status of a held withdrawal, as HTML.
+function heldStatus(h) {
+  const p = h.pending;
+  if (h.status === 'executed') return 'approved, verified and redeemed';
+  if (h.status === 'executing') return 'approved; the engine is verifying it';
+  if (h.status === 'failed') return 'approved, but the engine refused it (see above)';
+  switch (p.state) {
+    case 'AWAITING_QUORUM': return esc('waiting for staff approval (' + approvalsText(p) + '), until ' + when(p.expires_at));
+    case 'DELAYED': return esc((p.required ? 'approved by staff (' + approvalsText(p) + '); ' : 'approved; ') + 'valid from ' + when(p.not_before)) +
+      ' (in <span class="retry-in" data-at="' + esc(p.not_before) + '"></span> s)';
+    case 'ISSUED': return h.retryAt ? esc('approved; the engine waits for a signed cancellation list dated after its nbf, until ' + when(h.retryAt)) : 'approved';
+    case 'CANCELLED': return esc('cancelled by ' + p.closed_by);
+    case 'EXPIRED': return 'expired';
+    default: return esc(p.state.toLowerCase());
+  }
+}
+
+// Replaces the rows of `table` only when they changed (so that a button
+// is not swapped under the pointer), then wires the buttons: `wire(tr)`
+// for each row.
+const shownRows = {};
+function setRows(table, rows, wire) {
+  const tb = $(table).querySelector('tbody');
+  const html = rows.join('');
+  if (shownRows[table] === html) return;
+  shownRows[table] = html;
+  tb.innerHTML = html;
+  for (const tr of tb.querySelectorAll('tr')) wire(tr);
+}
+
+function renderHeld() {
+  $('held-box').hidden = held.size === 0;
+  const rows = [];
+  for (const [id, h] of [...held.entries()].reverse()) {
+    const p = h.pending;
+    const i = p.intent;
+    const cancellable = (p.state === 'AWAITING_QUORUM' || p.state === 'DELAYED') && h.status === 'waiting';
+    rows.push('<tr data-request="' + esc(id) + '" data-state="' + esc(h.status === 'executed' ? 'EXECUTED' : p.state) + '"><td class="mono">' + esc(id) + '</td><td>' +
+      esc(i.amount + ' ' + i.asset) + ' to <span class="mono">' + esc(i.destination) + '</span></td><td data-field="status">' + heldStatus(h) + '</td><td>' +
+      (cancellable ? '<button class="link">cancel with my factor</button>' : '') + '</td></tr>');
+  }
+  setRows('held', rows, (tr) => {
+    const b = tr.querySelector('button');
+    const id = tr.dataset.request;
+    if (b) b.onclick = () => guard('Cancelling the withdrawal', async () => handle(await api('/api/approval/begin', { action: 'cancel_approval', user, request_id: id })));
+  });
+  for (const c of $('held').querySelectorAll('.retry-in')) c.textContent = Math.max(0, Number(c.dataset.at) - nowSecs());
+}
+
+let polling = false;
+async function pollHeld() {
+  if (polling || !user) return;
+  polling = true;
+  try {
+    for (const [id, h] of held) {
+      if (h.status !== 'waiting' || FINAL.includes(h.pending.state)) continue;
+      try {
+        const r = await api('/api/approval/pending/' + encodeURIComponent(id), { user });
+        clockSkew = r.now - Date.now() / 1000;
+        updateHeld(r.pending);
+      } catch (e) { continue; }
+      // Issued and past its nbf: the engine verifies and redeems it.
+      if (h.pending.state === 'ISSUED' && h.status === 'waiting' && !(h.retryAt && nowSecs() < h.retryAt)) {
+        h.status = 'executing';
+        renderHeld();
+        try {
+          const r = await api('/api/approval/execute', { user, request_id: id, withdrawal: h.record });
+          h.status = 'executed';
+          await handle(r);
+          showResult(r, 'Withdrawal ' + r.verified.intent.withdrawal_id + ': approved by your key and by staff (' + (r.verified.quorum ? r.verified.quorum.approvers.join(', ') : 'none') +
+            '), verified by the engine with sigil-verify' + (r.verified.cancellations ? ' (not on the signed cancellation list)' : '') + ', redeemed once');
+        } catch (e) {
+          const r = e.refusal || {};
+          if (r.reason === 'CANCELLATION_LIST_PENDING' && r.retry_at) {
+            // Not yet verifiable offline: again once a list covers its nbf.
+            h.status = 'waiting';
+            h.retryAt = r.retry_at;
+          } else {
+            h.status = 'failed';
+            showRefusal(e, 'Executing the held withdrawal');
+          }
+        }
+      }
+    }
+  } finally {
+    polling = false;
+    renderHeld();
+  }
+}
+setInterval(pollHeld, 1000);
+
+// ---- staff view (development only: a typed staff id, no sign-in)
+function staffId() { return $('staff-id').value.trim(); }
+
+async function staffGuard(what, f) {
+  try { await f(); } catch (e) { showRefusal(e, what, 'staff-notice'); }
+  try { await refreshStaff(); } catch (e) { /* the refusal above says enough */ }
+}
+
+function withdrawalText(i) {
+  if (i.action === 'withdrawal') return i.amount + ' ' + i.asset + ' on ' + i.network + ' to ' + i.destination;
+  return i.action + (i.memo ? ': ' + i.memo : '');
+}
+
+let staffRefreshing = null;  // the refresh under way
+let staffAgain = false;      // another one asked for meanwhile
+async function refreshStaff() {
+  if (staffRefreshing) { staffAgain = true; return staffRefreshing; }
+  staffRefreshing = (async () => {
+    do {
+      staffAgain = false;
+      const [m, l] = await Promise.all([api('/api/staff/members', {}), api('/api/staff/pending', { include_closed: $('staff-closed').checked })]);
+      clockSkew = l.now - Date.now() / 1000;
+      setRows('staff-members', m.staff.map((s) => {
+        const live = s.keys.filter((k) => !k.removed_at);
+        return '<tr data-staff="' + esc(s.staff_id) + '"><td>' + esc(s.staff_id) + (s.removed_at ? ' (removed)' : '') + '</td><td>' + esc(s.role) + '</td><td data-field="keys">' +
+          esc(live.length) + '</td><td>' + (live.length ? esc(live.map(keyCounts).join(', ')) : '—') + '</td></tr>';
+      }), () => {});
+      setRows('staff-pending', l.requests.map((p) => {
+        const until = p.state === 'AWAITING_QUORUM' ? 'quorum by ' + when(p.expires_at)
+          : p.state === 'DELAYED' ? 'valid from ' + when(p.not_before)
+            : p.state === 'ISSUED' && p.approval_expires_at ? 'approval valid until ' + when(p.approval_expires_at)
+              : p.closed_by ? 'closed by ' + p.closed_by : '';
+        const canApprove = p.state === 'AWAITING_QUORUM';
+        const canCancel = p.state === 'AWAITING_QUORUM' || p.state === 'DELAYED';
+        return '<tr data-request="' + esc(p.request_id) + '" data-state="' + esc(p.state) + '"><td class="mono">' + esc(p.request_id) + '</td><td>' + esc(p.user_id || '(policy change)') +
+          '</td><td class="mono">' + esc(withdrawalText(p.intent)) + '</td><td data-field="approvals">' + esc(approvalsText(p) || '—') + '</td><td data-field="state">' +
+          esc(p.state.toLowerCase().replace(/_/g, ' ')) + '</td><td>' + esc(until) + '</td><td>' +
+          (canApprove ? '<button class="approve">approve</button> ' : '') + (canCancel ? '<button class="cancel">cancel</button>' : '') + '</td></tr>';
+      }), (tr) => {
+        const id = tr.dataset.request;
+        const a = tr.querySelector('button.approve');
+        const c = tr.querySelector('button.cancel');
+        if (a) a.onclick = () => beginDecision(id, 'approve');
+        if (c) c.onclick = () => beginDecision(id, 'cancel');
+      });
+    } while (staffAgain);
+  })();
+  try { await staffRefreshing; } finally { staffRefreshing = null; }
+}
+
+// Shows what the staff member's key is about to sign before it is touched.
+function beginDecision(requestId, decision) {
+  return staffGuard(decision === 'approve' ? 'Approving' : 'Cancelling', async () => {
+    const staff = staffId();
+    if (!staff) throw Object.assign(new Error('page'), { refusal: { source: 'page', reason: 'NO_STAFF_ID', message: 'type your staff id first' } });
+    const r = await api('/api/staff/decide/begin', { request_id: requestId, staff_id: staff, decision });
+    staffDecision = r;
+    const p = r.request;
+    const i = p.intent;
+    $('sd-who').textContent = r.staff_id;
+    $('sd-decision').textContent = (decision === 'approve' ? 'APPROVE' : 'CANCEL') + ' ' + (p.kind === 'withdrawal' ? 'this withdrawal' : p.kind);
+    const rows = [['user', p.user_id || '(policy change)']];
+    if (i.action === 'withdrawal') rows.push(['amount', i.amount + ' ' + i.asset], ['network', i.network], ['to', i.destination], ['withdrawal id', i.withdrawal_id]);
+    else rows.push(['detail', i.memo]);
+    rows.push(['request', p.request_id], ['approvals', approvalsText(p) || '—']);
+    $('sd-intent').innerHTML = rows.map(([k, v]) => '<tr><td>' + esc(k) + '</td><td class="mono" data-field="' + esc(k) + '">' + esc(v) + '</td></tr>').join('');
+    $('sd-digest').textContent = r.signs_sha256;
+    $('sd-signs').textContent = r.signs.action === 'cancel_approval' ? 'the cancellation of request ' + r.signs.memo : 'exactly this ' + r.signs.action;
+    $('sd-expires').textContent = when(r.expires_at);
+    $('sd-key').textContent = decision === 'approve' ? 'Approve with my security key' : 'Cancel it with my security key';
+    $('staff-sign').hidden = false;
+    $('staff-sign').scrollIntoView();
+  });
+}
+
+async function signDecision() {
+  const d = staffDecision;
+  if (!d) return;
+  let cred;
+  try {
+    cred = await navigator.credentials.get(requestOptions(d.options));
+  } catch (e) {
+    throw Object.assign(new Error('browser'), { refusal: { source: 'page', reason: e.name || 'WEBAUTHN_ERROR', message: e.message } });
+  }
+  staffDecision = null;
+  $('staff-sign').hidden = true;
+  const r = await api('/api/staff/decide/complete', { request_id: d.request.request_id, staff_id: d.staff_id, ceremony_id: d.ceremony_id, response: assertionJSON(cred) });
+  const p = r.pending;
+  if (d.decision === 'approve') {
+    const issued = p.state === 'AWAITING_QUORUM' ? 'still waiting (' + approvalsText(p) + ')' : p.state === 'DELAYED' ? 'quorum met; the approval is valid from ' + when(p.not_before) : 'quorum met; the approval is issued';
+    notice('ok', '<b>Approved</b> request <span class="mono">' + esc(p.request_id) + '</span> as ' + esc(d.staff_id) + ': ' + esc(issued) + '.', 'STAFF_APPROVED', 'staff-notice');
+  } else {
+    notice('ok', '<b>Cancelled</b> request <span class="mono">' + esc(p.request_id) + '</span> as ' + esc(d.staff_id) + '.', 'STAFF_CANCELLED', 'staff-notice');
+  }
+}
+
+// When a staff key counts for quorums.
+function keyCounts(k) {
+  if (k.suspected_cloned) return 'never (suspected cloned)';
+  if (!k.usable_at) return 'once other staff approve it' + (k.request_id ? ' (request ' + k.request_id + ')' : '');
+  return k.usable_at <= nowSecs() ? 'now' : when(k.usable_at);
+}
+
+async function registerStaffKey() {
+  const staff = staffId();
+  const r = await api('/api/staff/register/begin', { staff_id: staff });
+  let cred;
+  try {
+    cred = await navigator.credentials.create(creationOptions(r.options));
+  } catch (e) {
+    throw Object.assign(new Error('browser'), { refusal: { source: 'page', reason: e.name || 'WEBAUTHN_ERROR', message: e.message } });
+  }
+  const f = await api('/api/staff/register/finish', { staff_id: staff, ceremony_id: r.ceremony_id, credential: registrationJSON(cred) });
+  const key = f.staff.keys[f.staff.keys.length - 1];
+  const from = !key.usable_at ? 'once other staff members approve it with their keys' + (key.request_id ? ' (request ' + key.request_id + ')' : '')
+    : key.usable_at <= f.now ? 'at once (development hold of 0 s)' : 'from ' + when(key.usable_at) + ' (the hold after a key is registered)';
+  notice('ok', '<b>Security key registered</b> for ' + esc(f.staff.staff_id) + '; it counts for quorums ' + esc(from) + '.', 'STAFF_KEY_ADDED', 'staff-notice');
+}
+
+function showTab(name) {
+  const staff = name === 'staff';
+  $('account-panel').hidden = staff;
+  $('staff').hidden = !staff;
+  $('tab-account').classList.toggle('active', !staff);
+  $('tab-staff').classList.toggle('active', staff);
+  if (staff) staffGuard('Loading the staff view', async () => {});
+}
+
+setInterval(() => { if (!$('staff').hidden) refreshStaff().catch(() => {}); }, 2000);
 
 // For the end-to-end test and the curious: resend a captured request.
 window.sigilDemo = {
@@ -289,4 +568,16 @@ window.addEventListener('DOMContentLoaded', () => {
     await complete(completeBody({ totp: { code: $('ap-totp').value, factor_id: totp ? totp.factor_id : '' } }));
   });
   $('ap-cancel').onclick = () => { $('approve').hidden = true; approval = null; };
+  $('tab-account').onclick = () => { history.replaceState(null, '', '#'); showTab('account'); };
+  $('tab-staff').onclick = () => { history.replaceState(null, '', '#staff'); showTab('staff'); };
+  $('staff-add').onclick = () => staffGuard('Adding the staff member', async () => {
+    const r = await api('/api/staff/add', { staff_id: staffId(), role: $('staff-role').value });
+    notice('ok', '<b>Staff member added:</b> ' + esc(r.staff.staff_id) + ' (' + esc(r.staff.role) + '). Register their security key next.', 'STAFF_ADDED', 'staff-notice');
+  });
+  $('staff-register').onclick = () => staffGuard('Registering the security key', registerStaffKey);
+  $('staff-closed').onchange = () => staffGuard('Loading the requests', async () => {});
+  $('staff-refresh').onclick = () => staffGuard('Loading the requests', async () => {});
+  $('sd-key').onclick = () => staffGuard('The decision', signDecision);
+  $('sd-dismiss').onclick = () => { $('staff-sign').hidden = true; staffDecision = null; };
+  showTab(location.hash === '#staff' ? 'staff' : 'account');
 });

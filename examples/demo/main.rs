@@ -6,12 +6,14 @@
 //! cargo run --example demo -- --listen 127.0.0.1:8080 --sigil-url https://127.0.0.1:50051
 //! ```
 //!
-//! The backend holds two client certificates: `frontend` (factors, the
-//! account, relaying the user's proofs) and `withdrawal-engine` (asking for
+//! The backend holds four client certificates: `frontend` (factors, the
+//! account, relaying the user's proofs), `withdrawal-engine` (asking for
 //! withdrawal approvals, verifying them offline with `sigil-verify`,
-//! redeeming them). The page (`index.html`, `app.js`, served from the
-//! binary) talks JSON to `/api/*`; every body is at most 64 KiB of JSON
-//! with known fields, else 400 and nothing reaches Sigil.
+//! redeeming them), `admin` (adding staff members and registering their
+//! security keys) and `approver` (the staff view: listing held requests,
+//! relaying a staff member's decision). The page (`index.html`, `app.js`,
+//! served from the binary) talks JSON to `/api/*`; every body is at most
+//! 64 KiB of JSON with known fields, else 400 and nothing reaches Sigil.
 //!
 //! Sign-in is a typed user name: development only, no password.
 //!
@@ -25,6 +27,26 @@
 //! engine is to execute, as a naive backend would take it from the page:
 //! the engine verifies the approval against that record, so a record
 //! changed in the browser after the user approved is refused.
+//!
+//! Held withdrawals. When policy holds a withdrawal for a staff quorum
+//! (`[[policy.actions.withdrawal.quorum]]`), CompleteApproval answers with
+//! the held request instead of an approval: the page follows it
+//! (`/api/approval/pending/<id>`, GetPendingApproval) and, once the
+//! approval is issued and past its `nbf`, asks the engine to execute it
+//! (`/api/approval/execute`): the engine fetches it, verifies it offline,
+//! re-checks every staff member's signature against the published staff
+//! keys (`sigil_verify::verify_quorum`), checks a delayed approval against
+//! a signed cancellation list (`verify_delayed_for`) and redeems it. Until
+//! then the user may cancel it with their own factor (an approval of
+//! `cancel_approval` whose memo is the request id, then CancelApproval).
+//!
+//! Staff view (development only: a typed staff id, no sign-in). Adding a
+//! staff member and registering their key go through the `admin`
+//! certificate; the list of held requests and the decisions through the
+//! `approver` one. Every decision is a WebAuthn assertion of the staff
+//! member's own key over the intent the page shows first (BeginStaffDecision
+//! / CompleteStaffDecision): the certificate only lets the backend reach
+//! the RPCs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -33,7 +55,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -48,7 +70,8 @@ use sigil::pb;
 use sigil::pb::account_service_client::AccountServiceClient;
 use sigil::pb::approval_service_client::ApprovalServiceClient;
 use sigil::pb::factor_service_client::FactorServiceClient;
-use sigil_verify::{verify_webauthn_evidence, Intent, JwkSet, Verifier};
+use sigil::pb::staff_service_client::StaffServiceClient;
+use sigil_verify::{verify_quorum, verify_webauthn_evidence, Intent, JwkSet, StaffKeySet, Verifier, VerifyError};
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
@@ -58,6 +81,8 @@ const MAX_BODY: usize = 64 * 1024;
 const PENDING_TTL: Duration = Duration::from_secs(600);
 /// Most open approvals remembered at once.
 const MAX_PENDING: usize = 10_000;
+/// Most held requests the staff view lists (newest first).
+const MAX_LISTED: usize = 50;
 
 #[derive(Parser, Debug)]
 #[command(about = "Demo exchange frontend in front of sigild")]
@@ -68,7 +93,8 @@ struct Args {
     /// sigild's URL.
     #[arg(long, env = "SIGIL_URL", default_value = "https://127.0.0.1:50051")]
     sigil_url: String,
-    /// Directory with ca.pem and the frontend / withdrawal-engine certificates.
+    /// Directory with ca.pem and the frontend, withdrawal-engine, admin and
+    /// approver certificates.
     #[arg(long, env = "SIGIL_CERTS", default_value = "certs/out")]
     certs: PathBuf,
     /// Issuer and audience the engine expects in approvals.
@@ -100,6 +126,9 @@ enum Then {
     EnrollTotp {
         nickname: String,
     },
+    CancelRequest {
+        request_id: String,
+    },
 }
 
 struct Pending {
@@ -113,6 +142,14 @@ struct App {
     account: AccountServiceClient<Channel>,
     frontend: ApprovalServiceClient<Channel>,
     engine: ApprovalServiceClient<Channel>,
+    /// The engine's view of the staff keys (GetStaffKeys).
+    engine_staff: StaffServiceClient<Channel>,
+    /// `admin`: adding staff members, registering their keys.
+    staff_admin: StaffServiceClient<Channel>,
+    /// `approver`: listing staff, relaying decisions.
+    staff: StaffServiceClient<Channel>,
+    /// `approver`: listing and reading held requests.
+    approver: ApprovalServiceClient<Channel>,
     pending: Mutex<HashMap<String, Pending>>,
     issuer: String,
     audience: String,
@@ -271,6 +308,93 @@ fn intent_json(i: &Intent) -> Value {
         "action": i.action, "user_id": i.user_id, "withdrawal_id": i.withdrawal_id,
         "asset": i.asset, "network": i.network, "amount": i.amount,
         "destination": i.destination, "memo": i.memo,
+    })
+}
+
+/// A staff id as typed in the staff view: 1..=64 printable characters.
+fn staff_of(s: &str) -> Result<String, Refusal> {
+    let s = s.trim();
+    if s.is_empty() || s.len() > 64 || s.chars().any(|c| c.is_control()) {
+        return Err(bad_request(
+            "BAD_STAFF_ID",
+            "type a staff id of 1 to 64 printable characters",
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// A held request's id as Sigil made it (`qr_…`): 1..=128 printable ASCII
+/// characters, no spaces.
+fn request_id_of(s: &str) -> Result<String, Refusal> {
+    if s.is_empty() || s.len() > 128 || !s.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(bad_request(
+            "BAD_REQUEST_ID",
+            "a request id has 1 to 128 printable ASCII characters",
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// A held request as the page shows it (never the approval itself).
+fn pending_json(p: &pb::PendingApproval) -> Value {
+    let intent: Intent = p.intent.clone().unwrap_or_default().into();
+    // Per rule, the distinct approvers it counts, up to what it needs.
+    let mut approved = 0u32;
+    let mut required = 0u32;
+    let quorum: Vec<Value> = p
+        .quorum
+        .iter()
+        .map(|q| {
+            let mut who: Vec<&str> = p
+                .approvals
+                .iter()
+                .map(|a| a.staff_id.as_str())
+                .filter(|s| q.staff.iter().any(|o| o == s))
+                .collect();
+            who.sort_unstable();
+            who.dedup();
+            approved += (who.len() as u32).min(q.required);
+            required += q.required;
+            json!({ "rule": q.rule, "required": q.required, "staff": q.staff, "approved_by": who })
+        })
+        .collect();
+    json!({
+        "request_id": p.request_id,
+        "kind": p.kind,
+        "user_id": p.user_id,
+        "intent": intent_json(&intent),
+        "intent_sha256": HEXLOWER.encode(&p.intent_sha256),
+        "state": p.state().as_str_name().trim_start_matches("PENDING_STATE_"),
+        "quorum": quorum,
+        "approved": approved,
+        "required": required,
+        "approvals": p.approvals.iter().map(|a| json!({
+            "staff_id": a.staff_id, "credential_id": a.credential_id, "at": a.at,
+        })).collect::<Vec<_>>(),
+        "created_at": p.created_at,
+        "expires_at": p.expires_at,
+        "not_before": p.not_before,
+        "delay_seconds": p.delay_seconds,
+        "jti": p.jti,
+        "approval_expires_at": p.approval_expires_at,
+        "closed_by": p.closed_by,
+        "closed_at": p.closed_at,
+    })
+}
+
+fn staff_member_json(m: &pb::StaffMember) -> Value {
+    json!({
+        "staff_id": m.staff_id,
+        "role": m.role,
+        "display_name": m.display_name,
+        "user_id": m.user_id,
+        "created_at": m.created_at,
+        "removed_at": m.removed_at,
+        "keys": m.keys.iter().map(|k| json!({
+            "credential_id": k.credential_id, "added_at": k.added_at,
+            "usable_at": k.usable_at, "suspected_cloned": k.suspected_cloned,
+            "approved_at": k.approved_at, "request_id": k.request_id, "removed_at": k.removed_at,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -499,6 +623,12 @@ enum Ask {
         user: String,
         factor_id: String,
     },
+    /// Cancels one of the user's held withdrawals (waiting for staff, or
+    /// approved and in its delay) with the user's own factor.
+    CancelApproval {
+        user: String,
+        request_id: String,
+    },
 }
 
 /// Opens a challenge for `intent` (as the engine for withdrawals, else as
@@ -669,6 +799,17 @@ async fn approval_begin(State(app): State<Shared>, req: Request) -> Reply {
             };
             open_approval(&app, &user, intent, Then::RemoveFactor { factor_id }, false).await
         }
+        Ask::CancelApproval { user, request_id } => {
+            let user = user_of(&user)?;
+            let request_id = request_id_of(request_id.trim())?;
+            let intent = Intent {
+                action: "cancel_approval".into(),
+                user_id: user.clone(),
+                memo: request_id.clone(),
+                ..Default::default()
+            };
+            open_approval(&app, &user, intent, Then::CancelRequest { request_id }, false).await
+        }
     }
 }
 
@@ -762,6 +903,17 @@ async fn approval_complete(State(app): State<Shared>, req: Request) -> Reply {
                     "a withdrawal approval needs the withdrawal record",
                 )
             })?;
+            // Held by policy: for staff approvals (no approval yet) or a
+            // delay (an approval valid only from its nbf). The page follows
+            // the request and asks the engine to execute it once it is valid.
+            if let Some(p) = &done.pending {
+                return Ok(Json(json!({
+                    "next": "held",
+                    "pending": pending_json(p),
+                    "not_before": done.not_before,
+                    "now": now(),
+                })));
+            }
             let record = Intent {
                 action: "withdrawal".into(),
                 user_id: user.clone(),
@@ -827,13 +979,34 @@ async fn approval_complete(State(app): State<Shared>, req: Request) -> Reply {
                 json!({ "next": "done", "done": "factor removed", "approval": approval }),
             ))
         }
+        Then::CancelRequest { request_id } => {
+            let p = app
+                .frontend
+                .clone()
+                .cancel_approval(pb::CancelApprovalRequest {
+                    request_id: request_id.clone(),
+                    approval: done.approval,
+                })
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            Ok(Json(json!({
+                "next": "done",
+                "done": format!("held withdrawal {request_id} cancelled"),
+                "pending": pending_json(&p),
+                "approval": approval,
+            })))
+        }
         Then::EnrollWebauthn { nickname } => webauthn_begin(&app, &user, &nickname, done.approval).await,
         Then::EnrollTotp { nickname } => totp_begin(&app, &user, &nickname, done.approval).await,
     }
 }
 
-/// The engine's side: verify offline against its record (and re-verify the
-/// user's WebAuthn signature from the evidence), then redeem exactly once.
+/// The engine's side: verify offline against its record (a delayed
+/// approval against a fresh signed cancellation list), re-verify the
+/// user's WebAuthn signature from the evidence and, when staff approved it,
+/// every staff member's signature against the published staff keys; then
+/// redeem exactly once.
 async fn engine_execute(app: &App, user: &str, token: &str, record: Intent, approval: Value) -> Reply {
     let mut engine = app.engine.clone();
     let keys = engine
@@ -844,8 +1017,45 @@ async fn engine_execute(app: &App, user: &str, token: &str, record: Intent, appr
     let jwks: JwkSet = serde_json::from_str(&keys.jwks_json)
         .map_err(|e| bad_request("BAD_JWKS", format!("Sigil's key set does not parse: {e}")))?;
     let verifier = Verifier::new(&jwks, &app.issuer, &app.audience).map_err(from_verify)?;
-    let claims = match verifier.verify_for(token, &record, now()) {
+    let mut cancellations = Value::Null;
+    let mut list_issued_at = None;
+    let verified = match verifier.verify_for(token, &record, now()) {
+        // A delayed approval could be cancelled until its nbf: accepted
+        // only with a signed cancellation list issued since that does not
+        // name it.
+        Err(VerifyError::CancellationListNeeded(_)) => {
+            let list = engine
+                .get_cancellations(pb::GetCancellationsRequest {})
+                .await
+                .map_err(from_status)?
+                .into_inner();
+            cancellations = json!({ "issued_at": list.issued_at, "cancelled": list.cancelled.len() });
+            list_issued_at = Some(list.issued_at);
+            verifier.verify_delayed_for(token, &record, &list.cancellations, now())
+        }
+        other => other,
+    };
+    let claims = match verified {
         Ok(c) => c,
+        // Sigil dates its cancellation lists a little in the past (a list
+        // names every cancellation decided before its date, on any
+        // replica), so a delayed approval can be verified offline only that
+        // long after its nbf. Not a refusal: the page tries again then.
+        // Sigil is not asked to redeem it meanwhile: it would, and the
+        // approval would be used up without the withdrawal.
+        Err(VerifyError::CancellationListNeeded(why)) => {
+            let nbf = decode_jws(token)["claims"]["nbf"].as_i64().unwrap_or_else(now);
+            let lag = list_issued_at.map_or(0, |iat| (now() - iat).max(0));
+            return Err(Refusal {
+                http: StatusCode::CONFLICT,
+                body: json!({
+                    "source": "verifier",
+                    "reason": "CANCELLATION_LIST_PENDING",
+                    "message": format!("the engine waits for a signed cancellation list dated at or after the approval's nbf ({why})"),
+                    "retry_at": nbf.max(now()) + lag + 1,
+                }),
+            });
+        }
         Err(e) => {
             // Sigil would refuse it too: show its answer for the same record.
             let sigil = engine
@@ -891,6 +1101,31 @@ async fn engine_execute(app: &App, user: &str, token: &str, record: Intent, appr
             None => json!({ "ok": false, "message": "credential not among the user's factors" }),
         };
     }
+    // Staff approvals: each approver's assertion over this intent, with the
+    // keys Sigil publishes. A quorum that does not verify is not executed
+    // (and not redeemed).
+    let mut quorum = Value::Null;
+    if !claims.quorum.is_empty() || !claims.approvers.is_empty() {
+        let published = app
+            .engine_staff
+            .clone()
+            .get_staff_keys(pb::GetStaffKeysRequest {})
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        let staff: StaffKeySet = serde_json::from_str(&published.staff_keys_json)
+            .map_err(|e| bad_request("BAD_STAFF_KEYS", format!("Sigil's staff key set does not parse: {e}")))?;
+        let approvers = verify_quorum(&claims, &staff, None).map_err(|e| {
+            let mut r = from_verify(e);
+            r.body["approval"] = approval.clone();
+            r
+        })?;
+        quorum = json!({
+            "ok": true,
+            "approvers": approvers,
+            "rules": claims.quorum.iter().map(|q| json!({ "rule": q.rule, "m": q.m, "of": q.of })).collect::<Vec<_>>(),
+        });
+    }
     let redeemed = engine
         .redeem_approval(pb::RedeemApprovalRequest {
             approval: token.into(),
@@ -904,17 +1139,353 @@ async fn engine_execute(app: &App, user: &str, token: &str, record: Intent, appr
             r
         })?
         .into_inner();
+    let done = match quorum.get("approvers").and_then(Value::as_array) {
+        Some(a) => format!(
+            "withdrawal approved by staff ({}), verified and redeemed",
+            a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")
+        ),
+        None => "withdrawal approved, verified and redeemed".to_string(),
+    };
     Ok(Json(json!({
         "next": "done",
-        "done": "withdrawal approved, verified and redeemed",
+        "done": done,
         "approval": approval,
         "verified": {
             "sub": claims.sub, "jti": claims.jti, "act": claims.act, "amr": claims.amr,
-            "intent": intent_json(&claims.intent), "exp": claims.exp,
+            "intent": intent_json(&claims.intent), "exp": claims.exp, "nbf": claims.nbf,
             "webauthn_evidence": evidence,
+            "quorum": quorum,
+            "cancellations": cancellations,
         },
         "redeemed": { "redeemed_at": redeemed.redeemed_at, "replayed": redeemed.replayed },
     })))
+}
+
+// ---------------------------------------------------------------- held withdrawals
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Execute {
+    user: String,
+    request_id: String,
+    withdrawal: WithdrawalRecord,
+}
+
+/// One of the user's held requests (GetPendingApproval as the frontend);
+/// another user's is NOT_FOUND here.
+async fn user_request(app: &App, user: &str, request_id: &str) -> Result<pb::PendingApproval, Refusal> {
+    let p = app
+        .frontend
+        .clone()
+        .get_pending_approval(pb::GetPendingApprovalRequest {
+            request_id: request_id.into(),
+        })
+        .await
+        .map_err(from_status)?
+        .into_inner();
+    if p.user_id != user {
+        return Err(not_users(user, request_id));
+    }
+    Ok(p)
+}
+
+/// A request that is not the signed-in user's, as if it did not exist.
+fn not_users(user: &str, request_id: &str) -> Refusal {
+    Refusal {
+        http: StatusCode::NOT_FOUND,
+        body: json!({ "source": "demo", "reason": "NOT_FOUND", "message": format!("no held request {request_id} of user {user}") }),
+    }
+}
+
+async fn approval_pending(State(app): State<Shared>, Path(id): Path<String>, req: Request) -> Reply {
+    let r: UserOnly = read_json(req).await?;
+    let user = user_of(&r.user)?;
+    let id = request_id_of(&id)?;
+    let p = user_request(&app, &user, &id).await?;
+    Ok(Json(json!({ "now": now(), "pending": pending_json(&p) })))
+}
+
+/// The engine executes a held withdrawal once its approval is issued: it
+/// fetches the approval (GetPendingApproval as the engine) and goes on as
+/// for any other (offline checks against the record the page sends back,
+/// then redemption).
+async fn approval_execute(State(app): State<Shared>, req: Request) -> Reply {
+    let x: Execute = read_json(req).await?;
+    let user = user_of(&x.user)?;
+    let id = request_id_of(x.request_id.trim())?;
+    let p = app
+        .engine
+        .clone()
+        .get_pending_approval(pb::GetPendingApprovalRequest { request_id: id.clone() })
+        .await
+        .map_err(from_status)?
+        .into_inner();
+    if p.user_id != user {
+        return Err(not_users(&user, &id));
+    }
+    if p.approval.is_empty() {
+        return Err(Refusal {
+            http: StatusCode::CONFLICT,
+            body: json!({
+                "source": "demo", "reason": "NOT_ISSUED",
+                "message": format!("request {id} has no approval yet ({})", p.state().as_str_name()),
+                "pending": pending_json(&p),
+            }),
+        });
+    }
+    let w = x.withdrawal;
+    let record = Intent {
+        action: "withdrawal".into(),
+        user_id: user.clone(),
+        withdrawal_id: w.withdrawal_id,
+        asset: w.asset,
+        network: w.network,
+        amount: w.amount,
+        destination: w.destination,
+        memo: w.memo,
+    };
+    let approval = json!({
+        "jti": p.jti, "expires_at": p.approval_expires_at, "not_before": p.not_before,
+        "request_id": p.request_id, "decoded": decode_jws(&p.approval),
+    });
+    engine_execute(&app, &user, &p.approval, record, approval).await
+}
+
+// ---------------------------------------------------------------- staff view
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StaffAdd {
+    staff_id: String,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    display_name: String,
+}
+
+async fn staff_add(State(app): State<Shared>, req: Request) -> Reply {
+    let r: StaffAdd = read_json(req).await?;
+    let staff_id = staff_of(&r.staff_id)?;
+    let role = r.role.as_deref().unwrap_or("approver").trim();
+    if role != "approver" && role != "admin" {
+        return Err(bad_request("BAD_ROLE", "a staff member is an approver or an admin"));
+    }
+    let display_name = r.display_name.trim();
+    if display_name.len() > 64 || display_name.chars().any(|c| c.is_control()) {
+        return Err(bad_request("BAD_NAME", "a display name has at most 64 printable bytes"));
+    }
+    let m = app
+        .staff_admin
+        .clone()
+        .add_staff(pb::AddStaffRequest {
+            staff_id,
+            role: role.into(),
+            display_name: display_name.into(),
+            user_id: String::new(),
+        })
+        .await
+        .map_err(from_status)?
+        .into_inner();
+    Ok(Json(json!({ "staff": staff_member_json(&m) })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StaffOnly {
+    staff_id: String,
+}
+
+async fn staff_register_begin(State(app): State<Shared>, req: Request) -> Reply {
+    let r: StaffOnly = read_json(req).await?;
+    let staff_id = staff_of(&r.staff_id)?;
+    let b = app
+        .staff_admin
+        .clone()
+        .begin_staff_key_registration(pb::BeginStaffKeyRegistrationRequest { staff_id })
+        .await
+        .map_err(from_status)?
+        .into_inner();
+    let options: Value = serde_json::from_str(&b.options_json).unwrap_or(Value::Null);
+    Ok(Json(
+        json!({ "ceremony_id": b.ceremony_id, "options": options, "expires_at": b.expires_at }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StaffRegisterFinish {
+    staff_id: String,
+    ceremony_id: String,
+    credential: Value,
+}
+
+async fn staff_register_finish(State(app): State<Shared>, req: Request) -> Reply {
+    let r: StaffRegisterFinish = read_json(req).await?;
+    let staff_id = staff_of(&r.staff_id)?;
+    let response_json = object_string(&r.credential, "credential")?;
+    let m = app
+        .staff_admin
+        .clone()
+        .finish_staff_key_registration(pb::FinishStaffKeyRegistrationRequest {
+            staff_id,
+            ceremony_id: r.ceremony_id,
+            response_json,
+        })
+        .await
+        .map_err(from_status)?
+        .into_inner();
+    Ok(Json(json!({ "staff": staff_member_json(&m), "now": now() })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoFields {}
+
+async fn staff_members(State(app): State<Shared>, req: Request) -> Reply {
+    let _: NoFields = read_json(req).await?;
+    let list = app
+        .staff
+        .clone()
+        .list_staff(pb::ListStaffRequest {})
+        .await
+        .map_err(from_status)?
+        .into_inner()
+        .staff;
+    Ok(Json(
+        json!({ "now": now(), "staff": list.iter().map(staff_member_json).collect::<Vec<_>>() }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PendingList {
+    #[serde(default)]
+    include_closed: bool,
+}
+
+/// Everyone's held requests (and policy changes), newest first.
+async fn staff_pending(State(app): State<Shared>, req: Request) -> Reply {
+    let r: PendingList = read_json(req).await?;
+    let list = app
+        .approver
+        .clone()
+        .list_pending_approvals(pb::ListPendingApprovalsRequest {
+            user_id: String::new(),
+            include_closed: r.include_closed,
+        })
+        .await
+        .map_err(from_status)?
+        .into_inner()
+        .requests;
+    Ok(Json(json!({
+        "now": now(),
+        "requests": list.iter().take(MAX_LISTED).map(pending_json).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum DecisionIn {
+    Approve,
+    Cancel,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecideBegin {
+    request_id: String,
+    staff_id: String,
+    decision: DecisionIn,
+}
+
+/// Opens a staff decision: the options for the staff member's key, the
+/// intent it signs (checked against its digest) and the request it decides.
+async fn staff_decide_begin(State(app): State<Shared>, req: Request) -> Reply {
+    let r: DecideBegin = read_json(req).await?;
+    let staff_id = staff_of(&r.staff_id)?;
+    let request_id = request_id_of(r.request_id.trim())?;
+    let decision = match r.decision {
+        DecisionIn::Approve => pb::StaffDecision::Approve,
+        DecisionIn::Cancel => pb::StaffDecision::Cancel,
+    };
+    let held = app
+        .approver
+        .clone()
+        .get_pending_approval(pb::GetPendingApprovalRequest {
+            request_id: request_id.clone(),
+        })
+        .await
+        .map_err(from_status)?
+        .into_inner();
+    let b = app
+        .staff
+        .clone()
+        .begin_staff_decision(pb::BeginStaffDecisionRequest {
+            request_id,
+            staff_id: staff_id.clone(),
+            decision: decision as i32,
+        })
+        .await
+        .map_err(from_status)?
+        .into_inner();
+    // What the staff member sees is what their key signs: the request
+    // shown is the one whose intent (to approve) or whose cancellation (to
+    // cancel) Sigil bound the challenge to.
+    let signs: Intent = b.intent.clone().unwrap_or_default().into();
+    let digest = signs.digest();
+    let shown: Intent = held.intent.clone().unwrap_or_default().into();
+    let same = match r.decision {
+        DecisionIn::Approve => signs == shown,
+        DecisionIn::Cancel => {
+            signs.action == "cancel_approval" && signs.memo == held.request_id && signs.user_id == held.user_id
+        }
+    };
+    if b.intent_sha256.as_slice() != digest.as_slice() || !same {
+        return Err(Refusal {
+            http: StatusCode::BAD_GATEWAY,
+            body: json!({ "source": "demo", "reason": "DIGEST_MISMATCH", "message": "Sigil bound the challenge to another intent" }),
+        });
+    }
+    let options: Value = serde_json::from_str(&b.options_json).unwrap_or(Value::Null);
+    Ok(Json(json!({
+        "ceremony_id": b.ceremony_id,
+        "staff_id": staff_id,
+        "decision": if matches!(r.decision, DecisionIn::Approve) { "approve" } else { "cancel" },
+        "options": options,
+        "signs": intent_json(&signs),
+        "signs_sha256": HEXLOWER.encode(&digest),
+        "request": pending_json(&held),
+        "expires_at": b.expires_at,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecideComplete {
+    request_id: String,
+    staff_id: String,
+    ceremony_id: String,
+    response: Value,
+}
+
+async fn staff_decide_complete(State(app): State<Shared>, req: Request) -> Reply {
+    let r: DecideComplete = read_json(req).await?;
+    let staff_id = staff_of(&r.staff_id)?;
+    let request_id = request_id_of(r.request_id.trim())?;
+    let response_json = object_string(&r.response, "response")?;
+    let p = app
+        .staff
+        .clone()
+        .complete_staff_decision(pb::CompleteStaffDecisionRequest {
+            request_id,
+            staff_id,
+            ceremony_id: r.ceremony_id,
+            response_json,
+        })
+        .await
+        .map_err(from_status)?
+        .into_inner();
+    Ok(Json(json!({ "now": now(), "pending": pending_json(&p) })))
 }
 
 /// `04 || x || y` of an EC P-256 JWK.
@@ -975,11 +1546,17 @@ async fn main() {
     let args = Args::parse();
     let frontend = connect(&args.sigil_url, &args.certs, "frontend").await;
     let engine = connect(&args.sigil_url, &args.certs, "withdrawal-engine").await;
+    let admin = connect(&args.sigil_url, &args.certs, "admin").await;
+    let approver = connect(&args.sigil_url, &args.certs, "approver").await;
     let app = Arc::new(App {
         factors: FactorServiceClient::new(frontend.clone()),
         account: AccountServiceClient::new(frontend.clone()),
         frontend: ApprovalServiceClient::new(frontend),
+        engine_staff: StaffServiceClient::new(engine.clone()),
         engine: ApprovalServiceClient::new(engine),
+        staff_admin: StaffServiceClient::new(admin),
+        staff: StaffServiceClient::new(approver.clone()),
+        approver: ApprovalServiceClient::new(approver),
         pending: Mutex::new(HashMap::new()),
         issuer: args.issuer,
         audience: args.audience,
@@ -1001,6 +1578,15 @@ async fn main() {
         .route("/api/totp/confirm", post(totp_confirm))
         .route("/api/approval/begin", post(approval_begin))
         .route("/api/approval/complete", post(approval_complete))
+        .route("/api/approval/pending/{id}", post(approval_pending))
+        .route("/api/approval/execute", post(approval_execute))
+        .route("/api/staff/add", post(staff_add))
+        .route("/api/staff/register/begin", post(staff_register_begin))
+        .route("/api/staff/register/finish", post(staff_register_finish))
+        .route("/api/staff/members", post(staff_members))
+        .route("/api/staff/pending", post(staff_pending))
+        .route("/api/staff/decide/begin", post(staff_decide_begin))
+        .route("/api/staff/decide/complete", post(staff_decide_complete))
         .fallback(not_found)
         .with_state(app);
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
@@ -1086,6 +1672,57 @@ mod tests {
             .ok()
             .unwrap();
         assert_eq!(ok.user, "alice");
+    }
+
+    #[test]
+    fn a_held_request_counts_each_approver_once_per_rule() {
+        let approval = |s: &str| pb::StaffApprovalInfo {
+            staff_id: s.into(),
+            credential_id: format!("cred-{s}"),
+            at: 1,
+        };
+        let p = pb::PendingApproval {
+            request_id: "qr_1".into(),
+            kind: "withdrawal".into(),
+            user_id: "u".into(),
+            state: pb::PendingState::AwaitingQuorum as i32,
+            quorum: vec![
+                pb::QuorumRequirement {
+                    rule: "large".into(),
+                    required: 1,
+                    staff: vec!["alice".into(), "bob".into()],
+                },
+                pb::QuorumRequirement {
+                    rule: "huge".into(),
+                    required: 2,
+                    staff: vec!["bob".into(), "carol".into(), "dave".into()],
+                },
+            ],
+            // alice twice (two keys), bob once, erin is in no pool.
+            approvals: vec![approval("alice"), approval("bob"), approval("alice"), approval("erin")],
+            ..Default::default()
+        };
+        let v = pending_json(&p);
+        assert_eq!(v["state"], "AWAITING_QUORUM");
+        assert_eq!(v["required"], 3);
+        // large: alice and bob, capped at 1; huge: bob.
+        assert_eq!(v["approved"], 2);
+        assert_eq!(v["quorum"][0]["approved_by"], json!(["alice", "bob"]));
+        assert_eq!(v["quorum"][1]["approved_by"], json!(["bob"]));
+        assert!(v.get("approval").is_none(), "the page never gets the approval itself");
+    }
+
+    #[test]
+    fn staff_and_request_ids_are_bounded() {
+        assert!(staff_of(" ").is_err());
+        assert!(staff_of(&"s".repeat(65)).is_err());
+        assert!(staff_of("al\u{7}ice").is_err());
+        assert_eq!(staff_of(" alice ").ok().unwrap(), "alice");
+        assert!(request_id_of("").is_err());
+        assert!(request_id_of("qr_a b").is_err());
+        assert!(request_id_of("qr_../../x\n").is_err());
+        assert!(request_id_of(&"q".repeat(129)).is_err());
+        assert_eq!(request_id_of("qr_aRH5-_x").ok().unwrap(), "qr_aRH5-_x");
     }
 
     #[test]
