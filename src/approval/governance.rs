@@ -215,39 +215,30 @@ impl Approvals {
         }
         let request_id = self.k.new_id("qr_")?;
         let sha = sha256_b64(text);
+        let intent = Intent {
+            action: CHANGE_POLICY_ACTION.into(),
+            withdrawal_id: request_id.clone(),
+            memo: format!("sha256:{sha}"),
+            ..Default::default()
+        };
+        let needs = vec![QuorumNeed {
+            rule: "governance".into(),
+            m: g.required,
+            of: pool,
+        }];
         let req = QuorumRequest {
-            v: 1,
-            request_id: request_id.clone(),
-            kind: RequestKind::PolicyChange,
-            user_id: String::new(),
             proposed_by: proposed_by.into(),
-            intent: Intent {
-                action: CHANGE_POLICY_ACTION.into(),
-                withdrawal_id: request_id.clone(),
-                memo: format!("sha256:{sha}"),
-                ..Default::default()
-            },
-            needs: vec![QuorumNeed {
-                rule: "governance".into(),
-                m: g.required,
-                of: pool,
-            }],
             delay_seconds: g.delay_seconds,
-            approvals: Vec::new(),
-            state: RequestState::AwaitingQuorum,
-            created_at: now,
-            expires_at: now + self.cfg.quorum.request_timeout_seconds,
-            not_before: 0,
-            jti: String::new(),
-            token: String::new(),
-            exp: 0,
-            amr: Vec::new(),
-            user_webauthn: None,
-            epochs: Default::default(),
-            closed_by: String::new(),
-            closed_at: 0,
             policy_text: text.into(),
             base_version: current.version,
+            ..QuorumRequest::new(
+                request_id.clone(),
+                RequestKind::PolicyChange,
+                intent,
+                needs,
+                now,
+                now + self.cfg.quorum.request_timeout_seconds,
+            )
         };
         let mut batch = Batch::new();
         batch.insert(Table::Quorum, request_id.as_bytes(), codec::encode(&req)?);

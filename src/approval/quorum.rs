@@ -274,6 +274,43 @@ impl Record for QuorumRequest {
 }
 
 impl QuorumRequest {
+    /// A new request waiting for `needs` (delay, approvals and the rest
+    /// empty): the caller sets what its kind adds.
+    pub fn new(
+        request_id: String,
+        kind: RequestKind,
+        intent: Intent,
+        needs: Vec<QuorumNeed>,
+        now: i64,
+        expires_at: i64,
+    ) -> Self {
+        QuorumRequest {
+            v: 1,
+            request_id,
+            kind,
+            user_id: String::new(),
+            proposed_by: String::new(),
+            intent,
+            needs,
+            delay_seconds: 0,
+            approvals: Vec::new(),
+            state: RequestState::AwaitingQuorum,
+            created_at: now,
+            expires_at,
+            not_before: 0,
+            jti: String::new(),
+            token: String::new(),
+            exp: 0,
+            amr: Vec::new(),
+            user_webauthn: None,
+            epochs: Epochs::default(),
+            closed_by: String::new(),
+            closed_at: 0,
+            policy_text: String::new(),
+            base_version: 0,
+        }
+    }
+
     /// The state as seen at `now` (a delayed approval whose `nbf` passed
     /// is issued).
     pub fn state_at(&self, now: i64) -> RequestState {
@@ -917,29 +954,19 @@ impl Approvals {
     ) -> Result<QuorumRequest, Error> {
         let request_id = self.k.new_id("qr_")?;
         let req = QuorumRequest {
-            v: 1,
-            request_id: request_id.clone(),
-            kind: RequestKind::Action,
             user_id: ch.user_id.clone(),
-            proposed_by: String::new(),
-            intent: ch.intent.clone(),
-            needs,
             delay_seconds,
-            approvals: Vec::new(),
-            state: RequestState::AwaitingQuorum,
-            created_at: now,
-            expires_at: now + self.cfg.quorum.request_timeout_seconds,
-            not_before: 0,
-            jti: String::new(),
-            token: String::new(),
-            exp: 0,
             amr: amr.to_vec(),
             user_webauthn: webauthn,
             epochs,
-            closed_by: String::new(),
-            closed_at: 0,
-            policy_text: String::new(),
-            base_version: 0,
+            ..QuorumRequest::new(
+                request_id.clone(),
+                RequestKind::Action,
+                ch.intent.clone(),
+                needs,
+                now,
+                now + self.cfg.quorum.request_timeout_seconds,
+            )
         };
         let rules: Vec<String> = req
             .needs
@@ -1108,39 +1135,27 @@ impl Approvals {
             ));
         }
         let request_id = self.k.new_id("qr_")?;
+        let intent = Intent {
+            action: STAFF_KEY_ACTION.into(),
+            withdrawal_id: request_id.clone(),
+            memo: format!("{} {} {}", staff.staff_id, cred.credential_id, cred.public_key_sec1),
+            ..Default::default()
+        };
+        let needs = vec![QuorumNeed {
+            rule: "governance".into(),
+            m: g.required,
+            of: pool,
+        }];
         Ok(QuorumRequest {
-            v: 1,
-            request_id: request_id.clone(),
-            kind: RequestKind::StaffKey,
-            user_id: String::new(),
             proposed_by: staff.staff_id.clone(),
-            intent: Intent {
-                action: STAFF_KEY_ACTION.into(),
-                withdrawal_id: request_id,
-                memo: format!("{} {} {}", staff.staff_id, cred.credential_id, cred.public_key_sec1),
-                ..Default::default()
-            },
-            needs: vec![QuorumNeed {
-                rule: "governance".into(),
-                m: g.required,
-                of: pool,
-            }],
-            delay_seconds: 0,
-            approvals: Vec::new(),
-            state: RequestState::AwaitingQuorum,
-            created_at: now,
-            expires_at: now + self.cfg.quorum.request_timeout_seconds,
-            not_before: 0,
-            jti: String::new(),
-            token: String::new(),
-            exp: 0,
-            amr: Vec::new(),
-            user_webauthn: None,
-            epochs: Default::default(),
-            closed_by: String::new(),
-            closed_at: 0,
-            policy_text: String::new(),
-            base_version: 0,
+            ..QuorumRequest::new(
+                request_id,
+                RequestKind::StaffKey,
+                intent,
+                needs,
+                now,
+                now + self.cfg.quorum.request_timeout_seconds,
+            )
         })
     }
 
