@@ -361,3 +361,211 @@ async fn events_written_on_one_replica_stream_from_the_other_without_a_gap() {
     }
     assert!(seen >= 5, "replica b streamed {seen} events");
 }
+
+/// Staff quorums over two replicas: keys registered on one, a held
+/// withdrawal's approvals given on both (the same staff member racing on
+/// both counts once), and a policy change activated on one applies on the
+/// other at its next decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn staff_quorums_and_policy_changes_hold_across_two_replicas() {
+    use crate::support::webauthn::{create, get, soft_token, ORIGIN};
+    use sigil::pb::staff_service_client::StaffServiceClient;
+
+    let policy = "[policy.actions.withdrawal]\nkinds = [\"totp\"]\n[[policy.actions.withdrawal.quorum]]\nname = \"big\"\nasset = \"BTC\"\nabove = \"1\"\nstaff = [\"alice\", \"bob\"]\nrequired = 2\n[policy.governance]\nrequired = 2\ndelay_seconds = 0\n";
+    let extra = format!("[quorum]\nstaff_key_hold_seconds = 0\nmin_policy_delay_seconds = 0\n{policy}");
+    let Some(p) = pair(&extra).await else { return };
+    let staff = |url: String, role: &'static str| async move {
+        StaffServiceClient::new(connect_as(&url, &certs_dir(), role).await.unwrap())
+    };
+    let mut admin_a = staff(p.a.url.clone(), "admin").await;
+    let mut keys = Vec::new();
+    for id in ["alice", "bob"] {
+        admin_a
+            .add_staff(pb::AddStaffRequest {
+                staff_id: id.into(),
+                role: "approver".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let (mut key, _) = soft_token(true);
+        let b = admin_a
+            .begin_staff_key_registration(pb::BeginStaffKeyRegistrationRequest { staff_id: id.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        let rsp = create(&mut key, ORIGIN, &b.options_json, |_| {}).unwrap();
+        admin_a
+            .finish_staff_key_registration(pb::FinishStaffKeyRegistrationRequest {
+                staff_id: id.into(),
+                ceremony_id: b.ceremony_id,
+                response_json: rsp,
+            })
+            .await
+            .unwrap();
+        keys.push(key);
+    }
+    let (seed, step) = enroll(&p.a.url, "rosa").await;
+    let intent = pb::Intent {
+        amount: "3".into(),
+        ..withdrawal("rosa", "wd-big")
+    };
+    let ch = begin_withdrawal_intent(&p.a.url, &intent).await;
+    let held = engine(&p.b.url)
+        .await
+        .complete_approval(totp_proof(&ch, "rosa", &code(&seed, step), ""))
+        .await
+        .unwrap()
+        .into_inner();
+    let request = held.pending.expect("held").request_id;
+
+    // alice opens a ceremony on each replica and answers both at once: one counts.
+    let mut alice = keys.remove(0);
+    let mut bob = keys.remove(0);
+    let mut answers = Vec::new();
+    for url in [&p.a.url, &p.b.url] {
+        let b = staff(url.clone(), "approver")
+            .await
+            .begin_staff_decision(pb::BeginStaffDecisionRequest {
+                request_id: request.clone(),
+                staff_id: "alice".into(),
+                decision: pb::StaffDecision::Approve as i32,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let r = get(&mut alice, ORIGIN, &b.options_json, |_| {}).unwrap();
+        answers.push((url.clone(), b.ceremony_id, r));
+    }
+    let mut tasks = Vec::new();
+    for (url, ceremony, response) in answers {
+        let request = request.clone();
+        tasks.push(tokio::spawn(async move {
+            staff(url, "approver")
+                .await
+                .complete_staff_decision(pb::CompleteStaffDecisionRequest {
+                    request_id: request,
+                    staff_id: "alice".into(),
+                    ceremony_id: ceremony,
+                    response_json: response,
+                })
+                .await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        if t.await.unwrap().is_ok() {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 1, "alice counted {ok} times");
+    let mut b_approver = staff(p.b.url.clone(), "approver").await;
+    let b = b_approver
+        .begin_staff_decision(pb::BeginStaffDecisionRequest {
+            request_id: request.clone(),
+            staff_id: "bob".into(),
+            decision: pb::StaffDecision::Approve as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let r = get(&mut bob, ORIGIN, &b.options_json, |_| {}).unwrap();
+    let done = b_approver
+        .complete_staff_decision(pb::CompleteStaffDecisionRequest {
+            request_id: request.clone(),
+            staff_id: "bob".into(),
+            ceremony_id: b.ceremony_id,
+            response_json: r,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(done.approvals.len(), 2);
+    let token = engine(&p.a.url)
+        .await
+        .get_pending_approval(pb::GetPendingApprovalRequest {
+            request_id: request.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .approval;
+    engine(&p.a.url)
+        .await
+        .redeem_approval(pb::RedeemApprovalRequest {
+            approval: token.clone(),
+            expected_intent: Some(intent.clone()),
+            idempotency_key: String::new(),
+        })
+        .await
+        .expect("redeemed on the other replica");
+
+    // A policy change approved on replica A (no delay here) applies on B.
+    let proposal = admin_a
+        .propose_policy(pb::ProposePolicyRequest {
+            proposed_by: "alice".into(),
+            policy_text: "[actions.withdrawal]\nkinds = [\"totp\"]\n[governance]\nrequired = 2\ndelay_seconds = 0\n"
+                .into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for (who, key) in [("alice", &mut alice), ("bob", &mut bob)] {
+        let mut c = staff(p.a.url.clone(), "approver").await;
+        let b = c
+            .begin_staff_decision(pb::BeginStaffDecisionRequest {
+                request_id: proposal.request_id.clone(),
+                staff_id: who.into(),
+                decision: pb::StaffDecision::Approve as i32,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let r = get(key, ORIGIN, &b.options_json, |_| {}).unwrap();
+        c.complete_staff_decision(pb::CompleteStaffDecisionRequest {
+            request_id: proposal.request_id.clone(),
+            staff_id: who.into(),
+            ceremony_id: b.ceremony_id,
+            response_json: r,
+        })
+        .await
+        .unwrap();
+    }
+    let v = staff(p.b.url.clone(), "admin")
+        .await
+        .get_policy(pb::GetPolicyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.version, 2);
+    // On B, 3 BTC is no longer held.
+    let (seed2, step2) = enroll(&p.b.url, "sami").await;
+    let intent2 = pb::Intent {
+        amount: "3".into(),
+        ..withdrawal("sami", "wd-after")
+    };
+    let ch = begin_withdrawal_intent(&p.b.url, &intent2).await;
+    let r = engine(&p.b.url)
+        .await
+        .complete_approval(totp_proof(&ch, "sami", &code(&seed2, step2), ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        r.pending.is_none() && !r.approval.is_empty(),
+        "the old policy still applies on B: {r:?}"
+    );
+}
+
+async fn begin_withdrawal_intent(url: &str, intent: &pb::Intent) -> String {
+    engine(url)
+        .await
+        .begin_approval(pb::BeginApprovalRequest {
+            intent: Some(intent.clone()),
+            device: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .challenge_id
+}
