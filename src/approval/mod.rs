@@ -301,7 +301,7 @@ pub struct ApprovalsConfig {
     /// Assets, their decimals and networks.
     pub assets: Assets,
     /// Staff quorums, delays, policy changes.
-    pub quorum: crate::config::QuorumConfig,
+    pub quorum: quorum::QuorumConfig,
 }
 
 /// The approval service: challenges, HSM-signed approvals, redemption.

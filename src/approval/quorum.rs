@@ -47,6 +47,92 @@ pub const STAFF_KEY_ACTION: &str = "add_staff_key";
 /// The `meta` key marking that the staff quorum is formed (its time).
 pub const STAFF_FORMED_KEY: &[u8] = b"staff/quorum-formed";
 
+/// `[quorum]`: staff quorums, delayed approvals and policy changes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuorumConfig {
+    /// A request still waiting for its staff quorum this long after it was
+    /// made is cancelled (default 24 h).
+    pub request_timeout_seconds: i64,
+    /// The longest delay a policy rule or the governance may set (default
+    /// 30 days).
+    pub max_delay_seconds: i64,
+    /// The shortest delay the governance may set for policy changes
+    /// (default 1 h): a quorum cannot make later changes instant.
+    pub min_policy_delay_seconds: i64,
+    /// How long an approval issued after a staff quorum or a delay stays
+    /// valid (from its `nbf`, or its issue when not delayed; default 1 h):
+    /// the engine learns of it from the event stream or by polling.
+    pub redeem_window_seconds: i64,
+    /// A staff member's newly registered key counts for quorums only this
+    /// long after registration (default 24 h), so that an administrator
+    /// cannot register a key for someone else and approve at once.
+    pub staff_key_hold_seconds: i64,
+    /// A cancellation list vouches only for cancellations this long before
+    /// it was made (its `iat` is backdated by it; default 30 s), so that a
+    /// cancellation decided just before an approval's `nbf`, on another
+    /// replica or with a slightly different clock, is always in a list an
+    /// engine accepts for that approval. An engine can verify a delayed
+    /// approval offline from `nbf` + this.
+    pub cancellation_list_lag_seconds: i64,
+}
+
+impl Default for QuorumConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout_seconds: 86_400,
+            max_delay_seconds: 30 * 86_400,
+            min_policy_delay_seconds: 3_600,
+            redeem_window_seconds: 3_600,
+            staff_key_hold_seconds: 86_400,
+            cancellation_list_lag_seconds: 30,
+        }
+    }
+}
+
+impl QuorumConfig {
+    /// Checks the bounds of every setting.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !(60..=30 * 86_400).contains(&self.request_timeout_seconds) {
+            return Err(Error::invalid(
+                "quorum.request_timeout_seconds",
+                "must be between 60 and 2592000 (30 days)",
+            ));
+        }
+        if !(0..=365 * 86_400).contains(&self.max_delay_seconds) {
+            return Err(Error::invalid(
+                "quorum.max_delay_seconds",
+                "must be between 0 and 31536000 (a year)",
+            ));
+        }
+        if !(60..=7 * 86_400).contains(&self.redeem_window_seconds) {
+            return Err(Error::invalid(
+                "quorum.redeem_window_seconds",
+                "must be between 60 and 604800 (7 days)",
+            ));
+        }
+        if self.min_policy_delay_seconds < 0 || self.min_policy_delay_seconds > self.max_delay_seconds {
+            return Err(Error::invalid(
+                "quorum.min_policy_delay_seconds",
+                "must be between 0 and quorum.max_delay_seconds",
+            ));
+        }
+        if !(0..=600).contains(&self.cancellation_list_lag_seconds) {
+            return Err(Error::invalid(
+                "quorum.cancellation_list_lag_seconds",
+                "must be between 0 and 600",
+            ));
+        }
+        if !(0..=30 * 86_400).contains(&self.staff_key_hold_seconds) {
+            return Err(Error::invalid(
+                "quorum.staff_key_hold_seconds",
+                "must be between 0 and 2592000 (30 days)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A staff member (table `staff`, key = staff id).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StaffRecord {
