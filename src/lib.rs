@@ -26,7 +26,9 @@
 //! 7. [`factor`]: factor records and the [`factor::Factors`] service that
 //!    checks proofs (TOTP, WebAuthn, YubiKey) with attempts counted first.
 //! 8. [`approval`]: the [`approval::Approvals`] service — begin,
-//!    complete, issue, redeem, step-up, one file each.
+//!    complete, issue, redeem, step-up, one file each; staff quorums,
+//!    delays and cancellation ([`approval::quorum`]) and the stored policy
+//!    with its guarded changes ([`approval::governance`]).
 //! 9. [`enroll`] (enroll, list and remove factors), [`ops`] (whitelist,
 //!    anti-phishing code, revocation, suspension, sweep, logs and their
 //!    retention and archiving), [`keys`]
