@@ -35,7 +35,10 @@ impl pb::event_service_server::EventService for EventApi {
         &self,
         req: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        require(&req, "EventService/WatchEvents")?;
+        let role = require(&req, "EventService/WatchEvents")?;
+        // The staff console sees only what is meant for staff, and no
+        // user's anti-phishing code.
+        let staff_only = role == crate::api::auth::Role::Approver;
         // The deny-list is checked when the call starts; a stream also
         // stops as soon as a reload lists its certificate.
         let cert = crate::api::auth::leaf_facts(req.extensions()).and_then(|f| f.id.clone());
@@ -72,12 +75,24 @@ impl pb::event_service_server::EventService for EventApi {
                     Ok(events) if !events.is_empty() => {
                         for (seq, e) in events {
                             cursor = seq;
+                            if staff_only
+                                && !e
+                                    .details
+                                    .get("notify")
+                                    .is_some_and(|n| n.split(' ').any(|w| w == "staff"))
+                            {
+                                continue;
+                            }
                             let ev = pb::Event {
                                 cursor: seq,
                                 kind: e.kind.name(),
                                 user_id: e.user_id,
                                 at: e.at,
-                                anti_phishing_code: e.anti_phishing_code.unwrap_or_default(),
+                                anti_phishing_code: if staff_only {
+                                    String::new()
+                                } else {
+                                    e.anti_phishing_code.unwrap_or_default()
+                                },
                                 details: e.details.into_iter().collect(),
                             };
                             if tx.send(Ok(ev)).await.is_err() {

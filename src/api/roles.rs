@@ -80,7 +80,7 @@ pub const RPC_ROLES: &[(&str, &[Role])] = &[
         "EventService/WatchEvents",
         &[Role::Frontend, Role::Admin, Role::Approver],
     ),
-    ("EventService/AckEvents", &[Role::Frontend, Role::Admin, Role::Approver]),
+    ("EventService/AckEvents", &[Role::Frontend, Role::Admin]),
 ];
 
 /// The roles allowed to call `rpc` (`Service/Method`), if it is in the table.
