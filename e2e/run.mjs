@@ -345,6 +345,18 @@ async function main() {
     await staffPage.click('#staff-register');
     await noticeReason(staffPage, 'STAFF_KEY_ADDED', "register alice's security key", '#staff-notice');
     await staffPage.waitForSelector('#staff-members tr[data-staff="alice"] td[data-field="keys"]:text("1")');
+    // Staff approvals count once the staff quorum (two people with keys)
+    // is formed: bob registers a key too, then the view acts as alice.
+    await clearNotice(staffPage, 'staff-notice');
+    await staffPage.fill('#staff-id', 'bob');
+    await staffPage.click('#staff-add');
+    await noticeReason(staffPage, 'STAFF_ADDED', 'add the staff member bob', '#staff-notice');
+    await clearNotice(staffPage, 'staff-notice');
+    await staffPage.click('#staff-register');
+    await noticeReason(staffPage, 'STAFF_KEY_ADDED', "register bob's security key", '#staff-notice');
+    await staffPage.waitForSelector('#staff-members tr[data-staff="bob"] td[data-field="keys"]:text("1")');
+    await clearNotice(staffPage, 'staff-notice');
+    await staffPage.fill('#staff-id', 'alice');
     // A page in the background is hardly rendered (slow screenshots): the
     // one in use comes to the front.
     await page.bringToFront();

@@ -175,13 +175,18 @@ impl Approvals {
             Error::NotFound(m) => Error::invalid("proposed_by", m),
             other => other,
         })?;
-        let staff = self.list_staff()?;
+        // Staff members not removed (the pools count only them).
+        let staff: Vec<_> = self
+            .list_staff()?
+            .into_iter()
+            .filter(|s| s.removed_at.is_none())
+            .collect();
         let known = |id: &str| staff.iter().any(|s| s.staff_id == id);
         for (place, id) in proposed.named_staff() {
             if !known(&id) {
                 return Err(Error::invalid(
                     "policy_text",
-                    format!("{place} names unknown staff id '{id}'; add the staff member first"),
+                    format!("{place} names unknown (or removed) staff id '{id}'; add the staff member first"),
                 ));
             }
         }

@@ -46,6 +46,9 @@ pub const CANCEL_ACTION: &str = "cancel_approval";
 pub const STAFF_KEY_ACTION: &str = "add_staff_key";
 /// The `meta` key marking that the staff quorum is formed (its time).
 pub const STAFF_FORMED_KEY: &[u8] = b"staff/quorum-formed";
+/// The `meta` record every key registration while setting up rewrites (a
+/// conditional write: concurrent ones conflict).
+pub const STAFF_SETUP_KEY: &[u8] = b"staff/setup";
 
 /// `[quorum]`: staff quorums, delayed approvals and policy changes.
 #[derive(Debug, Clone, Deserialize)]
@@ -681,6 +684,23 @@ impl Approvals {
         })
     }
 
+    /// Refuses staff approvals while the staff quorum is not formed: keys
+    /// approved while setting up count only once set-up is over, so that
+    /// no key an administrator registered alone approves anything before
+    /// (cancelling needs no quorum and stays open).
+    fn check_formed(&self) -> Result<(), Error> {
+        if self.staff_quorum_formed()? {
+            return Ok(());
+        }
+        Err(Error::refused(
+            Reason::QuorumNotMet,
+            format!(
+                "the staff quorum is not formed yet: fewer than {} staff members hold security keys (the governance quorum); staff approvals count once it is",
+                self.policy()?.governance.required
+            ),
+        ))
+    }
+
     /// Adds the "staff quorum formed" mark to `batch` when `staff` (the
     /// staff as they will be once `batch` commits) can meet the governance
     /// quorum and the mark is not set yet (or predates a restore).
@@ -751,6 +771,12 @@ impl Approvals {
     /// Starts the registration of a WebAuthn key for a staff member.
     pub fn begin_staff_key_registration(&self, actor: &str, staff_id: &str) -> Result<StaffCeremonyStarted, Error> {
         let (staff, _) = self.staff(staff_id)?;
+        if let Some(at) = staff.removed_at {
+            return Err(Error::refused(
+                Reason::FactorRevoked,
+                format!("staff member '{staff_id}' was removed at {at}"),
+            ));
+        }
         let now = self.k.now()?;
         let restored_at = self.restored_at()?;
         // Keys from before a restore are registered again (the same
@@ -879,6 +905,8 @@ impl Approvals {
             }) {
                 if other.staff_id == staff_id
                     && k.added_at <= restored_at
+                    && k.removed_at.is_none()
+                    && !k.suspected_cloned
                     && k.credential.credential_id == cred.credential_id
                     && k.credential.public_key_sec1 == cred.public_key_sec1
                 {
@@ -901,6 +929,16 @@ impl Approvals {
         }
         let mut batch = Batch::new();
         batch.delete(Table::Ceremonies, ceremony_id.as_bytes(), cversion);
+        if !formed {
+            // Decided on the mark as read: a formation racing this
+            // registration makes it conflict.
+            let version = self
+                .k
+                .store
+                .get(Table::Meta, STAFF_FORMED_KEY)?
+                .map_or(0, |v| v.version);
+            batch.check(Table::Meta, STAFF_FORMED_KEY, version);
+        }
         // One key, one person: the credential id and the public key are
         // unique across staff members, atomically (a key registered again
         // after a restore keeps its entries, conditioned on them).
@@ -951,6 +989,12 @@ impl Approvals {
         rec.keys.push(key);
         batch.update(Table::Staff, staff_id.as_bytes(), sversion, codec::encode(&rec)?);
         if !formed {
+            // Registrations while setting up are serialised on one record,
+            // so that two at once cannot both miss forming the quorum.
+            match self.k.store.get(Table::Meta, STAFF_SETUP_KEY)? {
+                Some(v) => batch.update(Table::Meta, STAFF_SETUP_KEY, v.version, now.to_string().into_bytes()),
+                None => batch.insert(Table::Meta, STAFF_SETUP_KEY, now.to_string().into_bytes()),
+            };
             let mut all: Vec<StaffRecord> = self
                 .list_staff()?
                 .into_iter()
@@ -1201,14 +1245,15 @@ impl Approvals {
     ) -> Result<QuorumRequest, Error> {
         let g = self.policy()?.governance.clone();
         let restored_at = self.restored_at()?;
+        // Other staff members: nobody approves their own new key.
         let pool: Vec<String> = if g.staff.is_empty() {
             self.list_staff()?
                 .into_iter()
-                .filter(|s| !s.usable_keys(now, restored_at).is_empty())
+                .filter(|s| s.staff_id != staff.staff_id && !s.usable_keys(now, restored_at).is_empty())
                 .map(|s| s.staff_id)
                 .collect()
         } else {
-            g.staff.clone()
+            g.staff.iter().filter(|s| **s != staff.staff_id).cloned().collect()
         };
         if (g.required as usize) > pool.len() {
             return Err(Error::refused(
@@ -1348,6 +1393,12 @@ impl Approvals {
     /// Refuses a staff member who may not approve `req`.
     fn check_may_approve(&self, req: &QuorumRequest, staff: &StaffRecord) -> Result<(), Error> {
         let sid = &staff.staff_id;
+        if req.kind == RequestKind::StaffKey && *sid == req.proposed_by {
+            return Err(Error::denied(
+                Reason::StaffNotAllowed,
+                format!("staff member '{sid}' cannot approve their own new key; other staff members do"),
+            ));
+        }
         if !req.needs.iter().any(|n| n.of.iter().any(|o| o == sid)) {
             let pools: Vec<String> = req
                 .needs
@@ -1426,6 +1477,9 @@ impl Approvals {
                 format!("staff member '{staff_id}' has no usable security key{hint}"),
             ));
         }
+        if decision == StaffDecision::Approve {
+            self.check_formed()?;
+        }
         let intent = match decision {
             StaffDecision::Approve => req.intent.clone(),
             StaffDecision::Cancel => req.cancel_intent(),
@@ -1503,11 +1557,12 @@ impl Approvals {
         let decision = c.decision.unwrap_or(StaffDecision::Approve);
         let (mut req, rversion) = self.request(request_id)?;
         let (mut staff, sversion) = self.staff(staff_id)?;
+        let req_user = req.user_id.clone();
         let refuse = |e: Error| {
             let mut b = Batch::new();
             b.delete(Table::Ceremonies, ceremony_id.as_bytes(), cversion);
             self.k.audit_refusal(
-                AuditEntry::refused(now, actor, &req.user_id, "staff.decision", &e.to_string())
+                AuditEntry::refused(now, actor, &req_user, "staff.decision", &e.to_string())
                     .with("request_id", request_id)
                     .with("staff_id", staff_id),
                 b,
@@ -1517,40 +1572,17 @@ impl Approvals {
         self.check_open(&req, decision, now).map_err(&refuse)?;
         if decision == StaffDecision::Approve {
             self.check_may_approve(&req, &staff).map_err(&refuse)?;
+            self.check_formed().map_err(&refuse)?;
         }
         let creds = staff.usable_keys(now, self.restored_at()?);
         let assertion = match self.factors.webauthn.finish_assertion(&c.state, response_json, &creds) {
             Ok(a) => a,
             Err(AssertionError::PossiblyCloned { credential_id }) => {
-                for k in staff
-                    .keys
-                    .iter_mut()
-                    .filter(|k| k.credential.credential_id == credential_id)
-                {
-                    k.suspected_cloned = true;
-                    k.removed_at = Some(now);
-                }
-                let mut b = Batch::new();
-                b.delete(Table::Ceremonies, ceremony_id.as_bytes(), cversion);
-                b.update(Table::Staff, staff_id.as_bytes(), sversion, codec::encode(&staff)?);
-                // What a possibly cloned key approved no longer counts.
-                let withdrawn = self.withdraw_approvals(&mut b, staff_id, &credential_id)?;
-                Event::new(EventKind::StaffChanged, "", now, None)
-                    .with("staff_id", staff_id)
-                    .with("change", "key_suspected_cloned")
-                    .with("credential_id", credential_id.clone())
-                    .with("approvals_withdrawn", withdrawn.join(" "))
-                    .with("notify", "staff")
-                    .append_to(&mut b)?;
                 let e = Error::denied(
                     Reason::FactorSuspectedCloned,
                     format!("staff key {credential_id} may be cloned (its counter did not increase); it answers nothing any more"),
                 );
-                self.k.audit_refusal(
-                    AuditEntry::refused(now, actor, &req.user_id, "staff.decision", &e.to_string())
-                        .with("staff_id", staff_id),
-                    b,
-                );
+                self.flag_cloned(actor, staff_id, &credential_id, ceremony_id, cversion, &e, now)?;
                 return Err(e);
             }
             Err(AssertionError::Failed(Error::InvalidArgument { reason, .. })) => {
@@ -1609,12 +1641,10 @@ impl Approvals {
                             self.add_issued(&mut batch, &mut req, token, &record, &claims, anti_phishing, now)?;
                         }
                         RequestKind::PolicyChange => self.schedule_policy(&mut batch, &mut req, now)?,
-                        RequestKind::StaffKey if req.proposed_by == staff_id => {
-                            self.approve_staff_key(&mut batch, &mut staff, &mut req, now)?
-                        }
                         RequestKind::StaffKey => {
                             let (mut owner, oversion) = self.staff(&req.proposed_by)?;
-                            self.approve_staff_key(&mut batch, &mut owner, &mut req, now)?;
+                            self.approve_staff_key(&mut batch, &mut owner, &mut req, now)
+                                .map_err(&refuse)?;
                             batch.update(
                                 Table::Staff,
                                 req.proposed_by.as_bytes(),
@@ -1655,6 +1685,61 @@ impl Approvals {
         })?;
         tracing::info!(request = %request_id, staff = %staff_id, state = req.state.name(), "staff decision");
         Ok(req)
+    }
+
+    /// Flags a staff key whose counter went backwards: removed, and what
+    /// it approved on waiting requests withdrawn, in one write retried on
+    /// the current records until it lands (a concurrent decision, maybe by
+    /// the clone, must not make the flag be lost).
+    #[allow(clippy::too_many_arguments)]
+    fn flag_cloned(
+        &self,
+        actor: &str,
+        staff_id: &str,
+        credential_id: &str,
+        ceremony_id: &str,
+        ceremony_version: u64,
+        e: &Error,
+        now: i64,
+    ) -> Result<(), Error> {
+        let mut last = None;
+        for attempt in 0..8 {
+            let (mut staff, version) = self.staff(staff_id)?;
+            for k in staff
+                .keys
+                .iter_mut()
+                .filter(|k| k.credential.credential_id == credential_id)
+            {
+                k.suspected_cloned = true;
+                k.removed_at.get_or_insert(now);
+            }
+            let mut b = Batch::new();
+            if attempt == 0 {
+                b.delete(Table::Ceremonies, ceremony_id.as_bytes(), ceremony_version);
+            }
+            b.update(Table::Staff, staff_id.as_bytes(), version, codec::encode(&staff)?);
+            let withdrawn = self.withdraw_approvals(&mut b, staff_id, credential_id)?;
+            Event::new(EventKind::StaffChanged, "", now, None)
+                .with("staff_id", staff_id)
+                .with("change", "key_suspected_cloned")
+                .with("credential_id", credential_id)
+                .with("approvals_withdrawn", withdrawn.join(" "))
+                .with("notify", "staff")
+                .append_to(&mut b)?;
+            AuditEntry::refused(now, actor, "", "staff.decision", &e.to_string())
+                .with("staff_id", staff_id)
+                .with("credential_id", credential_id)
+                .append_to(&mut b)?;
+            match self.k.commit(&b) {
+                Ok(_) => return Ok(()),
+                Err(Error::Conflict(m)) => last = Some(m),
+                Err(other) => return Err(other),
+            }
+        }
+        Err(Error::Conflict(format!(
+            "staff key {credential_id} may be cloned, but flagging it met concurrent changes ({}); try again",
+            last.unwrap_or_default()
+        )))
     }
 
     /// Adds the cancellation of `req` to `batch`: the request is cancelled
@@ -1707,10 +1792,10 @@ impl Approvals {
             .with("by", by)
             .with(
                 "kind",
-                if req.kind == RequestKind::Action {
-                    "action"
-                } else {
-                    "policy_change"
+                match req.kind {
+                    RequestKind::Action => "action",
+                    RequestKind::PolicyChange => "policy_change",
+                    RequestKind::StaffKey => "staff_key",
                 },
             )
             .with("notify", "user staff")
@@ -1788,10 +1873,12 @@ impl Approvals {
     /// (compact JWS, `typ` `sigil-cancellations+jwt`).
     pub fn cancellations(&self) -> Result<(String, CancellationList), Error> {
         let now = self.k.now()?;
+        let iat = now - self.cfg.quorum.cancellation_list_lag_seconds;
         let mut cancelled = Vec::new();
         for (_, v) in self.k.store.scan_prefix(Table::Quorum, b"")? {
             let r: QuorumRequest = codec::decode(&v.value)?;
-            if r.state == RequestState::Cancelled && !r.jti.is_empty() && r.exp > now - 300 {
+            // Every cancelled approval that has not expired at the list's iat.
+            if r.state == RequestState::Cancelled && !r.jti.is_empty() && r.exp > iat {
                 cancelled.push(r.jti);
             }
         }
@@ -1801,7 +1888,7 @@ impl Approvals {
         let list = CancellationList {
             iss: self.cfg.approval.issuer.clone(),
             aud: self.cfg.approval.audience.clone(),
-            iat: now - self.cfg.quorum.cancellation_list_lag_seconds,
+            iat,
             cancelled,
         };
         let token = self.k.signer.sign_cancellations(&list)?;
@@ -1849,8 +1936,7 @@ impl Approvals {
     ) -> Result<bool, Error> {
         let mut r: QuorumRequest = codec::decode(&v.value)?;
         let mut batch = Batch::new();
-        let open = matches!(r.state, RequestState::AwaitingQuorum)
-            || (r.state == RequestState::Delayed && r.kind == RequestKind::PolicyChange);
+        let open = matches!(r.state, RequestState::AwaitingQuorum | RequestState::Delayed);
         let anti_phishing = |r: &QuorumRequest| -> Result<Option<String>, Error> {
             if r.user_id.is_empty() {
                 return Ok(None);
@@ -1860,16 +1946,31 @@ impl Approvals {
         if open && r.created_at <= restored_at {
             // Made before the store was restored: what happened to it since
             // the backup is lost (a cancellation, a removed key), so it is
-            // closed rather than resumed.
-            r.state = RequestState::Cancelled;
-            r.closed_by = "the store was restored from a backup".into();
-            r.closed_at = now;
-            meta::index_expiry(&mut batch, Table::Quorum, key, now);
-            Event::new(EventKind::ApprovalCancelled, &r.user_id, now, anti_phishing(&r)?)
-                .with("request_id", r.request_id.clone())
-                .with("by", r.closed_by.clone())
-                .with("notify", "user staff")
-                .append_to(&mut batch)?;
+            // closed rather than resumed; a delayed approval with it (then
+            // in the cancellation lists).
+            let by = "the store was restored from a backup";
+            if r.kind == RequestKind::Action && r.state == RequestState::Delayed {
+                let redeemed = match self.k.store.get(Table::Approvals, r.jti.as_bytes())? {
+                    Some(a) => codec::decode::<ApprovalRecord>(&a.value)?.redeemed_at.is_some(),
+                    None => false,
+                };
+                if redeemed {
+                    // Redeemed before the backup: nothing left to close.
+                    return Ok(false);
+                }
+                let code = anti_phishing(&r)?;
+                self.add_cancel(&mut batch, &mut r, by, code, now)?;
+            } else {
+                r.state = RequestState::Cancelled;
+                r.closed_by = by.into();
+                r.closed_at = now;
+                meta::index_expiry(&mut batch, Table::Quorum, key, now);
+                Event::new(EventKind::ApprovalCancelled, &r.user_id, now, anti_phishing(&r)?)
+                    .with("request_id", r.request_id.clone())
+                    .with("by", by)
+                    .with("notify", "user staff")
+                    .append_to(&mut batch)?;
+            }
             AuditEntry::ok(now, "sweep", &r.user_id, "quorum.close")
                 .with("request_id", r.request_id.clone())
                 .with("reason", "restored")

@@ -709,23 +709,36 @@ async fn staff_decide_with_an_external_webauthn_client() {
         })
         .await
         .unwrap();
-    let (mut key, _) = soft_token(true);
-    let b = staff
-        .begin_staff_key_registration(pb::BeginStaffKeyRegistrationRequest {
-            staff_id: "dana".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let rsp = create(&mut key, ORIGIN, &b.options_json, |_| {}).unwrap();
+    // Staff approvals count once the staff quorum (governance: two
+    // people) is formed: erin holds the second key.
     staff
-        .finish_staff_key_registration(pb::FinishStaffKeyRegistrationRequest {
-            staff_id: "dana".into(),
-            ceremony_id: b.ceremony_id,
-            response_json: rsp,
+        .add_staff(pb::AddStaffRequest {
+            staff_id: "erin".into(),
+            role: "approver".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
+    let mut keys = Vec::new();
+    for id in ["dana", "erin"] {
+        let (mut key, _) = soft_token(true);
+        let b = staff
+            .begin_staff_key_registration(pb::BeginStaffKeyRegistrationRequest { staff_id: id.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        let rsp = create(&mut key, ORIGIN, &b.options_json, |_| {}).unwrap();
+        staff
+            .finish_staff_key_registration(pb::FinishStaffKeyRegistrationRequest {
+                staff_id: id.into(),
+                ceremony_id: b.ceremony_id,
+                response_json: rsp,
+            })
+            .await
+            .unwrap();
+        keys.push(key);
+    }
+    let mut key = keys.remove(0);
     let (_, seed) = s.enroll_totp("u1").await;
     let intent = pb::Intent {
         amount: "2".into(),

@@ -384,7 +384,9 @@ async fn one_person_counts_once_and_nobody_approves_their_own_withdrawal() {
 async fn a_staff_assertion_over_another_intent_is_refused() {
     let s = server().await;
     add_staff(&s, "alice", "approver", "").await;
+    add_staff(&s, "bob", "approver", "").await;
     let mut alice = staff_key(&s, "alice").await;
+    let _bob = staff_key(&s, "bob").await;
     let (_, seed) = s.enroll_totp("u1").await;
     let a = answer(&s, &btc("u1", "wa", "2"), &seed)
         .await
@@ -768,7 +770,7 @@ async fn bad_staff_and_policy_input_is_refused_naming_the_problem_and_writes_not
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::InvalidArgument);
-    assert!(st.message().contains("unknown staff id 'nobody'"), "{}", st.message());
+    assert!(st.message().contains("staff id 'nobody'"), "{}", st.message());
     // A quorum larger than its pool.
     let st = propose(policy(60).replace("required = 2\n[[actions", "required = 3\n[[actions"))
         .await
@@ -1135,4 +1137,242 @@ async fn a_restore_closes_requests_from_before_it_and_staff_register_their_keys_
     // The old keys stay refused.
     let st = decide(&s, &id2, "bob", "approve", &mut bob).await.unwrap_err();
     assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+}
+
+/// Watches the event stream with `role`'s certificate from `cursor` until
+/// nothing arrives for a moment.
+async fn events_as(s: &TestServer, role: &str, cursor: u64) -> Vec<pb::Event> {
+    let mut c = s.events(role).await;
+    let mut stream = c
+        .watch_events(pb::WatchEventsRequest { after_cursor: cursor })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Ok(Some(Ok(e))) = tokio::time::timeout(std::time::Duration::from_millis(700), stream.message())
+        .await
+        .map(|r| r.transpose())
+    {
+        out.push(e);
+    }
+    out
+}
+
+#[tokio::test]
+async fn staff_approvals_wait_for_the_staff_quorum_and_nobody_approves_their_own_new_key() {
+    let s = server().await;
+    add_staff(&s, "alice", "approver", "").await;
+    add_staff(&s, "bob", "approver", "").await;
+    add_staff(&s, "carol", "approver", "").await;
+    let mut alice = staff_key(&s, "alice").await;
+    let (_, seed) = s.enroll_totp("u1").await;
+    let id = answer(&s, &btc("u1", "w", "2"), &seed)
+        .await
+        .pending
+        .unwrap()
+        .request_id;
+
+    // One person holds a key, the governance quorum is two: her approval
+    // does not count yet, and nothing is recorded; cancelling stays open.
+    let st = begin_decision(&s, &id, "alice", "approve").await.unwrap_err();
+    assert_eq!(reason(&st), "QUORUM_NOT_MET", "{st:?}");
+    assert!(st.message().contains("not formed"), "{}", st.message());
+    assert!(pending(&s, &id).await.approvals.is_empty());
+    begin_decision(&s, &id, "alice", "cancel")
+        .await
+        .expect("cancelling needs no formed quorum");
+
+    // A second person with a key forms it: approvals count from then on.
+    let mut bob = staff_key(&s, "bob").await;
+    let p = decide(&s, &id, "alice", "approve", &mut alice)
+        .await
+        .expect("alice approves");
+    assert_eq!(p.approvals.len(), 1);
+
+    // Once formed, a new key waits for other staff members; its owner's
+    // own approval is refused.
+    let _carol = staff_key(&s, "carol").await;
+    let kr = key_request(&s, "carol").await.expect("carol's key waits for approval");
+    let st = begin_decision(&s, &kr, "carol", "approve").await.unwrap_err();
+    assert_eq!(st.code(), Code::PermissionDenied, "{st:?}");
+    assert_eq!(reason(&st), "STAFF_NOT_ALLOWED", "{st:?}");
+    assert!(st.message().contains("own new key"), "{}", st.message());
+    decide(&s, &kr, "alice", "approve", &mut alice).await.unwrap();
+    let p = decide(&s, &kr, "bob", "approve", &mut bob).await.unwrap();
+    assert_eq!(state(&p), pb::PendingState::Activated, "{p:?}");
+    assert_eq!(key_request(&s, "carol").await, None, "carol's key is approved");
+}
+
+#[tokio::test]
+async fn a_cloned_staff_key_is_removed_and_what_it_approved_is_withdrawn() {
+    let s = server().await;
+    add_staff(&s, "alice", "approver", "").await;
+    add_staff(&s, "bob", "approver", "").await;
+    let mut alice = staff_key(&s, "alice").await;
+    let mut bob = staff_key(&s, "bob").await;
+    // A copy of alice's key (its state, counter included).
+    let mut copy = SoftToken::from_cbor(&alice.to_cbor().unwrap()).unwrap();
+    let (_, seed) = s.enroll_totp("u1").await;
+    let x = answer(&s, &btc("u1", "wx", "2"), &seed)
+        .await
+        .pending
+        .unwrap()
+        .request_id;
+    let y = answer(&s, &btc("u1", "wy", "3"), &seed)
+        .await
+        .pending
+        .unwrap()
+        .request_id;
+    let cursor = s.collect_events(0).await.last().map_or(0, |e| e.cursor);
+
+    // The copy approves X; the original then shows the same counter on Y.
+    decide(&s, &x, "alice", "approve", &mut copy)
+        .await
+        .expect("the copy approves");
+    assert_eq!(pending(&s, &x).await.approvals.len(), 1);
+    let st = decide(&s, &y, "alice", "approve", &mut alice).await.unwrap_err();
+    assert_eq!(st.code(), Code::PermissionDenied, "{st:?}");
+    assert_eq!(reason(&st), "FACTOR_SUSPECTED_CLONED", "{st:?}");
+
+    // X lost alice's approval; bob's alone does not issue it.
+    assert!(
+        pending(&s, &x).await.approvals.is_empty(),
+        "the clone's approval still counts"
+    );
+    let p = decide(&s, &x, "bob", "approve", &mut bob).await.unwrap();
+    assert_eq!(state(&p), pb::PendingState::AwaitingQuorum);
+    assert!(p.approval.is_empty());
+    // The key answers nothing any more, copy or original.
+    let st = begin_decision(&s, &x, "alice", "approve").await.unwrap_err();
+    assert_eq!(reason(&st), "NO_USABLE_FACTOR", "{st:?}");
+    let listed = staff_api(&s, "admin")
+        .await
+        .list_staff(pb::ListStaffRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .staff;
+    let k = &listed.iter().find(|m| m.staff_id == "alice").unwrap().keys[0];
+    assert!(k.suspected_cloned && k.removed_at > 0, "{k:?}");
+    let events = s.collect_events(cursor).await;
+    let flagged: Vec<_> = events_of_kind(&events, "staff_changed")
+        .into_iter()
+        .filter(|e| e.details.get("change").map(String::as_str) == Some("key_suspected_cloned"))
+        .collect();
+    assert_eq!(flagged.len(), 1, "{events:?}");
+    assert!(
+        flagged[0].details["approvals_withdrawn"].contains(&x),
+        "{:?}",
+        flagged[0]
+    );
+}
+
+#[tokio::test]
+async fn a_delayed_approval_from_before_a_restore_is_cancelled_and_listed() {
+    let mut s = server().await;
+    let (_, seed) = s.enroll_totp("u1").await;
+    // One delayed approval redeemed before the backup, one waiting.
+    let w0 = eth("u1", "e0", "5");
+    let r0 = answer(&s, &w0, &seed).await;
+    s.clock.advance(3600);
+    redeem(&s, &r0.approval, &w0).await.expect("redeemed after nbf");
+    let w1 = eth("u1", "e1", "6");
+    let r1 = answer(&s, &w1, &seed).await;
+    let id1 = r1.pending.clone().unwrap().request_id;
+    let file = s._dir.path().join("sigil.backup");
+    crate::support::lifecycle::backup_to(&s, &file).await;
+    s.stop().await;
+    sigil::backup::restore(&file, &s.cfg.store.path, s.clock.now_secs()).unwrap();
+    s.clock.advance(60);
+    s.restart().await;
+    sweep(&s).await;
+
+    // What happened to it after the backup is unknown: it is cancelled,
+    // refused by RedeemApproval after its nbf, and in the signed list.
+    let p = pending(&s, &id1).await;
+    assert_eq!(state(&p), pb::PendingState::Cancelled);
+    assert!(p.closed_by.contains("restored"), "{}", p.closed_by);
+    s.clock.advance(3600);
+    let st = redeem(&s, &r1.approval, &w1).await.unwrap_err();
+    assert_eq!(reason(&st), "APPROVAL_CANCELLED", "{st:?}");
+    let list = s
+        .approvals("withdrawal-engine")
+        .await
+        .get_cancellations(pb::GetCancellationsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let verifier = sigil_verify::Verifier::new(&s.sigil().signer().jwks(), "sigil", "withdrawal-engine").unwrap();
+    let refused = verifier.verify_delayed_for(
+        &r1.approval,
+        &domain_intent(&w1),
+        &list.cancellations,
+        s.clock.now_secs(),
+    );
+    assert_eq!(refused.unwrap_err(), sigil_verify::VerifyError::Cancelled);
+    // The one redeemed before the backup is left as it was.
+    let p0 = pending(&s, &r0.pending.unwrap().request_id).await;
+    assert_ne!(state(&p0), pb::PendingState::Cancelled);
+}
+
+#[tokio::test]
+async fn the_staff_console_sees_only_staff_events_without_anti_phishing_codes() {
+    let s = server().await;
+    add_staff(&s, "alice", "approver", "").await;
+    add_staff(&s, "bob", "approver", "").await;
+    let (_, seed) = s.enroll_totp("u1").await;
+    let apc = pb::Intent {
+        action: "change_anti_phishing_code".into(),
+        user_id: "u1".into(),
+        memo: "blue-otter-42".into(),
+        ..Default::default()
+    };
+    let tok = s.approve(&apc, &seed).await;
+    s.account("frontend")
+        .await
+        .set_anti_phishing_code(pb::SetAntiPhishingCodeRequest {
+            user_id: "u1".into(),
+            code: "blue-otter-42".into(),
+            approval: tok,
+        })
+        .await
+        .expect("set anti-phishing code");
+    // (A new code holds withdrawals for a day.)
+    s.clock.advance(86_400 + 60);
+    let id = answer(&s, &btc("u1", "w", "2"), &seed)
+        .await
+        .pending
+        .unwrap()
+        .request_id;
+    let all = s.collect_events(0).await;
+    let staff = events_as(&s, "approver", 0).await;
+    assert!(
+        all.iter()
+            .any(|e| !e.details.get("notify").is_some_and(|n| n.contains("staff"))),
+        "the test needs events not meant for staff: {all:?}"
+    );
+    assert!(
+        staff.iter().any(|e| e.details.get("request_id") == Some(&id)),
+        "the held request reached the console: {staff:?}"
+    );
+    assert!(
+        all.iter().any(|e| e.anti_phishing_code == "blue-otter-42"),
+        "the user's events carry the code: {all:?}"
+    );
+    for e in &staff {
+        let notify = e.details.get("notify").cloned().unwrap_or_default();
+        assert!(notify.split(' ').any(|w| w == "staff"), "not meant for staff: {e:?}");
+        assert!(e.anti_phishing_code.is_empty(), "the console saw a code: {e:?}");
+    }
+    // The console does not acknowledge (it cannot hold up pruning).
+    let st = s
+        .events("approver")
+        .await
+        .ack_events(pb::AckEventsRequest {
+            consumer: "console".into(),
+            cursor: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::PermissionDenied, "{st:?}");
 }
