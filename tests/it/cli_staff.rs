@@ -686,7 +686,7 @@ async fn staff_decide_with_an_external_webauthn_client() {
     use std::io::{BufRead, BufReader, Write};
     use std::process::{Command, Stdio};
 
-    use crate::support::webauthn::{create, get, soft_token, ORIGIN};
+    use crate::support::webauthn::{get, register_staff_key, ORIGIN};
 
     let s = TestServer::start_with(|c| {
         relaxed(c);
@@ -721,22 +721,7 @@ async fn staff_decide_with_an_external_webauthn_client() {
         .unwrap();
     let mut keys = Vec::new();
     for id in ["dana", "erin"] {
-        let (mut key, _) = soft_token(true);
-        let b = staff
-            .begin_staff_key_registration(pb::BeginStaffKeyRegistrationRequest { staff_id: id.into() })
-            .await
-            .unwrap()
-            .into_inner();
-        let rsp = create(&mut key, ORIGIN, &b.options_json, |_| {}).unwrap();
-        staff
-            .finish_staff_key_registration(pb::FinishStaffKeyRegistrationRequest {
-                staff_id: id.into(),
-                ceremony_id: b.ceremony_id,
-                response_json: rsp,
-            })
-            .await
-            .unwrap();
-        keys.push(key);
+        keys.push(register_staff_key(&mut staff, id).await);
     }
     let mut key = keys.remove(0);
     let (_, seed) = s.enroll_totp("u1").await;

@@ -67,22 +67,7 @@ async fn add_staff(s: &TestServer, id: &str, role: &str, user_id: &str) {
 
 /// Registers a new software security key for staff member `id`.
 async fn staff_key(s: &TestServer, id: &str) -> SoftToken {
-    let (mut key, _) = soft_token(true);
-    let mut api = staff_api(s, "admin").await;
-    let b = api
-        .begin_staff_key_registration(pb::BeginStaffKeyRegistrationRequest { staff_id: id.into() })
-        .await
-        .expect("begin staff key")
-        .into_inner();
-    let rsp = create(&mut key, ORIGIN, &b.options_json, |_| {}).expect("register");
-    api.finish_staff_key_registration(pb::FinishStaffKeyRegistrationRequest {
-        staff_id: id.into(),
-        ceremony_id: b.ceremony_id,
-        response_json: rsp,
-    })
-    .await
-    .expect("finish staff key");
-    key
+    register_staff_key(&mut staff_api(s, "admin").await, id).await
 }
 
 /// The request approving `id`'s newest key, if it waits for one.
@@ -1139,25 +1124,6 @@ async fn a_restore_closes_requests_from_before_it_and_staff_register_their_keys_
     assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
 }
 
-/// Watches the event stream with `role`'s certificate from `cursor` until
-/// nothing arrives for a moment.
-async fn events_as(s: &TestServer, role: &str, cursor: u64) -> Vec<pb::Event> {
-    let mut c = s.events(role).await;
-    let mut stream = c
-        .watch_events(pb::WatchEventsRequest { after_cursor: cursor })
-        .await
-        .expect("watch")
-        .into_inner();
-    let mut out = Vec::new();
-    while let Ok(Some(Ok(e))) = tokio::time::timeout(std::time::Duration::from_millis(700), stream.message())
-        .await
-        .map(|r| r.transpose())
-    {
-        out.push(e);
-    }
-    out
-}
-
 #[tokio::test]
 async fn staff_approvals_wait_for_the_staff_quorum_and_nobody_approves_their_own_new_key() {
     let s = server().await;
@@ -1345,7 +1311,7 @@ async fn the_staff_console_sees_only_staff_events_without_anti_phishing_codes() 
         .unwrap()
         .request_id;
     let all = s.collect_events(0).await;
-    let staff = events_as(&s, "approver", 0).await;
+    let staff = s.collect_events_as("approver", 0).await;
     assert!(
         all.iter()
             .any(|e| !e.details.get("notify").is_some_and(|n| n.contains("staff"))),

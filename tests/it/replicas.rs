@@ -368,7 +368,7 @@ async fn events_written_on_one_replica_stream_from_the_other_without_a_gap() {
 /// other at its next decision.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn staff_quorums_and_policy_changes_hold_across_two_replicas() {
-    use crate::support::webauthn::{create, get, soft_token, ORIGIN};
+    use crate::support::webauthn::{get, register_staff_key, ORIGIN};
     use sigil::pb::staff_service_client::StaffServiceClient;
 
     let policy = "[policy.actions.withdrawal]\nkinds = [\"totp\"]\n[[policy.actions.withdrawal.quorum]]\nname = \"big\"\nasset = \"BTC\"\nabove = \"1\"\nstaff = [\"alice\", \"bob\"]\nrequired = 2\n[policy.governance]\nrequired = 2\ndelay_seconds = 0\n";
@@ -388,22 +388,7 @@ async fn staff_quorums_and_policy_changes_hold_across_two_replicas() {
             })
             .await
             .unwrap();
-        let (mut key, _) = soft_token(true);
-        let b = admin_a
-            .begin_staff_key_registration(pb::BeginStaffKeyRegistrationRequest { staff_id: id.into() })
-            .await
-            .unwrap()
-            .into_inner();
-        let rsp = create(&mut key, ORIGIN, &b.options_json, |_| {}).unwrap();
-        admin_a
-            .finish_staff_key_registration(pb::FinishStaffKeyRegistrationRequest {
-                staff_id: id.into(),
-                ceremony_id: b.ceremony_id,
-                response_json: rsp,
-            })
-            .await
-            .unwrap();
-        keys.push(key);
+        keys.push(register_staff_key(&mut admin_a, id).await);
     }
     let (seed, step) = enroll(&p.a.url, "rosa").await;
     let intent = pb::Intent {

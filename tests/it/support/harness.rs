@@ -267,7 +267,12 @@ impl TestServer {
 
     /// Collects events after `cursor` until none arrive for a moment.
     pub async fn collect_events(&self, cursor: u64) -> Vec<pb::Event> {
-        let mut c = self.events("admin").await;
+        self.collect_events_as("admin", cursor).await
+    }
+
+    /// The same, watching with `role`'s certificate.
+    pub async fn collect_events_as(&self, role: &str, cursor: u64) -> Vec<pb::Event> {
+        let mut c = self.events(role).await;
         let mut stream = c
             .watch_events(pb::WatchEventsRequest { after_cursor: cursor })
             .await

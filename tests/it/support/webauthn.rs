@@ -426,3 +426,28 @@ impl AuthenticatorBackendHashedClientData for RingKey {
         })
     }
 }
+
+/// Registers a new software security key (user verification on) for the
+/// staff member `staff_id` through `api` (an admin's StaffService).
+pub async fn register_staff_key(
+    api: &mut pb::staff_service_client::StaffServiceClient<tonic::transport::Channel>,
+    staff_id: &str,
+) -> SoftToken {
+    let (mut key, _) = soft_token(true);
+    let b = api
+        .begin_staff_key_registration(pb::BeginStaffKeyRegistrationRequest {
+            staff_id: staff_id.into(),
+        })
+        .await
+        .expect("begin staff key registration")
+        .into_inner();
+    let rsp = create(&mut key, ORIGIN, &b.options_json, |_| {}).expect("register the staff key");
+    api.finish_staff_key_registration(pb::FinishStaffKeyRegistrationRequest {
+        staff_id: staff_id.into(),
+        ceremony_id: b.ceremony_id,
+        response_json: rsp,
+    })
+    .await
+    .expect("finish staff key registration");
+    key
+}
