@@ -3,7 +3,7 @@ use sigil_verify::{b64url, Claims};
 use super::*;
 use crate::audit::AuditEntry;
 use crate::events::{Event, EventKind};
-use crate::protect::{self, RecentWithdrawal, Snapshot};
+use crate::protect::{self, Snapshot};
 use crate::store::{meta, Batch};
 
 impl Approvals {
@@ -250,12 +250,7 @@ impl Approvals {
         user.unknown_id_failures = 0;
         user.unknown_id_locked_until = 0;
         if ch.intent.action == Action::Withdrawal.name() {
-            user.recent.retain(|r| r.at > now - 86_400);
-            user.recent.push(RecentWithdrawal {
-                at: now,
-                asset: ch.intent.asset.clone(),
-                amount: ch.intent.amount.clone(),
-            });
+            user.record_withdrawal(now, &ch.intent.asset, &ch.intent.amount);
             protect::put_user(&mut batch, &ch.user_id, snap, &user)?;
         } else if reset_unknown {
             protect::put_user(&mut batch, &ch.user_id, snap, &user)?;

@@ -64,16 +64,37 @@ pub struct AntiPhishing {
     pub set_at: i64,
 }
 
-/// One issued withdrawal, for velocity rules.
+/// Issued withdrawals of one asset, for velocity rules: one withdrawal, or
+/// several issued close together, summed (see [`UserRecord::record_withdrawal`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecentWithdrawal {
-    /// When the approval was issued.
+    /// When the (latest of the) approval(s) was issued.
     pub at: i64,
     /// Asset.
     pub asset: String,
-    /// Canonical amount.
+    /// Canonical amount (their sum).
     pub amount: String,
+    /// How many withdrawals this entry sums.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub count: u32,
 }
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+/// Withdrawals of the last hour issued in the same minute share an entry;
+/// older ones, in the same quarter of an hour.
+const FINE_SECONDS: i64 = 60;
+const COARSE_SECONDS: i64 = 900;
+/// The longest window a velocity rule looks at.
+const VELOCITY_WINDOW: i64 = 86_400;
+/// The window of the count rules (`max_count_1h`).
+const COUNT_WINDOW: i64 = 3_600;
 
 /// Per-user protection state (table `users`, key = user id).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +125,58 @@ pub struct UserRecord {
     /// Such attempts are refused, unchecked, until this time.
     #[serde(default)]
     pub unknown_id_locked_until: i64,
+}
+
+impl UserRecord {
+    /// Records a withdrawal issued at `now` for the velocity rules, keeping
+    /// the list bounded however many the user makes: entries older than a
+    /// day are dropped, withdrawals of the same asset in the same minute
+    /// (the same quarter of an hour once older than an hour) are summed
+    /// into one entry dated by the latest of them. At most about 150
+    /// entries per asset remain. A summed entry counts in a window as long
+    /// as its latest withdrawal does, so velocity rules may count a
+    /// withdrawal up to a minute (within the hour) or 15 minutes (within
+    /// the day) longer than exactly; never shorter.
+    pub fn record_withdrawal(&mut self, now: i64, asset: &str, amount: &str) {
+        self.recent.retain(|r| r.at > now - VELOCITY_WINDOW);
+        self.recent.push(RecentWithdrawal {
+            at: now,
+            asset: asset.into(),
+            amount: amount.into(),
+            count: 1,
+        });
+        let granule = |at: i64| {
+            if at > now - COUNT_WINDOW {
+                (0, at.div_euclid(FINE_SECONDS))
+            } else {
+                (1, at.div_euclid(COARSE_SECONDS))
+            }
+        };
+        let mut out: Vec<RecentWithdrawal> = Vec::with_capacity(self.recent.len());
+        let mut index: std::collections::HashMap<(String, (u8, i64)), usize> = std::collections::HashMap::new();
+        for r in self.recent.drain(..) {
+            let key = (r.asset.clone(), granule(r.at));
+            if let Some(&i) = index.get(&key) {
+                let into = &mut out[i];
+                let sum = amount::parse(&into.amount)
+                    .zip(amount::parse(&r.amount))
+                    .and_then(|(a, b)| a.checked_add(b));
+                if let (Some(sum), Some(count)) = (sum, into.count.checked_add(r.count)) {
+                    into.amount = amount::format(sum);
+                    into.count = count;
+                    into.at = into.at.max(r.at);
+                    continue;
+                }
+                // Not summable (cannot happen with canonical amounts): kept
+                // apart, and later ones join this one.
+                index.insert(key, out.len());
+            } else {
+                index.insert(key, out.len());
+            }
+            out.push(r);
+        }
+        self.recent = out;
+    }
 }
 
 /// Protection state read for one decision, with the versions needed to make
@@ -270,6 +343,77 @@ impl Default for ProtectionConfig {
             require_whitelisted_address: true,
             policy_file: None,
             sweep_interval_seconds: 30,
+        }
+    }
+}
+
+#[cfg(test)]
+mod velocity_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What the exact list says: the sum and the count of `asset`'s
+    /// withdrawals with `at` in (t - window, t].
+    fn exact(all: &[(i64, &str, u128)], asset: &str, t: i64, window: i64) -> (u128, u32) {
+        all.iter()
+            .filter(|(at, a, _)| *a == asset && *at > t - window && *at <= t)
+            .fold((0, 0), |(s, c), (_, _, v)| (s + v, c + 1))
+    }
+
+    fn recorded(u: &UserRecord, asset: &str, t: i64, window: i64) -> (u128, u32) {
+        u.recent
+            .iter()
+            .filter(|r| r.asset == asset && r.at > t - window)
+            .fold((0, 0), |(s, c), r| (s + amount::parse(&r.amount).unwrap(), c + r.count))
+    }
+
+    #[test]
+    fn a_busy_account_keeps_a_bounded_list_and_its_totals() {
+        let mut u = UserRecord::default();
+        // One withdrawal every 4 s for a day and a half.
+        let mut t = 1_800_000_000;
+        for _ in 0..32_400 {
+            u.record_withdrawal(t, "BTC", "0.01");
+            t += 4;
+        }
+        let last = t - 4;
+        assert!(u.recent.len() <= 60 + 96 + 2, "{} entries", u.recent.len());
+        let (sum, count) = recorded(&u, "BTC", last, 86_400);
+        // 21,600 withdrawals in the last day, maybe a quarter hour more.
+        assert!((21_600..=21_600 + 225).contains(&count), "{count}");
+        assert_eq!(sum, amount::parse("0.01").unwrap() * count as u128);
+        let (_, hour) = recorded(&u, "BTC", last, 3_600);
+        assert!((900..=915).contains(&hour), "{hour}");
+    }
+
+    proptest! {
+        /// Never fewer than exactly (the rules fail closed), and at most
+        /// what a quarter hour more of history would add.
+        #[test]
+        fn summed_entries_never_undercount(
+            steps in proptest::collection::vec((0i64..400, 0usize..3, 1u64..1_000_000), 1..300),
+            later in 0i64..100_000,
+        ) {
+            let assets = ["BTC", "ETH", "USDT"];
+            let mut u = UserRecord::default();
+            let mut all = Vec::new();
+            let mut t = 1_800_000_000i64;
+            for (gap, a, v) in steps {
+                t += gap;
+                let amount = amount::format(v as u128);
+                u.record_withdrawal(t, assets[a], &amount);
+                all.push((t, assets[a], amount::parse(&amount).unwrap()));
+            }
+            let q = t + later;
+            for asset in assets {
+                for (window, slack) in [(3_600, FINE_SECONDS), (86_400, COARSE_SECONDS)] {
+                    let (es, ec) = exact(&all, asset, q, window);
+                    let (rs, rc) = recorded(&u, asset, q, window);
+                    let (ms, mc) = exact(&all, asset, q, window + slack);
+                    prop_assert!(es <= rs && rs <= ms, "sum {es} <= {rs} <= {ms}");
+                    prop_assert!(ec <= rc && rc <= mc, "count {ec} <= {rc} <= {mc}");
+                }
+            }
         }
     }
 }

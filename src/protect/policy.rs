@@ -569,7 +569,12 @@ impl QuorumRule {
 fn exceeds(rule: &VelocityRule, intent: &Intent, recent: &[RecentWithdrawal], now: i64) -> Option<String> {
     let same: Vec<&RecentWithdrawal> = recent.iter().filter(|r| r.asset == rule.asset).collect();
     if let Some(max) = rule.max_count_1h {
-        let count = same.iter().filter(|r| r.at > now - 3600).count() + 1;
+        let count = same
+            .iter()
+            .filter(|r| r.at > now - 3600)
+            .map(|r| r.count as usize)
+            .sum::<usize>()
+            + 1;
         if count > max as usize {
             return Some(format!(
                 "velocity: {count} {} withdrawals in an hour exceed {max}",
@@ -689,6 +694,7 @@ mod tests {
             at: 100,
             asset: "BTC".into(),
             amount: "1.5".into(),
+            count: 1,
         });
         let d = p.decide(Action::Withdrawal, &wd("0.5"), &dev, &u, 200).unwrap();
         assert!(d.suspend.is_none(), "exactly at the limit is allowed");
