@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, TryLockError};
 use crate::error::{short_message, VerifyError};
 use crate::intent::Intent;
 use crate::jwk::JwkSet;
-use crate::jws::{token_kid, Claims, Verifier};
+use crate::jws::{cancellations_kid, token_kid, Claims, Verifier};
 
 /// Default minimum time between two refreshes caused by unknown `kid`s.
 const DEFAULT_MIN_REFRESH_INTERVAL: i64 = 60;
@@ -174,6 +174,27 @@ impl<S: KeySource> CachingVerifier<S> {
     /// `expected` as [`Verifier::verify_for`] does.
     pub fn verify_for(&self, token: &str, expected: &Intent, now_unix: i64) -> Result<Claims, VerifyError> {
         self.verifier_for(token, now_unix).verify_for(token, expected, now_unix)
+    }
+
+    /// Verifies a delayed approval against a signed cancellation list as
+    /// [`Verifier::verify_delayed_for`] does, refreshing the key set first
+    /// as [`CachingVerifier::verify`] would for the approval, and again for
+    /// the list when the list names a key the set does not know yet (a key
+    /// rotated in between).
+    pub fn verify_delayed_for(
+        &self,
+        token: &str,
+        expected: &Intent,
+        cancellations: &str,
+        now_unix: i64,
+    ) -> Result<Claims, VerifyError> {
+        let mut verifier = self.verifier_for(token, now_unix);
+        if let Ok(kid) = cancellations_kid(cancellations) {
+            if !verifier.knows_kid(&kid) {
+                verifier = self.refresh(now_unix, Reason::UnknownKid(&kid));
+            }
+        }
+        verifier.verify_delayed_for(token, expected, cancellations, now_unix)
     }
 
     /// Number of fetches so far, including the one at construction and

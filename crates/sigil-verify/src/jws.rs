@@ -306,6 +306,12 @@ pub(crate) fn token_kid(token: &str) -> Result<String, VerifyError> {
     check_header(&decode_header_part(header_b64)?, APPROVAL_TYP)
 }
 
+/// The `kid` of a signed cancellation list whose header passes the checks.
+pub(crate) fn cancellations_kid(list: &str) -> Result<String, VerifyError> {
+    let [header_b64, _, _] = split_token(list)?;
+    check_header(&decode_header_part(header_b64)?, CANCELLATIONS_TYP)
+}
+
 impl Verifier {
     /// A verifier for approvals issued by `issuer` for `audience`, signed by
     /// a key of `keys`.

@@ -235,9 +235,10 @@
 //! `nbf` (fetch a fresh one), [`VerifyError::Cancelled`] if the list names
 //! it, and [`VerifyError::Expired`] if the list was issued at or after its
 //! `exp` (it no longer lists it). It accepts approvals that are not delayed
-//! as well, so an engine can call it for every approval. A
-//! [`CachingVerifier`] does not offer it: use the [`Verifier`] built from the
-//! same key set. Only Sigil itself, which knows from its own store whether
+//! as well, so an engine can call it for every approval.
+//! [`CachingVerifier::verify_delayed_for`] does the same over the cached key
+//! set, fetching it again when the list is signed by a key it does not know
+//! yet. Only Sigil itself, which knows from its own store whether
 //! an approval was cancelled, builds its verifier
 //! [`with_cancellations_checked_elsewhere`](Verifier::with_cancellations_checked_elsewhere).
 //!

@@ -447,3 +447,45 @@ fn the_list_schema_is_enforced_after_the_signature() {
         );
     }
 }
+
+/// The caching verifier checks delayed approvals the same way, and fetches
+/// the key set again when the list is signed by a key it does not know yet.
+#[test]
+fn the_caching_verifier_checks_delayed_approvals_and_learns_the_lists_key() {
+    use std::sync::{Arc, Mutex};
+
+    let old = Signer::new();
+    let new = Signer::new();
+    let published = Arc::new(Mutex::new(set(&[&old.jwk])));
+    let source = {
+        let p = published.clone();
+        move || Ok::<_, String>(p.lock().unwrap().clone())
+    };
+    let v = sigil_verify::CachingVerifier::new(source, ISS, AUD)
+        .unwrap()
+        .with_min_refresh_interval(0);
+    let token = old.sign(&delayed());
+    assert!(
+        is_list_needed(&v.verify(&token, NBF + 1)),
+        "plain verify needs the list"
+    );
+    let cleared = sign_list(&old, &list(NBF, &["jti-0"]));
+    assert_eq!(
+        v.verify_delayed_for(&token, &intent(), &cleared, NBF + 1),
+        Ok(delayed())
+    );
+    let cancelled = sign_list(&old, &list(NBF, &["jti-1"]));
+    assert_eq!(
+        v.verify_delayed_for(&token, &intent(), &cancelled, NBF + 1),
+        Err(VerifyError::Cancelled)
+    );
+    // The list comes signed by a key rotated in since the set was cached.
+    let by_new = sign_list(&new, &list(NBF, &[]));
+    *published.lock().unwrap() = set(&[&old.jwk, &new.jwk]);
+    let fetches = v.fetches();
+    assert_eq!(v.verify_delayed_for(&token, &intent(), &by_new, NBF + 1), Ok(delayed()));
+    assert_eq!(v.fetches(), fetches + 1, "the list's key was fetched");
+    // A list by a key nobody publishes is refused.
+    let stranger = sign_list(&Signer::new(), &list(NBF, &[]));
+    assert!(v.verify_delayed_for(&token, &intent(), &stranger, NBF + 1).is_err());
+}
