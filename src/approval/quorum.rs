@@ -1634,6 +1634,10 @@ impl Approvals {
                     .with("approvers", req.approvers().join(" "))
                     .with("notify", "user staff")
                     .append_to(&mut batch)?;
+                // Approvals by keys removed or flagged since no longer
+                // count, decided on the approvers' records as read (a
+                // removal racing this decision makes it conflict).
+                self.drop_unusable_approvals(&mut batch, &mut req, staff_id)?;
                 if req.quorum_met() {
                     match req.kind {
                         RequestKind::Action => {
@@ -1687,10 +1691,41 @@ impl Approvals {
         Ok(req)
     }
 
-    /// Flags a staff key whose counter went backwards: removed, and what
-    /// it approved on waiting requests withdrawn, in one write retried on
-    /// the current records until it lands (a concurrent decision, maybe by
-    /// the clone, must not make the flag be lost).
+    /// Drops from `req` the approvals of other staff members (not
+    /// `decider`, whose record this decision writes) whose key is removed
+    /// or flagged, or who were removed, and conditions `batch` on their
+    /// records as read.
+    fn drop_unusable_approvals(&self, batch: &mut Batch, req: &mut QuorumRequest, decider: &str) -> Result<(), Error> {
+        let mut ids: Vec<String> = req
+            .approvals
+            .iter()
+            .map(|a| a.staff_id.clone())
+            .filter(|s| s != decider)
+            .collect();
+        ids.sort();
+        ids.dedup();
+        for id in ids {
+            let (rec, version) = self.staff(&id)?;
+            batch.check(Table::Staff, id.as_bytes(), version);
+            let usable: Vec<&str> = rec
+                .keys
+                .iter()
+                .filter(|k| rec.removed_at.is_none() && k.removed_at.is_none() && !k.suspected_cloned)
+                .map(|k| k.credential.credential_id.as_str())
+                .collect();
+            req.approvals
+                .retain(|a| a.staff_id != id || usable.contains(&a.evidence.credential_id.as_str()));
+        }
+        Ok(())
+    }
+
+    /// Flags a staff key whose counter went backwards: removed at once (a
+    /// write of its owner's record alone, retried on the current record so
+    /// that a concurrent decision, maybe by the clone, cannot make the flag
+    /// be lost), then what it approved on waiting requests withdrawn (a
+    /// second write; should it not land, those approvals still do not
+    /// count: a decision completing a quorum drops approvals by flagged
+    /// keys).
     #[allow(clippy::too_many_arguments)]
     fn flag_cloned(
         &self,
@@ -1703,7 +1738,8 @@ impl Approvals {
         now: i64,
     ) -> Result<(), Error> {
         let mut last = None;
-        for attempt in 0..8 {
+        let mut flagged = false;
+        for attempt in 0..16 {
             let (mut staff, version) = self.staff(staff_id)?;
             for k in staff
                 .keys
@@ -1718,12 +1754,10 @@ impl Approvals {
                 b.delete(Table::Ceremonies, ceremony_id.as_bytes(), ceremony_version);
             }
             b.update(Table::Staff, staff_id.as_bytes(), version, codec::encode(&staff)?);
-            let withdrawn = self.withdraw_approvals(&mut b, staff_id, credential_id)?;
             Event::new(EventKind::StaffChanged, "", now, None)
                 .with("staff_id", staff_id)
                 .with("change", "key_suspected_cloned")
                 .with("credential_id", credential_id)
-                .with("approvals_withdrawn", withdrawn.join(" "))
                 .with("notify", "staff")
                 .append_to(&mut b)?;
             AuditEntry::refused(now, actor, "", "staff.decision", &e.to_string())
@@ -1731,15 +1765,47 @@ impl Approvals {
                 .with("credential_id", credential_id)
                 .append_to(&mut b)?;
             match self.k.commit(&b) {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    flagged = true;
+                    break;
+                }
                 Err(Error::Conflict(m)) => last = Some(m),
                 Err(other) => return Err(other),
             }
         }
-        Err(Error::Conflict(format!(
-            "staff key {credential_id} may be cloned, but flagging it met concurrent changes ({}); try again",
-            last.unwrap_or_default()
-        )))
+        if !flagged {
+            return Err(Error::Conflict(format!(
+                "staff key {credential_id} may be cloned, but flagging it met concurrent changes ({}); try again",
+                last.unwrap_or_default()
+            )));
+        }
+        let mut withdrawn = Vec::new();
+        for _ in 0..8 {
+            let mut b = Batch::new();
+            withdrawn = self.withdraw_approvals(&mut b, staff_id, credential_id)?;
+            if withdrawn.is_empty() {
+                return Ok(());
+            }
+            Event::new(EventKind::StaffChanged, "", now, None)
+                .with("staff_id", staff_id)
+                .with("change", "approvals_withdrawn")
+                .with("credential_id", credential_id)
+                .with("approvals_withdrawn", withdrawn.join(" "))
+                .with("notify", "staff")
+                .append_to(&mut b)?;
+            match self.k.commit(&b) {
+                Ok(_) => return Ok(()),
+                Err(Error::Conflict(_)) => continue,
+                Err(other) => return Err(other),
+            }
+        }
+        tracing::warn!(
+            staff_id,
+            credential_id,
+            requests = %withdrawn.join(" "),
+            "a possibly cloned staff key is removed, but withdrawing its approvals kept meeting concurrent changes; they no longer count when a quorum completes"
+        );
+        Ok(())
     }
 
     /// Adds the cancellation of `req` to `batch`: the request is cancelled
@@ -1952,10 +2018,12 @@ impl Approvals {
             if r.kind == RequestKind::Action && r.state == RequestState::Delayed {
                 let redeemed = match self.k.store.get(Table::Approvals, r.jti.as_bytes())? {
                     Some(a) => codec::decode::<ApprovalRecord>(&a.value)?.redeemed_at.is_some(),
+                    // Purged: a day past its expiry.
                     None => false,
                 };
-                if redeemed {
-                    // Redeemed before the backup: nothing left to close.
+                if redeemed || r.exp <= now {
+                    // Redeemed before the backup, or expired (nothing can
+                    // redeem it any more): nothing left to close.
                     return Ok(false);
                 }
                 let code = anti_phishing(&r)?;

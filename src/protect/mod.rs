@@ -281,10 +281,27 @@ impl Record for GlobalRecord {
     }
 }
 
+/// The version of a user record whose velocity history sums several
+/// withdrawals in one entry (`count` > 1): a build that does not know
+/// `count` refuses to read it rather than count such an entry once.
+pub const USER_SUMMED_VERSION: u32 = 2;
+
 impl Record for UserRecord {
     const NAME: &'static str = "user";
+    const VERSION: u32 = USER_SUMMED_VERSION;
     fn format_version(&self) -> u32 {
         self.v.max(1)
+    }
+}
+
+/// The format version a user record is written in: 1 while every entry of
+/// its velocity history is one withdrawal, so that such records stay
+/// readable to builds without summed entries.
+fn user_format_version(rec: &UserRecord) -> u32 {
+    if rec.recent.iter().any(|r| r.count != 1) {
+        USER_SUMMED_VERSION
+    } else {
+        1
     }
 }
 
@@ -292,7 +309,7 @@ impl Record for UserRecord {
 /// conditional on the version read in `snap`.
 pub fn put_user(batch: &mut Batch, user_id: &str, snap: &Snapshot, rec: &UserRecord) -> Result<(), Error> {
     let mut rec = rec.clone();
-    rec.v = 1;
+    rec.v = user_format_version(&rec);
     let bytes = codec::encode(&rec)?;
     // This write is conditional on the same version: it subsumes a
     // check of the record added earlier to the batch (e.g. by a step-up).
@@ -384,6 +401,33 @@ mod velocity_tests {
         assert_eq!(sum, amount::parse("0.01").unwrap() * count as u128);
         let (_, hour) = recorded(&u, "BTC", last, 3_600);
         assert!((900..=915).contains(&hour), "{hour}");
+    }
+
+    /// A record with summed entries is written as version 2, which a build
+    /// reading only version 1 refuses; one without stays version 1.
+    #[test]
+    fn summed_history_is_a_new_format_version() {
+        let mut u = UserRecord::default();
+        u.record_withdrawal(1_800_000_000, "BTC", "1");
+        assert_eq!(user_format_version(&u), 1);
+        u.record_withdrawal(1_800_000_001, "BTC", "2");
+        assert_eq!(u.recent.len(), 1);
+        assert_eq!(user_format_version(&u), USER_SUMMED_VERSION);
+        u.v = user_format_version(&u);
+        let bytes = codec::encode(&u).unwrap();
+        assert_eq!(codec::decode::<UserRecord>(&bytes).unwrap(), u);
+        #[derive(Debug, Serialize, Deserialize)]
+        struct OldUser {
+            v: u32,
+        }
+        impl codec::Record for OldUser {
+            const NAME: &'static str = "user";
+            fn format_version(&self) -> u32 {
+                self.v.max(1)
+            }
+        }
+        let e = codec::decode::<OldUser>(&bytes).unwrap_err();
+        assert!(e.to_string().contains("format version 2"), "{e}");
     }
 
     proptest! {

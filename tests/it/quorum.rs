@@ -1221,15 +1221,19 @@ async fn a_cloned_staff_key_is_removed_and_what_it_approved_is_withdrawn() {
     let k = &listed.iter().find(|m| m.staff_id == "alice").unwrap().keys[0];
     assert!(k.suspected_cloned && k.removed_at > 0, "{k:?}");
     let events = s.collect_events(cursor).await;
-    let flagged: Vec<_> = events_of_kind(&events, "staff_changed")
-        .into_iter()
-        .filter(|e| e.details.get("change").map(String::as_str) == Some("key_suspected_cloned"))
-        .collect();
-    assert_eq!(flagged.len(), 1, "{events:?}");
+    let change = |c: &str| -> Vec<pb::Event> {
+        events_of_kind(&events, "staff_changed")
+            .into_iter()
+            .filter(|e| e.details.get("change").map(String::as_str) == Some(c))
+            .collect()
+    };
+    assert_eq!(change("key_suspected_cloned").len(), 1, "{events:?}");
+    let withdrawn = change("approvals_withdrawn");
+    assert_eq!(withdrawn.len(), 1, "{events:?}");
     assert!(
-        flagged[0].details["approvals_withdrawn"].contains(&x),
+        withdrawn[0].details["approvals_withdrawn"].contains(&x),
         "{:?}",
-        flagged[0]
+        withdrawn[0]
     );
 }
 
@@ -1341,4 +1345,68 @@ async fn the_staff_console_sees_only_staff_events_without_anti_phishing_codes() 
         .await
         .unwrap_err();
     assert_eq!(st.code(), Code::PermissionDenied, "{st:?}");
+}
+
+#[tokio::test]
+async fn a_restore_of_a_backup_holding_an_expired_delayed_approval_sweeps_cleanly() {
+    let mut s = server().await;
+    let (_, seed) = s.enroll_totp("u1").await;
+    let w = eth("u1", "e-old", "5");
+    let r = answer(&s, &w, &seed).await;
+    let id = r.pending.unwrap().request_id;
+    // Past its delay, its redeem window and the day of grace: the sweep
+    // purges the approval record; the request stays (30 days).
+    s.clock.advance(3 * 86_400);
+    sweep(&s).await;
+    let file = s._dir.path().join("sigil.backup");
+    crate::support::lifecycle::backup_to(&s, &file).await;
+    s.stop().await;
+    sigil::backup::restore(&file, &s.cfg.store.path, s.clock.now_secs()).unwrap();
+    s.clock.advance(60);
+    s.restart().await;
+    // Nothing left to cancel: the sweep passes (it used to fail on every
+    // run), and no cancellation is listed for it.
+    sweep(&s).await;
+    sweep(&s).await;
+    let p = pending(&s, &id).await;
+    assert_ne!(state(&p), pb::PendingState::Cancelled, "{p:?}");
+    let st = redeem(&s, &r.approval, &w).await.unwrap_err();
+    assert_ne!(st.code(), Code::Ok);
+}
+
+#[tokio::test]
+async fn an_approval_by_a_key_flagged_since_does_not_complete_a_quorum_even_if_not_withdrawn() {
+    use sigil::approval::quorum::StaffRecord;
+    use sigil::store::{codec, Batch, Table};
+
+    let s = server().await;
+    add_staff(&s, "alice", "approver", "").await;
+    add_staff(&s, "bob", "approver", "").await;
+    let mut alice = staff_key(&s, "alice").await;
+    let mut bob = staff_key(&s, "bob").await;
+    let (_, seed) = s.enroll_totp("u1").await;
+    let id = answer(&s, &btc("u1", "w", "2"), &seed)
+        .await
+        .pending
+        .unwrap()
+        .request_id;
+    decide(&s, &id, "alice", "approve", &mut alice).await.unwrap();
+    // Alice's key is flagged, and the write withdrawing its approvals never
+    // landed (as when it keeps meeting concurrent changes).
+    let store = s.sigil().store().clone();
+    let v = store.get(Table::Staff, b"alice").unwrap().unwrap();
+    let mut rec: StaffRecord = codec::decode(&v.value).unwrap();
+    rec.keys[0].suspected_cloned = true;
+    rec.keys[0].removed_at = Some(s.clock.now_secs());
+    let mut b = Batch::new();
+    b.update(Table::Staff, b"alice".to_vec(), v.version, codec::encode(&rec).unwrap());
+    store.commit(&b).unwrap();
+    assert_eq!(pending(&s, &id).await.approvals.len(), 1, "still listed on the request");
+
+    // Bob's approval would complete 2 of 2: alice's no longer counts.
+    let p = decide(&s, &id, "bob", "approve", &mut bob).await.unwrap();
+    assert_eq!(state(&p), pb::PendingState::AwaitingQuorum, "{p:?}");
+    assert!(p.approval.is_empty());
+    let approvers: Vec<&str> = p.approvals.iter().map(|a| a.staff_id.as_str()).collect();
+    assert_eq!(approvers, ["bob"]);
 }
