@@ -171,10 +171,16 @@ impl Approvals {
         // Who proposes is a label (the admin certificate names them); it
         // grants nothing: the change needs `required` staff keys, the
         // proposer's counting like anyone's.
-        self.staff(proposed_by).map_err(|e| match e {
+        let (proposer, _) = self.staff(proposed_by).map_err(|e| match e {
             Error::NotFound(m) => Error::invalid("proposed_by", m),
             other => other,
         })?;
+        if let Some(at) = proposer.removed_at {
+            return Err(Error::invalid(
+                "proposed_by",
+                format!("staff member '{proposed_by}' was removed at {at}"),
+            ));
+        }
         // Staff members not removed (the pools count only them).
         let staff: Vec<_> = self
             .list_staff()?

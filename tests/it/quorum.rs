@@ -1059,6 +1059,23 @@ async fn one_key_belongs_to_one_person_and_a_removed_staff_id_is_never_reused() 
         .await
         .unwrap_err();
     assert!(st.message().contains("never given to someone else"), "{}", st.message());
+    // Nor does a removed staff member register a key or propose a policy.
+    let st = api
+        .begin_staff_key_registration(pb::BeginStaffKeyRegistrationRequest {
+            staff_id: "mallory".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(st.message().contains("was removed"), "{}", st.message());
+    let st = api
+        .propose_policy(pb::ProposePolicyRequest {
+            proposed_by: "mallory".into(),
+            policy_text: policy(60),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::InvalidArgument, "{st:?}");
+    assert!(st.message().contains("'mallory' was removed"), "{}", st.message());
 }
 
 #[tokio::test]
