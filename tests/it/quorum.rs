@@ -70,6 +70,14 @@ async fn staff_key(s: &TestServer, id: &str) -> SoftToken {
     register_staff_key(&mut staff_api(s, "admin").await, id).await
 }
 
+/// The approvers alice and bob, each with a registered key (the two form
+/// the staff quorum).
+async fn alice_and_bob(s: &TestServer) -> (SoftToken, SoftToken) {
+    add_staff(s, "alice", "approver", "").await;
+    add_staff(s, "bob", "approver", "").await;
+    (staff_key(s, "alice").await, staff_key(s, "bob").await)
+}
+
 /// The request approving `id`'s newest key, if it waits for one.
 async fn key_request(s: &TestServer, id: &str) -> Option<String> {
     let staff = staff_api(s, "admin")
@@ -818,10 +826,7 @@ async fn a_removed_staff_key_stops_counting_and_a_new_key_waits_for_its_hold() {
         c.policy = sigil::protect::policy::Policy::from_toml(&policy(3600)).unwrap();
     })
     .await;
-    add_staff(&s, "alice", "approver", "").await;
-    add_staff(&s, "bob", "approver", "").await;
-    let mut alice = staff_key(&s, "alice").await;
-    let mut bob = staff_key(&s, "bob").await;
+    let (mut alice, mut bob) = alice_and_bob(&s).await;
     let (_, seed) = s.enroll_totp("u1").await;
     let id = answer(&s, &btc("u1", "w", "2"), &seed)
         .await
@@ -921,10 +926,7 @@ async fn a_delayed_approval_is_refused_one_second_before_nbf_even_within_the_ver
 #[tokio::test]
 async fn staff_approvals_of_a_user_whose_factors_were_revoked_issue_nothing() {
     let s = server().await;
-    add_staff(&s, "alice", "approver", "").await;
-    add_staff(&s, "bob", "approver", "").await;
-    let mut alice = staff_key(&s, "alice").await;
-    let mut bob = staff_key(&s, "bob").await;
+    let (mut alice, mut bob) = alice_and_bob(&s).await;
     let (_, seed) = s.enroll_totp("u1").await;
     let id = answer(&s, &btc("u1", "w", "2"), &seed)
         .await
@@ -1081,10 +1083,7 @@ async fn one_key_belongs_to_one_person_and_a_removed_staff_id_is_never_reused() 
 #[tokio::test]
 async fn a_restore_closes_requests_from_before_it_and_staff_register_their_keys_again() {
     let mut s = server().await;
-    add_staff(&s, "alice", "approver", "").await;
-    add_staff(&s, "bob", "approver", "").await;
-    let mut alice = staff_key(&s, "alice").await;
-    let mut bob = staff_key(&s, "bob").await;
+    let (mut alice, mut bob) = alice_and_bob(&s).await;
     let (_, seed) = s.enroll_totp("u1").await;
     let w = btc("u1", "w", "2");
     let id = answer(&s, &w, &seed).await.pending.unwrap().request_id;
@@ -1189,10 +1188,7 @@ async fn staff_approvals_wait_for_the_staff_quorum_and_nobody_approves_their_own
 #[tokio::test]
 async fn a_cloned_staff_key_is_removed_and_what_it_approved_is_withdrawn() {
     let s = server().await;
-    add_staff(&s, "alice", "approver", "").await;
-    add_staff(&s, "bob", "approver", "").await;
-    let mut alice = staff_key(&s, "alice").await;
-    let mut bob = staff_key(&s, "bob").await;
+    let (mut alice, mut bob) = alice_and_bob(&s).await;
     // A copy of alice's key (its state, counter included).
     let mut copy = SoftToken::from_cbor(&alice.to_cbor().unwrap()).unwrap();
     let (_, seed) = s.enroll_totp("u1").await;
@@ -1397,10 +1393,7 @@ async fn an_approval_by_a_key_flagged_since_does_not_complete_a_quorum_even_if_n
     use sigil::store::{codec, Batch, Table};
 
     let s = server().await;
-    add_staff(&s, "alice", "approver", "").await;
-    add_staff(&s, "bob", "approver", "").await;
-    let mut alice = staff_key(&s, "alice").await;
-    let mut bob = staff_key(&s, "bob").await;
+    let (mut alice, mut bob) = alice_and_bob(&s).await;
     let (_, seed) = s.enroll_totp("u1").await;
     let id = answer(&s, &btc("u1", "w", "2"), &seed)
         .await
