@@ -1574,7 +1574,8 @@ impl Approvals {
             self.check_may_approve(&req, &staff).map_err(&refuse)?;
             self.check_formed().map_err(&refuse)?;
         }
-        let creds = staff.usable_keys(now, self.restored_at()?);
+        let restored_at = self.restored_at()?;
+        let creds = staff.usable_keys(now, restored_at);
         let assertion = match self.factors.webauthn.finish_assertion(&c.state, response_json, &creds) {
             Ok(a) => a,
             Err(AssertionError::PossiblyCloned { credential_id }) => {
@@ -1637,7 +1638,7 @@ impl Approvals {
                 // Approvals by keys removed or flagged since no longer
                 // count, decided on the approvers' records as read (a
                 // removal racing this decision makes it conflict).
-                self.drop_unusable_approvals(&mut batch, &mut req, staff_id)?;
+                self.drop_unusable_approvals(&mut batch, &mut req, staff_id, restored_at)?;
                 if req.quorum_met() {
                     match req.kind {
                         RequestKind::Action => {
@@ -1692,25 +1693,29 @@ impl Approvals {
     }
 
     /// Drops from `req` the approvals of other staff members (not
-    /// `decider`, whose record this decision writes) whose key is removed
-    /// or flagged, or who were removed, and conditions `batch` on their
-    /// records as read.
-    fn drop_unusable_approvals(&self, batch: &mut Batch, req: &mut QuorumRequest, decider: &str) -> Result<(), Error> {
-        let mut ids: Vec<String> = req
-            .approvals
-            .iter()
-            .map(|a| a.staff_id.clone())
-            .filter(|s| s != decider)
+    /// `decider`, whose record this decision writes) whose key no longer
+    /// stands (removed or flagged), or who were removed, and conditions
+    /// `batch` on their records as read.
+    fn drop_unusable_approvals(
+        &self,
+        batch: &mut Batch,
+        req: &mut QuorumRequest,
+        decider: &str,
+        restored_at: i64,
+    ) -> Result<(), Error> {
+        let others: Vec<String> = req
+            .approvers()
+            .into_iter()
+            .filter(|s| *s != decider)
+            .map(String::from)
             .collect();
-        ids.sort();
-        ids.dedup();
-        for id in ids {
+        for id in others {
             let (rec, version) = self.staff(&id)?;
             batch.check(Table::Staff, id.as_bytes(), version);
             let usable: Vec<&str> = rec
                 .keys
                 .iter()
-                .filter(|k| rec.removed_at.is_none() && k.removed_at.is_none() && !k.suspected_cloned)
+                .filter(|k| rec.removed_at.is_none() && k.standing(restored_at))
                 .map(|k| k.credential.credential_id.as_str())
                 .collect();
             req.approvals
