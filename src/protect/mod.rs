@@ -91,10 +91,11 @@ fn is_one(n: &u32) -> bool {
 /// older ones, in the same quarter of an hour.
 const FINE_SECONDS: i64 = 60;
 const COARSE_SECONDS: i64 = 900;
-/// The longest window a velocity rule looks at.
-const VELOCITY_WINDOW: i64 = 86_400;
+/// The longest window a velocity rule looks at (`max_amount_24h`,
+/// `velocity_24h_above`).
+pub(crate) const VELOCITY_WINDOW: i64 = 86_400;
 /// The window of the count rules (`max_count_1h`).
-const COUNT_WINDOW: i64 = 3_600;
+pub(crate) const COUNT_WINDOW: i64 = 3_600;
 
 /// Per-user protection state (table `users`, key = user id).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,10 +170,8 @@ impl UserRecord {
                 }
                 // Not summable (cannot happen with canonical amounts): kept
                 // apart, and later ones join this one.
-                index.insert(key, out.len());
-            } else {
-                index.insert(key, out.len());
             }
+            index.insert(key, out.len());
             out.push(r);
         }
         self.recent = out;

@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 use sigil_verify::Intent;
 
 use super::amount;
-use super::{RecentWithdrawal, UserRecord};
+use super::{RecentWithdrawal, UserRecord, COUNT_WINDOW, VELOCITY_WINDOW};
 use crate::error::{Error, Reason};
 use crate::model::{Action, DeviceSignals, Kind};
 
@@ -547,12 +547,7 @@ impl QuorumRule {
             return false;
         }
         if let Some(max) = &self.velocity_24h_above {
-            let total = recent
-                .iter()
-                .filter(|r| r.asset == intent.asset && r.at > now - 86_400)
-                .map(|r| amount::parse(&r.amount))
-                .chain(std::iter::once(amount::parse(&intent.amount)))
-                .try_fold(0u128, |acc, a| acc.checked_add(a?));
+            let total = total_24h(recent, &intent.asset, &intent.amount, now);
             let over = match (total, amount::parse(max)) {
                 (Some(t), Some(m)) => t > m,
                 _ => true, // does not fit: the rule applies (fail closed)
@@ -565,13 +560,24 @@ impl QuorumRule {
     }
 }
 
+/// `asset`'s withdrawals of the last 24 h at `now`, plus `amount`: None when
+/// an amount does not parse or the sum does not fit (the callers fail
+/// closed).
+fn total_24h(recent: &[RecentWithdrawal], asset: &str, amount: &str, now: i64) -> Option<u128> {
+    recent
+        .iter()
+        .filter(|r| r.asset == asset && r.at > now - VELOCITY_WINDOW)
+        .map(|r| amount::parse(&r.amount))
+        .chain(std::iter::once(amount::parse(amount)))
+        .try_fold(0u128, |acc, a| acc.checked_add(a?))
+}
+
 /// Why `intent` would exceed `rule`, if it does.
 fn exceeds(rule: &VelocityRule, intent: &Intent, recent: &[RecentWithdrawal], now: i64) -> Option<String> {
-    let same: Vec<&RecentWithdrawal> = recent.iter().filter(|r| r.asset == rule.asset).collect();
     if let Some(max) = rule.max_count_1h {
-        let count = same
+        let count = recent
             .iter()
-            .filter(|r| r.at > now - 3600)
+            .filter(|r| r.asset == rule.asset && r.at > now - COUNT_WINDOW)
             .map(|r| r.count as usize)
             .sum::<usize>()
             + 1;
@@ -583,12 +589,7 @@ fn exceeds(rule: &VelocityRule, intent: &Intent, recent: &[RecentWithdrawal], no
         }
     }
     if let Some(max) = &rule.max_amount_24h {
-        let total = same
-            .iter()
-            .filter(|r| r.at > now - 86_400)
-            .map(|r| amount::parse(&r.amount))
-            .chain(std::iter::once(amount::parse(&intent.amount)))
-            .try_fold(0u128, |acc, a| acc.checked_add(a?));
+        let total = total_24h(recent, &rule.asset, &intent.amount, now);
         let over = match (total, amount::parse(max)) {
             (Some(t), Some(m)) => t > m,
             _ => true, // does not fit: fail closed
