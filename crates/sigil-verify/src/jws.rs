@@ -295,21 +295,25 @@ fn check_header(header_json: &[u8], typ: &str) -> Result<String, VerifyError> {
         .ok_or_else(|| VerifyError::Malformed("header has no kid naming the signing key".to_owned()))
 }
 
-/// The `kid` of a token's protected header, read without a key set and with
-/// the same checks [`Verifier::verify`] applies to the header (size, three
-/// parts, canonical base64url, a JSON object without duplicate members,
-/// `alg` ES256, no `crit`, the approval `typ`). Nothing is verified: this
-/// only says which key the token claims, so that a caller can decide which
-/// key set to verify it with.
-pub(crate) fn token_kid(token: &str) -> Result<String, VerifyError> {
+/// The `kid` of a JWS's protected header of type `typ`, read without a key
+/// set and with the same checks [`Verifier::verify`] applies to the header
+/// (size, three parts, canonical base64url, a JSON object without
+/// duplicate members, `alg` ES256, no `crit`, the `typ`). Nothing is
+/// verified: this only says which key the token claims, so that a caller
+/// can decide which key set to verify it with.
+fn header_kid(token: &str, typ: &str) -> Result<String, VerifyError> {
     let [header_b64, _, _] = split_token(token)?;
-    check_header(&decode_header_part(header_b64)?, APPROVAL_TYP)
+    check_header(&decode_header_part(header_b64)?, typ)
 }
 
-/// The `kid` of a signed cancellation list whose header passes the checks.
+/// The `kid` an approval token claims ([`header_kid`]).
+pub(crate) fn token_kid(token: &str) -> Result<String, VerifyError> {
+    header_kid(token, APPROVAL_TYP)
+}
+
+/// The `kid` a signed cancellation list claims ([`header_kid`]).
 pub(crate) fn cancellations_kid(list: &str) -> Result<String, VerifyError> {
-    let [header_b64, _, _] = split_token(list)?;
-    check_header(&decode_header_part(header_b64)?, CANCELLATIONS_TYP)
+    header_kid(list, CANCELLATIONS_TYP)
 }
 
 impl Verifier {
