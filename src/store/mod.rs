@@ -20,6 +20,7 @@ use std::sync::Arc;
 pub mod codec;
 mod disk;
 pub mod meta;
+pub mod packed;
 /// `[store]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

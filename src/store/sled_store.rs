@@ -1,7 +1,9 @@
 //! The embedded backend: sled, behind a write-ahead log.
 //!
 //! Each [`Table`] is a sled tree; each value is stored as an 8-byte
-//! big-endian version followed by the record bytes.
+//! big-endian version followed by the record bytes, which sled keeps
+//! compressed against a fixed dictionary where that makes them smaller
+//! ([`super::packed`]; stores that may hold such values are format 2).
 //!
 //! The durable path does not go through sled. A [`Batch`] is decided under
 //! one write lock against the current state, becomes one record of
@@ -51,6 +53,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::disk::{Disk, OsDisk};
+use super::packed;
 use super::wal::{PostImage, Wal};
 use super::{
     chain_hash, decode_log_head, log_floor_key, log_head_key, Batch, Durability, DurableWait, Expect, LogEntry, Op,
@@ -185,7 +188,8 @@ impl SledStore {
         // Everything that can be checked without writing comes first: a
         // store refused for these reasons is left exactly as it was.
         check_dir(disk.as_ref(), path)?;
-        let mut marker = read_marker(disk.as_ref(), path)?;
+        let found = read_marker(disk.as_ref(), path)?;
+        let mut marker = found.as_ref().map(|m| m.applied_lsn);
         let fresh = !disk.exists(path) || disk.list(path).map(|n| n.is_empty()).unwrap_or(false);
         if fresh {
             // Marked as Sigil's before sled creates anything in it.
@@ -231,6 +235,13 @@ impl SledStore {
             .max(applied.unwrap_or(0))
             .max(marker.unwrap_or(0));
         let records_replayed = !records.is_empty();
+        if !fresh && found.as_ref().is_none_or(|m| m.format < STORE_FORMAT) {
+            // Marked with this format after every check and before anything
+            // of it (a packed value) is written, so that an older build
+            // refuses the store rather than misread it; the position stays.
+            write_marker(disk.as_ref(), path, marker.unwrap_or(0))?;
+            marker = Some(marker.unwrap_or(0));
+        }
         if records_replayed {
             let mut tables = empty_tables();
             for r in records {
@@ -427,8 +438,9 @@ const APPLIED_KEY: &[u8] = b"applied_lsn";
 pub const MARKER: &str = "sigil-store.json";
 /// The marker while it is being written.
 const MARKER_TMP: &str = "sigil-store.json.tmp";
-/// The store layout this code writes.
-const STORE_FORMAT: u32 = 1;
+/// The store layout this code writes: 2 since sled may hold packed values
+/// ([`super::packed`]), which a build reading format 1 would misread.
+const STORE_FORMAT: u32 = 2;
 
 /// sled as the main store.
 struct SledBase {
@@ -457,17 +469,18 @@ impl SledBase {
 
 impl Base for SledBase {
     fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.trees[t as usize]
+        self.trees[t as usize]
             .get(key)
             .map_err(unavailable)?
-            .map(|v| v.to_vec()))
+            .map(|v| packed::unpack(&v))
+            .transpose()
     }
 
     fn range_from(&self, t: Table, from: &[u8], limit: usize) -> Result<Entries, StoreError> {
         let mut out = Vec::new();
         for item in self.trees[t as usize].range(from..).take(limit) {
             let (k, v) = item.map_err(unavailable)?;
-            out.push((k.to_vec(), v.to_vec()));
+            out.push((k.to_vec(), packed::unpack(&v)?));
         }
         Ok(out)
     }
@@ -476,7 +489,7 @@ impl Base for SledBase {
         let mut out = Vec::new();
         for item in self.trees[t as usize].scan_prefix(prefix) {
             let (k, v) = item.map_err(unavailable)?;
-            out.push((k.to_vec(), v.to_vec()));
+            out.push((k.to_vec(), packed::unpack(&v)?));
         }
         Ok(out)
     }
@@ -485,7 +498,7 @@ impl Base for SledBase {
         let mut out = Vec::new();
         for item in self.trees[t as usize].range(from..=through) {
             let (k, v) = item.map_err(unavailable)?;
-            out.push((k.to_vec(), v.to_vec()));
+            out.push((k.to_vec(), packed::unpack(&v)?));
         }
         Ok(out)
     }
@@ -565,8 +578,8 @@ fn check_dir(disk: &dyn Disk, path: &Path) -> Result<(), StoreError> {
     )))
 }
 
-/// The applied position recorded in the marker file, if there is one.
-fn read_marker(disk: &dyn Disk, path: &Path) -> Result<Option<u64>, StoreError> {
+/// The marker file, if there is one.
+fn read_marker(disk: &dyn Disk, path: &Path) -> Result<Option<Marker>, StoreError> {
     let p = path.join(MARKER);
     if !disk.exists(&p) {
         return Ok(None);
@@ -589,7 +602,7 @@ fn read_marker(disk: &dyn Disk, path: &Path) -> Result<Option<u64>, StoreError> 
             m.format
         )));
     }
-    Ok(Some(m.applied_lsn))
+    Ok(Some(m))
 }
 
 /// Records durably (write, sync, rename, sync the directory) that sled
@@ -666,7 +679,7 @@ fn write_to_sled(trees: &[sled::Tree], tables: &Tables) -> Result<(), StoreError
         let tree = &trees[i];
         for (k, v) in mt {
             match v {
-                Some(v) => tree.insert(k.as_slice(), v.as_slice()).map(drop),
+                Some(v) => tree.insert(k.as_slice(), packed::pack(v)?).map(drop),
                 None => tree.remove(k.as_slice()).map(drop),
             }
             .map_err(unavailable)?;
@@ -1795,6 +1808,131 @@ mod bad_input {
         let mut b = Batch::new();
         b.insert(Table::Approvals, b"in-the-log".to_vec(), b"x".to_vec());
         s.commit(&b).unwrap();
+    }
+
+    /// The raw values sled holds for a table (the store must be closed).
+    fn raw_sled(dir: &Path, t: Table) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let db = open_sled(dir, 1 << 20).unwrap();
+        let tree = db.open_tree(t.name()).unwrap();
+        tree.iter()
+            .map(|i| i.unwrap())
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect()
+    }
+
+    const RECORD: &str = r#"{"v":1,"at":1796640000,"actor":"withdrawal-engine","user_id":"user-0042","action":"approval.issue","outcome":"ok","reason":"","details":{"act":"withdrawal","amr":"otp"}}"#;
+
+    /// Records reach sled packed (smaller), read back exactly, also after
+    /// a reopen, and the store says format 2.
+    #[test]
+    fn records_are_packed_in_sled_and_read_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            for i in 0..50u32 {
+                let mut b = Batch::new();
+                b.insert(
+                    Table::Approvals,
+                    format!("jti-{i:04}").into_bytes(),
+                    RECORD.as_bytes().to_vec(),
+                );
+                b.append(Table::Audit, RECORD.as_bytes().to_vec());
+                s.commit(&b).unwrap();
+            }
+            s.checkpoint().unwrap();
+        }
+        for t in [Table::Approvals, Table::Audit] {
+            let raw = raw_sled(dir.path(), t);
+            assert_eq!(raw.len(), 50);
+            for (_, v) in &raw {
+                assert_eq!(v[0], 1, "{} value not packed", t.name());
+                assert!(v.len() < 8 + 32 + RECORD.len() / 2, "{} bytes", v.len());
+            }
+        }
+        let marker: Marker = serde_json::from_slice(&std::fs::read(dir.path().join(MARKER)).unwrap()).unwrap();
+        assert_eq!(marker.format, 2);
+        let s = SledStore::open(dir.path()).unwrap();
+        let v = s.get(Table::Approvals, b"jti-0007").unwrap().unwrap();
+        assert_eq!((v.version, v.value.as_slice()), (1, RECORD.as_bytes()));
+        let audit = s.read_log(Table::Audit, 0, 100).unwrap();
+        assert_eq!(audit.len(), 50);
+        assert!(audit.iter().all(|e| e.value == RECORD.as_bytes()));
+        assert_eq!(crate::store::verify_log(&s, Table::Audit).unwrap().0, 50);
+    }
+
+    /// A store written before packing (format 1, every value as is) opens,
+    /// is marked format 2 before anything is packed into it, and holds
+    /// old and new values side by side.
+    #[test]
+    fn a_format_1_store_is_read_and_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            let mut b = Batch::new();
+            b.insert(Table::Users, b"old".to_vec(), RECORD.as_bytes().to_vec());
+            s.commit(&b).unwrap();
+            s.checkpoint().unwrap();
+        }
+        // What an older build left: plain values, a format-1 marker.
+        {
+            let db = open_sled(dir.path(), 1 << 20).unwrap();
+            let tree = db.open_tree(Table::Users.name()).unwrap();
+            let (k, v) = tree.iter().next().unwrap().unwrap();
+            tree.insert(k, packed::unpack(&v).unwrap()).unwrap();
+            db.flush().unwrap();
+        }
+        assert_eq!(raw_sled(dir.path(), Table::Users)[0].1[0], 0);
+        let m = dir.path().join(MARKER);
+        let text = std::fs::read_to_string(&m)
+            .unwrap()
+            .replace("\"format\":2", "\"format\":1");
+        std::fs::write(&m, text).unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            let marker: Marker = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+            assert_eq!(marker.format, 2);
+            assert_eq!(s.get(Table::Users, b"old").unwrap().unwrap().value, RECORD.as_bytes());
+            let mut b = Batch::new();
+            b.insert(Table::Users, b"new".to_vec(), RECORD.as_bytes().to_vec());
+            s.commit(&b).unwrap();
+            s.checkpoint().unwrap();
+        }
+        let raw: BTreeMap<_, _> = raw_sled(dir.path(), Table::Users).into_iter().collect();
+        assert_eq!((raw[&b"old".to_vec()][0], raw[&b"new".to_vec()][0]), (0, 1));
+        let s = SledStore::open(dir.path()).unwrap();
+        let all = s.scan_prefix(Table::Users, b"").unwrap();
+        assert_eq!(all.len(), 2);
+        assert!(all.iter().all(|(_, v)| v.value == RECORD.as_bytes()));
+    }
+
+    /// A value sled holds in an encoding this build does not know is
+    /// refused as damage, not misread.
+    #[test]
+    fn a_value_in_an_unknown_encoding_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            let mut b = Batch::new();
+            b.insert(Table::Users, b"u".to_vec(), RECORD.as_bytes().to_vec());
+            s.commit(&b).unwrap();
+            s.checkpoint().unwrap();
+        }
+        {
+            let db = open_sled(dir.path(), 1 << 20).unwrap();
+            let tree = db.open_tree(Table::Users.name()).unwrap();
+            let (k, mut v) = tree
+                .iter()
+                .next()
+                .map(|i| i.unwrap())
+                .map(|(k, v)| (k, v.to_vec()))
+                .unwrap();
+            v[0] = 7;
+            tree.insert(k, v).unwrap();
+            db.flush().unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        let e = s.get(Table::Users, b"u").unwrap_err();
+        assert!(matches!(&e, StoreError::Corrupt(m) if m.contains("encoding 7")), "{e}");
     }
 
     #[test]
