@@ -5,11 +5,13 @@
 //! cargo run --release --example store_dict -- <store dir> [--dict FILE] [--train OUT]
 //! ```
 //!
-//! For each sled tree: entries, key bytes, the bytes sled holds for the
+//! For each sled tree: keys, key bytes, the bytes sled holds for the
 //! values now, the plain records, and the records packed with the store's
-//! dictionary 1 (`sigil::store::packed`). `--dict FILE` adds a column for
+//! dictionary 1 (`sigil::store::packed`). The logs' trees (`*.blocks`)
+//! hold a key per block of 64 entries. `--dict FILE` adds a column for
 //! a candidate dictionary; `--train OUT` writes a 32 KiB dictionary trained
-//! on up to 4,000 records of each table. The store must not be open
+//! on up to 4,000 records of each table (not the log blocks: their
+//! entries are the records, and stores of format 1 held them one by one). The store must not be open
 //! (sled locks it): stop sigild first.
 use std::collections::BTreeMap;
 
@@ -59,7 +61,7 @@ fn run() -> Result<(), String> {
     let mut totals = [0u64; 6];
     println!(
         "{:<16} {:>10} {:>10} {:>12} {:>12} {:>12} {:>12}",
-        "table", "entries", "keys B", "in sled B", "plain B", "packed B", "candidate B"
+        "tree", "keys", "keys B", "in sled B", "plain B", "packed B", "candidate B"
     );
     let names: BTreeMap<String, sled::IVec> = db
         .tree_names()
@@ -91,7 +93,7 @@ fn run() -> Result<(), String> {
                     record.len()
                 } as u64;
             }
-            if train.is_some() && i % stride == 0 && plain.len() > 8 {
+            if train.is_some() && !name.ends_with(".blocks") && i % stride == 0 && plain.len() > 8 {
                 samples.push(plain[8..].to_vec());
             }
         }

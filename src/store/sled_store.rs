@@ -53,12 +53,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::disk::{Disk, OsDisk};
-use super::packed;
 use super::wal::{PostImage, Wal};
 use super::{
     chain_hash, decode_log_head, log_floor_key, log_head_key, Batch, Durability, DurableWait, Expect, LogEntry, Op,
     Store, StoreError, Table, Ticket, Versioned,
 };
+use super::{log_blocks, packed};
 
 /// Recent writes of one table: key → stored bytes, or `None` for deleted.
 type MemTable = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
@@ -242,6 +242,7 @@ impl SledStore {
             write_marker(disk.as_ref(), path, marker.unwrap_or(0))?;
             marker = Some(marker.unwrap_or(0));
         }
+        base.upgrade()?;
         if records_replayed {
             let mut tables = empty_tables();
             for r in records {
@@ -428,6 +429,12 @@ pub(crate) trait Base: Send + Sync {
     /// The log position applied so far (None for a store written before
     /// positions were recorded).
     fn applied_lsn(&self) -> Result<Option<u64>, StoreError>;
+    /// Brings what an older format left into this one; called on every
+    /// open, after every check and before anything else is written. A
+    /// crash part way is finished by the next open. Nothing by default.
+    fn upgrade(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Name of the sled tree holding the store's own bookkeeping.
@@ -455,7 +462,7 @@ impl SledBase {
         let db = open_sled(path, cache_bytes)?;
         let mut trees = Vec::with_capacity(Table::ALL.len());
         for t in Table::ALL {
-            trees.push(db.open_tree(t.name()).map_err(unavailable)?);
+            trees.push(db.open_tree(tree_name(t)).map_err(unavailable)?);
         }
         let own = db.open_tree(STORE_TREE).map_err(unavailable)?;
         Ok(Self {
@@ -465,10 +472,110 @@ impl SledBase {
             path: path.to_path_buf(),
         })
     }
+
+    /// The log entries with sequence numbers `lo..=hi` whose keys pass
+    /// `keep`, in order, at most `limit`.
+    fn log_entries(
+        &self,
+        t: Table,
+        lo: u64,
+        hi: u64,
+        limit: usize,
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Result<Entries, StoreError> {
+        let mut out = Vec::new();
+        if lo > hi || limit == 0 {
+            return Ok(out);
+        }
+        let blocks = self.trees[t as usize].range(log_blocks::block_key(lo)..=log_blocks::block_key(hi));
+        for item in blocks {
+            let (k, raw) = item.map_err(unavailable)?;
+            let id = log_blocks::seq_of(&k)
+                .ok_or_else(|| StoreError::Corrupt(format!("{} block key is malformed", t.name())))?;
+            for (seq, v) in log_blocks::decode(id, &raw)?.range(lo..=hi) {
+                let key = seq.to_be_bytes();
+                if keep(&key) {
+                    out.push((key.to_vec(), v.clone()));
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The sled tree a table lives in. The logs are kept in blocks
+/// ([`log_blocks`]) in trees of their own; the trees named after them
+/// held one key per entry (stores of format 1) and are emptied into
+/// blocks when such a store is opened ([`Base::upgrade`]).
+fn tree_name(t: Table) -> String {
+    if t.is_log() {
+        format!("{}.blocks", t.name())
+    } else {
+        t.name().to_string()
+    }
+}
+
+/// Writes one log's memtable into its blocks: each block it touches is
+/// read, changed and written once. Post-images, so writing the same
+/// memtable again changes nothing.
+fn write_log_blocks(tree: &sled::Tree, t: Table, mt: &MemTable) -> Result<(), StoreError> {
+    let load = |id: u64| -> Result<log_blocks::Block, StoreError> {
+        match tree.get(id.to_be_bytes()).map_err(unavailable)? {
+            Some(raw) => log_blocks::decode(id, &raw),
+            None => Ok(log_blocks::Block::new()),
+        }
+    };
+    let store = |id: u64, block: &log_blocks::Block| -> Result<(), StoreError> {
+        if block.is_empty() {
+            tree.remove(id.to_be_bytes()).map(drop)
+        } else {
+            tree.insert(id.to_be_bytes(), log_blocks::encode(block)?).map(drop)
+        }
+        .map_err(unavailable)
+    };
+    // Keys are 8-byte big-endian sequence numbers, so the memtable's order
+    // is theirs and each block's entries come together.
+    let mut open: Option<(u64, log_blocks::Block)> = None;
+    for (k, v) in mt {
+        let seq = log_blocks::seq_of(k).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "{} key of {} bytes is not a sequence number",
+                t.name(),
+                k.len()
+            ))
+        })?;
+        let id = seq / log_blocks::LOG_BLOCK;
+        let block = match &mut open {
+            Some((at, block)) if *at == id => block,
+            _ => {
+                if let Some((at, block)) = open.take() {
+                    store(at, &block)?;
+                }
+                &mut open.insert((id, load(id)?)).1
+            }
+        };
+        match v {
+            Some(v) => block.insert(seq, v.clone()),
+            None => block.remove(&seq),
+        };
+    }
+    if let Some((at, block)) = open {
+        store(at, &block)?;
+    }
+    Ok(())
 }
 
 impl Base for SledBase {
     fn get(&self, t: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if t.is_log() {
+            let Some(seq) = log_blocks::seq_of(key) else {
+                return Ok(None);
+            };
+            return Ok(self.log_entries(t, seq, seq, 1, |_| true)?.pop().map(|(_, v)| v));
+        }
         self.trees[t as usize]
             .get(key)
             .map_err(unavailable)?
@@ -477,6 +584,9 @@ impl Base for SledBase {
     }
 
     fn range_from(&self, t: Table, from: &[u8], limit: usize) -> Result<Entries, StoreError> {
+        if t.is_log() {
+            return self.log_entries(t, log_blocks::lower_bound(from), u64::MAX, limit, |k| k >= from);
+        }
         let mut out = Vec::new();
         for item in self.trees[t as usize].range(from..).take(limit) {
             let (k, v) = item.map_err(unavailable)?;
@@ -486,6 +596,10 @@ impl Base for SledBase {
     }
 
     fn scan_prefix(&self, t: Table, prefix: &[u8]) -> Result<Entries, StoreError> {
+        if t.is_log() {
+            let (lo, hi) = (log_blocks::lower_bound(prefix), log_blocks::upper_bound(prefix));
+            return self.log_entries(t, lo, hi, usize::MAX, |k| k.starts_with(prefix));
+        }
         let mut out = Vec::new();
         for item in self.trees[t as usize].scan_prefix(prefix) {
             let (k, v) = item.map_err(unavailable)?;
@@ -495,6 +609,10 @@ impl Base for SledBase {
     }
 
     fn range(&self, t: Table, from: &[u8], through: &[u8]) -> Result<Entries, StoreError> {
+        if t.is_log() {
+            let (lo, hi) = (log_blocks::lower_bound(from), log_blocks::upper_bound(through));
+            return self.log_entries(t, lo, hi, usize::MAX, |k| k >= from && k <= through);
+        }
         let mut out = Vec::new();
         for item in self.trees[t as usize].range(from..=through) {
             let (k, v) = item.map_err(unavailable)?;
@@ -504,6 +622,10 @@ impl Base for SledBase {
     }
 
     fn keys(&self, t: Table) -> Result<Vec<Vec<u8>>, StoreError> {
+        if t.is_log() {
+            let all = self.log_entries(t, 0, u64::MAX, usize::MAX, |_| true)?;
+            return Ok(all.into_iter().map(|(k, _)| k).collect());
+        }
         let mut out = Vec::new();
         for k in self.trees[t as usize].iter().keys() {
             out.push(k.map_err(unavailable)?.to_vec());
@@ -527,6 +649,39 @@ impl Base for SledBase {
         self.db.flush().map_err(unavailable)?;
         super::disk::fsync_tree(&self.path, &["wal", MARKER])
             .map_err(|e| StoreError::Unavailable(format!("cannot sync the sled files in {}: {e}", self.path.display())))
+    }
+
+    fn upgrade(&self) -> Result<(), StoreError> {
+        // Format 1 kept a log as one key per entry in the tree named after
+        // it: moved into blocks a chunk at a time, each chunk's blocks
+        // written before its entries are removed (sled recovers a prefix
+        // of its writes, so a crash leaves every entry somewhere, and
+        // writing it into its block again changes nothing).
+        let names = self.db.tree_names();
+        for t in Table::ALL.into_iter().filter(|t| t.is_log()) {
+            if !names.iter().any(|n| n.as_ref() == t.name().as_bytes()) {
+                continue;
+            }
+            let legacy = self.db.open_tree(t.name()).map_err(unavailable)?;
+            let entries = legacy.len();
+            loop {
+                let mut chunk = MemTable::new();
+                for item in legacy.iter().take(4096) {
+                    let (k, v) = item.map_err(unavailable)?;
+                    chunk.insert(k.to_vec(), Some(packed::unpack(&v)?));
+                }
+                if chunk.is_empty() {
+                    break;
+                }
+                write_log_blocks(&self.trees[t as usize], t, &chunk)?;
+                for k in chunk.keys() {
+                    legacy.remove(k.as_slice()).map_err(unavailable)?;
+                }
+            }
+            self.db.drop_tree(t.name()).map_err(unavailable)?;
+            tracing::info!(log = t.name(), entries, "moved a log into blocks (store format 2)");
+        }
+        Ok(())
     }
 
     fn applied_lsn(&self) -> Result<Option<u64>, StoreError> {
@@ -677,6 +832,10 @@ fn version_of(raw: &Option<Vec<u8>>) -> Result<Option<u64>, StoreError> {
 fn write_to_sled(trees: &[sled::Tree], tables: &Tables) -> Result<(), StoreError> {
     for (i, mt) in tables.iter().enumerate() {
         let tree = &trees[i];
+        if let Some(t) = Table::ALL.get(i).filter(|t| t.is_log()) {
+            write_log_blocks(tree, *t, mt)?;
+            continue;
+        }
         for (k, v) in mt {
             match v {
                 Some(v) => tree.insert(k.as_slice(), packed::pack(v)?).map(drop),
@@ -1813,7 +1972,7 @@ mod bad_input {
     /// The raw values sled holds for a table (the store must be closed).
     fn raw_sled(dir: &Path, t: Table) -> Vec<(Vec<u8>, Vec<u8>)> {
         let db = open_sled(dir, 1 << 20).unwrap();
-        let tree = db.open_tree(t.name()).unwrap();
+        let tree = db.open_tree(tree_name(t)).unwrap();
         tree.iter()
             .map(|i| i.unwrap())
             .map(|(k, v)| (k.to_vec(), v.to_vec()))
@@ -1841,14 +2000,22 @@ mod bad_input {
             }
             s.checkpoint().unwrap();
         }
-        for t in [Table::Approvals, Table::Audit] {
-            let raw = raw_sled(dir.path(), t);
-            assert_eq!(raw.len(), 50);
-            for (_, v) in &raw {
-                assert_eq!(v[0], 1, "{} value not packed", t.name());
-                assert!(v.len() < 8 + 32 + RECORD.len() / 2, "{} bytes", v.len());
-            }
+        let raw = raw_sled(dir.path(), Table::Approvals);
+        assert_eq!(raw.len(), 50);
+        for (_, v) in &raw {
+            assert_eq!(v[0], 1, "value not packed");
+            assert!(v.len() < 8 + RECORD.len() / 2, "{} bytes", v.len());
         }
+        // The audit log: entries 1..=50 in block 0, one packed sled value
+        // much smaller than the entries.
+        let raw = raw_sled(dir.path(), Table::Audit);
+        assert_eq!(raw.len(), 1);
+        assert_eq!((raw[0].0.as_slice(), raw[0].1[0]), (&0u64.to_be_bytes()[..], 1));
+        assert!(
+            raw[0].1.len() < 50 * (8 + 32 + RECORD.len()) / 3,
+            "{} bytes",
+            raw[0].1.len()
+        );
         let marker: Marker = serde_json::from_slice(&std::fs::read(dir.path().join(MARKER)).unwrap()).unwrap();
         assert_eq!(marker.format, 2);
         let s = SledStore::open(dir.path()).unwrap();
@@ -1903,6 +2070,115 @@ mod bad_input {
         let all = s.scan_prefix(Table::Users, b"").unwrap();
         assert_eq!(all.len(), 2);
         assert!(all.iter().all(|(_, v)| v.value == RECORD.as_bytes()));
+    }
+
+    /// A log kept one key per entry (format 1) is moved into blocks when
+    /// the store is opened: the same entries, the chain intact, the old
+    /// tree gone; also when a crash cut the move short.
+    #[test]
+    fn a_format_1_log_is_moved_into_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = {
+            let s = SledStore::open(dir.path()).unwrap();
+            for i in 0..150u32 {
+                let mut b = Batch::new();
+                b.append(Table::Audit, format!("{RECORD}{i}").into_bytes());
+                b.append(Table::Events, format!("e{i}").into_bytes());
+                s.commit(&b).unwrap();
+            }
+            s.checkpoint().unwrap();
+            (
+                s.read_log(Table::Audit, 0, 1000).unwrap(),
+                s.read_log(Table::Events, 0, 1000).unwrap(),
+            )
+        };
+        // What an older build left: one key per entry, plain, and (as if
+        // a move had been cut short) the first block of the audit log
+        // already written too.
+        {
+            let db = open_sled(dir.path(), 1 << 20).unwrap();
+            for (t, entries) in [(Table::Audit, &before.0), (Table::Events, &before.1)] {
+                let legacy = db.open_tree(t.name()).unwrap();
+                for e in entries {
+                    let mut v = e.hash.to_vec();
+                    v.extend_from_slice(&e.value);
+                    legacy.insert(e.seq.to_be_bytes(), encode(1, &v)).unwrap();
+                }
+                let blocks = db.open_tree(tree_name(t)).unwrap();
+                for (k, _) in blocks.iter().map(|i| i.unwrap()).skip(usize::from(t == Table::Audit)) {
+                    blocks.remove(k).unwrap();
+                }
+            }
+            db.flush().unwrap();
+        }
+        let m = dir.path().join(MARKER);
+        let text = std::fs::read_to_string(&m)
+            .unwrap()
+            .replace("\"format\":2", "\"format\":1");
+        std::fs::write(&m, text).unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            assert_eq!(s.read_log(Table::Audit, 0, 1000).unwrap(), before.0);
+            assert_eq!(s.read_log(Table::Events, 0, 1000).unwrap(), before.1);
+            assert_eq!(crate::store::verify_log(&s, Table::Audit).unwrap().0, 150);
+            assert_eq!(s.len(Table::Events).unwrap(), 150);
+            let mut b = Batch::new();
+            b.append(Table::Audit, b"after".to_vec());
+            assert_eq!(s.commit(&b).unwrap(), vec![151]);
+            s.checkpoint().unwrap();
+        }
+        let db = open_sled(dir.path(), 1 << 20).unwrap();
+        let names: Vec<String> = db
+            .tree_names()
+            .iter()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n == "audit" || n == "events"), "{names:?}");
+        assert_eq!(db.open_tree(tree_name(Table::Audit)).unwrap().len(), 3);
+    }
+
+    /// Reads of a log in blocks agree with one key per entry for every
+    /// kind of bound, across block edges, after pruning.
+    #[test]
+    fn log_reads_cross_block_edges_and_follow_pruning() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        for i in 1..=200u32 {
+            let mut b = Batch::new();
+            b.append(Table::Events, format!("e{i}").into_bytes());
+            s.commit(&b).unwrap();
+        }
+        s.checkpoint().unwrap();
+        let all = s.read_log(Table::Events, 0, 1000).unwrap();
+        assert_eq!(all.len(), 200);
+        assert!(all
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.seq == i as u64 + 1 && e.value == format!("e{}", i + 1).into_bytes()));
+        assert_eq!(
+            s.read_log(Table::Events, 60, 10)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect::<Vec<_>>(),
+            (61..=70).collect::<Vec<_>>()
+        );
+        let got = s.get(Table::Events, &128u64.to_be_bytes()).unwrap().unwrap();
+        assert_eq!(&got.value[32..], b"e128");
+        assert_eq!(s.get(Table::Events, b"not-a-seq").unwrap(), None);
+        let mut b = Batch::new();
+        b.prune(Table::Events, 0, 130);
+        s.commit(&b).unwrap();
+        s.checkpoint().unwrap();
+        drop(s);
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.len(Table::Events).unwrap(), 70);
+        assert_eq!(s.read_log(Table::Events, 0, 1).unwrap()[0].seq, 131);
+        assert_eq!(crate::store::verify_log(&s, Table::Events).unwrap().0, 200);
+        // Blocks 0 and 1 are gone whole; block 2 keeps 131..=191.
+        drop(s);
+        let raw = raw_sled(dir.path(), Table::Events);
+        assert_eq!(raw.iter().map(|(k, _)| k[7]).collect::<Vec<_>>(), vec![2, 3]);
     }
 
     /// A value sled holds in an encoding this build does not know is
