@@ -653,31 +653,34 @@ impl Base for SledBase {
 
     fn upgrade(&self) -> Result<(), StoreError> {
         // Format 1 kept a log as one key per entry in the tree named after
-        // it: moved into blocks a chunk at a time, each chunk's blocks
-        // written before its entries are removed (sled recovers a prefix
-        // of its writes, so a crash leaves every entry somewhere, and
-        // writing it into its block again changes nothing).
+        // it: copied into blocks a chunk at a time, made durable, and only
+        // then is that tree dropped. A crash before the drop leaves every
+        // entry where it was, and the next open copies them again (writing
+        // an entry into its block again changes nothing).
         let names = self.db.tree_names();
         for t in Table::ALL.into_iter().filter(|t| t.is_log()) {
             if !names.iter().any(|n| n.as_ref() == t.name().as_bytes()) {
                 continue;
             }
             let legacy = self.db.open_tree(t.name()).map_err(unavailable)?;
-            let entries = legacy.len();
+            let mut entries = 0usize;
+            let mut from: Vec<u8> = Vec::new();
             loop {
                 let mut chunk = MemTable::new();
-                for item in legacy.iter().take(4096) {
+                for item in legacy.range(from.as_slice()..).take(4096) {
                     let (k, v) = item.map_err(unavailable)?;
                     chunk.insert(k.to_vec(), Some(packed::unpack(&v)?));
                 }
-                if chunk.is_empty() {
+                let Some(last) = chunk.keys().next_back() else {
                     break;
-                }
+                };
+                // The smallest key after the chunk's last.
+                from = last.clone();
+                from.push(0);
+                entries += chunk.len();
                 write_log_blocks(&self.trees[t as usize], t, &chunk)?;
-                for k in chunk.keys() {
-                    legacy.remove(k.as_slice()).map_err(unavailable)?;
-                }
             }
+            self.barrier()?;
             self.db.drop_tree(t.name()).map_err(unavailable)?;
             tracing::info!(log = t.name(), entries, "moved a log into blocks (store format 2)");
         }
