@@ -1982,6 +1982,33 @@ mod bad_input {
             .collect()
     }
 
+    /// A closed store holding one user record at `key`, whose value as
+    /// sled holds it was then replaced by `rewrite` of it.
+    fn one_user_rewritten(dir: &Path, key: &[u8], rewrite: impl FnOnce(Vec<u8>) -> Vec<u8>) {
+        {
+            let s = SledStore::open(dir).unwrap();
+            let mut b = Batch::new();
+            b.insert(Table::Users, key.to_vec(), RECORD.as_bytes().to_vec());
+            s.commit(&b).unwrap();
+            s.checkpoint().unwrap();
+        }
+        let db = open_sled(dir, 1 << 20).unwrap();
+        let tree = db.open_tree(Table::Users.name()).unwrap();
+        let (k, v) = tree.iter().next().unwrap().unwrap();
+        tree.insert(k, rewrite(v.to_vec())).unwrap();
+        db.flush().unwrap();
+    }
+
+    /// Marks a closed store as one a format-1 build wrote; the marker's path.
+    fn mark_format_1(dir: &Path) -> PathBuf {
+        let m = dir.join(MARKER);
+        let text = std::fs::read_to_string(&m)
+            .unwrap()
+            .replace("\"format\":2", "\"format\":1");
+        std::fs::write(&m, text).unwrap();
+        m
+    }
+
     const RECORD: &str = r#"{"v":1,"at":1796640000,"actor":"withdrawal-engine","user_id":"user-0042","action":"approval.issue","outcome":"ok","reason":"","details":{"act":"withdrawal","amr":"otp"}}"#;
 
     /// Records reach sled packed (smaller), read back exactly, also after
@@ -2036,27 +2063,10 @@ mod bad_input {
     #[test]
     fn a_format_1_store_is_read_and_upgraded_in_place() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let s = SledStore::open(dir.path()).unwrap();
-            let mut b = Batch::new();
-            b.insert(Table::Users, b"old".to_vec(), RECORD.as_bytes().to_vec());
-            s.commit(&b).unwrap();
-            s.checkpoint().unwrap();
-        }
         // What an older build left: plain values, a format-1 marker.
-        {
-            let db = open_sled(dir.path(), 1 << 20).unwrap();
-            let tree = db.open_tree(Table::Users.name()).unwrap();
-            let (k, v) = tree.iter().next().unwrap().unwrap();
-            tree.insert(k, packed::unpack(&v).unwrap()).unwrap();
-            db.flush().unwrap();
-        }
+        one_user_rewritten(dir.path(), b"old", |v| packed::unpack(&v).unwrap());
         assert_eq!(raw_sled(dir.path(), Table::Users)[0].1[0], 0);
-        let m = dir.path().join(MARKER);
-        let text = std::fs::read_to_string(&m)
-            .unwrap()
-            .replace("\"format\":2", "\"format\":1");
-        std::fs::write(&m, text).unwrap();
+        let m = mark_format_1(dir.path());
         {
             let s = SledStore::open(dir.path()).unwrap();
             let marker: Marker = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
@@ -2114,11 +2124,7 @@ mod bad_input {
             }
             db.flush().unwrap();
         }
-        let m = dir.path().join(MARKER);
-        let text = std::fs::read_to_string(&m)
-            .unwrap()
-            .replace("\"format\":2", "\"format\":1");
-        std::fs::write(&m, text).unwrap();
+        mark_format_1(dir.path());
         {
             let s = SledStore::open(dir.path()).unwrap();
             assert_eq!(s.read_log(Table::Audit, 0, 1000).unwrap(), before.0);
@@ -2189,26 +2195,10 @@ mod bad_input {
     #[test]
     fn a_value_in_an_unknown_encoding_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let s = SledStore::open(dir.path()).unwrap();
-            let mut b = Batch::new();
-            b.insert(Table::Users, b"u".to_vec(), RECORD.as_bytes().to_vec());
-            s.commit(&b).unwrap();
-            s.checkpoint().unwrap();
-        }
-        {
-            let db = open_sled(dir.path(), 1 << 20).unwrap();
-            let tree = db.open_tree(Table::Users.name()).unwrap();
-            let (k, mut v) = tree
-                .iter()
-                .next()
-                .map(|i| i.unwrap())
-                .map(|(k, v)| (k, v.to_vec()))
-                .unwrap();
+        one_user_rewritten(dir.path(), b"u", |mut v| {
             v[0] = 7;
-            tree.insert(k, v).unwrap();
-            db.flush().unwrap();
-        }
+            v
+        });
         let s = SledStore::open(dir.path()).unwrap();
         let e = s.get(Table::Users, b"u").unwrap_err();
         assert!(matches!(&e, StoreError::Corrupt(m) if m.contains("encoding 7")), "{e}");
