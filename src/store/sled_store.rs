@@ -623,8 +623,19 @@ impl Base for SledBase {
 
     fn keys(&self, t: Table) -> Result<Vec<Vec<u8>>, StoreError> {
         if t.is_log() {
-            let all = self.log_entries(t, 0, u64::MAX, usize::MAX, |_| true)?;
-            return Ok(all.into_iter().map(|(k, _)| k).collect());
+            // A block at a time: a log's keys without holding all its entries.
+            let mut out = Vec::new();
+            for item in self.trees[t as usize].iter() {
+                let (k, raw) = item.map_err(unavailable)?;
+                let id = log_blocks::seq_of(&k)
+                    .ok_or_else(|| StoreError::Corrupt(format!("{} block key is malformed", t.name())))?;
+                out.extend(
+                    log_blocks::decode(id, &raw)?
+                        .into_keys()
+                        .map(|seq| seq.to_be_bytes().to_vec()),
+                );
+            }
+            return Ok(out);
         }
         let mut out = Vec::new();
         for k in self.trees[t as usize].iter().keys() {
