@@ -53,6 +53,10 @@ fn run() -> Result<(), String> {
         }
         None => None,
     };
+    // sled would create a database wherever it is pointed: only a store.
+    if !std::path::Path::new(&dir).join("sigil-store.json").is_file() {
+        return Err(format!("{dir} is not a Sigil store (no sigil-store.json)"));
+    }
     let db = sled::Config::new()
         .path(&dir)
         .open()

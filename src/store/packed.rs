@@ -38,9 +38,10 @@ pub const DICTIONARY_1: &[u8] = include_bytes!("dict/records-1.zdict");
 const LEVEL: i32 = 3;
 /// Values shorter than this are kept as is: too short to gain.
 const MIN_PACK: usize = 40;
-/// The largest record a packed value may claim to hold (a guard against a
-/// damaged length, which must not make a read allocate without bound).
-const MAX_RECORD: usize = 64 << 20;
+/// The largest record that is packed, and so the most a packed value may
+/// claim to hold: a damaged length must not make a read allocate much.
+/// (Records and log blocks are far smaller; a larger one is kept as is.)
+const MAX_RECORD: usize = 16 << 20;
 /// Top byte of the version header: kept as is.
 const TAG_PLAIN: u8 = 0;
 /// Top byte of the version header: zstd with [`DICTIONARY_1`].
