@@ -1743,42 +1743,38 @@ impl Approvals {
         now: i64,
     ) -> Result<(), Error> {
         let mut last = None;
-        let mut flagged = false;
-        for attempt in 0..16 {
-            let (mut staff, version) = self.staff(staff_id)?;
-            for k in staff
-                .keys
-                .iter_mut()
-                .filter(|k| k.credential.credential_id == credential_id)
-            {
-                k.suspected_cloned = true;
-                k.removed_at.get_or_insert(now);
-            }
-            let mut b = Batch::new();
-            if attempt == 0 {
-                b.delete(Table::Ceremonies, ceremony_id.as_bytes(), ceremony_version);
-            }
-            b.update(Table::Staff, staff_id.as_bytes(), version, codec::encode(&staff)?);
-            Event::new(EventKind::StaffChanged, "", now, None)
-                .with("staff_id", staff_id)
-                .with("change", "key_suspected_cloned")
-                .with("credential_id", credential_id)
-                .with("notify", "staff")
-                .append_to(&mut b)?;
-            AuditEntry::refused(now, actor, "", "staff.decision", &e.to_string())
-                .with("staff_id", staff_id)
-                .with("credential_id", credential_id)
-                .append_to(&mut b)?;
-            match self.k.commit(&b) {
-                Ok(_) => {
-                    flagged = true;
-                    break;
+        'flagged: {
+            for attempt in 0..16 {
+                let (mut staff, version) = self.staff(staff_id)?;
+                for k in staff
+                    .keys
+                    .iter_mut()
+                    .filter(|k| k.credential.credential_id == credential_id)
+                {
+                    k.suspected_cloned = true;
+                    k.removed_at.get_or_insert(now);
                 }
-                Err(Error::Conflict(m)) => last = Some(m),
-                Err(other) => return Err(other),
+                let mut b = Batch::new();
+                if attempt == 0 {
+                    b.delete(Table::Ceremonies, ceremony_id.as_bytes(), ceremony_version);
+                }
+                b.update(Table::Staff, staff_id.as_bytes(), version, codec::encode(&staff)?);
+                Event::new(EventKind::StaffChanged, "", now, None)
+                    .with("staff_id", staff_id)
+                    .with("change", "key_suspected_cloned")
+                    .with("credential_id", credential_id)
+                    .with("notify", "staff")
+                    .append_to(&mut b)?;
+                AuditEntry::refused(now, actor, "", "staff.decision", &e.to_string())
+                    .with("staff_id", staff_id)
+                    .with("credential_id", credential_id)
+                    .append_to(&mut b)?;
+                match self.k.commit(&b) {
+                    Ok(_) => break 'flagged,
+                    Err(Error::Conflict(m)) => last = Some(m),
+                    Err(other) => return Err(other),
+                }
             }
-        }
-        if !flagged {
             return Err(Error::Conflict(format!(
                 "staff key {credential_id} may be cloned, but flagging it met concurrent changes ({}); try again",
                 last.unwrap_or_default()
