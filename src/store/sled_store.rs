@@ -490,9 +490,7 @@ impl SledBase {
         let blocks = self.trees[t as usize].range(log_blocks::block_key(lo)..=log_blocks::block_key(hi));
         for item in blocks {
             let (k, raw) = item.map_err(unavailable)?;
-            let id = log_blocks::seq_of(&k)
-                .ok_or_else(|| StoreError::Corrupt(format!("{} block key is malformed", t.name())))?;
-            for (seq, v) in log_blocks::decode(id, &raw)?.range(lo..=hi) {
+            for (seq, v) in read_block(t, &k, &raw)?.range(lo..=hi) {
                 let key = seq.to_be_bytes();
                 if keep(&key) {
                     out.push((key.to_vec(), v.clone()));
@@ -516,6 +514,13 @@ fn tree_name(t: Table) -> String {
     } else {
         t.name().to_string()
     }
+}
+
+/// A block of log `t` as read from its tree (the key names its number).
+fn read_block(t: Table, key: &[u8], raw: &[u8]) -> Result<log_blocks::Block, StoreError> {
+    let id =
+        log_blocks::seq_of(key).ok_or_else(|| StoreError::Corrupt(format!("{} block key is malformed", t.name())))?;
+    log_blocks::decode(id, raw)
 }
 
 /// Writes one log's memtable into its blocks: each block it touches is
@@ -627,10 +632,8 @@ impl Base for SledBase {
             let mut out = Vec::new();
             for item in self.trees[t as usize].iter() {
                 let (k, raw) = item.map_err(unavailable)?;
-                let id = log_blocks::seq_of(&k)
-                    .ok_or_else(|| StoreError::Corrupt(format!("{} block key is malformed", t.name())))?;
                 out.extend(
-                    log_blocks::decode(id, &raw)?
+                    read_block(t, &k, &raw)?
                         .into_keys()
                         .map(|seq| seq.to_be_bytes().to_vec()),
                 );
