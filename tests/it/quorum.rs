@@ -180,6 +180,15 @@ async fn answer(s: &TestServer, intent: &pb::Intent, seed: &[u8]) -> pb::Complet
     r
 }
 
+/// The id of the request [`answer`] opened for `intent`, which policy holds.
+async fn held(s: &TestServer, intent: &pb::Intent, seed: &[u8]) -> String {
+    answer(s, intent, seed)
+        .await
+        .pending
+        .expect("held for a quorum or a delay")
+        .request_id
+}
+
 async fn pending(s: &TestServer, request: &str) -> pb::PendingApproval {
     s.approvals("withdrawal-engine")
         .await
@@ -381,16 +390,8 @@ async fn a_staff_assertion_over_another_intent_is_refused() {
     let mut alice = staff_key(&s, "alice").await;
     let _bob = staff_key(&s, "bob").await;
     let (_, seed) = s.enroll_totp("u1").await;
-    let a = answer(&s, &btc("u1", "wa", "2"), &seed)
-        .await
-        .pending
-        .unwrap()
-        .request_id;
-    let b = answer(&s, &btc("u1", "wb", "20"), &seed)
-        .await
-        .pending
-        .unwrap()
-        .request_id;
+    let a = held(&s, &btc("u1", "wa", "2"), &seed).await;
+    let b = held(&s, &btc("u1", "wb", "20"), &seed).await;
 
     // Ceremonies for both; the key signs B's challenge, which is answered
     // on A's ceremony.
@@ -680,11 +681,7 @@ async fn stale_quorum_requests_expire_with_an_event() {
     add_staff(&s, "alice", "approver", "").await;
     let mut alice = staff_key(&s, "alice").await;
     let (_, seed) = s.enroll_totp("u1").await;
-    let id = answer(&s, &btc("u1", "w", "2"), &seed)
-        .await
-        .pending
-        .unwrap()
-        .request_id;
+    let id = held(&s, &btc("u1", "w", "2"), &seed).await;
     s.clock.advance(86_400 - 31);
     sweep(&s).await;
     assert_eq!(state(&pending(&s, &id).await), pb::PendingState::AwaitingQuorum);
@@ -709,11 +706,7 @@ async fn bad_staff_and_policy_input_is_refused_naming_the_problem_and_writes_not
     add_staff(&s, "carol", "approver", "").await;
     let _alice = staff_key(&s, "alice").await;
     let (_, seed) = s.enroll_totp("u1").await;
-    let id = answer(&s, &btc("u1", "w", "2"), &seed)
-        .await
-        .pending
-        .unwrap()
-        .request_id;
+    let id = held(&s, &btc("u1", "w", "2"), &seed).await;
     let before = snapshot_but_attempts(s.sigil());
     let mut api = staff_api(&s, "admin").await;
 
@@ -828,11 +821,7 @@ async fn a_removed_staff_key_stops_counting_and_a_new_key_waits_for_its_hold() {
     .await;
     let (mut alice, mut bob) = alice_and_bob(&s).await;
     let (_, seed) = s.enroll_totp("u1").await;
-    let id = answer(&s, &btc("u1", "w", "2"), &seed)
-        .await
-        .pending
-        .unwrap()
-        .request_id;
+    let id = held(&s, &btc("u1", "w", "2"), &seed).await;
 
     // Within the hold the new keys do not count.
     let st = begin_decision(&s, &id, "alice", "approve").await.unwrap_err();
@@ -928,11 +917,7 @@ async fn staff_approvals_of_a_user_whose_factors_were_revoked_issue_nothing() {
     let s = server().await;
     let (mut alice, mut bob) = alice_and_bob(&s).await;
     let (_, seed) = s.enroll_totp("u1").await;
-    let id = answer(&s, &btc("u1", "w", "2"), &seed)
-        .await
-        .pending
-        .unwrap()
-        .request_id;
+    let id = held(&s, &btc("u1", "w", "2"), &seed).await;
     decide(&s, &id, "alice", "approve", &mut alice).await.unwrap();
     s.admin()
         .await
@@ -1086,7 +1071,7 @@ async fn a_restore_closes_requests_from_before_it_and_staff_register_their_keys_
     let (mut alice, mut bob) = alice_and_bob(&s).await;
     let (_, seed) = s.enroll_totp("u1").await;
     let w = btc("u1", "w", "2");
-    let id = answer(&s, &w, &seed).await.pending.unwrap().request_id;
+    let id = held(&s, &w, &seed).await;
     decide(&s, &id, "alice", "approve", &mut alice).await.unwrap();
     s.clock.advance(30);
     let file = s._dir.path().join("sigil.backup");
@@ -1123,11 +1108,7 @@ async fn a_restore_closes_requests_from_before_it_and_staff_register_their_keys_
     assert!(p.closed_by.contains("restored"), "{}", p.closed_by);
     assert!(p.approval.is_empty());
     // Keys from before the restore answer nothing until registered again.
-    let id2 = answer(&s, &btc("u1", "w2", "3"), &seed)
-        .await
-        .pending
-        .unwrap()
-        .request_id;
+    let id2 = held(&s, &btc("u1", "w2", "3"), &seed).await;
     let st = begin_decision(&s, &id2, "bob", "approve").await.unwrap_err();
     assert_eq!(reason(&st), "NO_USABLE_FACTOR", "{st:?}");
     let mut bob2 = staff_key(&s, "bob").await;
@@ -1148,11 +1129,7 @@ async fn staff_approvals_wait_for_the_staff_quorum_and_nobody_approves_their_own
     add_staff(&s, "carol", "approver", "").await;
     let mut alice = staff_key(&s, "alice").await;
     let (_, seed) = s.enroll_totp("u1").await;
-    let id = answer(&s, &btc("u1", "w", "2"), &seed)
-        .await
-        .pending
-        .unwrap()
-        .request_id;
+    let id = held(&s, &btc("u1", "w", "2"), &seed).await;
 
     // One person holds a key, the governance quorum is two: her approval
     // does not count yet, and nothing is recorded; cancelling stays open.
@@ -1192,16 +1169,8 @@ async fn a_cloned_staff_key_is_removed_and_what_it_approved_is_withdrawn() {
     // A copy of alice's key (its state, counter included).
     let mut copy = SoftToken::from_cbor(&alice.to_cbor().unwrap()).unwrap();
     let (_, seed) = s.enroll_totp("u1").await;
-    let x = answer(&s, &btc("u1", "wx", "2"), &seed)
-        .await
-        .pending
-        .unwrap()
-        .request_id;
-    let y = answer(&s, &btc("u1", "wy", "3"), &seed)
-        .await
-        .pending
-        .unwrap()
-        .request_id;
+    let x = held(&s, &btc("u1", "wx", "2"), &seed).await;
+    let y = held(&s, &btc("u1", "wy", "3"), &seed).await;
     let cursor = s.collect_events(0).await.last().map_or(0, |e| e.cursor);
 
     // The copy approves X; the original then shows the same counter on Y.
@@ -1322,11 +1291,7 @@ async fn the_staff_console_sees_only_staff_events_without_anti_phishing_codes() 
         .expect("set anti-phishing code");
     // (A new code holds withdrawals for a day.)
     s.clock.advance(86_400 + 60);
-    let id = answer(&s, &btc("u1", "w", "2"), &seed)
-        .await
-        .pending
-        .unwrap()
-        .request_id;
+    let id = held(&s, &btc("u1", "w", "2"), &seed).await;
     let all = s.collect_events(0).await;
     let staff = s.collect_events_as("approver", 0).await;
     assert!(
@@ -1395,11 +1360,7 @@ async fn an_approval_by_a_key_flagged_since_does_not_complete_a_quorum_even_if_n
     let s = server().await;
     let (mut alice, mut bob) = alice_and_bob(&s).await;
     let (_, seed) = s.enroll_totp("u1").await;
-    let id = answer(&s, &btc("u1", "w", "2"), &seed)
-        .await
-        .pending
-        .unwrap()
-        .request_id;
+    let id = held(&s, &btc("u1", "w", "2"), &seed).await;
     decide(&s, &id, "alice", "approve", &mut alice).await.unwrap();
     // Alice's key is flagged, and the write withdrawing its approvals never
     // landed (as when it keeps meeting concurrent changes).
