@@ -58,8 +58,14 @@ pub enum StaffCmd {
         /// The staff member's id.
         staff_id: String,
         /// One key's credential id (from `sigil staff list`); without it
-        /// the staff member is removed.
-        #[arg(long = "credential", value_name = "CREDENTIAL_ID", default_value = "")]
+        /// the staff member is removed. Base64url, so it may start with
+        /// `-`: taken as the value, not as an option.
+        #[arg(
+            long = "credential",
+            value_name = "CREDENTIAL_ID",
+            default_value = "",
+            allow_hyphen_values = true
+        )]
         credential_id: String,
         /// Why (audited, and in the staff_changed event).
         #[arg(long)]
