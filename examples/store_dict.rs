@@ -8,9 +8,10 @@
 //! For each sled tree: keys, key bytes, the bytes sled holds for the
 //! values now, the plain records, and the records packed with the store's
 //! dictionary 1 (`sigil::store::packed`). The logs' trees (`*.blocks`)
-//! hold a key per block of 64 entries. `--dict FILE` adds a column for
+//! hold a key per block of 64 entries, and `meta.expiry` a key per second
+//! of the expiry index. `--dict FILE` adds a column for
 //! a candidate dictionary; `--train OUT` writes a 32 KiB dictionary trained
-//! on up to 4,000 records of each table (not the log blocks: their
+//! on up to 4,000 records of each table (not the blocks and buckets: their
 //! entries are the records, and stores of format 1 held them one by one). The store must not be open
 //! (sled locks it): stop sigild first.
 use std::collections::BTreeMap;
@@ -97,7 +98,8 @@ fn run() -> Result<(), String> {
                     record.len()
                 } as u64;
             }
-            if train.is_some() && !name.ends_with(".blocks") && i % stride == 0 && plain.len() > 8 {
+            let blocks = name.ends_with(".blocks") || name == "meta.expiry";
+            if train.is_some() && !blocks && i % stride == 0 && plain.len() > 8 {
                 samples.push(plain[8..].to_vec());
             }
         }

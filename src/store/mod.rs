@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 pub mod codec;
 mod disk;
+mod expiry_blocks;
 mod log_blocks;
 pub mod meta;
 pub mod packed;

@@ -19,7 +19,7 @@
 //! existed). `1`: `version || u32 BE length of the record || zstd frame of
 //! the record made with dictionary 1`. Versions count one key's writes
 //! and never reach 2^56. Any other top byte is a newer format and is
-//! refused. Stores holding packed values are marked format 2 (see
+//! refused. Stores holding packed values are marked format 2 or later (see
 //! `sled_store`), so an older build refuses them instead of misreading.
 use std::cell::RefCell;
 use std::sync::LazyLock;

@@ -4,6 +4,9 @@
 //! big-endian version followed by the record bytes, which sled keeps
 //! compressed against a fixed dictionary where that makes them smaller
 //! ([`super::packed`]; stores that may hold such values are format 2).
+//! The logs and the expiry index are not kept one key per entry but in
+//! blocks ([`super::log_blocks`]) and per-second buckets
+//! ([`super::expiry_blocks`]); stores keeping the index so are format 3.
 //!
 //! The durable path does not go through sled. A [`Batch`] is decided under
 //! one write lock against the current state, becomes one record of
@@ -58,7 +61,7 @@ use super::{
     chain_hash, decode_log_head, log_floor_key, log_head_key, Batch, Durability, DurableWait, Expect, LogEntry, Op,
     Store, StoreError, Table, Ticket, Versioned,
 };
-use super::{log_blocks, packed};
+use super::{expiry_blocks, log_blocks, packed};
 
 /// Recent writes of one table: key → stored bytes, or `None` for deleted.
 type MemTable = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
@@ -446,13 +449,19 @@ pub const MARKER: &str = "sigil-store.json";
 /// The marker while it is being written.
 const MARKER_TMP: &str = "sigil-store.json.tmp";
 /// The store layout this code writes: 2 since sled may hold packed values
-/// ([`super::packed`]), which a build reading format 1 would misread.
-const STORE_FORMAT: u32 = 2;
+/// ([`super::packed`]), which a build reading format 1 would misread; 3
+/// since the expiry index is kept in buckets ([`super::expiry_blocks`]),
+/// which a build reading format 2 would not see.
+const STORE_FORMAT: u32 = 3;
+/// The sled tree of the expiry index's buckets.
+const EXPIRY_TREE: &str = "meta.expiry";
 
 /// sled as the main store.
 struct SledBase {
     db: sled::Db,
     trees: Vec<sled::Tree>,
+    /// The expiry index of table `meta`, a bucket per second.
+    expiry: sled::Tree,
     own: sled::Tree,
     path: PathBuf,
 }
@@ -465,9 +474,11 @@ impl SledBase {
             trees.push(db.open_tree(tree_name(t)).map_err(unavailable)?);
         }
         let own = db.open_tree(STORE_TREE).map_err(unavailable)?;
+        let expiry = db.open_tree(EXPIRY_TREE).map_err(unavailable)?;
         Ok(Self {
             db,
             trees,
+            expiry,
             own,
             path: path.to_path_buf(),
         })
@@ -502,6 +513,166 @@ impl SledBase {
         }
         Ok(out)
     }
+
+    /// The expiry index entries in buckets `lo..=hi` whose keys pass
+    /// `keep`, in key order, at most `limit`.
+    fn expiry_entries(
+        &self,
+        lo: u64,
+        hi: u64,
+        limit: usize,
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Result<Entries, StoreError> {
+        let mut out = Vec::new();
+        if lo > hi || limit == 0 {
+            return Ok(out);
+        }
+        for item in self
+            .expiry
+            .range(expiry_blocks::bucket_key(lo)..=expiry_blocks::bucket_key(hi))
+        {
+            let (k, raw) = item.map_err(unavailable)?;
+            for (key, v) in read_bucket(&k, &raw)? {
+                if keep(&key) {
+                    out.push((key, v));
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Entries of table `t`'s own tree (packed values read back) in key
+    /// order, at most `limit`.
+    fn tree_entries<I>(&self, items: I, limit: usize) -> Result<Entries, StoreError>
+    where
+        I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+    {
+        let mut out = Vec::new();
+        for item in items.take(limit) {
+            let (k, v) = item.map_err(unavailable)?;
+            out.push((k.to_vec(), packed::unpack(&v)?));
+        }
+        Ok(out)
+    }
+}
+
+impl SledBase {
+    /// Format 2 and older kept the expiry index as one key per entry in the
+    /// `meta` tree: copied into buckets a chunk at a time, made durable, and
+    /// only then removed from `meta`. A crash before the removal is done
+    /// leaves the rest where it was, and the next open copies it again
+    /// (writing an entry into its bucket again changes nothing).
+    fn upgrade_expiry_index(&self) -> Result<(), StoreError> {
+        let meta = &self.trees[Table::Meta as usize];
+        let mut moved = 0usize;
+        let mut from = super::meta::EXPIRY_PREFIX.to_vec();
+        loop {
+            let mut chunk = MemTable::new();
+            let mut scanned = 0;
+            for item in meta.range(from.as_slice()..).take(4096) {
+                let (k, v) = item.map_err(unavailable)?;
+                if !k.starts_with(super::meta::EXPIRY_PREFIX) {
+                    break;
+                }
+                scanned += 1;
+                if expiry_blocks::bucket_of(&k).is_some() {
+                    chunk.insert(k.to_vec(), Some(packed::unpack(&v)?));
+                }
+                from = k.to_vec();
+                from.push(0);
+            }
+            if scanned == 0 {
+                break;
+            }
+            moved += chunk.len();
+            write_expiry_buckets(&self.expiry, chunk.iter())?;
+        }
+        if moved == 0 {
+            return Ok(());
+        }
+        self.barrier()?;
+        for item in meta.scan_prefix(super::meta::EXPIRY_PREFIX).keys() {
+            let k = item.map_err(unavailable)?;
+            if expiry_blocks::bucket_of(&k).is_some() {
+                meta.remove(k).map_err(unavailable)?;
+            }
+        }
+        self.barrier()?;
+        tracing::info!(entries = moved, "moved the expiry index into buckets (store format 3)");
+        Ok(())
+    }
+}
+
+/// Two key-ordered lists of disjoint keys as one, at most `limit` long.
+fn merge_entries(a: Entries, b: Entries, limit: usize) -> Entries {
+    if b.is_empty() {
+        return a;
+    }
+    if a.is_empty() {
+        return b;
+    }
+    let mut all: BTreeMap<Vec<u8>, Vec<u8>> = a.into_iter().collect();
+    all.extend(b);
+    all.into_iter().take(limit).collect()
+}
+
+/// A bucket of the expiry index as read from its tree (the key names its
+/// second).
+fn read_bucket(key: &[u8], raw: &[u8]) -> Result<expiry_blocks::Bucket, StoreError> {
+    let at =
+        log_blocks::seq_of(key).ok_or_else(|| StoreError::Corrupt("an expiry index bucket key is malformed".into()))?;
+    expiry_blocks::decode(at, raw)
+}
+
+/// Writes the expiry index entries among `meta`'s memtable entries (in key
+/// order, so each second's come together) into their buckets: each bucket
+/// touched is read, changed and written once. Post-images, so writing the
+/// same entries again changes nothing.
+fn write_expiry_buckets<'a>(
+    tree: &sled::Tree,
+    entries: impl Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)>,
+) -> Result<(), StoreError> {
+    let load = |at: u64| -> Result<expiry_blocks::Bucket, StoreError> {
+        match tree.get(expiry_blocks::bucket_key(at)).map_err(unavailable)? {
+            Some(raw) => expiry_blocks::decode(at, &raw),
+            None => Ok(expiry_blocks::Bucket::new()),
+        }
+    };
+    let store = |at: u64, bucket: &expiry_blocks::Bucket| -> Result<(), StoreError> {
+        let key = expiry_blocks::bucket_key(at);
+        if bucket.is_empty() {
+            tree.remove(key).map(drop)
+        } else {
+            tree.insert(key, expiry_blocks::encode(at, bucket)?).map(drop)
+        }
+        .map_err(unavailable)
+    };
+    let mut open: Option<(u64, expiry_blocks::Bucket)> = None;
+    for (k, v) in entries {
+        let Some(at) = expiry_blocks::bucket_of(k) else {
+            continue;
+        };
+        let bucket = match &mut open {
+            Some((now, bucket)) if *now == at => bucket,
+            _ => {
+                if let Some((now, bucket)) = open.take() {
+                    store(now, &bucket)?;
+                }
+                &mut open.insert((at, load(at)?)).1
+            }
+        };
+        match v {
+            Some(v) => bucket.insert(k.clone(), v.clone()),
+            None => bucket.remove(k),
+        };
+    }
+    if let Some((at, bucket)) = open {
+        store(at, &bucket)?;
+    }
+    Ok(())
 }
 
 /// The sled tree a table lives in. The logs are kept in blocks
@@ -581,6 +752,9 @@ impl Base for SledBase {
             };
             return Ok(self.log_entries(t, seq, seq, 1, |_| true)?.pop().map(|(_, v)| v));
         }
+        if let Some(at) = expiry_blocks::bucket_of(key).filter(|_| t == Table::Meta) {
+            return Ok(self.expiry_entries(at, at, 1, |k| k == key)?.pop().map(|(_, v)| v));
+        }
         self.trees[t as usize]
             .get(key)
             .map_err(unavailable)?
@@ -592,12 +766,15 @@ impl Base for SledBase {
         if t.is_log() {
             return self.log_entries(t, log_blocks::lower_bound(from), u64::MAX, limit, |k| k >= from);
         }
-        let mut out = Vec::new();
-        for item in self.trees[t as usize].range(from..).take(limit) {
-            let (k, v) = item.map_err(unavailable)?;
-            out.push((k.to_vec(), packed::unpack(&v)?));
+        let own = self.tree_entries(self.trees[t as usize].range(from..), limit)?;
+        if t != Table::Meta {
+            return Ok(own);
         }
-        Ok(out)
+        let index = match expiry_blocks::first_bucket_from(from) {
+            Some(lo) => self.expiry_entries(lo, u64::MAX, limit, |k| k >= from)?,
+            None => Vec::new(),
+        };
+        Ok(merge_entries(own, index, limit))
     }
 
     fn scan_prefix(&self, t: Table, prefix: &[u8]) -> Result<Entries, StoreError> {
@@ -605,12 +782,15 @@ impl Base for SledBase {
             let (lo, hi) = (log_blocks::lower_bound(prefix), log_blocks::upper_bound(prefix));
             return self.log_entries(t, lo, hi, usize::MAX, |k| k.starts_with(prefix));
         }
-        let mut out = Vec::new();
-        for item in self.trees[t as usize].scan_prefix(prefix) {
-            let (k, v) = item.map_err(unavailable)?;
-            out.push((k.to_vec(), packed::unpack(&v)?));
+        let own = self.tree_entries(self.trees[t as usize].scan_prefix(prefix), usize::MAX)?;
+        if t != Table::Meta {
+            return Ok(own);
         }
-        Ok(out)
+        let index = match expiry_blocks::buckets_with_prefix(prefix) {
+            Some((lo, hi)) => self.expiry_entries(lo, hi, usize::MAX, |k| k.starts_with(prefix))?,
+            None => Vec::new(),
+        };
+        Ok(merge_entries(own, index, usize::MAX))
     }
 
     fn range(&self, t: Table, from: &[u8], through: &[u8]) -> Result<Entries, StoreError> {
@@ -618,12 +798,21 @@ impl Base for SledBase {
             let (lo, hi) = (log_blocks::lower_bound(from), log_blocks::upper_bound(through));
             return self.log_entries(t, lo, hi, usize::MAX, |k| k >= from && k <= through);
         }
-        let mut out = Vec::new();
-        for item in self.trees[t as usize].range(from..=through) {
-            let (k, v) = item.map_err(unavailable)?;
-            out.push((k.to_vec(), packed::unpack(&v)?));
+        if from > through {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        let own = self.tree_entries(self.trees[t as usize].range(from..=through), usize::MAX)?;
+        if t != Table::Meta {
+            return Ok(own);
+        }
+        let index = match (
+            expiry_blocks::first_bucket_from(from),
+            expiry_blocks::last_bucket_through(through),
+        ) {
+            (Some(lo), Some(hi)) => self.expiry_entries(lo, hi, usize::MAX, |k| k >= from && k <= through)?,
+            _ => Vec::new(),
+        };
+        Ok(merge_entries(own, index, usize::MAX))
     }
 
     fn keys(&self, t: Table) -> Result<Vec<Vec<u8>>, StoreError> {
@@ -644,11 +833,18 @@ impl Base for SledBase {
         for k in self.trees[t as usize].iter().keys() {
             out.push(k.map_err(unavailable)?.to_vec());
         }
+        if t == Table::Meta {
+            for item in self.expiry.iter() {
+                let (k, raw) = item.map_err(unavailable)?;
+                out.extend(read_bucket(&k, &raw)?.into_keys());
+            }
+            out.sort_unstable();
+        }
         Ok(out)
     }
 
     fn apply(&self, tables: &Tables, lsn: u64) -> Result<(), StoreError> {
-        write_to_sled(&self.trees, tables)?;
+        write_to_sled(&self.trees, &self.expiry, tables)?;
         // After the records: sled recovers a prefix of its own writes, so
         // a position that survives means the records before it did.
         self.own.insert(APPLIED_KEY, &lsn.to_be_bytes()).map_err(unavailable)?;
@@ -698,7 +894,7 @@ impl Base for SledBase {
             self.db.drop_tree(t.name()).map_err(unavailable)?;
             tracing::info!(log = t.name(), entries, "moved a log into blocks (store format 2)");
         }
-        Ok(())
+        self.upgrade_expiry_index()
     }
 
     fn applied_lsn(&self) -> Result<Option<u64>, StoreError> {
@@ -846,14 +1042,21 @@ fn version_of(raw: &Option<Vec<u8>>) -> Result<Option<u64>, StoreError> {
 /// read of these keys until the whole apply and its barrier are done, and
 /// after a crash the log is replayed from the last recorded position
 /// (post-images, idempotent), so a partly applied checkpoint is completed.
-fn write_to_sled(trees: &[sled::Tree], tables: &Tables) -> Result<(), StoreError> {
+fn write_to_sled(trees: &[sled::Tree], expiry: &sled::Tree, tables: &Tables) -> Result<(), StoreError> {
     for (i, mt) in tables.iter().enumerate() {
         let tree = &trees[i];
         if let Some(t) = Table::ALL.get(i).filter(|t| t.is_log()) {
             write_log_blocks(tree, *t, mt)?;
             continue;
         }
+        let meta = Table::ALL.get(i) == Some(&Table::Meta);
+        if meta {
+            write_expiry_buckets(expiry, mt.iter())?;
+        }
         for (k, v) in mt {
+            if meta && expiry_blocks::bucket_of(k).is_some() {
+                continue;
+            }
             match v {
                 Some(v) => tree.insert(k.as_slice(), packed::pack(v)?).map(drop),
                 None => tree.remove(k.as_slice()).map(drop),
@@ -1488,7 +1691,7 @@ mod tests {
     }
 
     /// Small deterministic generator for the model test.
-    struct XorShift(u64);
+    pub(super) struct XorShift(pub(super) u64);
     impl XorShift {
         fn next(&mut self) -> u64 {
             self.0 ^= self.0 << 13;
@@ -1496,7 +1699,7 @@ mod tests {
             self.0 ^= self.0 << 17;
             self.0
         }
-        fn below(&mut self, n: u64) -> u64 {
+        pub(super) fn below(&mut self, n: u64) -> u64 {
             self.next() % n
         }
     }
@@ -1947,6 +2150,7 @@ mod bad_input {
     #![allow(clippy::unwrap_used, clippy::panic)]
     use super::super::disk::OsDisk;
     use super::super::wal::list;
+    use super::tests::XorShift;
     use super::*;
 
     /// Every file under `dir` with its bytes.
@@ -2015,10 +2219,15 @@ mod bad_input {
 
     /// Marks a closed store as one a format-1 build wrote; the marker's path.
     fn mark_format_1(dir: &Path) -> PathBuf {
+        mark_format(dir, 1)
+    }
+
+    /// Marks a closed store as one a build of `format` wrote; the marker's path.
+    fn mark_format(dir: &Path, format: u32) -> PathBuf {
         let m = dir.join(MARKER);
         let text = std::fs::read_to_string(&m)
             .unwrap()
-            .replace("\"format\":2", "\"format\":1");
+            .replace(&format!("\"format\":{STORE_FORMAT}"), &format!("\"format\":{format}"));
         std::fs::write(&m, text).unwrap();
         m
     }
@@ -2061,7 +2270,7 @@ mod bad_input {
             raw[0].1.len()
         );
         let marker: Marker = serde_json::from_slice(&std::fs::read(dir.path().join(MARKER)).unwrap()).unwrap();
-        assert_eq!(marker.format, 2);
+        assert_eq!(marker.format, STORE_FORMAT);
         let s = SledStore::open(dir.path()).unwrap();
         let v = s.get(Table::Approvals, b"jti-0007").unwrap().unwrap();
         assert_eq!((v.version, v.value.as_slice()), (1, RECORD.as_bytes()));
@@ -2084,7 +2293,7 @@ mod bad_input {
         {
             let s = SledStore::open(dir.path()).unwrap();
             let marker: Marker = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
-            assert_eq!(marker.format, 2);
+            assert_eq!(marker.format, STORE_FORMAT);
             assert_eq!(s.get(Table::Users, b"old").unwrap().unwrap().value, RECORD.as_bytes());
             let mut b = Batch::new();
             b.insert(Table::Users, b"new".to_vec(), RECORD.as_bytes().to_vec());
@@ -2202,6 +2411,217 @@ mod bad_input {
         drop(s);
         let raw = raw_sled(dir.path(), Table::Events);
         assert_eq!(raw.iter().map(|(k, _)| k[7]).collect::<Vec<_>>(), vec![2, 3]);
+    }
+
+    /// A `meta` key of the kind the model test below draws: plain names,
+    /// an expiry prefix too short to name a time (kept in the `meta` tree),
+    /// and expiry index entries over a few seconds.
+    fn meta_key(rng: &mut XorShift) -> Vec<u8> {
+        let plain: [&[u8]; 6] = [
+            b"global",
+            b"consumer/a",
+            b"consumer/b",
+            b"expiry-indexed",
+            b"expiry/ab",
+            b"zz",
+        ];
+        match rng.below(3) {
+            0 => plain[rng.below(6) as usize].to_vec(),
+            _ => crate::store::meta::expiry_key(
+                [Table::Challenges, Table::Approvals][rng.below(2) as usize],
+                format!("id{}", rng.below(12)).as_bytes(),
+                1_000 + rng.below(4) as i64,
+            ),
+        }
+    }
+
+    /// Every way of reading `meta` agrees with a plain map, whether an
+    /// expiry index entry sits in a memtable or in its bucket in sled.
+    fn assert_meta_reads(s: &SledStore, model: &BTreeMap<Vec<u8>, Vec<u8>>, at: &str) {
+        let approvals = crate::store::meta::expiry_key(Table::Approvals, b"", 1_000 + 86_400);
+        let prefixes: [&[u8]; 7] = [
+            b"",
+            b"exp",
+            b"expiry/",
+            &approvals[..15],
+            &approvals[..12],
+            b"consumer/",
+            b"q",
+        ];
+        for p in prefixes {
+            let got: Vec<_> = s
+                .scan_prefix(Table::Meta, p)
+                .unwrap()
+                .into_iter()
+                .map(|(k, v)| (k, v.value))
+                .collect();
+            let want: Vec<_> = model
+                .iter()
+                .filter(|(k, _)| k.starts_with(p))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            assert_eq!(got, want, "prefix {p:?} {at}");
+        }
+        for (start, limit) in [(None, 3), (Some(&b"expiry/"[..]), 4), (Some(&b"expiry-indexed"[..]), 1)] {
+            let mut after = start.map(<[u8]>::to_vec);
+            let mut got = Vec::new();
+            loop {
+                let page = s.scan_page(Table::Meta, after.as_deref(), limit).unwrap();
+                assert!(page.len() <= limit);
+                let Some((last, _)) = page.last() else { break };
+                after = Some(last.clone());
+                got.extend(page.into_iter().map(|(k, _)| k));
+            }
+            let want: Vec<_> = model
+                .keys()
+                .filter(|k| start.is_none_or(|a| k.as_slice() > a))
+                .cloned()
+                .collect();
+            assert_eq!(got, want, "pages of {limit} after {start:?} {at}");
+        }
+        assert_eq!(s.len(Table::Meta).unwrap(), model.len(), "len {at}");
+        for k in model.keys() {
+            assert_eq!(
+                s.get(Table::Meta, k).unwrap().map(|v| v.value).as_ref(),
+                model.get(k),
+                "{at}"
+            );
+        }
+    }
+
+    /// The expiry index kept in buckets: random inserts and deletes of
+    /// `meta` keys of every kind, checkpoints every few rounds; reads agree
+    /// with a map throughout and after reopening, and sled's `meta` tree
+    /// holds no expiry index entry that names a time.
+    #[test]
+    fn meta_reads_agree_with_a_model_with_the_expiry_index_in_buckets() {
+        let dir = tempfile::tempdir().unwrap();
+        let tuning = Tuning {
+            checkpoint_interval: Duration::from_millis(5),
+            checkpoint_keys: 5,
+            ..Tuning::default()
+        };
+        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut rng = XorShift(0x0e1b_1d5e_77aa_0003);
+        {
+            let s = SledStore::open_with(dir.path(), tuning).unwrap();
+            for round in 0..600u64 {
+                let key = meta_key(&mut rng);
+                let mut b = Batch::new();
+                match s.get(Table::Meta, &key).unwrap() {
+                    Some(v) if rng.below(2) == 0 => {
+                        b.delete(Table::Meta, key.clone(), v.version);
+                        model.remove(&key);
+                    }
+                    Some(v) => {
+                        b.update(Table::Meta, key.clone(), v.version, format!("r{round}").into_bytes());
+                        model.insert(key, format!("r{round}").into_bytes());
+                    }
+                    None => {
+                        b.insert(Table::Meta, key.clone(), Vec::new());
+                        model.insert(key, Vec::new());
+                    }
+                }
+                s.commit(&b).unwrap();
+                if round % 13 == 0 {
+                    s.checkpoint().unwrap();
+                }
+                if round % 40 == 0 {
+                    assert_meta_reads(&s, &model, &format!("at round {round}"));
+                }
+            }
+            s.checkpoint().unwrap();
+            assert_meta_reads(&s, &model, "at the end");
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_meta_reads(&s, &model, "after reopening");
+        drop(s);
+        let db = open_sled(dir.path(), 1 << 20).unwrap();
+        let meta: Vec<_> = db
+            .open_tree(Table::Meta.name())
+            .unwrap()
+            .iter()
+            .keys()
+            .map(|k| k.unwrap().to_vec())
+            .collect();
+        assert!(meta.iter().all(|k| expiry_blocks::bucket_of(k).is_none()), "{meta:?}");
+        assert_eq!(
+            meta.iter().any(|k| k.as_slice() == b"expiry/ab"),
+            model.contains_key(&b"expiry/ab"[..])
+        );
+        let buckets = db.open_tree(EXPIRY_TREE).unwrap().len();
+        let seconds: std::collections::BTreeSet<_> = model.keys().filter_map(|k| expiry_blocks::bucket_of(k)).collect();
+        assert_eq!(buckets, seconds.len());
+    }
+
+    /// A store that kept the expiry index one key per entry in `meta`
+    /// (format 2) has it moved into buckets when it is opened: the same
+    /// entries, readable and sweepable; also when a crash cut the move
+    /// short (entries in both places).
+    #[test]
+    fn a_format_2_expiry_index_is_moved_into_buckets() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            let mut rng = XorShift(0x2222_3333_4444_5555);
+            for _ in 0..200 {
+                let key = meta_key(&mut rng);
+                if model.contains_key(&key) {
+                    continue;
+                }
+                let mut b = Batch::new();
+                b.insert(Table::Meta, key.clone(), b"x".to_vec());
+                s.commit(&b).unwrap();
+                model.insert(key, b"x".to_vec());
+            }
+            s.checkpoint().unwrap();
+        }
+        // What a format-2 build left: every entry one key in `meta`, and (as
+        // if a move had been cut short) the first bucket still there too.
+        {
+            let db = open_sled(dir.path(), 1 << 20).unwrap();
+            let meta = db.open_tree(Table::Meta.name()).unwrap();
+            let buckets = db.open_tree(EXPIRY_TREE).unwrap();
+            for (i, item) in buckets.iter().enumerate() {
+                let (k, raw) = item.unwrap();
+                for (key, v) in read_bucket(&k, &raw).unwrap() {
+                    meta.insert(key, packed::pack(&v).unwrap()).unwrap();
+                }
+                if i > 0 {
+                    buckets.remove(k).unwrap();
+                }
+            }
+            db.flush().unwrap();
+        }
+        let m = mark_format(dir.path(), 2);
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            let marker: Marker = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+            assert_eq!(marker.format, STORE_FORMAT);
+            assert_meta_reads(&s, &model, "after the move");
+            // The moved entries are written like any other afterwards.
+            let gone = model
+                .keys()
+                .find(|k| expiry_blocks::bucket_of(k).is_some())
+                .unwrap()
+                .clone();
+            let v = s.get(Table::Meta, &gone).unwrap().unwrap();
+            let mut b = Batch::new();
+            b.delete(Table::Meta, gone.clone(), v.version);
+            s.commit(&b).unwrap();
+            model.remove(&gone);
+            s.checkpoint().unwrap();
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_meta_reads(&s, &model, "after reopening");
+        drop(s);
+        let db = open_sled(dir.path(), 1 << 20).unwrap();
+        let meta = db.open_tree(Table::Meta.name()).unwrap();
+        assert!(meta
+            .iter()
+            .keys()
+            .all(|k| expiry_blocks::bucket_of(&k.unwrap()).is_none()));
     }
 
     /// A value sled holds in an encoding this build does not know is
