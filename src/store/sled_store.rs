@@ -6,7 +6,9 @@
 //! ([`super::packed`]; stores that may hold such values are format 2).
 //! The logs and the expiry index are not kept one key per entry but in
 //! blocks ([`super::log_blocks`]) and per-second buckets
-//! ([`super::expiry_blocks`]); stores keeping the index so are format 3.
+//! ([`super::expiry_blocks`]); stores keeping the index so are format 3,
+//! and format 4 once log blocks may leave out the chain hashes they can
+//! derive.
 //!
 //! The durable path does not go through sled. A [`Batch`] is decided under
 //! one write lock against the current state, becomes one record of
@@ -451,8 +453,10 @@ const MARKER_TMP: &str = "sigil-store.json.tmp";
 /// The store layout this code writes: 2 since sled may hold packed values
 /// ([`super::packed`]), which a build reading format 1 would misread; 3
 /// since the expiry index is kept in buckets ([`super::expiry_blocks`]),
-/// which a build reading format 2 would not see.
-const STORE_FORMAT: u32 = 3;
+/// which a build reading format 2 would not see; 4 since log blocks may
+/// leave out the chain hashes they can derive ([`super::log_blocks`]),
+/// which a build reading format 3 would refuse as damage.
+const STORE_FORMAT: u32 = 4;
 /// The sled tree of the expiry index's buckets.
 const EXPIRY_TREE: &str = "meta.expiry";
 
@@ -2367,6 +2371,52 @@ mod bad_input {
             .collect();
         assert!(!names.iter().any(|n| n == "audit" || n == "events"), "{names:?}");
         assert_eq!(db.open_tree(tree_name(Table::Audit)).unwrap().len(), 3);
+    }
+
+    /// A log entry changed inside a block where its hash is derived (so
+    /// the derived hashes after it change with it) is still found by
+    /// `verify_log`: at the next hash the block or log head keeps.
+    #[test]
+    fn a_changed_entry_in_a_block_with_derived_hashes_is_found() {
+        for victim in [100u64, 140] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let s = SledStore::open(dir.path()).unwrap();
+                for i in 0..150u32 {
+                    let mut b = Batch::new();
+                    b.append(Table::Audit, format!("{RECORD}{i}").into_bytes());
+                    s.commit(&b).unwrap();
+                }
+                s.checkpoint().unwrap();
+                assert_eq!(crate::store::verify_log(&s, Table::Audit).unwrap().0, 150);
+            }
+            {
+                let db = open_sled(dir.path(), 1 << 20).unwrap();
+                let tree = db.open_tree(tree_name(Table::Audit)).unwrap();
+                let key = log_blocks::block_key(victim);
+                let mut plain = packed::unpack(&tree.get(key).unwrap().unwrap()).unwrap();
+                let mut at = 8;
+                loop {
+                    let seq = u64::from_be_bytes(plain[at..at + 8].try_into().unwrap());
+                    let form = plain[at + 8];
+                    let len = u32::from_be_bytes(plain[at + 9..at + 13].try_into().unwrap()) as usize;
+                    let body = if form == 0 { len - 32 } else { len };
+                    if seq == victim {
+                        assert_eq!(form, 0, "entry {victim} keeps its hash");
+                        plain[at + 13 + body - 1] ^= 0x01;
+                        break;
+                    }
+                    at += 13 + body;
+                }
+                tree.insert(key, packed::pack(&plain).unwrap()).unwrap();
+                db.flush().unwrap();
+            }
+            let s = SledStore::open(dir.path()).unwrap();
+            assert!(
+                crate::store::verify_log(&s, Table::Audit).is_err(),
+                "entry {victim} changed unseen"
+            );
+        }
     }
 
     /// Reads of a log in blocks agree with one key per entry for every
