@@ -33,7 +33,8 @@
 //!    phase), with its ratio to the HSM's CPU per signature.
 //! 4. **Growth**: TOTP approvals at 32 clients until `LOADGEN_APPROVALS`
 //!    (200,000) have been issued in all, then sigild's resident set
-//!    and the store's size on disk; sigild is stopped (SIGTERM) and
+//!    (anonymous and file-backed, and its threads) and the store's size
+//!    on disk; sigild is stopped (SIGTERM) and
 //!    started again on that store, and the time from spawning it to
 //!    `SERVING` is measured.
 //!
@@ -737,6 +738,11 @@ async fn run(dir: tempfile::TempDir, keep: bool) {
     }
     let rss = proc_status(d.pid, "VmRSS:").unwrap_or(0) * 1024;
     let hwm = proc_status(d.pid, "VmHWM:").unwrap_or(0) * 1024;
+    // What the resident set is: the heap and stacks (anonymous) against the
+    // binary and libraries (file-backed), and how many threads hold it.
+    let anon = proc_status(d.pid, "RssAnon:").unwrap_or(0) * 1024;
+    let file = proc_status(d.pid, "RssFile:").unwrap_or(0) * 1024;
+    let threads = proc_status(d.pid, "Threads:").unwrap_or(0);
     let store = du(&setup.dir.join("data"));
     let total = w.total_approvals.load(Ordering::Relaxed);
     let clean = d.stop();
@@ -785,6 +791,11 @@ async fn run(dir: tempfile::TempDir, keep: bool) {
         "| sigild resident set (peak) | {} ({}) |",
         mib(rss as f64),
         mib(hwm as f64)
+    );
+    println!(
+        "| of which anonymous (heap, stacks) / file-backed (binary, libraries); threads | {} / {}; {threads} |",
+        mib(anon as f64),
+        mib(file as f64)
     );
     println!("| store on disk (sled + write-ahead log) | {} |", mib(store as f64));
     println!(
