@@ -50,7 +50,8 @@
 //!
 //! Knobs (environment): `LOADGEN_USERS`, `LOADGEN_SECONDS`,
 //! `LOADGEN_APPROVALS`, `LOADGEN_CLIENTS` (`1,8,32`), `LOADGEN_CACHE_MIB`
-//! (sled's page cache, `[store] cache_mib`: 64, the default), `LOADGEN_PLOT`. For a
+//! (sled's page cache, `[store] cache_mib`: 64, the default), `LOADGEN_STORE`
+//! (more `[store]` settings, `;` between them), `LOADGEN_PLOT`. For a
 //! closer look: `LOADGEN_SLOW_MS=<ms>` prints every timed operation slower
 //! than that with its wall-clock end (Unix ms), `BENCH_SIGILD_LOG=<filter>`
 //! sets sigild's `RUST_LOG` (its log is `sigild.log` in the run's
@@ -640,8 +641,11 @@ async fn run(dir: tempfile::TempDir, keep: bool) {
             .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/loadgen.png").into()),
     );
     let max_clients = levels.iter().copied().max().unwrap_or(1);
+    // Further `[store]` settings, one per line with `;` between (for
+    // example `checkpoint_interval_ms = 250`).
+    let store_extra = std::env::var("LOADGEN_STORE").unwrap_or_default().replace(';', "\n");
     let config = format!(
-        "[store]\ncache_mib = {cache_mib}\n\
+        "[store]\ncache_mib = {cache_mib}\n{store_extra}\n\
          [protection]\nrequire_whitelisted_address = false\nsecurity_change_lock_seconds = 0\n\
          [webauthn]\nrp_id = \"localhost\"\norigins = [\"{ORIGIN}\"]\n"
     );
@@ -655,7 +659,12 @@ async fn run(dir: tempfile::TempDir, keep: bool) {
     println!("# Approvals measured from outside (`examples/loadgen.rs`)");
     println!();
     println!("{}", machine_table(d.pid));
-    println!("| config | sled page cache {cache_mib} MiB, other `[store]` settings default; whitelist and post-enrollment lock off |");
+    let store_said = if store_extra.trim().is_empty() {
+        "other `[store]` settings default".to_string()
+    } else {
+        format!("`{}`", store_extra.replace('\n', "; "))
+    };
+    println!("| config | sled page cache {cache_mib} MiB, {store_said}; whitelist and post-enrollment lock off |");
     println!();
 
     let mut channels = Vec::new();

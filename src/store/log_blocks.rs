@@ -43,9 +43,9 @@ pub const LOG_BLOCK: u64 = 64;
 /// One block's entries: sequence number → stored bytes.
 pub type Block = BTreeMap<u64, Vec<u8>>;
 
-/// The sled key of the block holding `seq`.
-pub fn block_key(seq: u64) -> [u8; 8] {
-    (seq / LOG_BLOCK).to_be_bytes()
+/// The number of the block holding `seq` (its sled key, 8 bytes big-endian).
+pub fn block_of(seq: u64) -> u64 {
+    seq / LOG_BLOCK
 }
 
 /// The sequence number a log key names, if it is one (8 bytes).
@@ -131,7 +131,7 @@ pub fn decode(id: u64, raw: &[u8]) -> Result<Block, StoreError> {
         let form = if derived_layout { h[8] } else { 1 };
         let len = u32::from_be_bytes(h[head - 4..].try_into().map_err(|_| bad("entry header"))?) as usize;
         at += head;
-        if seq / LOG_BLOCK != id || block.keys().next_back().is_some_and(|last| *last >= seq) {
+        if block_of(seq) != id || block.keys().next_back().is_some_and(|last| *last >= seq) {
             return Err(bad("entries out of place or out of order"));
         }
         let stored = match form {
@@ -186,7 +186,7 @@ mod tests {
         let raw = encode(&block).unwrap();
         assert!(raw.len() < block.values().map(Vec::len).sum::<usize>() / 2);
         assert_eq!(decode(2, &raw).unwrap(), block);
-        assert_eq!(block_key(191), 2u64.to_be_bytes());
+        assert_eq!(block_of(191), 2);
         assert_eq!(seq_of(&7u64.to_be_bytes()), Some(7));
         assert_eq!(seq_of(b"short"), None);
         assert_eq!((lower_bound(&[]), upper_bound(&[])), (0, u64::MAX));

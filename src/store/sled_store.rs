@@ -498,24 +498,18 @@ impl SledBase {
         limit: usize,
         keep: impl Fn(&[u8]) -> bool,
     ) -> Result<Entries, StoreError> {
-        let mut out = Vec::new();
-        if lo > hi || limit == 0 {
-            return Ok(out);
+        if lo > hi {
+            return Ok(Vec::new());
         }
-        let blocks = self.trees[t as usize].range(log_blocks::block_key(lo)..=log_blocks::block_key(hi));
-        for item in blocks {
-            let (k, raw) = item.map_err(unavailable)?;
-            for (seq, v) in read_block(t, &k, &raw)?.range(lo..=hi) {
-                let key = seq.to_be_bytes();
-                if keep(&key) {
-                    out.push((key.to_vec(), v.clone()));
-                    if out.len() == limit {
-                        return Ok(out);
-                    }
-                }
-            }
-        }
-        Ok(out)
+        let (first, last) = (log_blocks::block_of(lo), log_blocks::block_of(hi));
+        let read = |k: &[u8], raw: &[u8]| -> Result<Entries, StoreError> {
+            let block = read_block(t, k, raw)?;
+            Ok(block
+                .range(lo..=hi)
+                .map(|(seq, v)| (seq.to_be_bytes().to_vec(), v.clone()))
+                .collect())
+        };
+        grouped_entries(&self.trees[t as usize], first, last, limit, read, keep)
     }
 
     /// The expiry index entries in buckets `lo..=hi` whose keys pass
@@ -527,25 +521,8 @@ impl SledBase {
         limit: usize,
         keep: impl Fn(&[u8]) -> bool,
     ) -> Result<Entries, StoreError> {
-        let mut out = Vec::new();
-        if lo > hi || limit == 0 {
-            return Ok(out);
-        }
-        for item in self
-            .expiry
-            .range(expiry_blocks::bucket_key(lo)..=expiry_blocks::bucket_key(hi))
-        {
-            let (k, raw) = item.map_err(unavailable)?;
-            for (key, v) in read_bucket(&k, &raw)? {
-                if keep(&key) {
-                    out.push((key, v));
-                    if out.len() == limit {
-                        return Ok(out);
-                    }
-                }
-            }
-        }
-        Ok(out)
+        let read = |k: &[u8], raw: &[u8]| Ok(read_bucket(k, raw)?.into_iter().collect());
+        grouped_entries(&self.expiry, lo, hi, limit, read, keep)
     }
 
     /// Entries of table `t`'s own tree (packed values read back) in key
@@ -610,6 +587,35 @@ impl SledBase {
     }
 }
 
+/// The entries of the groups (log blocks, expiry buckets) keyed `lo..=hi`
+/// (8 bytes big-endian) in `tree`, as `read` gives each group's, whose keys
+/// pass `keep`, in order, at most `limit`.
+fn grouped_entries(
+    tree: &sled::Tree,
+    lo: u64,
+    hi: u64,
+    limit: usize,
+    read: impl Fn(&[u8], &[u8]) -> Result<Entries, StoreError>,
+    keep: impl Fn(&[u8]) -> bool,
+) -> Result<Entries, StoreError> {
+    let mut out = Vec::new();
+    if lo > hi || limit == 0 {
+        return Ok(out);
+    }
+    for item in tree.range(lo.to_be_bytes()..=hi.to_be_bytes()) {
+        let (k, raw) = item.map_err(unavailable)?;
+        for (key, v) in read(&k, &raw)? {
+            if keep(&key) {
+                out.push((key, v));
+                if out.len() == limit {
+                    return Ok(out);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Two key-ordered lists of disjoint keys as one, at most `limit` long.
 fn merge_entries(a: Entries, b: Entries, limit: usize) -> Entries {
     if b.is_empty() {
@@ -654,27 +660,37 @@ fn write_expiry_buckets<'a>(
         }
         .map_err(unavailable)
     };
-    let mut open: Option<(u64, expiry_blocks::Bucket)> = None;
-    for (k, v) in entries {
-        let Some(at) = expiry_blocks::bucket_of(k) else {
-            continue;
-        };
-        let bucket = match &mut open {
-            Some((now, bucket)) if *now == at => bucket,
+    let changes = entries.filter_map(|(k, v)| expiry_blocks::bucket_of(k).map(|at| Ok((at, k.clone(), v.clone()))));
+    rewrite_groups(changes, load, store)
+}
+
+/// Applies post-images to the groups (blocks, buckets) their keys fall in,
+/// the changes of a group coming one after another: each group is loaded,
+/// changed and stored once.
+fn rewrite_groups<K: Ord>(
+    changes: impl Iterator<Item = Result<(u64, K, Option<Vec<u8>>), StoreError>>,
+    load: impl Fn(u64) -> Result<BTreeMap<K, Vec<u8>>, StoreError>,
+    store: impl Fn(u64, &BTreeMap<K, Vec<u8>>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut open: Option<(u64, BTreeMap<K, Vec<u8>>)> = None;
+    for change in changes {
+        let (id, key, value) = change?;
+        let group = match &mut open {
+            Some((at, group)) if *at == id => group,
             _ => {
-                if let Some((now, bucket)) = open.take() {
-                    store(now, &bucket)?;
+                if let Some((at, group)) = open.take() {
+                    store(at, &group)?;
                 }
-                &mut open.insert((at, load(at)?)).1
+                &mut open.insert((id, load(id)?)).1
             }
         };
-        match v {
-            Some(v) => bucket.insert(k.clone(), v.clone()),
-            None => bucket.remove(k),
+        match value {
+            Some(v) => group.insert(key, v),
+            None => group.remove(&key),
         };
     }
-    if let Some((at, bucket)) = open {
-        store(at, &bucket)?;
+    if let Some((at, group)) = open {
+        store(at, &group)?;
     }
     Ok(())
 }
@@ -718,8 +734,7 @@ fn write_log_blocks(tree: &sled::Tree, t: Table, mt: &MemTable) -> Result<(), St
     };
     // Keys are 8-byte big-endian sequence numbers, so the memtable's order
     // is theirs and each block's entries come together.
-    let mut open: Option<(u64, log_blocks::Block)> = None;
-    for (k, v) in mt {
+    let changes = mt.iter().map(|(k, v)| {
         let seq = log_blocks::seq_of(k).ok_or_else(|| {
             StoreError::Corrupt(format!(
                 "{} key of {} bytes is not a sequence number",
@@ -727,25 +742,9 @@ fn write_log_blocks(tree: &sled::Tree, t: Table, mt: &MemTable) -> Result<(), St
                 k.len()
             ))
         })?;
-        let id = seq / log_blocks::LOG_BLOCK;
-        let block = match &mut open {
-            Some((at, block)) if *at == id => block,
-            _ => {
-                if let Some((at, block)) = open.take() {
-                    store(at, &block)?;
-                }
-                &mut open.insert((id, load(id)?)).1
-            }
-        };
-        match v {
-            Some(v) => block.insert(seq, v.clone()),
-            None => block.remove(&seq),
-        };
-    }
-    if let Some((at, block)) = open {
-        store(at, &block)?;
-    }
-    Ok(())
+        Ok((log_blocks::block_of(seq), seq, v.clone()))
+    });
+    rewrite_groups(changes, load, store)
 }
 
 impl Base for SledBase {
@@ -2393,7 +2392,7 @@ mod bad_input {
             {
                 let db = open_sled(dir.path(), 1 << 20).unwrap();
                 let tree = db.open_tree(tree_name(Table::Audit)).unwrap();
-                let key = log_blocks::block_key(victim);
+                let key = log_blocks::block_of(victim).to_be_bytes();
                 let mut plain = packed::unpack(&tree.get(key).unwrap().unwrap()).unwrap();
                 let mut at = 8;
                 loop {
