@@ -457,6 +457,9 @@ const MARKER_TMP: &str = "sigil-store.json.tmp";
 /// leave out the chain hashes they can derive ([`super::log_blocks`]),
 /// which a build reading format 3 would refuse as damage.
 const STORE_FORMAT: u32 = 4;
+/// How many decoded expiry buckets `SledBase` keeps (challenges' and
+/// approvals' entries of the current second fall in different buckets).
+const LAST_BUCKETS: usize = 4;
 /// The sled tree of the expiry index's buckets.
 const EXPIRY_TREE: &str = "meta.expiry";
 
@@ -466,6 +469,9 @@ struct SledBase {
     trees: Vec<sled::Tree>,
     /// The expiry index of table `meta`, a bucket per second.
     expiry: sled::Tree,
+    /// The buckets `get` decoded last, newest first, each with the bytes it
+    /// was decoded from.
+    last_buckets: Mutex<Vec<(u64, sled::IVec, Arc<expiry_blocks::Bucket>)>>,
     own: sled::Tree,
     path: PathBuf,
 }
@@ -483,6 +489,7 @@ impl SledBase {
             db,
             trees,
             expiry,
+            last_buckets: Mutex::new(Vec::new()),
             own,
             path: path.to_path_buf(),
         })
@@ -510,6 +517,37 @@ impl SledBase {
                 .collect())
         };
         grouped_entries(&self.trees[t as usize], first, last, limit, read, keep)
+    }
+
+    /// One expiry index entry of bucket `at`. Every commit reads the keys
+    /// it writes (their versions), under the store's write lock: a new
+    /// challenge's or approval's entry, or the sweep's deletions, a second's
+    /// entries one after another. Decoding a bucket of a busy second for
+    /// each would hold every commit back (about a second for the sweep's
+    /// page of 1,000 deletions), so the last few buckets decoded are kept
+    /// and used again while sled holds the very bytes they were decoded from.
+    fn expiry_get(&self, at: u64, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(raw) = self.expiry.get(expiry_blocks::bucket_key(at)).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        let cached = self.last_buckets.lock().ok().and_then(|last| {
+            last.iter()
+                .find(|(a, r, _)| *a == at && *r == raw)
+                .map(|(_, _, b)| Arc::clone(b))
+        });
+        let bucket = match cached {
+            Some(b) => b,
+            None => {
+                let b = Arc::new(expiry_blocks::decode(at, &raw)?);
+                if let Ok(mut last) = self.last_buckets.lock() {
+                    last.retain(|(a, _, _)| *a != at);
+                    last.insert(0, (at, raw, Arc::clone(&b)));
+                    last.truncate(LAST_BUCKETS);
+                }
+                b
+            }
+        };
+        Ok(bucket.get(key).cloned())
     }
 
     /// The expiry index entries in buckets `lo..=hi` whose keys pass
@@ -756,7 +794,7 @@ impl Base for SledBase {
             return Ok(self.log_entries(t, seq, seq, 1, |_| true)?.pop().map(|(_, v)| v));
         }
         if let Some(at) = expiry_blocks::bucket_of(key).filter(|_| t == Table::Meta) {
-            return Ok(self.expiry_entries(at, at, 1, |k| k == key)?.pop().map(|(_, v)| v));
+            return self.expiry_get(at, key);
         }
         self.trees[t as usize]
             .get(key)
@@ -2601,6 +2639,43 @@ mod bad_input {
         let buckets = db.open_tree(EXPIRY_TREE).unwrap().len();
         let seconds: std::collections::BTreeSet<_> = model.keys().filter_map(|k| expiry_blocks::bucket_of(k)).collect();
         assert_eq!(buckets, seconds.len());
+    }
+
+    /// The decoded buckets kept for reads never answer for bytes sled no
+    /// longer holds: every read after a checkpoint changed a bucket sees
+    /// the change.
+    #[test]
+    fn kept_buckets_follow_every_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let key = |id: &str, at: i64| crate::store::meta::expiry_key(Table::Approvals, id.as_bytes(), at);
+        let get = |k: &[u8]| s.get(Table::Meta, k).unwrap().map(|v| v.version);
+        let commit = |b: Batch| {
+            s.commit(&b).unwrap();
+            s.checkpoint().unwrap();
+        };
+        let mut b = Batch::new();
+        b.insert(Table::Meta, key("a", 100), Vec::new());
+        commit(b);
+        assert_eq!((get(&key("a", 100)), get(&key("b", 100))), (Some(1), None));
+        // Other seconds read in between push nothing wrong out or in.
+        for at in 101..110 {
+            assert_eq!(get(&key("a", at)), None);
+        }
+        let mut b = Batch::new();
+        b.insert(Table::Meta, key("b", 100), Vec::new());
+        b.update(Table::Meta, key("a", 100), 1, b"x".to_vec());
+        commit(b);
+        assert_eq!((get(&key("a", 100)), get(&key("b", 100))), (Some(2), Some(1)));
+        let mut b = Batch::new();
+        b.delete(Table::Meta, key("a", 100), 2);
+        b.delete(Table::Meta, key("b", 100), 1);
+        commit(b);
+        assert_eq!((get(&key("a", 100)), get(&key("b", 100))), (None, None));
+        let mut b = Batch::new();
+        b.insert(Table::Meta, key("a", 100), Vec::new());
+        commit(b);
+        assert_eq!(get(&key("a", 100)), Some(1));
     }
 
     /// A store that kept the expiry index one key per entry in `meta`
