@@ -25,7 +25,10 @@
 //!   in the block, with the sequence number one lower) and this entry: it
 //!   is written only where the stored hash is exactly that, so reading
 //!   gives back the same bytes. The hashes (32 random bytes per entry)
-//!   were over half of a packed block.
+//!   were over half of a packed block. A value changed inside a block
+//!   changes the derived hashes after it, so `verify_log` finds the change
+//!   at the next hash that is kept (the next block's first entry, or the
+//!   log head) and names that entry rather than the changed one.
 //!
 //! Writing an
 //! entry rewrites its block with the entry added (or removed, when a log

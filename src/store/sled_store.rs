@@ -2504,16 +2504,23 @@ mod bad_input {
     /// an expiry prefix too short to name a time (kept in the `meta` tree),
     /// and expiry index entries over a few seconds.
     fn meta_key(rng: &mut XorShift) -> Vec<u8> {
-        let plain: [&[u8]; 6] = [
+        // Keys of the expiry prefix that name no whole time stay in the
+        // `meta` tree: one sorts between the challenges' and the
+        // approvals' seconds, one after every second.
+        let between = [&b"expiry/"[..], &[0, 0, 0, 0, 0, 1]].concat();
+        let plain: [&[u8]; 7] = [
             b"global",
             b"consumer/a",
             b"consumer/b",
             b"expiry-indexed",
             b"expiry/ab",
+            &between,
             b"zz",
         ];
         match rng.below(3) {
-            0 => plain[rng.below(6) as usize].to_vec(),
+            // A time and nothing after it: kept in its bucket too.
+            0 if rng.below(8) == 0 => [&b"expiry/"[..], &(1_000u64 + 86_400).to_be_bytes()].concat(),
+            0 => plain[rng.below(7) as usize].to_vec(),
             _ => crate::store::meta::expiry_key(
                 [Table::Challenges, Table::Approvals][rng.below(2) as usize],
                 format!("id{}", rng.below(12)).as_bytes(),
@@ -2525,12 +2532,16 @@ mod bad_input {
     /// Every way of reading `meta` agrees with a plain map, whether an
     /// expiry index entry sits in a memtable or in its bucket in sled.
     fn assert_meta_reads(s: &SledStore, model: &BTreeMap<Vec<u8>, Vec<u8>>, at: &str) {
-        let approvals = crate::store::meta::expiry_key(Table::Approvals, b"", 1_000 + 86_400);
-        let prefixes: [&[u8]; 7] = [
+        // One second of approvals' entries (some buckets but not others),
+        // every approvals' second, and every second.
+        let approvals = crate::store::meta::expiry_key(Table::Approvals, b"", 1_002);
+        let prefixes: [&[u8]; 9] = [
             b"",
             b"exp",
             b"expiry/",
             &approvals[..15],
+            &approvals[..16],
+            &approvals[..14],
             &approvals[..12],
             b"consumer/",
             b"q",
@@ -2656,11 +2667,15 @@ mod bad_input {
         };
         let mut b = Batch::new();
         b.insert(Table::Meta, key("a", 100), Vec::new());
+        for at in 101..110 {
+            b.insert(Table::Meta, key("z", at), Vec::new());
+        }
         commit(b);
         assert_eq!((get(&key("a", 100)), get(&key("b", 100))), (Some(1), None));
-        // Other seconds read in between push nothing wrong out or in.
+        // Other seconds read in between (more than are kept) push nothing
+        // wrong out or in.
         for at in 101..110 {
-            assert_eq!(get(&key("a", at)), None);
+            assert_eq!((get(&key("z", at)), get(&key("a", at))), (Some(1), None));
         }
         let mut b = Batch::new();
         b.insert(Table::Meta, key("b", 100), Vec::new());
