@@ -683,33 +683,34 @@ fn write_expiry_buckets<'a>(
     tree: &sled::Tree,
     entries: impl Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)>,
 ) -> Result<(), StoreError> {
-    let load = |at: u64| -> Result<expiry_blocks::Bucket, StoreError> {
-        match tree.get(expiry_blocks::bucket_key(at)).map_err(unavailable)? {
-            Some(raw) => expiry_blocks::decode(at, &raw),
-            None => Ok(expiry_blocks::Bucket::new()),
+    let changes = entries.filter_map(|(k, v)| expiry_blocks::bucket_of(k).map(|at| Ok((at, k.clone(), v.clone()))));
+    rewrite_groups(tree, changes, expiry_blocks::decode, expiry_blocks::encode)
+}
+
+/// Applies post-images to the groups (log blocks, expiry buckets) of
+/// `tree` their keys fall in, the changes of a group coming one after
+/// another: each group (the key `id`, 8 bytes big-endian) is read with
+/// `decode`, changed, and written with `encode` (removed once empty), once.
+fn rewrite_groups<K: Ord>(
+    tree: &sled::Tree,
+    changes: impl Iterator<Item = Result<(u64, K, Option<Vec<u8>>), StoreError>>,
+    decode: impl Fn(u64, &[u8]) -> Result<BTreeMap<K, Vec<u8>>, StoreError>,
+    encode: impl Fn(u64, &BTreeMap<K, Vec<u8>>) -> Result<Vec<u8>, StoreError>,
+) -> Result<(), StoreError> {
+    let load = |id: u64| -> Result<BTreeMap<K, Vec<u8>>, StoreError> {
+        match tree.get(id.to_be_bytes()).map_err(unavailable)? {
+            Some(raw) => decode(id, &raw),
+            None => Ok(BTreeMap::new()),
         }
     };
-    let store = |at: u64, bucket: &expiry_blocks::Bucket| -> Result<(), StoreError> {
-        let key = expiry_blocks::bucket_key(at);
-        if bucket.is_empty() {
-            tree.remove(key).map(drop)
+    let store = |id: u64, group: &BTreeMap<K, Vec<u8>>| -> Result<(), StoreError> {
+        if group.is_empty() {
+            tree.remove(id.to_be_bytes()).map(drop)
         } else {
-            tree.insert(key, expiry_blocks::encode(at, bucket)?).map(drop)
+            tree.insert(id.to_be_bytes(), encode(id, group)?).map(drop)
         }
         .map_err(unavailable)
     };
-    let changes = entries.filter_map(|(k, v)| expiry_blocks::bucket_of(k).map(|at| Ok((at, k.clone(), v.clone()))));
-    rewrite_groups(changes, load, store)
-}
-
-/// Applies post-images to the groups (blocks, buckets) their keys fall in,
-/// the changes of a group coming one after another: each group is loaded,
-/// changed and stored once.
-fn rewrite_groups<K: Ord>(
-    changes: impl Iterator<Item = Result<(u64, K, Option<Vec<u8>>), StoreError>>,
-    load: impl Fn(u64) -> Result<BTreeMap<K, Vec<u8>>, StoreError>,
-    store: impl Fn(u64, &BTreeMap<K, Vec<u8>>) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
     let mut open: Option<(u64, BTreeMap<K, Vec<u8>>)> = None;
     for change in changes {
         let (id, key, value) = change?;
@@ -756,20 +757,6 @@ fn read_block(t: Table, key: &[u8], raw: &[u8]) -> Result<log_blocks::Block, Sto
 /// read, changed and written once. Post-images, so writing the same
 /// memtable again changes nothing.
 fn write_log_blocks(tree: &sled::Tree, t: Table, mt: &MemTable) -> Result<(), StoreError> {
-    let load = |id: u64| -> Result<log_blocks::Block, StoreError> {
-        match tree.get(id.to_be_bytes()).map_err(unavailable)? {
-            Some(raw) => log_blocks::decode(id, &raw),
-            None => Ok(log_blocks::Block::new()),
-        }
-    };
-    let store = |id: u64, block: &log_blocks::Block| -> Result<(), StoreError> {
-        if block.is_empty() {
-            tree.remove(id.to_be_bytes()).map(drop)
-        } else {
-            tree.insert(id.to_be_bytes(), log_blocks::encode(block)?).map(drop)
-        }
-        .map_err(unavailable)
-    };
     // Keys are 8-byte big-endian sequence numbers, so the memtable's order
     // is theirs and each block's entries come together.
     let changes = mt.iter().map(|(k, v)| {
@@ -782,7 +769,7 @@ fn write_log_blocks(tree: &sled::Tree, t: Table, mt: &MemTable) -> Result<(), St
         })?;
         Ok((log_blocks::block_of(seq), seq, v.clone()))
     });
-    rewrite_groups(changes, load, store)
+    rewrite_groups(tree, changes, log_blocks::decode, |_, block| log_blocks::encode(block))
 }
 
 impl Base for SledBase {
