@@ -576,9 +576,7 @@ impl SledBase {
         }
         Ok(out)
     }
-}
 
-impl SledBase {
     /// Format 2 and older kept the expiry index as one key per entry in the
     /// `meta` tree: copied into buckets a chunk at a time, made durable, and
     /// only then removed from `meta`. A crash before the removal is done
@@ -586,36 +584,17 @@ impl SledBase {
     /// (writing an entry into its bucket again changes nothing).
     fn upgrade_expiry_index(&self) -> Result<(), StoreError> {
         let meta = &self.trees[Table::Meta as usize];
-        let mut moved = 0usize;
-        let mut from = super::meta::EXPIRY_PREFIX.to_vec();
-        loop {
-            let mut chunk = MemTable::new();
-            let mut scanned = 0;
-            for item in meta.range(from.as_slice()..).take(4096) {
-                let (k, v) = item.map_err(unavailable)?;
-                if !k.starts_with(super::meta::EXPIRY_PREFIX) {
-                    break;
-                }
-                scanned += 1;
-                if expiry_blocks::bucket_of(&k).is_some() {
-                    chunk.insert(k.to_vec(), Some(packed::unpack(&v)?));
-                }
-                from = k.to_vec();
-                from.push(0);
-            }
-            if scanned == 0 {
-                break;
-            }
-            moved += chunk.len();
-            write_expiry_buckets(&self.expiry, chunk.iter())?;
-        }
+        let bucketed = |k: &[u8]| expiry_blocks::bucket_of(k).is_some();
+        let moved = copy_in_chunks(meta, super::meta::EXPIRY_PREFIX, bucketed, |chunk| {
+            write_expiry_buckets(&self.expiry, chunk.iter())
+        })?;
         if moved == 0 {
             return Ok(());
         }
         self.barrier()?;
         for item in meta.scan_prefix(super::meta::EXPIRY_PREFIX).keys() {
             let k = item.map_err(unavailable)?;
-            if expiry_blocks::bucket_of(&k).is_some() {
+            if bucketed(&k) {
                 meta.remove(k).map_err(unavailable)?;
             }
         }
@@ -623,6 +602,42 @@ impl SledBase {
         tracing::info!(entries = moved, "moved the expiry index into buckets (store format 3)");
         Ok(())
     }
+}
+
+/// Entries an upgrade copies at a time (few in tests, so that theirs
+/// cross chunk edges).
+#[cfg(not(test))]
+const UPGRADE_CHUNK: usize = 4096;
+#[cfg(test)]
+const UPGRADE_CHUNK: usize = 16;
+
+/// Hands the entries of `tree` whose keys start with `prefix` and pass
+/// `keep` (values read back from their packed form) to `write`,
+/// [`UPGRADE_CHUNK`] at a time, for an upgrade to copy them elsewhere; `tree` itself is left as it
+/// is. Returns how many there were.
+fn copy_in_chunks(
+    tree: &sled::Tree,
+    prefix: &[u8],
+    keep: impl Fn(&[u8]) -> bool,
+    mut write: impl FnMut(&MemTable) -> Result<(), StoreError>,
+) -> Result<usize, StoreError> {
+    let mut copied = 0;
+    let mut chunk = MemTable::new();
+    for item in tree.scan_prefix(prefix) {
+        let (k, v) = item.map_err(unavailable)?;
+        if keep(&k) {
+            chunk.insert(k.to_vec(), Some(packed::unpack(&v)?));
+        }
+        if chunk.len() == UPGRADE_CHUNK {
+            copied += chunk.len();
+            write(&std::mem::take(&mut chunk))?;
+        }
+    }
+    if !chunk.is_empty() {
+        copied += chunk.len();
+        write(&chunk)?;
+    }
+    Ok(copied)
 }
 
 /// The entries of the groups (log blocks, expiry buckets) keyed `lo..=hi`
@@ -901,23 +916,12 @@ impl Base for SledBase {
                 continue;
             }
             let legacy = self.db.open_tree(t.name()).map_err(unavailable)?;
-            let mut entries = 0usize;
-            let mut from: Vec<u8> = Vec::new();
-            loop {
-                let mut chunk = MemTable::new();
-                for item in legacy.range(from.as_slice()..).take(4096) {
-                    let (k, v) = item.map_err(unavailable)?;
-                    chunk.insert(k.to_vec(), Some(packed::unpack(&v)?));
-                }
-                let Some(last) = chunk.keys().next_back() else {
-                    break;
-                };
-                // The smallest key after the chunk's last.
-                from = last.clone();
-                from.push(0);
-                entries += chunk.len();
-                write_log_blocks(&self.trees[t as usize], t, &chunk)?;
-            }
+            let entries = copy_in_chunks(
+                &legacy,
+                b"",
+                |_| true,
+                |chunk| write_log_blocks(&self.trees[t as usize], t, chunk),
+            )?;
             self.barrier()?;
             self.db.drop_tree(t.name()).map_err(unavailable)?;
             tracing::info!(log = t.name(), entries, "moved a log into blocks (store format 2)");
