@@ -81,21 +81,18 @@ const HEADER_DERIVED: [u8; 8] = [0, 0, 0, 0, 0, 0, 0, 1];
 const HASH: std::ops::Range<usize> = 8..40;
 
 /// The chain hash stored in an entry's bytes, if they are long enough.
-fn stored_hash(v: &[u8]) -> Option<&[u8]> {
-    v.get(HASH)
+fn stored_hash(v: &[u8]) -> Option<&[u8; 32]> {
+    v.get(HASH).and_then(|h| h.try_into().ok())
 }
 
 /// A block as sled holds it.
 pub fn encode(block: &Block) -> Result<Vec<u8>, StoreError> {
     let mut plain = Vec::with_capacity(8 + block.values().map(|v| 13 + v.len()).sum::<usize>());
     plain.extend_from_slice(&HEADER_DERIVED);
-    let mut prev: Option<(u64, &[u8])> = None;
+    let mut prev: Option<(u64, &[u8; 32])> = None;
     for (seq, v) in block {
         let derived = match (prev, stored_hash(v)) {
-            (Some((p, ph)), Some(h)) if p.checked_add(1) == Some(*seq) => {
-                let ph: &[u8; 32] = ph.try_into().map_err(|_| StoreError::Corrupt("chain hash".into()))?;
-                chain_hash(ph, *seq, &v[HASH.end..]) == h
-            }
+            (Some((p, ph)), Some(h)) if p.checked_add(1) == Some(*seq) => chain_hash(ph, *seq, &v[HASH.end..]) == *h,
             _ => false,
         };
         let body: &[u8] = if derived { &v[..HASH.start] } else { v };
@@ -156,7 +153,6 @@ pub fn decode(id: u64, raw: &[u8]) -> Result<Block, StoreError> {
                     .next_back()
                     .filter(|(p, _)| p.checked_add(1) == Some(seq))
                     .and_then(|(_, pv)| stored_hash(pv))
-                    .and_then(|h| <&[u8; 32]>::try_from(h).ok())
                     .ok_or_else(|| bad("a derived chain hash has no entry before it"))?;
                 let hash = chain_hash(prev, seq, &v[HASH.start..]);
                 let mut out = Vec::with_capacity(len);
