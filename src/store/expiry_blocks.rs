@@ -21,6 +21,7 @@
 //! same buckets, which is what replay after a crash needs.
 use std::collections::BTreeMap;
 
+use super::log_blocks::{lower_bound, upper_bound};
 use super::meta::EXPIRY_PREFIX;
 use super::packed;
 use super::StoreError;
@@ -47,14 +48,14 @@ pub fn first_bucket_from(from: &[u8]) -> Option<u64> {
     if from <= EXPIRY_PREFIX {
         return Some(0);
     }
-    let rest = from.strip_prefix(EXPIRY_PREFIX)?;
-    Some(pad(rest, 0))
+    // A time is 8 bytes big-endian, as a log's sequence number is.
+    Some(lower_bound(from.strip_prefix(EXPIRY_PREFIX)?))
 }
 
 /// The last bucket that can hold a key `<= through`, or None when none can.
 pub fn last_bucket_through(through: &[u8]) -> Option<u64> {
     match through.strip_prefix(EXPIRY_PREFIX) {
-        Some(rest) => Some(pad(rest, 0xFF)),
+        Some(rest) => Some(upper_bound(rest)),
         None if through < EXPIRY_PREFIX => None,
         None => Some(u64::MAX),
     }
@@ -66,15 +67,7 @@ pub fn buckets_with_prefix(prefix: &[u8]) -> Option<(u64, u64)> {
         return Some((0, u64::MAX));
     }
     let rest = prefix.strip_prefix(EXPIRY_PREFIX)?;
-    Some((pad(rest, 0), pad(rest, 0xFF)))
-}
-
-/// The first 8 bytes of `b` as a big-endian number, padded with `fill`.
-fn pad(b: &[u8], fill: u8) -> u64 {
-    let mut out = [fill; 8];
-    let n = b.len().min(8);
-    out[..n].copy_from_slice(&b[..n]);
-    u64::from_be_bytes(out)
+    Some((lower_bound(rest), upper_bound(rest)))
 }
 
 /// Bucket `at` as sled holds it; every key must belong to it.
