@@ -95,12 +95,17 @@ struct TotpUser {
 }
 
 /// The TOTP users, least recently used first.
-struct Users(Mutex<VecDeque<TotpUser>>);
+/// The enrolled TOTP users, and how often a client found every one of
+/// them used in the current step.
+struct Users(Mutex<VecDeque<TotpUser>>, AtomicU64);
 
 impl Users {
     /// A user who has not approved in the current step, waiting for the
-    /// next step when every user has.
+    /// next step when every user has (counted: that wait is in the
+    /// operation's latency, and the phase's rate is then the users', not
+    /// sigild's).
     async fn take(&self) -> (TotpUser, u64) {
+        let mut waited = false;
         loop {
             let step = totp::step_at(now_secs());
             {
@@ -108,6 +113,10 @@ impl Users {
                 if q.front().is_some_and(|u| u.last_step < step) {
                     return (q.pop_front().unwrap(), step);
                 }
+            }
+            if !waited {
+                waited = true;
+                self.1.fetch_add(1, Ordering::Relaxed);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -304,6 +313,9 @@ struct Phase {
     lat: Vec<u32>,
     /// sigild's CPU over the timed phase, µs.
     cpu: u64,
+    /// Operations that waited for a fresh TOTP step, every user having
+    /// approved in the current one (see [`Users::take`]).
+    starved: u64,
 }
 
 impl Phase {
@@ -387,6 +399,7 @@ async fn phase(
         }
         _ => None,
     };
+    let starved0 = w.users.1.load(Ordering::Relaxed);
     let cpu0 = cpu_micros(pid);
     let t0 = Instant::now();
     timing.store(true, Ordering::Relaxed);
@@ -394,6 +407,7 @@ async fn phase(
     timing.store(false, Ordering::Relaxed);
     let cpu = cpu_micros(pid) - cpu0;
     let elapsed = t0.elapsed().as_secs_f64();
+    let starved = w.users.1.load(Ordering::Relaxed) - starved0;
     stop.store(true, Ordering::Relaxed);
     if let Some(mut p) = perf {
         let _ = p.wait();
@@ -414,6 +428,7 @@ async fn phase(
         secs: elapsed,
         lat,
         cpu,
+        starved,
     };
     eprintln!(
         "{} at {n}: {:.0}/s, p99 {:.1} ms, sigild {:.0} µs CPU per operation",
@@ -693,7 +708,7 @@ async fn run(dir: tempfile::TempDir, keep: bool) {
         }));
     }
     let w = Arc::new(World {
-        users: Users(Mutex::new(enrolled.into())),
+        users: Users(Mutex::new(enrolled.into()), AtomicU64::new(0)),
         issued: Mutex::new(Vec::new()),
         next_id: AtomicU64::new(0),
         total_approvals: AtomicU64::new(0),
@@ -791,6 +806,19 @@ async fn run(dir: tempfile::TempDir, keep: bool) {
             p.cpu as f64 / 1e6 / p.secs
         );
     }
+    let starved: Vec<String> = phases
+        .iter()
+        .filter(|p| p.starved > 0)
+        .map(|p| format!("{} at {} ({})", p.kind.name(), p.clients, p.starved))
+        .collect();
+    if !starved.is_empty() {
+        println!(
+            "\n**Every user had approved in the current TOTP step** in: {}. Those operations \
+             waited for the next step, so their phase measured the users, not sigild: raise \
+             `LOADGEN_USERS` or lower `LOADGEN_SECONDS`.",
+            starved.join(", ")
+        );
+    }
     println!();
     println!("## Growth and start-up\n");
     println!("| | |\n|---|---|");
@@ -822,6 +850,9 @@ async fn run(dir: tempfile::TempDir, keep: bool) {
         Ok(()) => println!("Plot: `{}`", plot.display()),
         Err(e) => println!("Plot not drawn: {e}"),
     }
+    // Stopped here: `process::exit` below would skip its drop and leave
+    // it running.
+    drop(d2);
     let errors = w.errors.load(Ordering::Relaxed);
     if errors > 0 {
         println!("\n**{errors} errors**, first: {:#?}", w.first_errors.lock().unwrap());
