@@ -94,10 +94,13 @@ struct TotpUser {
     last_step: u64,
 }
 
-/// The TOTP users, least recently used first.
-/// The enrolled TOTP users, and how often a client found every one of
-/// them used in the current step.
-struct Users(Mutex<VecDeque<TotpUser>>, AtomicU64);
+/// The enrolled TOTP users.
+struct Users {
+    /// Least recently used first.
+    queue: Mutex<VecDeque<TotpUser>>,
+    /// How often a client found every user used in the current step.
+    waits: AtomicU64,
+}
 
 impl Users {
     /// A user who has not approved in the current step, waiting for the
@@ -109,14 +112,14 @@ impl Users {
         loop {
             let step = totp::step_at(now_secs());
             {
-                let mut q = self.0.lock().unwrap();
+                let mut q = self.queue.lock().unwrap();
                 if q.front().is_some_and(|u| u.last_step < step) {
                     return (q.pop_front().unwrap(), step);
                 }
             }
             if !waited {
                 waited = true;
-                self.1.fetch_add(1, Ordering::Relaxed);
+                self.waits.fetch_add(1, Ordering::Relaxed);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -124,7 +127,7 @@ impl Users {
 
     fn give_back(&self, mut u: TotpUser, step: u64) {
         u.last_step = recorded_step(&u.seed, step);
-        self.0.lock().unwrap().push_back(u);
+        self.queue.lock().unwrap().push_back(u);
     }
 }
 
@@ -399,7 +402,7 @@ async fn phase(
         }
         _ => None,
     };
-    let starved0 = w.users.1.load(Ordering::Relaxed);
+    let starved0 = w.users.waits.load(Ordering::Relaxed);
     let cpu0 = cpu_micros(pid);
     let t0 = Instant::now();
     timing.store(true, Ordering::Relaxed);
@@ -407,7 +410,7 @@ async fn phase(
     timing.store(false, Ordering::Relaxed);
     let cpu = cpu_micros(pid) - cpu0;
     let elapsed = t0.elapsed().as_secs_f64();
-    let starved = w.users.1.load(Ordering::Relaxed) - starved0;
+    let starved = w.users.waits.load(Ordering::Relaxed) - starved0;
     stop.store(true, Ordering::Relaxed);
     if let Some(mut p) = perf {
         let _ = p.wait();
@@ -708,7 +711,10 @@ async fn run(dir: tempfile::TempDir, keep: bool) {
         }));
     }
     let w = Arc::new(World {
-        users: Users(Mutex::new(enrolled.into()), AtomicU64::new(0)),
+        users: Users {
+            queue: Mutex::new(enrolled.into()),
+            waits: AtomicU64::new(0),
+        },
         issued: Mutex::new(Vec::new()),
         next_id: AtomicU64::new(0),
         total_approvals: AtomicU64::new(0),
