@@ -91,7 +91,8 @@ pub fn encode(block: &Block) -> Result<Vec<u8>, StoreError> {
     plain.extend_from_slice(&HEADER_DERIVED);
     let mut prev: Option<(u64, &[u8; 32])> = None;
     for (seq, v) in block {
-        let derived = match (prev, stored_hash(v)) {
+        let hash = stored_hash(v);
+        let derived = match (prev, hash) {
             (Some((p, ph)), Some(h)) if p.checked_add(1) == Some(*seq) => chain_hash(ph, *seq, &v[HASH.end..]) == *h,
             _ => false,
         };
@@ -105,7 +106,7 @@ pub fn encode(block: &Block) -> Result<Vec<u8>, StoreError> {
         if derived {
             plain.extend_from_slice(&v[HASH.end..]);
         }
-        prev = stored_hash(v).map(|h| (*seq, h));
+        prev = hash.map(|h| (*seq, h));
     }
     packed::pack(&plain)
 }
