@@ -8,9 +8,12 @@
 //! For each sled tree: keys, key bytes, the bytes sled holds for the
 //! values now, the plain records, and the records packed with the store's
 //! dictionary 1 (`sigil::store::packed`). The logs' trees (`*.blocks`)
-//! hold a key per block of 64 entries, and `meta.expiry` a key per second
-//! of the expiry index. `--dict FILE` adds a column for
-//! a candidate dictionary; `--train OUT` writes a 32 KiB dictionary trained
+//! hold a key per block of 64 entries, `meta.expiry` a key per second
+//! of the expiry index, and `challenges.groups` and `approvals.groups` a
+//! key per second and first random character of the records with timed
+//! ids, and `accounts` a key per user with the user's record and factors. `--dict FILE` adds a column for
+//! a candidate dictionary, `--level N` for packing at zstd level N (with
+//! the candidate dictionary, or else dictionary 1; the store packs at 3); `--train OUT` writes a 32 KiB dictionary trained
 //! on up to 4,000 records of each table (not the blocks and buckets: their
 //! entries are the records, and stores of format 1 held them one by one). The store must not be open
 //! (sled locks it): stop sigild first.
@@ -29,23 +32,28 @@ fn run() -> Result<(), String> {
     let mut args = std::env::args().skip(1);
     let dir = args
         .next()
-        .ok_or("usage: store_dict <store dir> [--dict FILE] [--train OUT]")?;
+        .ok_or("usage: store_dict <store dir> [--dict FILE] [--level N] [--train OUT]")?;
     let mut dict_file = None;
+    let mut level = None;
     let mut train = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--dict" => dict_file = Some(args.next().ok_or("--dict needs a file")?),
             "--train" => train = Some(args.next().ok_or("--train needs a file")?),
+            "--level" => {
+                let n = args.next().ok_or("--level needs a number")?;
+                level = Some(n.parse::<i32>().map_err(|_| format!("--level {n} is not a number"))?);
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
     let candidate = match &dict_file {
         Some(f) => Some(std::fs::read(f).map_err(|e| format!("cannot read {f}: {e}"))?),
-        None => None,
+        None => level.map(|_| packed::DICTIONARY_1.to_vec()),
     };
     let mut cand = match &candidate {
         Some(d) => {
-            let mut c = zstd::bulk::Compressor::with_dictionary(3, d).map_err(|e| e.to_string())?;
+            let mut c = zstd::bulk::Compressor::with_dictionary(level.unwrap_or(3), d).map_err(|e| e.to_string())?;
             c.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(false))
                 .map_err(|e| e.to_string())?;
             c.set_parameter(zstd::zstd_safe::CParameter::DictIdFlag(false))
@@ -98,7 +106,8 @@ fn run() -> Result<(), String> {
                     record.len()
                 } as u64;
             }
-            let blocks = name.ends_with(".blocks") || name == "meta.expiry";
+            let blocks =
+                name.ends_with(".blocks") || name.ends_with(".groups") || name == "meta.expiry" || name == "accounts";
             if train.is_some() && !blocks && i % stride == 0 && plain.len() > 8 {
                 samples.push(plain[8..].to_vec());
             }

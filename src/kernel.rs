@@ -147,4 +147,16 @@ impl Kernel {
     pub fn new_id(&self, prefix: &str) -> Result<String, Error> {
         Ok(format!("{prefix}{}", sigil_verify::b64url::encode(&self.random(16)?)))
     }
+
+    /// A random id that also says when it was made (`prefix`, the time
+    /// `now` as 10 hex digits, 22 base64url chars), for the records the
+    /// embedded store keeps grouped by second
+    /// ([`crate::store::record_groups`]): challenges and approvals.
+    pub fn new_timed_id(&self, prefix: &str, now: i64) -> Result<String, Error> {
+        let mut random = [0u8; 16];
+        self.rng
+            .fill(&mut random)
+            .map_err(|_| Error::Unavailable("the system random generator failed".into()))?;
+        Ok(crate::store::record_groups::timed_id(prefix, now, &random))
+    }
 }

@@ -172,7 +172,7 @@ impl Approvals {
                 return Err(e);
             }
         };
-        let challenge_id = self.k.new_id("ch_")?;
+        let challenge_id = self.k.new_timed_id("ch_", now)?;
         let expires_at = now + self.cfg.approval.challenge_ttl_seconds;
         let digest = intent.digest();
         let nonce = self.k.random(16)?;

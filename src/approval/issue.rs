@@ -45,7 +45,7 @@ impl Approvals {
                 now,
             );
         }
-        let jti = self.k.new_id("")?;
+        let jti = self.k.new_timed_id("", now)?;
         let exp = now + self.cfg.approval.ttl_seconds;
         let claims = Claims {
             iss: self.cfg.approval.issuer.clone(),

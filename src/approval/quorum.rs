@@ -1130,7 +1130,7 @@ impl Approvals {
     /// `quorum.redeem_window_seconds` from then. Returns the token, the
     /// approval record and the claims.
     pub(crate) fn sign_held(&self, req: &QuorumRequest, now: i64) -> Result<(String, ApprovalRecord, Claims), Error> {
-        let jti = self.k.new_id("")?;
+        let jti = self.k.new_timed_id("", now)?;
         let nbf = (req.delay_seconds > 0).then(|| now + req.delay_seconds);
         let start = nbf.unwrap_or(now);
         // A delay alone and no quorum: the user's own factor's usual

@@ -37,11 +37,6 @@ pub fn bucket_of(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(rest.get(..8)?.try_into().ok()?))
 }
 
-/// The sled key of bucket `at`.
-pub fn bucket_key(at: u64) -> [u8; 8] {
-    at.to_be_bytes()
-}
-
 /// The first bucket that can hold a key `>= from`, or None when no bucketed
 /// key is (every one is greater than the prefix and starts with it).
 pub fn first_bucket_from(from: &[u8]) -> Option<u64> {
@@ -72,18 +67,40 @@ pub fn buckets_with_prefix(prefix: &[u8]) -> Option<(u64, u64)> {
 
 /// Bucket `at` as sled holds it; every key must belong to it.
 pub fn encode(at: u64, bucket: &Bucket) -> Result<Vec<u8>, StoreError> {
-    let head = EXPIRY_PREFIX.len() + 8;
+    let head = [EXPIRY_PREFIX, &at.to_be_bytes()].concat();
+    encode_keyed(
+        &head,
+        bucket,
+        |k| bucket_of(k) == Some(at),
+        &format!("expiry index bucket {at}"),
+    )
+}
+
+/// The entries of bucket `at` read from sled.
+pub fn decode(at: u64, raw: &[u8]) -> Result<Bucket, StoreError> {
+    let head = [EXPIRY_PREFIX, &at.to_be_bytes()].concat();
+    decode_keyed(&head, raw, |_| true, &format!("expiry index bucket {at}"))
+}
+
+/// A group of keys that all start with `head` (and pass `belongs`) as sled
+/// holds it: a zero header, then each entry in key order as `length (u32
+/// BE) || key after the head || length (u32 BE) || stored bytes`, packed
+/// ([`packed`]). `what` names the group in errors.
+pub(super) fn encode_keyed(
+    head: &[u8],
+    bucket: &Bucket,
+    belongs: impl Fn(&[u8]) -> bool,
+    what: &str,
+) -> Result<Vec<u8>, StoreError> {
     let mut plain = Vec::with_capacity(8 + bucket.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>());
     plain.extend_from_slice(&[0u8; 8]);
     for (k, v) in bucket {
-        if bucket_of(k) != Some(at) {
-            return Err(StoreError::Corrupt(format!(
-                "an expiry index key does not belong to bucket {at}"
-            )));
+        if !k.starts_with(head) || !belongs(k) {
+            return Err(StoreError::Corrupt(format!("a key does not belong to {what}")));
         }
-        for part in [&k[head..], v.as_slice()] {
+        for part in [&k[head.len()..], v.as_slice()] {
             let len = u32::try_from(part.len())
-                .map_err(|_| StoreError::Corrupt(format!("an expiry index entry of bucket {at} is too large")))?;
+                .map_err(|_| StoreError::Corrupt(format!("an entry of {what} is too large")))?;
             plain.extend_from_slice(&len.to_be_bytes());
             plain.extend_from_slice(part);
         }
@@ -91,15 +108,21 @@ pub fn encode(at: u64, bucket: &Bucket) -> Result<Vec<u8>, StoreError> {
     packed::pack(&plain)
 }
 
-/// The entries of bucket `at` read from sled.
-pub fn decode(at: u64, raw: &[u8]) -> Result<Bucket, StoreError> {
+/// The entries of a group written by [`encode_keyed`] with the same
+/// `head`; every key must pass `belongs` and come after the one before.
+pub(super) fn decode_keyed(
+    head: &[u8],
+    raw: &[u8],
+    belongs: impl Fn(&[u8]) -> bool,
+    what: &str,
+) -> Result<Bucket, StoreError> {
     let plain = packed::unpack(raw)?;
-    let bad = |why: &str| StoreError::Corrupt(format!("expiry index bucket {at} is damaged: {why}"));
+    let bad = |why: &str| StoreError::Corrupt(format!("{what} is damaged: {why}"));
     if plain.len() < 8 || plain[..8] != [0u8; 8] {
         return Err(bad("no bucket header"));
     }
     let mut pos = 8;
-    let take = |pos: &mut usize| -> Result<Vec<u8>, StoreError> {
+    let take = |pos: &mut usize| -> Result<&[u8], StoreError> {
         let len = plain
             .get(*pos..*pos + 4)
             .and_then(|b| <[u8; 4]>::try_from(b).ok())
@@ -109,15 +132,15 @@ pub fn decode(at: u64, raw: &[u8]) -> Result<Bucket, StoreError> {
             .get(*pos + 4..*pos + 4 + len)
             .ok_or_else(|| bad("an entry is cut short"))?;
         *pos += 4 + len;
-        Ok(part.to_vec())
+        Ok(part)
     };
     let mut bucket = Bucket::new();
     while pos < plain.len() {
-        let mut key = Vec::new();
-        key.extend_from_slice(EXPIRY_PREFIX);
-        key.extend_from_slice(&at.to_be_bytes());
-        key.extend_from_slice(&take(&mut pos)?);
-        let value = take(&mut pos)?;
+        let key = [head, take(&mut pos)?].concat();
+        let value = take(&mut pos)?.to_vec();
+        if !belongs(&key) {
+            return Err(bad("a key does not belong to it"));
+        }
         if bucket.keys().next_back().is_some_and(|last| *last >= key) {
             return Err(bad("entries out of order"));
         }

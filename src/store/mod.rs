@@ -17,12 +17,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+mod account_groups;
 pub mod codec;
 mod disk;
 mod expiry_blocks;
 mod log_blocks;
 pub mod meta;
 pub mod packed;
+pub mod record_groups;
 /// `[store]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

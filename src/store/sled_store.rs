@@ -4,11 +4,13 @@
 //! big-endian version followed by the record bytes, which sled keeps
 //! compressed against a fixed dictionary where that makes them smaller
 //! ([`super::packed`]; stores that may hold such values are format 2).
-//! The logs and the expiry index are not kept one key per entry but in
-//! blocks ([`super::log_blocks`]) and per-second buckets
-//! ([`super::expiry_blocks`]); stores keeping the index so are format 3,
-//! and format 4 once log blocks may leave out the chain hashes they can
-//! derive.
+//! The logs, the expiry index, the challenges and approvals with timed
+//! ids, and users with their factors are not kept one key per entry but in
+//! blocks ([`super::log_blocks`]), per-second buckets
+//! ([`super::expiry_blocks`]), per-second groups ([`super::record_groups`])
+//! and accounts ([`super::account_groups`]); stores keeping the index so
+//! are format 3, format 4 once log blocks may leave out the chain hashes
+//! they can derive, and format 5 with the groups and accounts.
 //!
 //! The durable path does not go through sled. A [`Batch`] is decided under
 //! one write lock against the current state, becomes one record of
@@ -59,11 +61,11 @@ use std::time::Duration;
 
 use super::disk::{Disk, OsDisk};
 use super::wal::{PostImage, Wal};
+use super::{account_groups, expiry_blocks, log_blocks, packed, record_groups};
 use super::{
     chain_hash, decode_log_head, log_floor_key, log_head_key, Batch, Durability, DurableWait, Expect, LogEntry, Op,
     Store, StoreError, Table, Ticket, Versioned,
 };
-use super::{expiry_blocks, log_blocks, packed};
 
 /// Recent writes of one table: key → stored bytes, or `None` for deleted.
 type MemTable = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
@@ -455,23 +457,168 @@ const MARKER_TMP: &str = "sigil-store.json.tmp";
 /// since the expiry index is kept in buckets ([`super::expiry_blocks`]),
 /// which a build reading format 2 would not see; 4 since log blocks may
 /// leave out the chain hashes they can derive ([`super::log_blocks`]),
-/// which a build reading format 3 would refuse as damage.
-const STORE_FORMAT: u32 = 4;
-/// How many decoded expiry buckets `SledBase` keeps (challenges' and
-/// approvals' entries of the current second fall in different buckets).
-const LAST_BUCKETS: usize = 4;
+/// which a build reading format 3 would refuse as damage; 5 since
+/// challenges and approvals with timed ids are kept in groups
+/// ([`super::record_groups`]) and users with their factors in accounts
+/// ([`super::account_groups`]), which a build reading format 4 would not
+/// see.
+const STORE_FORMAT: u32 = 5;
+/// How many decoded groups `SledBase` keeps for commits' reads (the
+/// current second's challenges and approvals fall in up to 64 groups each)
+/// ...
+const KEPT_GROUPS: usize = 512;
+/// ... and about how many bytes of keys and values they may hold (an
+/// expiry bucket of a busy second holds thousands of entries).
+const KEPT_BYTES: usize = 8 << 20;
 /// The sled tree of the expiry index's buckets.
 const EXPIRY_TREE: &str = "meta.expiry";
+/// The sled tree of users and their factors ([`account_groups`]).
+const ACCOUNTS_TREE: &str = "accounts";
+
+/// How sled keeps the keys of a table that it holds in groups rather than
+/// one sled key each: the expiry index of `meta`, a bucket per second
+/// ([`expiry_blocks`]), and the challenges and approvals with timed ids, a
+/// group per second and first random character ([`record_groups`]). Keys
+/// the grouping does not claim stay in the table's own tree; either way a
+/// group's number (its sled key, 8 bytes big-endian) grows with its keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grouping {
+    Expiry,
+    Timed(&'static [u8]),
+}
+
+impl Grouping {
+    /// The grouping of table `t`'s keys, if sled groups any.
+    fn of(t: Table) -> Option<Grouping> {
+        if t == Table::Meta {
+            return Some(Grouping::Expiry);
+        }
+        record_groups::id_prefix(t).map(Grouping::Timed)
+    }
+
+    /// The sled tree of table `t`'s groups.
+    fn tree_name(self, t: Table) -> String {
+        match self {
+            Grouping::Expiry => EXPIRY_TREE.to_string(),
+            Grouping::Timed(_) => format!("{}.groups", t.name()),
+        }
+    }
+
+    /// The group holding `key`, if the grouping claims it.
+    fn group_of(self, key: &[u8]) -> Option<u64> {
+        match self {
+            Grouping::Expiry => expiry_blocks::bucket_of(key),
+            Grouping::Timed(p) => record_groups::group_of(p, key),
+        }
+    }
+
+    /// The first group that can hold a key `>= from`.
+    fn first_from(self, from: &[u8]) -> Option<u64> {
+        match self {
+            Grouping::Expiry => expiry_blocks::first_bucket_from(from),
+            Grouping::Timed(p) => record_groups::first_group_from(p, from),
+        }
+    }
+
+    /// The last group that can hold a key `<= through`.
+    fn last_through(self, through: &[u8]) -> Option<u64> {
+        match self {
+            Grouping::Expiry => expiry_blocks::last_bucket_through(through),
+            Grouping::Timed(p) => record_groups::last_group_through(p, through),
+        }
+    }
+
+    /// The groups that can hold a key starting with `prefix`.
+    fn with_prefix(self, prefix: &[u8]) -> Option<(u64, u64)> {
+        match self {
+            Grouping::Expiry => expiry_blocks::buckets_with_prefix(prefix),
+            Grouping::Timed(p) => record_groups::groups_with_prefix(p, prefix),
+        }
+    }
+
+    /// Group `id` read from sled.
+    fn decode(self, id: u64, raw: &[u8]) -> Result<expiry_blocks::Bucket, StoreError> {
+        match self {
+            Grouping::Expiry => expiry_blocks::decode(id, raw),
+            Grouping::Timed(p) => record_groups::decode(p, id, raw),
+        }
+    }
+
+    /// Group `id` as sled holds it.
+    fn encode(self, id: u64, group: &expiry_blocks::Bucket) -> Result<Vec<u8>, StoreError> {
+        match self {
+            Grouping::Expiry => expiry_blocks::encode(id, group),
+            Grouping::Timed(p) => record_groups::encode(p, id, group),
+        }
+    }
+}
+
+/// Groups decoded for reads, by (table, group).
+#[derive(Default)]
+struct KeptGroups {
+    groups: std::collections::HashMap<(usize, u64), KeptGroup>,
+    /// Counts insertions: the newer half is what eviction keeps.
+    age: u64,
+    /// Bytes of keys and values of every kept group.
+    bytes: usize,
+}
+
+/// A decoded group and the bytes it was decoded from.
+struct KeptGroup {
+    age: u64,
+    bytes: usize,
+    raw: sled::IVec,
+    group: Arc<expiry_blocks::Bucket>,
+}
+
+impl KeptGroups {
+    /// The group `at` decoded from exactly `raw`, if kept.
+    fn get(&self, at: (usize, u64), raw: &sled::IVec) -> Option<Arc<expiry_blocks::Bucket>> {
+        self.groups
+            .get(&at)
+            .filter(|k| k.raw == *raw)
+            .map(|k| Arc::clone(&k.group))
+    }
+
+    /// Keeps `group` (decoded from `raw`) as `at`, first letting the older
+    /// half go when the limits would be passed.
+    fn keep(&mut self, at: (usize, u64), raw: sled::IVec, group: Arc<expiry_blocks::Bucket>) {
+        let bytes = group.iter().map(|(k, v)| k.len() + v.len() + 64).sum::<usize>();
+        if let Some(old) = self.groups.remove(&at) {
+            self.bytes -= old.bytes;
+        }
+        while !self.groups.is_empty() && (self.groups.len() >= KEPT_GROUPS || self.bytes + bytes > KEPT_BYTES) {
+            let mut ages: Vec<u64> = self.groups.values().map(|k| k.age).collect();
+            ages.sort_unstable();
+            let median = ages[ages.len() / 2];
+            self.groups.retain(|_, k| k.age > median);
+            self.bytes = self.groups.values().map(|k| k.bytes).sum();
+        }
+        self.age += 1;
+        self.bytes += bytes;
+        self.groups.insert(
+            at,
+            KeptGroup {
+                age: self.age,
+                bytes,
+                raw,
+                group,
+            },
+        );
+    }
+}
 
 /// sled as the main store.
 struct SledBase {
     db: sled::Db,
     trees: Vec<sled::Tree>,
-    /// The expiry index of table `meta`, a bucket per second.
-    expiry: sled::Tree,
-    /// The buckets `get` decoded last, newest first, each with the bytes it
-    /// was decoded from.
-    last_buckets: Mutex<Vec<(u64, sled::IVec, Arc<expiry_blocks::Bucket>)>>,
+    /// The groups of the tables sled keeps in groups, in [`Table::ALL`]
+    /// order (None for the others).
+    groups: Vec<Option<(Grouping, sled::Tree)>>,
+    /// The groups `get` decoded last.
+    kept: Mutex<KeptGroups>,
+    /// Users and their factors, an account per user.
+    accounts: sled::Tree,
     own: sled::Tree,
     path: PathBuf,
 }
@@ -484,15 +631,113 @@ impl SledBase {
             trees.push(db.open_tree(tree_name(t)).map_err(unavailable)?);
         }
         let own = db.open_tree(STORE_TREE).map_err(unavailable)?;
-        let expiry = db.open_tree(EXPIRY_TREE).map_err(unavailable)?;
+        let mut groups = Vec::with_capacity(Table::ALL.len());
+        for t in Table::ALL {
+            groups.push(match Grouping::of(t) {
+                Some(g) => Some((g, db.open_tree(g.tree_name(t)).map_err(unavailable)?)),
+                None => None,
+            });
+        }
+        let accounts = db.open_tree(ACCOUNTS_TREE).map_err(unavailable)?;
         Ok(Self {
             db,
             trees,
-            expiry,
-            last_buckets: Mutex::new(Vec::new()),
+            groups,
+            kept: Mutex::new(KeptGroups::default()),
+            accounts,
             own,
             path: path.to_path_buf(),
         })
+    }
+
+    /// Account `account`, if sled holds one.
+    fn account(&self, account: &[u8]) -> Result<Option<account_groups::Account>, StoreError> {
+        self.accounts
+            .get(account)
+            .map_err(unavailable)?
+            .map(|raw| account_groups::decode(account, &raw))
+            .transpose()
+    }
+
+    /// The entries of table `t` in the accounts `items` reads, whose keys
+    /// pass `keep`, in key order, at most `limit`.
+    fn account_entries<I>(
+        &self,
+        t: Table,
+        items: I,
+        limit: usize,
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Result<Entries, StoreError>
+    where
+        I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+    {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        for item in items {
+            let (k, raw) = item.map_err(unavailable)?;
+            for (key, v) in account_groups::decode(&k, &raw)?.entries(t, &k) {
+                if keep(&key) {
+                    out.push((key, v));
+                    if out.len() == limit {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Users and factors kept one key each by stores of format 4 and older
+    /// are moved into accounts: copied a chunk at a time, made durable, and
+    /// only then removed from their trees. A crash before the removal is
+    /// done leaves the rest where it was, and the next open copies it again
+    /// (nothing writes those records meanwhile: the move comes before the
+    /// log's replay and before any request).
+    fn upgrade_accounts(&self) -> Result<(), StoreError> {
+        let empty = MemTable::new();
+        let mut moved = 0;
+        for t in [Table::Users, Table::Factors] {
+            let own = &self.trees[t as usize];
+            moved += copy_in_chunks(
+                own,
+                b"",
+                |k| account_groups::account_of(t, k).is_some(),
+                |chunk| {
+                    let (users, factors) = if t == Table::Users {
+                        (chunk, &empty)
+                    } else {
+                        (&empty, chunk)
+                    };
+                    write_accounts(&self.accounts, users, factors)
+                },
+            )?;
+        }
+        if moved == 0 {
+            return Ok(());
+        }
+        self.barrier()?;
+        for t in [Table::Users, Table::Factors] {
+            let own = &self.trees[t as usize];
+            for item in own.iter().keys() {
+                let k = item.map_err(unavailable)?;
+                if account_groups::account_of(t, &k).is_some() {
+                    own.remove(k).map_err(unavailable)?;
+                }
+            }
+        }
+        self.barrier()?;
+        tracing::info!(
+            records = moved,
+            "moved users and factors into accounts (store format 5)"
+        );
+        Ok(())
+    }
+
+    /// How sled groups table `t`'s keys, and the tree of its groups.
+    fn grouped(&self, t: Table) -> Option<(Grouping, &sled::Tree)> {
+        self.groups[t as usize].as_ref().map(|(g, tree)| (*g, tree))
     }
 
     /// The log entries with sequence numbers `lo..=hi` whose keys pass
@@ -519,48 +764,54 @@ impl SledBase {
         grouped_entries(&self.trees[t as usize], first, last, limit, read, keep)
     }
 
-    /// One expiry index entry of bucket `at`. Every commit reads the keys
-    /// it writes (their versions), under the store's write lock: a new
-    /// challenge's or approval's entry, or the sweep's deletions, a second's
-    /// entries one after another. Decoding a bucket of a busy second for
-    /// each would hold every commit back (about a second for the sweep's
-    /// page of 1,000 deletions), so the last few buckets decoded are kept
-    /// and used again while sled holds the very bytes they were decoded from.
-    fn expiry_get(&self, at: u64, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some(raw) = self.expiry.get(expiry_blocks::bucket_key(at)).map_err(unavailable)? else {
+    /// One key of group `id` of table `t`. Every commit reads the keys it
+    /// writes (their versions), under the store's write lock: a new
+    /// challenge, approval or expiry index entry, or the sweep's deletions,
+    /// a second's keys one after another, in groups a checkpoint of that
+    /// second may already have written. Decoding a group for each would
+    /// hold every commit back (about a second for the sweep's page of 1,000
+    /// deletions from one expiry bucket), so the groups decoded last are
+    /// kept and used again while sled holds the very bytes they were
+    /// decoded from.
+    fn group_get(
+        &self,
+        t: Table,
+        g: Grouping,
+        tree: &sled::Tree,
+        id: u64,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(raw) = tree.get(id.to_be_bytes()).map_err(unavailable)? else {
             return Ok(None);
         };
-        let cached = self.last_buckets.lock().ok().and_then(|last| {
-            last.iter()
-                .find(|(a, r, _)| *a == at && *r == raw)
-                .map(|(_, _, b)| Arc::clone(b))
-        });
-        let bucket = match cached {
+        let at = (t as usize, id);
+        let cached = self.kept.lock().ok().and_then(|kept| kept.get(at, &raw));
+        let group = match cached {
             Some(b) => b,
             None => {
-                let b = Arc::new(expiry_blocks::decode(at, &raw)?);
-                if let Ok(mut last) = self.last_buckets.lock() {
-                    last.retain(|(a, _, _)| *a != at);
-                    last.insert(0, (at, raw, Arc::clone(&b)));
-                    last.truncate(LAST_BUCKETS);
+                let b = Arc::new(g.decode(id, &raw)?);
+                if let Ok(mut kept) = self.kept.lock() {
+                    kept.keep(at, raw, Arc::clone(&b));
                 }
                 b
             }
         };
-        Ok(bucket.get(key).cloned())
+        Ok(group.get(key).cloned())
     }
 
-    /// The expiry index entries in buckets `lo..=hi` whose keys pass
-    /// `keep`, in key order, at most `limit`.
-    fn expiry_entries(
+    /// The entries of table `t`'s groups `lo..=hi` whose keys pass `keep`,
+    /// in key order, at most `limit`.
+    fn group_entries(
         &self,
+        g: Grouping,
+        tree: &sled::Tree,
         lo: u64,
         hi: u64,
         limit: usize,
         keep: impl Fn(&[u8]) -> bool,
     ) -> Result<Entries, StoreError> {
-        let read = |k: &[u8], raw: &[u8]| Ok(read_bucket(k, raw)?.into_iter().collect());
-        grouped_entries(&self.expiry, lo, hi, limit, read, keep)
+        let read = |k: &[u8], raw: &[u8]| Ok(read_group(g, k, raw)?.into_iter().collect());
+        grouped_entries(tree, lo, hi, limit, read, keep)
     }
 
     /// Entries of table `t`'s own tree (packed values read back) in key
@@ -584,9 +835,12 @@ impl SledBase {
     /// (writing an entry into its bucket again changes nothing).
     fn upgrade_expiry_index(&self) -> Result<(), StoreError> {
         let meta = &self.trees[Table::Meta as usize];
+        let Some((grouping, expiry)) = self.grouped(Table::Meta) else {
+            return Ok(());
+        };
         let bucketed = |k: &[u8]| expiry_blocks::bucket_of(k).is_some();
         let moved = copy_in_chunks(meta, super::meta::EXPIRY_PREFIX, bucketed, |chunk| {
-            write_expiry_buckets(&self.expiry, chunk.iter())
+            write_groups(grouping, expiry, chunk.iter())
         })?;
         if moved == 0 {
             return Ok(());
@@ -682,24 +936,60 @@ fn merge_entries(a: Entries, b: Entries, limit: usize) -> Entries {
     all.into_iter().take(limit).collect()
 }
 
-/// A bucket of the expiry index as read from its tree (the key names its
-/// second).
-fn read_bucket(key: &[u8], raw: &[u8]) -> Result<expiry_blocks::Bucket, StoreError> {
-    let at =
-        log_blocks::seq_of(key).ok_or_else(|| StoreError::Corrupt("an expiry index bucket key is malformed".into()))?;
-    expiry_blocks::decode(at, raw)
+/// Writes the users' and factors' memtable entries that sled keeps in
+/// accounts into them: each account touched is read, changed and written
+/// once (removed once empty). Post-images, so writing the same entries
+/// again changes nothing.
+fn write_accounts(tree: &sled::Tree, users: &MemTable, factors: &MemTable) -> Result<(), StoreError> {
+    type Changes<'a> = Vec<(Table, &'a [u8], &'a Option<Vec<u8>>)>;
+    let mut by_account: BTreeMap<&[u8], Changes<'_>> = BTreeMap::new();
+    for (t, mt) in [(Table::Users, users), (Table::Factors, factors)] {
+        for (k, v) in mt {
+            if let Some(account) = account_groups::account_of(t, k) {
+                by_account.entry(account).or_default().push((t, k, v));
+            }
+        }
+    }
+    for (account, changes) in by_account {
+        let mut a = match tree.get(account).map_err(unavailable)? {
+            Some(raw) => account_groups::decode(account, &raw)?,
+            None => account_groups::Account::default(),
+        };
+        for (t, k, v) in changes {
+            a.set(t, k, v.clone());
+        }
+        if a.is_empty() {
+            tree.remove(account).map(drop)
+        } else {
+            tree.insert(account, account_groups::encode(account, &a)?).map(drop)
+        }
+        .map_err(unavailable)?;
+    }
+    Ok(())
 }
 
-/// Writes the expiry index entries among `meta`'s memtable entries (in key
-/// order, so each second's come together) into their buckets: each bucket
+/// A group as read from its tree (the key names its number).
+fn read_group(g: Grouping, key: &[u8], raw: &[u8]) -> Result<expiry_blocks::Bucket, StoreError> {
+    let id = log_blocks::seq_of(key).ok_or_else(|| StoreError::Corrupt(format!("a {g:?} group key is malformed")))?;
+    g.decode(id, raw)
+}
+
+/// Writes the entries the grouping claims among a memtable's entries (in
+/// key order, so each group's come together) into their groups: each group
 /// touched is read, changed and written once. Post-images, so writing the
 /// same entries again changes nothing.
-fn write_expiry_buckets<'a>(
+fn write_groups<'a>(
+    g: Grouping,
     tree: &sled::Tree,
     entries: impl Iterator<Item = (&'a Vec<u8>, &'a Option<Vec<u8>>)>,
 ) -> Result<(), StoreError> {
-    let changes = entries.filter_map(|(k, v)| expiry_blocks::bucket_of(k).map(|at| Ok((at, k.clone(), v.clone()))));
-    rewrite_groups(tree, changes, expiry_blocks::decode, expiry_blocks::encode)
+    let changes = entries.filter_map(|(k, v)| g.group_of(k).map(|id| Ok((id, k.clone(), v.clone()))));
+    rewrite_groups(
+        tree,
+        changes,
+        |id, raw| g.decode(id, raw),
+        |id, group| g.encode(id, group),
+    )
 }
 
 /// Applies post-images to the groups (log blocks, expiry buckets) of
@@ -795,8 +1085,13 @@ impl Base for SledBase {
             };
             return Ok(self.log_entries(t, seq, seq, 1, |_| true)?.pop().map(|(_, v)| v));
         }
-        if let Some(at) = expiry_blocks::bucket_of(key).filter(|_| t == Table::Meta) {
-            return self.expiry_get(at, key);
+        if let Some((g, tree)) = self.grouped(t) {
+            if let Some(id) = g.group_of(key) {
+                return self.group_get(t, g, tree, id, key);
+            }
+        }
+        if let Some(account) = account_groups::account_of(t, key) {
+            return Ok(self.account(account)?.and_then(|a| a.get(t, key).cloned()));
         }
         self.trees[t as usize]
             .get(key)
@@ -810,14 +1105,19 @@ impl Base for SledBase {
             return self.log_entries(t, log_blocks::lower_bound(from), u64::MAX, limit, |k| k >= from);
         }
         let own = self.tree_entries(self.trees[t as usize].range(from..), limit)?;
-        if t != Table::Meta {
-            return Ok(own);
+        if account_groups::grouped(t) {
+            let lo = account_groups::first_from(t, from);
+            let accounts = self.account_entries(t, self.accounts.range(lo..), limit, |k| k >= from)?;
+            return Ok(merge_entries(own, accounts, limit));
         }
-        let index = match expiry_blocks::first_bucket_from(from) {
-            Some(lo) => self.expiry_entries(lo, u64::MAX, limit, |k| k >= from)?,
+        let Some((g, tree)) = self.grouped(t) else {
+            return Ok(own);
+        };
+        let grouped = match g.first_from(from) {
+            Some(lo) => self.group_entries(g, tree, lo, u64::MAX, limit, |k| k >= from)?,
             None => Vec::new(),
         };
-        Ok(merge_entries(own, index, limit))
+        Ok(merge_entries(own, grouped, limit))
     }
 
     fn scan_prefix(&self, t: Table, prefix: &[u8]) -> Result<Entries, StoreError> {
@@ -826,14 +1126,25 @@ impl Base for SledBase {
             return self.log_entries(t, lo, hi, usize::MAX, |k| k.starts_with(prefix));
         }
         let own = self.tree_entries(self.trees[t as usize].scan_prefix(prefix), usize::MAX)?;
-        if t != Table::Meta {
-            return Ok(own);
+        if account_groups::grouped(t) {
+            let keep = |k: &[u8]| k.starts_with(prefix);
+            let accounts = match account_groups::with_prefix(t, prefix) {
+                (Some(one), _) => match self.account(&one)? {
+                    Some(a) => a.entries(t, &one).into_iter().filter(|(k, _)| keep(k)).collect(),
+                    None => Vec::new(),
+                },
+                (None, p) => self.account_entries(t, self.accounts.scan_prefix(p), usize::MAX, keep)?,
+            };
+            return Ok(merge_entries(own, accounts, usize::MAX));
         }
-        let index = match expiry_blocks::buckets_with_prefix(prefix) {
-            Some((lo, hi)) => self.expiry_entries(lo, hi, usize::MAX, |k| k.starts_with(prefix))?,
+        let Some((g, tree)) = self.grouped(t) else {
+            return Ok(own);
+        };
+        let grouped = match g.with_prefix(prefix) {
+            Some((lo, hi)) => self.group_entries(g, tree, lo, hi, usize::MAX, |k| k.starts_with(prefix))?,
             None => Vec::new(),
         };
-        Ok(merge_entries(own, index, usize::MAX))
+        Ok(merge_entries(own, grouped, usize::MAX))
     }
 
     fn range(&self, t: Table, from: &[u8], through: &[u8]) -> Result<Entries, StoreError> {
@@ -845,17 +1156,27 @@ impl Base for SledBase {
             return Ok(Vec::new());
         }
         let own = self.tree_entries(self.trees[t as usize].range(from..=through), usize::MAX)?;
-        if t != Table::Meta {
-            return Ok(own);
+        if account_groups::grouped(t) {
+            let (lo, hi) = (
+                account_groups::first_from(t, from),
+                account_groups::last_through(t, through),
+            );
+            if lo > hi {
+                return Ok(own);
+            }
+            let accounts = self.account_entries(t, self.accounts.range(lo..=hi), usize::MAX, |k| {
+                k >= from && k <= through
+            })?;
+            return Ok(merge_entries(own, accounts, usize::MAX));
         }
-        let index = match (
-            expiry_blocks::first_bucket_from(from),
-            expiry_blocks::last_bucket_through(through),
-        ) {
-            (Some(lo), Some(hi)) => self.expiry_entries(lo, hi, usize::MAX, |k| k >= from && k <= through)?,
+        let Some((g, tree)) = self.grouped(t) else {
+            return Ok(own);
+        };
+        let grouped = match (g.first_from(from), g.last_through(through)) {
+            (Some(lo), Some(hi)) => self.group_entries(g, tree, lo, hi, usize::MAX, |k| k >= from && k <= through)?,
             _ => Vec::new(),
         };
-        Ok(merge_entries(own, index, usize::MAX))
+        Ok(merge_entries(own, grouped, usize::MAX))
     }
 
     fn keys(&self, t: Table) -> Result<Vec<Vec<u8>>, StoreError> {
@@ -876,10 +1197,22 @@ impl Base for SledBase {
         for k in self.trees[t as usize].iter().keys() {
             out.push(k.map_err(unavailable)?.to_vec());
         }
-        if t == Table::Meta {
-            for item in self.expiry.iter() {
+        if let Some((g, tree)) = self.grouped(t) {
+            for item in tree.iter() {
                 let (k, raw) = item.map_err(unavailable)?;
-                out.extend(read_bucket(&k, &raw)?.into_keys());
+                out.extend(read_group(g, &k, &raw)?.into_keys());
+            }
+            out.sort_unstable();
+        }
+        if account_groups::grouped(t) {
+            for item in self.accounts.iter() {
+                let (k, raw) = item.map_err(unavailable)?;
+                out.extend(
+                    account_groups::decode(&k, &raw)?
+                        .entries(t, &k)
+                        .into_iter()
+                        .map(|(key, _)| key),
+                );
             }
             out.sort_unstable();
         }
@@ -887,7 +1220,7 @@ impl Base for SledBase {
     }
 
     fn apply(&self, tables: &Tables, lsn: u64) -> Result<(), StoreError> {
-        write_to_sled(&self.trees, &self.expiry, tables)?;
+        write_to_sled(&self.trees, &self.groups, &self.accounts, tables)?;
         // After the records: sled recovers a prefix of its own writes, so
         // a position that survives means the records before it did.
         self.own.insert(APPLIED_KEY, &lsn.to_be_bytes()).map_err(unavailable)?;
@@ -926,7 +1259,8 @@ impl Base for SledBase {
             self.db.drop_tree(t.name()).map_err(unavailable)?;
             tracing::info!(log = t.name(), entries, "moved a log into blocks (store format 2)");
         }
-        self.upgrade_expiry_index()
+        self.upgrade_expiry_index()?;
+        self.upgrade_accounts()
     }
 
     fn applied_lsn(&self) -> Result<Option<u64>, StoreError> {
@@ -1074,19 +1408,31 @@ fn version_of(raw: &Option<Vec<u8>>) -> Result<Option<u64>, StoreError> {
 /// read of these keys until the whole apply and its barrier are done, and
 /// after a crash the log is replayed from the last recorded position
 /// (post-images, idempotent), so a partly applied checkpoint is completed.
-fn write_to_sled(trees: &[sled::Tree], expiry: &sled::Tree, tables: &Tables) -> Result<(), StoreError> {
+fn write_to_sled(
+    trees: &[sled::Tree],
+    groups: &[Option<(Grouping, sled::Tree)>],
+    accounts: &sled::Tree,
+    tables: &Tables,
+) -> Result<(), StoreError> {
+    write_accounts(
+        accounts,
+        &tables[Table::Users as usize],
+        &tables[Table::Factors as usize],
+    )?;
     for (i, mt) in tables.iter().enumerate() {
         let tree = &trees[i];
         if let Some(t) = Table::ALL.get(i).filter(|t| t.is_log()) {
             write_log_blocks(tree, *t, mt)?;
             continue;
         }
-        let meta = Table::ALL.get(i) == Some(&Table::Meta);
-        if meta {
-            write_expiry_buckets(expiry, mt.iter())?;
+        let grouping = groups.get(i).and_then(Option::as_ref);
+        if let Some((g, group_tree)) = grouping {
+            write_groups(*g, group_tree, mt.iter())?;
         }
+        let table = Table::ALL[i];
         for (k, v) in mt {
-            if meta && expiry_blocks::bucket_of(k).is_some() {
+            if grouping.is_some_and(|(g, _)| g.group_of(k).is_some()) || account_groups::account_of(table, k).is_some()
+            {
                 continue;
             }
             match v {
@@ -2232,20 +2578,16 @@ mod bad_input {
             .collect()
     }
 
-    /// A closed store holding one user record at `key`, whose value as
-    /// sled holds it was then replaced by `rewrite` of it.
-    fn one_user_rewritten(dir: &Path, key: &[u8], rewrite: impl FnOnce(Vec<u8>) -> Vec<u8>) {
-        {
-            let s = SledStore::open(dir).unwrap();
-            let mut b = Batch::new();
-            b.insert(Table::Users, key.to_vec(), RECORD.as_bytes().to_vec());
-            s.commit(&b).unwrap();
-            s.checkpoint().unwrap();
-        }
+    /// A closed store holding one record of table `t` at `key`, one key
+    /// in the table's own tree (as stores of format 4 and older held users,
+    /// and every store holds an approval with an id that is not timed),
+    /// whose value as sled holds it is `rewrite` of the packed record.
+    fn one_record_rewritten(dir: &Path, t: Table, key: &[u8], rewrite: impl FnOnce(Vec<u8>) -> Vec<u8>) {
+        drop(SledStore::open(dir).unwrap());
         let db = open_sled(dir, 1 << 20).unwrap();
-        let tree = db.open_tree(Table::Users.name()).unwrap();
-        let (k, v) = tree.iter().next().unwrap().unwrap();
-        tree.insert(k, rewrite(v.to_vec())).unwrap();
+        let tree = db.open_tree(t.name()).unwrap();
+        tree.insert(key, rewrite(packed::pack(&encode(1, RECORD.as_bytes())).unwrap()))
+            .unwrap();
         db.flush().unwrap();
     }
 
@@ -2313,31 +2655,113 @@ mod bad_input {
     }
 
     /// A store written before packing (format 1, every value as is) opens,
-    /// is marked format 2 before anything is packed into it, and holds
-    /// old and new values side by side.
+    /// is marked with this format before anything is packed into it, and
+    /// holds old and new values side by side.
     #[test]
     fn a_format_1_store_is_read_and_upgraded_in_place() {
         let dir = tempfile::tempdir().unwrap();
         // What an older build left: plain values, a format-1 marker.
-        one_user_rewritten(dir.path(), b"old", |v| packed::unpack(&v).unwrap());
-        assert_eq!(raw_sled(dir.path(), Table::Users)[0].1[0], 0);
+        one_record_rewritten(dir.path(), Table::Approvals, b"old", |v| packed::unpack(&v).unwrap());
+        assert_eq!(raw_sled(dir.path(), Table::Approvals)[0].1[0], 0);
         let m = mark_format_1(dir.path());
         {
             let s = SledStore::open(dir.path()).unwrap();
             let marker: Marker = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
             assert_eq!(marker.format, STORE_FORMAT);
-            assert_eq!(s.get(Table::Users, b"old").unwrap().unwrap().value, RECORD.as_bytes());
+            assert_eq!(
+                s.get(Table::Approvals, b"old").unwrap().unwrap().value,
+                RECORD.as_bytes()
+            );
             let mut b = Batch::new();
-            b.insert(Table::Users, b"new".to_vec(), RECORD.as_bytes().to_vec());
+            b.insert(Table::Approvals, b"new".to_vec(), RECORD.as_bytes().to_vec());
             s.commit(&b).unwrap();
             s.checkpoint().unwrap();
         }
-        let raw: BTreeMap<_, _> = raw_sled(dir.path(), Table::Users).into_iter().collect();
+        let raw: BTreeMap<_, _> = raw_sled(dir.path(), Table::Approvals).into_iter().collect();
         assert_eq!((raw[&b"old".to_vec()][0], raw[&b"new".to_vec()][0]), (0, 1));
         let s = SledStore::open(dir.path()).unwrap();
-        let all = s.scan_prefix(Table::Users, b"").unwrap();
+        let all = s.scan_prefix(Table::Approvals, b"").unwrap();
         assert_eq!(all.len(), 2);
         assert!(all.iter().all(|(_, v)| v.value == RECORD.as_bytes()));
+    }
+
+    /// Users and factors kept one key each (format 4 and older) are moved
+    /// into accounts when the store is opened: the same records, readable
+    /// every way and written like any other afterwards, the old trees left
+    /// with only the keys accounts do not take; also when a crash cut the
+    /// move short (records in both places).
+    #[test]
+    fn format_4_users_and_factors_are_moved_into_accounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let factor = |u: &str, f: &str| [u.as_bytes(), &[0], f.as_bytes()].concat();
+        let mut users: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let mut factors: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for i in 0..40 {
+            users.insert(format!("user-{i:02}").into_bytes(), format!("u{i}").into_bytes());
+            for f in 0..i % 3 {
+                factors.insert(
+                    factor(&format!("user-{i:02}"), &format!("f_{f}")),
+                    format!("f{i}.{f}").into_bytes(),
+                );
+            }
+        }
+        // Kept one key each whatever the format: a user id holding 0x00,
+        // a factor key without one.
+        users.insert(b"odd\0user".to_vec(), b"odd".to_vec());
+        factors.insert(b"no-separator".to_vec(), b"odd".to_vec());
+        drop(SledStore::open(dir.path()).unwrap());
+        {
+            let db = open_sled(dir.path(), 1 << 20).unwrap();
+            for (t, model) in [(Table::Users, &users), (Table::Factors, &factors)] {
+                let tree = db.open_tree(t.name()).unwrap();
+                for (k, v) in model {
+                    tree.insert(k.as_slice(), packed::pack(&encode(1, v)).unwrap()).unwrap();
+                }
+            }
+            // As if a move had been cut short: one account already there.
+            let a = account_groups::Account {
+                user: Some(encode(1, &users[&b"user-05".to_vec()])),
+                factors: [(factor("user-05", "f_0"), encode(1, &factors[&factor("user-05", "f_0")]))].into(),
+            };
+            db.open_tree(ACCOUNTS_TREE)
+                .unwrap()
+                .insert(b"user-05", account_groups::encode(b"user-05", &a).unwrap())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let m = mark_format(dir.path(), 4);
+        let prefixes: [&[u8]; 6] = [b"", b"user-0", b"user-05", b"user-05\0", b"user-05\0f_1", b"o"];
+        let starts = [(None, 3), (Some(&b"user-1"[..]), 4), (Some(&b"user-05\0f_0"[..]), 1)];
+        let check =
+            |s: &SledStore, users: &BTreeMap<Vec<u8>, Vec<u8>>, factors: &BTreeMap<Vec<u8>, Vec<u8>>, at: &str| {
+                for (t, model) in [(Table::Users, users), (Table::Factors, factors)] {
+                    assert_reads(s, t, model, &prefixes, &starts, &format!("{} {at}", t.name()));
+                }
+            };
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            let marker: Marker = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+            assert_eq!(marker.format, STORE_FORMAT);
+            check(&s, &users, &factors, "after the move");
+            let v = s.get(Table::Factors, &factor("user-07", "f_0")).unwrap().unwrap();
+            let mut b = Batch::new();
+            b.delete(Table::Factors, factor("user-07", "f_0"), v.version);
+            b.update(Table::Users, b"user-07".to_vec(), 1, b"changed".to_vec());
+            b.insert(Table::Factors, factor("user-07", "f_9"), b"new".to_vec());
+            s.commit(&b).unwrap();
+            s.checkpoint().unwrap();
+        }
+        factors.remove(&factor("user-07", "f_0"));
+        users.insert(b"user-07".to_vec(), b"changed".to_vec());
+        factors.insert(factor("user-07", "f_9"), b"new".to_vec());
+        let s = SledStore::open(dir.path()).unwrap();
+        check(&s, &users, &factors, "after reopening");
+        drop(s);
+        let mut left: Vec<Vec<u8>> = raw_sled(dir.path(), Table::Users).into_iter().map(|(k, _)| k).collect();
+        left.extend(raw_sled(dir.path(), Table::Factors).into_iter().map(|(k, _)| k));
+        assert_eq!(left, vec![b"odd\0user".to_vec(), b"no-separator".to_vec()]);
+        let db = open_sled(dir.path(), 1 << 20).unwrap();
+        assert_eq!(db.open_tree(ACCOUNTS_TREE).unwrap().len(), 40);
     }
 
     /// A log kept one key per entry (format 1) is moved into blocks when
@@ -2537,9 +2961,24 @@ mod bad_input {
             b"consumer/",
             b"q",
         ];
+        let starts = [(None, 3), (Some(&b"expiry/"[..]), 4), (Some(&b"expiry-indexed"[..]), 1)];
+        assert_reads(s, Table::Meta, model, &prefixes, &starts, at);
+    }
+
+    /// Every way of reading table `t` agrees with a plain map: prefix scans
+    /// of `prefixes`, pages of every size in `starts` from every start
+    /// there, `len` and `get`.
+    fn assert_reads(
+        s: &SledStore,
+        t: Table,
+        model: &BTreeMap<Vec<u8>, Vec<u8>>,
+        prefixes: &[&[u8]],
+        starts: &[(Option<&[u8]>, usize)],
+        at: &str,
+    ) {
         for p in prefixes {
             let got: Vec<_> = s
-                .scan_prefix(Table::Meta, p)
+                .scan_prefix(t, p)
                 .unwrap()
                 .into_iter()
                 .map(|(k, v)| (k, v.value))
@@ -2551,11 +2990,11 @@ mod bad_input {
                 .collect();
             assert_eq!(got, want, "prefix {p:?} {at}");
         }
-        for (start, limit) in [(None, 3), (Some(&b"expiry/"[..]), 4), (Some(&b"expiry-indexed"[..]), 1)] {
+        for (start, limit) in starts.iter().copied() {
             let mut after = start.map(<[u8]>::to_vec);
             let mut got = Vec::new();
             loop {
-                let page = s.scan_page(Table::Meta, after.as_deref(), limit).unwrap();
+                let page = s.scan_page(t, after.as_deref(), limit).unwrap();
                 assert!(page.len() <= limit);
                 let Some((last, _)) = page.last() else { break };
                 after = Some(last.clone());
@@ -2568,13 +3007,9 @@ mod bad_input {
                 .collect();
             assert_eq!(got, want, "pages of {limit} after {start:?} {at}");
         }
-        assert_eq!(s.len(Table::Meta).unwrap(), model.len(), "len {at}");
+        assert_eq!(s.len(t).unwrap(), model.len(), "len {at}");
         for k in model.keys() {
-            assert_eq!(
-                s.get(Table::Meta, k).unwrap().map(|v| v.value).as_ref(),
-                model.get(k),
-                "{at}"
-            );
+            assert_eq!(s.get(t, k).unwrap().map(|v| v.value).as_ref(), model.get(k), "{at}");
         }
     }
 
@@ -2641,6 +3076,152 @@ mod bad_input {
         let buckets = db.open_tree(EXPIRY_TREE).unwrap().len();
         let seconds: std::collections::BTreeSet<_> = model.keys().filter_map(|k| expiry_blocks::bucket_of(k)).collect();
         assert_eq!(buckets, seconds.len());
+    }
+
+    /// A key of a challenge (`t` = challenges) or approval: mostly timed
+    /// ids of a few seconds and first random characters, some of the
+    /// older shape or near misses, which stay in the table's own tree.
+    fn timed_key(t: Table, rng: &mut XorShift) -> Vec<u8> {
+        let prefix = std::str::from_utf8(record_groups::id_prefix(t).unwrap()).unwrap();
+        let mut random = [0u8; 16];
+        random[0] = [0x00, 0x04, 0x7C, 0xF8, 0xFC][rng.below(5) as usize];
+        random[15] = rng.below(6) as u8;
+        let timed = record_groups::timed_id(prefix, 1_000 + rng.below(3) as i64, &random).into_bytes();
+        match rng.below(6) {
+            // The older shape (22 random characters), and a timed id one
+            // character short: both sort among the timed ones.
+            0 => format!("{prefix}00000003e8{}", rng.below(4)).into_bytes(),
+            1 => timed[..timed.len() - 1].to_vec(),
+            2 => format!("{prefix}AbCdEfGhIjKlMnOpQrSt{:02}", rng.below(3)).into_bytes(),
+            _ => timed,
+        }
+    }
+
+    /// Challenges and approvals with timed ids kept in groups: random
+    /// inserts, updates and deletes of keys of every shape, checkpoints
+    /// every few rounds; reads agree with a map throughout and after
+    /// reopening, the tables' own trees hold no timed id, and there is one
+    /// group per second and first random character.
+    #[test]
+    fn timed_records_agree_with_a_model_in_groups() {
+        for t in [Table::Challenges, Table::Approvals] {
+            let dir = tempfile::tempdir().unwrap();
+            let tuning = Tuning {
+                checkpoint_interval: Duration::from_millis(5),
+                checkpoint_keys: 5,
+                ..Tuning::default()
+            };
+            let prefix = record_groups::id_prefix(t).unwrap();
+            let second = [prefix, b"00000003e9"].concat();
+            let prefixes: [&[u8]; 8] = [
+                b"",
+                prefix,
+                &second,
+                &second[..second.len() - 1],
+                b"ch_0",
+                b"0",
+                b"A",
+                b"z",
+            ];
+            let starts = [(None, 3), (Some(&second[..]), 4), (Some(&b"ch_"[..]), 1)];
+            let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            let mut rng = XorShift(0x7e1d_1d5e_77aa_0005 ^ t as u64);
+            {
+                let s = SledStore::open_with(dir.path(), tuning).unwrap();
+                for round in 0..500u64 {
+                    let key = timed_key(t, &mut rng);
+                    let mut b = Batch::new();
+                    match s.get(t, &key).unwrap() {
+                        Some(v) if rng.below(3) == 0 => {
+                            b.delete(t, key.clone(), v.version);
+                            model.remove(&key);
+                        }
+                        Some(v) => {
+                            b.update(t, key.clone(), v.version, format!("r{round}").into_bytes());
+                            model.insert(key, format!("r{round}").into_bytes());
+                        }
+                        None => {
+                            b.insert(t, key.clone(), b"new".to_vec());
+                            model.insert(key, b"new".to_vec());
+                        }
+                    }
+                    s.commit(&b).unwrap();
+                    if round % 11 == 0 {
+                        s.checkpoint().unwrap();
+                    }
+                    if round % 50 == 0 {
+                        assert_reads(
+                            &s,
+                            t,
+                            &model,
+                            &prefixes,
+                            &starts,
+                            &format!("{} at round {round}", t.name()),
+                        );
+                    }
+                }
+                s.checkpoint().unwrap();
+                assert_reads(&s, t, &model, &prefixes, &starts, "at the end");
+            }
+            let s = SledStore::open(dir.path()).unwrap();
+            assert_reads(&s, t, &model, &prefixes, &starts, "after reopening");
+            // A timed id nobody made, in a group that exists: absent.
+            let missing = record_groups::timed_id(std::str::from_utf8(prefix).unwrap(), 1_000, &[0xAA; 16]);
+            assert!(s.get(t, missing.as_bytes()).unwrap().is_none());
+            drop(s);
+            let db = open_sled(dir.path(), 1 << 20).unwrap();
+            let own: Vec<_> = db
+                .open_tree(t.name())
+                .unwrap()
+                .iter()
+                .keys()
+                .map(|k| k.unwrap().to_vec())
+                .collect();
+            assert!(
+                own.iter().all(|k| record_groups::group_of(prefix, k).is_none()),
+                "{own:?}"
+            );
+            assert!(
+                !own.is_empty()
+                    && model
+                        .keys()
+                        .filter(|k| record_groups::group_of(prefix, k).is_none())
+                        .count()
+                        == own.len()
+            );
+            let groups = db.open_tree(format!("{}.groups", t.name())).unwrap().len();
+            let ids: std::collections::BTreeSet<_> = model
+                .keys()
+                .filter_map(|k| record_groups::group_of(prefix, k))
+                .collect();
+            assert!(ids.len() > 10, "{ids:?}");
+            assert_eq!(groups, ids.len());
+        }
+    }
+
+    /// The decoded groups kept for reads stay within their bounds, in
+    /// count and in bytes, and what they keep is the newest.
+    #[test]
+    fn kept_groups_stay_bounded_and_keep_the_newest() {
+        let mut kept = KeptGroups::default();
+        let group = |n: usize, len: usize| -> Arc<expiry_blocks::Bucket> {
+            Arc::new((0..n).map(|i| (i.to_be_bytes().to_vec(), vec![0u8; len])).collect())
+        };
+        let raw = |i: u64| sled::IVec::from(&i.to_be_bytes()[..]);
+        for i in 0..5_000u64 {
+            kept.keep((1, i), raw(i), group(2, 10));
+            assert!(kept.groups.len() <= KEPT_GROUPS);
+            assert!(kept.get((1, i), &raw(i)).is_some());
+        }
+        // Bytes: large groups push the older out.
+        for i in 0..100u64 {
+            kept.keep((2, i), raw(i), group(100, 4_000));
+            assert!(kept.bytes <= KEPT_BYTES, "{}", kept.bytes);
+            assert_eq!(kept.bytes, kept.groups.values().map(|k| k.bytes).sum::<usize>());
+        }
+        assert!(kept.get((2, 99), &raw(99)).is_some() && kept.get((2, 0), &raw(0)).is_none());
+        // Other bytes for the same group: not an answer.
+        assert!(kept.get((2, 99), &raw(98)).is_none());
     }
 
     /// The decoded buckets kept for reads never answer for bytes sled no
@@ -2715,7 +3296,7 @@ mod bad_input {
             let buckets = db.open_tree(EXPIRY_TREE).unwrap();
             for (i, item) in buckets.iter().enumerate() {
                 let (k, raw) = item.unwrap();
-                for (key, v) in read_bucket(&k, &raw).unwrap() {
+                for (key, v) in read_group(Grouping::Expiry, &k, &raw).unwrap() {
                     meta.insert(key, packed::pack(&v).unwrap()).unwrap();
                 }
                 if i > 0 {
@@ -2759,12 +3340,12 @@ mod bad_input {
     #[test]
     fn a_value_in_an_unknown_encoding_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        one_user_rewritten(dir.path(), b"u", |mut v| {
+        one_record_rewritten(dir.path(), Table::Approvals, b"u", |mut v| {
             v[0] = 7;
             v
         });
         let s = SledStore::open(dir.path()).unwrap();
-        let e = s.get(Table::Users, b"u").unwrap_err();
+        let e = s.get(Table::Approvals, b"u").unwrap_err();
         assert!(matches!(&e, StoreError::Corrupt(m) if m.contains("encoding 7")), "{e}");
     }
 
