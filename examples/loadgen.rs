@@ -50,7 +50,7 @@
 //!
 //! Knobs (environment): `LOADGEN_USERS`, `LOADGEN_SECONDS`,
 //! `LOADGEN_APPROVALS`, `LOADGEN_CLIENTS` (`1,8,32`), `LOADGEN_CACHE_MIB`
-//! (sled's page cache, `[store] cache_mib`: 64, the default), `LOADGEN_STORE`
+//! (sled's page cache, `[store] cache_mib`: 32, the default), `LOADGEN_STORE`
 //! (more `[store]` settings, `;` between them), `LOADGEN_PLOT`. For a
 //! closer look: `LOADGEN_SLOW_MS=<ms>` prints every timed operation slower
 //! than that with its wall-clock end (Unix ms), `BENCH_SIGILD_LOG=<filter>`
@@ -648,7 +648,7 @@ async fn run(dir: tempfile::TempDir, keep: bool) {
     let users: usize = env_num("LOADGEN_USERS", 100_000);
     let secs: f64 = env_num("LOADGEN_SECONDS", 8.0);
     let want_approvals: u64 = env_num("LOADGEN_APPROVALS", 200_000);
-    let cache_mib: u64 = env_num("LOADGEN_CACHE_MIB", 64);
+    let cache_mib: u64 = env_num("LOADGEN_CACHE_MIB", 32);
     let levels: Vec<usize> = std::env::var("LOADGEN_CLIENTS")
         .unwrap_or_else(|_| "1,8,32".into())
         .split(',')
@@ -782,6 +782,10 @@ async fn run(dir: tempfile::TempDir, keep: bool) {
     let total = w.total_approvals.load(Ordering::Relaxed);
     let clean = d.stop();
     drop(d);
+    // At rest: the write-ahead log's files of the last seconds (the one
+    // being written, the one being checkpointed and the next one, prepared
+    // at the last one's size) are gone once everything is in sled.
+    let store_stopped = du(&setup.dir.join("data"));
     let d2 = setup.start();
     let serving = wait_serving(&d2).await;
     let startup = d2.started_in + serving;
@@ -845,7 +849,16 @@ async fn run(dir: tempfile::TempDir, keep: bool) {
         mib(anon as f64),
         mib(file as f64)
     );
-    println!("| store on disk (sled + write-ahead log) | {} |", mib(store as f64));
+    println!(
+        "| store on disk at the end of the load (sled + write-ahead log) | {} ({:.0} MB) |",
+        mib(store as f64),
+        store as f64 / 1e6
+    );
+    println!(
+        "| store on disk once sigild stopped (sled; the log's files checkpointed) | {} ({:.0} MB) |",
+        mib(store_stopped as f64),
+        store_stopped as f64 / 1e6
+    );
     println!(
         "| sigild resident set after a restart on that store, idle | {} |",
         mib(idle_rss as f64)
