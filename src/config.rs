@@ -487,13 +487,13 @@ mod tests {
     fn store_tuning_is_read_and_checked() {
         let c = Config::from_toml(
             "version = 1\n[store]\ncheckpoint_interval_ms = 250\ncheckpoint_keys = 5000\n\
-             checkpoint_mib = 8\nbackpressure_wait_ms = 100\ncache_mib = 32\n",
+             checkpoint_mib = 8\nbackpressure_wait_ms = 100\ncache_mib = 48\n",
         )
         .unwrap();
         c.validate().unwrap();
         let t = c.store.tuning();
-        assert_eq!(t.cache_bytes, 32 << 20);
-        assert_eq!(Config::default().store.tuning().cache_bytes, 64 << 20);
+        assert_eq!(t.cache_bytes, 48 << 20);
+        assert_eq!(Config::default().store.tuning().cache_bytes, 32 << 20);
         assert_eq!(t.checkpoint_interval, std::time::Duration::from_millis(250));
         assert_eq!(t.checkpoint_keys, 5000);
         assert_eq!(t.checkpoint_bytes, 8 << 20);
