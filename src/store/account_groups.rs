@@ -21,6 +21,7 @@
 //! reads each table's keys in order. Above the sled layer nothing changes.
 use std::collections::BTreeMap;
 
+use super::expiry_blocks::take_part;
 use super::packed;
 use super::{StoreError, Table};
 
@@ -169,18 +170,7 @@ pub fn decode(account: &[u8], raw: &[u8]) -> Result<Account, StoreError> {
         return Err(bad("no account header"));
     }
     let mut pos = 8;
-    let take = |pos: &mut usize| -> Result<&[u8], StoreError> {
-        let len = plain
-            .get(*pos..*pos + 4)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            .ok_or_else(|| bad("a length is cut short"))?;
-        let len = u32::from_be_bytes(len) as usize;
-        let part = plain
-            .get(*pos + 4..*pos + 4 + len)
-            .ok_or_else(|| bad("a record is cut short"))?;
-        *pos += 4 + len;
-        Ok(part)
-    };
+    let take = |pos: &mut usize| take_part(&plain, pos).map_err(bad);
     let mut a = Account::default();
     while pos < plain.len() {
         let form = plain[pos];

@@ -82,6 +82,19 @@ pub fn decode(at: u64, raw: &[u8]) -> Result<Bucket, StoreError> {
     decode_keyed(&head, raw, |_| true, &format!("expiry index bucket {at}"))
 }
 
+/// The part at `pos` of bytes written as `length (u32 BE) || part`,
+/// moving `pos` past it; or why it cannot be read.
+pub(super) fn take_part<'a>(plain: &'a [u8], pos: &mut usize) -> Result<&'a [u8], &'static str> {
+    let len = plain
+        .get(*pos..*pos + 4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .ok_or("a length is cut short")?;
+    let len = u32::from_be_bytes(len) as usize;
+    let part = plain.get(*pos + 4..*pos + 4 + len).ok_or("an entry is cut short")?;
+    *pos += 4 + len;
+    Ok(part)
+}
+
 /// A group of keys that all start with `head` (and pass `belongs`) as sled
 /// holds it: a zero header, then each entry in key order as `length (u32
 /// BE) || key after the head || length (u32 BE) || stored bytes`, packed
@@ -122,18 +135,7 @@ pub(super) fn decode_keyed(
         return Err(bad("no bucket header"));
     }
     let mut pos = 8;
-    let take = |pos: &mut usize| -> Result<&[u8], StoreError> {
-        let len = plain
-            .get(*pos..*pos + 4)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            .ok_or_else(|| bad("a length is cut short"))?;
-        let len = u32::from_be_bytes(len) as usize;
-        let part = plain
-            .get(*pos + 4..*pos + 4 + len)
-            .ok_or_else(|| bad("an entry is cut short"))?;
-        *pos += 4 + len;
-        Ok(part)
-    };
+    let take = |pos: &mut usize| take_part(&plain, pos).map_err(bad);
     let mut bucket = Bucket::new();
     while pos < plain.len() {
         let key = [head, take(&mut pos)?].concat();
