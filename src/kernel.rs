@@ -153,10 +153,6 @@ impl Kernel {
     /// embedded store keeps grouped by second
     /// ([`crate::store::record_groups`]): challenges and approvals.
     pub fn new_timed_id(&self, prefix: &str, now: i64) -> Result<String, Error> {
-        let mut random = [0u8; 16];
-        self.rng
-            .fill(&mut random)
-            .map_err(|_| Error::Unavailable("the system random generator failed".into()))?;
-        Ok(crate::store::record_groups::timed_id(prefix, now, &random))
+        Ok(crate::store::record_groups::timed_id(prefix, now, &self.random(16)?))
     }
 }

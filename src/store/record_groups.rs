@@ -48,8 +48,8 @@ pub fn id_prefix(t: Table) -> Option<&'static [u8]> {
 }
 
 /// A timed id: `prefix`, `secs` (clamped to 0..2^40) as 10 lowercase hex
-/// digits, then `random` as 22 base64url characters.
-pub fn timed_id(prefix: &str, secs: i64, random: &[u8; 16]) -> String {
+/// digits, then `random` (16 bytes) as 22 base64url characters.
+pub fn timed_id(prefix: &str, secs: i64, random: &[u8]) -> String {
     let secs = u64::try_from(secs).unwrap_or(0).min(TIME_MAX);
     format!("{prefix}{secs:010x}{}", sigil_verify::b64url::encode(random))
 }
