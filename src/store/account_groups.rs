@@ -21,7 +21,7 @@
 //! reads each table's keys in order. Above the sled layer nothing changes.
 use std::collections::BTreeMap;
 
-use super::expiry_blocks::take_part;
+use super::expiry_blocks::{put_part, take_part};
 use super::packed;
 use super::{StoreError, Table};
 
@@ -89,21 +89,13 @@ fn cut(bound: &[u8]) -> &[u8] {
     &bound[..bound.iter().position(|b| *b == 0).unwrap_or(bound.len())]
 }
 
-/// The smallest account that can hold a key of table `t` that is `>=
-/// from`.
-pub fn first_from(t: Table, from: &[u8]) -> Vec<u8> {
+/// The account bound of a key bound of table `t`, either way: every key
+/// `>= b` lies in an account `>= bound(t, b)`, every key `<= b` in one
+/// `<= bound(t, b)`.
+pub fn bound(t: Table, b: &[u8]) -> &[u8] {
     match t {
-        Table::Factors => cut(from).to_vec(),
-        _ => from.to_vec(),
-    }
-}
-
-/// The largest account that can hold a key of table `t` that is `<=
-/// through`.
-pub fn last_through(t: Table, through: &[u8]) -> Vec<u8> {
-    match t {
-        Table::Factors => cut(through).to_vec(),
-        _ => through.to_vec(),
+        Table::Factors => cut(b),
+        _ => b,
     }
 }
 
@@ -123,14 +115,6 @@ const FORM_USER: u8 = 0;
 /// Form byte of a factor.
 const FORM_FACTOR: u8 = 1;
 
-fn put(out: &mut Vec<u8>, part: &[u8], account: &[u8]) -> Result<(), StoreError> {
-    let len = u32::try_from(part.len())
-        .map_err(|_| StoreError::Corrupt(format!("a record of account {} is too large", shown(account))))?;
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(part);
-    Ok(())
-}
-
 /// An account's key for messages: printable, and short.
 fn shown(account: &[u8]) -> String {
     let s = String::from_utf8_lossy(&account[..account.len().min(64)]);
@@ -143,10 +127,12 @@ pub fn encode(account: &[u8], a: &Account) -> Result<Vec<u8>, StoreError> {
         16 + a.user.as_ref().map_or(0, Vec::len) + a.factors.iter().map(|(k, v)| 9 + k.len() + v.len()).sum::<usize>(),
     );
     plain.extend_from_slice(&HEADER);
+    let too_large = |_| StoreError::Corrupt(format!("a record of account {} is too large", shown(account)));
+    let put = |out: &mut Vec<u8>, part: &[u8]| put_part(out, part).map_err(too_large);
     if let Some(v) = &a.user {
         plain.push(FORM_USER);
-        put(&mut plain, b"", account)?;
-        put(&mut plain, v, account)?;
+        put(&mut plain, b"")?;
+        put(&mut plain, v)?;
     }
     for (k, v) in &a.factors {
         if account_of(Table::Factors, k) != Some(account) {
@@ -156,8 +142,8 @@ pub fn encode(account: &[u8], a: &Account) -> Result<Vec<u8>, StoreError> {
             )));
         }
         plain.push(FORM_FACTOR);
-        put(&mut plain, &k[account.len() + 1..], account)?;
-        put(&mut plain, v, account)?;
+        put(&mut plain, &k[account.len() + 1..])?;
+        put(&mut plain, v)?;
     }
     packed::pack(&plain)
 }
@@ -282,10 +268,10 @@ mod tests {
                 for k in keys {
                     let acc = account_of(t, k).unwrap();
                     if k.as_slice() >= b.as_slice() {
-                        assert!(acc >= first_from(t, b).as_slice(), "{b:?} from {k:?}");
+                        assert!(acc >= bound(t, b), "{b:?} from {k:?}");
                     }
                     if k.as_slice() <= b.as_slice() {
-                        assert!(acc <= last_through(t, b).as_slice(), "{b:?} through {k:?}");
+                        assert!(acc <= bound(t, b), "{b:?} through {k:?}");
                     }
                     if k.starts_with(b) {
                         match with_prefix(t, b) {

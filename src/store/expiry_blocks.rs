@@ -95,6 +95,15 @@ pub(super) fn take_part<'a>(plain: &'a [u8], pos: &mut usize) -> Result<&'a [u8]
     Ok(part)
 }
 
+/// Appends `length (u32 BE) || part`, as [`take_part`] reads it; refused
+/// (nothing appended) when the part is too large for its length.
+pub(super) fn put_part(out: &mut Vec<u8>, part: &[u8]) -> Result<(), std::num::TryFromIntError> {
+    let len = u32::try_from(part.len())?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(part);
+    Ok(())
+}
+
 /// A group of keys that all start with `head` (and pass `belongs`) as sled
 /// holds it: a zero header, then each entry in key order as `length (u32
 /// BE) || key after the head || length (u32 BE) || stored bytes`, packed
@@ -112,10 +121,7 @@ pub(super) fn encode_keyed(
             return Err(StoreError::Corrupt(format!("a key does not belong to {what}")));
         }
         for part in [&k[head.len()..], v.as_slice()] {
-            let len = u32::try_from(part.len())
-                .map_err(|_| StoreError::Corrupt(format!("an entry of {what} is too large")))?;
-            plain.extend_from_slice(&len.to_be_bytes());
-            plain.extend_from_slice(part);
+            put_part(&mut plain, part).map_err(|_| StoreError::Corrupt(format!("an entry of {what} is too large")))?;
         }
     }
     packed::pack(&plain)

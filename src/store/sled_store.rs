@@ -1106,7 +1106,7 @@ impl Base for SledBase {
         }
         let own = self.tree_entries(self.trees[t as usize].range(from..), limit)?;
         if account_groups::grouped(t) {
-            let lo = account_groups::first_from(t, from);
+            let lo = account_groups::bound(t, from);
             let accounts = self.account_entries(t, self.accounts.range(lo..), limit, |k| k >= from)?;
             return Ok(merge_entries(own, accounts, limit));
         }
@@ -1157,10 +1157,7 @@ impl Base for SledBase {
         }
         let own = self.tree_entries(self.trees[t as usize].range(from..=through), usize::MAX)?;
         if account_groups::grouped(t) {
-            let (lo, hi) = (
-                account_groups::first_from(t, from),
-                account_groups::last_through(t, through),
-            );
+            let (lo, hi) = (account_groups::bound(t, from), account_groups::bound(t, through));
             if lo > hi {
                 return Ok(own);
             }
