@@ -671,22 +671,8 @@ impl SledBase {
     where
         I: Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
     {
-        let mut out = Vec::new();
-        if limit == 0 {
-            return Ok(out);
-        }
-        for item in items {
-            let (k, raw) = item.map_err(unavailable)?;
-            for (key, v) in account_groups::decode(&k, &raw)?.entries(t, &k) {
-                if keep(&key) {
-                    out.push((key, v));
-                    if out.len() == limit {
-                        return Ok(out);
-                    }
-                }
-            }
-        }
-        Ok(out)
+        let read = |k: &[u8], raw: &[u8]| Ok(account_groups::decode(k, raw)?.entries(t, k));
+        entries_of_groups(items, limit, read, keep)
     }
 
     /// Users and factors kept one key each by stores of format 4 and older
@@ -905,11 +891,26 @@ fn grouped_entries(
     read: impl Fn(&[u8], &[u8]) -> Result<Entries, StoreError>,
     keep: impl Fn(&[u8]) -> bool,
 ) -> Result<Entries, StoreError> {
+    if lo > hi {
+        return Ok(Vec::new());
+    }
+    entries_of_groups(tree.range(lo.to_be_bytes()..=hi.to_be_bytes()), limit, read, keep)
+}
+
+/// The entries of the groups `items` reads from sled (log blocks, expiry
+/// buckets, record groups, accounts), as `read` gives each group's, whose
+/// keys pass `keep`, in order, at most `limit`.
+fn entries_of_groups(
+    items: impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>,
+    limit: usize,
+    read: impl Fn(&[u8], &[u8]) -> Result<Entries, StoreError>,
+    keep: impl Fn(&[u8]) -> bool,
+) -> Result<Entries, StoreError> {
     let mut out = Vec::new();
-    if lo > hi || limit == 0 {
+    if limit == 0 {
         return Ok(out);
     }
-    for item in tree.range(lo.to_be_bytes()..=hi.to_be_bytes()) {
+    for item in items {
         let (k, raw) = item.map_err(unavailable)?;
         for (key, v) in read(&k, &raw)? {
             if keep(&key) {
