@@ -705,13 +705,9 @@ impl SledBase {
         }
         self.barrier()?;
         for t in [Table::Users, Table::Factors] {
-            let own = &self.trees[t as usize];
-            for item in own.iter().keys() {
-                let k = item.map_err(unavailable)?;
-                if account_groups::account_of(t, &k).is_some() {
-                    own.remove(k).map_err(unavailable)?;
-                }
-            }
+            remove_copied(&self.trees[t as usize], b"", |k| {
+                account_groups::account_of(t, k).is_some()
+            })?;
         }
         self.barrier()?;
         tracing::info!(
@@ -832,12 +828,7 @@ impl SledBase {
             return Ok(());
         }
         self.barrier()?;
-        for item in meta.scan_prefix(super::meta::EXPIRY_PREFIX).keys() {
-            let k = item.map_err(unavailable)?;
-            if bucketed(&k) {
-                meta.remove(k).map_err(unavailable)?;
-            }
-        }
+        remove_copied(meta, super::meta::EXPIRY_PREFIX, bucketed)?;
         self.barrier()?;
         tracing::info!(entries = moved, "moved the expiry index into buckets (store format 3)");
         Ok(())
@@ -878,6 +869,18 @@ fn copy_in_chunks(
         write(&chunk)?;
     }
     Ok(copied)
+}
+
+/// Removes from `tree` the keys starting with `prefix` that pass `copied`:
+/// what [`copy_in_chunks`] handed over, once its copy is durable.
+fn remove_copied(tree: &sled::Tree, prefix: &[u8], copied: impl Fn(&[u8]) -> bool) -> Result<(), StoreError> {
+    for item in tree.scan_prefix(prefix).keys() {
+        let k = item.map_err(unavailable)?;
+        if copied(&k) {
+            tree.remove(k).map_err(unavailable)?;
+        }
+    }
+    Ok(())
 }
 
 /// The entries of the groups (log blocks, expiry buckets) keyed `lo..=hi`
