@@ -99,12 +99,14 @@ pub fn bound(t: Table, b: &[u8]) -> &[u8] {
     }
 }
 
-/// The accounts that can hold a key of table `t` starting with `prefix`:
-/// one account (Some), or every account whose key starts with `prefix`.
-pub fn with_prefix(t: Table, prefix: &[u8]) -> (Option<Vec<u8>>, Vec<u8>) {
+/// The one account that can hold keys of table `t` starting with
+/// `prefix`, when only one can (a factor prefix naming its whole user id);
+/// otherwise each such key lies in an account whose key starts with
+/// `prefix`.
+pub fn single_account(t: Table, prefix: &[u8]) -> Option<&[u8]> {
     match t {
-        Table::Factors if prefix.contains(&0) => (Some(cut(prefix).to_vec()), Vec::new()),
-        _ => (None, prefix.to_vec()),
+        Table::Factors if prefix.contains(&0) => Some(cut(prefix)),
+        _ => None,
     }
 }
 
@@ -274,9 +276,9 @@ mod tests {
                         assert!(acc <= bound(t, b), "{b:?} through {k:?}");
                     }
                     if k.starts_with(b) {
-                        match with_prefix(t, b) {
-                            (Some(one), _) => assert_eq!(one, acc, "prefix {b:?} of {k:?}"),
-                            (None, p) => assert!(acc.starts_with(&p), "prefix {b:?} of {k:?}"),
+                        match single_account(t, b) {
+                            Some(one) => assert_eq!(one, acc, "prefix {b:?} of {k:?}"),
+                            None => assert!(acc.starts_with(b), "prefix {b:?} of {k:?}"),
                         }
                     }
                 }

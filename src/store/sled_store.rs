@@ -1132,12 +1132,13 @@ impl Base for SledBase {
         let own = self.tree_entries(self.trees[t as usize].scan_prefix(prefix), usize::MAX)?;
         if account_groups::grouped(t) {
             let keep = |k: &[u8]| k.starts_with(prefix);
-            let accounts = match account_groups::with_prefix(t, prefix) {
-                (Some(one), _) => match self.account(&one)? {
-                    Some(a) => a.entries(t, &one).into_iter().filter(|(k, _)| keep(k)).collect(),
-                    None => Vec::new(),
-                },
-                (None, p) => self.account_entries(t, self.accounts.scan_prefix(p), usize::MAX, keep)?,
+            let accounts = match account_groups::single_account(t, prefix) {
+                Some(one) => {
+                    let item = self.accounts.get(one).transpose();
+                    let item = item.map(|raw| raw.map(|raw| (sled::IVec::from(one), raw)));
+                    self.account_entries(t, item.into_iter(), usize::MAX, keep)?
+                }
+                None => self.account_entries(t, self.accounts.scan_prefix(prefix), usize::MAX, keep)?,
             };
             return Ok(merge_entries(own, accounts, usize::MAX));
         }
