@@ -8,15 +8,17 @@
 //! For each sled tree: keys, key bytes, the bytes sled holds for the
 //! values now, the plain records, and the records packed with the store's
 //! dictionary 1 (`sigil::store::packed`). The logs' trees (`*.blocks`)
-//! hold a key per block of 64 entries, `meta.expiry` a key per second
-//! of the expiry index, and `challenges.groups` and `approvals.groups` a
-//! key per second and first random character of the records with timed
-//! ids, and `accounts` a key per user with the user's record and factors. `--dict FILE` adds a column for
-//! a candidate dictionary, `--level N` for packing at zstd level N (with
-//! the candidate dictionary, or else dictionary 1; the store packs at 3); `--train OUT` writes a 32 KiB dictionary trained
-//! on up to 4,000 records of each table (not the blocks and buckets: their
-//! entries are the records, and stores of format 1 held them one by one). The store must not be open
-//! (sled locks it): stop sigild first.
+//! hold a key per block of 64 entries, `meta.expiry` a key per second of
+//! the expiry index, `challenges.groups` and `approvals.groups` a key per
+//! second and first random character of the records with timed ids, and
+//! `accounts` a key per user with the user's record and factors.
+//! `--dict FILE` adds a column for a candidate dictionary, `--level N` for
+//! packing at zstd level N (with the candidate dictionary, or else
+//! dictionary 1; the store packs at 3); `--train OUT` writes a 32 KiB
+//! dictionary trained on up to 4,000 records of each table (not the blocks
+//! and buckets: their entries are the records, and stores of format 1 held
+//! them one by one). The store must not be open (sled locks it): stop
+//! sigild first.
 use std::collections::BTreeMap;
 
 use sigil::store::packed;
