@@ -183,6 +183,7 @@ pub fn decode(account: &[u8], raw: &[u8]) -> Result<Account, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::expiry_blocks::bounds_around;
 
     fn factor(user: &str, id: &str) -> Vec<u8> {
         [user.as_bytes(), &[0], id.as_bytes()].concat()
@@ -256,16 +257,7 @@ mod tests {
             factor("b\x01", "g"),
         ];
         for (t, keys) in [(Table::Users, &users), (Table::Factors, &factors)] {
-            let mut bounds: Vec<Vec<u8>> = vec![vec![], b"~".to_vec()];
-            for k in keys {
-                for n in 0..=k.len() {
-                    for extra in [None, Some(0u8), Some(1), Some(b'b'), Some(0xFF)] {
-                        let mut b = k[..n].to_vec();
-                        b.extend(extra);
-                        bounds.push(b);
-                    }
-                }
-            }
+            let bounds = bounds_around(&[b"", b"~"], keys, &[0, 1, b'b', 0xFF]);
             for b in &bounds {
                 for k in keys {
                     let acc = account_of(t, k).unwrap();

@@ -157,6 +157,23 @@ pub(super) fn decode_keyed(
     Ok(bucket)
 }
 
+/// Bounds around `keys` for tests of the functions that map key bounds to
+/// groups: `fixed`, then every prefix of every key, alone and followed by
+/// each byte of `extra`.
+#[cfg(test)]
+pub(super) fn bounds_around(fixed: &[&[u8]], keys: &[Vec<u8>], extra: &[u8]) -> Vec<Vec<u8>> {
+    let mut bounds: Vec<Vec<u8>> = fixed.iter().map(|b| b.to_vec()).collect();
+    for k in keys {
+        for n in 0..=k.len() {
+            bounds.push(k[..n].to_vec());
+            for e in extra {
+                bounds.push([&k[..n], &[*e]].concat());
+            }
+        }
+    }
+    bounds
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,21 +217,7 @@ mod tests {
             key(u64::MAX, "c"),
             key(0x0102, ""),
         ];
-        let mut bounds: Vec<Vec<u8>> = vec![
-            vec![],
-            b"a".to_vec(),
-            b"expiry".to_vec(),
-            b"expiry-".to_vec(),
-            b"z".to_vec(),
-        ];
-        for k in &keys {
-            for n in 0..=k.len() {
-                bounds.push(k[..n].to_vec());
-                let mut up = k[..n].to_vec();
-                up.push(0xFF);
-                bounds.push(up);
-            }
-        }
+        let bounds = bounds_around(&[b"", b"a", b"expiry", b"expiry-", b"z"], &keys, &[0xFF]);
         for b in &bounds {
             for k in &keys {
                 let at = bucket_of(k).unwrap();

@@ -175,6 +175,7 @@ pub fn decode(prefix: &[u8], id: u64, raw: &[u8]) -> Result<Bucket, StoreError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::expiry_blocks::bounds_around;
     use crate::store::packed;
 
     fn id(prefix: &str, secs: i64, fill: u8) -> Vec<u8> {
@@ -250,24 +251,11 @@ mod tests {
                 id(p, 0xabcdef, 0xF8),
                 id(p, TIME_MAX as i64, 0x80),
             ];
-            let mut bounds: Vec<Vec<u8>> = vec![
-                vec![],
-                b"a".to_vec(),
-                b"ch".to_vec(),
-                b"ch_".to_vec(),
-                b"z".to_vec(),
-                b"~".to_vec(),
-            ];
-            for k in &keys {
-                for n in 0..=k.len() {
-                    bounds.push(k[..n].to_vec());
-                    for extra in [0u8, b'0', b'9', b'A', b'a', b'g', 0xFF] {
-                        let mut b = k[..n].to_vec();
-                        b.push(extra);
-                        bounds.push(b);
-                    }
-                }
-            }
+            let bounds = bounds_around(
+                &[b"", b"a", b"ch", b"ch_", b"z", b"~"],
+                &keys,
+                &[0, b'0', b'9', b'A', b'a', b'g', 0xFF],
+            );
             for b in &bounds {
                 for k in &keys {
                     let g = group_of(prefix, k).unwrap();
