@@ -60,6 +60,12 @@ impl Account {
         }
     }
 
+    /// About how many bytes it holds in memory.
+    pub fn bytes(&self) -> usize {
+        let user = self.user.as_ref().map_or(0, |v| v.len());
+        user + self.factors.iter().map(|(k, v)| k.len() + v.len() + 64).sum::<usize>() + 64
+    }
+
     /// The entries of table `t` in it, in key order.
     pub fn entries(&self, t: Table, account: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
         match t {

@@ -470,6 +470,13 @@ const KEPT_GROUPS: usize = 512;
 /// ... and about how many bytes of keys and values they may hold (an
 /// expiry bucket of a busy second holds thousands of entries).
 const KEPT_BYTES: usize = 8 << 20;
+/// How many decoded accounts `SledBase` keeps for reads: an approval's
+/// reads of its user's account come within milliseconds of each other,
+/// and a second of approvals at thousands a second touches fewer
+/// accounts than this...
+const KEPT_ACCOUNTS: usize = 4096;
+/// ... and about how many bytes they may hold.
+const KEPT_ACCOUNT_BYTES: usize = 4 << 20;
 /// The sled tree of the expiry index's buckets.
 const EXPIRY_TREE: &str = "meta.expiry";
 /// The sled tree of users and their factors ([`account_groups`]).
@@ -553,59 +560,92 @@ impl Grouping {
     }
 }
 
-/// Groups decoded for reads, by (table, group).
-#[derive(Default)]
-struct KeptGroups {
-    groups: std::collections::HashMap<(usize, u64), KeptGroup>,
+/// Values decoded for reads, by where they were read from, each with the
+/// bytes it was decoded from: an answer only while sled holds those very
+/// bytes. Bounded in count and in bytes; what eviction keeps is the newer
+/// half.
+struct Kept<K, V> {
+    items: std::collections::HashMap<K, KeptItem<V>>,
     /// Counts insertions: the newer half is what eviction keeps.
     age: u64,
-    /// Bytes of keys and values of every kept group.
+    /// Bytes of every kept value, as their keepers counted them.
     bytes: usize,
+    max_items: usize,
+    max_bytes: usize,
 }
 
-/// A decoded group and the bytes it was decoded from.
-struct KeptGroup {
+/// A decoded value and the bytes it was decoded from.
+struct KeptItem<V> {
     age: u64,
     bytes: usize,
     raw: sled::IVec,
-    group: Arc<expiry_blocks::Bucket>,
+    value: Arc<V>,
 }
 
-impl KeptGroups {
-    /// The group `at` decoded from exactly `raw`, if kept.
-    fn get(&self, at: (usize, u64), raw: &sled::IVec) -> Option<Arc<expiry_blocks::Bucket>> {
-        self.groups
-            .get(&at)
-            .filter(|k| k.raw == *raw)
-            .map(|k| Arc::clone(&k.group))
+impl<K: std::hash::Hash + Eq, V> Kept<K, V> {
+    fn new(max_items: usize, max_bytes: usize) -> Self {
+        Self {
+            items: std::collections::HashMap::new(),
+            age: 0,
+            bytes: 0,
+            max_items,
+            max_bytes,
+        }
     }
 
-    /// Keeps `group` (decoded from `raw`) as `at`, first letting the older
-    /// half go when the limits would be passed.
-    fn keep(&mut self, at: (usize, u64), raw: sled::IVec, group: Arc<expiry_blocks::Bucket>) {
-        let bytes = group.iter().map(|(k, v)| k.len() + v.len() + 64).sum::<usize>();
-        if let Some(old) = self.groups.remove(&at) {
+    /// The value `at` decoded from exactly `raw`, if kept.
+    fn get(&self, at: &K, raw: &sled::IVec) -> Option<Arc<V>> {
+        self.items
+            .get(at)
+            .filter(|k| k.raw == *raw)
+            .map(|k| Arc::clone(&k.value))
+    }
+
+    /// Keeps `value` (decoded from `raw`, about `bytes` in memory) as `at`,
+    /// first letting the older half go when the limits would be passed.
+    fn keep(&mut self, at: K, raw: sled::IVec, value: Arc<V>, bytes: usize) {
+        if let Some(old) = self.items.remove(&at) {
             self.bytes -= old.bytes;
         }
-        while !self.groups.is_empty() && (self.groups.len() >= KEPT_GROUPS || self.bytes + bytes > KEPT_BYTES) {
-            let mut ages: Vec<u64> = self.groups.values().map(|k| k.age).collect();
+        while !self.items.is_empty() && (self.items.len() >= self.max_items || self.bytes + bytes > self.max_bytes) {
+            let mut ages: Vec<u64> = self.items.values().map(|k| k.age).collect();
             ages.sort_unstable();
             let median = ages[ages.len() / 2];
-            self.groups.retain(|_, k| k.age > median);
-            self.bytes = self.groups.values().map(|k| k.bytes).sum();
+            self.items.retain(|_, k| k.age > median);
+            self.bytes = self.items.values().map(|k| k.bytes).sum();
         }
         self.age += 1;
         self.bytes += bytes;
-        self.groups.insert(
+        self.items.insert(
             at,
-            KeptGroup {
+            KeptItem {
                 age: self.age,
                 bytes,
                 raw,
-                group,
+                value,
             },
         );
     }
+}
+
+/// What `raw`, read from sled at `at`, decodes to: the kept value while
+/// sled still holds those bytes, else decoded now (and kept).
+fn kept_or_decode<K: std::hash::Hash + Eq, V>(
+    kept: &Mutex<Kept<K, V>>,
+    at: K,
+    raw: sled::IVec,
+    decode: impl FnOnce(&[u8]) -> Result<V, StoreError>,
+    size: impl FnOnce(&V) -> usize,
+) -> Result<Arc<V>, StoreError> {
+    if let Some(v) = kept.lock().ok().and_then(|kept| kept.get(&at, &raw)) {
+        return Ok(v);
+    }
+    let v = Arc::new(decode(&raw)?);
+    let bytes = size(&v);
+    if let Ok(mut kept) = kept.lock() {
+        kept.keep(at, raw, Arc::clone(&v), bytes);
+    }
+    Ok(v)
 }
 
 /// sled as the main store.
@@ -615,8 +655,10 @@ struct SledBase {
     /// The groups of the tables sled keeps in groups, in [`Table::ALL`]
     /// order (None for the others).
     groups: Vec<Option<(Grouping, sled::Tree)>>,
-    /// The groups `get` decoded last.
-    kept: Mutex<KeptGroups>,
+    /// The groups `get` decoded last, by (table, group).
+    kept: Mutex<Kept<(usize, u64), expiry_blocks::Bucket>>,
+    /// The accounts reads decoded last, by account.
+    kept_accounts: Mutex<Kept<Vec<u8>, account_groups::Account>>,
     /// Users and their factors, an account per user.
     accounts: sled::Tree,
     own: sled::Tree,
@@ -643,20 +685,30 @@ impl SledBase {
             db,
             trees,
             groups,
-            kept: Mutex::new(KeptGroups::default()),
+            kept: Mutex::new(Kept::new(KEPT_GROUPS, KEPT_BYTES)),
+            kept_accounts: Mutex::new(Kept::new(KEPT_ACCOUNTS, KEPT_ACCOUNT_BYTES)),
             accounts,
             own,
             path: path.to_path_buf(),
         })
     }
 
-    /// Account `account`, if sled holds one.
-    fn account(&self, account: &[u8]) -> Result<Option<account_groups::Account>, StoreError> {
-        self.accounts
-            .get(account)
-            .map_err(unavailable)?
-            .map(|raw| account_groups::decode(account, &raw))
-            .transpose()
+    /// Account `account`, if sled holds one. An approval reads its user's
+    /// account several times (the user, the factors, the versions its
+    /// commits check), so the accounts decoded last are kept and used again
+    /// while sled holds the very bytes they were decoded from.
+    fn account(&self, account: &[u8]) -> Result<Option<Arc<account_groups::Account>>, StoreError> {
+        let Some(raw) = self.accounts.get(account).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        kept_or_decode(
+            &self.kept_accounts,
+            account.to_vec(),
+            raw,
+            |raw| account_groups::decode(account, raw),
+            |a| account.len() + a.bytes(),
+        )
+        .map(Some)
     }
 
     /// The entries of table `t` in the accounts `items` reads, whose keys
@@ -766,18 +818,13 @@ impl SledBase {
         let Some(raw) = tree.get(id.to_be_bytes()).map_err(unavailable)? else {
             return Ok(None);
         };
-        let at = (t as usize, id);
-        let cached = self.kept.lock().ok().and_then(|kept| kept.get(at, &raw));
-        let group = match cached {
-            Some(b) => b,
-            None => {
-                let b = Arc::new(g.decode(id, &raw)?);
-                if let Ok(mut kept) = self.kept.lock() {
-                    kept.keep(at, raw, Arc::clone(&b));
-                }
-                b
-            }
-        };
+        let group = kept_or_decode(
+            &self.kept,
+            (t as usize, id),
+            raw,
+            |raw| g.decode(id, raw),
+            |group| group.iter().map(|(k, v)| k.len() + v.len() + 64).sum(),
+        )?;
         Ok(group.get(key).cloned())
     }
 
@@ -1133,11 +1180,10 @@ impl Base for SledBase {
         if account_groups::grouped(t) {
             let keep = |k: &[u8]| k.starts_with(prefix);
             let accounts = match account_groups::single_account(t, prefix) {
-                Some(one) => {
-                    let item = self.accounts.get(one).transpose();
-                    let item = item.map(|raw| raw.map(|raw| (sled::IVec::from(one), raw)));
-                    self.account_entries(t, item.into_iter(), usize::MAX, keep)?
-                }
+                Some(one) => match self.account(one)? {
+                    Some(a) => a.entries(t, one).into_iter().filter(|(k, _)| keep(k)).collect(),
+                    None => Vec::new(),
+                },
                 None => self.account_entries(t, self.accounts.scan_prefix(prefix), usize::MAX, keep)?,
             };
             return Ok(merge_entries(own, accounts, usize::MAX));
@@ -3201,29 +3247,29 @@ mod bad_input {
         }
     }
 
-    /// The decoded groups kept for reads stay within their bounds, in
+    /// The decoded values kept for reads stay within their bounds, in
     /// count and in bytes, and what they keep is the newest.
     #[test]
-    fn kept_groups_stay_bounded_and_keep_the_newest() {
-        let mut kept = KeptGroups::default();
-        let group = |n: usize, len: usize| -> Arc<expiry_blocks::Bucket> {
-            Arc::new((0..n).map(|i| (i.to_be_bytes().to_vec(), vec![0u8; len])).collect())
+    fn kept_values_stay_bounded_and_keep_the_newest() {
+        let mut kept: Kept<(usize, u64), expiry_blocks::Bucket> = Kept::new(KEPT_GROUPS, KEPT_BYTES);
+        let group = |n: usize| -> Arc<expiry_blocks::Bucket> {
+            Arc::new((0..n).map(|i| (i.to_be_bytes().to_vec(), Vec::new())).collect())
         };
         let raw = |i: u64| sled::IVec::from(&i.to_be_bytes()[..]);
         for i in 0..5_000u64 {
-            kept.keep((1, i), raw(i), group(2, 10));
-            assert!(kept.groups.len() <= KEPT_GROUPS);
-            assert!(kept.get((1, i), &raw(i)).is_some());
+            kept.keep((1, i), raw(i), group(2), 100);
+            assert!(kept.items.len() <= KEPT_GROUPS);
+            assert!(kept.get(&(1, i), &raw(i)).is_some());
         }
-        // Bytes: large groups push the older out.
+        // Bytes: large values push the older out.
         for i in 0..100u64 {
-            kept.keep((2, i), raw(i), group(100, 4_000));
+            kept.keep((2, i), raw(i), group(1), 400_000);
             assert!(kept.bytes <= KEPT_BYTES, "{}", kept.bytes);
-            assert_eq!(kept.bytes, kept.groups.values().map(|k| k.bytes).sum::<usize>());
+            assert_eq!(kept.bytes, kept.items.values().map(|k| k.bytes).sum::<usize>());
         }
-        assert!(kept.get((2, 99), &raw(99)).is_some() && kept.get((2, 0), &raw(0)).is_none());
-        // Other bytes for the same group: not an answer.
-        assert!(kept.get((2, 99), &raw(98)).is_none());
+        assert!(kept.get(&(2, 99), &raw(99)).is_some() && kept.get(&(2, 0), &raw(0)).is_none());
+        // Other bytes for the same place: not an answer.
+        assert!(kept.get(&(2, 99), &raw(98)).is_none());
     }
 
     /// The decoded buckets kept for reads never answer for bytes sled no
@@ -3265,6 +3311,61 @@ mod bad_input {
         b.insert(Table::Meta, key("a", 100), Vec::new());
         commit(b);
         assert_eq!(get(&key("a", 100)), Some(1));
+    }
+
+    /// The decoded accounts kept for reads never answer for bytes sled no
+    /// longer holds: every read after a checkpoint changed an account (its
+    /// user, a factor, or nothing left in it) sees the change, through
+    /// `get` and through a scan of the user's factors.
+    #[test]
+    fn kept_accounts_follow_every_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let commit = |b: Batch| {
+            s.commit(&b).unwrap();
+            s.checkpoint().unwrap();
+        };
+        let user = |id: &str| {
+            s.get(Table::Users, id.as_bytes())
+                .unwrap()
+                .map(|v| (v.version, v.value))
+        };
+        let factors = |id: &str| -> Vec<(Vec<u8>, u64)> {
+            let prefix = [id.as_bytes(), &[0]].concat();
+            let all = s.scan_prefix(Table::Factors, &prefix).unwrap();
+            all.into_iter().map(|(k, v)| (k, v.version)).collect()
+        };
+        let fk = |id: &str, f: &str| [id.as_bytes(), &[0], f.as_bytes()].concat();
+        let mut b = Batch::new();
+        b.insert(Table::Users, b"u1".to_vec(), b"one".to_vec());
+        b.insert(Table::Factors, fk("u1", "f1"), b"totp".to_vec());
+        commit(b);
+        assert_eq!(user("u1"), Some((1, b"one".to_vec())));
+        assert_eq!(factors("u1"), vec![(fk("u1", "f1"), 1)]);
+        // More accounts read in between than are kept.
+        for i in 0..(KEPT_ACCOUNTS + 10) {
+            assert_eq!(user(&format!("x{i}")), None);
+        }
+        let mut b = Batch::new();
+        b.update(Table::Users, b"u1".to_vec(), 1, b"two".to_vec());
+        b.insert(Table::Factors, fk("u1", "f2"), b"webauthn".to_vec());
+        commit(b);
+        assert_eq!(user("u1"), Some((2, b"two".to_vec())));
+        assert_eq!(factors("u1"), vec![(fk("u1", "f1"), 1), (fk("u1", "f2"), 1)]);
+        let mut b = Batch::new();
+        b.delete(Table::Factors, fk("u1", "f1"), 1);
+        commit(b);
+        assert_eq!(factors("u1"), vec![(fk("u1", "f2"), 1)]);
+        assert_eq!(user("u1"), Some((2, b"two".to_vec())));
+        let mut b = Batch::new();
+        b.delete(Table::Users, b"u1".to_vec(), 2);
+        b.delete(Table::Factors, fk("u1", "f2"), 1);
+        commit(b);
+        assert_eq!((user("u1"), factors("u1")), (None, Vec::new()));
+        let mut b = Batch::new();
+        b.insert(Table::Users, b"u1".to_vec(), b"three".to_vec());
+        commit(b);
+        assert_eq!(user("u1"), Some((1, b"three".to_vec())));
     }
 
     /// A store that kept the expiry index one key per entry in `meta`
