@@ -16,7 +16,11 @@
 //! 2. **References, in the same run**: the CPU one ES256 signature costs
 //!    SoftHSM (one session on sigild's token, one thread of this process,
 //!    CPU time of that thread per signature), and the gRPC floor: sigild's
-//!    CPU per `grpc.health.v1` Check (no store, no HSM).
+//!    CPU per `grpc.health.v1` Check (no store, no HSM). Beside them, the
+//!    other fixed parts of an approval, each alone on one thread: SoftHSM's
+//!    AES-GCM decryption of a TOTP seed under sigild's secrets key, and a
+//!    WebAuthn assertion's P-256 signature check through webauthn-rs-core
+//!    (as sigild checks assertions) and, for comparison, through ring.
 //! 3. **Phases** at 1, 8 and 32 concurrent clients, each client one
 //!    request in flight, `LOADGEN_SECONDS` (8) timed after a second of
 //!    warm-up:
@@ -30,7 +34,9 @@
 //!    Each reports operations/s, p50/p99/p999 latency (client side, the
 //!    whole operation), and **sigild's CPU µs per operation**
 //!    (`/proc/<pid>/stat`, user + system, all threads, over the timed
-//!    phase), with its ratio to the HSM's CPU per signature.
+//!    phase), with its ratio to the HSM's CPU per signature. A table then
+//!    sets each approval's fixed parts (its HSM work, its P-256 check, its
+//!    RPCs at the floor) beside what it measured.
 //! 4. **Growth**: TOTP approvals at 32 clients until `LOADGEN_APPROVALS`
 //!    (200,000) have been issued in all, then sigild's resident set
 //!    (anonymous and file-backed, and its threads) and the store's size
@@ -86,6 +92,8 @@ const ORIGIN: &str = "https://localhost:8443";
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 /// The token's approval key (`sigil hsm init`).
 const APPROVAL_KEY: &str = "sigil-approval-1";
+/// The AES key sigild encrypts factor secrets under (its default label).
+const SECRETS_KEY: &str = "sigil-secrets-1";
 
 /// A user with a TOTP factor and the newest step Sigil recorded for it.
 struct TotpUser {
@@ -455,25 +463,83 @@ fn profiled_kind() -> Kind {
     }
 }
 
-/// CPU µs of one ES256 signature by SoftHSM: one session on the run's
-/// token (`SOFTHSM2_CONF` points at its directory), this thread, for
-/// `secs`. Also the signatures per second.
-fn hsm_sign_cpu(pin: String, secs: f64) -> (f64, f64) {
-    let mut cfg = sigil_hsm::HsmConfig::new(sigil_hsm::softhsm_module_path(), "bench", SecretString::from(pin));
-    cfg.pool_size = 1;
-    let hsm = sigil_hsm::Hsm::open(&cfg).unwrap();
-    let msg = vec![b'a'; 700];
+/// CPU µs per call of `op` on this thread over `secs` (after 200 calls to
+/// warm up), and the calls per second.
+fn cpu_per_call(secs: f64, mut op: impl FnMut()) -> (f64, f64) {
     for _ in 0..200 {
-        hsm.sign_es256(APPROVAL_KEY, &msg).unwrap();
+        op();
     }
     let (t0, c0) = (Instant::now(), thread_cpu_micros());
     let mut n = 0u64;
     while t0.elapsed().as_secs_f64() < secs {
-        hsm.sign_es256(APPROVAL_KEY, &msg).unwrap();
+        op();
         n += 1;
     }
     let cpu = (thread_cpu_micros() - c0) as f64 / n as f64;
     (cpu, n as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// The run's token (`SOFTHSM2_CONF` points at its directory) with one
+/// session.
+fn one_session(pin: String) -> sigil_hsm::Hsm {
+    let mut cfg = sigil_hsm::HsmConfig::new(sigil_hsm::softhsm_module_path(), "bench", SecretString::from(pin));
+    cfg.pool_size = 1;
+    sigil_hsm::Hsm::open(&cfg).unwrap()
+}
+
+/// CPU µs of one ES256 signature by SoftHSM (one session, this thread,
+/// for `secs`), and the signatures per second.
+fn hsm_sign_cpu(pin: String, secs: f64) -> (f64, f64) {
+    let hsm = one_session(pin);
+    let msg = vec![b'a'; 700];
+    cpu_per_call(secs, || {
+        hsm.sign_es256(APPROVAL_KEY, &msg).unwrap();
+    })
+}
+
+/// CPU µs of one TOTP seed's decryption by SoftHSM (AES-GCM under the
+/// run's secrets key, as every TOTP approval decrypts its factor's seed),
+/// one session, this thread, for `secs`.
+fn hsm_decrypt_cpu(pin: String, secs: f64) -> f64 {
+    let hsm = one_session(pin);
+    let aad = b"lg-user\0f_seed";
+    let blob = hsm.encrypt(SECRETS_KEY, &[7u8; 20], aad).unwrap();
+    cpu_per_call(secs, || {
+        hsm.decrypt(SECRETS_KEY, &blob, aad).unwrap();
+    })
+    .0
+}
+
+/// CPU µs of one WebAuthn assertion's signature check (ES256, DER, over
+/// authenticator data and the client data's hash), this thread, `secs`
+/// each: through webauthn-rs-core, the way sigild checks every assertion,
+/// and the same check with ring, for comparison.
+fn p256_check_cpu(secs: f64) -> (f64, f64) {
+    use ring::signature::{EcdsaKeyPair, KeyPair, UnparsedPublicKey};
+    use webauthn_rs_core::proto::{COSEAlgorithm, COSEEC2Key, COSEKey, COSEKeyType, ECDSACurve};
+    let rng = ring::rand::SystemRandom::new();
+    let alg = &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING;
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).unwrap();
+    let signed = [[9u8; 37].as_slice(), &[5u8; 32]].concat();
+    let sig = pair.sign(&rng, &signed).unwrap();
+    let public = pair.public_key().as_ref().to_vec();
+    let cose = COSEKey {
+        type_: COSEAlgorithm::ES256,
+        key: COSEKeyType::EC_EC2(COSEEC2Key {
+            curve: ECDSACurve::SECP256R1,
+            x: public[1..33].to_vec(),
+            y: public[33..65].to_vec(),
+        }),
+    };
+    let core = cpu_per_call(secs, || {
+        assert!(cose.verify_signature(sig.as_ref(), &signed).unwrap());
+    });
+    let with_ring = cpu_per_call(secs, || {
+        let key = UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, &public);
+        key.verify(&signed, sig.as_ref()).unwrap();
+    });
+    (core.0, with_ring.0)
 }
 
 async fn enroll_totp(ch: Vec<Channel>, prefix: &str, n: usize) -> Vec<TotpUser> {
@@ -727,6 +793,14 @@ async fn run(dir: tempfile::TempDir, keep: bool) {
         .await
         .unwrap();
     eprintln!("SoftHSM ES256: {hsm_cpu:.1} µs CPU per signature ({hsm_rate:.0}/s on one session)");
+    let pin = setup.pin().to_string();
+    let hsm_decrypt = tokio::task::spawn_blocking(move || hsm_decrypt_cpu(pin, 2.0))
+        .await
+        .unwrap();
+    let (p256_core, p256_ring) = tokio::task::spawn_blocking(move || p256_check_cpu(2.0)).await.unwrap();
+    eprintln!(
+        "SoftHSM seed decrypt: {hsm_decrypt:.1} µs; P-256 check: {p256_core:.1} µs (webauthn-rs-core), {p256_ring:.1} µs (ring)"
+    );
 
     // Enrolling used up each user's current step.
     let next_step = ((totp::step_at(now_secs()) + 1) * 30) as i64;
@@ -799,6 +873,18 @@ async fn run(dir: tempfile::TempDir, keep: bool) {
         "| SoftHSM ES256 sign, one session, one thread | **{hsm_cpu:.1} µs CPU** per signature ({hsm_rate:.0}/s) |"
     );
     println!(
+        "| SoftHSM AES-GCM decrypt of a TOTP seed, one session, one thread | {hsm_decrypt:.1} µs CPU ({:.2}× the sign) |",
+        hsm_decrypt / hsm_cpu
+    );
+    println!(
+        "| WebAuthn assertion's P-256 check through webauthn-rs-core (as sigild checks it), one thread | {p256_core:.1} µs CPU ({:.2}× the sign) |",
+        p256_core / hsm_cpu
+    );
+    println!(
+        "| the same check with ring | {p256_ring:.1} µs CPU ({:.2}× the sign) |",
+        p256_ring / hsm_cpu
+    );
+    println!(
         "| enrollment (setup) | {users} TOTP users in {enroll_secs:.1} s ({:.0}/s, 32 clients) |",
         users as f64 / enroll_secs
     );
@@ -832,6 +918,41 @@ async fn run(dir: tempfile::TempDir, keep: bool) {
              waited for the next step, so their phase measured the users, not sigild: raise \
              `LOADGEN_USERS` or lower `LOADGEN_SECONDS`.",
             starved.join(", ")
+        );
+    }
+    // What each approval cannot do without, from this run's references:
+    // its HSM work, its P-256 check, and its gRPC calls at the floor.
+    println!("\n## The fixed parts of an approval (same run)\n");
+    println!(
+        "Each approval's own HSM and signature work, measured alone on one thread above, plus its \
+         RPCs at the gRPC floor measured at the same concurrency; \"the rest\" is everything else \
+         sigild does (policy, records, the store's log and checkpoints, TLS and HTTP/2 above the \
+         floor, and the fixed parts costing more on shared, busy cores than alone).\n"
+    );
+    println!("| operation | clients | fixed parts | fixed µs | ÷ HSM sign | measured µs | ÷ HSM sign | the rest µs |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for p in &phases {
+        let Some(floor) = phases
+            .iter()
+            .find(|h| h.kind == Kind::Health && h.clients == p.clients)
+            .map(Phase::cpu_per_op)
+        else {
+            continue;
+        };
+        let (what, fixed) = match p.kind {
+            Kind::Totp => ("sign + seed decrypt + 2 RPCs", hsm_cpu + hsm_decrypt + 2.0 * floor),
+            Kind::OneCall => ("sign + seed decrypt + 1 RPC", hsm_cpu + hsm_decrypt + floor),
+            Kind::Webauthn => ("sign + P-256 check + 2 RPCs", hsm_cpu + p256_core + 2.0 * floor),
+            _ => continue,
+        };
+        println!(
+            "| {} | {} | {what} | {fixed:.0} | {:.2}× | {:.0} | {:.2}× | {:.0} |",
+            p.kind.name(),
+            p.clients,
+            fixed / hsm_cpu,
+            p.cpu_per_op(),
+            p.cpu_per_op() / hsm_cpu,
+            p.cpu_per_op() - fixed
         );
     }
     println!();
