@@ -369,6 +369,10 @@ impl Drop for SledStore {
                 let _ = h.join();
             }
         }
+        // What the log prepared for load that has ended.
+        if let Err(e) = self.inner.wal.settle() {
+            tracing::warn!(error = %e, "could not trim the write-ahead log at shutdown (the next start does)");
+        }
     }
 }
 

@@ -934,6 +934,41 @@ impl Wal {
         self.syncer_cv.notify_all();
     }
 
+    /// At a clean stop, once the syncer is stopped and every record is
+    /// durable: the file prepared for the next rotation is removed, and the
+    /// current file, when it holds no record (the last checkpoint took
+    /// them all), is replaced by its header alone. A prepared file is
+    /// zeros sized for the load of the last seconds, tens of MiB under
+    /// load, that a stopped store has no use for. The replacement is
+    /// written aside under the preparing name (removed by the next start
+    /// if a crash leaves it) and renamed over the file, so a crash at any
+    /// point leaves a log that replays the same: nothing.
+    pub fn settle(&self) -> Result<(), StoreError> {
+        let st = self.lock()?;
+        let disk = self.disk.as_ref();
+        for name in [PREPARED, PREPARING] {
+            let p = self.dir.join(name);
+            if disk.exists(&p) {
+                disk.remove(&p).map_err(|e| io_err("remove", &p, e))?;
+            }
+        }
+        let empty = st.failed.is_none()
+            && !st.writing
+            && st.pos == FILE_HEADER as u64
+            && st.durable == st.last_lsn
+            && st.buf.len() <= GROUP_HEADER;
+        if empty {
+            let tmp = self.dir.join(PREPARING);
+            let p = self.dir.join(file_name(st.file_no));
+            let f = disk.create(&tmp, true).map_err(|e| io_err("create", &tmp, e))?;
+            f.write_at(&file_header(), 0)
+                .and_then(|_| f.sync_data())
+                .map_err(|e| io_err("write", &tmp, e))?;
+            disk.rename(&tmp, &p).map_err(|e| io_err("rename", &tmp, e))?;
+        }
+        sync_dir(disk, &self.dir)
+    }
+
     /// Closes the current file and continues in a new one, in one go:
     /// [`Wal::open_next`], [`Wal::begin_rotate`], [`Wal::finish_rotate`].
     /// Returns the number of the file closed: it and every older file hold
@@ -1220,6 +1255,53 @@ mod tests {
         assert!(!dir.path().join(PREPARED).exists());
         assert!(!dir.path().join(PREPARING).exists());
         drop(w);
+    }
+
+    /// At a clean stop the log keeps no zeros prepared for the load: the
+    /// next prepared file goes, and a current file holding no record is cut
+    /// to its header; one holding records keeps them, and either way the
+    /// log replays exactly what it held.
+    #[test]
+    fn settling_at_a_stop_drops_the_prepared_zeros_and_keeps_every_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = |no: u64| std::fs::metadata(dir.path().join(file_name(no))).unwrap().len();
+        let w = start(dir.path());
+        let lsn = w.append(&ops(1)).unwrap();
+        w.wait_durable(lsn).unwrap();
+        w.prepare_sized(64 << 10).unwrap();
+        assert_eq!(w.rotate().unwrap(), 1);
+        w.prepare_sized(64 << 10).unwrap();
+        // File 2 (the prepared one, no record yet) and a prepared file 3.
+        assert_eq!(size(2), 64 << 10);
+        w.stop_syncer();
+        w.settle().unwrap();
+        assert!(!dir.path().join(PREPARED).exists());
+        assert!(!dir.path().join(PREPARING).exists());
+        assert_eq!(
+            size(2),
+            FILE_HEADER as u64,
+            "an empty current file keeps its header alone"
+        );
+        assert!(size(1) > FILE_HEADER as u64);
+        drop(w);
+        let (recs, files) = replay(dir.path()).unwrap();
+        assert_eq!(files, vec![1, 2]);
+        assert_eq!(recs.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![1]);
+
+        // A current file holding records keeps them.
+        let w = Wal::start(Arc::new(OsDisk), dir.path(), &files, 1, PREPARE_MIN).unwrap();
+        w.prepare_sized(64 << 10).unwrap();
+        assert_eq!(w.rotate().unwrap(), 3);
+        let lsn = w.append(&ops(2)).unwrap();
+        w.wait_durable(lsn).unwrap();
+        w.stop_syncer();
+        w.settle().unwrap();
+        assert_eq!(size(4), 64 << 10, "a file holding a record is left whole");
+        drop(w);
+        let (recs, files) = replay(dir.path()).unwrap();
+        assert_eq!(files, vec![3, 4]);
+        assert_eq!(recs.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(recs[0].ops, ops(2));
     }
 
     /// Records lost from the end of an older file (zeroed, as a prepared
