@@ -476,11 +476,10 @@ const KEPT_GROUPS: usize = 512;
 const KEPT_BYTES: usize = 8 << 20;
 /// How many decoded accounts `SledBase` keeps for reads: an approval's
 /// reads of its user's account come within milliseconds of each other,
-/// and a second of approvals at thousands a second touches fewer
-/// accounts than this...
-const KEPT_ACCOUNTS: usize = 4096;
+/// a fraction of a second of approvals at thousands a second...
+const KEPT_ACCOUNTS: usize = 1024;
 /// ... and about how many bytes they may hold.
-const KEPT_ACCOUNT_BYTES: usize = 4 << 20;
+const KEPT_ACCOUNT_BYTES: usize = 1 << 20;
 /// The sled tree of the expiry index's buckets.
 const EXPIRY_TREE: &str = "meta.expiry";
 /// The sled tree of users and their factors ([`account_groups`]).
