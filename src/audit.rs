@@ -81,6 +81,15 @@ impl AuditEntry {
         self
     }
 
+    /// Adds a count `n` as detail `k`, only when it is not zero.
+    pub fn with_nonzero(self, k: &str, n: usize) -> AuditEntry {
+        if n == 0 {
+            self
+        } else {
+            self.with(k, n.to_string())
+        }
+    }
+
     /// Adds the entry to a batch.
     pub fn append_to(&self, batch: &mut Batch) -> Result<(), Error> {
         let bytes = codec::encode(self)?;

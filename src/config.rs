@@ -408,6 +408,12 @@ impl Config {
         if self.protection.address_hold_seconds < 0 || self.protection.security_change_lock_seconds < 0 {
             return Err(Error::invalid("protection", "holds and locks cannot be negative"));
         }
+        if !(1..=256).contains(&self.protection.max_factors_per_user) {
+            return Err(Error::invalid(
+                "protection.max_factors_per_user",
+                "must be between 1 and 256",
+            ));
+        }
         self.retention.validate()?;
         if self.hsm.pool_size == 0 || self.hsm.pool_size > 256 {
             return Err(Error::invalid("hsm.pool_size", "must be between 1 and 256"));

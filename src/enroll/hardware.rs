@@ -33,6 +33,7 @@ impl Enrollment {
         let now = self.k.now()?;
         let snap = Snapshot::load(self.k.store.as_ref(), user_id)?;
         let mut batch = Batch::new();
+        let expired = self.make_room_for_factor(user_id, now, &mut batch)?;
         let stepped_up = self.enrollment_step_up(user_id, step_up, Kind::Webauthn, nickname, &snap, &mut batch)?;
         let exclude: Vec<_> = self
             .factors
@@ -61,6 +62,7 @@ impl Enrollment {
         AuditEntry::ok(now, actor, user_id, "factor.enroll.begin")
             .with("kind", "webauthn")
             .with("ceremony_id", ceremony_id.clone())
+            .with_nonzero("expired_enrollments_removed", expired)
             .append_to(&mut batch)?;
         self.k.commit(&batch)?;
         Ok((ceremony_id, options, expires_at))
@@ -120,6 +122,12 @@ impl Enrollment {
                 "the user's factors were revoked meanwhile; begin again",
             )));
         }
+        // Registrations begun side by side each found room; one finished
+        // first may have taken the last of it.
+        let mut batch = Batch::new();
+        if let Err(e) = self.make_room_for_factor(user_id, now, &mut batch) {
+            return Err(consume_and(e));
+        }
         if !c.stepped_up && !self.factors.live_factors(user_id, &snap)?.is_empty() {
             return Err(consume_and(Error::denied(Reason::StepUpRequired,
                 "the user enrolled another factor since this registration began; begin again with an enroll_factor approval",
@@ -134,7 +142,6 @@ impl Enrollment {
         let what = format!("credential {}", cred.credential_id);
         let factor_id = self.k.new_id("f_")?;
         let f = self.new_factor(user_id, factor_id, Material::Webauthn(cred), &c.nickname, now, &snap);
-        let mut batch = Batch::new();
         batch.delete(Table::Ceremonies, ceremony_id.as_bytes(), stored.version);
         if let Err(e) = self.factors.claim_index(index, &f, &what, now, &mut batch) {
             return Err(consume_and(e));
@@ -175,6 +182,7 @@ impl Enrollment {
         let now = self.k.now()?;
         let snap = Snapshot::load(self.k.store.as_ref(), user_id)?;
         let mut batch = Batch::new();
+        let expired = self.make_room_for_factor(user_id, now, &mut batch)?;
         let stepped_up = self.enrollment_step_up(user_id, step_up, Kind::YubikeyHmac, nickname, &snap, &mut batch)?;
         let factor_id = self.k.new_id("f_")?;
         let secret = self.k.signer.wrap(secret, &secret_aad(user_id, &factor_id))?;
@@ -197,6 +205,7 @@ impl Enrollment {
         AuditEntry::ok(now, actor, user_id, "factor.enroll.begin")
             .with("kind", "yubikey_hmac")
             .with("factor_id", f.factor_id.clone())
+            .with_nonzero("expired_enrollments_removed", expired)
             .append_to(&mut batch)?;
         self.k.commit(&batch)?;
         Ok(YubikeyEnrollment {
@@ -248,6 +257,7 @@ impl Enrollment {
         let snap = Snapshot::load(self.k.store.as_ref(), user_id)?;
         let index = yubikey_index_key(&public_id);
         let mut batch = Batch::new();
+        let expired = self.make_room_for_factor(user_id, now, &mut batch)?;
         let stepped_up = self.enrollment_step_up(user_id, step_up, Kind::YubikeyOtp, nickname, &snap, &mut batch)?;
         let factor_id = self.k.new_id("f_")?;
         let secret = self.k.signer.wrap(&material, &secret_aad(user_id, &factor_id))?;
@@ -272,6 +282,7 @@ impl Enrollment {
             .with("kind", "yubikey_otp")
             .with("factor_id", f.factor_id.clone())
             .with("public_id", public_id)
+            .with_nonzero("expired_enrollments_removed", expired)
             .append_to(&mut batch)?;
         self.k.commit(&batch)?;
         Ok(YubikeyEnrollment {

@@ -48,6 +48,38 @@ impl Enrollment {
         Ok(false)
     }
 
+    /// Makes room for one more factor of `user_id`: the user's pending
+    /// enrollments past their deadline (never confirmable) are deleted in
+    /// `batch`, and the factors left, active and pending, must be fewer
+    /// than `[protection] max_factors_per_user`, or the call is refused
+    /// (TOO_MANY_FACTORS). Every approval reads and rewrites the user's
+    /// factors, so this bounds what one costs. A credential index entry
+    /// left pointing at a deleted enrollment is taken over by the next
+    /// claim of that identifier, as for a removed factor. Returns how many
+    /// were deleted.
+    pub(crate) fn make_room_for_factor(&self, user_id: &str, now: i64, batch: &mut Batch) -> Result<usize, Error> {
+        let max = self.cfg.protection.max_factors_per_user;
+        let (mut held, mut expired) = (0usize, 0usize);
+        for (f, version) in self.factors.factors_of(user_id)? {
+            if !f.is_active() && now >= f.confirm_before {
+                batch.delete(Table::Factors, FactorRecord::key(user_id, &f.factor_id), version);
+                expired += 1;
+            } else {
+                held += 1;
+            }
+        }
+        if held >= max {
+            return Err(Error::refused(
+                Reason::TooManyFactors,
+                format!(
+                    "user '{user_id}' holds {held} factors, the most allowed ([protection] max_factors_per_user = \
+                     {max}); remove one before enrolling another"
+                ),
+            ));
+        }
+        Ok(expired)
+    }
+
     /// Checks that a pending factor may be confirmed now: still pending,
     /// not revoked, not expired, and (begun without step-up) the user has
     /// not activated another factor meanwhile. Returns the protection state.
@@ -206,6 +238,7 @@ impl Enrollment {
         let now = self.k.now()?;
         let snap = Snapshot::load(self.k.store.as_ref(), user_id)?;
         let mut batch = Batch::new();
+        let expired = self.make_room_for_factor(user_id, now, &mut batch)?;
         let stepped_up = self.enrollment_step_up(user_id, step_up, Kind::Totp, nickname, &snap, &mut batch)?;
         let factor_id = self.k.new_id("f_")?;
         let seed = zeroize::Zeroizing::new(self.k.random(totp::SECRET_LEN)?);
@@ -228,6 +261,7 @@ impl Enrollment {
         AuditEntry::ok(now, actor, user_id, "factor.enroll.begin")
             .with("factor_id", rec.factor_id.clone())
             .with("kind", "totp")
+            .with_nonzero("expired_enrollments_removed", expired)
             .append_to(&mut batch)?;
         self.k.commit(&batch)?;
         tracing::info!(user = %user_id, factor = %rec.factor_id, "TOTP enrollment started");

@@ -349,6 +349,12 @@ pub struct ProtectionConfig {
     pub policy_file: Option<PathBuf>,
     /// Seconds between background sweeps (address holds ending, audit checkpoints).
     pub sweep_interval_seconds: u64,
+    /// The most factors a user may hold at once, active and pending
+    /// together (1 to 256). Every approval reads and rewrites the user's
+    /// factors, so this also bounds what one approval costs. Pending
+    /// enrollments past their deadline do not count: beginning an
+    /// enrollment removes them.
+    pub max_factors_per_user: usize,
 }
 
 impl Default for ProtectionConfig {
@@ -359,6 +365,7 @@ impl Default for ProtectionConfig {
             require_whitelisted_address: true,
             policy_file: None,
             sweep_interval_seconds: 30,
+            max_factors_per_user: 16,
         }
     }
 }

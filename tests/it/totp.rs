@@ -430,3 +430,95 @@ async fn two_hundred_concurrent_guesses_get_max_failures_comparisons() {
         "locked",
     );
 }
+
+/// A user holds at most `[protection] max_factors_per_user` factors:
+/// beginning one more is refused (TOO_MANY_FACTORS, nothing written) until
+/// one goes. Pending enrollments past their deadline neither count nor
+/// stay: the next Begin deletes them (its audit entry says how many), so
+/// no caller can grow what every approval of the user reads and rewrites.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_holds_a_bounded_number_of_factors() {
+    let s = TestServer::start_with(|c| c.protection.max_factors_per_user = 3).await;
+    let mut f = s.factors("frontend").await;
+    let begin = |nickname: &str| pb::BeginTotpEnrollmentRequest {
+        user_id: "carol".into(),
+        nickname: nickname.into(),
+        ..Default::default()
+    };
+    let mut pending = Vec::new();
+    for i in 0..3 {
+        let e = f
+            .begin_totp_enrollment(begin(&format!("p{i}")))
+            .await
+            .unwrap()
+            .into_inner();
+        pending.push(e.factor_id);
+    }
+    let st = f.begin_totp_enrollment(begin("one-more")).await.unwrap_err();
+    assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+    assert_eq!(st.get_error_details().error_info().unwrap().reason, "TOO_MANY_FACTORS");
+    assert!(
+        st.message().contains("holds 3 factors") && st.message().contains("max_factors_per_user = 3"),
+        "{}",
+        st.message()
+    );
+    assert_eq!(factors(&s, "carol").await.len(), 3, "the refused Begin wrote nothing");
+
+    // Removing one makes room; a removed pending factor is gone.
+    f.remove_factor(pb::RemoveFactorRequest {
+        user_id: "carol".into(),
+        factor_id: pending.remove(0),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let e = f.begin_totp_enrollment(begin("p3")).await.unwrap().into_inner();
+    pending.push(e.factor_id);
+    assert!(f.begin_totp_enrollment(begin("one-more")).await.is_err());
+
+    // Past their deadline the three pending ones no longer count, and the
+    // next Begin deletes them: confirming one finds nothing.
+    s.clock.advance(601);
+    let before = crate::support::logs::audited(&s, "factor.enroll.begin").len();
+    let e = f.begin_totp_enrollment(begin("fresh")).await.unwrap().into_inner();
+    let begins = crate::support::logs::audited(&s, "factor.enroll.begin");
+    assert_eq!(begins.len(), before + 1);
+    let last = begins.last().unwrap();
+    assert_eq!(
+        last.details.get("expired_enrollments_removed").map(String::as_str),
+        Some("3"),
+        "{last:?}"
+    );
+    let st = f
+        .confirm_totp_enrollment(pb::ConfirmTotpEnrollmentRequest {
+            user_id: "carol".into(),
+            factor_id: pending[0].clone(),
+            code: "123456".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::NotFound, "{st:?}");
+    let listed: Vec<String> = factors(&s, "carol").await.into_iter().map(|f| f.factor_id).collect();
+    assert_eq!(listed, vec![e.factor_id.clone()]);
+}
+
+/// An active factor counts like a pending one: with room for one factor, a
+/// user who holds an active factor is refused a second before any step-up
+/// is asked for.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_active_factor_counts_toward_the_most_a_user_holds() {
+    let s = TestServer::start_with(|c| c.protection.max_factors_per_user = 1).await;
+    s.enroll_totp("dora").await;
+    let st = s
+        .factors("frontend")
+        .await
+        .begin_totp_enrollment(pb::BeginTotpEnrollmentRequest {
+            user_id: "dora".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+    assert_eq!(st.get_error_details().error_info().unwrap().reason, "TOO_MANY_FACTORS");
+    assert_eq!(factors(&s, "dora").await.len(), 1);
+}

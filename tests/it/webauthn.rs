@@ -1321,3 +1321,32 @@ async fn unknown_credential_ids_are_rate_limited_per_user() {
     complete(&s, &bg.challenge_id, user, &good).await.unwrap();
     assert_eq!(factor(&s, user, &f.factor_id).await.consecutive_failures, 0);
 }
+
+/// Two registrations begun side by side each find room for a factor; with
+/// room for one, the second to finish is refused (TOO_MANY_FACTORS), its
+/// ceremony used up, and the user holds one factor.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_most_factors_a_user_holds_is_checked_again_when_a_registration_finishes() {
+    let s = TestServer::start_with(|c| c.protection.max_factors_per_user = 1).await;
+    let user = "wa-fran";
+    let (mut first, _) = soft_token(true);
+    let (mut second, _) = soft_token(true);
+    let b1 = begin_registration(&s, user, "").await.unwrap();
+    let b2 = begin_registration(&s, user, "").await.unwrap();
+    let r1 = create(&mut first, ORIGIN, &b1.options_json, |_| {}).unwrap();
+    let r2 = create(&mut second, ORIGIN, &b2.options_json, |_| {}).unwrap();
+    finish_registration(&s, user, &b1.ceremony_id, &r1).await.unwrap();
+    let st = finish_registration(&s, user, &b2.ceremony_id, &r2).await.unwrap_err();
+    assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+    assert_eq!(st.get_error_details().error_info().unwrap().reason, "TOO_MANY_FACTORS");
+    assert_eq!(factors(&s, user).await.len(), 1);
+    let st = finish_registration(&s, user, &b2.ceremony_id, &r2).await.unwrap_err();
+    assert_eq!(
+        st.code(),
+        Code::NotFound,
+        "the refused registration used up its ceremony: {st:?}"
+    );
+    // And a third is refused at its start.
+    let st = begin_registration(&s, user, "").await.unwrap_err();
+    assert_eq!(st.get_error_details().error_info().unwrap().reason, "TOO_MANY_FACTORS");
+}

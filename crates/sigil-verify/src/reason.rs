@@ -113,6 +113,9 @@ reasons! {
     AlreadyEnrolled = "ALREADY_ENROLLED",
     /// The enrollment was not confirmed in time: begin it again.
     EnrollmentExpired = "ENROLLMENT_EXPIRED",
+    /// The user already holds as many factors as the service allows
+    /// (`[protection] max_factors_per_user`): remove one first.
+    TooManyFactors = "TOO_MANY_FACTORS",
     /// The security key's model or attestation is not accepted by the
     /// WebAuthn policy.
     AuthenticatorNotAllowed = "AUTHENTICATOR_NOT_ALLOWED",
