@@ -853,6 +853,7 @@ async fn run(dir: tempfile::TempDir, keep: bool) {
     let file = proc_status(d.pid, "RssFile:").unwrap_or(0) * 1024;
     let threads = proc_status(d.pid, "Threads:").unwrap_or(0);
     let store = du(&setup.dir.join("data"));
+    let log = du(&setup.dir.join("data/sled/wal"));
     let total = w.total_approvals.load(Ordering::Relaxed);
     let clean = d.stop();
     drop(d);
@@ -860,6 +861,7 @@ async fn run(dir: tempfile::TempDir, keep: bool) {
     // being written, the one being checkpointed and the next one, prepared
     // at the last one's size) are gone once everything is in sled.
     let store_stopped = du(&setup.dir.join("data"));
+    let log_stopped = du(&setup.dir.join("data/sled/wal"));
     let d2 = setup.start();
     let serving = wait_serving(&d2).await;
     let startup = d2.started_in + serving;
@@ -971,14 +973,16 @@ async fn run(dir: tempfile::TempDir, keep: bool) {
         mib(file as f64)
     );
     println!(
-        "| store on disk at the end of the load (sled + write-ahead log) | {} ({:.0} MB) |",
+        "| store on disk at the end of the load (sled + write-ahead log) | {} ({:.0} MB; the log {}) |",
         mib(store as f64),
-        store as f64 / 1e6
+        store as f64 / 1e6,
+        mib(log as f64)
     );
     println!(
-        "| store on disk once sigild stopped (sled; the log's files checkpointed) | {} ({:.0} MB) |",
+        "| store on disk once sigild stopped (sled; the log's files checkpointed) | {} ({:.0} MB; the log {}) |",
         mib(store_stopped as f64),
-        store_stopped as f64 / 1e6
+        store_stopped as f64 / 1e6,
+        mib(log_stopped as f64)
     );
     println!(
         "| sigild resident set after a restart on that store, idle | {} |",
