@@ -370,11 +370,23 @@ impl Drop for SledStore {
             }
         }
         // What the log prepared for load that has ended.
-        if let Err(e) = self.inner.wal.settle() {
-            tracing::warn!(error = %e, "could not trim the write-ahead log at shutdown (the next start does)");
+        match self.inner.wal.settle() {
+            Ok(()) => tracing::info!("store closed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not trim the write-ahead log at shutdown (the next start does)")
+            }
         }
     }
 }
+
+/// How often sled's own flusher thread runs. The checkpointer makes every
+/// checkpoint durable itself (`flush` and the barrier); the flusher is
+/// there for what only it does in sled 0.34: cleaning segments, moving the
+/// pages still live out of a segment mostly superseded so that the segment
+/// can be reused (for at most half of each period). Without it sled
+/// cleaned only as pages happened to be rewritten (the load generator's
+/// full run, once stopped: 294 MB without, 276 MB with).
+const SLED_FLUSH_MS: u64 = 1000;
 
 /// How long opening waits for sled's lock on the store directory.
 #[cfg(not(test))]
@@ -393,7 +405,7 @@ fn open_sled(path: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
             .path(path)
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(None)
+            .flush_every_ms(Some(SLED_FLUSH_MS))
             .open();
         match res {
             Ok(db) => return Ok(db),
