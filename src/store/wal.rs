@@ -235,6 +235,26 @@ pub(crate) fn list(disk: &dyn Disk, dir: &Path) -> Result<Vec<(u64, PathBuf)>, S
     Ok(out)
 }
 
+/// Writes a log file's header into the new, empty file `f` (at `path`)
+/// and syncs it; its name is not yet durable.
+fn write_header(f: &dyn DiskFile, path: &Path) -> Result<(), StoreError> {
+    f.write_at(&file_header(), 0)
+        .and_then(|_| f.sync_data())
+        .map_err(|e| io_err("write", path, e))
+}
+
+/// Removes the prepared next file and one left half-prepared, if any:
+/// zeros, never records.
+fn remove_prepared(disk: &dyn Disk, dir: &Path) -> Result<(), StoreError> {
+    for name in [PREPARED, PREPARING] {
+        let p = dir.join(name);
+        if disk.exists(&p) {
+            disk.remove(&p).map_err(|e| io_err("remove", &p, e))?;
+        }
+    }
+    Ok(())
+}
+
 fn sync_dir(disk: &dyn Disk, dir: &Path) -> Result<(), StoreError> {
     disk.sync_dir(dir).map_err(|e| io_err("sync", dir, e))
 }
@@ -636,12 +656,7 @@ impl Wal {
         last_lsn: u64,
         prepare_min: u64,
     ) -> Result<Wal, StoreError> {
-        for name in [PREPARED, PREPARING] {
-            let p = dir.join(name);
-            if disk.exists(&p) {
-                disk.remove(&p).map_err(|e| io_err("remove", &p, e))?;
-            }
-        }
+        remove_prepared(disk.as_ref(), dir)?;
         for no in replayed {
             let p = dir.join(file_name(*no));
             disk.remove(&p).map_err(|e| io_err("remove", &p, e))?;
@@ -687,10 +702,7 @@ impl Wal {
         } else {
             // Never into an existing file's old bytes.
             let f = disk.create(&p, true).map_err(|e| io_err("create", &p, e))?;
-            f.write_at(&file_header(), 0)
-                .and_then(|_| f.sync_data())
-                .map(|_| f)
-                .map_err(|e| io_err("write", &p, e))
+            write_header(f.as_ref(), &p).map(|_| f)
         };
         let res = made.and_then(|f| sync_dir(disk, dir).map(|_| f));
         if res.is_err() {
@@ -946,12 +958,7 @@ impl Wal {
     pub fn settle(&self) -> Result<(), StoreError> {
         let st = self.lock()?;
         let disk = self.disk.as_ref();
-        for name in [PREPARED, PREPARING] {
-            let p = self.dir.join(name);
-            if disk.exists(&p) {
-                disk.remove(&p).map_err(|e| io_err("remove", &p, e))?;
-            }
-        }
+        remove_prepared(disk, &self.dir)?;
         let empty = st.failed.is_none()
             && !st.writing
             && st.pos == FILE_HEADER as u64
@@ -961,9 +968,7 @@ impl Wal {
             let tmp = self.dir.join(PREPARING);
             let p = self.dir.join(file_name(st.file_no));
             let f = disk.create(&tmp, true).map_err(|e| io_err("create", &tmp, e))?;
-            f.write_at(&file_header(), 0)
-                .and_then(|_| f.sync_data())
-                .map_err(|e| io_err("write", &tmp, e))?;
+            write_header(f.as_ref(), &tmp)?;
             disk.rename(&tmp, &p).map_err(|e| io_err("rename", &tmp, e))?;
         }
         sync_dir(disk, &self.dir)
