@@ -499,7 +499,7 @@ mod tests {
         c.validate().unwrap();
         let t = c.store.tuning();
         assert_eq!(t.cache_bytes, 48 << 20);
-        assert_eq!(Config::default().store.tuning().cache_bytes, 32 << 20);
+        assert_eq!(Config::default().store.tuning().cache_bytes, 24 << 20);
         assert_eq!(t.checkpoint_interval, std::time::Duration::from_millis(250));
         assert_eq!(t.checkpoint_keys, 5000);
         assert_eq!(t.checkpoint_bytes, 8 << 20);

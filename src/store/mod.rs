@@ -52,7 +52,7 @@ pub struct StoreConfig {
     /// When checkpoints fail or fall far behind, how long a commit waits
     /// for one (milliseconds) before it is refused (`UNAVAILABLE`).
     pub backpressure_wait_ms: u64,
-    /// The most memory sled's page cache may hold, MiB (32; sled's own
+    /// The most memory sled's page cache may hold, MiB (24; sled's own
     /// default is 1024). It fills as the store grows.
     pub cache_mib: u64,
 }

@@ -88,7 +88,7 @@ pub struct Tuning {
     /// How long a commit waits for a checkpoint once the active memtable is
     /// far past a trigger (see `BACKPRESSURE_FACTOR`) before it is refused.
     pub backpressure_wait: Duration,
-    /// The most memory sled's page cache may use, in bytes (32 MiB; sled's
+    /// The most memory sled's page cache may use, in bytes (24 MiB; sled's
     /// own default is 1 GiB). The cache fills as the store grows. sled also
     /// keeps a table of every page of the store in memory, which grows with
     /// the store (about 80 MiB at 1.1 GiB on disk), whatever this says.
@@ -102,7 +102,7 @@ impl Default for Tuning {
             checkpoint_keys: 50_000,
             checkpoint_bytes: 16 << 20,
             backpressure_wait: Duration::from_secs(5),
-            cache_bytes: 32 << 20,
+            cache_bytes: 24 << 20,
         }
     }
 }
