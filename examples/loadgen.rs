@@ -56,7 +56,7 @@
 //!
 //! Knobs (environment): `LOADGEN_USERS`, `LOADGEN_SECONDS`,
 //! `LOADGEN_APPROVALS`, `LOADGEN_CLIENTS` (`1,8,32`), `LOADGEN_CACHE_MIB`
-//! (sled's page cache, `[store] cache_mib`: 24, the default), `LOADGEN_STORE`
+//! (sled's page cache, `[store] cache_mib`; sigild's default), `LOADGEN_STORE`
 //! (more `[store]` settings, `;` between them), `LOADGEN_PLOT`. For a
 //! closer look: `LOADGEN_SLOW_MS=<ms>` prints every timed operation slower
 //! than that with its wall-clock end (Unix ms), `BENCH_SIGILD_LOG=<filter>`
@@ -714,7 +714,10 @@ async fn run(dir: tempfile::TempDir, keep: bool) {
     let users: usize = env_num("LOADGEN_USERS", 100_000);
     let secs: f64 = env_num("LOADGEN_SECONDS", 8.0);
     let want_approvals: u64 = env_num("LOADGEN_APPROVALS", 200_000);
-    let cache_mib: u64 = env_num("LOADGEN_CACHE_MIB", 24);
+    let cache_mib: u64 = env_num(
+        "LOADGEN_CACHE_MIB",
+        sigil::store::sled_store::Tuning::default().cache_bytes >> 20,
+    );
     let levels: Vec<usize> = std::env::var("LOADGEN_CLIENTS")
         .unwrap_or_else(|_| "1,8,32".into())
         .split(',')
